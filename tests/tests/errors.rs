@@ -1,0 +1,150 @@
+//! Error paths and ends of a trace: the tracer stops in time, says why on stderr in one line,
+//! and never panics.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::process::Command;
+use std::time::Duration;
+
+use tracer_tests::{
+    ATTACH_TIMEOUT, Filter, Fixture, Tracer, build_fixture, pid_exists, require_root,
+    run_with_timeout, tracer_bin, tracer_command, unique_dir, unused_pid,
+};
+
+/// How long a failing tracer may take to give up.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--pid` of a process that does not exist: non-zero exit, and the pid with "no such process".
+#[test]
+fn missing_pid_is_reported() {
+    require_root();
+    let pid = unused_pid();
+    let out = run_with_timeout(
+        tracer_command(&["--json", "--pid", &pid.to_string()]),
+        FAIL_TIMEOUT,
+    );
+    out.assert_clean_failure(&["no such process"]);
+    assert!(
+        out.stderr.contains(&pid.to_string()),
+        "stderr does not mention pid {pid}\n{}",
+        out.context()
+    );
+    assert!(!pid_exists(pid), "pid {pid} appeared meanwhile; rerun");
+}
+
+/// Without root the tracer refuses to start, saying it needs root.
+#[test]
+fn non_root_is_refused() {
+    require_root();
+    // A copy that uid 65534 can reach and execute, whatever the permissions of target/.
+    let dir = unique_dir(Some(&std::env::temp_dir()), "tracer-nonroot");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.join("tracer");
+    std::fs::copy(tracer_bin(), &bin).expect("copying the tracer binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["--json", "--pid", "1"]);
+    let out = run_with_timeout(cmd, FAIL_TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !out.stderr.contains("setpriv:"),
+        "setpriv itself failed, the tracer did not run\n{}",
+        out.context()
+    );
+    out.assert_clean_failure(&["root"]);
+}
+
+/// Without kernel BTF (TRACER_BTF_PATH pointing nowhere) the tracer fails, naming BTF.
+#[test]
+fn missing_btf_is_reported() {
+    require_root();
+    let target = Fixture::spawn("sleep", &["60"]);
+    let mut cmd = tracer_command(&["--json", "--pid", &target.pid().to_string()]);
+    cmd.env("TRACER_BTF_PATH", "/nonexistent/vmlinux");
+    let out = run_with_timeout(cmd, FAIL_TIMEOUT);
+    out.assert_clean_failure(&["BTF"]);
+}
+
+/// An unknown option is rejected by the argument parser (clap exits 2), naming the option.
+#[test]
+fn unknown_option_is_rejected() {
+    let out = run_with_timeout(
+        tracer_command(&["--frobnicate", "--pid", "1"]),
+        FAIL_TIMEOUT,
+    );
+    out.assert_clean_failure(&["--frobnicate"]);
+}
+
+/// When the only traced process exits, the tracer prints the final report by itself, exits 0,
+/// and lists the process as exited.
+#[test]
+fn target_exit_ends_the_trace() {
+    require_root();
+    // `cat` lives exactly until we close its stdin.
+    let mut target = Fixture::spawn("cat", &[]);
+    let pid = target.pid();
+    let mut tracer = Tracer::attach(pid, &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+
+    target.close_stdin();
+    let status = target
+        .wait_exit(Duration::from_secs(10))
+        .expect("cat did not exit after stdin EOF");
+    assert!(status.success(), "cat exited with {status}");
+
+    let report = tracer.finish(Duration::from_secs(10));
+    assert_eq!(report.target_pid(), pid, "target.pid\n{}", report.context());
+    let proc = report
+        .process(pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in processes\n{}", report.context()));
+    assert!(proc.exited(), "the target exited: {proc:?}");
+}
+
+/// `tracer -- COMMAND` follows COMMAND from its start and reports the files it still held at
+/// exit, with the function that opened them.
+#[test]
+fn command_mode_reports_descriptors_open_at_exit() {
+    require_root();
+    let bin = build_fixture("leak_and_exit", &[]);
+    let dir = unique_dir(None, "leak-and-exit");
+    let file = dir.join("leaked.txt");
+    std::fs::write(&file, "leaked\n").unwrap();
+    let file = file.canonicalize().unwrap();
+    let path = file.to_str().expect("utf-8 scratch path");
+
+    let tracer = Tracer::command(&[], &[bin.to_str().expect("utf-8 fixture path"), path]);
+    let report = tracer.finish(Duration::from_secs(60));
+    let ctx = report.context();
+
+    let pid = report.target_pid();
+    let proc = report
+        .process(pid)
+        .unwrap_or_else(|| panic!("the command's pid {pid} not in processes\n{ctx}"));
+    assert!(proc.exited(), "the command exited: {proc:?}");
+
+    let leaked: Vec<_> = report
+        .descriptors(&Filter::new().pid(pid).kind("file"))
+        .into_iter()
+        .filter(|d| d.detail() == Some(path))
+        .collect();
+    assert_eq!(
+        leaked.len(),
+        2,
+        "expected 2 descriptors of {path} in pid {pid}: {leaked:#?}\nreport:\n{ctx}"
+    );
+    for d in &leaked {
+        assert_eq!(d.opened_by(), "openat", "{d:?}");
+        assert!(d.at_exit(), "held at exit: {d:?}");
+        assert!(
+            d.has_frame("leak_file"),
+            "the stack of {d:?} has no leak_file frame: {:?}\n(libc's open is a frameless \
+             leaf: a frame-pointer walk skips its caller; unwind from .eh_frame)",
+            d.stack_symbols()
+        );
+    }
+    let fds: std::collections::HashSet<u64> = leaked.iter().map(|d| d.fd()).collect();
+    assert_eq!(fds.len(), 2, "two distinct fds: {leaked:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,88 @@
+//! The fixtures behave as the tracer tests assume, checked without the tracer (and without
+//! root), so a failing tracer test is never a broken fixture.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use tracer_tests::{Fixture, build_fixture, children_of, fd_count, unique_dir, wait_until};
+
+/// Every fixture compiles warning-free.
+#[test]
+fn fixtures_compile_without_warnings() {
+    for name in ["prefork_server", "busy_churn", "leak_and_exit"] {
+        build_fixture(name, &["-Werror"]);
+    }
+}
+
+/// prefork_server answers each request from a child, reaps the children, and its parent keeps
+/// one more socket per connection.
+#[test]
+fn prefork_server_leaks_one_socket_per_connection() {
+    let bin = build_fixture("prefork_server", &[]);
+    let mut server = Fixture::spawn(&bin, &[]);
+    let line = server.wait_for_line("PORT ", Duration::from_secs(10));
+    let port: u16 = line["PORT ".len()..].trim().parse().unwrap();
+    let pid = server.pid();
+    let before = fd_count(pid).unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    for _ in 0..3 {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"hi\n").unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 16];
+        while !reply.ends_with(b"\n") {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "EOF before the reply line: {reply:?}");
+            reply.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(reply, b"ok\n");
+    }
+    wait_until(Duration::from_secs(10), "children to exit", || {
+        children_of(pid).is_empty()
+    });
+    assert_eq!(
+        fd_count(pid).unwrap(),
+        before + 3,
+        "one leaked socket per connection"
+    );
+    assert!(!server.has_exited());
+}
+
+/// busy_churn waits for "go", opens and closes its descriptors (some across threads), prints
+/// DONE, holds as many descriptors as before, and exits 0 on stdin EOF.
+#[test]
+fn busy_churn_closes_everything() {
+    let bin = build_fixture("busy_churn", &[]);
+    let mut churn = Fixture::spawn(&bin, &["20000", "4"]);
+    churn.wait_for_line("READY", Duration::from_secs(10));
+    let before = fd_count(churn.pid()).unwrap();
+    churn.send_line("go");
+    let done = churn.wait_for_line("DONE ", Duration::from_secs(60));
+    let fds: u64 = done.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(fds >= 20000, "{done}");
+    assert!(!done.contains("cross_thread=0"), "{done}");
+    assert_eq!(fd_count(churn.pid()).unwrap(), before);
+    churn.close_stdin();
+    let status = churn
+        .wait_exit(Duration::from_secs(10))
+        .expect("exit on EOF");
+    assert!(status.success(), "{status}");
+}
+
+/// leak_and_exit opens its path twice and exits 0.
+#[test]
+fn leak_and_exit_exits_zero() {
+    let bin = build_fixture("leak_and_exit", &[]);
+    let dir = unique_dir(None, "leak-smoke");
+    let file = dir.join("f");
+    std::fs::write(&file, "x").unwrap();
+    let mut f = Fixture::spawn(&bin, &[file.to_str().unwrap()]);
+    let status = f.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status}");
+    let mut missing = Fixture::spawn(&bin, &["/nonexistent/file"]);
+    let status = missing.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,346 @@
+//! Types shared by the eBPF programs and the userspace tracer.
+//!
+//! Every struct here crosses the kernel/user boundary as raw bytes, so each is `#[repr(C)]`,
+//! uses fixed-width fields only, spells out its padding, and has its size pinned by a
+//! compile-time assertion that both targets check.
+#![no_std]
+
+use core::mem::size_of;
+
+/// Bytes of a path captured at open time; longer paths are truncated and flagged.
+pub const PATH_CAP: usize = 256;
+/// Processes the kernel side can follow at once.
+pub const MAX_FOLLOWED: u32 = 65_536;
+/// Syscalls in flight (entered, not yet returned) across all followed threads.
+pub const MAX_IN_FLIGHT: u32 = 16_384;
+/// Distinct user stacks kept by the kernel; later ones get no stack id (counted in the report).
+pub const STACK_MAP_ENTRIES: u32 = 16_384;
+/// Default ring buffer size; must be a power of two multiple of the page size.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+
+/// Map names, shared so that the loader asks for exactly what the object defines.
+pub mod map_names {
+    pub const EVENTS: &str = "EVENTS";
+    pub const FOLLOWED: &str = "FOLLOWED";
+    pub const IN_FLIGHT: &str = "IN_FLIGHT";
+    pub const STACKS: &str = "STACKS";
+    pub const LOST: &str = "LOST";
+}
+
+/// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+
+/// `stack_id` value when no stack was captured (the helper failed or the map was full).
+pub const NO_STACK: i32 = -1;
+
+/// What an event reports. The kernel writes it as `u32`; userspace converts with `TryFrom`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A descriptor created from a path: [`FileOpenEvent`].
+    FileOpened = 1,
+    /// A descriptor created without a path (socket, accept, dup): [`FdEvent`].
+    FdCreated = 2,
+    /// close(2): [`CloseEvent`].
+    FdClosed = 3,
+    /// A task was created by fork/vfork/clone/clone3: [`ForkEvent`].
+    TaskCreated = 4,
+    /// A task exited: [`ExitEvent`].
+    TaskExited = 5,
+    /// A process called execve: [`ExecEvent`].
+    Exec = 6,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        Ok(match raw {
+            1 => Self::FileOpened,
+            2 => Self::FdCreated,
+            3 => Self::FdClosed,
+            4 => Self::TaskCreated,
+            5 => Self::TaskExited,
+            6 => Self::Exec,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The syscall behind an event, so the report can say `opened_by`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Syscall {
+    Open = 1,
+    Openat = 2,
+    Openat2 = 3,
+    Creat = 4,
+    Socket = 5,
+    Accept = 6,
+    Accept4 = 7,
+    Dup = 8,
+    Dup2 = 9,
+    Dup3 = 10,
+    Close = 11,
+    Fork = 12,
+    Vfork = 13,
+    Clone = 14,
+    Clone3 = 15,
+}
+
+impl Syscall {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Openat => "openat",
+            Self::Openat2 => "openat2",
+            Self::Creat => "creat",
+            Self::Socket => "socket",
+            Self::Accept => "accept",
+            Self::Accept4 => "accept4",
+            Self::Dup => "dup",
+            Self::Dup2 => "dup2",
+            Self::Dup3 => "dup3",
+            Self::Close => "close",
+            Self::Fork => "fork",
+            Self::Vfork => "vfork",
+            Self::Clone => "clone",
+            Self::Clone3 => "clone3",
+        }
+    }
+}
+
+impl TryFrom<u32> for Syscall {
+    type Error = u32;
+    fn try_from(raw: u32) -> Result<Self, u32> {
+        Ok(match raw {
+            1 => Self::Open,
+            2 => Self::Openat,
+            3 => Self::Openat2,
+            4 => Self::Creat,
+            5 => Self::Socket,
+            6 => Self::Accept,
+            7 => Self::Accept4,
+            8 => Self::Dup,
+            9 => Self::Dup2,
+            10 => Self::Dup3,
+            11 => Self::Close,
+            12 => Self::Fork,
+            13 => Self::Vfork,
+            14 => Self::Clone,
+            15 => Self::Clone3,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Starts every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// Process (thread group) id, as the kernel's root pid namespace sees it.
+    pub tgid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Id in the STACKS map of the user stack at the event, or [`NO_STACK`].
+    pub stack_id: i32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub timestamp_ns: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 24);
+
+/// A descriptor created from a path by open, openat, openat2 or creat.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FileOpenEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    /// A [`Syscall`] as `u32`.
+    pub syscall: u32,
+    /// The directory fd a relative path is resolved against (`AT_FDCWD` = -100).
+    pub dirfd: i32,
+    /// The `O_*` open flags.
+    pub flags: u32,
+    /// Bytes of `path` used, without the terminating NUL.
+    pub path_len: u16,
+    /// 1 when the path did not fit in [`PATH_CAP`] and was cut.
+    pub path_truncated: u8,
+    pub _pad: [u8; 5],
+    pub path: [u8; PATH_CAP],
+}
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + PATH_CAP);
+
+/// A descriptor created without a path: socket, accept, accept4, dup, dup2, dup3.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    /// A [`Syscall`] as `u32`.
+    pub syscall: u32,
+    /// socket: domain; accept/accept4: listening fd; dup*: old fd.
+    pub arg0: u64,
+    /// socket: type (with SOCK_* flags); accept4/dup3: flags.
+    pub arg1: u64,
+    /// socket: protocol.
+    pub arg2: u64,
+}
+const _: () = assert!(size_of::<FdEvent>() == 56);
+
+/// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
+/// then fails (except EBADF, where there was nothing to release).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<CloseEvent>() == 32);
+
+/// `clone_flags` value when the creating syscall was not seen (kernel-internal task creation).
+pub const CLONE_FLAGS_UNKNOWN: u64 = u64::MAX;
+/// `CLONE_THREAD` from linux/sched.h.
+pub const CLONE_THREAD: u64 = 0x0001_0000;
+/// `CLONE_FILES` from linux/sched.h.
+pub const CLONE_FILES: u64 = 0x0000_0400;
+
+/// A task created by a followed process; the header names the parent (the caller).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    /// The new task's id (its tgid too unless it is a thread).
+    pub child_tid: u32,
+    /// A [`Syscall`] as `u32` (fork, vfork, clone, clone3), or 0 when unknown.
+    pub syscall: u32,
+    /// Clone flags of the creating call, or [`CLONE_FLAGS_UNKNOWN`].
+    pub clone_flags: u64,
+}
+const _: () = assert!(size_of::<ForkEvent>() == 40);
+
+/// `group_dead` value when the kernel's tracepoint does not say (older kernels).
+pub const GROUP_DEAD_UNKNOWN: u32 = 2;
+
+/// A followed task exited. The header names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    /// 1 when this was the last task of its process, 0 when not, or [`GROUP_DEAD_UNKNOWN`].
+    pub group_dead: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<ExitEvent>() == 32);
+
+/// A followed process replaced its program (execve). The header names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+}
+const _: () = assert!(size_of::<ExecEvent>() == 24);
+
+/// Offset of a field that the running kernel's tracepoint does not have.
+pub const FIELD_ABSENT: u32 = u32::MAX;
+
+/// Where each tracepoint field we read sits in the tracepoint's record. Userspace reads these
+/// from `events/*/*/format` in tracefs and writes them into the object before loading, so no
+/// kernel's layout is hard-coded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TracepointOffsets {
+    /// `ret` of every `sys_exit_*` tracepoint (checked to be the same for all).
+    pub exit_ret: u32,
+    pub open_filename: u32,
+    pub open_flags: u32,
+    pub openat_dfd: u32,
+    pub openat_filename: u32,
+    pub openat_flags: u32,
+    pub openat2_dfd: u32,
+    pub openat2_filename: u32,
+    /// `struct open_how *how`; its first member is the u64 flags.
+    pub openat2_how: u32,
+    pub creat_pathname: u32,
+    pub socket_family: u32,
+    pub socket_type: u32,
+    pub socket_protocol: u32,
+    pub accept_fd: u32,
+    pub accept4_fd: u32,
+    pub accept4_flags: u32,
+    pub close_fd: u32,
+    pub dup_fildes: u32,
+    pub dup2_oldfd: u32,
+    pub dup2_newfd: u32,
+    pub dup3_oldfd: u32,
+    pub dup3_newfd: u32,
+    pub dup3_flags: u32,
+    pub clone_flags: u32,
+    /// `struct clone_args *uargs`; its first member is the u64 flags.
+    pub clone3_uargs: u32,
+    /// `child_pid` of `sched:sched_process_fork`.
+    pub fork_child_pid: u32,
+    /// `group_dead` of `sched:sched_process_exit`, or [`FIELD_ABSENT`].
+    pub exit_group_dead: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TracepointOffsets>() == 28 * 4);
+
+impl TracepointOffsets {
+    /// All fields absent; what the object holds until userspace fills it in.
+    pub const fn absent() -> Self {
+        Self {
+            exit_ret: FIELD_ABSENT,
+            open_filename: FIELD_ABSENT,
+            open_flags: FIELD_ABSENT,
+            openat_dfd: FIELD_ABSENT,
+            openat_filename: FIELD_ABSENT,
+            openat_flags: FIELD_ABSENT,
+            openat2_dfd: FIELD_ABSENT,
+            openat2_filename: FIELD_ABSENT,
+            openat2_how: FIELD_ABSENT,
+            creat_pathname: FIELD_ABSENT,
+            socket_family: FIELD_ABSENT,
+            socket_type: FIELD_ABSENT,
+            socket_protocol: FIELD_ABSENT,
+            accept_fd: FIELD_ABSENT,
+            accept4_fd: FIELD_ABSENT,
+            accept4_flags: FIELD_ABSENT,
+            close_fd: FIELD_ABSENT,
+            dup_fildes: FIELD_ABSENT,
+            dup2_oldfd: FIELD_ABSENT,
+            dup2_newfd: FIELD_ABSENT,
+            dup3_oldfd: FIELD_ABSENT,
+            dup3_newfd: FIELD_ABSENT,
+            dup3_flags: FIELD_ABSENT,
+            clone_flags: FIELD_ABSENT,
+            clone3_uargs: FIELD_ABSENT,
+            fork_child_pid: FIELD_ABSENT,
+            exit_group_dead: FIELD_ABSENT,
+            _pad: 0,
+        }
+    }
+}
+
+/// Arguments of a syscall in flight, stashed at `sys_enter_*` until its `sys_exit_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InFlight {
+    /// A [`Syscall`] as `u32`.
+    pub syscall: u32,
+    pub _pad: u32,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub arg2: u64,
+}
+const _: () = assert!(size_of::<InFlight>() == 32);
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made of integers only, with explicit padding.
+    unsafe impl aya::Pod for TracepointOffsets {}
+    unsafe impl aya::Pod for InFlight {}
+    unsafe impl aya::Pod for EventHeader {}
+}

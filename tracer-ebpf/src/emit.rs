@@ -1,0 +1,89 @@
+//! Small pieces every probe uses: the follow check, tracepoint field reads, event headers.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    programs::{TracePointContext, tracing::StackIdContext},
+};
+use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK};
+
+use crate::maps::{FOLLOWED, STACKS};
+
+/// `BPF_F_USER_STACK` from linux/bpf.h.
+const BPF_F_USER_STACK: u64 = 1 << 8;
+
+/// The calling task as (pid_tgid, tgid, tid).
+#[derive(Clone, Copy)]
+pub struct Caller {
+    pub pid_tgid: u64,
+    pub tgid: u32,
+    pub tid: u32,
+}
+
+impl Caller {
+    #[inline(always)]
+    pub fn current() -> Self {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        Self {
+            pid_tgid,
+            tgid: (pid_tgid >> 32) as u32,
+            tid: pid_tgid as u32,
+        }
+    }
+
+    /// The caller, if its process is followed.
+    #[inline(always)]
+    pub fn followed() -> Option<Self> {
+        let caller = Self::current();
+        // SAFETY: the value is only tested for presence.
+        unsafe { FOLLOWED.get(&caller.tgid) }.map(|_| caller)
+    }
+
+    #[inline(always)]
+    pub fn header(&self, kind: EventKind, stack_id: i32) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            tgid: self.tgid,
+            tid: self.tid,
+            stack_id,
+            // SAFETY: plain helper call.
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        }
+    }
+}
+
+/// Reads a syscall argument (always 8 bytes wide in `sys_enter_*` records) or `ret`.
+/// A field this kernel does not have reads as 0.
+#[inline(always)]
+pub fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
+    if offset == FIELD_ABSENT {
+        return 0;
+    }
+    // SAFETY: the offset comes from this kernel's tracepoint format.
+    unsafe { ctx.read_at::<u64>(offset as usize) }.unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn read_u32(ctx: &TracePointContext, offset: u32) -> Option<u32> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<u32>(offset as usize) }.ok()
+}
+
+#[inline(always)]
+pub fn read_u8(ctx: &TracePointContext, offset: u32) -> Option<u8> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<u8>(offset as usize) }.ok()
+}
+
+/// Id of the current user stack in STACKS, or [`NO_STACK`].
+#[inline(always)]
+pub fn user_stack_id(ctx: &TracePointContext) -> i32 {
+    ctx.get_stackid(&STACKS, BPF_F_USER_STACK)
+        .map(|id| id as i32)
+        .unwrap_or(NO_STACK)
+}

@@ -1,0 +1,59 @@
+//! Maps and load-time settings shared by every probe.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use tracer_common::{
+    DEFAULT_RING_BYTES, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT, STACK_MAP_ENTRIES,
+    TracepointOffsets,
+};
+
+/// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// TGIDs of the processes we follow. Userspace seeds it; the fork probe extends it so a child
+/// is followed from its first instruction; the exit probe removes a process that died.
+#[map]
+pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+
+/// Arguments of syscalls between their enter and exit tracepoints, keyed by pid_tgid.
+#[map]
+pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// User stacks at descriptor and task creation, by id.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+
+/// Index 0: events dropped because the ring buffer was full, per CPU.
+/// Index 1: syscalls whose arguments could not be stashed (IN_FLIGHT full), per CPU.
+/// Index 2: children that could not be followed (FOLLOWED full), per CPU.
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+
+pub const LOST_RING_FULL: u32 = 0;
+pub const LOST_IN_FLIGHT_FULL: u32 = 1;
+pub const LOST_FOLLOW_FULL: u32 = 2;
+
+/// Field offsets of this kernel's tracepoints, written by userspace before loading (it lands
+/// in .rodata, so the verifier sees the values as constants).
+#[unsafe(no_mangle)]
+pub static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
+
+/// Reads one field of [`OFFSETS`]; volatile so the compiler cannot fold the placeholder value.
+macro_rules! offset {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::OFFSETS.$field) }
+    };
+}
+pub(crate) use offset;
+
+/// Adds one to a per-CPU loss counter.
+#[inline(always)]
+pub fn count_lost(which: u32) {
+    if let Some(counter) = LOST.get_ptr_mut(which) {
+        // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
+        unsafe { *counter += 1 };
+    }
+}

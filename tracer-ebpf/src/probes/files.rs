@@ -1,0 +1,138 @@
+//! open, openat, openat2, creat: descriptors born from a path.
+//!
+//! Kernel: fs/open.c do_sys_openat2() is behind all four syscalls.
+
+use aya_ebpf::{
+    helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracer_common::{EventKind, FileOpenEvent, PATH_CAP, Syscall};
+
+use super::{stash, syscall_result, take_in_flight};
+use crate::{
+    emit::{Caller, read_u64, user_stack_id},
+    maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
+};
+
+const AT_FDCWD: u64 = -100i64 as u64;
+/// What creat(2) is: open(path, O_CREAT | O_WRONLY | O_TRUNC).
+const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
+const FILE_OPENS: &[Syscall] = &[
+    Syscall::Open,
+    Syscall::Openat,
+    Syscall::Openat2,
+    Syscall::Creat,
+];
+
+#[tracepoint]
+pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let path = read_u64(&ctx, offset!(open_filename));
+        let flags = read_u64(&ctx, offset!(open_flags));
+        stash(caller, Syscall::Open, AT_FDCWD, path, flags);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let dirfd = read_u64(&ctx, offset!(openat_dfd));
+        let path = read_u64(&ctx, offset!(openat_filename));
+        let flags = read_u64(&ctx, offset!(openat_flags));
+        stash(caller, Syscall::Openat, dirfd, path, flags);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let dirfd = read_u64(&ctx, offset!(openat2_dfd));
+        let path = read_u64(&ctx, offset!(openat2_filename));
+        // struct open_how starts with `__u64 flags`.
+        let how = read_u64(&ctx, offset!(openat2_how)) as *const u64;
+        // SAFETY: a bounded read of user memory; failure reads as no flags.
+        let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
+        stash(caller, Syscall::Openat2, dirfd, path, flags);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let path = read_u64(&ctx, offset!(creat_pathname));
+        stash(caller, Syscall::Creat, AT_FDCWD, path, CREAT_FLAGS);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
+    emit_file_open(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
+    emit_file_open(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
+    emit_file_open(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
+    emit_file_open(&ctx);
+    0
+}
+
+/// Emits a [`FileOpenEvent`] for a successful open; the path is read now, while the caller
+/// still waits for the syscall, straight into the ring buffer.
+#[inline(always)]
+fn emit_file_open(ctx: &TracePointContext) {
+    let caller = Caller::current();
+    let Some(args) = take_in_flight(caller.pid_tgid, FILE_OPENS) else {
+        return;
+    };
+    let fd = syscall_result(ctx);
+    if fd < 0 {
+        return;
+    }
+    let stack_id = user_stack_id(ctx);
+    let Some(mut entry) = EVENTS.reserve::<FileOpenEvent>(0) else {
+        count_lost(LOST_RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let user_path = args.arg1 as *const u8;
+    // SAFETY: `event` points at reserved ring buffer memory of the right size; every field is
+    // written before submit. The string read is bounded by PATH_CAP.
+    unsafe {
+        (*event).header = caller.header(EventKind::FileOpened, stack_id);
+        (*event).fd = fd as i32;
+        (*event).syscall = args.syscall;
+        (*event).dirfd = args.arg0 as i32;
+        (*event).flags = args.arg2 as u32;
+        (*event)._pad = [0; 5];
+        let copied = bpf_probe_read_user_str(
+            (*event).path.as_mut_ptr().cast(),
+            PATH_CAP as u32,
+            user_path.cast(),
+        );
+        // `copied` counts the NUL; PATH_CAP means the buffer filled up, which is a cut path
+        // unless the byte where the NUL went really was the end of the string.
+        let copied = if copied > 0 { copied as usize } else { 0 };
+        let truncated = copied >= PATH_CAP
+            && bpf_probe_read_user(user_path.add(PATH_CAP - 1)).unwrap_or(0u8) != 0;
+        (*event).path_len = copied.saturating_sub(1) as u16;
+        (*event).path_truncated = truncated as u8;
+    }
+    entry.submit(0);
+}

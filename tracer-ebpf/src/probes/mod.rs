@@ -1,0 +1,49 @@
+//! One module per probe family. Enter probes stash arguments in IN_FLIGHT; exit probes take
+//! them back, read the result and emit one event.
+
+pub mod close;
+pub mod files;
+pub mod sockets_and_dups;
+pub mod tasks;
+
+use aya_ebpf::programs::TracePointContext;
+use tracer_common::{InFlight, Syscall};
+
+use crate::{
+    emit::{Caller, read_u64},
+    maps::{IN_FLIGHT, LOST_IN_FLIGHT_FULL, count_lost, offset},
+};
+
+/// Remembers a followed caller's syscall arguments until the syscall returns.
+#[inline(always)]
+fn stash(caller: Caller, syscall: Syscall, arg0: u64, arg1: u64, arg2: u64) {
+    let args = InFlight {
+        syscall: syscall as u32,
+        _pad: 0,
+        arg0,
+        arg1,
+        arg2,
+    };
+    if IN_FLIGHT.insert(&caller.pid_tgid, &args, 0).is_err() {
+        count_lost(LOST_IN_FLIGHT_FULL);
+    }
+}
+
+/// Takes back what [`stash`] kept for this thread, if it was one of `expected`: a thread that
+/// was not followed at enter time, or whose stash failed, has nothing (or something stale).
+#[inline(always)]
+fn take_in_flight(pid_tgid: u64, expected: &[Syscall]) -> Option<InFlight> {
+    // SAFETY: the entry is copied out before it is removed.
+    let args = unsafe { IN_FLIGHT.get(&pid_tgid) }.copied()?;
+    let _ = IN_FLIGHT.remove(&pid_tgid);
+    expected
+        .iter()
+        .any(|s| *s as u32 == args.syscall)
+        .then_some(args)
+}
+
+/// The syscall's return value, from any `sys_exit_*` record.
+#[inline(always)]
+fn syscall_result(ctx: &TracePointContext) -> i64 {
+    read_u64(ctx, offset!(exit_ret)) as i64
+}

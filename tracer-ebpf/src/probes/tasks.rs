@@ -1,0 +1,139 @@
+//! Task lifecycle: fork/vfork/clone/clone3 (to follow children and count threads), exit, exec.
+//!
+//! Kernel: kernel/fork.c kernel_clone() fires sched_process_fork after copy_process() and
+//! before wake_up_new_task(), so a child added to FOLLOWED here is followed before it runs.
+//! kernel/exit.c do_exit() fires sched_process_exit with group_dead (6.x) before exit_files().
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use tracer_common::{
+    CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    GROUP_DEAD_UNKNOWN, NO_STACK, Syscall,
+};
+
+use super::{stash, take_in_flight};
+use crate::{
+    emit::{Caller, read_u8, read_u32, read_u64, user_stack_id},
+    maps::{EVENTS, FOLLOWED, IN_FLIGHT, LOST_FOLLOW_FULL, LOST_RING_FULL, count_lost, offset},
+};
+
+/// SIGCHLD: what fork(2) passes as clone flags.
+const FORK_FLAGS: u64 = 17;
+/// CLONE_VM | CLONE_VFORK | SIGCHLD: what vfork(2) passes.
+const VFORK_FLAGS: u64 = 0x100 | 0x4000 | 17;
+const TASK_CREATORS: &[Syscall] = &[
+    Syscall::Fork,
+    Syscall::Vfork,
+    Syscall::Clone,
+    Syscall::Clone3,
+];
+
+#[tracepoint]
+pub fn sys_enter_fork(_ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        stash(caller, Syscall::Fork, FORK_FLAGS, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_vfork(_ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        stash(caller, Syscall::Vfork, VFORK_FLAGS, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let flags = read_u64(&ctx, offset!(clone_flags));
+        stash(caller, Syscall::Clone, flags, 0, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        // struct clone_args starts with `__aligned_u64 flags`.
+        let args = read_u64(&ctx, offset!(clone3_uargs)) as *const u64;
+        // SAFETY: a bounded read of user memory.
+        let flags = unsafe { bpf_probe_read_user(args) }.unwrap_or(CLONE_FLAGS_UNKNOWN);
+        stash(caller, Syscall::Clone3, flags, 0, 0);
+    }
+    0
+}
+
+/// Runs in the parent. A new process (not a thread) of a followed parent becomes followed.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let Some(parent) = Caller::followed() else {
+        return 0;
+    };
+    let Some(child_tid) = read_u32(&ctx, offset!(fork_child_pid)) else {
+        return 0;
+    };
+    // Kernel-internal task creation (io_uring workers, ...) has no syscall of ours in flight;
+    // userspace then asks /proc whether the child is a thread.
+    let (syscall, clone_flags) = match take_in_flight(parent.pid_tgid, TASK_CREATORS) {
+        Some(args) => (args.syscall, args.arg0),
+        None => (0, CLONE_FLAGS_UNKNOWN),
+    };
+    let is_thread = clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_THREAD != 0;
+    if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
+        count_lost(LOST_FOLLOW_FULL);
+    }
+    let event = ForkEvent {
+        header: parent.header(EventKind::TaskCreated, user_stack_id(&ctx)),
+        child_tid,
+        syscall,
+        clone_flags,
+    };
+    if EVENTS.output::<ForkEvent>(&event, 0).is_err() {
+        count_lost(LOST_RING_FULL);
+    }
+    0
+}
+
+/// Runs in the exiting task.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let Some(task) = Caller::followed() else {
+        return 0;
+    };
+    // A thread killed inside a syscall never reaches its exit probe.
+    let _ = IN_FLIGHT.remove(&task.pid_tgid);
+    let group_dead = match read_u8(&ctx, offset!(exit_group_dead)) {
+        Some(dead) => (dead != 0) as u32,
+        None => GROUP_DEAD_UNKNOWN,
+    };
+    let process_gone = group_dead == 1 || (group_dead == GROUP_DEAD_UNKNOWN && task.tid == task.tgid);
+    if process_gone {
+        let _ = FOLLOWED.remove(&task.tgid);
+    } else if task.tid != task.tgid {
+        // Drops the key a kernel-created thread may have been given at fork (see above).
+        let _ = FOLLOWED.remove(&task.tid);
+    }
+    let event = ExitEvent {
+        header: task.header(EventKind::TaskExited, NO_STACK),
+        group_dead,
+        _pad: 0,
+    };
+    if EVENTS.output::<ExitEvent>(&event, 0).is_err() {
+        count_lost(LOST_RING_FULL);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    if let Some(task) = Caller::followed() {
+        let event = ExecEvent {
+            header: task.header(EventKind::Exec, NO_STACK),
+        };
+        if EVENTS.output::<ExecEvent>(&event, 0).is_err() {
+            count_lost(LOST_RING_FULL);
+        }
+    }
+    0
+}

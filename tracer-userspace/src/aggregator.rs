@@ -1,0 +1,727 @@
+//! The aggregator: one descriptor table per followed process, kept exact by applying decoded
+//! events in ring buffer order. It never reads /proc or maps itself: the session hands it
+//! snapshots and resolved facts, so every transition here is unit-tested without root.
+
+use std::collections::HashMap;
+
+use tracer_common::{CLONE_THREAD, Syscall};
+
+use crate::{events::Event, kind::DescriptorKind};
+
+/// `O_CLOEXEC`, `SOCK_CLOEXEC` (same value on x86 and arm64).
+const CLOEXEC: u64 = 0o2_000_000;
+const AT_FDCWD: i32 = -100;
+
+/// A user stack in the kernel's stack map, and the process whose address space it belongs to
+/// (what the symbolizer must read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StackRef {
+    pub id: u32,
+    pub pid: u32,
+}
+
+/// How a descriptor came to be in the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Created by this syscall while we watched (possibly in an ancestor: see `inherited`).
+    Syscall(Syscall),
+    /// Already open when the tracer attached; learned from /proc.
+    PreExisting,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Descriptor {
+    pub fd: i32,
+    pub kind: DescriptorKind,
+    /// What it refers to, as far as the events tell; the report refreshes live ones from /proc.
+    pub detail: String,
+    pub origin: Origin,
+    /// Copied into this process at fork rather than created by it.
+    pub inherited: bool,
+    /// Thread that created it; 0 when unknown (pre-existing).
+    pub tid: u32,
+    /// CLOCK_MONOTONIC ns at creation; for pre-existing ones, when we attached.
+    pub opened_at_ns: u64,
+    pub stack: Option<StackRef>,
+    pub path_truncated: bool,
+    pub deleted: bool,
+    pub tcp_state: Option<String>,
+    pub cloexec: bool,
+}
+
+impl Descriptor {
+    /// The contract's `opened_by`: the syscall, `inherited`, or `pre-existing`.
+    pub fn opened_by(&self) -> &'static str {
+        match (self.origin, self.inherited) {
+            (Origin::PreExisting, _) => "pre-existing",
+            (Origin::Syscall(_), true) => "inherited",
+            (Origin::Syscall(syscall), false) => syscall.name(),
+        }
+    }
+
+    /// Created by this process itself while traced: what is owed a close.
+    pub fn created_here(&self) -> bool {
+        matches!(self.origin, Origin::Syscall(_)) && !self.inherited
+    }
+}
+
+/// Thread counts since attach.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadCounts {
+    pub live: u64,
+    pub created: u64,
+    pub exited: u64,
+}
+
+/// A thread that started while traced and has not exited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveThread {
+    pub stack: Option<StackRef>,
+    pub started_ns: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exited_at_ns: Option<u64>,
+    pub fds: HashMap<i32, Descriptor>,
+    /// Descriptors it created itself and still held when it exited (valgrind's --track-fds).
+    pub held_at_exit: Vec<Descriptor>,
+    pub threads: ThreadCounts,
+    /// Threads started while traced, by tid.
+    pub new_threads: HashMap<u32, LiveThread>,
+    /// The stack in the parent that forked it, when we saw the fork.
+    pub fork_stack: Option<StackRef>,
+}
+
+impl Process {
+    fn new(pid: u32, ppid: u32, comm: String) -> Self {
+        Self {
+            pid,
+            ppid,
+            comm,
+            exited_at_ns: None,
+            fds: HashMap::new(),
+            held_at_exit: Vec::new(),
+            threads: ThreadCounts { live: 1, ..ThreadCounts::default() },
+            new_threads: HashMap::new(),
+            fork_stack: None,
+        }
+    }
+
+    pub fn exited(&self) -> bool {
+        self.exited_at_ns.is_some()
+    }
+}
+
+/// One descriptor as /proc showed it at attach time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotFd {
+    pub fd: i32,
+    pub kind: DescriptorKind,
+    pub detail: String,
+    pub deleted: bool,
+    pub tcp_state: Option<String>,
+    pub cloexec: bool,
+}
+
+/// A followed process as /proc showed it at attach time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSnapshot {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub threads: u64,
+    pub fds: Vec<SnapshotFd>,
+}
+
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    processes: HashMap<u32, Process>,
+    /// Processes whose pid was reused by a later one; kept for the report.
+    departed: Vec<Process>,
+    pub events_applied: u64,
+}
+
+impl Aggregator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records what /proc showed for a process at attach. Events already applied win: an fd
+    /// we saw created is not overwritten by its pre-existing twin.
+    pub fn add_snapshot(&mut self, snapshot: ProcessSnapshot, now_ns: u64) {
+        let process = self
+            .processes
+            .entry(snapshot.pid)
+            .or_insert_with(|| Process::new(snapshot.pid, snapshot.ppid, snapshot.comm.clone()));
+        process.threads.live = process.threads.live.max(snapshot.threads);
+        for fd in snapshot.fds {
+            process.fds.entry(fd.fd).or_insert_with(|| Descriptor {
+                fd: fd.fd,
+                kind: fd.kind,
+                detail: fd.detail,
+                origin: Origin::PreExisting,
+                inherited: false,
+                tid: 0,
+                opened_at_ns: now_ns,
+                stack: None,
+                path_truncated: false,
+                deleted: fd.deleted,
+                tcp_state: fd.tcp_state,
+                cloexec: fd.cloexec,
+            });
+        }
+    }
+
+    pub fn process(&self, pid: u32) -> Option<&Process> {
+        self.processes.get(&pid)
+    }
+
+    /// Current processes (live and exited), then departed ones.
+    pub fn processes(&self) -> impl Iterator<Item = &Process> {
+        self.processes.values().chain(self.departed.iter())
+    }
+
+    pub fn live_processes(&self) -> impl Iterator<Item = &Process> {
+        self.processes.values().filter(|p| !p.exited())
+    }
+
+    pub fn set_comm(&mut self, pid: u32, comm: String) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.comm = comm;
+        }
+    }
+
+    /// Marks a process gone without an exit event (it vanished from /proc, e.g. after lost
+    /// events). Its descriptors are dropped like at exit.
+    pub fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            if !process.exited() {
+                exit_process(process, now_ns);
+            }
+        }
+    }
+
+    /// The process an event's caller belongs to; created on the fly for a followed process we
+    /// have not heard of (its snapshot may still be on the way).
+    fn caller(&mut self, tgid: u32) -> &mut Process {
+        self.processes
+            .entry(tgid)
+            .or_insert_with(|| Process::new(tgid, 0, String::new()))
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        self.events_applied += 1;
+        match event {
+            Event::FileOpened {
+                header,
+                fd,
+                syscall,
+                dirfd,
+                flags,
+                path,
+                path_truncated,
+            } => {
+                let detail = describe_path(path, *dirfd);
+                let descriptor = Descriptor {
+                    fd: *fd,
+                    kind: DescriptorKind::File,
+                    detail,
+                    origin: Origin::Syscall(*syscall),
+                    inherited: false,
+                    tid: header.tid,
+                    opened_at_ns: header.timestamp_ns,
+                    stack: header.stack_id.map(|id| StackRef { id, pid: header.tgid }),
+                    path_truncated: *path_truncated,
+                    deleted: false,
+                    tcp_state: None,
+                    cloexec: u64::from(*flags) & CLOEXEC != 0,
+                };
+                // An fd number already in the table means we missed its close (lost event):
+                // the new descriptor replaces it either way.
+                self.caller(header.tgid).fds.insert(*fd, descriptor);
+            }
+            Event::FdCreated {
+                header,
+                fd,
+                syscall,
+                arg0,
+                arg1,
+                arg2,
+            } => {
+                let process = self.caller(header.tgid);
+                let (kind, detail, cloexec) = match syscall {
+                    Syscall::Socket => (
+                        DescriptorKind::Socket,
+                        describe_socket(*arg0, *arg1),
+                        *arg1 & CLOEXEC != 0,
+                    ),
+                    Syscall::Accept | Syscall::Accept4 => {
+                        let listener = process.fds.get(&(*arg0 as i32));
+                        let detail = listener
+                            .and_then(|l| l.detail.split_whitespace().next())
+                            .map(|protocol| format!("{protocol} (accepted)"))
+                            .unwrap_or_else(|| "socket (accepted)".to_string());
+                        (DescriptorKind::Socket, detail, *arg1 & CLOEXEC != 0)
+                    }
+                    Syscall::Dup | Syscall::Dup2 | Syscall::Dup3 => {
+                        let old_fd = *arg0 as i32;
+                        if old_fd == *fd {
+                            // dup2(fd, fd) changes nothing.
+                            return;
+                        }
+                        let cloexec = *syscall == Syscall::Dup3 && *arg1 & CLOEXEC != 0;
+                        match process.fds.get(&old_fd) {
+                            Some(old) => (old.kind, old.detail.clone(), cloexec),
+                            None => (DescriptorKind::Other, format!("dup of fd {old_fd}"), cloexec),
+                        }
+                    }
+                    _ => (DescriptorKind::Other, format!("{} ({arg2})", syscall.name()), false),
+                };
+                let descriptor = Descriptor {
+                    fd: *fd,
+                    kind,
+                    detail,
+                    origin: Origin::Syscall(*syscall),
+                    inherited: false,
+                    tid: header.tid,
+                    opened_at_ns: header.timestamp_ns,
+                    stack: header.stack_id.map(|id| StackRef { id, pid: header.tgid }),
+                    path_truncated: false,
+                    deleted: false,
+                    tcp_state: None,
+                    cloexec,
+                };
+                // dup2/dup3 onto an open fd close what it held: insert replaces it.
+                process.fds.insert(*fd, descriptor);
+            }
+            Event::FdClosed { header, fd } => {
+                // Closing an fd we never saw (or EBADF) is harmless.
+                if let Some(process) = self.processes.get_mut(&header.tgid) {
+                    process.fds.remove(fd);
+                }
+            }
+            Event::TaskCreated {
+                header,
+                child_tid,
+                clone_flags,
+                ..
+            } => {
+                let stack = header.stack_id.map(|id| StackRef { id, pid: header.tgid });
+                let is_thread = clone_flags.is_some_and(|flags| flags & CLONE_THREAD != 0);
+                if is_thread {
+                    let process = self.caller(header.tgid);
+                    process.threads.created += 1;
+                    process.threads.live += 1;
+                    process.new_threads.insert(
+                        *child_tid,
+                        LiveThread { stack, started_ns: header.timestamp_ns },
+                    );
+                } else {
+                    self.fork(header.tgid, *child_tid, stack);
+                }
+            }
+            Event::TaskExited { header, group_dead } => {
+                let whole_process = group_dead.unwrap_or(header.tid == header.tgid);
+                let process = self.caller(header.tgid);
+                if process.exited() {
+                    // Already handled (it vanished from /proc before its event arrived).
+                    return;
+                }
+                if header.tid != header.tgid {
+                    process.new_threads.remove(&header.tid);
+                    process.threads.exited += 1;
+                    process.threads.live = process.threads.live.saturating_sub(1);
+                }
+                if whole_process {
+                    exit_process(process, header.timestamp_ns);
+                }
+            }
+            Event::Exec { header } => {
+                // execve closes close-on-exec descriptors without a close(2) of their own.
+                // (fcntl F_SETFD changes are not tracked yet: see README limits.)
+                self.caller(header.tgid).fds.retain(|_, d| !d.cloexec);
+            }
+        }
+    }
+
+    /// A new process: it starts with a copy of its parent's table, each descriptor marked
+    /// inherited and keeping the parent's stack.
+    fn fork(&mut self, parent_pid: u32, child_pid: u32, fork_stack: Option<StackRef>) {
+        let parent = self.caller(parent_pid);
+        let comm = parent.comm.clone();
+        let inherited: Vec<Descriptor> = parent
+            .fds
+            .values()
+            .map(|d| Descriptor { inherited: matches!(d.origin, Origin::Syscall(_)), ..d.clone() })
+            .collect();
+        if let Some(previous) = self.processes.remove(&child_pid) {
+            if previous.exited() {
+                // The pid was reused: keep the old process for the report.
+                self.departed.push(previous);
+            } else {
+                // Seen in the attach snapshot already: keep it, but what it inherited from
+                // a traced parent is known more exactly than "pre-existing".
+                let mut child = previous;
+                for descriptor in inherited {
+                    let fd = descriptor.fd;
+                    let replace = child
+                        .fds
+                        .get(&fd)
+                        .is_some_and(|d| d.origin == Origin::PreExisting);
+                    if replace {
+                        child.fds.insert(fd, descriptor);
+                    }
+                }
+                child.fork_stack = fork_stack;
+                self.processes.insert(child_pid, child);
+                return;
+            }
+        }
+        let mut child = Process::new(child_pid, parent_pid, comm);
+        child.fork_stack = fork_stack;
+        child.fds = inherited.into_iter().map(|d| (d.fd, d)).collect();
+        self.processes.insert(child_pid, child);
+    }
+}
+
+/// A process is gone: what it created itself and never closed is kept as held at exit;
+/// the rest (inherited, pre-existing) simply died with it.
+fn exit_process(process: &mut Process, now_ns: u64) {
+    process.exited_at_ns = Some(now_ns);
+    process.threads.live = 0;
+    process.new_threads.clear();
+    let mut held: Vec<Descriptor> = process
+        .fds
+        .drain()
+        .map(|(_, d)| d)
+        .filter(Descriptor::created_here)
+        .collect();
+    held.sort_by_key(|d| d.fd);
+    process.held_at_exit = held;
+}
+
+/// A path as the report shows it: bytes that are not UTF-8 are kept as `\xNN` escapes so
+/// nothing is lost in JSON. A relative path notes the directory fd it is relative to.
+fn describe_path(path: &[u8], dirfd: i32) -> String {
+    let text = escape_bytes(path);
+    if path.first() == Some(&b'/') || dirfd == AT_FDCWD {
+        text
+    } else {
+        format!("{text} (relative to fd {dirfd})")
+    }
+}
+
+/// UTF-8 text as is; each invalid byte as `\xNN`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    out
+}
+
+/// What socket(2)'s domain and type say, before any address is bound.
+fn describe_socket(domain: u64, kind: u64) -> String {
+    const AF_UNIX: u64 = 1;
+    const AF_INET: u64 = 2;
+    const AF_INET6: u64 = 10;
+    const AF_NETLINK: u64 = 16;
+    const AF_PACKET: u64 = 17;
+    const SOCK_STREAM: u64 = 1;
+    const SOCK_DGRAM: u64 = 2;
+    let base = kind & 0xf;
+    match (domain, base) {
+        (AF_INET, SOCK_STREAM) => "tcp".into(),
+        (AF_INET, SOCK_DGRAM) => "udp".into(),
+        (AF_INET6, SOCK_STREAM) => "tcp6".into(),
+        (AF_INET6, SOCK_DGRAM) => "udp6".into(),
+        (AF_UNIX, _) => "unix".into(),
+        (AF_NETLINK, _) => "netlink".into(),
+        (AF_PACKET, _) => "packet".into(),
+        (domain, base) => format!("socket (domain {domain}, type {base})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Header;
+
+    const PARENT: u32 = 100;
+    const CHILD: u32 = 200;
+
+    fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
+        Header { tgid, tid, stack_id, timestamp_ns: t }
+    }
+
+    fn open(tgid: u32, fd: i32, path: &str, t: u64) -> Event {
+        Event::FileOpened {
+            header: header(tgid, tgid, t, Some(1)),
+            fd,
+            syscall: Syscall::Openat,
+            dirfd: AT_FDCWD,
+            flags: 0,
+            path: path.as_bytes().to_vec(),
+            path_truncated: false,
+        }
+    }
+
+    fn created(tgid: u32, fd: i32, syscall: Syscall, arg0: u64, arg1: u64) -> Event {
+        Event::FdCreated {
+            header: header(tgid, tgid, 5, Some(2)),
+            fd,
+            syscall,
+            arg0,
+            arg1,
+            arg2: 0,
+        }
+    }
+
+    fn close(tgid: u32, tid: u32, fd: i32) -> Event {
+        Event::FdClosed { header: header(tgid, tid, 9, None), fd }
+    }
+
+    fn fork(parent: u32, child: u32, flags: u64) -> Event {
+        Event::TaskCreated {
+            header: header(parent, parent, 7, Some(3)),
+            child_tid: child,
+            syscall: Some(Syscall::Clone),
+            clone_flags: Some(flags),
+        }
+    }
+
+    fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
+        Event::TaskExited { header: header(tgid, tid, 20, None), group_dead }
+    }
+
+    fn open_fds(agg: &Aggregator, pid: u32) -> Vec<i32> {
+        let mut fds: Vec<i32> = agg.process(pid).unwrap().fds.keys().copied().collect();
+        fds.sort();
+        fds
+    }
+
+    fn snapshot(pid: u32, fds: &[i32]) -> ProcessSnapshot {
+        ProcessSnapshot {
+            pid,
+            ppid: 1,
+            comm: "server".into(),
+            threads: 1,
+            fds: fds
+                .iter()
+                .map(|&fd| SnapshotFd {
+                    fd,
+                    kind: DescriptorKind::Socket,
+                    detail: "tcp 127.0.0.1:8080".into(),
+                    deleted: false,
+                    tcp_state: Some("LISTEN".into()),
+                    cloexec: fd == 4,
+                })
+                .collect(),
+        }
+    }
+
+    /// Open then close leaves nothing; the fd number can be reused afterwards.
+    #[test]
+    fn open_close_and_reuse() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/a", 1));
+        agg.apply(&close(PARENT, PARENT, 3));
+        assert!(open_fds(&agg, PARENT).is_empty());
+        agg.apply(&open(PARENT, 3, "/b", 2));
+        assert_eq!(agg.process(PARENT).unwrap().fds[&3].detail, "/b");
+    }
+
+    /// Threads share one table: a descriptor opened on one thread and closed on another is gone.
+    #[test]
+    fn close_on_another_thread() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 5, "/dev/null", 1));
+        agg.apply(&close(PARENT, PARENT + 1, 5));
+        assert!(open_fds(&agg, PARENT).is_empty());
+    }
+
+    /// Closing an fd we never saw changes nothing and does not panic.
+    #[test]
+    fn close_of_unknown_fd_is_harmless() {
+        let mut agg = Aggregator::new();
+        agg.apply(&close(PARENT, PARENT, 42));
+        agg.apply(&open(PARENT, 3, "/a", 1));
+        agg.apply(&close(PARENT, PARENT, 42));
+        assert_eq!(open_fds(&agg, PARENT), vec![3]);
+    }
+
+    /// dup2 onto an open fd replaces what it held; the copy takes the old fd's kind and detail.
+    #[test]
+    fn dup2_over_open_fd_closes_it() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/log", 1));
+        agg.apply(&open(PARENT, 4, "/other", 1));
+        agg.apply(&created(PARENT, 4, Syscall::Dup2, 3, 0));
+        let fds = &agg.process(PARENT).unwrap().fds;
+        assert_eq!(fds[&4].detail, "/log");
+        assert_eq!(fds[&4].opened_by(), "dup2");
+        assert_eq!(fds.len(), 2);
+    }
+
+    /// dup2(fd, fd) is a no-op: the original descriptor keeps its origin.
+    #[test]
+    fn dup2_onto_itself_changes_nothing() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/log", 1));
+        agg.apply(&created(PARENT, 3, Syscall::Dup2, 3, 0));
+        assert_eq!(agg.process(PARENT).unwrap().fds[&3].opened_by(), "openat");
+    }
+
+    /// dup3 with O_CLOEXEC marks the copy close-on-exec.
+    #[test]
+    fn dup3_cloexec() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/log", 1));
+        agg.apply(&created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
+        assert!(agg.process(PARENT).unwrap().fds[&9].cloexec);
+    }
+
+    /// The pre-fork incident: the parent accepts, forks a child that serves and exits, and
+    /// never closes its copy. The parent holds the accepted socket; the child reports nothing.
+    #[test]
+    fn prefork_parent_keeps_accepted_socket() {
+        let mut agg = Aggregator::new();
+        agg.add_snapshot(snapshot(PARENT, &[3]), 0);
+        agg.apply(&created(PARENT, 4, Syscall::Accept4, 3, 0));
+        agg.apply(&fork(PARENT, CHILD, 17));
+        let child = agg.process(CHILD).unwrap();
+        assert_eq!(child.ppid, PARENT);
+        assert_eq!(child.fds[&4].opened_by(), "inherited");
+        assert_eq!(child.fds[&4].stack, Some(StackRef { id: 2, pid: PARENT }));
+        assert_eq!(child.fds[&3].opened_by(), "pre-existing");
+        agg.apply(&close(CHILD, CHILD, 4));
+        agg.apply(&exit(CHILD, CHILD, Some(true)));
+        let child = agg.process(CHILD).unwrap();
+        assert!(child.exited());
+        assert!(child.held_at_exit.is_empty(), "inherited copies are not leaks");
+        let parent = agg.process(PARENT).unwrap();
+        assert_eq!(parent.fds[&4].opened_by(), "accept4");
+        assert_eq!(parent.fds[&4].detail, "tcp (accepted)");
+        assert_eq!(parent.fds[&3].opened_by(), "pre-existing");
+    }
+
+    /// A process that exits holding descriptors it created reports them as held at exit.
+    #[test]
+    fn exit_keeps_what_the_process_created() {
+        let mut agg = Aggregator::new();
+        agg.apply(&fork(PARENT, CHILD, 17));
+        agg.apply(&open(CHILD, 5, "/tmp/x", 8));
+        agg.apply(&open(CHILD, 6, "/tmp/y", 8));
+        agg.apply(&close(CHILD, CHILD, 6));
+        agg.apply(&exit(CHILD, CHILD, Some(true)));
+        let child = agg.process(CHILD).unwrap();
+        assert_eq!(child.held_at_exit.len(), 1);
+        assert_eq!(child.held_at_exit[0].detail, "/tmp/x");
+        assert!(child.fds.is_empty());
+        assert_eq!(agg.live_processes().count(), 1, "only the parent is live");
+    }
+
+    /// Threads are counted, not forked: no new process, and their exit is not the process's.
+    #[test]
+    fn threads_are_counted() {
+        let mut agg = Aggregator::new();
+        agg.add_snapshot(snapshot(PARENT, &[]), 0);
+        agg.apply(&fork(PARENT, PARENT + 1, CLONE_THREAD | 0x100));
+        agg.apply(&fork(PARENT, PARENT + 2, CLONE_THREAD | 0x100));
+        assert!(agg.process(PARENT + 1).is_none());
+        agg.apply(&exit(PARENT, PARENT + 1, Some(false)));
+        let parent = agg.process(PARENT).unwrap();
+        assert!(!parent.exited());
+        assert_eq!(parent.threads, ThreadCounts { live: 2, created: 2, exited: 1 });
+        assert_eq!(parent.new_threads.len(), 1);
+    }
+
+    /// Without group_dead, the leader's exit ends the process and a thread's does not.
+    #[test]
+    fn exit_without_group_dead_uses_leader() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/a", 1));
+        agg.apply(&exit(PARENT, PARENT + 1, None));
+        assert!(!agg.process(PARENT).unwrap().exited());
+        agg.apply(&exit(PARENT, PARENT, None));
+        assert!(agg.process(PARENT).unwrap().exited());
+    }
+
+    /// Events win over the attach snapshot: a descriptor seen created is not made pre-existing.
+    #[test]
+    fn snapshot_does_not_override_events() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/a", 1));
+        agg.add_snapshot(snapshot(PARENT, &[3, 4]), 2);
+        let fds = &agg.process(PARENT).unwrap().fds;
+        assert_eq!(fds[&3].opened_by(), "openat");
+        assert_eq!(fds[&4].opened_by(), "pre-existing");
+    }
+
+    /// A child already in the snapshot learns what it inherited from the fork event.
+    #[test]
+    fn fork_refines_snapshotted_child() {
+        let mut agg = Aggregator::new();
+        agg.apply(&created(PARENT, 4, Syscall::Accept, 3, 0));
+        agg.add_snapshot(snapshot(CHILD, &[4]), 2);
+        agg.apply(&fork(PARENT, CHILD, 17));
+        assert_eq!(agg.process(CHILD).unwrap().fds[&4].opened_by(), "inherited");
+    }
+
+    /// A reused pid starts a fresh process; the old one is kept for the report.
+    #[test]
+    fn reused_pid_is_a_new_process() {
+        let mut agg = Aggregator::new();
+        agg.apply(&fork(PARENT, CHILD, 17));
+        agg.apply(&open(CHILD, 5, "/old", 8));
+        agg.apply(&exit(CHILD, CHILD, Some(true)));
+        agg.apply(&fork(PARENT, CHILD, 17));
+        assert!(!agg.process(CHILD).unwrap().exited());
+        assert!(agg.process(CHILD).unwrap().fds.is_empty());
+        let held: usize = agg.processes().map(|p| p.held_at_exit.len()).sum();
+        assert_eq!(held, 1);
+    }
+
+    /// exec drops close-on-exec descriptors (from events and from the snapshot) and keeps the rest.
+    #[test]
+    fn exec_closes_cloexec_descriptors() {
+        let mut agg = Aggregator::new();
+        agg.add_snapshot(snapshot(PARENT, &[3, 4]), 0);
+        agg.apply(&created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
+        agg.apply(&Event::Exec { header: header(PARENT, PARENT, 30, None) });
+        assert_eq!(open_fds(&agg, PARENT), vec![3]);
+    }
+
+    /// An exit seen twice (vanished from /proc, then its event) keeps what was held at exit.
+    #[test]
+    fn second_exit_is_ignored() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/a", 1));
+        agg.mark_vanished(PARENT, 10);
+        agg.apply(&exit(PARENT, PARENT, Some(true)));
+        assert_eq!(agg.process(PARENT).unwrap().held_at_exit.len(), 1);
+    }
+
+    /// Non-UTF-8 bytes survive as escapes; relative paths say what they are relative to.
+    #[test]
+    fn paths_are_escaped_and_qualified() {
+        assert_eq!(describe_path(b"/tmp/\xffx", AT_FDCWD), "/tmp/\\xffx");
+        assert_eq!(describe_path(b"log.txt", AT_FDCWD), "log.txt");
+        assert_eq!(describe_path(b"log.txt", 7), "log.txt (relative to fd 7)");
+    }
+
+    /// socket(2) arguments name the protocol, ignoring SOCK_* flags.
+    #[test]
+    fn socket_descriptions() {
+        assert_eq!(describe_socket(2, 1 | CLOEXEC), "tcp");
+        assert_eq!(describe_socket(10, 2), "udp6");
+        assert_eq!(describe_socket(1, 1), "unix");
+    }
+}

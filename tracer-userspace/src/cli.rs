@@ -1,0 +1,92 @@
+//! Command-line options (report contract v1: --pid, -- COMMAND, --duration, --json, --min-age).
+
+use clap::Parser;
+
+/// Find descriptor leaks in live processes: attach eBPF probes to a process tree and report
+/// what is still open, grouped by the user-space stack that opened it.
+#[derive(Debug, Parser)]
+#[command(name = "tracer", version, arg_required_else_help = true)]
+pub struct Options {
+    /// Attach to this running process, its threads, its current descendants and every process
+    /// it forks from then on.
+    #[arg(long, short, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// Stop after SECS seconds and print the report (default: on Ctrl-C or SIGTERM, or when
+    /// every followed process has exited).
+    #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
+    pub duration: Option<f64>,
+
+    /// Print the final report as one JSON document on stdout (human text goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Report only descriptors open for at least SECS seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = non_negative_seconds)]
+    pub min_age: f64,
+
+    /// Size of the kernel-to-user ring buffer in MiB (a power of two). Raise it if the report
+    /// says events were lost.
+    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = ring_buffer_mib)]
+    pub ring_buffer_mib: u32,
+
+    /// Start COMMAND with its arguments and follow it from its first syscall.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+impl Options {
+    /// Checks what clap cannot express: exactly one of --pid and COMMAND.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.pid.is_none() && self.command.is_empty() {
+            return Err("say what to trace: --pid PID, or -- COMMAND [ARGS...]".into());
+        }
+        Ok(())
+    }
+}
+
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+fn non_negative_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
+        _ => Err(format!("`{text}` is not a number of seconds")),
+    }
+}
+
+fn ring_buffer_mib(text: &str) -> Result<u32, String> {
+    match text.parse::<u32>() {
+        Ok(mib) if mib.is_power_of_two() && mib <= 1024 => Ok(mib),
+        _ => Err(format!("`{text}` is not a power of two between 1 and 1024")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// --pid and a command are alternatives; options before `--` belong to tracer.
+    #[test]
+    fn parses_both_modes() {
+        let opts = Options::try_parse_from(["tracer", "--pid", "7", "--json", "--duration", "2"]).unwrap();
+        assert_eq!((opts.pid, opts.json, opts.duration), (Some(7), true, Some(2.0)));
+        let opts = Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"]).unwrap();
+        assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
+        assert!(Options::try_parse_from(["tracer", "--pid", "7", "--", "x"]).is_err());
+    }
+
+    /// Nonsense values are refused with an error, not a panic.
+    #[test]
+    fn refuses_bad_values() {
+        for bad in [["--duration", "0"], ["--duration", "nan"], ["--ring-buffer-mib", "3"], ["--pid", "-4"]] {
+            assert!(Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
+        let opts = Options::try_parse_from(["tracer", "--json"]).unwrap();
+        assert!(opts.validate().is_err());
+    }
+}

@@ -1,0 +1,256 @@
+//! Decoding ring buffer records into [`Event`]s. The kernel writes `#[repr(C)]` structs from
+//! tracer-common; this is the only place that looks at raw bytes.
+
+use std::mem::size_of;
+
+use tracer_common::{
+    CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, Syscall,
+};
+
+/// Who did it and when: the common header, decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub tgid: u32,
+    pub tid: u32,
+    /// Id of the user stack in the kernel's stack map.
+    pub stack_id: Option<u32>,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub timestamp_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    FileOpened {
+        header: Header,
+        fd: i32,
+        syscall: Syscall,
+        dirfd: i32,
+        flags: u32,
+        /// Raw bytes: paths need not be UTF-8.
+        path: Vec<u8>,
+        path_truncated: bool,
+    },
+    FdCreated {
+        header: Header,
+        fd: i32,
+        syscall: Syscall,
+        arg0: u64,
+        arg1: u64,
+        arg2: u64,
+    },
+    FdClosed {
+        header: Header,
+        fd: i32,
+    },
+    TaskCreated {
+        header: Header,
+        child_tid: u32,
+        syscall: Option<Syscall>,
+        /// `None` when the kernel created the task without a syscall we saw.
+        clone_flags: Option<u64>,
+    },
+    TaskExited {
+        header: Header,
+        /// Whether the whole process is gone; `None` when the kernel does not say.
+        group_dead: Option<bool>,
+    },
+    Exec {
+        header: Header,
+    },
+}
+
+impl Event {
+    pub fn header(&self) -> &Header {
+        match self {
+            Self::FileOpened { header, .. }
+            | Self::FdCreated { header, .. }
+            | Self::FdClosed { header, .. }
+            | Self::TaskCreated { header, .. }
+            | Self::TaskExited { header, .. }
+            | Self::Exec { header } => header,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is too short for its kind")]
+    TooShort(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown syscall {0}")]
+    UnknownSyscall(u32),
+}
+
+/// Reads a `T` from the front of `bytes`, which the ring buffer does not align for us.
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    // SAFETY: length checked; T is a plain-old-data repr(C) struct from tracer-common.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn header(raw: &EventHeader) -> Header {
+    Header {
+        tgid: raw.tgid,
+        tid: raw.tid,
+        stack_id: u32::try_from(raw.stack_id).ok(),
+        timestamp_ns: raw.timestamp_ns,
+    }
+}
+
+fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
+    Syscall::try_from(raw).map_err(DecodeError::UnknownSyscall)
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let raw_header: EventHeader = read(bytes)?;
+    let kind = EventKind::try_from(raw_header.kind).map_err(DecodeError::UnknownKind)?;
+    let header = header(&raw_header);
+    Ok(match kind {
+        EventKind::FileOpened => {
+            let raw: FileOpenEvent = read(bytes)?;
+            let len = usize::from(raw.path_len).min(PATH_CAP);
+            Event::FileOpened {
+                header,
+                fd: raw.fd,
+                syscall: syscall(raw.syscall)?,
+                dirfd: raw.dirfd,
+                flags: raw.flags,
+                path: raw.path[..len].to_vec(),
+                path_truncated: raw.path_truncated != 0,
+            }
+        }
+        EventKind::FdCreated => {
+            let raw: FdEvent = read(bytes)?;
+            Event::FdCreated {
+                header,
+                fd: raw.fd,
+                syscall: syscall(raw.syscall)?,
+                arg0: raw.arg0,
+                arg1: raw.arg1,
+                arg2: raw.arg2,
+            }
+        }
+        EventKind::FdClosed => {
+            let raw: CloseEvent = read(bytes)?;
+            Event::FdClosed { header, fd: raw.fd }
+        }
+        EventKind::TaskCreated => {
+            let raw: ForkEvent = read(bytes)?;
+            Event::TaskCreated {
+                header,
+                child_tid: raw.child_tid,
+                syscall: Syscall::try_from(raw.syscall).ok(),
+                clone_flags: (raw.clone_flags != CLONE_FLAGS_UNKNOWN).then_some(raw.clone_flags),
+            }
+        }
+        EventKind::TaskExited => {
+            let raw: ExitEvent = read(bytes)?;
+            Event::TaskExited {
+                header,
+                group_dead: match raw.group_dead {
+                    GROUP_DEAD_UNKNOWN => None,
+                    dead => Some(dead != 0),
+                },
+            }
+        }
+        EventKind::Exec => {
+            let _: ExecEvent = read(bytes)?;
+            Event::Exec { header }
+        }
+    })
+}
+
+/// Views a repr(C) value as bytes; tests use it to build records as the kernel would.
+#[cfg(test)]
+pub(crate) fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: T is plain-old-data; we copy exactly its bytes.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_header(kind: EventKind, stack_id: i32) -> EventHeader {
+        EventHeader {
+            kind: kind as u32,
+            tgid: 10,
+            tid: 11,
+            stack_id,
+            timestamp_ns: 5,
+        }
+    }
+
+    /// A file-open record decodes with its path cut at path_len and its truncation flag.
+    #[test]
+    fn decodes_file_open() {
+        let mut raw = FileOpenEvent {
+            header: raw_header(EventKind::FileOpened, 3),
+            fd: 7,
+            syscall: Syscall::Openat as u32,
+            dirfd: -100,
+            flags: 0o2000000,
+            path_len: 9,
+            path_truncated: 1,
+            _pad: [0; 5],
+            path: [0; PATH_CAP],
+        };
+        raw.path[..9].copy_from_slice(b"/dev/null");
+        let Event::FileOpened { header, fd, path, path_truncated, syscall, .. } =
+            decode(&as_bytes(&raw)).unwrap()
+        else {
+            panic!("wrong kind");
+        };
+        assert_eq!(header.stack_id, Some(3));
+        assert_eq!((fd, syscall), (7, Syscall::Openat));
+        assert_eq!(path, b"/dev/null");
+        assert!(path_truncated);
+    }
+
+    /// A negative stack id (no stack captured) decodes as None.
+    #[test]
+    fn missing_stack_is_none() {
+        let raw = CloseEvent { header: raw_header(EventKind::FdClosed, -1), fd: 4, _pad: 0 };
+        assert_eq!(decode(&as_bytes(&raw)).unwrap().header().stack_id, None);
+    }
+
+    /// Short records and unknown kinds are errors, never panics.
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(decode(&[1, 0, 0]), Err(DecodeError::TooShort(3)));
+        let raw = raw_header(EventKind::FdClosed, -1);
+        assert_eq!(decode(&as_bytes(&raw)), Err(DecodeError::TooShort(24)));
+        let mut unknown = raw_header(EventKind::Exec, -1);
+        unknown.kind = 99;
+        assert_eq!(decode(&as_bytes(&unknown)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    /// Unknown clone flags and group_dead values map to None.
+    #[test]
+    fn decodes_task_events() {
+        let fork = ForkEvent {
+            header: raw_header(EventKind::TaskCreated, 1),
+            child_tid: 12,
+            syscall: 0,
+            clone_flags: CLONE_FLAGS_UNKNOWN,
+        };
+        assert!(matches!(
+            decode(&as_bytes(&fork)).unwrap(),
+            Event::TaskCreated { child_tid: 12, syscall: None, clone_flags: None, .. }
+        ));
+        let exit = ExitEvent {
+            header: raw_header(EventKind::TaskExited, -1),
+            group_dead: GROUP_DEAD_UNKNOWN,
+            _pad: 0,
+        };
+        assert!(matches!(
+            decode(&as_bytes(&exit)).unwrap(),
+            Event::TaskExited { group_dead: None, .. }
+        ));
+    }
+}

@@ -1,0 +1,15 @@
+//! tracer: finds descriptor leaks in live processes with eBPF.
+//!
+//! Data flows one way: kernel probe → ring buffer → [`events`] decoder → [`aggregator`]
+//! (per-process descriptor tables) → [`report`]. [`session`] wires the pieces together.
+
+pub mod aggregator;
+pub mod cli;
+pub mod events;
+pub mod kind;
+pub mod loader;
+pub mod procfs;
+pub mod report;
+pub mod session;
+pub mod symbolize;
+pub mod tracefs;

@@ -1,0 +1,258 @@
+//! Loading the eBPF object, writing this kernel's tracepoint offsets into it, attaching every
+//! program, and the map operations the session needs (follow a pid, read stacks and losses).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{ProgramError, TracePoint},
+};
+use tracer_common::{OFFSETS_GLOBAL, map_names};
+
+use crate::tracefs::{self, Formats, TracefsError};
+
+/// The eBPF object built by build.rs (aya-build) from the tracer-ebpf crate.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Where the kernel publishes its BTF; `TRACER_BTF_PATH` overrides it (tests use this to
+/// check the error a BTF-less kernel gives).
+const SYSFS_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// A tracepoint program: its category, its name (program and tracepoint share it), and
+/// whether the tracer can work without it.
+struct Probe {
+    category: &'static str,
+    name: &'static str,
+    required: bool,
+}
+
+const fn probe(category: &'static str, name: &'static str, required: bool) -> Probe {
+    Probe {
+        category,
+        name,
+        required,
+    }
+}
+
+/// Every program in the object. Optional ones are missing on some architectures (arm64 has
+/// no open, creat, fork, vfork, dup2) or older kernels (openat2, clone3).
+const PROBES: &[Probe] = &[
+    probe("syscalls", "sys_enter_open", false),
+    probe("syscalls", "sys_exit_open", false),
+    probe("syscalls", "sys_enter_openat", true),
+    probe("syscalls", "sys_exit_openat", true),
+    probe("syscalls", "sys_enter_openat2", false),
+    probe("syscalls", "sys_exit_openat2", false),
+    probe("syscalls", "sys_enter_creat", false),
+    probe("syscalls", "sys_exit_creat", false),
+    probe("syscalls", "sys_enter_socket", true),
+    probe("syscalls", "sys_exit_socket", true),
+    probe("syscalls", "sys_enter_accept", false),
+    probe("syscalls", "sys_exit_accept", false),
+    probe("syscalls", "sys_enter_accept4", true),
+    probe("syscalls", "sys_exit_accept4", true),
+    probe("syscalls", "sys_enter_dup", true),
+    probe("syscalls", "sys_exit_dup", true),
+    probe("syscalls", "sys_enter_dup2", false),
+    probe("syscalls", "sys_exit_dup2", false),
+    probe("syscalls", "sys_enter_dup3", true),
+    probe("syscalls", "sys_exit_dup3", true),
+    probe("syscalls", "sys_enter_close", true),
+    probe("syscalls", "sys_enter_fork", false),
+    probe("syscalls", "sys_enter_vfork", false),
+    probe("syscalls", "sys_enter_clone", true),
+    probe("syscalls", "sys_enter_clone3", false),
+    probe("sched", "sched_process_fork", true),
+    probe("sched", "sched_process_exit", true),
+    probe("sched", "sched_process_exec", true),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tracer needs root (CAP_BPF and CAP_PERFMON) to load its eBPF programs: run it as root")]
+    NotRoot,
+    #[error(
+        "this kernel exposes no BTF at {0} (it needs CONFIG_DEBUG_INFO_BTF=y); tracer cannot load its programs without it"
+    )]
+    NoBtf(PathBuf),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("this kernel lacks the tracepoint {0}, which tracer cannot work without")]
+    MissingTracepoint(String),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("the eBPF object has no {0}; the build is broken")]
+    MissingInObject(&'static str),
+    #[error("the kernel refused program {program}: {reason}")]
+    Program { program: &'static str, reason: String },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        source: aya::maps::MapError,
+    },
+}
+
+/// Events the kernel side could not deliver, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostCounts {
+    /// Events dropped because the ring buffer was full.
+    pub ring_full: u64,
+    /// Syscalls whose arguments could not be stashed (too many in flight).
+    pub in_flight_full: u64,
+    /// Children that could not be followed (followed-process map full).
+    pub follow_full: u64,
+}
+
+impl LostCounts {
+    pub fn total(&self) -> u64 {
+        self.ring_full + self.in_flight_full + self.follow_full
+    }
+}
+
+/// The loaded and attached programs and the maps userspace uses. Dropping it detaches all.
+pub struct Probes {
+    followed: HashMap<MapData, u32, u8>,
+    stacks: StackTraceMap<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    /// Tracepoints attached, and those this kernel lacks (optional ones only).
+    pub attached: Vec<&'static str>,
+    pub unavailable: Vec<&'static str>,
+    /// Owns the programs and their links.
+    _ebpf: Ebpf,
+}
+
+/// What must hold before loading: root, BTF, tracefs. Checked before a command is started so
+/// that a bad environment fails fast with one clear line.
+pub fn preflight() -> Result<PathBuf, LoadError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(LoadError::NotRoot);
+    }
+    let btf = std::env::var_os("TRACER_BTF_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF));
+    if !btf.is_file() {
+        return Err(LoadError::NoBtf(btf));
+    }
+    Ok(tracefs::ensure_mounted()?)
+}
+
+/// The ring buffer userspace reads events from.
+pub type EventRing = RingBuf<MapData>;
+
+/// Loads the object with this kernel's offsets and attaches every available program.
+pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing), LoadError> {
+    let names: Vec<(&str, &str)> = PROBES.iter().map(|p| (p.category, p.name)).collect();
+    let formats = Formats::read(tracefs_root, &names)?;
+    if let Some(missing) = PROBES.iter().find(|p| p.required && !formats.has(p.name)) {
+        return Err(LoadError::MissingTracepoint(format!(
+            "{}:{}",
+            missing.category, missing.name
+        )));
+    }
+    let offsets = formats.offsets()?;
+    log::debug!("tracepoint offsets: {offsets:?}");
+
+    let mut ebpf = EbpfLoader::new()
+        .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .map_max_entries(map_names::EVENTS, ring_bytes)
+        .load(EBPF_OBJECT)?;
+
+    let mut attached = Vec::new();
+    let mut unavailable = Vec::new();
+    for probe in PROBES {
+        if !formats.has(probe.name) {
+            log::warn!(
+                "this kernel has no tracepoint {}:{}; skipping it",
+                probe.category,
+                probe.name
+            );
+            unavailable.push(probe.name);
+            continue;
+        }
+        attach(&mut ebpf, probe)?;
+        attached.push(probe.name);
+    }
+
+    let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
+        .map_err(map_error(map_names::EVENTS))?;
+    let probes = Probes {
+        followed: HashMap::try_from(take_map(&mut ebpf, map_names::FOLLOWED)?)
+            .map_err(map_error(map_names::FOLLOWED))?,
+        stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
+            .map_err(map_error(map_names::STACKS))?,
+        lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?).map_err(map_error(map_names::LOST))?,
+        attached,
+        unavailable,
+        _ebpf: ebpf,
+    };
+    Ok((probes, events))
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name).ok_or(LoadError::MissingInObject(name))
+}
+
+fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+    move |source| LoadError::Map { map, source }
+}
+
+fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), LoadError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(probe.name)
+        .ok_or(LoadError::MissingInObject(probe.name))?
+        .try_into()
+        .map_err(|err: ProgramError| program_error(probe.name, err))?;
+    program.load().map_err(|err| program_error(probe.name, err))?;
+    program
+        .attach(probe.category, probe.name)
+        .map_err(|err| program_error(probe.name, err))?;
+    Ok(())
+}
+
+/// One readable line for a refused program; the verifier's full log only at debug level.
+fn program_error(program: &'static str, err: ProgramError) -> LoadError {
+    let reason = match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            log::debug!("verifier log for {program}:\n{log}");
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            format!("{io_error} (verifier: {last}; run with RUST_LOG=debug for the full log)")
+        }
+        other => other.to_string(),
+    };
+    LoadError::Program { program, reason }
+}
+
+impl Probes {
+    /// Follows a process from now on; its children are then followed by the kernel itself.
+    pub fn follow(&mut self, tgid: u32) -> Result<(), LoadError> {
+        self.followed
+            .insert(tgid, 1, 0)
+            .map_err(map_error(map_names::FOLLOWED))
+    }
+
+    pub fn lost(&self) -> LostCounts {
+        let sum = |index: u32| -> u64 {
+            self.lost
+                .get(&index, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        LostCounts {
+            ring_full: sum(0),
+            in_flight_full: sum(1),
+            follow_full: sum(2),
+        }
+    }
+
+    /// Instruction pointers of a user stack, innermost first.
+    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        let trace = self.stacks.get(&id, 0).ok()?;
+        Some(trace.frames().iter().map(|frame| frame.ip).collect())
+    }
+}

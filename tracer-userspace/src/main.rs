@@ -1,0 +1,21 @@
+//! `tracer`: thin entry point over the library; errors become one line and a non-zero exit.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracer::{cli::Options, session};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .init();
+    let options = Options::parse();
+    match session::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` joins the context chain on one line: "cannot attach the probes: ...".
+            eprintln!("tracer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The final report: what is still open, grouped by the stack that opened it, in the shape of
+//! the report contract (v1). [`build`] assembles it from the aggregator; [`text`] renders it
+//! for people, serde for scripts.
+
+pub mod text;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    aggregator::{Aggregator, Descriptor, Process, StackRef},
+    kind::DescriptorKind,
+    symbolize::Frame,
+};
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub target: Target,
+    pub duration_s: f64,
+    pub events: EventCounts,
+    pub processes: Vec<ProcessEntry>,
+    pub open_descriptors: Vec<DescriptorEntry>,
+    pub stacks: Vec<StackGroup>,
+    pub thread_stacks: Vec<ThreadStackGroup>,
+    pub tcp: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EventCounts {
+    pub received: u64,
+    /// Every event the kernel side could not deliver or follow up, all causes together.
+    pub lost: u64,
+    pub lost_ring_buffer_full: u64,
+    pub lost_in_flight_full: u64,
+    pub unfollowed_children: u64,
+    /// Records that could not be decoded (a tracer bug if ever non-zero).
+    pub undecodable: u64,
+    /// Descriptors in our tables that /proc showed closed at report time (their close was
+    /// lost); they are left out of the report.
+    pub reconciled_closed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadCountsEntry {
+    pub live: u64,
+    pub created: u64,
+    pub exited: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exited: bool,
+    pub zombie: bool,
+    pub fork_stack: Option<Vec<FrameEntry>>,
+    pub threads: ThreadCountsEntry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FrameEntry {
+    #[serde(serialize_with = "hex_addr")]
+    pub addr: u64,
+    pub symbol: Option<String>,
+    pub module: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+}
+
+fn hex_addr<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{addr:#x}"))
+}
+
+impl From<Frame> for FrameEntry {
+    fn from(frame: Frame) -> Self {
+        Self {
+            addr: frame.addr,
+            symbol: frame.symbol,
+            module: frame.module,
+            file: frame.file,
+            line: frame.line,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DescriptorEntry {
+    pub pid: u32,
+    pub fd: i32,
+    pub kind: DescriptorKind,
+    pub detail: String,
+    pub tcp_state: Option<String>,
+    pub deleted: bool,
+    pub opened_by: &'static str,
+    pub tid: u32,
+    pub age_s: f64,
+    pub at_exit: bool,
+    pub stack_id: Option<u32>,
+    pub stack: Vec<FrameEntry>,
+    /// The path did not fit in the capture buffer and was cut.
+    pub path_truncated: bool,
+    pub cloexec: bool,
+    /// Where `stack` comes from; resolved into frames once per distinct stack.
+    #[serde(skip)]
+    pub stack_ref: Option<StackRef>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StackGroup {
+    /// Null for descriptors without a stack (pre-existing ones, or when capture failed).
+    pub stack_id: Option<u32>,
+    pub open_count: u64,
+    pub oldest_age_s: f64,
+    pub kinds: BTreeMap<DescriptorKind, u64>,
+    /// How they were opened, e.g. {"accept4": 20}.
+    pub opened_by: BTreeMap<&'static str, u64>,
+    pub pids: Vec<u32>,
+    pub stack: Vec<FrameEntry>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadStackGroup {
+    pub pid: u32,
+    pub live: u64,
+    pub stack: Vec<FrameEntry>,
+}
+
+/// What the report needs from outside the aggregator: stacks as frames, and /proc's view of
+/// descriptors that are still open. The session implements it with the kernel maps, blazesym
+/// and /proc; tests with fixed answers.
+pub trait Resolver {
+    fn frames(&mut self, stack: StackRef) -> Vec<Frame>;
+    /// Updates live descriptors of `pid` from /proc (detail, TCP state, deleted) and returns
+    /// the fds that turned out to be closed already.
+    fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32>;
+    fn is_zombie(&mut self, pid: u32) -> bool;
+}
+
+/// Facts about the session the aggregator does not know.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFacts {
+    pub target: u32,
+    pub command: Vec<String>,
+    pub duration_s: f64,
+    pub now_ns: u64,
+    pub received: u64,
+    pub undecodable: u64,
+    pub lost_ring_full: u64,
+    pub lost_in_flight_full: u64,
+    pub unfollowed_children: u64,
+    /// Report only descriptors at least this old.
+    pub min_age_s: f64,
+}
+
+pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolver) -> Report {
+    let mut processes: Vec<&Process> = agg.processes().collect();
+    processes.sort_by_key(|p| (p.exited_at_ns.is_some(), p.pid));
+
+    let mut descriptors = Vec::new();
+    let mut reconciled_closed = 0;
+    for process in &processes {
+        let mut live: Vec<&Descriptor> = process.fds.values().collect();
+        live.sort_by_key(|d| d.fd);
+        let mut entries: Vec<DescriptorEntry> =
+            live.iter().map(|d| entry(process.pid, d, facts.now_ns, false)).collect();
+        if !process.exited() && !entries.is_empty() {
+            let closed = resolver.refresh(process.pid, &mut entries);
+            reconciled_closed += closed.len() as u64;
+            entries.retain(|e| !closed.contains(&e.fd));
+        }
+        let exit_ns = process.exited_at_ns.unwrap_or(facts.now_ns);
+        entries.extend(process.held_at_exit.iter().map(|d| entry(process.pid, d, exit_ns, true)));
+        descriptors.extend(entries.into_iter().filter(|e| e.age_s >= facts.min_age_s));
+    }
+
+    // Symbolize each distinct stack once and attach frames to every descriptor.
+    let mut frames_by_stack: HashMap<StackRef, Vec<FrameEntry>> = HashMap::new();
+    for d in &mut descriptors {
+        if let Some(stack) = d.stack_ref {
+            let frames = frames_by_stack
+                .entry(stack)
+                .or_insert_with(|| resolver.frames(stack).into_iter().map(FrameEntry::from).collect());
+            d.stack = frames.clone();
+        }
+    }
+
+    let stacks = group_by_stack(&descriptors);
+    let thread_stacks = group_threads(&processes, resolver);
+    let process_entries = processes
+        .iter()
+        .map(|p| ProcessEntry {
+            pid: p.pid,
+            ppid: p.ppid,
+            comm: p.comm.clone(),
+            exited: p.exited(),
+            zombie: !p.exited() && resolver.is_zombie(p.pid),
+            fork_stack: p
+                .fork_stack
+                .map(|s| resolver.frames(s).into_iter().map(FrameEntry::from).collect()),
+            threads: ThreadCountsEntry {
+                live: p.threads.live,
+                created: p.threads.created,
+                exited: p.threads.exited,
+            },
+        })
+        .collect();
+    let mut tcp = BTreeMap::new();
+    for d in descriptors.iter().filter(|d| !d.at_exit) {
+        if let Some(state) = &d.tcp_state {
+            *tcp.entry(state.clone()).or_insert(0) += 1;
+        }
+    }
+
+    Report {
+        version: REPORT_VERSION,
+        target: Target {
+            pid: facts.target,
+            command: facts.command.clone(),
+        },
+        duration_s: facts.duration_s,
+        events: EventCounts {
+            received: facts.received,
+            lost: facts.lost_ring_full + facts.lost_in_flight_full + facts.unfollowed_children,
+            lost_ring_buffer_full: facts.lost_ring_full,
+            lost_in_flight_full: facts.lost_in_flight_full,
+            unfollowed_children: facts.unfollowed_children,
+            undecodable: facts.undecodable,
+            reconciled_closed,
+        },
+        processes: process_entries,
+        open_descriptors: descriptors,
+        stacks,
+        thread_stacks,
+        tcp,
+    }
+}
+
+fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> DescriptorEntry {
+    DescriptorEntry {
+        pid,
+        fd: d.fd,
+        kind: d.kind,
+        detail: d.detail.clone(),
+        tcp_state: d.tcp_state.clone(),
+        deleted: d.deleted,
+        opened_by: d.opened_by(),
+        tid: d.tid,
+        age_s: seconds(now_ns.saturating_sub(d.opened_at_ns)),
+        at_exit,
+        stack_id: d.stack.map(|s| s.id),
+        stack: Vec::new(),
+        path_truncated: d.path_truncated,
+        cloexec: d.cloexec,
+        stack_ref: d.stack,
+    }
+}
+
+fn seconds(ns: u64) -> f64 {
+    // Millisecond precision is what a reader needs, and it keeps the JSON short.
+    (ns as f64 / 1e6).round() / 1e3
+}
+
+/// Descriptors grouped by the stack that created them, most numerous first.
+fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
+    let mut groups: Vec<StackGroup> = Vec::new();
+    let mut index: HashMap<Option<u32>, usize> = HashMap::new();
+    for d in descriptors {
+        let at = *index.entry(d.stack_id).or_insert_with(|| {
+            groups.push(StackGroup {
+                stack_id: d.stack_id,
+                open_count: 0,
+                oldest_age_s: 0.0,
+                kinds: BTreeMap::new(),
+                opened_by: BTreeMap::new(),
+                pids: Vec::new(),
+                stack: d.stack.clone(),
+            });
+            groups.len() - 1
+        });
+        let group = &mut groups[at];
+        group.open_count += 1;
+        group.oldest_age_s = group.oldest_age_s.max(d.age_s);
+        *group.kinds.entry(d.kind).or_insert(0) += 1;
+        *group.opened_by.entry(d.opened_by).or_insert(0) += 1;
+        if !group.pids.contains(&d.pid) {
+            group.pids.push(d.pid);
+        }
+    }
+    groups.sort_by(|a, b| {
+        b.open_count
+            .cmp(&a.open_count)
+            .then(b.oldest_age_s.total_cmp(&a.oldest_age_s))
+    });
+    groups
+}
+
+/// Live threads started while traced, grouped by process and creation stack.
+fn group_threads(processes: &[&Process], resolver: &mut impl Resolver) -> Vec<ThreadStackGroup> {
+    let mut groups = Vec::new();
+    for process in processes.iter().filter(|p| !p.exited()) {
+        let mut by_stack: BTreeMap<Option<u32>, (u64, Option<StackRef>)> = BTreeMap::new();
+        for thread in process.new_threads.values() {
+            let slot = by_stack
+                .entry(thread.stack.map(|s| s.id))
+                .or_insert((0, thread.stack));
+            slot.0 += 1;
+        }
+        for (_, (live, stack)) in by_stack {
+            groups.push(ThreadStackGroup {
+                pid: process.pid,
+                live,
+                stack: stack
+                    .map(|s| resolver.frames(s).into_iter().map(FrameEntry::from).collect())
+                    .unwrap_or_default(),
+            });
+        }
+    }
+    groups.sort_by(|a, b| b.live.cmp(&a.live));
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        aggregator::{ProcessSnapshot, SnapshotFd},
+        events::{Event, Header},
+    };
+    use tracer_common::Syscall;
+
+    struct FakeResolver {
+        closed: Vec<i32>,
+    }
+
+    impl Resolver for FakeResolver {
+        fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
+            vec![Frame {
+                symbol: Some(format!("fn_{}", stack.id)),
+                ..Frame::unknown(0x1000 + u64::from(stack.id))
+            }]
+        }
+        fn refresh(&mut self, _pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32> {
+            for d in descriptors.iter_mut() {
+                if d.kind == DescriptorKind::Socket {
+                    d.tcp_state = Some("ESTABLISHED".into());
+                }
+            }
+            self.closed.clone()
+        }
+        fn is_zombie(&mut self, _pid: u32) -> bool {
+            false
+        }
+    }
+
+    fn accept(fd: i32, stack: u32, t: u64) -> Event {
+        Event::FdCreated {
+            header: Header { tgid: 1, tid: 1, stack_id: Some(stack), timestamp_ns: t },
+            fd,
+            syscall: Syscall::Accept4,
+            arg0: 3,
+            arg1: 0,
+            arg2: 0,
+        }
+    }
+
+    fn aggregator() -> Aggregator {
+        let mut agg = Aggregator::new();
+        agg.add_snapshot(
+            ProcessSnapshot {
+                pid: 1,
+                ppid: 0,
+                comm: "server".into(),
+                threads: 1,
+                fds: vec![SnapshotFd {
+                    fd: 3,
+                    kind: DescriptorKind::Socket,
+                    detail: "tcp 127.0.0.1:80".into(),
+                    deleted: false,
+                    tcp_state: Some("LISTEN".into()),
+                    cloexec: false,
+                }],
+            },
+            0,
+        );
+        for fd in 4..9 {
+            agg.apply(&accept(fd, 7, 1_000_000_000));
+        }
+        agg.apply(&Event::FileOpened {
+            header: Header { tgid: 1, tid: 2, stack_id: Some(8), timestamp_ns: 2_000_000_000 },
+            fd: 9,
+            syscall: Syscall::Openat,
+            dirfd: -100,
+            flags: 0,
+            path: b"/var/log/x".to_vec(),
+            path_truncated: false,
+        });
+        agg
+    }
+
+    fn facts() -> SessionFacts {
+        SessionFacts { target: 1, now_ns: 5_000_000_000, ..SessionFacts::default() }
+    }
+
+    /// Groups are ranked by count, carry their frames, kinds and ages; TCP states are counted.
+    #[test]
+    fn groups_by_stack() {
+        let report = build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![] });
+        assert_eq!(report.open_descriptors.len(), 7);
+        let top = &report.stacks[0];
+        assert_eq!((top.stack_id, top.open_count), (Some(7), 5));
+        assert_eq!(top.oldest_age_s, 4.0);
+        assert_eq!(top.kinds[&DescriptorKind::Socket], 5);
+        assert_eq!(top.opened_by["accept4"], 5);
+        assert_eq!(top.stack[0].symbol.as_deref(), Some("fn_7"));
+        assert_eq!(report.tcp["ESTABLISHED"], 6);
+        let listener = report.open_descriptors.iter().find(|d| d.fd == 3).unwrap();
+        assert_eq!((listener.opened_by, listener.stack_id), ("pre-existing", None));
+    }
+
+    /// Descriptors /proc shows closed are dropped and counted as reconciled.
+    #[test]
+    fn reconciles_closed_descriptors() {
+        let report = build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![4, 5] });
+        assert_eq!(report.open_descriptors.len(), 5);
+        assert_eq!(report.events.reconciled_closed, 2);
+    }
+
+    /// --min-age leaves out younger descriptors.
+    #[test]
+    fn min_age_filters() {
+        let facts = SessionFacts { min_age_s: 3.5, ..facts() };
+        let report = build(&aggregator(), &facts, &mut FakeResolver { closed: vec![] });
+        assert!(report.open_descriptors.iter().all(|d| d.age_s >= 3.5));
+        assert_eq!(report.open_descriptors.len(), 6);
+    }
+
+    /// The JSON has the contract's required keys and hex addresses.
+    #[test]
+    fn json_shape() {
+        let report = build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![] });
+        let json = serde_json::to_value(&report).unwrap();
+        for key in ["version", "target", "duration_s", "events", "processes", "open_descriptors", "stacks", "tcp"] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+        let d = &json["open_descriptors"][1];
+        for key in ["pid", "fd", "kind", "detail", "tcp_state", "deleted", "opened_by", "tid", "age_s", "at_exit", "stack_id", "stack"] {
+            assert!(d.get(key).is_some(), "descriptor missing {key}");
+        }
+        assert_eq!(d["kind"], "socket");
+        assert_eq!(d["stack"][0]["addr"], "0x1007");
+        assert_eq!(json["events"]["lost"], 0);
+    }
+}

@@ -1,0 +1,466 @@
+//! One tracing session: check the environment, start or find the target, load and attach,
+//! follow the target tree, apply events until told to stop, then build the report.
+
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    io::{self, Write as _},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+    time::{Instant, interval, sleep_until},
+};
+use tracer_common::CLONE_THREAD;
+
+use crate::{
+    aggregator::{Aggregator, ProcessSnapshot, SnapshotFd, StackRef},
+    cli::Options,
+    events::{self, Event},
+    loader::{self, EventRing, Probes},
+    procfs::{self, Direction, SocketTable},
+    report::{self, DescriptorEntry, Report, Resolver, SessionFacts},
+    symbolize::{Frame, StackSymbolizer},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot run `{0}`: command not found")]
+    CommandNotFound(String),
+}
+
+/// Why the event loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Signal(&'static str),
+    Duration,
+    AllExited,
+}
+
+/// How often to reap a started command and check that followed processes still exist.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+
+/// Runs a session and prints the report (JSON on stdout with --json, text otherwise).
+pub fn run(opts: &Options) -> Result<()> {
+    opts.validate().map_err(anyhow::Error::msg)?;
+    if let Some(pid) = opts.pid
+        && !procfs::process_exists(pid)
+    {
+        bail!(SessionError::NoSuchProcess(pid));
+    }
+    let tracefs_root = loader::preflight()?;
+
+    // A command is started before anything is loaded, so it inherits no BPF descriptors,
+    // and held at a gate until it is followed.
+    let mut child = match opts.pid {
+        Some(_) => None,
+        None => Some(PausedChild::spawn(&opts.command)?),
+    };
+    let (target, command) = match (&child, opts.pid) {
+        (Some(child), _) => (child.pid, opts.command.clone()),
+        (None, Some(pid)) => (pid, procfs::process_info(pid).map(|i| i.cmdline).unwrap_or_default()),
+        (None, None) => unreachable!("validate() requires --pid or a command"),
+    };
+
+    let (mut probes, ring) = loader::load(&tracefs_root, opts.ring_buffer_mib << 20)
+        .context("cannot attach the probes")?;
+    let started_ns = monotonic_ns();
+    let mut state = State::new(target);
+    let followed = follow_tree(&mut probes, target)?;
+    for &pid in &followed {
+        if let Some(snapshot) = snapshot(pid) {
+            state.agg.add_snapshot(snapshot, started_ns);
+        }
+    }
+    let comm = state.agg.process(target).map(|p| p.comm.clone()).unwrap_or_default();
+    eprintln!(
+        "tracer: attached {} probes; following pid {target} ({comm}) and {} descendants. Ctrl-C to stop and report.",
+        probes.attached.len(),
+        followed.len() - 1
+    );
+    if let Some(child) = &mut child {
+        child.release()?;
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
+    // owns the ring) is dropped, as register() requires.
+    let mut ring = runtime
+        .block_on(async { unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } })
+        .map_err(|err| err.into_parts().1)
+        .context("cannot poll the ring buffer")?;
+    let stop = runtime.block_on(event_loop(&mut ring, &mut state, child.as_mut(), opts.duration))?;
+    // Whatever the kernel emitted before we stopped still counts.
+    state.drain(&mut ring.into_inner());
+    if let Some(child) = &mut child {
+        child.try_reap();
+    }
+    log::info!("stopped: {stop:?}");
+
+    let now_ns = monotonic_ns();
+    let lost = probes.lost();
+    let facts = SessionFacts {
+        target,
+        command,
+        duration_s: (now_ns - started_ns) as f64 / 1e9,
+        now_ns,
+        received: state.received,
+        undecodable: state.undecodable,
+        lost_ring_full: lost.ring_full,
+        lost_in_flight_full: lost.in_flight_full,
+        unfollowed_children: lost.follow_full,
+        min_age_s: opts.min_age,
+    };
+    let mut resolver = LiveResolver::new(&probes);
+    let report = report::build(&state.agg, &facts, &mut resolver);
+    print_report(&report, opts.json)
+}
+
+fn print_report(report: &Report, json: bool) -> Result<()> {
+    let text = report::text::render(report);
+    if json {
+        eprint!("{text}");
+        let mut stdout = io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, report).context("cannot write the report")?;
+        writeln!(stdout).context("cannot write the report")?;
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// Follows the target and its current descendants; returns them, target first.
+fn follow_tree(probes: &mut Probes, target: u32) -> Result<Vec<u32>> {
+    let mut followed = vec![target];
+    followed.extend(procfs::descendants(target));
+    for &pid in &followed {
+        probes
+            .follow(pid)
+            .with_context(|| format!("cannot follow pid {pid}"))?;
+    }
+    Ok(followed)
+}
+
+/// What /proc shows of a process right after it became followed.
+fn snapshot(pid: u32) -> Option<ProcessSnapshot> {
+    let info = procfs::process_info(pid).ok()?;
+    let sockets = SocketTable::load(pid);
+    let fds = procfs::list_fds(pid, &sockets).unwrap_or_default();
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|dir| dir.count() as u64)
+        .unwrap_or(1);
+    Some(ProcessSnapshot {
+        pid,
+        ppid: info.ppid,
+        comm: info.comm,
+        threads,
+        fds: fds
+            .into_iter()
+            .map(|target| SnapshotFd {
+                cloexec: fd_is_cloexec(pid, target.fd),
+                fd: target.fd,
+                kind: target.kind,
+                detail: target.detail,
+                deleted: target.deleted,
+                tcp_state: target.tcp_state,
+            })
+            .collect(),
+    })
+}
+
+/// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
+fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
+    const O_CLOEXEC: u64 = 0o2_000_000;
+    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("flags:"))
+                .and_then(|flags| u64::from_str_radix(flags.trim(), 8).ok())
+        })
+        .is_some_and(|flags| flags & O_CLOEXEC != 0)
+}
+
+/// Userspace state the event loop updates.
+struct State {
+    agg: Aggregator,
+    received: u64,
+    undecodable: u64,
+}
+
+impl State {
+    fn new(_target: u32) -> Self {
+        Self {
+            agg: Aggregator::new(),
+            received: 0,
+            undecodable: 0,
+        }
+    }
+
+    /// Applies every event waiting in the ring buffer.
+    fn drain(&mut self, ring: &mut EventRing) {
+        while let Some(record) = ring.next() {
+            self.received += 1;
+            match events::decode(&record) {
+                Ok(event) => self.handle(event),
+                Err(err) => {
+                    self.undecodable += 1;
+                    log::warn!("undecodable event: {err}");
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, mut event: Event) {
+        if let Event::TaskCreated {
+            header,
+            child_tid,
+            clone_flags: clone_flags @ None,
+            ..
+        } = &mut event
+        {
+            // Created inside the kernel (no clone call seen): /proc says if it is a thread.
+            let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
+            *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
+        }
+        self.agg.apply(&event);
+        if let Event::Exec { header } = &event
+            && let Ok(info) = procfs::process_info(header.tgid)
+        {
+            self.agg.set_comm(header.tgid, info.comm);
+        }
+    }
+
+    /// Processes we think are alive but /proc no longer has: their exit was lost.
+    fn vanished(&self) -> Vec<u32> {
+        self.agg
+            .live_processes()
+            .map(|p| p.pid)
+            .filter(|&pid| !procfs::process_exists(pid))
+            .collect()
+    }
+}
+
+async fn event_loop(
+    ring: &mut AsyncFd<EventRing>,
+    state: &mut State,
+    mut child: Option<&mut PausedChild>,
+    duration: Option<f64>,
+) -> Result<StopReason> {
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let far_future = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let deadline = duration.map_or(far_future, |secs| Instant::now() + Duration::from_secs_f64(secs));
+    let mut housekeeping = interval(HOUSEKEEPING);
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready.context("ring buffer poll failed")?;
+                state.drain(guard.get_inner_mut());
+                guard.clear_ready();
+            }
+            _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
+            _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),
+            _ = sleep_until(deadline) => return Ok(StopReason::Duration),
+            _ = housekeeping.tick() => {
+                if let Some(child) = child.as_deref_mut() {
+                    child.try_reap();
+                }
+                let vanished = state.vanished();
+                // Their exit events may still be in the ring: apply those first.
+                state.drain(ring.get_mut());
+                let now = monotonic_ns();
+                for pid in vanished {
+                    state.agg.mark_vanished(pid, now);
+                }
+                if state.agg.live_processes().next().is_none() {
+                    return Ok(StopReason::AllExited);
+                }
+            }
+        }
+    }
+}
+
+/// The report's view of the live system: stacks from the kernel map, symbolized with
+/// blazesym; descriptors re-read from /proc.
+struct LiveResolver<'a> {
+    probes: &'a Probes,
+    symbolizer: StackSymbolizer,
+    sockets: HashMap<u32, SocketTable>,
+}
+
+impl<'a> LiveResolver<'a> {
+    fn new(probes: &'a Probes) -> Self {
+        Self {
+            probes,
+            symbolizer: StackSymbolizer::new(),
+            sockets: HashMap::new(),
+        }
+    }
+}
+
+impl Resolver for LiveResolver<'_> {
+    fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
+        match self.probes.stack(stack.id) {
+            Some(ips) => self.symbolizer.frames(stack, &ips),
+            None => Vec::new(),
+        }
+    }
+
+    fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32> {
+        // If the process itself is gone, /proc tells nothing about its descriptors.
+        if std::fs::read_dir(format!("/proc/{pid}/fd")).is_err() {
+            return Vec::new();
+        }
+        let sockets = self.sockets.entry(pid).or_insert_with(|| SocketTable::load(pid));
+        let mut closed = Vec::new();
+        for d in descriptors.iter_mut() {
+            let direction = match d.opened_by {
+                "accept" | "accept4" => Direction::Accepted,
+                "socket" => Direction::Connected,
+                _ => Direction::Unknown,
+            };
+            match procfs::describe_fd(pid, d.fd, sockets, direction) {
+                Ok(now) => {
+                    d.kind = now.kind;
+                    d.detail = now.detail;
+                    d.tcp_state = now.tcp_state;
+                    d.deleted = now.deleted;
+                }
+                Err(err) if err.kind() == io::ErrorKind::NotFound => closed.push(d.fd),
+                Err(err) => log::debug!("cannot describe fd {} of pid {pid}: {err}", d.fd),
+            }
+        }
+        closed
+    }
+
+    fn is_zombie(&mut self, pid: u32) -> bool {
+        procfs::process_info(pid).is_ok_and(|info| info.zombie)
+    }
+}
+
+/// A command started by the tracer, stopped before execve until it is followed.
+struct PausedChild {
+    pid: u32,
+    /// Writing to (or closing) this lets the child exec.
+    gate: Option<OwnedFd>,
+    reaped: bool,
+}
+
+impl PausedChild {
+    fn spawn(argv: &[String]) -> Result<Self> {
+        let program = &argv[0];
+        if !program.contains('/') && which(program).is_none() {
+            bail!(SessionError::CommandNotFound(program.clone()));
+        }
+        let args: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()).context("arguments must not contain NUL bytes"))
+            .collect::<Result<_>>()?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+
+        let mut fds = [0; 2];
+        // SAFETY: fds is a valid array of two ints.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error()).context("cannot create the start gate");
+        }
+        // SAFETY: pipe2 returned two fresh descriptors that we now own.
+        let (gate_read, gate_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+
+        // SAFETY: the child only makes async-signal-safe calls (close, read, execvp, write,
+        // _exit) on memory prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(io::Error::last_os_error()).context("cannot fork");
+        }
+        if pid == 0 {
+            // SAFETY: see above.
+            unsafe {
+                libc::close(gate_write.as_raw_fd());
+                let mut byte = 0u8;
+                while libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
+                let message = b"tracer: cannot execute the command\n";
+                libc::write(2, message.as_ptr().cast(), message.len());
+                libc::_exit(127);
+            }
+        }
+        drop(gate_read);
+        Ok(Self {
+            pid: pid as u32,
+            gate: Some(gate_write),
+            reaped: false,
+        })
+    }
+
+    /// Lets the command run: it execs as soon as the gate opens.
+    fn release(&mut self) -> Result<()> {
+        if let Some(gate) = self.gate.take() {
+            let mut file = std::fs::File::from(gate);
+            file.write_all(b"g").context("cannot start the command")?;
+        }
+        Ok(())
+    }
+
+    /// Collects the exit status once it has exited, so it does not linger as a zombie.
+    fn try_reap(&mut self) {
+        if self.reaped {
+            return;
+        }
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child.
+        let rc = unsafe { libc::waitpid(self.pid as i32, &mut status, libc::WNOHANG) };
+        if rc == self.pid as i32 {
+            self.reaped = true;
+        }
+    }
+}
+
+impl Drop for PausedChild {
+    fn drop(&mut self) {
+        // A command we never released (a later step failed) must not be left waiting.
+        if self.gate.is_some() {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+                libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+            }
+        }
+    }
+}
+
+/// The first executable `program` in $PATH.
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| {
+            candidate
+                .metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
