@@ -85,6 +85,9 @@ pub enum Syscall {
     Vfork = 13,
     Clone = 14,
     Clone3 = 15,
+    Pipe = 16,
+    Pipe2 = 17,
+    Socketpair = 18,
 }
 
 impl Syscall {
@@ -105,6 +108,9 @@ impl Syscall {
             Self::Vfork => "vfork",
             Self::Clone => "clone",
             Self::Clone3 => "clone3",
+            Self::Pipe => "pipe",
+            Self::Pipe2 => "pipe2",
+            Self::Socketpair => "socketpair",
         }
     }
 }
@@ -128,6 +134,9 @@ impl TryFrom<u32> for Syscall {
             13 => Self::Vfork,
             14 => Self::Clone,
             15 => Self::Clone3,
+            16 => Self::Pipe,
+            17 => Self::Pipe2,
+            18 => Self::Socketpair,
             other => return Err(other),
         })
     }
@@ -150,6 +159,21 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
+/// Bytes of user stack copied at creation events, from the user stack pointer up.
+pub const STACK_TOP_BYTES: usize = 64;
+
+/// The user stack pointer at the syscall and the stack memory just above it: enough for
+/// userspace to find, from .eh_frame, the return address of a frameless innermost function
+/// (a libc syscall wrapper), which a frame-pointer walk skips.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UserStackTop {
+    /// 0 when it could not be read.
+    pub sp: u64,
+    pub bytes: [u8; STACK_TOP_BYTES],
+}
+const _: () = assert!(size_of::<UserStackTop>() == 8 + STACK_TOP_BYTES);
+
 /// A descriptor created from a path by open, openat, openat2 or creat.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -166,12 +190,20 @@ pub struct FileOpenEvent {
     pub path_len: u16,
     /// 1 when the path did not fit in [`PATH_CAP`] and was cut.
     pub path_truncated: u8,
-    pub _pad: [u8; 5],
+    /// 1 when the path is not known (the syscall began before the tracer attached).
+    pub path_unknown: u8,
+    pub _pad: [u8; 4],
+    pub stack_top: UserStackTop,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + PATH_CAP);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 72 + PATH_CAP);
 
-/// A descriptor created without a path: socket, accept, accept4, dup, dup2, dup3.
+/// `arg*` value for an argument that is not known (the syscall began before the tracer
+/// attached, so its enter probe did not run).
+pub const ARG_UNKNOWN: u64 = u64::MAX;
+
+/// A descriptor created without a path: socket, accept, accept4, dup, dup2, dup3, and each end
+/// of pipe, pipe2, socketpair.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FdEvent {
@@ -179,14 +211,16 @@ pub struct FdEvent {
     pub fd: i32,
     /// A [`Syscall`] as `u32`.
     pub syscall: u32,
-    /// socket: domain; accept/accept4: listening fd; dup*: old fd.
+    /// socket/socketpair: domain; accept/accept4: listening fd; dup*: old fd;
+    /// pipe*/socketpair: the other end's fd.
     pub arg0: u64,
-    /// socket: type (with SOCK_* flags); accept4/dup3: flags.
+    /// socket/socketpair: type (with SOCK_* flags); accept4/dup3/pipe2: flags.
     pub arg1: u64,
-    /// socket: protocol.
+    /// socket: protocol; socketpair: domain.
     pub arg2: u64,
+    pub stack_top: UserStackTop,
 }
-const _: () = assert!(size_of::<FdEvent>() == 56);
+const _: () = assert!(size_of::<FdEvent>() == 56 + 72);
 
 /// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
 /// then fails (except EBADF, where there was nothing to release).
@@ -217,8 +251,9 @@ pub struct ForkEvent {
     pub syscall: u32,
     /// Clone flags of the creating call, or [`CLONE_FLAGS_UNKNOWN`].
     pub clone_flags: u64,
+    pub stack_top: UserStackTop,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 40);
+const _: () = assert!(size_of::<ForkEvent>() == 40 + 72);
 
 /// `group_dead` value when the kernel's tracepoint does not say (older kernels).
 pub const GROUP_DEAD_UNKNOWN: u32 = 2;
@@ -279,13 +314,18 @@ pub struct TracepointOffsets {
     pub clone_flags: u32,
     /// `struct clone_args *uargs`; its first member is the u64 flags.
     pub clone3_uargs: u32,
+    pub pipe_fildes: u32,
+    pub pipe2_fildes: u32,
+    pub pipe2_flags: u32,
+    pub socketpair_family: u32,
+    pub socketpair_type: u32,
+    pub socketpair_usockvec: u32,
     /// `child_pid` of `sched:sched_process_fork`.
     pub fork_child_pid: u32,
     /// `group_dead` of `sched:sched_process_exit`, or [`FIELD_ABSENT`].
     pub exit_group_dead: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 28 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 33 * 4);
 
 impl TracepointOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -317,8 +357,13 @@ impl TracepointOffsets {
             clone_flags: FIELD_ABSENT,
             clone3_uargs: FIELD_ABSENT,
             fork_child_pid: FIELD_ABSENT,
+            pipe_fildes: FIELD_ABSENT,
+            pipe2_fildes: FIELD_ABSENT,
+            pipe2_flags: FIELD_ABSENT,
+            socketpair_family: FIELD_ABSENT,
+            socketpair_type: FIELD_ABSENT,
+            socketpair_usockvec: FIELD_ABSENT,
             exit_group_dead: FIELD_ABSENT,
-            _pad: 0,
         }
     }
 }
@@ -333,8 +378,9 @@ pub struct InFlight {
     pub arg0: u64,
     pub arg1: u64,
     pub arg2: u64,
+    pub arg3: u64,
 }
-const _: () = assert!(size_of::<InFlight>() == 32);
+const _: () = assert!(size_of::<InFlight>() == 40);
 
 #[cfg(feature = "user")]
 mod pod {

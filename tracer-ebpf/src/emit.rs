@@ -1,10 +1,14 @@
 //! Small pieces every probe uses: the follow check, tracepoint field reads, event headers.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_probe_read_user_buf,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK};
+use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, UserStackTop};
 
 use crate::maps::{FOLLOWED, STACKS};
 
@@ -34,8 +38,13 @@ impl Caller {
     #[inline(always)]
     pub fn followed() -> Option<Self> {
         let caller = Self::current();
+        caller.is_followed().then_some(caller)
+    }
+
+    #[inline(always)]
+    pub fn is_followed(&self) -> bool {
         // SAFETY: the value is only tested for presence.
-        unsafe { FOLLOWED.get(&caller.tgid) }.map(|_| caller)
+        unsafe { FOLLOWED.get(&self.tgid) }.is_some()
     }
 
     #[inline(always)]
@@ -86,4 +95,38 @@ pub fn user_stack_id(ctx: &TracePointContext) -> i32 {
     ctx.get_stackid(&STACKS, BPF_F_USER_STACK)
         .map(|id| id as i32)
         .unwrap_or(NO_STACK)
+}
+
+/// Offset of the user stack pointer in `struct pt_regs` (arch/*/include/asm/ptrace.h).
+#[cfg(bpf_target_arch = "x86_64")]
+const PT_REGS_SP: Option<usize> = Some(19 * 8);
+#[cfg(bpf_target_arch = "aarch64")]
+const PT_REGS_SP: Option<usize> = Some(31 * 8);
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+const PT_REGS_SP: Option<usize> = None;
+
+/// Copies the user stack pointer and the stack just above it into `top` (sp = 0 when it
+/// cannot be read). Userspace unwinds a frameless innermost function from it.
+///
+/// # Safety
+/// `top` must point at writable memory (a reserved ring buffer record).
+#[inline(always)]
+pub unsafe fn fill_stack_top(top: *mut UserStackTop) {
+    unsafe {
+        (*top).sp = 0;
+        let Some(sp_offset) = PT_REGS_SP else {
+            return;
+        };
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const u8;
+        if regs.is_null() {
+            return;
+        }
+        let Ok(sp) = bpf_probe_read_kernel(regs.add(sp_offset).cast::<u64>()) else {
+            return;
+        };
+        if bpf_probe_read_user_buf(sp as *const u8, &mut (*top).bytes).is_ok() {
+            (*top).sp = sp;
+        }
+    }
 }

@@ -4,20 +4,38 @@
 
 use std::collections::HashMap;
 
-use tracer_common::{CLONE_THREAD, Syscall};
+use tracer_common::{ARG_UNKNOWN, CLONE_THREAD, Syscall};
 
-use crate::{events::Event, kind::DescriptorKind};
+use crate::{
+    events::{Event, Header},
+    kind::DescriptorKind,
+};
 
 /// `O_CLOEXEC`, `SOCK_CLOEXEC` (same value on x86 and arm64).
 const CLOEXEC: u64 = 0o2_000_000;
 const AT_FDCWD: i32 = -100;
 
-/// A user stack in the kernel's stack map, and the process whose address space it belongs to
-/// (what the symbolizer must read).
+/// A user stack: its id in the kernel's stack map, the process and program image (exec
+/// generation) whose address space it belongs to, and the caller of a frameless innermost
+/// function that the kernel's frame-pointer walk skipped, when one was recovered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackRef {
     pub id: u32,
     pub pid: u32,
+    pub generation: u32,
+    pub leaf_caller: Option<u64>,
+}
+
+impl StackRef {
+    /// The stack of an event, if the kernel captured one.
+    pub fn of(header: &Header) -> Option<Self> {
+        header.stack_id.map(|id| Self {
+            id,
+            pid: header.tgid,
+            generation: header.generation,
+            leaf_caller: header.leaf_caller,
+        })
+    }
 }
 
 /// How a descriptor came to be in the table.
@@ -225,7 +243,10 @@ impl Aggregator {
                 path,
                 path_truncated,
             } => {
-                let detail = describe_path(path, *dirfd);
+                let detail = match path {
+                    Some(path) => describe_path(path, *dirfd),
+                    None => "(path unknown: opened as the tracer attached)".to_string(),
+                };
                 let descriptor = Descriptor {
                     fd: *fd,
                     kind: DescriptorKind::File,
@@ -234,7 +255,7 @@ impl Aggregator {
                     inherited: false,
                     tid: header.tid,
                     opened_at_ns: header.timestamp_ns,
-                    stack: header.stack_id.map(|id| StackRef { id, pid: header.tgid }),
+                    stack: StackRef::of(header),
                     path_truncated: *path_truncated,
                     deleted: false,
                     tcp_state: None,
@@ -260,20 +281,36 @@ impl Aggregator {
                         *arg1 & CLOEXEC != 0,
                     ),
                     Syscall::Accept | Syscall::Accept4 => {
-                        let listener = process.fds.get(&(*arg0 as i32));
+                        let listener = (*arg0 != ARG_UNKNOWN)
+                            .then(|| process.fds.get(&(*arg0 as i32)))
+                            .flatten();
                         let detail = listener
                             .and_then(|l| l.detail.split_whitespace().next())
                             .map(|protocol| format!("{protocol} (accepted)"))
                             .unwrap_or_else(|| "socket (accepted)".to_string());
-                        (DescriptorKind::Socket, detail, *arg1 & CLOEXEC != 0)
+                        (DescriptorKind::Socket, detail, *arg1 != ARG_UNKNOWN && *arg1 & CLOEXEC != 0)
                     }
+                    Syscall::Pipe | Syscall::Pipe2 => (
+                        DescriptorKind::Pipe,
+                        format!("pipe (other end fd {arg0})"),
+                        *syscall == Syscall::Pipe2 && *arg1 & CLOEXEC != 0,
+                    ),
+                    Syscall::Socketpair => (
+                        DescriptorKind::Socket,
+                        match describe_socket(*arg2, *arg1).as_str() {
+                            "unix" => "unix socketpair".to_string(),
+                            other => format!("{other} socketpair"),
+                        },
+                        *arg1 & CLOEXEC != 0,
+                    ),
                     Syscall::Dup | Syscall::Dup2 | Syscall::Dup3 => {
                         let old_fd = *arg0 as i32;
-                        if old_fd == *fd {
+                        if *arg0 != ARG_UNKNOWN && old_fd == *fd {
                             // dup2(fd, fd) changes nothing.
                             return;
                         }
-                        let cloexec = *syscall == Syscall::Dup3 && *arg1 & CLOEXEC != 0;
+                        let cloexec =
+                            *syscall == Syscall::Dup3 && *arg1 != ARG_UNKNOWN && *arg1 & CLOEXEC != 0;
                         match process.fds.get(&old_fd) {
                             Some(old) => (old.kind, old.detail.clone(), cloexec),
                             None => (DescriptorKind::Other, format!("dup of fd {old_fd}"), cloexec),
@@ -289,7 +326,7 @@ impl Aggregator {
                     inherited: false,
                     tid: header.tid,
                     opened_at_ns: header.timestamp_ns,
-                    stack: header.stack_id.map(|id| StackRef { id, pid: header.tgid }),
+                    stack: StackRef::of(header),
                     path_truncated: false,
                     deleted: false,
                     tcp_state: None,
@@ -310,7 +347,7 @@ impl Aggregator {
                 clone_flags,
                 ..
             } => {
-                let stack = header.stack_id.map(|id| StackRef { id, pid: header.tgid });
+                let stack = StackRef::of(header);
                 let is_thread = clone_flags.is_some_and(|flags| flags & CLONE_THREAD != 0);
                 if is_thread {
                     let process = self.caller(header.tgid);
@@ -452,13 +489,20 @@ fn describe_socket(domain: u64, kind: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Header;
 
     const PARENT: u32 = 100;
     const CHILD: u32 = 200;
 
     fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
-        Header { tgid, tid, stack_id, timestamp_ns: t }
+        Header {
+            tgid,
+            tid,
+            stack_id,
+            timestamp_ns: t,
+            stack_top: None,
+            leaf_caller: None,
+            generation: 0,
+        }
     }
 
     fn open(tgid: u32, fd: i32, path: &str, t: u64) -> Event {
@@ -468,7 +512,7 @@ mod tests {
             syscall: Syscall::Openat,
             dirfd: AT_FDCWD,
             flags: 0,
-            path: path.as_bytes().to_vec(),
+            path: Some(path.as_bytes().to_vec()),
             path_truncated: false,
         }
     }
@@ -599,7 +643,7 @@ mod tests {
         let child = agg.process(CHILD).unwrap();
         assert_eq!(child.ppid, PARENT);
         assert_eq!(child.fds[&4].opened_by(), "inherited");
-        assert_eq!(child.fds[&4].stack, Some(StackRef { id: 2, pid: PARENT }));
+        assert_eq!(child.fds[&4].stack.map(|s| (s.id, s.pid)), Some((2, PARENT)));
         assert_eq!(child.fds[&3].opened_by(), "pre-existing");
         agg.apply(&close(CHILD, CHILD, 4));
         agg.apply(&exit(CHILD, CHILD, Some(true)));
@@ -707,6 +751,35 @@ mod tests {
         agg.mark_vanished(PARENT, 10);
         agg.apply(&exit(PARENT, PARENT, Some(true)));
         assert_eq!(agg.process(PARENT).unwrap().held_at_exit.len(), 1);
+    }
+
+    /// pipe and socketpair create two descriptors, each knowing its kind; pipe2's O_CLOEXEC sticks.
+    #[test]
+    fn pairs() {
+        let mut agg = Aggregator::new();
+        agg.apply(&created(PARENT, 3, Syscall::Pipe2, 4, CLOEXEC));
+        agg.apply(&created(PARENT, 4, Syscall::Pipe2, 3, CLOEXEC));
+        agg.apply(&Event::FdCreated {
+            header: header(PARENT, PARENT, 5, None),
+            fd: 5,
+            syscall: Syscall::Socketpair,
+            arg0: 6,
+            arg1: 1,
+            arg2: 1,
+        });
+        let fds = &agg.process(PARENT).unwrap().fds;
+        assert_eq!(fds[&3].kind, DescriptorKind::Pipe);
+        assert!(fds[&4].cloexec);
+        assert_eq!(fds[&5].detail, "unix socketpair");
+    }
+
+    /// An accept that began before attach (unknown listener) still records the socket.
+    #[test]
+    fn accept_with_unknown_listener() {
+        let mut agg = Aggregator::new();
+        agg.apply(&created(PARENT, 7, Syscall::Accept4, ARG_UNKNOWN, ARG_UNKNOWN));
+        let fd = &agg.process(PARENT).unwrap().fds[&7];
+        assert_eq!((fd.opened_by(), fd.detail.as_str(), fd.cloexec), ("accept4", "socket (accepted)", false));
     }
 
     /// Non-UTF-8 bytes survive as escapes; relative paths say what they are relative to.

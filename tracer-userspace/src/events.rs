@@ -5,8 +5,23 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
-    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, Syscall,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, STACK_TOP_BYTES, Syscall,
+    UserStackTop,
 };
+
+/// The user stack pointer and the stack bytes above it at a creation event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackTop {
+    pub sp: u64,
+    pub bytes: [u8; STACK_TOP_BYTES],
+}
+
+fn stack_top(raw: &UserStackTop) -> Option<StackTop> {
+    (raw.sp != 0).then_some(StackTop {
+        sp: raw.sp,
+        bytes: raw.bytes,
+    })
+}
 
 /// Who did it and when: the common header, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +32,13 @@ pub struct Header {
     pub stack_id: Option<u32>,
     /// CLOCK_MONOTONIC nanoseconds.
     pub timestamp_ns: u64,
+    /// Top of the user stack, on creation events.
+    pub stack_top: Option<StackTop>,
+    /// Filled in by the session before the aggregator sees the event: the return address of
+    /// a frameless innermost function (recovered from .eh_frame), and which program image
+    /// (exec generation) of the process the stack belongs to.
+    pub leaf_caller: Option<u64>,
+    pub generation: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +49,8 @@ pub enum Event {
         syscall: Syscall,
         dirfd: i32,
         flags: u32,
-        /// Raw bytes: paths need not be UTF-8.
-        path: Vec<u8>,
+        /// Raw bytes: paths need not be UTF-8. `None` when the open began before attach.
+        path: Option<Vec<u8>>,
         path_truncated: bool,
     },
     FdCreated {
@@ -61,6 +83,17 @@ pub enum Event {
 }
 
 impl Event {
+    pub fn header_mut(&mut self) -> &mut Header {
+        match self {
+            Self::FileOpened { header, .. }
+            | Self::FdCreated { header, .. }
+            | Self::FdClosed { header, .. }
+            | Self::TaskCreated { header, .. }
+            | Self::TaskExited { header, .. }
+            | Self::Exec { header } => header,
+        }
+    }
+
     pub fn header(&self) -> &Header {
         match self {
             Self::FileOpened { header, .. }
@@ -98,6 +131,9 @@ fn header(raw: &EventHeader) -> Header {
         tid: raw.tid,
         stack_id: u32::try_from(raw.stack_id).ok(),
         timestamp_ns: raw.timestamp_ns,
+        stack_top: None,
+        leaf_caller: None,
+        generation: 0,
     }
 }
 
@@ -108,23 +144,25 @@ fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     let raw_header: EventHeader = read(bytes)?;
     let kind = EventKind::try_from(raw_header.kind).map_err(DecodeError::UnknownKind)?;
-    let header = header(&raw_header);
+    let mut header = header(&raw_header);
     Ok(match kind {
         EventKind::FileOpened => {
             let raw: FileOpenEvent = read(bytes)?;
             let len = usize::from(raw.path_len).min(PATH_CAP);
+            header.stack_top = stack_top(&raw.stack_top);
             Event::FileOpened {
                 header,
                 fd: raw.fd,
                 syscall: syscall(raw.syscall)?,
                 dirfd: raw.dirfd,
                 flags: raw.flags,
-                path: raw.path[..len].to_vec(),
+                path: (raw.path_unknown == 0).then(|| raw.path[..len].to_vec()),
                 path_truncated: raw.path_truncated != 0,
             }
         }
         EventKind::FdCreated => {
             let raw: FdEvent = read(bytes)?;
+            header.stack_top = stack_top(&raw.stack_top);
             Event::FdCreated {
                 header,
                 fd: raw.fd,
@@ -140,6 +178,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::TaskCreated => {
             let raw: ForkEvent = read(bytes)?;
+            header.stack_top = stack_top(&raw.stack_top);
             Event::TaskCreated {
                 header,
                 child_tid: raw.child_tid,
@@ -197,7 +236,9 @@ mod tests {
             flags: 0o2000000,
             path_len: 9,
             path_truncated: 1,
-            _pad: [0; 5],
+            path_unknown: 0,
+            _pad: [0; 4],
+            stack_top: UserStackTop { sp: 0x7ff0, bytes: [7; STACK_TOP_BYTES] },
             path: [0; PATH_CAP],
         };
         raw.path[..9].copy_from_slice(b"/dev/null");
@@ -207,8 +248,9 @@ mod tests {
             panic!("wrong kind");
         };
         assert_eq!(header.stack_id, Some(3));
+        assert_eq!(header.stack_top.map(|t| (t.sp, t.bytes[63])), Some((0x7ff0, 7)));
         assert_eq!((fd, syscall), (7, Syscall::Openat));
-        assert_eq!(path, b"/dev/null");
+        assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
         assert!(path_truncated);
     }
 
@@ -238,6 +280,7 @@ mod tests {
             child_tid: 12,
             syscall: 0,
             clone_flags: CLONE_FLAGS_UNKNOWN,
+            stack_top: UserStackTop { sp: 0, bytes: [0; STACK_TOP_BYTES] },
         };
         assert!(matches!(
             decode(&as_bytes(&fork)).unwrap(),

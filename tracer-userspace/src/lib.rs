@@ -11,5 +11,7 @@ pub mod loader;
 pub mod procfs;
 pub mod report;
 pub mod session;
+pub mod stacks;
 pub mod symbolize;
 pub mod tracefs;
+pub mod unwind;

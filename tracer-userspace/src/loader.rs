@@ -36,7 +36,7 @@ const fn probe(category: &'static str, name: &'static str, required: bool) -> Pr
 }
 
 /// Every program in the object. Optional ones are missing on some architectures (arm64 has
-/// no open, creat, fork, vfork, dup2) or older kernels (openat2, clone3).
+/// no open, creat, pipe, fork, vfork, dup2) or older kernels (openat2, clone3).
 const PROBES: &[Probe] = &[
     probe("syscalls", "sys_enter_open", false),
     probe("syscalls", "sys_exit_open", false),
@@ -58,6 +58,12 @@ const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_dup2", false),
     probe("syscalls", "sys_enter_dup3", true),
     probe("syscalls", "sys_exit_dup3", true),
+    probe("syscalls", "sys_enter_pipe", false),
+    probe("syscalls", "sys_exit_pipe", false),
+    probe("syscalls", "sys_enter_pipe2", true),
+    probe("syscalls", "sys_exit_pipe2", true),
+    probe("syscalls", "sys_enter_socketpair", true),
+    probe("syscalls", "sys_exit_socketpair", true),
     probe("syscalls", "sys_enter_close", true),
     probe("syscalls", "sys_enter_fork", false),
     probe("syscalls", "sys_enter_vfork", false),

@@ -24,7 +24,8 @@ use crate::{
     loader::{self, EventRing, Probes},
     procfs::{self, Direction, SocketTable},
     report::{self, DescriptorEntry, Report, Resolver, SessionFacts},
-    symbolize::{Frame, StackSymbolizer},
+    stacks::StackStore,
+    symbolize::Frame,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +72,13 @@ pub fn run(opts: &Options) -> Result<()> {
     let (mut probes, ring) = loader::load(&tracefs_root, opts.ring_buffer_mib << 20)
         .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
-    let mut state = State::new(target);
     let followed = follow_tree(&mut probes, target)?;
+    let mut state = State::new(&probes);
     for &pid in &followed {
         if let Some(snapshot) = snapshot(pid) {
             state.agg.add_snapshot(snapshot, started_ns);
         }
+        state.stacks.capture(pid);
     }
     let comm = state.agg.process(target).map(|p| p.comm.clone()).unwrap_or_default();
     eprintln!(
@@ -120,7 +122,11 @@ pub fn run(opts: &Options) -> Result<()> {
         unfollowed_children: lost.follow_full,
         min_age_s: opts.min_age,
     };
-    let mut resolver = LiveResolver::new(&probes);
+    let mut resolver = LiveResolver {
+        probes: &probes,
+        stacks: &mut state.stacks,
+        sockets: HashMap::new(),
+    };
     let report = report::build(&state.agg, &facts, &mut resolver);
     print_report(&report, opts.json)
 }
@@ -191,16 +197,20 @@ fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
 }
 
 /// Userspace state the event loop updates.
-struct State {
+struct State<'p> {
+    probes: &'p Probes,
     agg: Aggregator,
+    stacks: StackStore,
     received: u64,
     undecodable: u64,
 }
 
-impl State {
-    fn new(_target: u32) -> Self {
+impl<'p> State<'p> {
+    fn new(probes: &'p Probes) -> Self {
         Self {
+            probes,
             agg: Aggregator::new(),
+            stacks: StackStore::new(),
             received: 0,
             undecodable: 0,
         }
@@ -232,6 +242,7 @@ impl State {
             let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
             *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
         }
+        self.stacks.annotate(&mut event, self.probes);
         self.agg.apply(&event);
         if let Event::Exec { header } = &event
             && let Ok(info) = procfs::process_info(header.tgid)
@@ -252,7 +263,7 @@ impl State {
 
 async fn event_loop(
     ring: &mut AsyncFd<EventRing>,
-    state: &mut State,
+    state: &mut State<'_>,
     mut child: Option<&mut PausedChild>,
     duration: Option<f64>,
 ) -> Result<StopReason> {
@@ -290,30 +301,17 @@ async fn event_loop(
     }
 }
 
-/// The report's view of the live system: stacks from the kernel map, symbolized with
-/// blazesym; descriptors re-read from /proc.
+/// The report's view of the live system: stacks from the kernel map, repaired and
+/// symbolized from what was captured while processes lived; descriptors re-read from /proc.
 struct LiveResolver<'a> {
     probes: &'a Probes,
-    symbolizer: StackSymbolizer,
+    stacks: &'a mut StackStore,
     sockets: HashMap<u32, SocketTable>,
-}
-
-impl<'a> LiveResolver<'a> {
-    fn new(probes: &'a Probes) -> Self {
-        Self {
-            probes,
-            symbolizer: StackSymbolizer::new(),
-            sockets: HashMap::new(),
-        }
-    }
 }
 
 impl Resolver for LiveResolver<'_> {
     fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
-        match self.probes.stack(stack.id) {
-            Some(ips) => self.symbolizer.frames(stack, &ips),
-            None => Vec::new(),
-        }
+        self.stacks.frames(stack, self.probes)
     }
 
     fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32> {
@@ -327,6 +325,7 @@ impl Resolver for LiveResolver<'_> {
             let direction = match d.opened_by {
                 "accept" | "accept4" => Direction::Accepted,
                 "socket" => Direction::Connected,
+                "socketpair" => Direction::SocketPair,
                 _ => Direction::Unknown,
             };
             match procfs::describe_fd(pid, d.fd, sockets, direction) {

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 
 use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
-    source::{Process, Source},
+    source::{Elf, Source},
 };
 
-use crate::aggregator::StackRef;
+use crate::{aggregator::StackRef, unwind::ModuleMap};
 
 /// One frame of a user stack, as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,8 +31,9 @@ impl Frame {
     }
 }
 
-/// Symbolizes stacks in the address space of the process that captured them, caching each
-/// stack (and blazesym caches parsed ELF/DWARF files across stacks).
+/// Symbolizes stacks from the module maps captured while their process lived, so stacks of
+/// processes that have exited or exec'd since still resolve. blazesym caches parsed ELF and
+/// DWARF across calls; each distinct stack is resolved once.
 pub struct StackSymbolizer {
     symbolizer: Symbolizer,
     cache: HashMap<StackRef, Vec<Frame>>,
@@ -52,49 +53,59 @@ impl StackSymbolizer {
         }
     }
 
-    /// Frames for the instruction pointers `ips` (innermost first) of `stack`. Addresses that
-    /// cannot be resolved (the process is gone, no symbols) keep just their address.
-    pub fn frames(&mut self, stack: StackRef, ips: &[u64]) -> Vec<Frame> {
+    /// Frames for the instruction pointers `ips` (innermost first) of `stack`, looked up in
+    /// `modules`. Addresses outside any file-backed mapping, or in files without symbols,
+    /// keep just their address.
+    pub fn frames(&mut self, stack: StackRef, ips: &[u64], modules: &ModuleMap) -> Vec<Frame> {
         if let Some(frames) = self.cache.get(&stack) {
             return frames.clone();
         }
-        let frames = self.resolve(stack.pid, ips);
+        let frames: Vec<Frame> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, &ip)| {
+                // Every frame but the innermost holds a return address, which points after
+                // the call; the byte before it is the call itself (right function and line
+                // even when the call ends its function).
+                let lookup = if i == 0 { ip } else { ip.saturating_sub(1) };
+                self.resolve(ip, lookup, modules)
+            })
+            .collect();
         self.cache.insert(stack, frames.clone());
         frames
     }
 
-    fn resolve(&self, pid: u32, ips: &[u64]) -> Vec<Frame> {
-        // Every frame but the innermost holds a return address, which points after the call;
-        // looking up the byte before it lands on the call itself (right function and line
-        // even when the call is the last instruction of a function).
-        let lookup: Vec<u64> = ips
-            .iter()
-            .enumerate()
-            .map(|(i, &ip)| if i == 0 { ip } else { ip.saturating_sub(1) })
-            .collect();
-        let source = Source::Process(Process::new(pid.into()));
-        let symbolized = match self.symbolizer.symbolize(&source, Input::AbsAddr(&lookup)) {
-            Ok(symbolized) => symbolized,
-            Err(err) => {
-                log::debug!("cannot symbolize stack of pid {pid}: {err}");
-                return ips.iter().map(|&ip| Frame::unknown(ip)).collect();
-            }
+    fn resolve(&self, ip: u64, lookup: u64, modules: &ModuleMap) -> Frame {
+        let Some((mapping, offset)) = modules.file_offset(lookup) else {
+            return Frame::unknown(ip);
         };
-        ips.iter()
-            .zip(symbolized)
-            .map(|(&ip, sym)| match sym {
-                Symbolized::Sym(sym) => Frame {
-                    addr: ip,
-                    symbol: Some(sym.name.to_string()),
-                    module: sym.module.map(|m| m.to_string_lossy().into_owned()),
-                    file: sym
-                        .code_info
-                        .as_ref()
-                        .map(|info| info.file.to_string_lossy().into_owned()),
-                    line: sym.code_info.as_ref().and_then(|info| info.line),
-                },
-                Symbolized::Unknown(_) => Frame::unknown(ip),
-            })
-            .collect()
+        let module = mapping.path.to_string_lossy().into_owned();
+        let source = Source::Elf(Elf::new(&mapping.path));
+        let symbolized = self
+            .symbolizer
+            .symbolize_single(&source, Input::FileOffset(offset));
+        match symbolized {
+            Ok(Symbolized::Sym(sym)) => Frame {
+                addr: ip,
+                symbol: Some(sym.name.to_string()),
+                module: Some(module),
+                file: sym
+                    .code_info
+                    .as_ref()
+                    .map(|info| info.file.to_string_lossy().into_owned()),
+                line: sym.code_info.as_ref().and_then(|info| info.line),
+            },
+            Ok(Symbolized::Unknown(_)) => Frame {
+                module: Some(module),
+                ..Frame::unknown(ip)
+            },
+            Err(err) => {
+                log::debug!("cannot symbolize {ip:#x} in {module}: {err}");
+                Frame {
+                    module: Some(module),
+                    ..Frame::unknown(ip)
+                }
+            }
+        }
     }
 }

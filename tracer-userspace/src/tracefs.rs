@@ -198,9 +198,14 @@ impl Formats {
             dup3_flags: self.offset("sys_enter_dup3", "flags")?,
             clone_flags: self.offset("sys_enter_clone", "clone_flags")?,
             clone3_uargs: self.offset("sys_enter_clone3", "uargs")?,
+            pipe_fildes: self.offset("sys_enter_pipe", "fildes")?,
+            pipe2_fildes: self.offset("sys_enter_pipe2", "fildes")?,
+            pipe2_flags: self.offset("sys_enter_pipe2", "flags")?,
+            socketpair_family: self.offset("sys_enter_socketpair", "family")?,
+            socketpair_type: self.offset("sys_enter_socketpair", "type")?,
+            socketpair_usockvec: self.offset("sys_enter_socketpair", "usockvec")?,
             fork_child_pid: self.offset("sched_process_fork", "child_pid")?,
             exit_group_dead: self.optional_offset("sched_process_exit", "group_dead"),
-            _pad: 0,
         })
     }
 

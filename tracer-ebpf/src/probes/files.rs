@@ -7,23 +7,17 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{EventKind, FileOpenEvent, PATH_CAP, Syscall};
+use tracer_common::{ARG_UNKNOWN, EventKind, FileOpenEvent, PATH_CAP, Syscall};
 
-use super::{stash, syscall_result, take_in_flight};
+use super::{args_at_exit, stash, syscall_result};
 use crate::{
-    emit::{Caller, read_u64, user_stack_id},
+    emit::{Caller, fill_stack_top, read_u64, user_stack_id},
     maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
 };
 
 const AT_FDCWD: u64 = -100i64 as u64;
 /// What creat(2) is: open(path, O_CREAT | O_WRONLY | O_TRUNC).
 const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
-const FILE_OPENS: &[Syscall] = &[
-    Syscall::Open,
-    Syscall::Openat,
-    Syscall::Openat2,
-    Syscall::Creat,
-];
 
 #[tracepoint]
 pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
@@ -71,34 +65,34 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx);
+    emit_file_open(&ctx, Syscall::Open);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx);
+    emit_file_open(&ctx, Syscall::Openat);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx);
+    emit_file_open(&ctx, Syscall::Openat2);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx);
+    emit_file_open(&ctx, Syscall::Creat);
     0
 }
 
 /// Emits a [`FileOpenEvent`] for a successful open; the path is read now, while the caller
 /// still waits for the syscall, straight into the ring buffer.
 #[inline(always)]
-fn emit_file_open(ctx: &TracePointContext) {
+fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     let caller = Caller::current();
-    let Some(args) = take_in_flight(caller.pid_tgid, FILE_OPENS) else {
+    let Some(args) = args_at_exit(caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);
@@ -120,7 +114,16 @@ fn emit_file_open(ctx: &TracePointContext) {
         (*event).syscall = args.syscall;
         (*event).dirfd = args.arg0 as i32;
         (*event).flags = args.arg2 as u32;
-        (*event)._pad = [0; 5];
+        (*event)._pad = [0; 4];
+        fill_stack_top(&raw mut (*event).stack_top);
+        if args.arg1 == ARG_UNKNOWN {
+            (*event).path_unknown = 1;
+            (*event).path_len = 0;
+            (*event).path_truncated = 0;
+            entry.submit(0);
+            return;
+        }
+        (*event).path_unknown = 0;
         let copied = bpf_probe_read_user_str(
             (*event).path.as_mut_ptr().cast(),
             PATH_CAP as u32,

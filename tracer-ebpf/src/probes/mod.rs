@@ -3,11 +3,12 @@
 
 pub mod close;
 pub mod files;
+pub mod pairs;
 pub mod sockets_and_dups;
 pub mod tasks;
 
 use aya_ebpf::programs::TracePointContext;
-use tracer_common::{InFlight, Syscall};
+use tracer_common::{ARG_UNKNOWN, InFlight, Syscall};
 
 use crate::{
     emit::{Caller, read_u64},
@@ -23,6 +24,7 @@ fn stash(caller: Caller, syscall: Syscall, arg0: u64, arg1: u64, arg2: u64) {
         arg0,
         arg1,
         arg2,
+        arg3: 0,
     };
     if IN_FLIGHT.insert(&caller.pid_tgid, &args, 0).is_err() {
         count_lost(LOST_IN_FLIGHT_FULL);
@@ -40,6 +42,24 @@ fn take_in_flight(pid_tgid: u64, expected: &[Syscall]) -> Option<InFlight> {
         .iter()
         .any(|s| *s as u32 == args.syscall)
         .then_some(args)
+}
+
+/// Arguments for `syscall`'s exit probe: what its enter probe stashed or, when the syscall
+/// began before this process was followed (an accept blocked when the tracer attached),
+/// [`ARG_UNKNOWN`]s, as long as the caller is followed now. `None`: not ours.
+#[inline(always)]
+fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<InFlight> {
+    if let Some(args) = take_in_flight(caller.pid_tgid, &[syscall]) {
+        return Some(args);
+    }
+    caller.is_followed().then_some(InFlight {
+        syscall: syscall as u32,
+        _pad: 0,
+        arg0: ARG_UNKNOWN,
+        arg1: ARG_UNKNOWN,
+        arg2: ARG_UNKNOWN,
+        arg3: ARG_UNKNOWN,
+    })
 }
 
 /// The syscall's return value, from any `sys_exit_*` record.

@@ -5,20 +5,12 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{EventKind, FdEvent, Syscall};
 
-use super::{stash, syscall_result, take_in_flight};
+use super::{args_at_exit, stash, syscall_result};
 use crate::{
-    emit::{Caller, read_u64, user_stack_id},
+    emit::{Caller, fill_stack_top, read_u64, user_stack_id},
     maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
 };
 
-const FD_CREATORS: &[Syscall] = &[
-    Syscall::Socket,
-    Syscall::Accept,
-    Syscall::Accept4,
-    Syscall::Dup,
-    Syscall::Dup2,
-    Syscall::Dup3,
-];
 
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
@@ -80,60 +72,77 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx);
+    emit_fd_created(&ctx, Syscall::Socket);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx);
+    emit_fd_created(&ctx, Syscall::Accept);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx);
+    emit_fd_created(&ctx, Syscall::Accept4);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx);
+    emit_fd_created(&ctx, Syscall::Dup);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx);
+    emit_fd_created(&ctx, Syscall::Dup2);
     0
 }
 
 #[tracepoint]
 pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx);
+    emit_fd_created(&ctx, Syscall::Dup3);
     0
 }
 
 #[inline(always)]
-fn emit_fd_created(ctx: &TracePointContext) {
+fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
     let caller = Caller::current();
-    let Some(args) = take_in_flight(caller.pid_tgid, FD_CREATORS) else {
+    let Some(args) = args_at_exit(caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);
     if fd < 0 {
         return;
     }
+    emit_fd_event(ctx, caller, fd as i32, args.syscall, [args.arg0, args.arg1, args.arg2]);
+}
+
+/// Emits one [`FdEvent`] with the caller's user stack.
+#[inline(always)]
+pub(super) fn emit_fd_event(
+    ctx: &TracePointContext,
+    caller: Caller,
+    fd: i32,
+    syscall: u32,
+    [arg0, arg1, arg2]: [u64; 3],
+) {
     let stack_id = user_stack_id(ctx);
-    let event = FdEvent {
-        header: caller.header(EventKind::FdCreated, stack_id),
-        fd: fd as i32,
-        syscall: args.syscall,
-        arg0: args.arg0,
-        arg1: args.arg1,
-        arg2: args.arg2,
-    };
-    if EVENTS.output::<FdEvent>(&event, 0).is_err() {
+    let Some(mut entry) = EVENTS.reserve::<FdEvent>(0) else {
         count_lost(LOST_RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of the right size; every field is written.
+    unsafe {
+        (*event).header = caller.header(EventKind::FdCreated, stack_id);
+        (*event).fd = fd;
+        (*event).syscall = syscall;
+        (*event).arg0 = arg0;
+        (*event).arg1 = arg1;
+        (*event).arg2 = arg2;
+        fill_stack_top(&raw mut (*event).stack_top);
     }
+    entry.submit(0);
 }

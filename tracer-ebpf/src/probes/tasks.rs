@@ -12,7 +12,7 @@ use tracer_common::{
 
 use super::{stash, take_in_flight};
 use crate::{
-    emit::{Caller, read_u8, read_u32, read_u64, user_stack_id},
+    emit::{Caller, fill_stack_top, read_u8, read_u32, read_u64, user_stack_id},
     maps::{EVENTS, FOLLOWED, IN_FLIGHT, LOST_FOLLOW_FULL, LOST_RING_FULL, count_lost, offset},
 };
 
@@ -83,15 +83,21 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
         count_lost(LOST_FOLLOW_FULL);
     }
-    let event = ForkEvent {
-        header: parent.header(EventKind::TaskCreated, user_stack_id(&ctx)),
-        child_tid,
-        syscall,
-        clone_flags,
-    };
-    if EVENTS.output::<ForkEvent>(&event, 0).is_err() {
+    let stack_id = user_stack_id(&ctx);
+    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
         count_lost(LOST_RING_FULL);
+        return 0;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of the right size; every field is written.
+    unsafe {
+        (*event).header = parent.header(EventKind::TaskCreated, stack_id);
+        (*event).child_tid = child_tid;
+        (*event).syscall = syscall;
+        (*event).clone_flags = clone_flags;
+        fill_stack_top(&raw mut (*event).stack_top);
     }
+    entry.submit(0);
     0
 }
 

@@ -363,9 +363,21 @@ mod tests {
         }
     }
 
+    fn header() -> Header {
+        Header {
+            tgid: 1,
+            tid: 1,
+            stack_id: None,
+            timestamp_ns: 0,
+            stack_top: None,
+            leaf_caller: None,
+            generation: 0,
+        }
+    }
+
     fn accept(fd: i32, stack: u32, t: u64) -> Event {
         Event::FdCreated {
-            header: Header { tgid: 1, tid: 1, stack_id: Some(stack), timestamp_ns: t },
+            header: Header { stack_id: Some(stack), timestamp_ns: t, ..header() },
             fd,
             syscall: Syscall::Accept4,
             arg0: 3,
@@ -397,12 +409,12 @@ mod tests {
             agg.apply(&accept(fd, 7, 1_000_000_000));
         }
         agg.apply(&Event::FileOpened {
-            header: Header { tgid: 1, tid: 2, stack_id: Some(8), timestamp_ns: 2_000_000_000 },
+            header: Header { tid: 2, stack_id: Some(8), timestamp_ns: 2_000_000_000, ..header() },
             fd: 9,
             syscall: Syscall::Openat,
             dirfd: -100,
             flags: 0,
-            path: b"/var/log/x".to_vec(),
+            path: Some(b"/var/log/x".to_vec()),
             path_truncated: false,
         });
         agg
