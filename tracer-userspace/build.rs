@@ -19,7 +19,10 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("tracer-ebpf has no directory"))?;
     // The object also depends on the shared types.
-    println!("cargo:rerun-if-changed={}", root_dir.join("../tracer-common/src"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        root_dir.join("../tracer-common/src")
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: ebpf.name.as_str(),

@@ -160,7 +160,7 @@ pub struct EventHeader {
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
 /// Bytes of user stack copied at creation events, from the user stack pointer up.
-pub const STACK_TOP_BYTES: usize = 64;
+pub const STACK_TOP_BYTES: usize = 128;
 
 /// The user stack pointer at the syscall and the stack memory just above it: enough for
 /// userspace to find, from .eh_frame, the return address of a frameless innermost function
@@ -196,7 +196,7 @@ pub struct FileOpenEvent {
     pub stack_top: UserStackTop,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 72 + PATH_CAP);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 136 + PATH_CAP);
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
@@ -220,7 +220,7 @@ pub struct FdEvent {
     pub arg2: u64,
     pub stack_top: UserStackTop,
 }
-const _: () = assert!(size_of::<FdEvent>() == 56 + 72);
+const _: () = assert!(size_of::<FdEvent>() == 56 + 136);
 
 /// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
 /// then fails (except EBADF, where there was nothing to release).
@@ -253,7 +253,7 @@ pub struct ForkEvent {
     pub clone_flags: u64,
     pub stack_top: UserStackTop,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 40 + 72);
+const _: () = assert!(size_of::<ForkEvent>() == 40 + 136);
 
 /// `group_dead` value when the kernel's tracepoint does not say (older kernels).
 pub const GROUP_DEAD_UNKNOWN: u32 = 2;

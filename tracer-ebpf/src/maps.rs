@@ -5,8 +5,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT, STACK_MAP_ENTRIES,
-    TracepointOffsets,
+    DEFAULT_RING_BYTES, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT, STACK_MAP_ENTRIES, TracepointOffsets,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.

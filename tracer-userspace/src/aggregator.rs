@@ -123,7 +123,10 @@ impl Process {
             exited_at_ns: None,
             fds: HashMap::new(),
             held_at_exit: Vec::new(),
-            threads: ThreadCounts { live: 1, ..ThreadCounts::default() },
+            threads: ThreadCounts {
+                live: 1,
+                ..ThreadCounts::default()
+            },
             new_threads: HashMap::new(),
             fork_stack: None,
         }
@@ -216,10 +219,10 @@ impl Aggregator {
     /// Marks a process gone without an exit event (it vanished from /proc, e.g. after lost
     /// events). Its descriptors are dropped like at exit.
     pub fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
-        if let Some(process) = self.processes.get_mut(&pid) {
-            if !process.exited() {
-                exit_process(process, now_ns);
-            }
+        if let Some(process) = self.processes.get_mut(&pid)
+            && !process.exited()
+        {
+            exit_process(process, now_ns);
         }
     }
 
@@ -288,7 +291,11 @@ impl Aggregator {
                             .and_then(|l| l.detail.split_whitespace().next())
                             .map(|protocol| format!("{protocol} (accepted)"))
                             .unwrap_or_else(|| "socket (accepted)".to_string());
-                        (DescriptorKind::Socket, detail, *arg1 != ARG_UNKNOWN && *arg1 & CLOEXEC != 0)
+                        (
+                            DescriptorKind::Socket,
+                            detail,
+                            *arg1 != ARG_UNKNOWN && *arg1 & CLOEXEC != 0,
+                        )
                     }
                     Syscall::Pipe | Syscall::Pipe2 => (
                         DescriptorKind::Pipe,
@@ -309,14 +316,23 @@ impl Aggregator {
                             // dup2(fd, fd) changes nothing.
                             return;
                         }
-                        let cloexec =
-                            *syscall == Syscall::Dup3 && *arg1 != ARG_UNKNOWN && *arg1 & CLOEXEC != 0;
+                        let cloexec = *syscall == Syscall::Dup3
+                            && *arg1 != ARG_UNKNOWN
+                            && *arg1 & CLOEXEC != 0;
                         match process.fds.get(&old_fd) {
                             Some(old) => (old.kind, old.detail.clone(), cloexec),
-                            None => (DescriptorKind::Other, format!("dup of fd {old_fd}"), cloexec),
+                            None => (
+                                DescriptorKind::Other,
+                                format!("dup of fd {old_fd}"),
+                                cloexec,
+                            ),
                         }
                     }
-                    _ => (DescriptorKind::Other, format!("{} ({arg2})", syscall.name()), false),
+                    _ => (
+                        DescriptorKind::Other,
+                        format!("{} ({arg2})", syscall.name()),
+                        false,
+                    ),
                 };
                 let descriptor = Descriptor {
                     fd: *fd,
@@ -355,7 +371,10 @@ impl Aggregator {
                     process.threads.live += 1;
                     process.new_threads.insert(
                         *child_tid,
-                        LiveThread { stack, started_ns: header.timestamp_ns },
+                        LiveThread {
+                            stack,
+                            started_ns: header.timestamp_ns,
+                        },
                     );
                 } else {
                     self.fork(header.tgid, *child_tid, stack);
@@ -393,7 +412,10 @@ impl Aggregator {
         let inherited: Vec<Descriptor> = parent
             .fds
             .values()
-            .map(|d| Descriptor { inherited: matches!(d.origin, Origin::Syscall(_)), ..d.clone() })
+            .map(|d| Descriptor {
+                inherited: matches!(d.origin, Origin::Syscall(_)),
+                ..d.clone()
+            })
             .collect();
         if let Some(previous) = self.processes.remove(&child_pid) {
             if previous.exited() {
@@ -529,7 +551,10 @@ mod tests {
     }
 
     fn close(tgid: u32, tid: u32, fd: i32) -> Event {
-        Event::FdClosed { header: header(tgid, tid, 9, None), fd }
+        Event::FdClosed {
+            header: header(tgid, tid, 9, None),
+            fd,
+        }
     }
 
     fn fork(parent: u32, child: u32, flags: u64) -> Event {
@@ -542,7 +567,10 @@ mod tests {
     }
 
     fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
-        Event::TaskExited { header: header(tgid, tid, 20, None), group_dead }
+        Event::TaskExited {
+            header: header(tgid, tid, 20, None),
+            group_dead,
+        }
     }
 
     fn open_fds(agg: &Aggregator, pid: u32) -> Vec<i32> {
@@ -643,13 +671,19 @@ mod tests {
         let child = agg.process(CHILD).unwrap();
         assert_eq!(child.ppid, PARENT);
         assert_eq!(child.fds[&4].opened_by(), "inherited");
-        assert_eq!(child.fds[&4].stack.map(|s| (s.id, s.pid)), Some((2, PARENT)));
+        assert_eq!(
+            child.fds[&4].stack.map(|s| (s.id, s.pid)),
+            Some((2, PARENT))
+        );
         assert_eq!(child.fds[&3].opened_by(), "pre-existing");
         agg.apply(&close(CHILD, CHILD, 4));
         agg.apply(&exit(CHILD, CHILD, Some(true)));
         let child = agg.process(CHILD).unwrap();
         assert!(child.exited());
-        assert!(child.held_at_exit.is_empty(), "inherited copies are not leaks");
+        assert!(
+            child.held_at_exit.is_empty(),
+            "inherited copies are not leaks"
+        );
         let parent = agg.process(PARENT).unwrap();
         assert_eq!(parent.fds[&4].opened_by(), "accept4");
         assert_eq!(parent.fds[&4].detail, "tcp (accepted)");
@@ -683,7 +717,14 @@ mod tests {
         agg.apply(&exit(PARENT, PARENT + 1, Some(false)));
         let parent = agg.process(PARENT).unwrap();
         assert!(!parent.exited());
-        assert_eq!(parent.threads, ThreadCounts { live: 2, created: 2, exited: 1 });
+        assert_eq!(
+            parent.threads,
+            ThreadCounts {
+                live: 2,
+                created: 2,
+                exited: 1
+            }
+        );
         assert_eq!(parent.new_threads.len(), 1);
     }
 
@@ -739,7 +780,9 @@ mod tests {
         let mut agg = Aggregator::new();
         agg.add_snapshot(snapshot(PARENT, &[3, 4]), 0);
         agg.apply(&created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
-        agg.apply(&Event::Exec { header: header(PARENT, PARENT, 30, None) });
+        agg.apply(&Event::Exec {
+            header: header(PARENT, PARENT, 30, None),
+        });
         assert_eq!(open_fds(&agg, PARENT), vec![3]);
     }
 
@@ -777,9 +820,18 @@ mod tests {
     #[test]
     fn accept_with_unknown_listener() {
         let mut agg = Aggregator::new();
-        agg.apply(&created(PARENT, 7, Syscall::Accept4, ARG_UNKNOWN, ARG_UNKNOWN));
+        agg.apply(&created(
+            PARENT,
+            7,
+            Syscall::Accept4,
+            ARG_UNKNOWN,
+            ARG_UNKNOWN,
+        ));
         let fd = &agg.process(PARENT).unwrap().fds[&7];
-        assert_eq!((fd.opened_by(), fd.detail.as_str(), fd.cloexec), ("accept4", "socket (accepted)", false));
+        assert_eq!(
+            (fd.opened_by(), fd.detail.as_str(), fd.cloexec),
+            ("accept4", "socket (accepted)", false)
+        );
     }
 
     /// Non-UTF-8 bytes survive as escapes; relative paths say what they are relative to.

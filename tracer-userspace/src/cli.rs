@@ -73,9 +73,15 @@ mod tests {
     /// --pid and a command are alternatives; options before `--` belong to tracer.
     #[test]
     fn parses_both_modes() {
-        let opts = Options::try_parse_from(["tracer", "--pid", "7", "--json", "--duration", "2"]).unwrap();
-        assert_eq!((opts.pid, opts.json, opts.duration), (Some(7), true, Some(2.0)));
-        let opts = Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"]).unwrap();
+        let opts =
+            Options::try_parse_from(["tracer", "--pid", "7", "--json", "--duration", "2"]).unwrap();
+        assert_eq!(
+            (opts.pid, opts.json, opts.duration),
+            (Some(7), true, Some(2.0))
+        );
+        let opts =
+            Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
+                .unwrap();
         assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
         assert!(Options::try_parse_from(["tracer", "--pid", "7", "--", "x"]).is_err());
     }
@@ -83,8 +89,16 @@ mod tests {
     /// Nonsense values are refused with an error, not a panic.
     #[test]
     fn refuses_bad_values() {
-        for bad in [["--duration", "0"], ["--duration", "nan"], ["--ring-buffer-mib", "3"], ["--pid", "-4"]] {
-            assert!(Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(), "{bad:?}");
+        for bad in [
+            ["--duration", "0"],
+            ["--duration", "nan"],
+            ["--ring-buffer-mib", "3"],
+            ["--pid", "-4"],
+        ] {
+            assert!(
+                Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(),
+                "{bad:?}"
+            );
         }
         let opts = Options::try_parse_from(["tracer", "--json"]).unwrap();
         assert!(opts.validate().is_err());

@@ -5,8 +5,7 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
-    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, STACK_TOP_BYTES, Syscall,
-    UserStackTop,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, STACK_TOP_BYTES, Syscall, UserStackTop,
 };
 
 /// The user stack pointer and the stack bytes above it at a creation event.
@@ -207,8 +206,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 #[cfg(test)]
 pub(crate) fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
     // SAFETY: T is plain-old-data; we copy exactly its bytes.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
-        .to_vec()
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
 }
 
 #[cfg(test)]
@@ -238,17 +236,31 @@ mod tests {
             path_truncated: 1,
             path_unknown: 0,
             _pad: [0; 4],
-            stack_top: UserStackTop { sp: 0x7ff0, bytes: [7; STACK_TOP_BYTES] },
+            stack_top: UserStackTop {
+                sp: 0x7ff0,
+                bytes: [7; STACK_TOP_BYTES],
+            },
             path: [0; PATH_CAP],
         };
         raw.path[..9].copy_from_slice(b"/dev/null");
-        let Event::FileOpened { header, fd, path, path_truncated, syscall, .. } =
-            decode(&as_bytes(&raw)).unwrap()
+        let Event::FileOpened {
+            header,
+            fd,
+            path,
+            path_truncated,
+            syscall,
+            ..
+        } = decode(&as_bytes(&raw)).unwrap()
         else {
             panic!("wrong kind");
         };
         assert_eq!(header.stack_id, Some(3));
-        assert_eq!(header.stack_top.map(|t| (t.sp, t.bytes[63])), Some((0x7ff0, 7)));
+        assert_eq!(
+            header
+                .stack_top
+                .map(|t| (t.sp, t.bytes[STACK_TOP_BYTES - 1])),
+            Some((0x7ff0, 7))
+        );
         assert_eq!((fd, syscall), (7, Syscall::Openat));
         assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
         assert!(path_truncated);
@@ -257,7 +269,11 @@ mod tests {
     /// A negative stack id (no stack captured) decodes as None.
     #[test]
     fn missing_stack_is_none() {
-        let raw = CloseEvent { header: raw_header(EventKind::FdClosed, -1), fd: 4, _pad: 0 };
+        let raw = CloseEvent {
+            header: raw_header(EventKind::FdClosed, -1),
+            fd: 4,
+            _pad: 0,
+        };
         assert_eq!(decode(&as_bytes(&raw)).unwrap().header().stack_id, None);
     }
 
@@ -269,7 +285,10 @@ mod tests {
         assert_eq!(decode(&as_bytes(&raw)), Err(DecodeError::TooShort(24)));
         let mut unknown = raw_header(EventKind::Exec, -1);
         unknown.kind = 99;
-        assert_eq!(decode(&as_bytes(&unknown)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            decode(&as_bytes(&unknown)),
+            Err(DecodeError::UnknownKind(99))
+        );
     }
 
     /// Unknown clone flags and group_dead values map to None.
@@ -280,11 +299,19 @@ mod tests {
             child_tid: 12,
             syscall: 0,
             clone_flags: CLONE_FLAGS_UNKNOWN,
-            stack_top: UserStackTop { sp: 0, bytes: [0; STACK_TOP_BYTES] },
+            stack_top: UserStackTop {
+                sp: 0,
+                bytes: [0; STACK_TOP_BYTES],
+            },
         };
         assert!(matches!(
             decode(&as_bytes(&fork)).unwrap(),
-            Event::TaskCreated { child_tid: 12, syscall: None, clone_flags: None, .. }
+            Event::TaskCreated {
+                child_tid: 12,
+                syscall: None,
+                clone_flags: None,
+                ..
+            }
         ));
         let exit = ExitEvent {
             header: raw_header(EventKind::TaskExited, -1),
@@ -293,7 +320,10 @@ mod tests {
         };
         assert!(matches!(
             decode(&as_bytes(&exit)).unwrap(),
-            Event::TaskExited { group_dead: None, .. }
+            Event::TaskExited {
+                group_dead: None,
+                ..
+            }
         ));
     }
 }

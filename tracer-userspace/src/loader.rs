@@ -76,7 +76,9 @@ const PROBES: &[Probe] = &[
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("tracer needs root (CAP_BPF and CAP_PERFMON) to load its eBPF programs: run it as root")]
+    #[error(
+        "tracer needs root (CAP_BPF and CAP_PERFMON) to load its eBPF programs: run it as root"
+    )]
     NotRoot,
     #[error(
         "this kernel exposes no BTF at {0} (it needs CONFIG_DEBUG_INFO_BTF=y); tracer cannot load its programs without it"
@@ -91,7 +93,10 @@ pub enum LoadError {
     #[error("the eBPF object has no {0}; the build is broken")]
     MissingInObject(&'static str),
     #[error("the kernel refused program {program}: {reason}")]
-    Program { program: &'static str, reason: String },
+    Program {
+        program: &'static str,
+        reason: String,
+    },
     #[error("map {map}: {source}")]
     Map {
         map: &'static str,
@@ -188,7 +193,8 @@ pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing),
             .map_err(map_error(map_names::FOLLOWED))?,
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
-        lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?).map_err(map_error(map_names::LOST))?,
+        lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
+            .map_err(map_error(map_names::LOST))?,
         attached,
         unavailable,
         _ebpf: ebpf,
@@ -210,7 +216,9 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<(), LoadError> {
         .ok_or(LoadError::MissingInObject(probe.name))?
         .try_into()
         .map_err(|err: ProgramError| program_error(probe.name, err))?;
-    program.load().map_err(|err| program_error(probe.name, err))?;
+    program
+        .load()
+        .map_err(|err| program_error(probe.name, err))?;
     program
         .attach(probe.category, probe.name)
         .map_err(|err| program_error(probe.name, err))?;
@@ -226,7 +234,11 @@ fn program_error(program: &'static str, err: ProgramError) -> LoadError {
         } => {
             let log = verifier_log.to_string();
             log::debug!("verifier log for {program}:\n{log}");
-            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             format!("{io_error} (verifier: {last}; run with RUST_LOG=debug for the full log)")
         }
         other => other.to_string(),

@@ -65,7 +65,12 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     let (target, command) = match (&child, opts.pid) {
         (Some(child), _) => (child.pid, opts.command.clone()),
-        (None, Some(pid)) => (pid, procfs::process_info(pid).map(|i| i.cmdline).unwrap_or_default()),
+        (None, Some(pid)) => (
+            pid,
+            procfs::process_info(pid)
+                .map(|i| i.cmdline)
+                .unwrap_or_default(),
+        ),
         (None, None) => unreachable!("validate() requires --pid or a command"),
     };
 
@@ -80,7 +85,11 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         state.stacks.capture(pid);
     }
-    let comm = state.agg.process(target).map(|p| p.comm.clone()).unwrap_or_default();
+    let comm = state
+        .agg
+        .process(target)
+        .map(|p| p.comm.clone())
+        .unwrap_or_default();
     eprintln!(
         "tracer: attached {} probes; following pid {target} ({comm}) and {} descendants. Ctrl-C to stop and report.",
         probes.attached.len(),
@@ -100,7 +109,12 @@ pub fn run(opts: &Options) -> Result<()> {
         .block_on(async { unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } })
         .map_err(|err| err.into_parts().1)
         .context("cannot poll the ring buffer")?;
-    let stop = runtime.block_on(event_loop(&mut ring, &mut state, child.as_mut(), opts.duration))?;
+    let stop = runtime.block_on(event_loop(
+        &mut ring,
+        &mut state,
+        child.as_mut(),
+        opts.duration,
+    ))?;
     // Whatever the kernel emitted before we stopped still counts.
     state.drain(&mut ring.into_inner());
     if let Some(child) = &mut child {
@@ -270,7 +284,9 @@ async fn event_loop(
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
-    let deadline = duration.map_or(far_future, |secs| Instant::now() + Duration::from_secs_f64(secs));
+    let deadline = duration.map_or(far_future, |secs| {
+        Instant::now() + Duration::from_secs_f64(secs)
+    });
     let mut housekeeping = interval(HOUSEKEEPING);
     loop {
         tokio::select! {
@@ -319,7 +335,10 @@ impl Resolver for LiveResolver<'_> {
         if std::fs::read_dir(format!("/proc/{pid}/fd")).is_err() {
             return Vec::new();
         }
-        let sockets = self.sockets.entry(pid).or_insert_with(|| SocketTable::load(pid));
+        let sockets = self
+            .sockets
+            .entry(pid)
+            .or_insert_with(|| SocketTable::load(pid));
         let mut closed = Vec::new();
         for d in descriptors.iter_mut() {
             let direction = match d.opened_by {
@@ -374,7 +393,8 @@ impl PausedChild {
             return Err(io::Error::last_os_error()).context("cannot create the start gate");
         }
         // SAFETY: pipe2 returned two fresh descriptors that we now own.
-        let (gate_read, gate_write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (gate_read, gate_write) =
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
 
         // SAFETY: the child only makes async-signal-safe calls (close, read, execvp, write,
         // _exit) on memory prepared before the fork.

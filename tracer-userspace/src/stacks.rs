@@ -55,7 +55,8 @@ impl StackStore {
             } if *flags & tracer_common::CLONE_THREAD == 0 => {
                 // A forked child runs its parent's image until it execs.
                 let parent_generation = self.generation(header.tgid);
-                if let Some(modules) = self.modules.get(&(header.tgid, parent_generation)).cloned() {
+                if let Some(modules) = self.modules.get(&(header.tgid, parent_generation)).cloned()
+                {
                     self.generations.insert(*child_tid, 0);
                     self.modules.insert((*child_tid, 0), modules);
                 }
@@ -92,17 +93,12 @@ impl StackStore {
         let Some(kernel) = self.kernel_stack(stack.id, probes) else {
             return Vec::new();
         };
-        let mut ips: Vec<u64> = kernel.to_vec();
-        if let Some(caller) = stack.leaf_caller
-            && !ips.is_empty()
-        {
-            ips.insert(1, caller);
-        }
         let modules = self
             .modules
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
+        let ips = repaired(&kernel, stack.leaf_caller, &modules);
         self.symbolizer.frames(stack, &ips, &modules)
     }
 
@@ -157,5 +153,56 @@ impl StackStore {
         let ips: Arc<[u64]> = probes.stack(id)?.into();
         self.kernel_stacks.insert(id, ips.clone());
         Some(ips)
+    }
+}
+
+/// The kernel's stack with a recovered leaf caller put back as frame 1. A frameless leaf may
+/// also have used %rbp as a scratch register (glibc's open64 does), which sends the kernel's
+/// frame-pointer walk into the weeds: past the recovered caller, the walk is cut at the first
+/// address that lies in no mapping, since nothing after it can be trusted.
+fn repaired(kernel: &[u64], leaf_caller: Option<u64>, modules: &ModuleMap) -> Vec<u64> {
+    let Some(caller) = leaf_caller else {
+        return kernel.to_vec();
+    };
+    let mut ips = Vec::with_capacity(kernel.len() + 1);
+    ips.extend(kernel.first());
+    ips.push(caller);
+    ips.extend(
+        kernel
+            .iter()
+            .skip(1)
+            .take_while(|&&ip| modules.find(ip).is_some()),
+    );
+    ips
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modules() -> ModuleMap {
+        ModuleMap::parse(
+            "1000-2000 r-xp 00000000 08:01 1 /srv/app\n\
+             7000-8000 r-xp 00000000 08:01 2 /lib/libc.so.6\n",
+        )
+    }
+
+    /// Without a recovered caller the kernel's stack is kept as it is.
+    #[test]
+    fn keeps_stack_without_leaf_caller() {
+        assert_eq!(
+            repaired(&[0x7100, 0x1100, 0xdead], None, &modules()),
+            vec![0x7100, 0x1100, 0xdead]
+        );
+    }
+
+    /// A recovered caller becomes frame 1; the walk is cut at the first unmapped address.
+    #[test]
+    fn inserts_caller_and_cuts_garbage() {
+        let kernel = [0x7100, 0x1200, 0x6567_7261_742f_6e69, 0x1300];
+        assert_eq!(
+            repaired(&kernel, Some(0x1100), &modules()),
+            vec![0x7100, 0x1100, 0x1200]
+        );
     }
 }

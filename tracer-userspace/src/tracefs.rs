@@ -2,8 +2,7 @@
 //! `events/CATEGORY/NAME/format`, so the eBPF programs read fields where this kernel puts them.
 
 use std::{
-    fs,
-    io,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -86,7 +85,10 @@ impl Format {
     }
 
     pub fn offset_of(&self, name: &str) -> Option<u32> {
-        self.fields.iter().find(|f| f.name == name).map(|f| f.offset)
+        self.fields
+            .iter()
+            .find(|f| f.name == name)
+            .map(|f| f.offset)
     }
 }
 
@@ -118,7 +120,11 @@ fn parse_field_line(line: &str) -> Option<Field> {
 }
 
 /// Reads the format of CATEGORY/NAME; `None` when this kernel has no such tracepoint.
-pub fn read_format(root: &Path, category: &str, name: &str) -> Result<Option<Format>, TracefsError> {
+pub fn read_format(
+    root: &Path,
+    category: &str,
+    name: &str,
+) -> Result<Option<Format>, TracefsError> {
     let path = root.join("events").join(category).join(name).join("format");
     match fs::read_to_string(&path) {
         Ok(text) => Ok(Some(Format::parse(&text))),
@@ -133,7 +139,10 @@ pub struct Formats {
 }
 
 impl Formats {
-    pub fn read(root: &Path, tracepoints: &[(&'static str, &'static str)]) -> Result<Self, TracefsError> {
+    pub fn read(
+        root: &Path,
+        tracepoints: &[(&'static str, &'static str)],
+    ) -> Result<Self, TracefsError> {
         let mut by_name = Vec::new();
         for &(category, name) in tracepoints {
             if let Some(format) = read_format(root, category, name)? {
@@ -148,7 +157,10 @@ impl Formats {
     }
 
     fn get(&self, name: &str) -> Option<&Format> {
-        self.by_name.iter().find(|(n, _)| *n == name).map(|(_, f)| f)
+        self.by_name
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, f)| f)
     }
 
     /// Offset of `field` in `tracepoint`; [`FIELD_ABSENT`] when the tracepoint is missing
@@ -156,10 +168,12 @@ impl Formats {
     fn offset(&self, tracepoint: &str, field: &'static str) -> Result<u32, TracefsError> {
         match self.get(tracepoint) {
             None => Ok(FIELD_ABSENT),
-            Some(format) => format.offset_of(field).ok_or_else(|| TracefsError::MissingField {
-                tracepoint: tracepoint.to_string(),
-                field,
-            }),
+            Some(format) => format
+                .offset_of(field)
+                .ok_or_else(|| TracefsError::MissingField {
+                    tracepoint: tracepoint.to_string(),
+                    field,
+                }),
         }
     }
 
@@ -215,14 +229,19 @@ impl Formats {
         let mut seen = Vec::new();
         for (name, format) in &self.by_name {
             if name.starts_with("sys_exit_") {
-                let offset = format.offset_of("ret").ok_or_else(|| TracefsError::MissingField {
-                    tracepoint: name.to_string(),
-                    field: "ret",
-                })?;
+                let offset = format
+                    .offset_of("ret")
+                    .ok_or_else(|| TracefsError::MissingField {
+                        tracepoint: name.to_string(),
+                        field: "ret",
+                    })?;
                 seen.push((*name, offset));
             }
         }
-        let first = seen.first().map(|(_, offset)| *offset).unwrap_or(FIELD_ABSENT);
+        let first = seen
+            .first()
+            .map(|(_, offset)| *offset)
+            .unwrap_or(FIELD_ABSENT);
         if seen.iter().any(|(_, offset)| *offset != first) {
             let listing: Vec<String> = seen.iter().map(|(n, o)| format!("{n}={o}")).collect();
             return Err(TracefsError::InconsistentRet(listing.join(", ")));
@@ -273,20 +292,36 @@ mod tests {
         let formats = Formats {
             by_name: vec![("sys_enter_openat", Format::parse(OPENAT))],
         };
-        assert_eq!(formats.offset("sys_enter_open", "filename").unwrap(), FIELD_ABSENT);
+        assert_eq!(
+            formats.offset("sys_enter_open", "filename").unwrap(),
+            FIELD_ABSENT
+        );
         assert!(formats.offset("sys_enter_openat", "nonesuch").is_err());
-        assert_eq!(formats.optional_offset("sys_enter_openat", "nonesuch"), FIELD_ABSENT);
+        assert_eq!(
+            formats.optional_offset("sys_enter_openat", "nonesuch"),
+            FIELD_ABSENT
+        );
     }
 
     /// Differing `ret` offsets across sys_exit tracepoints are refused rather than misread.
     #[test]
     fn inconsistent_exit_ret_is_refused() {
         let ret_at = |offset: u32| Format {
-            fields: vec![Field { name: "ret".into(), offset, size: 8 }],
+            fields: vec![Field {
+                name: "ret".into(),
+                offset,
+                size: 8,
+            }],
         };
         let formats = Formats {
-            by_name: vec![("sys_exit_openat", ret_at(16)), ("sys_exit_close", ret_at(24))],
+            by_name: vec![
+                ("sys_exit_openat", ret_at(16)),
+                ("sys_exit_close", ret_at(24)),
+            ],
         };
-        assert!(matches!(formats.exit_ret_offset(), Err(TracefsError::InconsistentRet(_))));
+        assert!(matches!(
+            formats.exit_ret_offset(),
+            Err(TracefsError::InconsistentRet(_))
+        ));
     }
 }

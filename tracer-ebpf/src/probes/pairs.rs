@@ -75,6 +75,18 @@ fn emit_pair(ctx: &TracePointContext, syscall: Syscall) {
     let Ok(fds) = (unsafe { bpf_probe_read_user(args.arg0 as *const [i32; 2]) }) else {
         return;
     };
-    emit_fd_event(ctx, caller, fds[0], args.syscall, [fds[1] as u64, args.arg1, args.arg2]);
-    emit_fd_event(ctx, caller, fds[1], args.syscall, [fds[0] as u64, args.arg1, args.arg2]);
+    emit_fd_event(
+        ctx,
+        caller,
+        fds[0],
+        args.syscall,
+        [fds[1] as u64, args.arg1, args.arg2],
+    );
+    emit_fd_event(
+        ctx,
+        caller,
+        fds[1],
+        args.syscall,
+        [fds[0] as u64, args.arg1, args.arg2],
+    );
 }

@@ -11,7 +11,6 @@ use crate::{
     maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
 };
 
-
 #[tracepoint]
 pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
@@ -116,7 +115,13 @@ fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
     if fd < 0 {
         return;
     }
-    emit_fd_event(ctx, caller, fd as i32, args.syscall, [args.arg0, args.arg1, args.arg2]);
+    emit_fd_event(
+        ctx,
+        caller,
+        fd as i32,
+        args.syscall,
+        [args.arg0, args.arg1, args.arg2],
+    );
 }
 
 /// Emits one [`FdEvent`] with the caller's user stack.

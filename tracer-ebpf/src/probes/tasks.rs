@@ -113,7 +113,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         Some(dead) => (dead != 0) as u32,
         None => GROUP_DEAD_UNKNOWN,
     };
-    let process_gone = group_dead == 1 || (group_dead == GROUP_DEAD_UNKNOWN && task.tid == task.tgid);
+    let process_gone =
+        group_dead == 1 || (group_dead == GROUP_DEAD_UNKNOWN && task.tid == task.tgid);
     if process_gone {
         let _ = FOLLOWED.remove(&task.tgid);
     } else if task.tid != task.tgid {

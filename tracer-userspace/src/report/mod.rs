@@ -172,15 +172,22 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
     for process in &processes {
         let mut live: Vec<&Descriptor> = process.fds.values().collect();
         live.sort_by_key(|d| d.fd);
-        let mut entries: Vec<DescriptorEntry> =
-            live.iter().map(|d| entry(process.pid, d, facts.now_ns, false)).collect();
+        let mut entries: Vec<DescriptorEntry> = live
+            .iter()
+            .map(|d| entry(process.pid, d, facts.now_ns, false))
+            .collect();
         if !process.exited() && !entries.is_empty() {
             let closed = resolver.refresh(process.pid, &mut entries);
             reconciled_closed += closed.len() as u64;
             entries.retain(|e| !closed.contains(&e.fd));
         }
         let exit_ns = process.exited_at_ns.unwrap_or(facts.now_ns);
-        entries.extend(process.held_at_exit.iter().map(|d| entry(process.pid, d, exit_ns, true)));
+        entries.extend(
+            process
+                .held_at_exit
+                .iter()
+                .map(|d| entry(process.pid, d, exit_ns, true)),
+        );
         descriptors.extend(entries.into_iter().filter(|e| e.age_s >= facts.min_age_s));
     }
 
@@ -188,9 +195,13 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
     let mut frames_by_stack: HashMap<StackRef, Vec<FrameEntry>> = HashMap::new();
     for d in &mut descriptors {
         if let Some(stack) = d.stack_ref {
-            let frames = frames_by_stack
-                .entry(stack)
-                .or_insert_with(|| resolver.frames(stack).into_iter().map(FrameEntry::from).collect());
+            let frames = frames_by_stack.entry(stack).or_insert_with(|| {
+                resolver
+                    .frames(stack)
+                    .into_iter()
+                    .map(FrameEntry::from)
+                    .collect()
+            });
             d.stack = frames.clone();
         }
     }
@@ -205,9 +216,13 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             comm: p.comm.clone(),
             exited: p.exited(),
             zombie: !p.exited() && resolver.is_zombie(p.pid),
-            fork_stack: p
-                .fork_stack
-                .map(|s| resolver.frames(s).into_iter().map(FrameEntry::from).collect()),
+            fork_stack: p.fork_stack.map(|s| {
+                resolver
+                    .frames(s)
+                    .into_iter()
+                    .map(FrameEntry::from)
+                    .collect()
+            }),
             threads: ThreadCountsEntry {
                 live: p.threads.live,
                 created: p.threads.created,
@@ -321,12 +336,18 @@ fn group_threads(processes: &[&Process], resolver: &mut impl Resolver) -> Vec<Th
                 pid: process.pid,
                 live,
                 stack: stack
-                    .map(|s| resolver.frames(s).into_iter().map(FrameEntry::from).collect())
+                    .map(|s| {
+                        resolver
+                            .frames(s)
+                            .into_iter()
+                            .map(FrameEntry::from)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             });
         }
     }
-    groups.sort_by(|a, b| b.live.cmp(&a.live));
+    groups.sort_by_key(|g| std::cmp::Reverse(g.live));
     groups
 }
 
@@ -377,7 +398,11 @@ mod tests {
 
     fn accept(fd: i32, stack: u32, t: u64) -> Event {
         Event::FdCreated {
-            header: Header { stack_id: Some(stack), timestamp_ns: t, ..header() },
+            header: Header {
+                stack_id: Some(stack),
+                timestamp_ns: t,
+                ..header()
+            },
             fd,
             syscall: Syscall::Accept4,
             arg0: 3,
@@ -409,7 +434,12 @@ mod tests {
             agg.apply(&accept(fd, 7, 1_000_000_000));
         }
         agg.apply(&Event::FileOpened {
-            header: Header { tid: 2, stack_id: Some(8), timestamp_ns: 2_000_000_000, ..header() },
+            header: Header {
+                tid: 2,
+                stack_id: Some(8),
+                timestamp_ns: 2_000_000_000,
+                ..header()
+            },
             fd: 9,
             syscall: Syscall::Openat,
             dirfd: -100,
@@ -421,13 +451,21 @@ mod tests {
     }
 
     fn facts() -> SessionFacts {
-        SessionFacts { target: 1, now_ns: 5_000_000_000, ..SessionFacts::default() }
+        SessionFacts {
+            target: 1,
+            now_ns: 5_000_000_000,
+            ..SessionFacts::default()
+        }
     }
 
     /// Groups are ranked by count, carry their frames, kinds and ages; TCP states are counted.
     #[test]
     fn groups_by_stack() {
-        let report = build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![] });
+        let report = build(
+            &aggregator(),
+            &facts(),
+            &mut FakeResolver { closed: vec![] },
+        );
         assert_eq!(report.open_descriptors.len(), 7);
         let top = &report.stacks[0];
         assert_eq!((top.stack_id, top.open_count), (Some(7), 5));
@@ -437,13 +475,20 @@ mod tests {
         assert_eq!(top.stack[0].symbol.as_deref(), Some("fn_7"));
         assert_eq!(report.tcp["ESTABLISHED"], 6);
         let listener = report.open_descriptors.iter().find(|d| d.fd == 3).unwrap();
-        assert_eq!((listener.opened_by, listener.stack_id), ("pre-existing", None));
+        assert_eq!(
+            (listener.opened_by, listener.stack_id),
+            ("pre-existing", None)
+        );
     }
 
     /// Descriptors /proc shows closed are dropped and counted as reconciled.
     #[test]
     fn reconciles_closed_descriptors() {
-        let report = build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![4, 5] });
+        let report = build(
+            &aggregator(),
+            &facts(),
+            &mut FakeResolver { closed: vec![4, 5] },
+        );
         assert_eq!(report.open_descriptors.len(), 5);
         assert_eq!(report.events.reconciled_closed, 2);
     }
@@ -451,7 +496,10 @@ mod tests {
     /// --min-age leaves out younger descriptors.
     #[test]
     fn min_age_filters() {
-        let facts = SessionFacts { min_age_s: 3.5, ..facts() };
+        let facts = SessionFacts {
+            min_age_s: 3.5,
+            ..facts()
+        };
         let report = build(&aggregator(), &facts, &mut FakeResolver { closed: vec![] });
         assert!(report.open_descriptors.iter().all(|d| d.age_s >= 3.5));
         assert_eq!(report.open_descriptors.len(), 6);
@@ -460,13 +508,39 @@ mod tests {
     /// The JSON has the contract's required keys and hex addresses.
     #[test]
     fn json_shape() {
-        let report = build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![] });
+        let report = build(
+            &aggregator(),
+            &facts(),
+            &mut FakeResolver { closed: vec![] },
+        );
         let json = serde_json::to_value(&report).unwrap();
-        for key in ["version", "target", "duration_s", "events", "processes", "open_descriptors", "stacks", "tcp"] {
+        for key in [
+            "version",
+            "target",
+            "duration_s",
+            "events",
+            "processes",
+            "open_descriptors",
+            "stacks",
+            "tcp",
+        ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         let d = &json["open_descriptors"][1];
-        for key in ["pid", "fd", "kind", "detail", "tcp_state", "deleted", "opened_by", "tid", "age_s", "at_exit", "stack_id", "stack"] {
+        for key in [
+            "pid",
+            "fd",
+            "kind",
+            "detail",
+            "tcp_state",
+            "deleted",
+            "opened_by",
+            "tid",
+            "age_s",
+            "at_exit",
+            "stack_id",
+            "stack",
+        ] {
             assert!(d.get(key).is_some(), "descriptor missing {key}");
         }
         assert_eq!(d["kind"], "socket");

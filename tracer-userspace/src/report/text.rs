@@ -29,7 +29,10 @@ pub fn render(report: &Report) -> String {
         render_group(rank + 1, group, &members, report, &mut out);
     }
     if report.stacks.len() > GROUPS_SHOWN {
-        let rest: u64 = report.stacks[GROUPS_SHOWN..].iter().map(|g| g.open_count).sum();
+        let rest: u64 = report.stacks[GROUPS_SHOWN..]
+            .iter()
+            .map(|g| g.open_count)
+            .sum();
         let _ = writeln!(
             out,
             "\n... {} more groups with {rest} descriptors (use --json for all)",
@@ -70,10 +73,16 @@ fn summary(report: &Report, out: &mut String) {
             report.events.reconciled_closed
         );
     }
-    let live: Vec<&DescriptorEntry> =
-        report.open_descriptors.iter().filter(|d| !d.at_exit).collect();
+    let live: Vec<&DescriptorEntry> = report
+        .open_descriptors
+        .iter()
+        .filter(|d| !d.at_exit)
+        .collect();
     let pids: std::collections::BTreeSet<u32> = live.iter().map(|d| d.pid).collect();
-    let created = live.iter().filter(|d| d.opened_by != "pre-existing").count();
+    let created = live
+        .iter()
+        .filter(|d| d.opened_by != "pre-existing")
+        .count();
     let _ = writeln!(
         out,
         "{} descriptors open in {} processes: {created} created while traced, {} open before attach",
@@ -96,19 +105,38 @@ fn summary(report: &Report, out: &mut String) {
     }
 }
 
-fn render_group(rank: usize, group: &StackGroup, members: &[&DescriptorEntry], report: &Report, out: &mut String) {
+fn render_group(
+    rank: usize,
+    group: &StackGroup,
+    members: &[&DescriptorEntry],
+    report: &Report,
+    out: &mut String,
+) {
     let _ = writeln!(out, "\n#{rank}  {}", headline(group, members, report));
     if group.stack_id.is_none() {
-        let _ = writeln!(out, "      (no stack: opened before tracer attached, or not captured)");
+        let _ = writeln!(
+            out,
+            "      (no stack: opened before tracer attached, or not captured)"
+        );
     }
     for frame in group.stack.iter().take(FRAMES_SHOWN) {
         let _ = writeln!(out, "      {}", frame_line(frame));
     }
     if group.stack.len() > FRAMES_SHOWN {
-        let _ = writeln!(out, "      ... {} more frames", group.stack.len() - FRAMES_SHOWN);
+        let _ = writeln!(
+            out,
+            "      ... {} more frames",
+            group.stack.len() - FRAMES_SHOWN
+        );
     }
     for d in members.iter().take(DESCRIPTORS_SHOWN) {
-        let mut line = format!("    pid {} fd {:<4} {:<7} {}", d.pid, d.fd, d.kind.as_str(), d.detail);
+        let mut line = format!(
+            "    pid {} fd {:<4} {:<7} {}",
+            d.pid,
+            d.fd,
+            d.kind.as_str(),
+            d.detail
+        );
         if let Some(state) = &d.tcp_state {
             let _ = write!(line, "  {state}");
         }
@@ -135,7 +163,16 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
     let kinds: Vec<String> = group
         .kinds
         .iter()
-        .map(|(kind, n)| format!("{n} {}", if *n == 1 { kind.as_str() } else { kind.plural() }))
+        .map(|(kind, n)| {
+            format!(
+                "{n} {}",
+                if *n == 1 {
+                    kind.as_str()
+                } else {
+                    kind.plural()
+                }
+            )
+        })
         .collect();
     let how = match group.opened_by.keys().next().copied() {
         Some("pre-existing") => "open before tracer attached".to_string(),
@@ -162,7 +199,11 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
         })
         .collect();
     let all_at_exit = members.iter().all(|d| d.at_exit);
-    let state = if all_at_exit { "held at exit by" } else { "still open in" };
+    let state = if all_at_exit {
+        "held at exit by"
+    } else {
+        "still open in"
+    };
     format!(
         "{} {how}, {state} {}, oldest {}",
         kinds.join(" + "),
@@ -212,7 +253,10 @@ fn frame_line(frame: &FrameEntry) -> String {
 fn processes(report: &Report, out: &mut String) {
     let live = report.processes.iter().filter(|p| !p.exited).count();
     let exited = report.processes.len() - live;
-    let _ = writeln!(out, "\nProcesses: {live} live, {exited} exited while traced");
+    let _ = writeln!(
+        out,
+        "\nProcesses: {live} live, {exited} exited while traced"
+    );
     for p in report.processes.iter().filter(|p| !p.exited).take(10) {
         let zombie = if p.zombie { ", zombie" } else { "" };
         let _ = writeln!(
@@ -227,9 +271,17 @@ fn age(seconds: f64) -> String {
     if seconds < 60.0 {
         format!("{seconds:.1}s")
     } else if seconds < 3600.0 {
-        format!("{}m{:02}s", (seconds / 60.0) as u64, (seconds % 60.0) as u64)
+        format!(
+            "{}m{:02}s",
+            (seconds / 60.0) as u64,
+            (seconds % 60.0) as u64
+        )
     } else {
-        format!("{}h{:02}m", (seconds / 3600.0) as u64, ((seconds % 3600.0) / 60.0) as u64)
+        format!(
+            "{}h{:02}m",
+            (seconds / 3600.0) as u64,
+            ((seconds % 3600.0) / 60.0) as u64
+        )
     }
 }
 
@@ -256,7 +308,10 @@ mod tests {
             frame("serve_forever", "/srv/server"),
             frame("main", "/srv/server"),
         ];
-        assert_eq!(application_frames(&stack), vec!["`accept_connection`", "`serve_forever`"]);
+        assert_eq!(
+            application_frames(&stack),
+            vec!["`accept_connection`", "`serve_forever`"]
+        );
     }
 
     /// Ages read naturally at every scale.
