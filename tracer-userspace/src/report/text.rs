@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{DescriptorEntry, FrameEntry, Report, StackGroup};
+use crate::kind::DescriptorKind;
 
 /// Groups shown in full; the rest are summarised in one line.
 const GROUPS_SHOWN: usize = 10;
@@ -85,17 +86,17 @@ fn summary(report: &Report, out: &mut String) {
         .count();
     let _ = writeln!(
         out,
-        "{} descriptors open in {} processes: {created} created while traced, {} open before attach",
-        live.len(),
-        pids.len(),
+        "{} open in {}: {created} created while traced, {} open before attach",
+        count(live.len() as u64, "descriptor", "descriptors"),
+        count(pids.len() as u64, "process", "processes"),
         live.len() - created
     );
-    let mut kinds: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut kinds: BTreeMap<DescriptorKind, u64> = BTreeMap::new();
     for d in &live {
-        *kinds.entry(d.kind.plural()).or_insert(0) += 1;
+        *kinds.entry(d.kind).or_insert(0) += 1;
     }
     if !kinds.is_empty() {
-        let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| kind_count(*k, *n)).collect();
         let _ = write!(out, "  by kind: {}", kinds.join(", "));
         if !report.tcp.is_empty() {
             let tcp: Vec<String> = report.tcp.iter().map(|(s, n)| format!("{n} {s}")).collect();
@@ -163,16 +164,7 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
     let kinds: Vec<String> = group
         .kinds
         .iter()
-        .map(|(kind, n)| {
-            format!(
-                "{n} {}",
-                if *n == 1 {
-                    kind.as_str()
-                } else {
-                    kind.plural()
-                }
-            )
-        })
+        .map(|(k, n)| kind_count(*k, *n))
         .collect();
     let how = match group.opened_by.keys().next().copied() {
         Some("pre-existing") => "open before tracer attached".to_string(),
@@ -261,10 +253,24 @@ fn processes(report: &Report, out: &mut String) {
         let zombie = if p.zombie { ", zombie" } else { "" };
         let _ = writeln!(
             out,
-            "  pid {} ({}) ppid {}: {} threads live ({} started, {} ended while traced){zombie}",
-            p.pid, p.comm, p.ppid, p.threads.live, p.threads.created, p.threads.exited
+            "  pid {} ({}) ppid {}: {} live ({} started, {} ended while traced){zombie}",
+            p.pid,
+            p.comm,
+            p.ppid,
+            count(p.threads.live, "thread", "threads"),
+            p.threads.created,
+            p.threads.exited
         );
     }
+}
+
+/// "1 socket", "3 sockets".
+fn kind_count(kind: DescriptorKind, n: u64) -> String {
+    count(n, kind.as_str(), kind.plural())
+}
+
+fn count(n: u64, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
 }
 
 fn age(seconds: f64) -> String {
