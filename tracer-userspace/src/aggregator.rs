@@ -9,6 +9,7 @@ use tracer_common::{ARG_UNKNOWN, CLONE_THREAD, Syscall};
 use crate::{
     events::{Event, Header},
     kind::DescriptorKind,
+    names::escape_bytes,
 };
 
 /// `O_CLOEXEC`, `SOCK_CLOEXEC` (same value on x86 and arm64).
@@ -68,6 +69,30 @@ pub struct Descriptor {
 }
 
 impl Descriptor {
+    /// A descriptor created by `syscall` in the event's process, on the event's thread.
+    fn created(
+        header: &Header,
+        fd: i32,
+        syscall: Syscall,
+        kind: DescriptorKind,
+        detail: String,
+    ) -> Self {
+        Self {
+            fd,
+            kind,
+            detail,
+            origin: Origin::Syscall(syscall),
+            inherited: false,
+            tid: header.tid,
+            opened_at_ns: header.timestamp_ns,
+            stack: StackRef::of(header),
+            path_truncated: false,
+            deleted: false,
+            tcp_state: None,
+            cloexec: false,
+        }
+    }
+
     /// The contract's `opened_by`: the syscall, `inherited`, or `pre-existing`.
     pub fn opened_by(&self) -> &'static str {
         match (self.origin, self.inherited) {
@@ -251,18 +276,9 @@ impl Aggregator {
                     None => "(path unknown: opened as the tracer attached)".to_string(),
                 };
                 let descriptor = Descriptor {
-                    fd: *fd,
-                    kind: DescriptorKind::File,
-                    detail,
-                    origin: Origin::Syscall(*syscall),
-                    inherited: false,
-                    tid: header.tid,
-                    opened_at_ns: header.timestamp_ns,
-                    stack: StackRef::of(header),
                     path_truncated: *path_truncated,
-                    deleted: false,
-                    tcp_state: None,
                     cloexec: u64::from(*flags) & CLOEXEC != 0,
+                    ..Descriptor::created(header, *fd, *syscall, DescriptorKind::File, detail)
                 };
                 // An fd number already in the table means we missed its close (lost event):
                 // the new descriptor replaces it either way.
@@ -335,18 +351,8 @@ impl Aggregator {
                     ),
                 };
                 let descriptor = Descriptor {
-                    fd: *fd,
-                    kind,
-                    detail,
-                    origin: Origin::Syscall(*syscall),
-                    inherited: false,
-                    tid: header.tid,
-                    opened_at_ns: header.timestamp_ns,
-                    stack: StackRef::of(header),
-                    path_truncated: false,
-                    deleted: false,
-                    tcp_state: None,
                     cloexec,
+                    ..Descriptor::created(header, *fd, *syscall, kind, detail)
                 };
                 // dup2/dup3 onto an open fd close what it held: insert replaces it.
                 process.fds.insert(*fd, descriptor);
@@ -472,18 +478,6 @@ fn describe_path(path: &[u8], dirfd: i32) -> String {
     } else {
         format!("{text} (relative to fd {dirfd})")
     }
-}
-
-/// UTF-8 text as is; each invalid byte as `\xNN`.
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
-        for byte in chunk.invalid() {
-            out.push_str(&format!("\\x{byte:02x}"));
-        }
-    }
-    out
 }
 
 /// What socket(2)'s domain and type say, before any address is bound.

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod events;
 pub mod kind;
 pub mod loader;
+pub mod names;
 pub mod procfs;
 pub mod report;
 pub mod session;

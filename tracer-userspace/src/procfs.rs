@@ -20,7 +20,7 @@ use std::{
     path::PathBuf,
 };
 
-use crate::kind::DescriptorKind;
+use crate::{kind::DescriptorKind, names::escape_bytes};
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -782,11 +782,11 @@ fn bracketed_inode(rest: &[u8]) -> Option<u64> {
 /// - Anything else (`net:[N]`, `mnt:[N]`, ...) → Other, detail the link text, inode N when
 ///   it has the `[N]` form.
 ///
-/// Non-UTF-8 bytes in paths become U+FFFD (`from_utf8_lossy`): the detail goes into JSON.
+/// Non-UTF-8 bytes in paths become `\xNN` escapes ([`escape_bytes`]): nothing is lost in JSON.
 pub fn classify_link(link: &OsStr) -> (DescriptorKind, String, bool, Option<u64>) {
     use DescriptorKind as K;
     let bytes = link.as_bytes();
-    let text = || String::from_utf8_lossy(bytes).into_owned();
+    let text = || escape_bytes(bytes);
 
     if let Some(rest) = bytes.strip_prefix(b"socket:") {
         return (K::Socket, text(), false, bracketed_inode(rest));
@@ -811,16 +811,11 @@ pub fn classify_link(link: &OsStr) -> (DescriptorKind, String, bool, Option<u64>
             .strip_prefix(b"/memfd:")
             .and_then(|n| n.strip_suffix(DELETED_SUFFIX))
         {
-            let detail = format!("memfd:{}", String::from_utf8_lossy(name));
+            let detail = format!("memfd:{}", escape_bytes(name));
             return (K::Memfd, detail, false, None);
         }
         return match bytes.strip_suffix(DELETED_SUFFIX) {
-            Some(path) => (
-                K::File,
-                String::from_utf8_lossy(path).into_owned(),
-                true,
-                None,
-            ),
+            Some(path) => (K::File, escape_bytes(path), true, None),
             None => (K::File, text(), false, None),
         };
     }
@@ -870,7 +865,7 @@ pub fn describe_fd(
             }
         }
         DescriptorKind::File if deleted && still_at_path(pid, fd, link) => {
-            detail = String::from_utf8_lossy(link.as_bytes()).into_owned();
+            detail = escape_bytes(link.as_bytes());
             deleted = false;
         }
         _ => {}
@@ -1033,13 +1028,13 @@ mod tests {
         );
     }
 
-    /// Non-UTF-8 path bytes become U+FFFD instead of failing.
+    /// Non-UTF-8 path bytes become `\xNN` escapes instead of failing or being lost.
     #[test]
-    fn classifies_non_utf8_path_lossily() {
+    fn classifies_non_utf8_path_with_escapes() {
         let link = OsStr::from_bytes(b"/tmp/caf\xe9 (deleted)");
         assert_eq!(
             classify_link(link),
-            (DescriptorKind::File, "/tmp/caf\u{fffd}".into(), true, None)
+            (DescriptorKind::File, "/tmp/caf\\xe9".into(), true, None)
         );
     }
 

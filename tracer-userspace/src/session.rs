@@ -50,20 +50,16 @@ const HOUSEKEEPING: Duration = Duration::from_millis(250);
 /// Runs a session and prints the report (JSON on stdout with --json, text otherwise).
 pub fn run(opts: &Options) -> Result<()> {
     opts.validate().map_err(anyhow::Error::msg)?;
-    if let Some(pid) = opts.pid
-        && !procfs::process_exists(pid)
-    {
-        bail!(SessionError::NoSuchProcess(pid));
-    }
+    let pid = opts.pid.map(process_of).transpose()?;
     let tracefs_root = loader::preflight()?;
 
     // A command is started before anything is loaded, so it inherits no BPF descriptors,
     // and held at a gate until it is followed.
-    let mut child = match opts.pid {
+    let mut child = match pid {
         Some(_) => None,
         None => Some(PausedChild::spawn(&opts.command)?),
     };
-    let (target, command) = match (&child, opts.pid) {
+    let (target, command) = match (&child, pid) {
         (Some(child), _) => (child.pid, opts.command.clone()),
         (None, Some(pid)) => (
             pid,
@@ -143,6 +139,23 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     let report = report::build(&state.agg, &facts, &mut resolver);
     print_report(&report, opts.json)
+}
+
+/// The process to follow for `--pid`: the pid itself, or the process a thread id belongs to.
+fn process_of(pid: u32) -> Result<u32> {
+    if !procfs::process_exists(pid) {
+        bail!(SessionError::NoSuchProcess(pid));
+    }
+    match procfs::process_info(pid) {
+        Ok(info) if info.tgid != pid => {
+            eprintln!(
+                "tracer: {pid} is a thread of process {}; following the process",
+                info.tgid
+            );
+            Ok(info.tgid)
+        }
+        _ => Ok(pid),
+    }
 }
 
 fn print_report(report: &Report, json: bool) -> Result<()> {

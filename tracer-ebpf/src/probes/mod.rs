@@ -49,10 +49,14 @@ fn take_in_flight(pid_tgid: u64, expected: &[Syscall]) -> Option<InFlight> {
 /// [`ARG_UNKNOWN`]s, as long as the caller is followed now. `None`: not ours.
 #[inline(always)]
 fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<InFlight> {
+    // Asked first so that unfollowed processes pay one lookup here too.
+    if !caller.is_followed() {
+        return None;
+    }
     if let Some(args) = take_in_flight(caller.pid_tgid, &[syscall]) {
         return Some(args);
     }
-    caller.is_followed().then_some(InFlight {
+    Some(InFlight {
         syscall: syscall as u32,
         _pad: 0,
         arg0: ARG_UNKNOWN,

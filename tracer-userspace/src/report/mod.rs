@@ -243,7 +243,7 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             pid: facts.target,
             command: facts.command.clone(),
         },
-        duration_s: facts.duration_s,
+        duration_s: (facts.duration_s * 1e3).round() / 1e3,
         events: EventCounts {
             received: facts.received,
             lost: facts.lost_ring_full + facts.lost_in_flight_full + facts.unfollowed_children,
