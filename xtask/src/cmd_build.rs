@@ -1,6 +1,6 @@
 //! `cargo xtask build`: the tracer binary, with its eBPF object embedded.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use clap::Args;
@@ -53,13 +53,24 @@ pub fn run(options: Options) -> Result<ExitCode> {
 
 /// Builds `tracer-userspace` and returns the absolute path of the `tracer` binary.
 pub fn build_tracer(profile: Profile) -> Result<PathBuf> {
-    eprintln!("==> cargo build ({}) -p tracer-userspace", profile.dir());
+    eprintln!(
+        "==> cargo build ({}) -p tracer-userspace (a first build takes a few minutes)",
+        profile.dir()
+    );
+    let started = Instant::now();
     let mut cmd = process::cargo();
     cmd.args(["build", "--package", "tracer-userspace"]);
     if let Profile::Release = profile {
         cmd.arg("--release");
     }
+    // The eBPF object is built by a cargo inside the build script, whose progress lines
+    // cargo relays as one "warning:" each; quiet keeps warnings and errors, drops progress.
+    cmd.env("CARGO_TERM_QUIET", "true");
     process::run(&mut cmd).context("building the tracer failed")?;
+    eprintln!(
+        "built the tracer in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     let binary = process::target_dir().join(profile.dir()).join("tracer");
     ensure!(
         binary.is_file(),

@@ -312,9 +312,13 @@ fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
             group.pids.push(d.pid);
         }
     }
+    // What grew while we watched comes first; descriptors that were open before attach
+    // (no stack, nothing to blame) come last.
+    let only_pre_existing = |g: &StackGroup| g.opened_by.keys().all(|by| *by == "pre-existing");
     groups.sort_by(|a, b| {
-        b.open_count
-            .cmp(&a.open_count)
+        only_pre_existing(a)
+            .cmp(&only_pre_existing(b))
+            .then(b.open_count.cmp(&a.open_count))
             .then(b.oldest_age_s.total_cmp(&a.oldest_age_s))
     });
     groups
@@ -479,6 +483,35 @@ mod tests {
             (listener.opened_by, listener.stack_id),
             ("pre-existing", None)
         );
+    }
+
+    /// Groups of descriptors open before attach rank after those created while traced.
+    #[test]
+    fn pre_existing_ranks_last() {
+        let mut agg = aggregator();
+        agg.add_snapshot(
+            ProcessSnapshot {
+                pid: 1,
+                ppid: 0,
+                comm: "server".into(),
+                threads: 1,
+                fds: (20..40)
+                    .map(|fd| SnapshotFd {
+                        fd,
+                        kind: DescriptorKind::File,
+                        detail: "/var/log/old".into(),
+                        deleted: false,
+                        tcp_state: None,
+                        cloexec: false,
+                    })
+                    .collect(),
+            },
+            0,
+        );
+        let report = build(&agg, &facts(), &mut FakeResolver { closed: vec![] });
+        assert_eq!(report.stacks[0].stack_id, Some(7));
+        assert_eq!(report.stacks.last().unwrap().stack_id, None);
+        assert_eq!(report.stacks.last().unwrap().open_count, 21);
     }
 
     /// Descriptors /proc shows closed are dropped and counted as reconciled.
