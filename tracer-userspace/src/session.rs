@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     time::{Instant, interval, sleep_until},
 };
 use tracer_common::CLONE_THREAD;
@@ -70,6 +70,15 @@ pub fn run(opts: &Options) -> Result<()> {
         (None, None) => unreachable!("validate() requires --pid or a command"),
     };
 
+    // Ctrl-C and SIGTERM must mean "report now" from the moment `attached` is printed, so
+    // their handlers go in before anything is attached.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    let _runtime_context = runtime.enter();
+    let stop_signals = StopSignals::install()?;
+
     let (mut probes, ring) = loader::load(&tracefs_root, opts.ring_buffer_mib << 20)
         .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
@@ -81,28 +90,27 @@ pub fn run(opts: &Options) -> Result<()> {
         }
         state.stacks.capture(pid);
     }
-    let comm = state
-        .agg
-        .process(target)
-        .map(|p| p.comm.clone())
-        .unwrap_or_default();
+    // A started command has not exec'd yet: its comm is still ours, so name the command.
+    let comm = match &child {
+        Some(_) => opts.command[0].clone(),
+        None => state
+            .agg
+            .process(target)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default(),
+    };
     eprintln!(
         "tracer: attached {} probes; following pid {target} ({comm}) and {} descendants. Ctrl-C to stop and report.",
         probes.attached.len(),
         followed.len() - 1
     );
     if let Some(child) = &mut child {
-        child.release()?;
+        child.release(&opts.command[0])?;
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the event loop")?;
     // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
     // owns the ring) is dropped, as register() requires.
-    let mut ring = runtime
-        .block_on(async { unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) } })
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("cannot poll the ring buffer")?;
     let stop = runtime.block_on(event_loop(
@@ -110,6 +118,7 @@ pub fn run(opts: &Options) -> Result<()> {
         &mut state,
         child.as_mut(),
         opts.duration,
+        stop_signals,
     ))?;
     // Whatever the kernel emitted before we stopped still counts.
     state.drain(&mut ring.into_inner());
@@ -293,9 +302,11 @@ async fn event_loop(
     state: &mut State<'_>,
     mut child: Option<&mut PausedChild>,
     duration: Option<f64>,
+    StopSignals {
+        mut sigint,
+        mut sigterm,
+    }: StopSignals,
 ) -> Result<StopReason> {
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let deadline = duration.map_or(far_future, |secs| {
         Instant::now() + Duration::from_secs_f64(secs)
@@ -327,6 +338,22 @@ async fn event_loop(
                 }
             }
         }
+    }
+}
+
+/// SIGINT and SIGTERM, caught: both stop the session and print the report.
+struct StopSignals {
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl StopSignals {
+    /// Needs a Tokio runtime context.
+    fn install() -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
     }
 }
 
@@ -384,6 +411,8 @@ struct PausedChild {
     pid: u32,
     /// Writing to (or closing) this lets the child exec.
     gate: Option<OwnedFd>,
+    /// Close-on-exec: reads EOF once execve succeeded, or the errno if it failed.
+    exec_status: Option<OwnedFd>,
     reaped: bool,
 }
 
@@ -400,14 +429,9 @@ impl PausedChild {
         let mut argv_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
 
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error()).context("cannot create the start gate");
-        }
-        // SAFETY: pipe2 returned two fresh descriptors that we now own.
-        let (gate_read, gate_write) =
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (gate_read, gate_write) = cloexec_pipe().context("cannot create the start gate")?;
+        let (status_read, status_write) =
+            cloexec_pipe().context("cannot create the exec status pipe")?;
 
         // SAFETY: the child only makes async-signal-safe calls (close, read, execvp, write,
         // _exit) on memory prepared before the fork.
@@ -419,29 +443,42 @@ impl PausedChild {
             // SAFETY: see above.
             unsafe {
                 libc::close(gate_write.as_raw_fd());
+                libc::close(status_read.as_raw_fd());
                 let mut byte = 0u8;
                 while libc::read(gate_read.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
                     && *libc::__errno_location() == libc::EINTR
                 {}
                 libc::execvp(argv_ptrs[0], argv_ptrs.as_ptr());
-                let message = b"tracer: cannot execute the command\n";
-                libc::write(2, message.as_ptr().cast(), message.len());
+                let errno = (*libc::__errno_location()).to_ne_bytes();
+                libc::write(status_write.as_raw_fd(), errno.as_ptr().cast(), errno.len());
                 libc::_exit(127);
             }
         }
         drop(gate_read);
+        drop(status_write);
         Ok(Self {
             pid: pid as u32,
             gate: Some(gate_write),
+            exec_status: Some(status_read),
             reaped: false,
         })
     }
 
-    /// Lets the command run: it execs as soon as the gate opens.
-    fn release(&mut self) -> Result<()> {
+    /// Lets the command run, and waits until its execve has succeeded or failed.
+    fn release(&mut self, program: &str) -> Result<()> {
         if let Some(gate) = self.gate.take() {
             let mut file = std::fs::File::from(gate);
             file.write_all(b"g").context("cannot start the command")?;
+        }
+        if let Some(status) = self.exec_status.take() {
+            let mut errno = [0u8; 4];
+            let mut file = std::fs::File::from(status);
+            // EOF (0 bytes): the pipe closed at a successful execve.
+            if let Ok(4) = io::Read::read(&mut file, &mut errno) {
+                self.try_reap();
+                let err = io::Error::from_raw_os_error(i32::from_ne_bytes(errno));
+                return Err(err).with_context(|| format!("cannot run `{program}`"));
+            }
         }
         Ok(())
     }
@@ -471,6 +508,17 @@ impl Drop for PausedChild {
             }
         }
     }
+}
+
+/// A pipe whose ends close on exec: (read end, write end).
+fn cloexec_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors that we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The first executable `program` in $PATH.
