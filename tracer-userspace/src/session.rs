@@ -46,6 +46,10 @@ pub enum StopReason {
 
 /// How often to reap a started command and check that followed processes still exist.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// Events applied per turn of the event loop before it looks at signals and timers again.
+const DRAIN_BUDGET: usize = 65_536;
+/// The smallest record in the ring buffer (an exec event plus the ring's 8-byte header).
+const MIN_EVENT_BYTES: usize = 32;
 
 /// Runs a session and prints the report (JSON on stdout with --json, text otherwise).
 pub fn run(opts: &Options) -> Result<()> {
@@ -120,12 +124,22 @@ pub fn run(opts: &Options) -> Result<()> {
         opts.duration,
         stop_signals,
     ))?;
-    // Whatever the kernel emitted before we stopped still counts.
-    state.drain(&mut ring.into_inner());
+    // Whatever the kernel emitted before we stopped still counts; what a busy target does
+    // after that does not.
+    let stopped_ns = monotonic_ns();
+    let ring_capacity = (opts.ring_buffer_mib as usize) << 20;
+    state.drain_until(
+        &mut ring.into_inner(),
+        ring_capacity / MIN_EVENT_BYTES,
+        stopped_ns,
+    );
     if let Some(child) = &mut child {
         child.try_reap();
     }
-    log::info!("stopped: {stop:?}");
+    log::info!(
+        "stopped: {stop:?}; applied the last events in {:.3}s",
+        (monotonic_ns() - stopped_ns) as f64 / 1e9
+    );
 
     let now_ns = monotonic_ns();
     let lost = probes.lost();
@@ -147,6 +161,10 @@ pub fn run(opts: &Options) -> Result<()> {
         sockets: HashMap::new(),
     };
     let report = report::build(&state.agg, &facts, &mut resolver);
+    log::info!(
+        "built the report in {:.3}s",
+        (monotonic_ns() - now_ns) as f64 / 1e9
+    );
     print_report(&report, opts.json)
 }
 
@@ -252,18 +270,37 @@ impl<'p> State<'p> {
         }
     }
 
-    /// Applies every event waiting in the ring buffer.
-    fn drain(&mut self, ring: &mut EventRing) {
-        while let Some(record) = ring.next() {
+    /// Applies up to `budget` waiting events; true when the ring buffer was emptied. The
+    /// budget keeps a process that produces events faster than we apply them from starving
+    /// signals, the deadline and housekeeping.
+    fn drain(&mut self, ring: &mut EventRing, budget: usize) -> bool {
+        self.drain_until(ring, budget, u64::MAX)
+    }
+
+    /// Like [`Self::drain`], but stops after the first event stamped later than `until_ns`
+    /// (CLOCK_MONOTONIC): the report describes the moment the session stopped, however busy
+    /// the target still is.
+    fn drain_until(&mut self, ring: &mut EventRing, budget: usize, until_ns: u64) -> bool {
+        for _ in 0..budget {
+            let Some(record) = ring.next() else {
+                return true;
+            };
             self.received += 1;
             match events::decode(&record) {
-                Ok(event) => self.handle(event),
+                Ok(event) => {
+                    let later = event.header().timestamp_ns > until_ns;
+                    self.handle(event);
+                    if later {
+                        return false;
+                    }
+                }
                 Err(err) => {
                     self.undecodable += 1;
                     log::warn!("undecodable event: {err}");
                 }
             }
         }
+        false
     }
 
     fn handle(&mut self, mut event: Event) {
@@ -316,8 +353,10 @@ async fn event_loop(
         tokio::select! {
             ready = ring.readable_mut() => {
                 let mut guard = ready.context("ring buffer poll failed")?;
-                state.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                // Left ready when the budget ran out, so the next turn reads on at once.
+                if state.drain(guard.get_inner_mut(), DRAIN_BUDGET) {
+                    guard.clear_ready();
+                }
             }
             _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),
@@ -328,7 +367,7 @@ async fn event_loop(
                 }
                 let vanished = state.vanished();
                 // Their exit events may still be in the ring: apply those first.
-                state.drain(ring.get_mut());
+                state.drain(ring.get_mut(), DRAIN_BUDGET);
                 let now = monotonic_ns();
                 for pid in vanished {
                     state.agg.mark_vanished(pid, now);
