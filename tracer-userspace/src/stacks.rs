@@ -12,7 +12,7 @@ use crate::{
     events::Event,
     loader::Probes,
     symbolize::{Frame, StackSymbolizer},
-    unwind::{LeafUnwinder, ModuleMap},
+    unwind::{LeafUnwinder, ModuleMap, read_return_address},
 };
 
 #[derive(Default)]
@@ -27,6 +27,10 @@ pub struct StackStore {
     /// (pid, generation, stack id) whose unmapped addresses already caused a re-read of
     /// /proc/PID/maps: JIT code stays unmapped, and must not cost a read per event.
     refreshed: HashSet<(u32, u32, u32)>,
+    /// Where, above the stack pointer, the innermost function keeps its return address, by
+    /// (pid, generation, ip); None when it keeps a frame pointer there (or has no CFI). It
+    /// depends on the instruction alone, so the CFI is read once per call site, not per event.
+    return_address_offsets: HashMap<(u32, u32, u64), Option<i64>>,
     unwinder: LeafUnwinder,
     symbolizer: StackSymbolizer,
 }
@@ -81,9 +85,16 @@ impl StackStore {
         let Some(&innermost) = ips.first() else {
             return;
         };
-        let recovered = self
-            .unwinder
-            .caller_of_leaf(&modules, innermost, top.sp, &top.bytes);
+        if modules.find(innermost).is_none() {
+            return;
+        }
+        let unwinder = &mut self.unwinder;
+        let offset = *self
+            .return_address_offsets
+            .entry((header.tgid, header.generation, innermost))
+            .or_insert_with(|| unwinder.return_address_offset(&modules, innermost));
+        let recovered =
+            offset.and_then(|offset| read_return_address(offset, top.sp, &top.bytes).ok());
         // Only a caller the frame-pointer walk missed is worth keeping.
         header.leaf_caller = recovered.filter(|ret| ips.get(1) != Some(ret));
     }

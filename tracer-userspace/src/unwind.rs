@@ -11,7 +11,7 @@
 //! user stack from `sp` up. [`LeafUnwinder`] reads the `.eh_frame` CFI of the module holding the
 //! innermost `ip`: when the CFA there is `rsp + N` (no frame pointer at that point), the return
 //! address sits at `CFA - 8` (the usual rule for the return-address column), inside the copied
-//! bytes whenever `N` is small; [`repair_stack`] splices it in as frame 1. When the CFA is
+//! bytes whenever `N` is small; `stacks` splices it in as frame 1. When the CFA is
 //! `rbp`-based the function set up its own frame pointer and the kernel's walk was right.
 //!
 //! Stacks are often repaired after the process has exited, so [`ModuleMap`] snapshots its
@@ -308,13 +308,24 @@ impl Module {
 }
 
 /// Where the CFA rules put the return address of a function whose frame starts at `sp`, read
-/// from `stack` (bytes copied from the user stack starting at `sp`).
+/// from `stack` (bytes copied from the user stack starting at `sp`). The tests check the rule
+/// logic through it.
+#[cfg(test)]
 fn return_address(
     cfa: &CfaRule<usize>,
     ra: Option<&RegisterRule<usize>>,
     sp: u64,
     stack: &[u8],
 ) -> Result<u64, String> {
+    read_return_address(return_address_offset(cfa, ra)?, sp, stack)
+}
+
+/// How far above the stack pointer the return address sits, when the CFA is rsp-based (the
+/// function has no frame pointer at that instruction).
+fn return_address_offset(
+    cfa: &CfaRule<usize>,
+    ra: Option<&RegisterRule<usize>>,
+) -> Result<i64, String> {
     let (register, offset) = match *cfa {
         CfaRule::RegisterAndOffset { register, offset } => (register, offset),
         CfaRule::Expression(_) => return Err("CFA is a DWARF expression".into()),
@@ -329,9 +340,16 @@ fn return_address(
         Some(RegisterRule::Offset(ra_offset)) => *ra_offset,
         other => return Err(format!("unsupported return-address rule {other:?}")),
     };
+    offset
+        .checked_add(ra_offset)
+        .ok_or_else(|| "return-address slot overflows".to_string())
+}
+
+/// The return address `offset` bytes above `sp`, from `stack` (bytes copied from the user
+/// stack starting at `sp`).
+pub fn read_return_address(offset: i64, sp: u64, stack: &[u8]) -> Result<u64, String> {
     let slot = sp
         .checked_add_signed(offset)
-        .and_then(|cfa| cfa.checked_add_signed(ra_offset))
         .ok_or("return-address slot overflows")?;
     let bytes = slot
         .checked_sub(sp)
@@ -371,13 +389,10 @@ impl LeafUnwinder {
     /// The return address into the caller of the innermost function, or None when the function
     /// keeps a frame pointer at `ip`, the module has no CFI for it, or the slot lies outside
     /// `stack` (bytes copied from the user stack starting at address `sp`).
-    pub fn caller_of_leaf(
-        &mut self,
-        maps: &ModuleMap,
-        ip: u64,
-        sp: u64,
-        stack: &[u8],
-    ) -> Option<u64> {
+    /// How far above the stack pointer the function at `ip` keeps its return address, or
+    /// None when it keeps a frame pointer there, the module has no CFI for it, or `ip` is in
+    /// no mapping. The answer depends on `ip` alone, so callers may cache it.
+    pub fn return_address_offset(&mut self, maps: &ModuleMap, ip: u64) -> Option<i64> {
         let Some((mapping, file_offset)) = maps.file_offset(ip) else {
             log::debug!("unwind: ip {ip:#x} is in no executable file mapping");
             return None;
@@ -405,7 +420,7 @@ impl LeafUnwinder {
                 )
             })
             .ok()?;
-        return_address(&cfa, ra.as_ref(), sp, stack)
+        return_address_offset(&cfa, ra.as_ref())
             .inspect_err(|err| {
                 log::debug!(
                     "unwind: ip {ip:#x} ({}+{svma:#x}): {err}",
@@ -414,30 +429,21 @@ impl LeafUnwinder {
             })
             .ok()
     }
-}
 
-/// Kernel stack (innermost first) with the caller of a frameless innermost function put back
-/// in. Returns the stack unchanged when nothing is missing: if the recovered address equals
-/// ips[1] already, or is None.
-pub fn repair_stack(
-    unwinder: &mut LeafUnwinder,
-    maps: &ModuleMap,
-    ips: &[u64],
-    sp: u64,
-    stack: &[u8],
-) -> Vec<u64> {
-    let Some((&ip, callers)) = ips.split_first() else {
-        return Vec::new();
-    };
-    match unwinder.caller_of_leaf(maps, ip, sp, stack) {
-        Some(caller) if callers.first() != Some(&caller) => {
-            let mut repaired = Vec::with_capacity(ips.len() + 1);
-            repaired.push(ip);
-            repaired.push(caller);
-            repaired.extend_from_slice(callers);
-            repaired
-        }
-        _ => ips.to_vec(),
+    /// The return address into the caller of the innermost function, or None when the
+    /// function keeps a frame pointer at `ip`, the module has no CFI for it, or the slot lies
+    /// outside `stack` (bytes copied from the user stack starting at address `sp`).
+    pub fn caller_of_leaf(
+        &mut self,
+        maps: &ModuleMap,
+        ip: u64,
+        sp: u64,
+        stack: &[u8],
+    ) -> Option<u64> {
+        let offset = self.return_address_offset(maps, ip)?;
+        read_return_address(offset, sp, stack)
+            .inspect_err(|err| log::debug!("unwind: ip {ip:#x}: {err}"))
+            .ok()
     }
 }
 
@@ -718,36 +724,14 @@ garbage line
         assert!(return_address(&rsp(8), Some(&ra), SP, &[0; 8]).is_err());
     }
 
-    /// repair_stack splices the recovered caller in at index 1 unless it is already there.
+    /// The return-address offset depends on the instruction alone: 0 at accept4's entry
+    /// (nothing pushed yet), none for an address outside every mapping.
     #[test]
-    fn repairs_stack() {
+    fn return_address_offset_at_entry() {
         let maps = own_maps();
-        let accept4 = libc_function(c"accept4");
-        let caller: u64 = 0x1122_3344_5566_7788;
-        let mut stack = caller.to_le_bytes().to_vec();
-        stack.resize(64, 0);
         let mut unwinder = LeafUnwinder::new();
-        assert_eq!(
-            repair_stack(&mut unwinder, &maps, &[accept4, 0xbeef, 0xcafe], SP, &stack),
-            vec![accept4, caller, 0xbeef, 0xcafe]
-        );
-        assert_eq!(
-            repair_stack(&mut unwinder, &maps, &[accept4], SP, &stack),
-            vec![accept4, caller]
-        );
-        let complete = [accept4, caller, 0xcafe];
-        assert_eq!(
-            repair_stack(&mut unwinder, &maps, &complete, SP, &stack),
-            complete
-        );
-        let unknown = [0x10, 0xbeef];
-        assert_eq!(
-            repair_stack(&mut unwinder, &maps, &unknown, SP, &stack),
-            unknown
-        );
-        assert_eq!(
-            repair_stack(&mut unwinder, &maps, &[], SP, &stack),
-            Vec::<u64>::new()
-        );
+        let accept4 = libc_function(c"accept4");
+        assert_eq!(unwinder.return_address_offset(&maps, accept4), Some(0));
+        assert_eq!(unwinder.return_address_offset(&maps, 0x10), None);
     }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use tracer_common::{ARG_UNKNOWN, EventKind, FileOpenEvent, PATH_CAP, Syscall};
 
-use super::{args_at_exit, stash, syscall_result};
+use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, read_u64, user_stack_id},
     maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
@@ -63,29 +63,13 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_open(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx, Syscall::Open);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_openat(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx, Syscall::Openat);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_openat2(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx, Syscall::Openat2);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_creat(ctx: TracePointContext) -> u32 {
-    emit_file_open(&ctx, Syscall::Creat);
-    0
-}
+exit_probes!(
+    emit_file_open:
+    sys_exit_open => Open,
+    sys_exit_openat => Openat,
+    sys_exit_openat2 => Openat2,
+    sys_exit_creat => Creat,
+);
 
 /// Emits a [`FileOpenEvent`] for a successful open; the path is read now, while the caller
 /// still waits for the syscall, straight into the ring buffer.

@@ -15,6 +15,21 @@ use crate::{
     maps::{IN_FLIGHT, LOST_IN_FLIGHT_FULL, count_lost, offset},
 };
 
+/// Defines one `sys_exit_*` program per `name => Syscall` pair, each handing its record to
+/// `$emit(&ctx, Syscall::X)`: the exit side of a family differs only in the syscall.
+macro_rules! exit_probes {
+    ($emit:ident: $($name:ident => $syscall:ident),+ $(,)?) => {
+        $(
+            #[aya_ebpf::macros::tracepoint]
+            pub fn $name(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+                $emit(&ctx, tracer_common::Syscall::$syscall);
+                0
+            }
+        )+
+    };
+}
+use exit_probes;
+
 /// Remembers a followed caller's syscall arguments until the syscall returns.
 #[inline(always)]
 fn stash(caller: Caller, syscall: Syscall, arg0: u64, arg1: u64, arg2: u64) {

@@ -5,7 +5,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{ARG_UNKNOWN, Syscall};
 
-use super::{args_at_exit, sockets_and_dups::emit_fd_event, stash, syscall_result};
+use super::{args_at_exit, exit_probes, sockets_and_dups::emit_fd_event, stash, syscall_result};
 use crate::{
     emit::{Caller, read_u64},
     maps::offset,
@@ -41,23 +41,12 @@ pub fn sys_enter_socketpair(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_pipe(ctx: TracePointContext) -> u32 {
-    emit_pair(&ctx, Syscall::Pipe);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_pipe2(ctx: TracePointContext) -> u32 {
-    emit_pair(&ctx, Syscall::Pipe2);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_socketpair(ctx: TracePointContext) -> u32 {
-    emit_pair(&ctx, Syscall::Socketpair);
-    0
-}
+exit_probes!(
+    emit_pair:
+    sys_exit_pipe => Pipe,
+    sys_exit_pipe2 => Pipe2,
+    sys_exit_socketpair => Socketpair,
+);
 
 /// One event per end; each names the other end in arg0.
 #[inline(always)]

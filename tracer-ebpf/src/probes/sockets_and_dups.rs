@@ -5,7 +5,7 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{EventKind, FdEvent, Syscall};
 
-use super::{args_at_exit, stash, syscall_result};
+use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, read_u64, user_stack_id},
     maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
@@ -69,41 +69,15 @@ pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sys_exit_socket(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx, Syscall::Socket);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx, Syscall::Accept);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx, Syscall::Accept4);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_dup(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx, Syscall::Dup);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_dup2(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx, Syscall::Dup2);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_dup3(ctx: TracePointContext) -> u32 {
-    emit_fd_created(&ctx, Syscall::Dup3);
-    0
-}
+exit_probes!(
+    emit_fd_created:
+    sys_exit_socket => Socket,
+    sys_exit_accept => Accept,
+    sys_exit_accept4 => Accept4,
+    sys_exit_dup => Dup,
+    sys_exit_dup2 => Dup2,
+    sys_exit_dup3 => Dup3,
+);
 
 #[inline(always)]
 fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
