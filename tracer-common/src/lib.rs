@@ -29,6 +29,8 @@ pub mod map_names {
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Name of the global (u64) holding how many unread bytes make a producer wake the reader.
+pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;

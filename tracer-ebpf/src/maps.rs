@@ -40,6 +40,29 @@ pub const LOST_FOLLOW_FULL: u32 = 2;
 #[unsafe(no_mangle)]
 pub static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
 
+/// Bytes of unread events at which a producer wakes the reader (set by userspace from the
+/// ring size). Below it, events are submitted without a wakeup and userspace drains them on
+/// a short timer: waking the reader on every event cost more than the rest of a probe.
+#[unsafe(no_mangle)]
+pub static WAKEUP_BYTES: u64 = 0;
+
+/// `BPF_RB_*` flags from linux/bpf.h.
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+/// Flags for submitting an event: wake the reader only once enough is waiting.
+#[inline(always)]
+pub fn submit_flags() -> u64 {
+    // SAFETY: a plain read of a load-time constant.
+    let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
 /// Reads one field of [`OFFSETS`]; volatile so the compiler cannot fold the placeholder value.
 macro_rules! offset {
     ($field:ident) => {

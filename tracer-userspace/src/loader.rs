@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
-use tracer_common::{OFFSETS_GLOBAL, map_names};
+use tracer_common::{OFFSETS_GLOBAL, WAKEUP_GLOBAL, map_names};
 
 use crate::tracefs::{self, Formats, TracefsError};
 
@@ -186,8 +186,12 @@ pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing),
     let offsets = formats.offsets()?;
     log::debug!("tracepoint offsets: {offsets:?}");
 
+    // Producers wake the reader once an eighth of the ring is waiting; below that the
+    // session drains on a timer (see session::DRAIN_EVERY).
+    let wakeup_bytes = u64::from(ring_bytes / 8);
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
 

@@ -12,7 +12,7 @@ use tracer_common::{ARG_UNKNOWN, EventKind, FileOpenEvent, PATH_CAP, Syscall};
 use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, read_u64, user_stack_id},
-    maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
+    maps::{EVENTS, LOST_RING_FULL, count_lost, offset, submit_flags},
 };
 
 const AT_FDCWD: u64 = -100i64 as u64;
@@ -104,7 +104,7 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
             (*event).path_unknown = 1;
             (*event).path_len = 0;
             (*event).path_truncated = 0;
-            entry.submit(0);
+            entry.submit(submit_flags());
             return;
         }
         (*event).path_unknown = 0;
@@ -121,5 +121,5 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         (*event).path_len = copied.saturating_sub(1) as u16;
         (*event).path_truncated = truncated as u8;
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

@@ -8,7 +8,7 @@ use tracer_common::{EventKind, FdEvent, Syscall};
 use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, read_u64, user_stack_id},
-    maps::{EVENTS, LOST_RING_FULL, count_lost, offset},
+    maps::{EVENTS, LOST_RING_FULL, count_lost, offset, submit_flags},
 };
 
 #[tracepoint]
@@ -123,5 +123,5 @@ pub(super) fn emit_fd_event(
         (*event).arg2 = arg2;
         fill_stack_top(&raw mut (*event).stack_top);
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }
