@@ -10,7 +10,13 @@ use tracer_tests::{Fixture, build_fixture, children_of, fd_count, unique_dir, wa
 /// Every fixture compiles warning-free.
 #[test]
 fn fixtures_compile_without_warnings() {
-    for name in ["prefork_server", "busy_churn", "leak_and_exit"] {
+    for name in [
+        "prefork_server",
+        "busy_churn",
+        "leak_and_exit",
+        "zombie_parent",
+        "thread_pile",
+    ] {
         build_fixture(name, &["-Werror"]);
     }
 }

@@ -16,15 +16,13 @@ use crate::{
 const CLOEXEC: u64 = 0o2_000_000;
 const AT_FDCWD: i32 = -100;
 
-/// A user stack: its id in the kernel's stack map, the process and program image (exec
-/// generation) whose address space it belongs to, and the caller of a frameless innermost
-/// function that the kernel's frame-pointer walk skipped, when one was recovered.
+/// A user stack: its id (see `stacks::StackStore`), and the process and program image (exec
+/// generation) whose address space it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StackRef {
     pub id: u32,
     pub pid: u32,
     pub generation: u32,
-    pub leaf_caller: Option<u64>,
 }
 
 impl StackRef {
@@ -34,7 +32,6 @@ impl StackRef {
             id,
             pid: header.tgid,
             generation: header.generation,
-            leaf_caller: header.leaf_caller,
         })
     }
 }
@@ -181,6 +178,8 @@ pub struct ProcessSnapshot {
     pub comm: String,
     pub threads: u64,
     pub fds: Vec<SnapshotFd>,
+    /// Already exited, waiting for its parent to reap it.
+    pub zombie: bool,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +202,13 @@ impl Aggregator {
             .processes
             .entry(snapshot.pid)
             .or_insert_with(|| Process::new(snapshot.pid, snapshot.ppid, snapshot.comm.clone()));
+        if snapshot.zombie {
+            // It exited before we came (when exactly, /proc does not say): nothing is open.
+            if !process.exited() {
+                exit_process(process, now_ns);
+            }
+            return;
+        }
         process.threads.live = process.threads.live.max(snapshot.threads);
         for fd in snapshot.fds {
             process.fds.entry(fd.fd).or_insert_with(|| Descriptor {
@@ -516,7 +522,6 @@ mod tests {
             stack_id,
             timestamp_ns: t,
             stack_top: None,
-            leaf_caller: None,
             generation: 0,
         }
     }
@@ -590,6 +595,7 @@ mod tests {
                     cloexec: fd == 4,
                 })
                 .collect(),
+            zombie: false,
         }
     }
 
@@ -826,6 +832,22 @@ mod tests {
             (fd.opened_by(), fd.detail.as_str(), fd.cloexec),
             ("accept4", "socket (accepted)", false)
         );
+    }
+
+    /// A child that was already a zombie at attach is an exited process with nothing open.
+    #[test]
+    fn zombie_in_snapshot_is_exited() {
+        let mut agg = Aggregator::new();
+        agg.add_snapshot(
+            ProcessSnapshot {
+                zombie: true,
+                ..snapshot(CHILD, &[3])
+            },
+            5,
+        );
+        let child = agg.process(CHILD).unwrap();
+        assert_eq!(child.exited_at_ns, Some(5));
+        assert!(child.fds.is_empty() && child.held_at_exit.is_empty());
     }
 
     /// Non-UTF-8 bytes survive as escapes; relative paths say what they are relative to.

@@ -33,10 +33,8 @@ pub struct Header {
     pub timestamp_ns: u64,
     /// Top of the user stack, on creation events.
     pub stack_top: Option<StackTop>,
-    /// Filled in by the session before the aggregator sees the event: the return address of
-    /// a frameless innermost function (recovered from .eh_frame), and which program image
+    /// Filled in by the session before the aggregator sees the event: which program image
     /// (exec generation) of the process the stack belongs to.
-    pub leaf_caller: Option<u64>,
     pub generation: u32,
 }
 
@@ -131,7 +129,6 @@ fn header(raw: &EventHeader) -> Header {
         stack_id: u32::try_from(raw.stack_id).ok(),
         timestamp_ns: raw.timestamp_ns,
         stack_top: None,
-        leaf_caller: None,
         generation: 0,
     }
 }

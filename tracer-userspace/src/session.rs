@@ -159,7 +159,6 @@ pub fn run(opts: &Options) -> Result<()> {
         min_age_s: opts.min_age,
     };
     let mut resolver = LiveResolver {
-        probes: &probes,
         stacks: &mut state.stacks,
         sockets: HashMap::new(),
     };
@@ -225,6 +224,7 @@ fn snapshot(pid: u32) -> Option<ProcessSnapshot> {
         pid,
         ppid: info.ppid,
         comm: info.comm,
+        zombie: info.zombie,
         threads,
         fds: fds
             .into_iter()
@@ -403,17 +403,16 @@ impl StopSignals {
     }
 }
 
-/// The report's view of the live system: stacks from the kernel map, repaired and
-/// symbolized from what was captured while processes lived; descriptors re-read from /proc.
+/// The report's view of the live system: stacks repaired and symbolized from what was
+/// captured while processes lived; descriptors re-read from /proc.
 struct LiveResolver<'a> {
-    probes: &'a Probes,
     stacks: &'a mut StackStore,
     sockets: HashMap<u32, SocketTable>,
 }
 
 impl Resolver for LiveResolver<'_> {
     fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
-        self.stacks.frames(stack, self.probes)
+        self.stacks.frames(stack)
     }
 
     fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32> {
@@ -447,8 +446,9 @@ impl Resolver for LiveResolver<'_> {
         closed
     }
 
-    fn is_zombie(&mut self, pid: u32) -> bool {
-        procfs::process_info(pid).is_ok_and(|info| info.zombie)
+    fn is_zombie(&mut self, pid: u32, ppid: u32) -> bool {
+        // The parent check keeps a reused pid from passing for our child.
+        procfs::process_info(pid).is_ok_and(|info| info.zombie && info.ppid == ppid)
     }
 }
 

@@ -9,7 +9,7 @@ use std::{
 
 use crate::{
     aggregator::StackRef,
-    events::Event,
+    events::{Event, StackTop},
     loader::Probes,
     symbolize::{Frame, StackSymbolizer},
     unwind::{LeafUnwinder, ModuleMap, read_return_address},
@@ -28,9 +28,15 @@ pub struct StackStore {
     /// /proc/PID/maps: JIT code stays unmapped, and must not cost a read per event.
     refreshed: HashSet<(u32, u32, u32)>,
     /// Where, above the stack pointer, the innermost function keeps its return address, by
-    /// (pid, generation, ip); None when it keeps a frame pointer there (or has no CFI). It
-    /// depends on the instruction alone, so the CFI is read once per call site, not per event.
+    /// (pid, generation, ip); None when it keeps a frame pointer there. It depends on the
+    /// instruction alone, so the CFI is read once per call site, not per event.
     return_address_offsets: HashMap<(u32, u32, u64), Option<i64>>,
+    /// Repaired stacks, interned: the report's stack ids index `stacks`. Two kernel stacks
+    /// that differ only in the garbage a broken frame-pointer walk collected are one stack.
+    stacks: Vec<Arc<[u64]>>,
+    stack_ids: HashMap<Arc<[u64]>, u32>,
+    /// (kernel stack id, recovered caller, pid, generation) -> interned id.
+    repaired_ids: HashMap<(u32, Option<u64>, u32, u32), u32>,
     unwinder: LeafUnwinder,
     symbolizer: StackSymbolizer,
 }
@@ -46,9 +52,9 @@ impl StackStore {
         self.modules_of(pid, generation);
     }
 
-    /// Stamps an event with its program image and, for creation events, the recovered
-    /// caller of a frameless innermost function; tracks fork and exec. Call before the
-    /// aggregator sees the event.
+    /// Stamps an event with its program image and replaces the kernel's stack id with the id
+    /// of the repaired stack (a frameless innermost function's caller put back, frame-pointer
+    /// garbage cut); tracks fork and exec. Call before the aggregator sees the event.
     pub fn annotate(&mut self, event: &mut Event, probes: &Probes) {
         match event {
             Event::TaskCreated {
@@ -75,33 +81,78 @@ impl StackStore {
         }
         let header = event.header_mut();
         header.generation = self.generation(header.tgid);
-        let (Some(stack_id), Some(top)) = (header.stack_id, header.stack_top) else {
+        let Some(kernel_id) = header.stack_id else {
             return;
         };
-        let Some(ips) = self.kernel_stack(stack_id, probes) else {
-            return;
-        };
-        let modules = self.modules_covering(header.tgid, header.generation, stack_id, &ips);
-        let Some(&innermost) = ips.first() else {
-            return;
-        };
-        if modules.find(innermost).is_none() {
-            return;
-        }
-        let unwinder = &mut self.unwinder;
-        let offset = *self
-            .return_address_offsets
-            .entry((header.tgid, header.generation, innermost))
-            .or_insert_with(|| unwinder.return_address_offset(&modules, innermost));
-        let recovered =
-            offset.and_then(|offset| read_return_address(offset, top.sp, &top.bytes).ok());
-        // Only a caller the frame-pointer walk missed is worth keeping.
-        header.leaf_caller = recovered.filter(|ret| ips.get(1) != Some(ret));
+        header.stack_id = self.repair(
+            kernel_id,
+            header.tgid,
+            header.generation,
+            header.stack_top,
+            probes,
+        );
     }
 
-    /// The frames of a stack, innermost first, with a recovered leaf caller put back.
-    pub fn frames(&mut self, stack: StackRef, probes: &Probes) -> Vec<Frame> {
-        let Some(kernel) = self.kernel_stack(stack.id, probes) else {
+    /// The interned id of the repaired form of kernel stack `kernel_id`.
+    fn repair(
+        &mut self,
+        kernel_id: u32,
+        pid: u32,
+        generation: u32,
+        top: Option<StackTop>,
+        probes: &Probes,
+    ) -> Option<u32> {
+        let ips = self.kernel_stack(kernel_id, probes)?;
+        let modules = self.modules_covering(pid, generation, kernel_id, &ips);
+        let caller = match (ips.first(), top) {
+            (Some(&innermost), Some(top)) => {
+                self.leaf_caller(&modules, pid, generation, innermost, &top)
+            }
+            _ => None,
+        }
+        // Only a caller the frame-pointer walk missed is worth putting back.
+        .filter(|ret| ips.get(1) != Some(ret));
+        let key = (kernel_id, caller, pid, generation);
+        if let Some(&id) = self.repaired_ids.get(&key) {
+            return Some(id);
+        }
+        let repaired: Arc<[u64]> = repaired(&ips, caller, &modules).into();
+        let id = match self.stack_ids.get(&repaired) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                self.stacks.push(repaired.clone());
+                self.stack_ids.insert(repaired, id);
+                id
+            }
+        };
+        self.repaired_ids.insert(key, id);
+        Some(id)
+    }
+
+    /// The return address of a frameless innermost function at `ip`, read from the copied
+    /// top of the stack; kept only when it points into an executable mapping.
+    fn leaf_caller(
+        &mut self,
+        modules: &ModuleMap,
+        pid: u32,
+        generation: u32,
+        ip: u64,
+        top: &StackTop,
+    ) -> Option<u64> {
+        modules.find(ip)?;
+        let unwinder = &mut self.unwinder;
+        let offset = (*self
+            .return_address_offsets
+            .entry((pid, generation, ip))
+            .or_insert_with(|| unwinder.return_address_offset(modules, ip)))?;
+        let caller = read_return_address(offset, top.sp, &top.bytes).ok()?;
+        modules.find(caller).map(|_| caller)
+    }
+
+    /// The frames of a stack, innermost first.
+    pub fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
+        let Some(ips) = self.stacks.get(stack.id as usize).cloned() else {
             return Vec::new();
         };
         let modules = self
@@ -109,7 +160,6 @@ impl StackStore {
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
-        let ips = repaired(&kernel, stack.leaf_caller, &modules);
         self.symbolizer.frames(stack, &ips, &modules)
     }
 
@@ -167,17 +217,15 @@ impl StackStore {
     }
 }
 
-/// The kernel's stack with a recovered leaf caller put back as frame 1. A frameless leaf may
-/// also have used %rbp as a scratch register (glibc's open64 does), which sends the kernel's
-/// frame-pointer walk into the weeds: past the recovered caller, the walk is cut at the first
-/// address that lies in no mapping, since nothing after it can be trusted.
+/// The kernel's stack with a recovered leaf caller put back as frame 1, cut at the first
+/// address that lies in no executable mapping: a frameless function may have used %rbp as a
+/// scratch register (glibc's open64 and clone3 do), which sends the kernel's frame-pointer
+/// walk into the weeds, and nothing after such an address can be trusted. (Code in anonymous
+/// memory, such as JIT output, ends a stack too; it could not be symbolized anyway.)
 fn repaired(kernel: &[u64], leaf_caller: Option<u64>, modules: &ModuleMap) -> Vec<u64> {
-    let Some(caller) = leaf_caller else {
-        return kernel.to_vec();
-    };
     let mut ips = Vec::with_capacity(kernel.len() + 1);
     ips.extend(kernel.first());
-    ips.push(caller);
+    ips.extend(leaf_caller);
     ips.extend(
         kernel
             .iter()
@@ -198,12 +246,14 @@ mod tests {
         )
     }
 
-    /// Without a recovered caller the kernel's stack is kept as it is.
+    /// Without a recovered caller the kernel's stack is kept up to its first unmapped address.
     #[test]
-    fn keeps_stack_without_leaf_caller() {
+    fn cuts_at_first_unmapped_address() {
+        let kept = [0x7100, 0x1100, 0x1200];
+        assert_eq!(repaired(&kept, None, &modules()), kept);
         assert_eq!(
-            repaired(&[0x7100, 0x1100, 0xdead], None, &modules()),
-            vec![0x7100, 0x1100, 0xdead]
+            repaired(&[0x7100, 0x1100, 0xdead, 0x1200], None, &modules()),
+            vec![0x7100, 0x1100]
         );
     }
 

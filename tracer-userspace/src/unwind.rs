@@ -411,15 +411,20 @@ impl LeafUnwinder {
             );
             return None;
         };
-        let (cfa, ra) = module
-            .rules_at(&mut self.ctx, svma)
-            .inspect_err(|err| {
+        let (cfa, ra) = match module.rules_at(&mut self.ctx, svma) {
+            Ok(rules) => rules,
+            Err(err) => {
+                // glibc leaves some syscall instructions outside any FDE on purpose (clone3:
+                // its child must not be unwound), and the kernel reports the address right
+                // after one. Assume the state of a frameless function on entry: return
+                // address at [sp]. Callers check the address lands in executable code.
                 log::debug!(
-                    "unwind: no CFI for ip {ip:#x} ({}+{svma:#x}): {err}",
+                    "unwind: no CFI for ip {ip:#x} ({}+{svma:#x}): {err}; assuming [sp]",
                     mapping.path.display()
-                )
-            })
-            .ok()?;
+                );
+                return Some(0);
+            }
+        };
         return_address_offset(&cfa, ra.as_ref())
             .inspect_err(|err| {
                 log::debug!(

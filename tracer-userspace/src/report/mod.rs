@@ -26,6 +26,8 @@ pub struct Report {
     pub open_descriptors: Vec<DescriptorEntry>,
     pub stacks: Vec<StackGroup>,
     pub thread_stacks: Vec<ThreadStackGroup>,
+    /// Children that exited and were never reaped, by parent and forking stack.
+    pub zombies: Vec<ZombieGroup>,
     pub tcp: BTreeMap<String, u64>,
 }
 
@@ -129,11 +131,31 @@ pub struct StackGroup {
     pub stack: Vec<FrameEntry>,
 }
 
+/// Live threads of one process that started while traced, from one creation stack.
 #[derive(Clone, Debug, Serialize)]
 pub struct ThreadStackGroup {
     pub pid: u32,
     pub live: u64,
+    pub stack_id: Option<u32>,
+    /// Ages of the oldest and the newest of them.
+    pub oldest_age_s: f64,
+    pub newest_age_s: f64,
+    /// How fast they pile up: live threads per minute over the time since the oldest started.
+    pub per_minute: f64,
     pub stack: Vec<FrameEntry>,
+}
+
+/// Children of one parent that exited and were never waited for, forked from one stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct ZombieGroup {
+    pub ppid: u32,
+    pub parent_comm: String,
+    pub count: u64,
+    pub pids: Vec<u32>,
+    /// How long the oldest has been a zombie (at least since attach for those already dead).
+    pub oldest_s: f64,
+    pub fork_stack_id: Option<u32>,
+    pub fork_stack: Vec<FrameEntry>,
 }
 
 /// What the report needs from outside the aggregator: stacks as frames, and /proc's view of
@@ -144,7 +166,8 @@ pub trait Resolver {
     /// Updates live descriptors of `pid` from /proc (detail, TCP state, deleted) and returns
     /// the fds that turned out to be closed already.
     fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32>;
-    fn is_zombie(&mut self, pid: u32) -> bool;
+    /// Whether `pid` is still a zombie child of `ppid` (exited, not reaped).
+    fn is_zombie(&mut self, pid: u32, ppid: u32) -> bool;
 }
 
 /// Facts about the session the aggregator does not know.
@@ -207,22 +230,16 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
     }
 
     let stacks = group_by_stack(&descriptors);
-    let thread_stacks = group_threads(&processes, resolver);
-    let process_entries = processes
+    let thread_stacks = group_threads(&processes, facts.now_ns, resolver);
+    let process_entries: Vec<ProcessEntry> = processes
         .iter()
         .map(|p| ProcessEntry {
             pid: p.pid,
             ppid: p.ppid,
             comm: p.comm.clone(),
             exited: p.exited(),
-            zombie: !p.exited() && resolver.is_zombie(p.pid),
-            fork_stack: p.fork_stack.map(|s| {
-                resolver
-                    .frames(s)
-                    .into_iter()
-                    .map(FrameEntry::from)
-                    .collect()
-            }),
+            zombie: p.exited() && resolver.is_zombie(p.pid, p.ppid),
+            fork_stack: p.fork_stack.map(|s| frames_of(Some(s), resolver)),
             threads: ThreadCountsEntry {
                 live: p.threads.live,
                 created: p.threads.created,
@@ -253,8 +270,9 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             undecodable: facts.undecodable,
             reconciled_closed,
         },
-        processes: process_entries,
         open_descriptors: descriptors,
+        zombies: group_zombies(&processes, &process_entries, facts.now_ns, resolver),
+        processes: process_entries,
         stacks,
         thread_stacks,
         tcp,
@@ -325,34 +343,94 @@ fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
 }
 
 /// Live threads started while traced, grouped by process and creation stack.
-fn group_threads(processes: &[&Process], resolver: &mut impl Resolver) -> Vec<ThreadStackGroup> {
+fn group_threads(
+    processes: &[&Process],
+    now_ns: u64,
+    resolver: &mut impl Resolver,
+) -> Vec<ThreadStackGroup> {
     let mut groups = Vec::new();
     for process in processes.iter().filter(|p| !p.exited()) {
-        let mut by_stack: BTreeMap<Option<u32>, (u64, Option<StackRef>)> = BTreeMap::new();
+        // stack id -> (stack, start times)
+        let mut by_stack: BTreeMap<Option<u32>, (Option<StackRef>, Vec<u64>)> = BTreeMap::new();
         for thread in process.new_threads.values() {
             let slot = by_stack
                 .entry(thread.stack.map(|s| s.id))
-                .or_insert((0, thread.stack));
-            slot.0 += 1;
+                .or_insert((thread.stack, Vec::new()));
+            slot.1.push(thread.started_ns);
         }
-        for (_, (live, stack)) in by_stack {
+        for (stack_id, (stack, starts)) in by_stack {
+            let oldest = seconds(now_ns.saturating_sub(*starts.iter().min().unwrap_or(&now_ns)));
+            let newest = seconds(now_ns.saturating_sub(*starts.iter().max().unwrap_or(&now_ns)));
+            let live = starts.len() as u64;
             groups.push(ThreadStackGroup {
                 pid: process.pid,
                 live,
-                stack: stack
-                    .map(|s| {
-                        resolver
-                            .frames(s)
-                            .into_iter()
-                            .map(FrameEntry::from)
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                stack_id,
+                oldest_age_s: oldest,
+                newest_age_s: newest,
+                per_minute: per_minute(live, oldest),
+                stack: frames_of(stack, resolver),
             });
         }
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.live));
     groups
+}
+
+/// Zombie children grouped by parent and the stack that forked them, most numerous first.
+fn group_zombies(
+    processes: &[&Process],
+    entries: &[ProcessEntry],
+    now_ns: u64,
+    resolver: &mut impl Resolver,
+) -> Vec<ZombieGroup> {
+    let mut groups: Vec<ZombieGroup> = Vec::new();
+    for (process, entry) in processes.iter().zip(entries).filter(|(_, e)| e.zombie) {
+        let stack_id = process.fork_stack.map(|s| s.id);
+        let dead_for = seconds(now_ns.saturating_sub(process.exited_at_ns.unwrap_or(now_ns)));
+        match groups
+            .iter_mut()
+            .find(|g| g.ppid == process.ppid && g.fork_stack_id == stack_id)
+        {
+            Some(group) => {
+                group.count += 1;
+                group.pids.push(process.pid);
+                group.oldest_s = group.oldest_s.max(dead_for);
+            }
+            None => groups.push(ZombieGroup {
+                ppid: process.ppid,
+                parent_comm: entries
+                    .iter()
+                    .find(|p| p.pid == process.ppid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_else(|| entry.comm.clone()),
+                count: 1,
+                pids: vec![process.pid],
+                oldest_s: dead_for,
+                fork_stack_id: stack_id,
+                fork_stack: frames_of(process.fork_stack, resolver),
+            }),
+        }
+    }
+    groups.sort_by_key(|g| std::cmp::Reverse(g.count));
+    groups
+}
+
+fn frames_of(stack: Option<StackRef>, resolver: &mut impl Resolver) -> Vec<FrameEntry> {
+    stack
+        .map(|s| {
+            resolver
+                .frames(s)
+                .into_iter()
+                .map(FrameEntry::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `count` over `seconds`, per minute; over less than a second it is counted as one second.
+fn per_minute(count: u64, seconds: f64) -> f64 {
+    (count as f64 * 60.0 / seconds.max(1.0) * 10.0).round() / 10.0
 }
 
 #[cfg(test)]
@@ -383,8 +461,8 @@ mod tests {
             }
             self.closed.clone()
         }
-        fn is_zombie(&mut self, _pid: u32) -> bool {
-            false
+        fn is_zombie(&mut self, pid: u32, _ppid: u32) -> bool {
+            pid >= 500
         }
     }
 
@@ -395,7 +473,6 @@ mod tests {
             stack_id: None,
             timestamp_ns: 0,
             stack_top: None,
-            leaf_caller: None,
             generation: 0,
         }
     }
@@ -431,6 +508,7 @@ mod tests {
                     tcp_state: Some("LISTEN".into()),
                     cloexec: false,
                 }],
+                zombie: false,
             },
             0,
         );
@@ -505,6 +583,7 @@ mod tests {
                         cloexec: false,
                     })
                     .collect(),
+                zombie: false,
             },
             0,
         );
@@ -512,6 +591,75 @@ mod tests {
         assert_eq!(report.stacks[0].stack_id, Some(7));
         assert_eq!(report.stacks.last().unwrap().stack_id, None);
         assert_eq!(report.stacks.last().unwrap().open_count, 21);
+    }
+
+    fn task(parent: u32, child: u32, flags: u64, stack: u32, t: u64) -> Event {
+        Event::TaskCreated {
+            header: Header {
+                tgid: parent,
+                stack_id: Some(stack),
+                timestamp_ns: t,
+                ..header()
+            },
+            child_tid: child,
+            syscall: Some(Syscall::Clone),
+            clone_flags: Some(flags),
+        }
+    }
+
+    /// Children that exited and are still zombies are grouped by parent and fork stack, with
+    /// how long the oldest has been dead; a reaped child is not a zombie.
+    #[test]
+    fn groups_zombies() {
+        let mut agg = aggregator();
+        for child in [500, 501, 502, 10] {
+            agg.apply(&task(1, child, 17, 9, 1_000_000_000));
+            agg.apply(&Event::TaskExited {
+                header: Header {
+                    tgid: child,
+                    tid: child,
+                    timestamp_ns: 2_000_000_000,
+                    ..header()
+                },
+                group_dead: Some(true),
+            });
+        }
+        let report = build(&agg, &facts(), &mut FakeResolver { closed: vec![] });
+        assert_eq!(report.zombies.len(), 1);
+        let group = &report.zombies[0];
+        assert_eq!((group.ppid, group.count, group.oldest_s), (1, 3, 3.0));
+        assert_eq!(group.parent_comm, "server");
+        assert_eq!(group.fork_stack[0].symbol.as_deref(), Some("fn_9"));
+        let reaped = report.processes.iter().find(|p| p.pid == 10).unwrap();
+        assert!(reaped.exited && !reaped.zombie);
+    }
+
+    /// Live threads started while traced are grouped by creation stack with their growth;
+    /// threads that exited are not counted.
+    #[test]
+    fn groups_live_threads() {
+        let mut agg = aggregator();
+        for (tid, t) in [
+            (2, 1_000_000_000),
+            (3, 2_000_000_000),
+            (4, 3_000_000_000),
+            (5, 3_000_000_000),
+        ] {
+            agg.apply(&task(1, tid, tracer_common::CLONE_THREAD, 11, t));
+        }
+        agg.apply(&Event::TaskExited {
+            header: Header {
+                tid: 5,
+                timestamp_ns: 4_000_000_000,
+                ..header()
+            },
+            group_dead: Some(false),
+        });
+        let report = build(&agg, &facts(), &mut FakeResolver { closed: vec![] });
+        let group = &report.thread_stacks[0];
+        assert_eq!((group.pid, group.live, group.stack_id), (1, 3, Some(11)));
+        assert_eq!((group.oldest_age_s, group.newest_age_s), (4.0, 2.0));
+        assert_eq!(group.per_minute, 45.0);
     }
 
     /// Descriptors /proc shows closed are dropped and counted as reconciled.

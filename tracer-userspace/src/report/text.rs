@@ -47,8 +47,67 @@ pub fn render(report: &Report) -> String {
             at_exit.len()
         );
     }
+    zombies(report, &mut out);
+    threads(report, &mut out);
     processes(report, &mut out);
     out
+}
+
+/// Children that exited and were never waited for: one paragraph per parent and fork site.
+fn zombies(report: &Report, out: &mut String) {
+    for group in report.zombies.iter().take(GROUPS_SHOWN) {
+        let site = match application_frames(&group.fork_stack).as_slice() {
+            [] => String::new(),
+            frames => format!(", forked in {}", frames.join(" ← ")),
+        };
+        let _ = writeln!(
+            out,
+            "\n{} of pid {} ({}) exited and {} never reaped (zombies){site}, dead for up to {}",
+            count(group.count, "child", "children"),
+            group.ppid,
+            group.parent_comm,
+            if group.count == 1 { "was" } else { "were" },
+            age(group.oldest_s)
+        );
+        stack_lines(&group.fork_stack, out);
+        let pids: Vec<String> = group.pids.iter().take(20).map(u32::to_string).collect();
+        let more = if group.pids.len() > 20 { " ..." } else { "" };
+        let _ = writeln!(out, "    pids {}{more}", pids.join(" "));
+    }
+}
+
+/// Threads started while traced that still run, by creation stack: what piles up.
+fn threads(report: &Report, out: &mut String) {
+    for group in report.thread_stacks.iter().take(GROUPS_SHOWN) {
+        let comm = report
+            .processes
+            .iter()
+            .find(|p| p.pid == group.pid)
+            .map(|p| p.comm.as_str())
+            .unwrap_or("?");
+        let site = match application_frames(&group.stack).as_slice() {
+            [] => String::new(),
+            frames => format!(" started in {}", frames.join(" ← ")),
+        };
+        let _ = writeln!(
+            out,
+            "\n{}{site} still running in pid {} ({comm}), oldest {}, {}/min",
+            count(group.live, "thread", "threads"),
+            group.pid,
+            age(group.oldest_age_s),
+            group.per_minute
+        );
+        stack_lines(&group.stack, out);
+    }
+}
+
+fn stack_lines(stack: &[FrameEntry], out: &mut String) {
+    for frame in stack.iter().take(FRAMES_SHOWN) {
+        let _ = writeln!(out, "      {}", frame_line(frame));
+    }
+    if stack.len() > FRAMES_SHOWN {
+        let _ = writeln!(out, "      ... {} more frames", stack.len() - FRAMES_SHOWN);
+    }
 }
 
 fn summary(report: &Report, out: &mut String) {
@@ -120,16 +179,7 @@ fn render_group(
             "      (no stack: opened before tracer attached, or not captured)"
         );
     }
-    for frame in group.stack.iter().take(FRAMES_SHOWN) {
-        let _ = writeln!(out, "      {}", frame_line(frame));
-    }
-    if group.stack.len() > FRAMES_SHOWN {
-        let _ = writeln!(
-            out,
-            "      ... {} more frames",
-            group.stack.len() - FRAMES_SHOWN
-        );
-    }
+    stack_lines(&group.stack, out);
     for d in members.iter().take(DESCRIPTORS_SHOWN) {
         let mut line = format!(
             "    pid {} fd {:<4} {:<7} {}",

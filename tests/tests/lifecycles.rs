@@ -1,0 +1,101 @@
+//! Child processes and threads: zombies that nobody reaps, threads that pile up.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tracer_tests::{
+    ATTACH_TIMEOUT, Fixture, Tracer, build_fixture, frames_symbols, require_root, symbol_is,
+};
+
+/// Starts a fixture that prints READY, attaches the tracer, tells it to go, and waits for
+/// its DONE line; returns the fixture and the tracer, still attached.
+fn run_until_done(name: &str) -> (Fixture, Tracer) {
+    let bin = build_fixture(name, &[]);
+    let mut fixture = Fixture::spawn(&bin, &[]);
+    fixture.wait_for_line("READY", Duration::from_secs(10));
+    let mut tracer = Tracer::attach(fixture.pid(), &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    fixture.send_line("go");
+    fixture.wait_for_line("DONE ", Duration::from_secs(30));
+    (fixture, tracer)
+}
+
+/// A parent that forks 5 children and never waits: 5 zombies in one group under their
+/// parent, with the fork stack; the parent itself is not one.
+#[test]
+fn children_never_reaped_are_reported_as_zombies() {
+    require_root();
+    let (fixture, tracer) = run_until_done("zombie_parent");
+    let parent = fixture.pid();
+    let report = tracer.stop();
+    let ctx = report.context();
+
+    let zombies = report.json["zombies"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no zombies array\n{ctx}"));
+    assert_eq!(zombies.len(), 1, "one parent, one fork site\n{ctx}");
+    let group = &zombies[0];
+    assert_eq!(group["ppid"].as_u64(), Some(u64::from(parent)), "{ctx}");
+    assert_eq!(group["count"].as_u64(), Some(5), "{ctx}");
+    assert_eq!(group["pids"].as_array().map(Vec::len), Some(5), "{ctx}");
+    // The fork stack starts in libc's fork. Reaching spawn_child takes unwinding through
+    // glibc's frameless __libc_fork, which needs multi-frame DWARF unwinding (issue 4).
+    let fork_frames = frames_symbols(&group["fork_stack"]);
+    assert!(
+        fork_frames
+            .first()
+            .is_some_and(|s| s.contains("Fork") || s.contains("fork")),
+        "the fork stack {fork_frames:?} does not start in fork\n{ctx}"
+    );
+    let zombie_processes: Vec<&Value> = report.json["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter(|p| p["zombie"] == true)
+        .collect();
+    assert_eq!(zombie_processes.len(), 5, "{ctx}");
+    assert!(
+        zombie_processes
+            .iter()
+            .all(|p| p["exited"] == true && p["ppid"].as_u64() == Some(u64::from(parent))),
+        "{ctx}"
+    );
+    let parent_entry = report.process(parent).expect("the parent in processes");
+    assert!(!parent_entry.exited(), "{ctx}");
+}
+
+/// 20 threads started and never joined: one group of 20 live threads in the process (their
+/// kernel stacks differ in frame-pointer garbage; the repaired stacks are one), with counts.
+#[test]
+fn threads_that_never_exit_are_grouped_by_creation_stack() {
+    require_root();
+    let (fixture, tracer) = run_until_done("thread_pile");
+    let pid = fixture.pid();
+    let report = tracer.stop();
+    let ctx = report.context();
+
+    let groups = report.json["thread_stacks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no thread_stacks array\n{ctx}"));
+    assert_eq!(groups.len(), 1, "one creation stack\n{ctx}");
+    let group = &groups[0];
+    assert_eq!(group["pid"].as_u64(), Some(u64::from(pid)), "{ctx}");
+    assert_eq!(group["live"].as_u64(), Some(20), "{ctx}");
+    // The creation stack starts in libc's clone3 and names its caller (recovered from the
+    // stack even though glibc gives clone3's syscall no CFI). Reaching start_worker takes
+    // unwinding through frameless glibc frames: multi-frame DWARF unwinding (issue 4).
+    let frames = frames_symbols(&group["stack"]);
+    assert!(
+        frames.len() >= 2 && symbol_is(&frames[0], "clone3"),
+        "the creation stack {frames:?} does not start in clone3 and its caller\n{ctx}"
+    );
+    let threads = &report.json["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+        .unwrap_or_else(|| panic!("the fixture is not in processes\n{ctx}"))["threads"];
+    assert_eq!(threads["live"].as_u64(), Some(21), "main + 20\n{ctx}");
+    assert_eq!(threads["created"].as_u64(), Some(20), "{ctx}");
+    assert_eq!(threads["exited"].as_u64(), Some(0), "{ctx}");
+}
