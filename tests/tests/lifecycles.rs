@@ -21,7 +21,7 @@ fn run_until_done(name: &str) -> (Fixture, Tracer) {
 }
 
 /// A parent that forks 5 children and never waits: 5 zombies in one group under their
-/// parent, with the fork stack; the parent itself is not one.
+/// parent, with the forking function on the fork stack; the parent itself is not one.
 #[test]
 fn children_never_reaped_are_reported_as_zombies() {
     require_root();
@@ -38,9 +38,13 @@ fn children_never_reaped_are_reported_as_zombies() {
     assert_eq!(group["ppid"].as_u64(), Some(u64::from(parent)), "{ctx}");
     assert_eq!(group["count"].as_u64(), Some(5), "{ctx}");
     assert_eq!(group["pids"].as_array().map(Vec::len), Some(5), "{ctx}");
-    // The fork stack starts in libc's fork. Reaching spawn_child takes unwinding through
-    // glibc's frameless __libc_fork, which needs multi-frame DWARF unwinding (issue 4).
+    // Under the fork stack lie glibc's frameless _Fork and __libc_fork: the tracer unwinds
+    // them from .eh_frame to reach the function that forked.
     let fork_frames = frames_symbols(&group["fork_stack"]);
+    assert!(
+        fork_frames.iter().any(|s| symbol_is(s, "spawn_child")),
+        "the fork stack {fork_frames:?} lacks spawn_child\n{ctx}"
+    );
     assert!(
         fork_frames
             .first()
@@ -65,7 +69,8 @@ fn children_never_reaped_are_reported_as_zombies() {
 }
 
 /// 20 threads started and never joined: one group of 20 live threads in the process (their
-/// kernel stacks differ in frame-pointer garbage; the repaired stacks are one), with counts.
+/// kernel stacks differ in frame-pointer garbage; the repaired stacks are one), whose
+/// creation stack names the function that called pthread_create.
 #[test]
 fn threads_that_never_exit_are_grouped_by_creation_stack() {
     require_root();
@@ -81,10 +86,13 @@ fn threads_that_never_exit_are_grouped_by_creation_stack() {
     let group = &groups[0];
     assert_eq!(group["pid"].as_u64(), Some(u64::from(pid)), "{ctx}");
     assert_eq!(group["live"].as_u64(), Some(20), "{ctx}");
-    // The creation stack starts in libc's clone3 and names its caller (recovered from the
-    // stack even though glibc gives clone3's syscall no CFI). Reaching start_worker takes
-    // unwinding through frameless glibc frames: multi-frame DWARF unwinding (issue 4).
+    // Under the creation stack lie glibc's frameless clone3 (whose syscall has no CFI at
+    // all), __clone_internal and pthread_create: unwound to reach the caller.
     let frames = frames_symbols(&group["stack"]);
+    assert!(
+        frames.iter().any(|s| symbol_is(s, "start_worker")),
+        "the creation stack {frames:?} lacks start_worker\n{ctx}"
+    );
     assert!(
         frames.len() >= 2 && symbol_is(&frames[0], "clone3"),
         "the creation stack {frames:?} does not start in clone3 and its caller\n{ctx}"

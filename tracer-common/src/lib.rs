@@ -161,20 +161,24 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
-/// Bytes of user stack copied at creation events, from the user stack pointer up.
+/// Bytes of user stack copied at descriptor creation events, from the user stack pointer up.
 pub const STACK_TOP_BYTES: usize = 128;
+/// Bytes copied at task creation: rare events, and glibc nests several frameless functions
+/// between fork/pthread_create and the syscall.
+pub const TASK_STACK_TOP_BYTES: usize = 1024;
 
-/// The user stack pointer at the syscall and the stack memory just above it: enough for
-/// userspace to find, from .eh_frame, the return address of a frameless innermost function
-/// (a libc syscall wrapper), which a frame-pointer walk skips.
+/// The user stack pointer and frame pointer at the syscall and the stack memory just above
+/// the stack pointer: enough for userspace to unwind frameless functions (libc syscall
+/// wrappers) from .eh_frame, which a frame-pointer walk skips or gets wrong.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct UserStackTop {
+pub struct UserStackTop<const N: usize> {
     /// 0 when it could not be read.
     pub sp: u64,
-    pub bytes: [u8; STACK_TOP_BYTES],
+    pub bp: u64,
+    pub bytes: [u8; N],
 }
-const _: () = assert!(size_of::<UserStackTop>() == 8 + STACK_TOP_BYTES);
+const _: () = assert!(size_of::<UserStackTop<STACK_TOP_BYTES>>() == 16 + STACK_TOP_BYTES);
 
 /// A descriptor created from a path by open, openat, openat2 or creat.
 #[repr(C)]
@@ -195,10 +199,10 @@ pub struct FileOpenEvent {
     /// 1 when the path is not known (the syscall began before the tracer attached).
     pub path_unknown: u8,
     pub _pad: [u8; 4],
-    pub stack_top: UserStackTop,
+    pub stack_top: UserStackTop<STACK_TOP_BYTES>,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 136 + PATH_CAP);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 144 + PATH_CAP);
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
@@ -220,9 +224,9 @@ pub struct FdEvent {
     pub arg1: u64,
     /// socket: protocol; socketpair: domain.
     pub arg2: u64,
-    pub stack_top: UserStackTop,
+    pub stack_top: UserStackTop<STACK_TOP_BYTES>,
 }
-const _: () = assert!(size_of::<FdEvent>() == 56 + 136);
+const _: () = assert!(size_of::<FdEvent>() == 56 + 144);
 
 /// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
 /// then fails (except EBADF, where there was nothing to release).
@@ -253,9 +257,9 @@ pub struct ForkEvent {
     pub syscall: u32,
     /// Clone flags of the creating call, or [`CLONE_FLAGS_UNKNOWN`].
     pub clone_flags: u64,
-    pub stack_top: UserStackTop,
+    pub stack_top: UserStackTop<TASK_STACK_TOP_BYTES>,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 40 + 136);
+const _: () = assert!(size_of::<ForkEvent>() == 40 + 16 + TASK_STACK_TOP_BYTES);
 
 /// `group_dead` value when the kernel's tracepoint does not say (older kernels).
 pub const GROUP_DEAD_UNKNOWN: u32 = 2;

@@ -96,24 +96,26 @@ pub fn user_stack_id(ctx: &TracePointContext) -> i32 {
         .unwrap_or(NO_STACK)
 }
 
-/// Offset of the user stack pointer in `struct pt_regs` (arch/*/include/asm/ptrace.h).
+/// Offsets of the user stack and frame pointers in `struct pt_regs`
+/// (arch/*/include/asm/ptrace.h): x86_64 `sp` and `bp`, arm64 `sp` and `regs[29]`.
 #[cfg(bpf_target_arch = "x86_64")]
-const PT_REGS_SP: Option<usize> = Some(19 * 8);
+const PT_REGS_SP_BP: Option<(usize, usize)> = Some((19 * 8, 4 * 8));
 #[cfg(bpf_target_arch = "aarch64")]
-const PT_REGS_SP: Option<usize> = Some(31 * 8);
+const PT_REGS_SP_BP: Option<(usize, usize)> = Some((31 * 8, 29 * 8));
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
-const PT_REGS_SP: Option<usize> = None;
+const PT_REGS_SP_BP: Option<(usize, usize)> = None;
 
-/// Copies the user stack pointer and the stack just above it into `top` (sp = 0 when it
-/// cannot be read). Userspace unwinds a frameless innermost function from it.
+/// Copies the user stack and frame pointers and the stack just above the stack pointer into
+/// `top` (sp = 0 when they cannot be read). Userspace unwinds frameless functions from it.
 ///
 /// # Safety
 /// `top` must point at writable memory (a reserved ring buffer record).
 #[inline(always)]
-pub unsafe fn fill_stack_top(top: *mut UserStackTop) {
+pub unsafe fn fill_stack_top<const N: usize>(top: *mut UserStackTop<N>) {
     unsafe {
         (*top).sp = 0;
-        let Some(sp_offset) = PT_REGS_SP else {
+        (*top).bp = 0;
+        let Some((sp_offset, bp_offset)) = PT_REGS_SP_BP else {
             return;
         };
         let task = bpf_get_current_task_btf();
@@ -124,6 +126,7 @@ pub unsafe fn fill_stack_top(top: *mut UserStackTop) {
         let Ok(sp) = bpf_probe_read_kernel(regs.add(sp_offset).cast::<u64>()) else {
             return;
         };
+        (*top).bp = bpf_probe_read_kernel(regs.add(bp_offset).cast::<u64>()).unwrap_or(0);
         if bpf_probe_read_user_buf(sp as *const u8, &mut (*top).bytes).is_ok() {
             (*top).sp = sp;
         }

@@ -5,25 +5,28 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
-    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, STACK_TOP_BYTES, Syscall, UserStackTop,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, Syscall, UserStackTop,
 };
 
-/// The user stack pointer and the stack bytes above it at a creation event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The user stack and frame pointers and the stack bytes above the stack pointer at a
+/// creation event.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackTop {
     pub sp: u64,
-    pub bytes: [u8; STACK_TOP_BYTES],
+    pub bp: u64,
+    pub bytes: Vec<u8>,
 }
 
-fn stack_top(raw: &UserStackTop) -> Option<StackTop> {
-    (raw.sp != 0).then_some(StackTop {
+fn stack_top<const N: usize>(raw: &UserStackTop<N>) -> Option<StackTop> {
+    (raw.sp != 0).then(|| StackTop {
         sp: raw.sp,
-        bytes: raw.bytes,
+        bp: raw.bp,
+        bytes: raw.bytes.to_vec(),
     })
 }
 
 /// Who did it and when: the common header, decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub tgid: u32,
     pub tid: u32,
@@ -209,6 +212,7 @@ pub(crate) fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tracer_common::{STACK_TOP_BYTES, TASK_STACK_TOP_BYTES};
 
     fn raw_header(kind: EventKind, stack_id: i32) -> EventHeader {
         EventHeader {
@@ -235,6 +239,7 @@ mod tests {
             _pad: [0; 4],
             stack_top: UserStackTop {
                 sp: 0x7ff0,
+                bp: 0x7ff8,
                 bytes: [7; STACK_TOP_BYTES],
             },
             path: [0; PATH_CAP],
@@ -255,8 +260,9 @@ mod tests {
         assert_eq!(
             header
                 .stack_top
-                .map(|t| (t.sp, t.bytes[STACK_TOP_BYTES - 1])),
-            Some((0x7ff0, 7))
+                .as_ref()
+                .map(|t| (t.sp, t.bp, t.bytes[STACK_TOP_BYTES - 1])),
+            Some((0x7ff0, 0x7ff8, 7))
         );
         assert_eq!((fd, syscall), (7, Syscall::Openat));
         assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
@@ -298,7 +304,8 @@ mod tests {
             clone_flags: CLONE_FLAGS_UNKNOWN,
             stack_top: UserStackTop {
                 sp: 0,
-                bytes: [0; STACK_TOP_BYTES],
+                bp: 0,
+                bytes: [0; TASK_STACK_TOP_BYTES],
             },
         };
         assert!(matches!(

@@ -12,7 +12,7 @@ use crate::{
     events::{Event, StackTop},
     loader::Probes,
     symbolize::{Frame, StackSymbolizer},
-    unwind::{LeafUnwinder, ModuleMap, read_return_address},
+    unwind::{FrameRule, LeafUnwinder, ModuleMap, unwind_copied_stack},
 };
 
 #[derive(Default)]
@@ -27,16 +27,13 @@ pub struct StackStore {
     /// (pid, generation, stack id) whose unmapped addresses already caused a re-read of
     /// /proc/PID/maps: JIT code stays unmapped, and must not cost a read per event.
     refreshed: HashSet<(u32, u32, u32)>,
-    /// Where, above the stack pointer, the innermost function keeps its return address, by
-    /// (pid, generation, ip); None when it keeps a frame pointer there. It depends on the
+    /// CFI rules by (pid, generation, ip); None where there are none. A rule depends on the
     /// instruction alone, so the CFI is read once per call site, not per event.
-    return_address_offsets: HashMap<(u32, u32, u64), Option<i64>>,
+    frame_rules: HashMap<(u32, u32, u64), Option<FrameRule>>,
     /// Repaired stacks, interned: the report's stack ids index `stacks`. Two kernel stacks
     /// that differ only in the garbage a broken frame-pointer walk collected are one stack.
     stacks: Vec<Arc<[u64]>>,
     stack_ids: HashMap<Arc<[u64]>, u32>,
-    /// (kernel stack id, recovered caller, pid, generation) -> interned id.
-    repaired_ids: HashMap<(u32, Option<u64>, u32, u32), u32>,
     unwinder: LeafUnwinder,
     symbolizer: StackSymbolizer,
 }
@@ -88,36 +85,44 @@ impl StackStore {
             kernel_id,
             header.tgid,
             header.generation,
-            header.stack_top,
+            header.stack_top.as_ref(),
             probes,
         );
     }
 
-    /// The interned id of the repaired form of kernel stack `kernel_id`.
+    /// The interned id of the repaired form of kernel stack `kernel_id`: frames unwound
+    /// from .eh_frame through the stack copied at the event, continued by the kernel's
+    /// frame-pointer walk where the two meet.
     fn repair(
         &mut self,
         kernel_id: u32,
         pid: u32,
         generation: u32,
-        top: Option<StackTop>,
+        top: Option<&StackTop>,
         probes: &Probes,
     ) -> Option<u32> {
         let ips = self.kernel_stack(kernel_id, probes)?;
         let modules = self.modules_covering(pid, generation, kernel_id, &ips);
-        let caller = match (ips.first(), top) {
-            (Some(&innermost), Some(top)) => {
-                self.leaf_caller(&modules, pid, generation, innermost, &top)
+        let unwound = match (ips.first(), top) {
+            (Some(&innermost), Some(top)) if modules.find(innermost).is_some() => {
+                let (rules, unwinder) = (&mut self.frame_rules, &mut self.unwinder);
+                unwind_copied_stack(
+                    |ip| {
+                        *rules
+                            .entry((pid, generation, ip))
+                            .or_insert_with(|| unwinder.frame_rule(&modules, ip))
+                    },
+                    |ip| modules.find(ip).is_some(),
+                    innermost,
+                    (top.sp, top.bp),
+                    &top.bytes,
+                    MAX_UNWOUND_FRAMES,
+                )
             }
-            _ => None,
-        }
-        // Only a caller the frame-pointer walk missed is worth putting back.
-        .filter(|ret| ips.get(1) != Some(ret));
-        let key = (kernel_id, caller, pid, generation);
-        if let Some(&id) = self.repaired_ids.get(&key) {
-            return Some(id);
-        }
-        let repaired: Arc<[u64]> = repaired(&ips, caller, &modules).into();
-        let id = match self.stack_ids.get(&repaired) {
+            _ => Vec::new(),
+        };
+        let repaired: Arc<[u64]> = spliced(&unwound, &ips, &modules).into();
+        Some(match self.stack_ids.get(&repaired) {
             Some(&id) => id,
             None => {
                 let id = self.stacks.len() as u32;
@@ -125,29 +130,7 @@ impl StackStore {
                 self.stack_ids.insert(repaired, id);
                 id
             }
-        };
-        self.repaired_ids.insert(key, id);
-        Some(id)
-    }
-
-    /// The return address of a frameless innermost function at `ip`, read from the copied
-    /// top of the stack; kept only when it points into an executable mapping.
-    fn leaf_caller(
-        &mut self,
-        modules: &ModuleMap,
-        pid: u32,
-        generation: u32,
-        ip: u64,
-        top: &StackTop,
-    ) -> Option<u64> {
-        modules.find(ip)?;
-        let unwinder = &mut self.unwinder;
-        let offset = (*self
-            .return_address_offsets
-            .entry((pid, generation, ip))
-            .or_insert_with(|| unwinder.return_address_offset(modules, ip)))?;
-        let caller = read_return_address(offset, top.sp, &top.bytes).ok()?;
-        modules.find(caller).map(|_| caller)
+        })
     }
 
     /// The frames of a stack, innermost first.
@@ -217,21 +200,42 @@ impl StackStore {
     }
 }
 
-/// The kernel's stack with a recovered leaf caller put back as frame 1, cut at the first
-/// address that lies in no executable mapping: a frameless function may have used %rbp as a
-/// scratch register (glibc's open64 and clone3 do), which sends the kernel's frame-pointer
-/// walk into the weeds, and nothing after such an address can be trusted. (Code in anonymous
-/// memory, such as JIT output, ends a stack too; it could not be symbolized anyway.)
-fn repaired(kernel: &[u64], leaf_caller: Option<u64>, modules: &ModuleMap) -> Vec<u64> {
-    let mut ips = Vec::with_capacity(kernel.len() + 1);
-    ips.extend(kernel.first());
-    ips.extend(leaf_caller);
-    ips.extend(
-        kernel
+/// Frames walked through the copied stack per event are few: the copy is small.
+const MAX_UNWOUND_FRAMES: usize = 32;
+
+/// The stack to report: the frames unwound through the copied stack (`unwound`, which
+/// knows the frameless functions the kernel's frame-pointer walk skips or gets wrong),
+/// continued by the kernel's walk from where the two meet, else from the walk's second
+/// frame; cut at the first address that lies in no executable mapping. A frameless function
+/// may use %rbp as a scratch register (glibc's open64 and clone3 do), which sends the
+/// kernel's walk into the weeds, and nothing after such an address can be trusted. (Code in
+/// anonymous memory, such as JIT output, ends a stack too; it could not be symbolized.)
+fn spliced(unwound: &[u64], kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
+    let mut ips: Vec<u64> = if unwound.len() <= 1 {
+        kernel.to_vec()
+    } else {
+        // The deepest unwound frame the kernel's walk also found.
+        let meeting = unwound
             .iter()
+            .enumerate()
             .skip(1)
-            .take_while(|&&ip| modules.find(ip).is_some()),
-    );
+            .rev()
+            .find_map(|(i, ip)| {
+                let j = kernel.iter().skip(1).position(|k| k == ip)? + 1;
+                Some((i, j))
+            });
+        let (mine, theirs) = match meeting {
+            Some((i, j)) => (&unwound[..=i], kernel.get(j + 1..).unwrap_or_default()),
+            None => (unwound, kernel.get(1..).unwrap_or_default()),
+        };
+        mine.iter().chain(theirs).copied().collect()
+    };
+    let mapped = ips
+        .iter()
+        .skip(1)
+        .position(|&ip| modules.find(ip).is_none())
+        .map_or(ips.len(), |i| i + 1);
+    ips.truncate(mapped);
     ips
 }
 
@@ -246,24 +250,36 @@ mod tests {
         )
     }
 
-    /// Without a recovered caller the kernel's stack is kept up to its first unmapped address.
+    /// Without unwound frames the kernel's stack is kept up to its first unmapped address.
     #[test]
     fn cuts_at_first_unmapped_address() {
         let kept = [0x7100, 0x1100, 0x1200];
-        assert_eq!(repaired(&kept, None, &modules()), kept);
+        assert_eq!(spliced(&[], &kept, &modules()), kept);
         assert_eq!(
-            repaired(&[0x7100, 0x1100, 0xdead, 0x1200], None, &modules()),
+            spliced(&[0x7100], &[0x7100, 0x1100, 0xdead, 0x1200], &modules()),
             vec![0x7100, 0x1100]
         );
     }
 
-    /// A recovered caller becomes frame 1; the walk is cut at the first unmapped address.
+    /// Unwound frames that do not meet the kernel's walk are followed by its second frame
+    /// on; the walk is cut at the first unmapped address.
     #[test]
-    fn inserts_caller_and_cuts_garbage() {
+    fn inserts_unwound_caller_and_cuts_garbage() {
         let kernel = [0x7100, 0x1200, 0x6567_7261_742f_6e69, 0x1300];
         assert_eq!(
-            repaired(&kernel, Some(0x1100), &modules()),
+            spliced(&[0x7100, 0x1100], &kernel, &modules()),
             vec![0x7100, 0x1100, 0x1200]
+        );
+    }
+
+    /// Where the unwound frames meet the kernel's walk, the walk continues after the meeting
+    /// frame, without repeating it.
+    #[test]
+    fn continues_with_the_kernel_walk_where_they_meet() {
+        let kernel = [0x7100, 0x1300, 0x1400];
+        assert_eq!(
+            spliced(&[0x7100, 0x7200, 0x1200, 0x1300], &kernel, &modules()),
+            vec![0x7100, 0x7200, 0x1200, 0x1300, 0x1400]
         );
     }
 }

@@ -179,11 +179,126 @@ struct Module {
     got_addr: Option<u64>,
 }
 
-/// The rules of one row of the unwind table that matter here.
-type Rules = (CfaRule<usize>, Option<RegisterRule<usize>>);
+/// The rules of one row of the unwind table that matter here: the CFA, where the return
+/// address is, and where the caller's %rbp is.
+type Rules = (
+    CfaRule<usize>,
+    Option<RegisterRule<usize>>,
+    Option<RegisterRule<usize>>,
+);
 
 fn rules_of<S: gimli::UnwindContextStorage<usize>>(row: &UnwindTableRow<usize, S>) -> Rules {
-    (row.cfa().clone(), row.register(X86_64::RA))
+    (
+        row.cfa().clone(),
+        row.register(X86_64::RA),
+        row.register(X86_64::RBP),
+    )
+}
+
+/// Where one frame keeps what its caller needs, at one instruction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRule {
+    /// The CFA is %rbp + `cfa_offset` when true, else %rsp + `cfa_offset`.
+    pub cfa_from_rbp: bool,
+    pub cfa_offset: i64,
+    /// The return address is saved at CFA + `ra_offset`.
+    pub ra_offset: i64,
+    /// The caller's %rbp is saved at CFA + this, or None when the frame leaves %rbp alone.
+    pub rbp_saved_at: Option<i64>,
+}
+
+impl FrameRule {
+    /// A function right at its entry (or a frameless one that pushed nothing): return
+    /// address at [rsp], %rbp untouched.
+    pub const ENTRY: Self = Self {
+        cfa_from_rbp: false,
+        cfa_offset: 8,
+        ra_offset: -8,
+        rbp_saved_at: None,
+    };
+}
+
+fn frame_rule_of((cfa, ra, rbp): &Rules) -> Result<FrameRule, String> {
+    let (cfa_from_rbp, cfa_offset) = match *cfa {
+        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RSP => {
+            (false, offset)
+        }
+        CfaRule::RegisterAndOffset { register, offset } if register == X86_64::RBP => {
+            (true, offset)
+        }
+        CfaRule::RegisterAndOffset { register, .. } => {
+            let name = X86_64::register_name(register).unwrap_or("?");
+            return Err(format!("CFA is based on {name}"));
+        }
+        CfaRule::Expression(_) => return Err("CFA is a DWARF expression".into()),
+    };
+    let ra_offset = match ra {
+        Some(RegisterRule::Offset(offset)) => *offset,
+        other => return Err(format!("unsupported return-address rule {other:?}")),
+    };
+    let rbp_saved_at = match rbp {
+        Some(RegisterRule::Offset(offset)) => Some(*offset),
+        None | Some(RegisterRule::SameValue | RegisterRule::Undefined) => None,
+        Some(other) => return Err(format!("unsupported %rbp rule {other:?}")),
+    };
+    Ok(FrameRule {
+        cfa_from_rbp,
+        cfa_offset,
+        ra_offset,
+        rbp_saved_at,
+    })
+}
+
+/// Walks frames through the copy of the stack taken at the event: from `ip` with the
+/// registers `sp` and `bp`, reading saved return addresses and %rbp values from `stack`
+/// (bytes from address `sp` up). `rule_at` gives the CFI rule at an instruction (None when
+/// there is none). Stops at the first frame whose data lies outside the copy, whose rule is
+/// unknown, or whose return address `is_code` rejects. Returns the frames, innermost first.
+pub fn unwind_copied_stack(
+    mut rule_at: impl FnMut(u64) -> Option<FrameRule>,
+    is_code: impl Fn(u64) -> bool,
+    ip: u64,
+    (sp, bp): (u64, u64),
+    stack: &[u8],
+    max_frames: usize,
+) -> Vec<u64> {
+    let read = |address: u64| -> Option<u64> {
+        let index = usize::try_from(address.checked_sub(sp)?).ok()?;
+        let bytes = stack.get(index..index.checked_add(8)?)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    };
+    let mut frames = vec![ip];
+    let (mut ip, mut frame_sp, mut frame_bp) = (ip, sp, bp);
+    while frames.len() < max_frames {
+        // A return address points after its call: look up the call itself.
+        let lookup = if frames.len() == 1 { ip } else { ip - 1 };
+        let Some(rule) = rule_at(lookup) else {
+            break;
+        };
+        let base = if rule.cfa_from_rbp {
+            frame_bp
+        } else {
+            frame_sp
+        };
+        let Some(cfa) = base.checked_add_signed(rule.cfa_offset) else {
+            break;
+        };
+        let Some(ret) = cfa.checked_add_signed(rule.ra_offset).and_then(read) else {
+            break;
+        };
+        // A saved %rbp outside the copy is unknown (0): the return address still counts,
+        // and a later %rbp-based frame will stop the walk.
+        let caller_bp = match rule.rbp_saved_at {
+            Some(offset) => cfa.checked_add_signed(offset).and_then(read).unwrap_or(0),
+            None => frame_bp,
+        };
+        if ret == 0 || !is_code(ret) {
+            break;
+        }
+        frames.push(ret);
+        (ip, frame_sp, frame_bp) = (ret, cfa, caller_bp);
+    }
+    frames
 }
 
 impl Module {
@@ -308,8 +423,8 @@ impl Module {
 }
 
 /// Where the CFA rules put the return address of a function whose frame starts at `sp`, read
-/// from `stack` (bytes copied from the user stack starting at `sp`). The tests check the rule
-/// logic through it.
+/// from `stack` (bytes copied from the user stack starting at `sp`), with %rbp unknown. The
+/// tests check the rule logic through it.
 #[cfg(test)]
 fn return_address(
     cfa: &CfaRule<usize>,
@@ -317,61 +432,32 @@ fn return_address(
     sp: u64,
     stack: &[u8],
 ) -> Result<u64, String> {
-    read_return_address(return_address_offset(cfa, ra)?, sp, stack)
-}
-
-/// How far above the stack pointer the return address sits, when the CFA is rsp-based (the
-/// function has no frame pointer at that instruction).
-fn return_address_offset(
-    cfa: &CfaRule<usize>,
-    ra: Option<&RegisterRule<usize>>,
-) -> Result<i64, String> {
-    let (register, offset) = match *cfa {
-        CfaRule::RegisterAndOffset { register, offset } => (register, offset),
-        CfaRule::Expression(_) => return Err("CFA is a DWARF expression".into()),
-    };
-    if register != X86_64::RSP {
-        let name = X86_64::register_name(register).unwrap_or("?");
-        return Err(format!(
-            "CFA is {name}{offset:+}: the function keeps a frame pointer"
-        ));
-    }
-    let ra_offset = match ra {
-        Some(RegisterRule::Offset(ra_offset)) => *ra_offset,
-        other => return Err(format!("unsupported return-address rule {other:?}")),
-    };
-    offset
-        .checked_add(ra_offset)
-        .ok_or_else(|| "return-address slot overflows".to_string())
-}
-
-/// The return address `offset` bytes above `sp`, from `stack` (bytes copied from the user
-/// stack starting at `sp`).
-pub fn read_return_address(offset: i64, sp: u64, stack: &[u8]) -> Result<u64, String> {
-    let slot = sp
-        .checked_add_signed(offset)
-        .ok_or("return-address slot overflows")?;
-    let bytes = slot
-        .checked_sub(sp)
-        .and_then(|index| usize::try_from(index).ok())
-        .and_then(|index| stack.get(index..index.checked_add(8)?))
-        .ok_or_else(|| {
-            format!(
-                "return address at sp{:+} is outside the {} copied stack bytes",
-                slot.wrapping_sub(sp) as i64,
-                stack.len()
-            )
-        })?;
-    let address = u64::from_le_bytes(bytes.try_into().expect("slice of 8 bytes"));
-    if address == 0 {
-        return Err("return address is 0".into());
-    }
-    Ok(address)
+    let rule = frame_rule_of(&(cfa.clone(), ra.cloned(), None))?;
+    unwind_copied_stack(|_| Some(rule), |_| true, 0x1000, (sp, 0), stack, 2)
+        .get(1)
+        .copied()
+        .ok_or_else(|| "no return address in the copied stack".to_string())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Unwinding
 // ---------------------------------------------------------------------------------------------
+
+/// Whether the two bytes before `file_offset` in `path` are x86_64's `syscall` (0f 05).
+fn follows_syscall(path: &Path, file_offset: u64) -> bool {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Some(start) = file_offset.checked_sub(2) else {
+        return false;
+    };
+    let mut bytes = [0u8; 2];
+    fs::File::open(path)
+        .and_then(|mut file| {
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(&mut bytes)
+        })
+        .is_ok()
+        && bytes == [0x0f, 0x05]
+}
 
 /// Finds the return address of a frameless innermost function from its .eh_frame CFI. Caches
 /// parsed CFI per file path (failures too, so a missing file is tried once).
@@ -386,17 +472,11 @@ impl LeafUnwinder {
         Self::default()
     }
 
-    /// The return address into the caller of the innermost function, or None when the function
-    /// keeps a frame pointer at `ip`, the module has no CFI for it, or the slot lies outside
-    /// `stack` (bytes copied from the user stack starting at address `sp`).
-    /// How far above the stack pointer the function at `ip` keeps its return address, or
-    /// None when it keeps a frame pointer there, the module has no CFI for it, or `ip` is in
-    /// no mapping. The answer depends on `ip` alone, so callers may cache it.
-    pub fn return_address_offset(&mut self, maps: &ModuleMap, ip: u64) -> Option<i64> {
-        let Some((mapping, file_offset)) = maps.file_offset(ip) else {
-            log::debug!("unwind: ip {ip:#x} is in no executable file mapping");
-            return None;
-        };
+    /// The CFI rule at `ip`, or None when `ip` is in no mapping, its module has no CFI for
+    /// it, or the rule is of a kind we do not follow. It depends on `ip` alone, so callers
+    /// may cache it.
+    pub fn frame_rule(&mut self, maps: &ModuleMap, ip: u64) -> Option<FrameRule> {
+        let (mapping, file_offset) = maps.file_offset(ip)?;
         if !self.modules.contains_key(&mapping.path) {
             let module = Module::load(&mapping.path)
                 .inspect_err(|err| log::debug!("unwind: {}: {err}", mapping.path.display()))
@@ -404,40 +484,30 @@ impl LeafUnwinder {
             self.modules.insert(mapping.path.clone(), module);
         }
         let module = self.modules.get(&mapping.path)?.as_ref()?;
-        let Some(svma) = module.svma(file_offset) else {
-            log::debug!(
-                "unwind: offset {file_offset:#x} of ip {ip:#x} is in no PT_LOAD of {}",
-                mapping.path.display()
-            );
-            return None;
-        };
-        let (cfa, ra) = match module.rules_at(&mut self.ctx, svma) {
+        let svma = module.svma(file_offset)?;
+        let rules = match module.rules_at(&mut self.ctx, svma) {
             Ok(rules) => rules,
+            // glibc leaves some syscall instructions outside any FDE on purpose (clone3: its
+            // child must not be unwound), and syscall tracepoints report the address right
+            // after one. There the function is in its entry state if it pushed nothing.
+            Err(gimli::Error::NoUnwindInfoForAddress)
+                if follows_syscall(&mapping.path, file_offset) =>
+            {
+                return Some(FrameRule::ENTRY);
+            }
             Err(err) => {
-                // glibc leaves some syscall instructions outside any FDE on purpose (clone3:
-                // its child must not be unwound), and the kernel reports the address right
-                // after one. Assume the state of a frameless function on entry: return
-                // address at [sp]. Callers check the address lands in executable code.
-                log::debug!(
-                    "unwind: no CFI for ip {ip:#x} ({}+{svma:#x}): {err}; assuming [sp]",
-                    mapping.path.display()
-                );
-                return Some(0);
+                log::debug!("unwind: no CFI for ip {ip:#x}: {err}");
+                return None;
             }
         };
-        return_address_offset(&cfa, ra.as_ref())
-            .inspect_err(|err| {
-                log::debug!(
-                    "unwind: ip {ip:#x} ({}+{svma:#x}): {err}",
-                    mapping.path.display()
-                )
-            })
+        frame_rule_of(&rules)
+            .inspect_err(|err| log::debug!("unwind: ip {ip:#x}: {err}"))
             .ok()
     }
 
     /// The return address into the caller of the innermost function, or None when the
-    /// function keeps a frame pointer at `ip`, the module has no CFI for it, or the slot lies
-    /// outside `stack` (bytes copied from the user stack starting at address `sp`).
+    /// function keeps a frame pointer at `ip`, or the slot lies outside `stack` (bytes
+    /// copied from the user stack starting at address `sp`).
     pub fn caller_of_leaf(
         &mut self,
         maps: &ModuleMap,
@@ -445,10 +515,16 @@ impl LeafUnwinder {
         sp: u64,
         stack: &[u8],
     ) -> Option<u64> {
-        let offset = self.return_address_offset(maps, ip)?;
-        read_return_address(offset, sp, stack)
-            .inspect_err(|err| log::debug!("unwind: ip {ip:#x}: {err}"))
-            .ok()
+        maps.find(ip)?;
+        let frames = unwind_copied_stack(
+            |at| self.frame_rule(maps, at),
+            |_| true,
+            ip,
+            (sp, 0),
+            stack,
+            2,
+        );
+        frames.get(1).copied()
     }
 }
 
@@ -729,14 +805,56 @@ garbage line
         assert!(return_address(&rsp(8), Some(&ra), SP, &[0; 8]).is_err());
     }
 
-    /// The return-address offset depends on the instruction alone: 0 at accept4's entry
-    /// (nothing pushed yet), none for an address outside every mapping.
+    /// At accept4's entry nothing is pushed: the rule is the entry rule; an address outside
+    /// every mapping has none.
     #[test]
-    fn return_address_offset_at_entry() {
+    fn frame_rule_at_entry() {
         let maps = own_maps();
         let mut unwinder = LeafUnwinder::new();
         let accept4 = libc_function(c"accept4");
-        assert_eq!(unwinder.return_address_offset(&maps, accept4), Some(0));
-        assert_eq!(unwinder.return_address_offset(&maps, 0x10), None);
+        assert_eq!(unwinder.frame_rule(&maps, accept4), Some(FrameRule::ENTRY));
+        assert_eq!(unwinder.frame_rule(&maps, 0x10), None);
+    }
+
+    /// Frames are walked through the copy: a frameless leaf, then a function that saved the
+    /// caller's %rbp, then ones whose CFA is %rbp-based; the walk stops where the copy ends.
+    #[test]
+    fn unwinds_several_frames_through_the_copy() {
+        const BASE: u64 = 0x7000;
+        let mut stack = vec![0u8; 96];
+        let mut put = |at: u64, value: u64| {
+            let i = (at - BASE) as usize;
+            stack[i..i + 8].copy_from_slice(&value.to_le_bytes());
+        };
+        // leaf at 0x100: return address at [sp] -> 0x201 ("middle").
+        put(BASE, 0x201);
+        // middle: CFA = rsp+32 = BASE+40; saved %rbp at CFA-16, return address at CFA-8.
+        put(BASE + 24, 0x7050);
+        put(BASE + 32, 0x301);
+        // outer keeps a frame pointer (0x7050): CFA = rbp+16; caller's rbp at CFA-16.
+        put(0x7050, 0x7080);
+        put(0x7058, 0x401);
+        let rule_at = |ip: u64| match ip {
+            0x100 => Some(FrameRule::ENTRY),
+            0x200 => Some(FrameRule {
+                cfa_from_rbp: false,
+                cfa_offset: 32,
+                ra_offset: -8,
+                rbp_saved_at: Some(-16),
+            }),
+            0x300 | 0x400 => Some(FrameRule {
+                cfa_from_rbp: true,
+                cfa_offset: 16,
+                ra_offset: -8,
+                rbp_saved_at: Some(-16),
+            }),
+            _ => None,
+        };
+        let frames = unwind_copied_stack(rule_at, |_| true, 0x100, (BASE, 0xdead), &stack, 16);
+        // The frame after 0x401 needs memory at 0x7080.., past the 96 copied bytes.
+        assert_eq!(frames, vec![0x100, 0x201, 0x301, 0x401]);
+        let rejected =
+            unwind_copied_stack(rule_at, |ip| ip != 0x301, 0x100, (BASE, 0xdead), &stack, 16);
+        assert_eq!(rejected, vec![0x100, 0x201]);
     }
 }
