@@ -16,6 +16,7 @@ fn fixtures_compile_without_warnings() {
         "leak_and_exit",
         "zombie_parent",
         "thread_pile",
+        "tw_client",
     ] {
         build_fixture(name, &["-Werror"]);
     }

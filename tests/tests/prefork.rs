@@ -88,10 +88,22 @@ fn prefork_parent_leaks_accepted_sockets() {
              frameless leaf: a frame-pointer walk skips its caller; unwind from .eh_frame)",
             d.stack_symbols()
         );
-        if let Some(state) = d.tcp_state() {
-            assert_eq!(state, "CLOSE_WAIT", "the client closed {d:?}");
-        }
+        // The client closed; the server never did: CLOSE_WAIT, held since the peer's FIN,
+        // which the tracer saw (the connections were made after it attached).
+        assert_eq!(d.tcp_state(), Some("CLOSE_WAIT"), "the client closed {d:?}");
+        let in_state = d.v["tcp_state_age_s"].as_f64();
+        assert!(
+            in_state.is_some_and(
+                |age| age >= 0.0 && age <= report.json["duration_s"].as_f64().unwrap_or(0.0)
+            ),
+            "no time in CLOSE_WAIT for {d:?}"
+        );
     }
+    assert_eq!(
+        report.json["tcp"]["CLOSE_WAIT"].as_u64(),
+        Some(CONNECTIONS as u64),
+        "the tcp summary counts them\nreport:\n{ctx}"
+    );
 
     // The listening socket was open before the tracer attached.
     let listen_detail = format!("tcp 127.0.0.1:{port}");

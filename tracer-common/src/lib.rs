@@ -15,6 +15,10 @@ pub const MAX_FOLLOWED: u32 = 65_536;
 pub const MAX_IN_FLIGHT: u32 = 16_384;
 /// Distinct user stacks kept by the kernel; later ones get no stack id (counted in the report).
 pub const STACK_MAP_ENTRIES: u32 = 16_384;
+/// TCP sockets of followed processes the kernel side tracks (LRU).
+pub const MAX_TCP_SOCKETS: u32 = 65_536;
+/// Listening ports of followed processes, whose accepted sockets are tracked from birth.
+pub const MAX_LISTEN_PORTS: u32 = 4_096;
 /// Default ring buffer size; must be a power of two multiple of the page size.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -25,6 +29,7 @@ pub mod map_names {
     pub const IN_FLIGHT: &str = "IN_FLIGHT";
     pub const STACKS: &str = "STACKS";
     pub const LOST: &str = "LOST";
+    pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
@@ -51,6 +56,8 @@ pub enum EventKind {
     TaskExited = 5,
     /// A process called execve: [`ExecEvent`].
     Exec = 6,
+    /// A TCP socket of a followed process changed state: [`TcpStateEvent`].
+    TcpState = 7,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -63,6 +70,7 @@ impl TryFrom<u32> for EventKind {
             4 => Self::TaskCreated,
             5 => Self::TaskExited,
             6 => Self::Exec,
+            7 => Self::TcpState,
             other => return Err(other),
         })
     }
@@ -283,6 +291,29 @@ pub struct ExecEvent {
 }
 const _: () = assert!(size_of::<ExecEvent>() == 24);
 
+/// A TCP state change (`sock:inet_sock_set_state`) of a socket a followed process owns. The
+/// header's tgid is the owner, which is often not the task on the CPU (softirq); its tid is
+/// the task on the CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TcpStateEvent {
+    pub header: EventHeader,
+    /// The kernel's `struct sock` address: the socket's identity while it lives.
+    pub skaddr: u64,
+    /// TCP states as in include/net/tcp_states.h (1 ESTABLISHED ... 12 NEW_SYN_RECV).
+    pub oldstate: u8,
+    pub newstate: u8,
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// IPv4 addresses in the first 4 bytes, or IPv6 addresses: network byte order.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+const _: () = assert!(size_of::<TcpStateEvent>() == 24 + 8 + 8 + 32);
+
 /// Offset of a field that the running kernel's tracepoint does not have.
 pub const FIELD_ABSENT: u32 = u32::MAX;
 
@@ -330,8 +361,21 @@ pub struct TracepointOffsets {
     pub fork_child_pid: u32,
     /// `group_dead` of `sched:sched_process_exit`, or [`FIELD_ABSENT`].
     pub exit_group_dead: u32,
+    /// Fields of `sock:inet_sock_set_state`.
+    pub tcp_skaddr: u32,
+    pub tcp_oldstate: u32,
+    pub tcp_newstate: u32,
+    pub tcp_sport: u32,
+    pub tcp_dport: u32,
+    pub tcp_family: u32,
+    pub tcp_protocol: u32,
+    pub tcp_saddr: u32,
+    pub tcp_daddr: u32,
+    pub tcp_saddr_v6: u32,
+    pub tcp_daddr_v6: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 33 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 45 * 4);
 
 impl TracepointOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -370,6 +414,18 @@ impl TracepointOffsets {
             socketpair_type: FIELD_ABSENT,
             socketpair_usockvec: FIELD_ABSENT,
             exit_group_dead: FIELD_ABSENT,
+            tcp_skaddr: FIELD_ABSENT,
+            tcp_oldstate: FIELD_ABSENT,
+            tcp_newstate: FIELD_ABSENT,
+            tcp_sport: FIELD_ABSENT,
+            tcp_dport: FIELD_ABSENT,
+            tcp_family: FIELD_ABSENT,
+            tcp_protocol: FIELD_ABSENT,
+            tcp_saddr: FIELD_ABSENT,
+            tcp_daddr: FIELD_ABSENT,
+            tcp_saddr_v6: FIELD_ABSENT,
+            tcp_daddr_v6: FIELD_ABSENT,
+            _pad: 0,
         }
     }
 }

@@ -80,6 +80,15 @@ pub fn read_u32(ctx: &TracePointContext, offset: u32) -> Option<u32> {
 }
 
 #[inline(always)]
+pub fn read_u16(ctx: &TracePointContext, offset: u32) -> Option<u16> {
+    if offset == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { ctx.read_at::<u16>(offset as usize) }.ok()
+}
+
+#[inline(always)]
 pub fn read_u8(ctx: &TracePointContext, offset: u32) -> Option<u8> {
     if offset == FIELD_ABSENT {
         return None;

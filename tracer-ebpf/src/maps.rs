@@ -2,10 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT, STACK_MAP_ENTRIES, TracepointOffsets,
+    DEFAULT_RING_BYTES, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT, MAX_LISTEN_PORTS, MAX_TCP_SOCKETS,
+    STACK_MAP_ENTRIES, TracepointOffsets,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -20,6 +21,16 @@ pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 
 /// Arguments of syscalls between their enter and exit tracepoints, keyed by pid_tgid.
 #[map]
 pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(MAX_IN_FLIGHT, 0);
+
+/// TCP sockets (`struct sock` address) of followed processes -> owning TGID. Their state
+/// changes are reported even from softirq context, where the task on the CPU is anyone.
+#[map]
+pub static TCP_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_TCP_SOCKETS, 0);
+
+/// Local ports on which followed processes listen -> TGID, so the sockets they will accept
+/// are tracked from their handshake on. Seeded by userspace, extended on LISTEN.
+#[map]
+pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
 
 /// User stacks at descriptor and task creation, by id.
 #[map]

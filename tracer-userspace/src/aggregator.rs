@@ -408,6 +408,8 @@ impl Aggregator {
                     exit_process(process, header.timestamp_ns);
                 }
             }
+            // TCP state belongs to the session's tracker, not to descriptor tables.
+            Event::TcpState { .. } => {}
             Event::Exec { header } => {
                 // execve closes close-on-exec descriptors without a close(2) of their own.
                 // (fcntl F_SETFD changes are not tracked yet: see README limits.)

@@ -5,7 +5,7 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
-    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, Syscall, UserStackTop,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, Syscall, TcpStateEvent, UserStackTop,
 };
 
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
@@ -80,6 +80,15 @@ pub enum Event {
     Exec {
         header: Header,
     },
+    /// A TCP socket of a followed process (the header's tgid) changed state.
+    TcpState {
+        header: Header,
+        skaddr: u64,
+        old: u8,
+        new: u8,
+        local: std::net::SocketAddr,
+        remote: std::net::SocketAddr,
+    },
 }
 
 impl Event {
@@ -90,6 +99,7 @@ impl Event {
             | Self::FdClosed { header, .. }
             | Self::TaskCreated { header, .. }
             | Self::TaskExited { header, .. }
+            | Self::TcpState { header, .. }
             | Self::Exec { header } => header,
         }
     }
@@ -101,6 +111,7 @@ impl Event {
             | Self::FdClosed { header, .. }
             | Self::TaskCreated { header, .. }
             | Self::TaskExited { header, .. }
+            | Self::TcpState { header, .. }
             | Self::Exec { header } => header,
         }
     }
@@ -199,7 +210,29 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
             let _: ExecEvent = read(bytes)?;
             Event::Exec { header }
         }
+        EventKind::TcpState => {
+            let raw: TcpStateEvent = read(bytes)?;
+            Event::TcpState {
+                header,
+                skaddr: raw.skaddr,
+                old: raw.oldstate,
+                new: raw.newstate,
+                local: socket_addr(raw.family, raw.saddr, raw.sport),
+                remote: socket_addr(raw.family, raw.daddr, raw.dport),
+            }
+        }
     })
+}
+
+/// An address from the tracepoint: IPv4 in the first 4 bytes for AF_INET, else IPv6.
+fn socket_addr(family: u16, bytes: [u8; 16], port: u16) -> std::net::SocketAddr {
+    const AF_INET: u16 = 2;
+    let ip: std::net::IpAddr = if family == AF_INET {
+        std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(bytes).into()
+    };
+    std::net::SocketAddr::new(ip, port)
 }
 
 /// Views a repr(C) value as bytes; tests use it to build records as the kernel would.

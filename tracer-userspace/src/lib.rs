@@ -14,5 +14,6 @@ pub mod report;
 pub mod session;
 pub mod stacks;
 pub mod symbolize;
+pub mod tcp;
 pub mod tracefs;
 pub mod unwind;

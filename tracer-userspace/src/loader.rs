@@ -72,6 +72,7 @@ const PROBES: &[Probe] = &[
     probe("sched", "sched_process_fork", true),
     probe("sched", "sched_process_exit", true),
     probe("sched", "sched_process_exec", true),
+    probe("sock", "inet_sock_set_state", false),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,7 @@ impl LostCounts {
 /// The loaded and attached programs and the maps userspace uses. Dropping it detaches all.
 pub struct Probes {
     followed: HashMap<MapData, u32, u8>,
+    listen_ports: HashMap<MapData, u16, u32>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
     /// Tracepoints attached, and those this kernel lacks (optional ones only).
@@ -217,6 +219,8 @@ pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing),
     let probes = Probes {
         followed: HashMap::try_from(take_map(&mut ebpf, map_names::FOLLOWED)?)
             .map_err(map_error(map_names::FOLLOWED))?,
+        listen_ports: HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
+            .map_err(map_error(map_names::LISTEN_PORTS))?,
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
@@ -282,6 +286,14 @@ impl Probes {
         self.followed
             .insert(tgid, 1, 0)
             .map_err(map_error(map_names::FOLLOWED))
+    }
+
+    /// Tells the kernel side that `pid` listens on TCP `port`, so the sockets it accepts are
+    /// tracked from their handshake on (the kernel adds ports that start listening later).
+    pub fn listening(&mut self, port: u16, pid: u32) -> Result<(), LoadError> {
+        self.listen_ports
+            .insert(port, pid, 0)
+            .map_err(map_error(map_names::LISTEN_PORTS))
     }
 
     pub fn lost(&self) -> LostCounts {

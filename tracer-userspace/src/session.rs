@@ -2,7 +2,7 @@
 //! follow the target tree, apply events until told to stop, then build the report.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::CString,
     io::{self, Write as _},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
@@ -26,6 +26,7 @@ use crate::{
     report::{self, DescriptorEntry, Report, Resolver, SessionFacts},
     stacks::StackStore,
     symbolize::Frame,
+    tcp::{TcpTracker, TcpTransition},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -90,11 +91,21 @@ pub fn run(opts: &Options) -> Result<()> {
         .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
     let followed = follow_tree(&mut probes, target)?;
-    let mut state = State::new(&probes);
-    for &pid in &followed {
-        if let Some(snapshot) = snapshot(pid) {
-            state.agg.add_snapshot(snapshot, started_ns);
+    let snapshots: Vec<(ProcessSnapshot, Vec<u16>)> =
+        followed.iter().filter_map(|&pid| snapshot(pid)).collect();
+    // Sockets accepted on ports the tree already listens on are tracked from their handshake.
+    for (process, listening) in &snapshots {
+        for &port in listening {
+            probes
+                .listening(port, process.pid)
+                .with_context(|| format!("cannot track TCP port {port}"))?;
         }
+    }
+    let mut state = State::new(&probes);
+    for (process, _) in snapshots {
+        state.agg.add_snapshot(process, started_ns);
+    }
+    for &pid in &followed {
         state.stacks.capture(pid);
     }
     // A started command has not exec'd yet: its comm is still ours, so name the command.
@@ -157,8 +168,12 @@ pub fn run(opts: &Options) -> Result<()> {
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
         min_age_s: opts.min_age,
+        time_wait: state.tcp.time_wait_groups(now_ns),
+        time_wait_now: still_in_time_wait(&state.tcp, target),
     };
     let mut resolver = LiveResolver {
+        tcp: &state.tcp,
+        now_ns,
         stacks: &mut state.stacks,
         sockets: HashMap::new(),
     };
@@ -212,15 +227,22 @@ fn follow_tree(probes: &mut Probes, target: u32) -> Result<Vec<u32>> {
     Ok(followed)
 }
 
-/// What /proc shows of a process right after it became followed.
-fn snapshot(pid: u32) -> Option<ProcessSnapshot> {
+/// What /proc shows of a process right after it became followed, and the TCP ports it
+/// listens on.
+fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
     let info = procfs::process_info(pid).ok()?;
     let sockets = SocketTable::load(pid);
     let fds = procfs::list_fds(pid, &sockets).unwrap_or_default();
     let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|dir| dir.count() as u64)
         .unwrap_or(1);
-    Some(ProcessSnapshot {
+    let listening = fds
+        .iter()
+        .filter_map(|fd| sockets.get(fd.inode?))
+        .filter(|socket| socket.listening && socket.protocol.is_tcp())
+        .filter_map(|socket| Some(socket.local_addr?.port()))
+        .collect();
+    let process = ProcessSnapshot {
         pid,
         ppid: info.ppid,
         comm: info.comm,
@@ -237,7 +259,8 @@ fn snapshot(pid: u32) -> Option<ProcessSnapshot> {
                 tcp_state: target.tcp_state,
             })
             .collect(),
-    })
+    };
+    Some((process, listening))
 }
 
 /// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
@@ -258,6 +281,7 @@ struct State<'p> {
     probes: &'p Probes,
     agg: Aggregator,
     stacks: StackStore,
+    tcp: TcpTracker,
     received: u64,
     undecodable: u64,
 }
@@ -268,6 +292,7 @@ impl<'p> State<'p> {
             probes,
             agg: Aggregator::new(),
             stacks: StackStore::new(),
+            tcp: TcpTracker::new(),
             received: 0,
             undecodable: 0,
         }
@@ -319,6 +344,25 @@ impl<'p> State<'p> {
             *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
         }
         self.stacks.annotate(&mut event, self.probes);
+        if let Event::TcpState {
+            header,
+            skaddr,
+            old,
+            new,
+            local,
+            remote,
+        } = &event
+        {
+            self.tcp.apply(&TcpTransition {
+                owner: header.tgid,
+                skaddr: *skaddr,
+                old: *old,
+                new: *new,
+                local: *local,
+                remote: *remote,
+                at_ns: header.timestamp_ns,
+            });
+        }
         self.agg.apply(&event);
         if let Event::Exec { header } = &event
             && let Ok(info) = procfs::process_info(header.tgid)
@@ -406,6 +450,8 @@ impl StopSignals {
 /// The report's view of the live system: stacks repaired and symbolized from what was
 /// captured while processes lived; descriptors re-read from /proc.
 struct LiveResolver<'a> {
+    tcp: &'a TcpTracker,
+    now_ns: u64,
     stacks: &'a mut StackStore,
     sockets: HashMap<u32, SocketTable>,
 }
@@ -434,6 +480,7 @@ impl Resolver for LiveResolver<'_> {
             };
             match procfs::describe_fd(pid, d.fd, sockets, direction) {
                 Ok(now) => {
+                    d.tcp_state_age_s = tcp_state_age(self.tcp, sockets, &now, self.now_ns);
                     d.kind = now.kind;
                     d.detail = now.detail;
                     d.tcp_state = now.tcp_state;
@@ -450,6 +497,32 @@ impl Resolver for LiveResolver<'_> {
         // The parent check keeps a reused pid from passing for our child.
         procfs::process_info(pid).is_ok_and(|info| info.zombie && info.ppid == ppid)
     }
+}
+
+/// How long a TCP socket has been in the state /proc shows, when the tracker saw it get there.
+fn tcp_state_age(
+    tcp: &TcpTracker,
+    sockets: &SocketTable,
+    described: &procfs::FdTarget,
+    now_ns: u64,
+) -> Option<f64> {
+    let socket = sockets.get(described.inode?)?;
+    let (state, since_ns) = tcp.state_since(socket.local_addr?, socket.remote_addr?)?;
+    (crate::tcp::state_name(state) == described.tcp_state.as_deref())
+        .then(|| (now_ns.saturating_sub(since_ns) as f64 / 1e6).round() / 1e3)
+}
+
+/// How many of the connections the followed processes left in TIME_WAIT are still in it,
+/// per /proc/net/tcp of the target's network namespace (TIME_WAIT has no descriptor).
+fn still_in_time_wait(tcp: &TcpTracker, target: u32) -> u64 {
+    let in_time_wait: HashSet<_> = SocketTable::load(target)
+        .iter()
+        .filter(|s| s.tcp_state == Some("TIME_WAIT"))
+        .filter_map(|s| Some((s.local_addr?, s.remote_addr?)))
+        .collect();
+    // A reused address pair is one connection in /proc: count distinct pairs.
+    let left: HashSet<_> = tcp.time_wait_pairs().collect();
+    left.intersection(&in_time_wait).count() as u64
 }
 
 /// A command started by the tracer, stopped before execve until it is followed.

@@ -220,6 +220,18 @@ impl Formats {
             socketpair_usockvec: self.offset("sys_enter_socketpair", "usockvec")?,
             fork_child_pid: self.offset("sched_process_fork", "child_pid")?,
             exit_group_dead: self.optional_offset("sched_process_exit", "group_dead"),
+            tcp_skaddr: self.offset("inet_sock_set_state", "skaddr")?,
+            tcp_oldstate: self.offset("inet_sock_set_state", "oldstate")?,
+            tcp_newstate: self.offset("inet_sock_set_state", "newstate")?,
+            tcp_sport: self.offset("inet_sock_set_state", "sport")?,
+            tcp_dport: self.offset("inet_sock_set_state", "dport")?,
+            tcp_family: self.offset("inet_sock_set_state", "family")?,
+            tcp_protocol: self.offset("inet_sock_set_state", "protocol")?,
+            tcp_saddr: self.offset("inet_sock_set_state", "saddr")?,
+            tcp_daddr: self.offset("inet_sock_set_state", "daddr")?,
+            tcp_saddr_v6: self.offset("inet_sock_set_state", "saddr_v6")?,
+            tcp_daddr_v6: self.offset("inet_sock_set_state", "daddr_v6")?,
+            _pad: 0,
         })
     }
 

@@ -6,6 +6,7 @@ pub mod files;
 pub mod pairs;
 pub mod sockets_and_dups;
 pub mod tasks;
+pub mod tcp;
 
 use aya_ebpf::programs::TracePointContext;
 use tracer_common::{ARG_UNKNOWN, InFlight, Syscall};

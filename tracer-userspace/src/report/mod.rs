@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Serialize, Serializer};
 
+pub use crate::tcp::TimeWaitGroup;
 use crate::{
     aggregator::{Aggregator, Descriptor, Process, StackRef},
     kind::DescriptorKind,
@@ -28,6 +29,10 @@ pub struct Report {
     pub thread_stacks: Vec<ThreadStackGroup>,
     /// Children that exited and were never reaped, by parent and forking stack.
     pub zombies: Vec<ZombieGroup>,
+    /// Connections the followed processes left in TIME_WAIT while traced, by endpoints.
+    pub time_wait: Vec<TimeWaitGroup>,
+    /// TCP sockets of the followed processes by state: those held by descriptors, plus
+    /// TIME_WAIT connections they left that are still in TIME_WAIT.
     pub tcp: BTreeMap<String, u64>,
 }
 
@@ -103,6 +108,8 @@ pub struct DescriptorEntry {
     pub kind: DescriptorKind,
     pub detail: String,
     pub tcp_state: Option<String>,
+    /// How long the socket has been in `tcp_state` (known when the change was seen).
+    pub tcp_state_age_s: Option<f64>,
     pub deleted: bool,
     pub opened_by: &'static str,
     pub tid: u32,
@@ -184,6 +191,9 @@ pub struct SessionFacts {
     pub unfollowed_children: u64,
     /// Report only descriptors at least this old.
     pub min_age_s: f64,
+    /// From the TCP tracker and /proc/net/tcp at report time.
+    pub time_wait: Vec<TimeWaitGroup>,
+    pub time_wait_now: u64,
 }
 
 pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolver) -> Report {
@@ -253,6 +263,9 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             *tcp.entry(state.clone()).or_insert(0) += 1;
         }
     }
+    if facts.time_wait_now > 0 {
+        *tcp.entry("TIME_WAIT".to_string()).or_insert(0) += facts.time_wait_now;
+    }
 
     Report {
         version: REPORT_VERSION,
@@ -272,6 +285,7 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
         },
         open_descriptors: descriptors,
         zombies: group_zombies(&processes, &process_entries, facts.now_ns, resolver),
+        time_wait: facts.time_wait.clone(),
         processes: process_entries,
         stacks,
         thread_stacks,
@@ -286,6 +300,7 @@ fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> DescriptorEntr
         kind: d.kind,
         detail: d.detail.clone(),
         tcp_state: d.tcp_state.clone(),
+        tcp_state_age_s: None,
         deleted: d.deleted,
         opened_by: d.opened_by(),
         tid: d.tid,

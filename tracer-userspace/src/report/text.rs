@@ -48,6 +48,7 @@ pub fn render(report: &Report) -> String {
         );
     }
     zombies(report, &mut out);
+    time_wait(report, &mut out);
     threads(report, &mut out);
     processes(report, &mut out);
     out
@@ -73,6 +74,29 @@ fn zombies(report: &Report, out: &mut String) {
         let pids: Vec<String> = group.pids.iter().take(20).map(u32::to_string).collect();
         let more = if group.pids.len() > 20 { " ..." } else { "" };
         let _ = writeln!(out, "    pids {}{more}", pids.join(" "));
+    }
+}
+
+/// Connections closed first by the followed processes, now in TIME_WAIT: what exhausts
+/// ephemeral ports.
+fn time_wait(report: &Report, out: &mut String) {
+    for group in report.time_wait.iter().take(GROUPS_SHOWN) {
+        let comm = report
+            .processes
+            .iter()
+            .find(|p| p.pid == group.pid)
+            .map(|p| p.comm.as_str())
+            .unwrap_or("?");
+        let _ = writeln!(
+            out,
+            "\n{} from pid {} ({comm}) {} -> {} closed first and went to TIME_WAIT, {}/min, newest {} ago",
+            count(group.count, "connection", "connections"),
+            group.pid,
+            group.local,
+            group.remote,
+            group.per_minute,
+            age(group.newest_age_s)
+        );
     }
 }
 
@@ -190,6 +214,9 @@ fn render_group(
         );
         if let Some(state) = &d.tcp_state {
             let _ = write!(line, "  {state}");
+            if let Some(age_s) = d.tcp_state_age_s {
+                let _ = write!(line, " for {}", age(age_s));
+            }
         }
         if d.deleted {
             line.push_str("  (deleted)");

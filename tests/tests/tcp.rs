@@ -1,0 +1,71 @@
+//! TCP lifecycles: connections a followed process closes first pile up in TIME_WAIT.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpListener,
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::{ATTACH_TIMEOUT, Fixture, Tracer, build_fixture, require_root};
+
+const CONNECTIONS: u64 = 30;
+
+/// A client that closes 30 connections first: 30 connections in one TIME_WAIT group (local
+/// address, remote address:port of the server) at the client's pid, all still in TIME_WAIT.
+#[test]
+fn connections_closed_first_are_counted_in_time_wait() {
+    require_root();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    // The server answers, then waits for the client's close before closing its side, so
+    // the client is the one that ends in TIME_WAIT.
+    let server = thread::spawn(move || {
+        for _ in 0..CONNECTIONS {
+            let (stream, _) = listener.accept().expect("accept");
+            stream
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("request");
+            reader.get_mut().write_all(b"ok\n").expect("reply");
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+        }
+    });
+
+    let bin = build_fixture("tw_client", &[]);
+    let mut client = Fixture::spawn(&bin, &[&port.to_string(), &CONNECTIONS.to_string()]);
+    client.wait_for_line("READY", Duration::from_secs(10));
+    let pid = client.pid();
+    let mut tracer = Tracer::attach(pid, &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    client.send_line("go");
+    client.wait_for_line("DONE ", Duration::from_secs(30));
+    server.join().expect("server thread");
+    let report = tracer.stop();
+    let ctx = report.context();
+
+    let groups = report.json["time_wait"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no time_wait array\n{ctx}"));
+    let remote = format!("127.0.0.1:{port}");
+    let group: &Value = groups
+        .iter()
+        .find(|g| g["remote"] == remote.as_str())
+        .unwrap_or_else(|| panic!("no TIME_WAIT group towards {remote}\n{ctx}"));
+    assert_eq!(group["pid"].as_u64(), Some(u64::from(pid)), "{ctx}");
+    assert_eq!(group["local"], "127.0.0.1", "{ctx}");
+    assert_eq!(group["count"].as_u64(), Some(CONNECTIONS), "{ctx}");
+    assert!(
+        group["per_minute"].as_f64().is_some_and(|r| r > 0.0),
+        "{ctx}"
+    );
+    assert_eq!(
+        report.json["tcp"]["TIME_WAIT"].as_u64(),
+        Some(CONNECTIONS),
+        "all of them are still in TIME_WAIT (60 s)\n{ctx}"
+    );
+}
