@@ -187,6 +187,26 @@ fn summary(report: &Report, out: &mut String) {
         }
         out.push('\n');
     }
+    let close_wait: Vec<&&DescriptorEntry> = live
+        .iter()
+        .filter(|d| d.tcp_state.as_deref() == Some("CLOSE_WAIT"))
+        .collect();
+    if !close_wait.is_empty() {
+        let longest = close_wait
+            .iter()
+            .filter_map(|d| d.tcp_state_age_s)
+            .fold(None, |max: Option<f64>, age| {
+                Some(max.map_or(age, |m| m.max(age)))
+            });
+        let _ = writeln!(
+            out,
+            "  {} in CLOSE_WAIT: the peer closed, the process never did{}",
+            count(close_wait.len() as u64, "socket", "sockets"),
+            longest
+                .map(|s| format!(" (for up to {})", age(s)))
+                .unwrap_or_default()
+        );
+    }
 }
 
 fn render_group(
