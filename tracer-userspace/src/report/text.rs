@@ -81,12 +81,7 @@ fn zombies(report: &Report, out: &mut String) {
 /// ephemeral ports.
 fn time_wait(report: &Report, out: &mut String) {
     for group in report.time_wait.iter().take(GROUPS_SHOWN) {
-        let comm = report
-            .processes
-            .iter()
-            .find(|p| p.pid == group.pid)
-            .map(|p| p.comm.as_str())
-            .unwrap_or("?");
+        let comm = comm_of(report, group.pid);
         let _ = writeln!(
             out,
             "\n{} from pid {} ({comm}) {} -> {} closed first and went to TIME_WAIT, {}/min, newest {} ago",
@@ -103,12 +98,7 @@ fn time_wait(report: &Report, out: &mut String) {
 /// Threads started while traced that still run, by creation stack: what piles up.
 fn threads(report: &Report, out: &mut String) {
     for group in report.thread_stacks.iter().take(GROUPS_SHOWN) {
-        let comm = report
-            .processes
-            .iter()
-            .find(|p| p.pid == group.pid)
-            .map(|p| p.comm.as_str())
-            .unwrap_or("?");
+        let comm = comm_of(report, group.pid);
         let site = match application_frames(&group.stack).as_slice() {
             [] => String::new(),
             frames => format!(" started in {}", frames.join(" ← ")),
@@ -135,12 +125,7 @@ fn stack_lines(stack: &[FrameEntry], out: &mut String) {
 }
 
 fn summary(report: &Report, out: &mut String) {
-    let target = report
-        .processes
-        .iter()
-        .find(|p| p.pid == report.target.pid)
-        .map(|p| p.comm.as_str())
-        .unwrap_or("?");
+    let target = comm_of(report, report.target.pid);
     let _ = writeln!(
         out,
         "tracer: pid {} ({target}) traced for {:.1} s: {} events, {} lost",
@@ -278,12 +263,7 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
         .pids
         .iter()
         .map(|pid| {
-            let comm = report
-                .processes
-                .iter()
-                .find(|p| p.pid == *pid)
-                .map(|p| p.comm.as_str())
-                .unwrap_or("?");
+            let comm = comm_of(report, *pid);
             format!("pid {pid} ({comm})")
         })
         .collect();
@@ -359,6 +339,15 @@ fn processes(report: &Report, out: &mut String) {
             p.threads.exited
         );
     }
+}
+
+/// The command name of a process in the report, "?" when it is not there.
+fn comm_of(report: &Report, pid: u32) -> &str {
+    report
+        .processes
+        .iter()
+        .find(|p| p.pid == pid)
+        .map_or("?", |p| p.comm.as_str())
 }
 
 /// "1 socket", "3 sockets".
