@@ -1558,6 +1558,13 @@ mod tests {
             .spawn()
             .unwrap();
         let pid = child.id();
+        // spawn() can return before /proc shows the exec'd program's command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while process_info(pid).is_ok_and(|i| i.cmdline.is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let result = std::panic::catch_unwind(|| {
             assert!(descendants(me()).contains(&pid));
             let info = process_info(pid).unwrap();
