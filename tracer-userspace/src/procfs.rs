@@ -166,6 +166,19 @@ pub fn threads(pid: u32) -> Vec<u32> {
     tids
 }
 
+/// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
+pub fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
+    const O_CLOEXEC: u64 = 0o2_000_000;
+    fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("flags:"))
+                .and_then(|flags| u64::from_str_radix(flags.trim(), 8).ok())
+        })
+        .is_some_and(|flags| flags & O_CLOEXEC != 0)
+}
+
 /// Every descendant of `pid` (children, grandchildren, ...) found from the ppid in every
 /// `/proc/N/stat`; not `pid` itself; only thread-group leaders (the numeric directories of
 /// `/proc` are processes). Parents come before their children (breadth first, siblings by pid).

@@ -233,9 +233,7 @@ fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
     let info = procfs::process_info(pid).ok()?;
     let sockets = SocketTable::load(pid);
     let fds = procfs::list_fds(pid, &sockets).unwrap_or_default();
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|dir| dir.count() as u64)
-        .unwrap_or(1);
+    let threads = procfs::threads(pid).len().max(1) as u64;
     let listening = fds
         .iter()
         .filter_map(|fd| sockets.get(fd.inode?))
@@ -251,7 +249,7 @@ fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
         fds: fds
             .into_iter()
             .map(|target| SnapshotFd {
-                cloexec: fd_is_cloexec(pid, target.fd),
+                cloexec: procfs::fd_is_cloexec(pid, target.fd),
                 fd: target.fd,
                 kind: target.kind,
                 detail: target.detail,
@@ -261,19 +259,6 @@ fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
             .collect(),
     };
     Some((process, listening))
-}
-
-/// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
-fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
-    const O_CLOEXEC: u64 = 0o2_000_000;
-    std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("flags:"))
-                .and_then(|flags| u64::from_str_radix(flags.trim(), 8).ok())
-        })
-        .is_some_and(|flags| flags & O_CLOEXEC != 0)
 }
 
 /// Userspace state the event loop updates.

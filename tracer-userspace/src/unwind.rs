@@ -459,8 +459,9 @@ fn follows_syscall(path: &Path, file_offset: u64) -> bool {
         && bytes == [0x0f, 0x05]
 }
 
-/// Finds the return address of a frameless innermost function from its .eh_frame CFI. Caches
-/// parsed CFI per file path (failures too, so a missing file is tried once).
+/// Reads the .eh_frame CFI rule at an instruction ([`LeafUnwinder::frame_rule`]), which
+/// [`unwind_copied_stack`] follows frame after frame. Caches parsed CFI per file path
+/// (failures too, so a missing file is tried once).
 #[derive(Debug, Default)]
 pub struct LeafUnwinder {
     modules: HashMap<PathBuf, Option<Module>>,
@@ -507,7 +508,10 @@ impl LeafUnwinder {
 
     /// The return address into the caller of the innermost function, or None when the
     /// function keeps a frame pointer at `ip`, or the slot lies outside `stack` (bytes
-    /// copied from the user stack starting at address `sp`).
+    /// copied from the user stack starting at address `sp`). The tests check the CFI of
+    /// real glibc functions through it; `stacks` walks all frames with
+    /// [`unwind_copied_stack`].
+    #[cfg(test)]
     pub fn caller_of_leaf(
         &mut self,
         maps: &ModuleMap,

@@ -57,10 +57,7 @@ pub fn render(report: &Report) -> String {
 /// Children that exited and were never waited for: one paragraph per parent and fork site.
 fn zombies(report: &Report, out: &mut String) {
     for group in report.zombies.iter().take(GROUPS_SHOWN) {
-        let site = match application_frames(&group.fork_stack).as_slice() {
-            [] => String::new(),
-            frames => format!(", forked in {}", frames.join(" ← ")),
-        };
+        let site = call_site(&group.fork_stack, ", forked in ");
         let _ = writeln!(
             out,
             "\n{} of pid {} ({}) exited and {} never reaped (zombies){site}, dead for up to {}",
@@ -99,10 +96,7 @@ fn time_wait(report: &Report, out: &mut String) {
 fn threads(report: &Report, out: &mut String) {
     for group in report.thread_stacks.iter().take(GROUPS_SHOWN) {
         let comm = comm_of(report, group.pid);
-        let site = match application_frames(&group.stack).as_slice() {
-            [] => String::new(),
-            frames => format!(" started in {}", frames.join(" ← ")),
-        };
+        let site = call_site(&group.stack, " started in ");
         let _ = writeln!(
             out,
             "\n{}{site} still running in pid {} ({comm}), oldest {}, {}/min",
@@ -292,6 +286,14 @@ fn verb(opened_by: &str) -> &'static str {
 }
 
 /// The first two named frames past the libc wrapper: where the application made the call.
+/// `lead` and the application frames ("`f` ← `g`"), or nothing when the stack has none.
+fn call_site(stack: &[FrameEntry], lead: &str) -> String {
+    match application_frames(stack).as_slice() {
+        [] => String::new(),
+        frames => format!("{lead}{}", frames.join(" ← ")),
+    }
+}
+
 fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
     stack
         .iter()
