@@ -77,6 +77,23 @@ fn unknown_option_is_rejected() {
     out.assert_clean_failure(&["--frobnicate"]);
 }
 
+/// A command that cannot be executed (a path that does not exist) is an error naming it,
+/// not a report about a child that died at exec.
+#[test]
+fn command_that_cannot_run_is_an_error() {
+    require_root();
+    let out = run_with_timeout(
+        tracer_command(&["--json", "--", "/nonexistent/tracer-test-program"]),
+        FAIL_TIMEOUT,
+    );
+    out.assert_clean_failure(&["cannot run", "/nonexistent/tracer-test-program"]);
+    assert!(
+        out.stdout.trim().is_empty(),
+        "no report expected:\n{}",
+        out.context()
+    );
+}
+
 /// When the only traced process exits, the tracer prints the final report by itself, exits 0,
 /// and lists the process as exited.
 #[test]
