@@ -111,15 +111,67 @@ pub const FIXTURE_CFLAGS: &[&str] = &[
     "-Wextra",
 ];
 
+/// Every fixture under `tests/fixtures/` (without `.c`): what [`build_all_fixtures`] builds.
+pub const FIXTURES: &[&str] = &[
+    "prefork_server",
+    "busy_churn",
+    "leak_and_exit",
+    "zombie_parent",
+    "thread_pile",
+    "tw_client",
+];
+
+/// The environment variable naming a directory of fixtures built beforehand (by the
+/// `build-fixtures` binary), for machines without a C compiler: the kernels `cargo xtask test
+/// --vm` boots have none.
+pub const PREBUILT_FIXTURES_ENV: &str = "TRACER_PREBUILT_FIXTURES";
+
+/// The directory of prebuilt fixtures, when [`PREBUILT_FIXTURES_ENV`] names one.
+pub fn prebuilt_fixtures_dir() -> Option<PathBuf> {
+    std::env::var_os(PREBUILT_FIXTURES_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Compiles `tests/fixtures/NAME.c` with `cc` and returns the executable's path.
 /// Panics with the compiler's output when the build fails.
+///
+/// With [`PREBUILT_FIXTURES_ENV`] set nothing is compiled: the plain build of NAME is taken
+/// from that directory, and asking for other flags is an error (they were not prebuilt).
 pub fn build_fixture(name: &str, extra_cflags: &[&str]) -> PathBuf {
+    if let Some(dir) = prebuilt_fixtures_dir() {
+        assert!(
+            extra_cflags.is_empty(),
+            "fixture {name} with {extra_cflags:?} cannot be compiled here: {PREBUILT_FIXTURES_ENV} \
+             is set (no C compiler), and only plain builds are prebuilt"
+        );
+        let bin = dir.join(name);
+        assert!(
+            bin.is_file(),
+            "prebuilt fixture {} is missing ({PREBUILT_FIXTURES_ENV}={})",
+            bin.display(),
+            dir.display()
+        );
+        return bin;
+    }
+    build_fixture_in(&scratch_dir().join("fixtures"), name, extra_cflags)
+}
+
+/// Compiles every fixture in [`FIXTURES`] into `dir` (plain builds, named after the fixture).
+pub fn build_all_fixtures(dir: &Path) -> Vec<PathBuf> {
+    FIXTURES
+        .iter()
+        .map(|name| build_fixture_in(dir, name, &[]))
+        .collect()
+}
+
+/// Compiles `tests/fixtures/NAME.c` into `dir`; other flags than none give another file name.
+fn build_fixture_in(dir: &Path, name: &str, extra_cflags: &[&str]) -> PathBuf {
     let src = workspace_dir()
         .join("tests/fixtures")
         .join(format!("{name}.c"));
     assert!(src.is_file(), "fixture source {} not found", src.display());
-    let dir = scratch_dir().join("fixtures");
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
 
     let file_name = if extra_cflags.is_empty() {
         name.to_string()
