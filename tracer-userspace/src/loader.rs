@@ -203,9 +203,10 @@ pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing),
     for probe in PROBES {
         if !formats.has(probe.name) {
             log::warn!(
-                "this kernel has no tracepoint {}:{}; skipping it",
+                "this kernel has no tracepoint {}:{}: {}",
                 probe.category,
-                probe.name
+                probe.name,
+                without(probe.name)
             );
             unavailable.push(probe.name);
             continue;
@@ -259,6 +260,27 @@ fn attach(ebpf: &mut Ebpf, probe: &Probe) -> Result<TracePointLink, LoadError> {
         .map_err(|err| program_error(probe.name, err))
 }
 
+/// What the tracer cannot see on a kernel without the optional tracepoint `name`: said when
+/// it starts, so a missing line in the report is not taken for the absence of a leak.
+fn without(name: &str) -> String {
+    let syscall = name
+        .strip_prefix("sys_enter_")
+        .or_else(|| name.strip_prefix("sys_exit_"));
+    match (name, syscall) {
+        ("inet_sock_set_state", _) => {
+            "TCP states and their ages come from /proc at report time only, and TIME_WAIT is \
+             not counted"
+                .to_owned()
+        }
+        (_, Some(task @ ("fork" | "vfork" | "clone3"))) => format!(
+            "children and threads created with {task} are still followed, but without the \
+             stack that created them"
+        ),
+        (_, Some(syscall)) => format!("descriptors created by {syscall}() are not tracked"),
+        _ => "skipping it".to_owned(),
+    }
+}
+
 /// One readable line for a refused program; the verifier's full log only at debug level.
 fn program_error(program: &'static str, err: ProgramError) -> LoadError {
     let reason = match err {
@@ -268,16 +290,41 @@ fn program_error(program: &'static str, err: ProgramError) -> LoadError {
         } => {
             let log = verifier_log.to_string();
             log::debug!("verifier log for {program}:\n{log}");
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            format!("{io_error} (verifier: {last}; run with RUST_LOG=debug for the full log)")
+            verifier_reason(&io_error.to_string(), &log)
         }
         other => other.to_string(),
     };
     LoadError::Program { program, reason }
+}
+
+/// The verifier's log as one line: a BPF helper the kernel lacks (older kernels reject such a
+/// program with "unknown func" or "invalid func") is named as such; otherwise the log's last
+/// line, which says what was refused.
+fn verifier_reason(io_error: &str, log: &str) -> String {
+    const DEBUG_HINT: &str = "run with RUST_LOG=debug for the verifier's full log";
+    let helper = log.lines().find_map(|line| {
+        let line = line.trim();
+        let name = line
+            .strip_prefix("unknown func ")
+            .or_else(|| line.strip_prefix("invalid func "))?;
+        Some(name.split('#').next().unwrap_or(name).to_owned())
+    });
+    if let Some(helper) = helper.filter(|h| !h.is_empty() && h != "unknown") {
+        return format!("this kernel lacks the BPF helper {helper}, which it calls ({DEBUG_HINT})");
+    }
+    if let Some(line) = log
+        .lines()
+        .find(|line| line.contains("cannot call") || line.contains("cannot use helper"))
+    {
+        return format!("{} ({DEBUG_HINT})", line.trim());
+    }
+    let last = log
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    format!("{io_error} (verifier: {last}; {DEBUG_HINT})")
 }
 
 impl Probes {
@@ -314,5 +361,48 @@ impl Probes {
     pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|frame| frame.ip).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A helper missing from an older kernel is named, with the helper id stripped.
+    #[test]
+    fn names_a_missing_helper() {
+        let log = "0: (bf) r6 = r1\n1: (85) call bpf_get_current_task_btf#158\n\
+                   2: (85) call unknown#175\nunknown func bpf_task_pt_regs#175\n\
+                   processed 3 insns\n";
+        let reason = verifier_reason("Invalid argument (os error 22)", log);
+        assert!(
+            reason.starts_with("this kernel lacks the BPF helper bpf_task_pt_regs,"),
+            "{reason}"
+        );
+        assert!(!reason.contains('\n'), "one line: {reason}");
+    }
+
+    /// Kernels before 5.x wrote "invalid func unknown#N" without the name: then the last line
+    /// is shown, on one line, with the errno.
+    #[test]
+    fn falls_back_to_the_last_line() {
+        let log = "0: (85) call unknown#175\ninvalid func unknown#175\n\n";
+        let reason = verifier_reason("Invalid argument (os error 22)", log);
+        assert_eq!(
+            reason,
+            "Invalid argument (os error 22) (verifier: invalid func unknown#175; run with \
+             RUST_LOG=debug for the verifier's full log)"
+        );
+    }
+
+    /// Each optional tracepoint says what is lost without it.
+    #[test]
+    fn says_what_a_missing_tracepoint_costs() {
+        assert_eq!(
+            without("sys_exit_openat2"),
+            "descriptors created by openat2() are not tracked"
+        );
+        assert!(without("sys_enter_clone3").contains("without the stack"));
+        assert!(without("inet_sock_set_state").contains("TCP states"));
     }
 }

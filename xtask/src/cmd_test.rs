@@ -41,7 +41,7 @@ pub struct Options {
     pub vm: Option<Vec<String>>,
 
     /// Seconds one VM may run (boot and whole suite) before it is killed
-    #[arg(long, value_name = "SECS", default_value_t = 2400)]
+    #[arg(long, value_name = "SECS", default_value_t = 1200)]
     pub vm_timeout: u64,
 
     /// Extra arguments for `cargo test` (e.g. a test name filter); those after a second `--`

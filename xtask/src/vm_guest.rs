@@ -285,26 +285,58 @@ fn build_id(path: &Path) -> Option<String> {
     })
 }
 
-/// For each component of `path` that is a symlink on the host (a directory such as /lib, or
-/// the file itself), the same symlink in the archive.
+/// For each component of `path` that is a symlink on the host (a directory such as /lib64,
+/// then what its target holds, such as usr/lib64/ld-linux-x86-64.so.2 -> ../lib/...), the
+/// same symlink in the archive, so that `path` resolves in the guest as it does here.
 fn add_symlinks_on_the_way(archive: &mut Archive, path: &Path) -> Result<()> {
-    let mut prefix = PathBuf::from("/");
-    for component in path.iter().skip(1) {
-        prefix.push(component);
-        let Ok(meta) = fs::symlink_metadata(&prefix) else {
-            break;
+    let mut path = path.to_path_buf();
+    // A bound on symlinks followed, like the kernel's.
+    for _ in 0..40 {
+        let Some((link, rest)) = first_symlink(&path) else {
+            return Ok(());
         };
-        if meta.file_type().is_symlink() {
-            let prefix_str = prefix.to_string_lossy();
-            if !archive.contains(&prefix_str) {
-                let target = fs::read_link(&prefix)?;
-                archive.symlink(&prefix_str, &target.to_string_lossy())?;
+        let target = fs::read_link(&link)?;
+        let link_str = link.to_string_lossy();
+        if !archive.contains(&link_str) {
+            archive.symlink(&link_str, &target.to_string_lossy())?;
+        }
+        // The link's parent has no symlinks (it was the first), so ".." can be applied
+        // lexically.
+        let parent = link.parent().unwrap_or(Path::new("/"));
+        path = lexically_normal(&parent.join(target).join(rest));
+    }
+    bail!("too many levels of symlinks in {}", path.display())
+}
+
+/// `path` with `.` and `..` applied to the components before them.
+fn lexically_normal(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
             }
-            // What lies below a symlink is reached through its target, already added.
-            break;
+            other => normal.push(other),
         }
     }
-    Ok(())
+    normal
+}
+
+/// The first prefix of `path` that is a symlink, and what follows it.
+fn first_symlink(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    let mut prefix = PathBuf::from("/");
+    let components: Vec<_> = path.iter().skip(1).collect();
+    for (i, component) in components.iter().enumerate() {
+        prefix.push(component);
+        let meta = fs::symlink_metadata(&prefix).ok()?;
+        if meta.file_type().is_symlink() {
+            let rest: PathBuf = components[i + 1..].iter().collect();
+            return Some((prefix, rest));
+        }
+    }
+    None
 }
 
 /// The libraries `ldd` resolves for `path` (none for a static binary).
@@ -394,6 +426,19 @@ mod tests {
                     PathBuf::from("/t/tracer_tests-2")
                 ),
             ]
+        );
+    }
+
+    /// `..` after a directory removes it; the root stays.
+    #[test]
+    fn applies_dot_dot() {
+        assert_eq!(
+            lexically_normal(Path::new("/usr/lib64/../lib/x86_64-linux-gnu/./ld.so")),
+            PathBuf::from("/usr/lib/x86_64-linux-gnu/ld.so")
+        );
+        assert_eq!(
+            lexically_normal(Path::new("/../lib")),
+            PathBuf::from("/lib")
         );
     }
 
