@@ -82,13 +82,21 @@ fn newest_abi(names: &str) -> Option<String> {
 /// Fetches (or finds in the cache) the kernel of package `name`. A metapackage such as
 /// `linux-image-cloud-amd64` is followed to the versioned image it depends on.
 pub fn fetch(name: &str) -> Result<Kernel> {
-    let package = resolve_metapackage(name)?;
-    let dir = cache_dir()?.join(&package);
-    let done = dir.join(".unpacked");
-    if !done.is_file() {
-        download_and_unpack(&package, &dir)
-            .with_context(|| format!("cannot fetch kernel package {package}"))?;
+    let mut package = resolve_metapackage(name)?;
+    if !is_cached(&package)?
+        && let Err(first) = download_and_unpack(&package)
+    {
+        // Stale package lists name a version the archive no longer has (the security
+        // archive keeps only the newest): refresh them and resolve the name again.
+        eprintln!("{first:#}; refreshing the package lists and retrying");
+        apt_get_update()?;
+        package = resolve_metapackage(name)?;
+        if !is_cached(&package)? {
+            download_and_unpack(&package)?;
+        }
     }
+    let dir = cache_dir()?.join(&package);
+    let done = dir.join(UNPACKED);
     let version = fs::read_to_string(&done)
         .with_context(|| format!("cannot read {}", done.display()))?
         .trim()
@@ -104,6 +112,13 @@ pub fn fetch(name: &str) -> Result<Kernel> {
         version,
         vmlinuz,
     })
+}
+
+/// The file that marks a complete unpacked package in the cache; it holds the version.
+const UNPACKED: &str = ".unpacked";
+
+fn is_cached(package: &str) -> Result<bool> {
+    Ok(cache_dir()?.join(package).join(UNPACKED).is_file())
 }
 
 /// Follows `Depends: linux-image-...` from a metapackage to the package that holds the
@@ -129,7 +144,7 @@ fn apt_cache_depends(package: &str) -> Result<Option<String>> {
     if let Some(out) = query() {
         return Ok(Some(out));
     }
-    if cache_dir()?.join(package).join(".unpacked").is_file() {
+    if is_cached(package)? {
         return Ok(None);
     }
     apt_get_update()?;
@@ -154,32 +169,29 @@ fn apt_get_update() -> Result<()> {
     process::run(Command::new("apt-get").arg("update")).context("apt-get update failed")
 }
 
-/// `apt-get download` into a scratch directory, `dpkg-deb -x` into `dir`, then marks `dir`
-/// complete (with the version) so an interrupted run starts over instead of using half.
-fn download_and_unpack(package: &str, dir: &Path) -> Result<()> {
+/// `apt-get download` into a scratch directory, `dpkg-deb -x` into the cache, then marks the
+/// package complete (with its version) so an interrupted run starts over instead of using
+/// half of it.
+fn download_and_unpack(package: &str) -> Result<()> {
     eprintln!("fetching kernel package {package} (apt-get download)");
+    let dir = cache_dir()?.join(package);
     let download = dir.with_extension("download");
     let _ = fs::remove_dir_all(&download);
-    let _ = fs::remove_dir_all(dir);
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&download)
         .with_context(|| format!("cannot create {}", download.display()))?;
-    let fetch = || {
-        process::run(
-            Command::new("apt-get")
-                .args(["download", package])
-                .current_dir(&download),
-        )
-    };
-    if fetch().is_err() {
-        apt_get_update()?;
-        fetch()?;
-    }
+    process::run(
+        Command::new("apt-get")
+            .args(["download", package])
+            .current_dir(&download),
+    )
+    .with_context(|| format!("cannot download kernel package {package}"))?;
     let deb = fs::read_dir(&download)?
         .flatten()
         .map(|entry| entry.path())
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .with_context(|| format!("apt-get download left no .deb in {}", download.display()))?;
-    process::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(dir))?;
+    process::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
     let version = probe(
         Command::new("dpkg-deb")
             .args(["-f"])
@@ -187,7 +199,7 @@ fn download_and_unpack(package: &str, dir: &Path) -> Result<()> {
             .arg("Version"),
     )
     .context("cannot read the package's version")?;
-    fs::write(dir.join(".unpacked"), format!("{version}\n"))?;
+    fs::write(dir.join(UNPACKED), format!("{version}\n"))?;
     fs::remove_dir_all(&download)?;
     Ok(())
 }
