@@ -110,8 +110,7 @@ pub fn run(boot: &Boot) -> Result<()> {
             Err(RecvTimeoutError::Timeout) => {
                 drop(guard);
                 bail!(
-                    "{}: no result within {} s; QEMU was killed. Last console lines:\n{}",
-                    boot.label,
+                    "no result within {} s; QEMU was killed. {}",
                     boot.timeout.as_secs(),
                     joined(&tail)
                 );
@@ -128,14 +127,12 @@ pub fn run(boot: &Boot) -> Result<()> {
             Ok(())
         }
         Some(failure) => bail!(
-            "{}: {} (after {elapsed:.0} s; its output is above)",
-            boot.label,
+            "{} (after {elapsed:.0} s; its output is above)",
             describe_failure(failure)
         ),
         None => bail!(
-            "{}: the guest stopped without a result (QEMU {status}, after {elapsed:.0} s): a \
-             kernel panic or a crash of /init. Last console lines:\n{}",
-            boot.label,
+            "the guest stopped without a result (QEMU {status}, after {elapsed:.0} s): a \
+             kernel panic or a crash of /init. {}",
             joined(&tail)
         ),
     }
@@ -155,11 +152,13 @@ fn describe_failure(outcome: &str) -> String {
     }
 }
 
+/// The console's last lines for an error message, or that there were none.
 fn joined(tail: &VecDeque<String>) -> String {
-    tail.iter()
-        .map(|line| format!("  | {line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    if tail.is_empty() {
+        return "The console stayed empty.".to_owned();
+    }
+    let lines: Vec<String> = tail.iter().map(|line| format!("  | {line}")).collect();
+    format!("Last console lines:\n{}", lines.join("\n"))
 }
 
 /// Kills QEMU when the run ends early (timeout, error), so no emulator outlives xtask.

@@ -28,13 +28,16 @@ pub struct Kernel {
 }
 
 /// Where kernel packages are kept between runs: `$XDG_CACHE_HOME/tracer/vm`, else
-/// `~/.cache/tracer/vm`, so `cargo clean` does not throw them away.
+/// `~/.cache/tracer/vm`, so `cargo clean` does not throw them away (`target/vm/cache`
+/// without a home directory).
 pub fn cache_dir() -> Result<PathBuf> {
-    let base = match env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    let nonempty = |name| env::var_os(name).filter(|dir| !dir.is_empty());
+    let dir = match (nonempty("XDG_CACHE_HOME"), nonempty("HOME")) {
+        (Some(cache), _) => PathBuf::from(cache).join("tracer").join("vm"),
+        (None, Some(home)) => PathBuf::from(home).join(".cache/tracer/vm"),
+        (None, None) => process::target_dir().join("vm").join("cache"),
     };
-    Ok(base.join("tracer").join("vm"))
+    Ok(dir)
 }
 
 /// The package names to boot: those given, or the default 6.1 LTS cloud kernel.
