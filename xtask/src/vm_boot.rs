@@ -3,8 +3,9 @@
 //!
 //! QEMU runs with TCG, the pure emulator: /dev/kvm may exist on a CI machine that is itself
 //! a VM, where nested KVM guests crash. TCG runs one host thread for all virtual CPUs
-//! (`thread=single`): with a thread per CPU, the 6.1 kernel hung in do_exit when the tracer
-//! attached, at a tracepoint site the kernel was patching from the other CPU.
+//! (`thread=single`): with a thread per CPU (QEMU 7.2, a busy 2-core host) the 6.1 guest
+//! twice locked up in do_exit while the tracer attached, spinning at a tracepoint's patch
+//! site; with one thread it has not.
 
 use std::{
     collections::VecDeque,

@@ -15,8 +15,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
-# The tracer mounts tracefs itself when it is missing; mounting it here keeps that path for
-# the tests that check it on the host.
+# The tracer mounts tracefs itself when it is missing; a server usually has it mounted.
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
