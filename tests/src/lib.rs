@@ -119,6 +119,7 @@ pub const FIXTURES: &[&str] = &[
     "zombie_parent",
     "thread_pile",
     "tw_client",
+    "fd_families",
 ];
 
 /// The environment variable naming a directory of fixtures built beforehand (by the
@@ -427,6 +428,11 @@ impl Fixture {
                 }
             }
         }
+    }
+
+    /// Every stdout line read so far, in order.
+    pub fn lines_seen(&self) -> &[String] {
+        &self.seen
     }
 
     /// Writes `line` and a newline to the fixture's stdin.
