@@ -385,6 +385,8 @@ fn parse_ldd(output: &str) -> Result<Vec<PathBuf>> {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::OsString;
+
     use super::*;
 
     /// Resolved libraries and the loader are kept, the vDSO is not; a missing library fails.
@@ -440,6 +442,45 @@ mod tests {
             lexically_normal(Path::new("/../lib")),
             PathBuf::from("/lib")
         );
+    }
+
+    /// What /init gets from the suite file through sh: the binaries in order, and each
+    /// argument whole (a filter with a space and a quote stays one argument).
+    #[test]
+    fn suite_file_reads_back_in_sh() {
+        let suite = Suite {
+            tests: vec![
+                ("errors".to_owned(), PathBuf::from("/t/errors-1")),
+                ("prefork".to_owned(), PathBuf::from("/t/prefork-2")),
+            ],
+            fixtures: Vec::new(),
+        };
+        let harness_args = [
+            OsString::from("it's a filter"),
+            OsString::from("--nocapture"),
+        ];
+        let plan = GuestPlan {
+            suite: &suite,
+            tracer: Path::new("/t/tracer"),
+            harness_args: &harness_args,
+            binary_timeout_s: 99,
+        };
+        let script = format!(
+            "{}\necho \"tests=$TESTS timeout=$BINARY_TIMEOUT\"\neval \"set -- $TEST_ARGS\"\n\
+             for arg in \"$@\"; do echo \"[$arg]\"; done\nprint_skips\n",
+            suite_script(&plan)
+        );
+        let output = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let mut expected = String::from("tests=errors prefork timeout=99\n");
+        for (test, _) in GUEST_SKIPS {
+            expected.push_str(&format!("[--skip]\n[{test}]\n"));
+        }
+        expected.push_str("[it's a filter]\n[--nocapture]\n");
+        for (test, why) in GUEST_SKIPS {
+            expected.push_str(&format!("SKIPPED in the guest: {test}: {why}\n"));
+        }
+        assert_eq!(stdout, expected);
     }
 
     /// Quotes survive the shell.
