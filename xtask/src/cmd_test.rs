@@ -28,7 +28,8 @@ use crate::{
 ///
 /// Examples: `cargo xtask test`, `cargo xtask test --unit-only`,
 /// `cargo xtask test -- leak_open -- --nocapture`, `cargo xtask test --vm`,
-/// `cargo xtask test --vm linux-image-6.1.0-56-cloud-amd64 -- --test prefork`.
+/// `cargo xtask test --vm linux-image-6.12-cloud-amd64 -- -- prefork` (host and guest run
+/// the tests whose name has "prefork").
 #[derive(Args)]
 pub struct Options {
     /// Run only the unit tests (no root needed)
