@@ -310,6 +310,18 @@ fn without(name: &str) -> String {
             "children and threads created with {task} are still followed, but without the \
              stack that created them"
         ),
+        (_, Some("close_range")) => "closes by close_range() are not seen as they happen \
+                                     (descriptors are checked against /proc before they are \
+                                     reported)"
+            .to_owned(),
+        (_, Some("fcntl")) => {
+            "copies made with fcntl(F_DUPFD) are not tracked, nor close-on-exec set with F_SETFD"
+                .to_owned()
+        }
+        (_, Some(call @ ("chdir" | "fchdir"))) => format!(
+            "working directory changes by {call}() are not followed: relative paths opened \
+             after one are shown as given"
+        ),
         (_, Some(syscall)) => format!("descriptors created by {syscall}() are not tracked"),
         _ => "skipping it".to_owned(),
     }
@@ -534,5 +546,7 @@ mod tests {
         );
         assert!(without("sys_enter_clone3").contains("without the stack"));
         assert!(without("inet_sock_set_state").contains("TCP states"));
+        assert!(without("sys_enter_close_range").starts_with("closes by close_range()"));
+        assert!(without("sys_exit_fchdir").contains("relative paths"));
     }
 }
