@@ -67,6 +67,7 @@ fn field<'a>(d: &Descriptor<'a>, key: &str) -> &'a serde_json::Value {
 /// - the exec'd child's table equals its /proc/PID/fd (close-on-exec ones gone, the one
 ///   whose flag F_SETFD cleared kept);
 /// - the rotated log is `deleted`, the received descriptor is learned by reconciliation;
+/// - a child cloned with CLONE_FILES that unshared its table holds exactly its copy;
 /// - a child that opened relative paths after chdir holds them at exit as absolute paths,
 ///   a name that is not UTF-8 escaped and a path longer than the capture cut and flagged.
 #[test]
@@ -95,6 +96,7 @@ fn every_family_is_tracked_exactly() {
     };
     let sleeper = pid_after("CHILD ");
     let exited = pid_after("EXITED ");
+    let sharer = pid_after("SHARER ");
     if !skipped.is_empty() {
         eprintln!("families this kernel refused: {skipped:?}");
     }
@@ -103,8 +105,28 @@ fn every_family_is_tracked_exactly() {
     std::thread::sleep(Duration::from_secs(3));
     let parent_truth = proc_fds(parent);
     let child_truth = proc_fds(sleeper);
+    let sharer_truth = proc_fds(sharer);
     let report = tracer.stop();
     let ctx = report.context();
+
+    // The events alone kept the tables right: /proc had to correct nothing but the one
+    // birth no tracepoint shows (the descriptor received with SCM_RIGHTS, in the parent and
+    // in the copy of its table the CLONE_FILES child took after it arrived).
+    let events = &report.json["events"];
+    assert_eq!(events["lost"], 0, "{ctx}");
+    assert_eq!(events["reconciled_closed"], 0, "{ctx}");
+    let reconciled: Vec<Descriptor<'_>> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| field(d, "learned_by") == "reconciliation")
+        .collect();
+    assert!(
+        reconciled
+            .iter()
+            .all(|d| d.detail().is_some_and(|s| s.ends_with("/passed.txt"))),
+        "{reconciled:?}\n{ctx}"
+    );
+    assert_eq!(events["reconciled_opened"], reconciled.len(), "{ctx}");
 
     let in_parent = report_fds(&report, parent);
     assert_eq!(
@@ -168,6 +190,24 @@ fn every_family_is_tracked_exactly() {
             "the child opened nothing itself: {d:?}\n{ctx}"
         );
     }
+
+    // The CLONE_FILES child opened shared.txt in our table (we closed it), then unshared:
+    // its own copy has both shared.txt and private.txt.
+    let in_sharer = report_fds(&report, sharer);
+    assert_eq!(
+        in_sharer.keys().copied().collect::<BTreeSet<_>>(),
+        sharer_truth,
+        "the CLONE_FILES child's table differs from /proc\n{ctx}"
+    );
+    let sharer_has = |name: &str| {
+        in_sharer
+            .values()
+            .any(|d| d.detail().is_some_and(|s| s.ends_with(name)))
+    };
+    assert!(
+        sharer_has("/shared.txt") && sharer_has("/private.txt"),
+        "{ctx}"
+    );
 
     // Resolved against the directory chdir went to, as the events said (the child is gone,
     // so nothing was refreshed from /proc): a non-UTF-8 byte as an escape, a long path cut

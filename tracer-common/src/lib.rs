@@ -128,6 +128,7 @@ pub enum Syscall {
     CloseRange = 37,
     Chdir = 38,
     Fchdir = 39,
+    Unshare = 40,
 }
 
 impl Syscall {
@@ -172,6 +173,7 @@ impl Syscall {
             Self::CloseRange => "close_range",
             Self::Chdir => "chdir",
             Self::Fchdir => "fchdir",
+            Self::Unshare => "unshare",
         }
     }
 }
@@ -219,6 +221,7 @@ impl TryFrom<u32> for Syscall {
             37 => Self::CloseRange,
             38 => Self::Chdir,
             39 => Self::Fchdir,
+            40 => Self::Unshare,
             other => return Err(other),
         })
     }
@@ -470,7 +473,7 @@ pub struct TracepointOffsets {
     pub close_range_max_fd: u32,
     pub close_range_flags: u32,
     pub fchdir_fd: u32,
-    pub _pad: u32,
+    pub unshare_flags: u32,
 }
 const _: () = assert!(size_of::<TracepointOffsets>() == 68 * 4);
 
@@ -545,7 +548,7 @@ impl TracepointOffsets {
             close_range_max_fd: FIELD_ABSENT,
             close_range_flags: FIELD_ABSENT,
             fchdir_fd: FIELD_ABSENT,
-            _pad: 0,
+            unshare_flags: FIELD_ABSENT,
         }
     }
 }
