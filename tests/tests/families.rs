@@ -53,6 +53,30 @@ fn report_fds(report: &Report, pid: u32) -> BTreeMap<u64, Descriptor<'_>> {
         .collect()
 }
 
+/// `pid`'s table in the report, asserted equal to what /proc showed (`truth`).
+fn table_as_in_proc<'r>(
+    report: &'r Report,
+    pid: u32,
+    truth: &BTreeSet<u64>,
+    who: &str,
+) -> BTreeMap<u64, Descriptor<'r>> {
+    let table = report_fds(report, pid);
+    assert_eq!(
+        &table.keys().copied().collect::<BTreeSet<_>>(),
+        truth,
+        "{who}'s table differs from /proc\n{}",
+        report.context()
+    );
+    table
+}
+
+/// Whether a descriptor of `table` refers to a path ending in `suffix`.
+fn holds(table: &BTreeMap<u64, Descriptor<'_>>, suffix: &str) -> bool {
+    table
+        .values()
+        .any(|d| d.detail().is_some_and(|s| s.ends_with(suffix)))
+}
+
 fn field<'a>(d: &Descriptor<'a>, key: &str) -> &'a serde_json::Value {
     &d.v[key]
 }
@@ -128,12 +152,7 @@ fn every_family_is_tracked_exactly() {
     );
     assert_eq!(events["reconciled_opened"], reconciled.len(), "{ctx}");
 
-    let in_parent = report_fds(&report, parent);
-    assert_eq!(
-        in_parent.keys().copied().collect::<BTreeSet<_>>(),
-        parent_truth,
-        "the parent's table differs from /proc\n{ctx}"
-    );
+    let in_parent = table_as_in_proc(&report, parent, &parent_truth, "the parent");
     for fd in &gone {
         assert!(!in_parent.contains_key(fd), "fd {fd} was closed\n{ctx}");
     }
@@ -169,20 +188,16 @@ fn every_family_is_tracked_exactly() {
         .unwrap_or_else(|| panic!("no rotated log\n{ctx}"));
     assert_eq!(field(rotated, "deleted"), true, "{rotated:?}\n{ctx}");
 
-    let in_child = report_fds(&report, sleeper);
-    assert_eq!(
-        in_child.keys().copied().collect::<BTreeSet<_>>(),
-        child_truth,
-        "the exec'd child's table differs from /proc\n{ctx}"
+    let in_child = table_as_in_proc(&report, sleeper, &child_truth, "the exec'd child");
+    assert!(
+        holds(&in_child, "/plain.txt") && holds(&in_child, "/unset.txt"),
+        "{ctx}"
     );
-    let child_has = |name: &str| {
-        in_child
-            .values()
-            .any(|d| d.detail().is_some_and(|s| s.ends_with(name)))
-    };
-    assert!(child_has("/plain.txt") && child_has("/unset.txt"), "{ctx}");
     for name in ["/cloexec.txt", "/setfd.txt", "/ranged.txt", "/passed.txt"] {
-        assert!(!child_has(name), "{name} should have closed at exec\n{ctx}");
+        assert!(
+            !holds(&in_child, name),
+            "{name} should have closed at exec\n{ctx}"
+        );
     }
     for d in in_child.values() {
         assert!(
