@@ -129,6 +129,7 @@ pub enum Syscall {
     Chdir = 38,
     Fchdir = 39,
     Unshare = 40,
+    Recvmsg = 41,
 }
 
 impl Syscall {
@@ -174,6 +175,7 @@ impl Syscall {
             Self::Chdir => "chdir",
             Self::Fchdir => "fchdir",
             Self::Unshare => "unshare",
+            Self::Recvmsg => "recvmsg",
         }
     }
 }
@@ -222,6 +224,7 @@ impl TryFrom<u32> for Syscall {
             38 => Self::Chdir,
             39 => Self::Fchdir,
             40 => Self::Unshare,
+            41 => Self::Recvmsg,
             other => return Err(other),
         })
     }
@@ -300,6 +303,7 @@ pub struct FdEvent {
     pub fd: i32,
     /// A [`Syscall`] as `u32`.
     pub syscall: u32,
+    /// recvmsg: arg0 is the call's flags (MSG_CMSG_CLOEXEC); the rest as the syscall's own.
     /// socket/socketpair: domain; accept/accept4: listening fd; dup*: old fd;
     /// pipe*/socketpair: the other end's fd.
     pub arg0: u64,
@@ -474,8 +478,10 @@ pub struct TracepointOffsets {
     pub close_range_flags: u32,
     pub fchdir_fd: u32,
     pub unshare_flags: u32,
+    pub recvmsg_msg: u32,
+    pub recvmsg_flags: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 68 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 70 * 4);
 
 impl TracepointOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -549,6 +555,8 @@ impl TracepointOffsets {
             close_range_flags: FIELD_ABSENT,
             fchdir_fd: FIELD_ABSENT,
             unshare_flags: FIELD_ABSENT,
+            recvmsg_msg: FIELD_ABSENT,
+            recvmsg_flags: FIELD_ABSENT,
         }
     }
 }

@@ -101,6 +101,8 @@ const PROBES: &[Probe] = &[
     probe("syscalls", "sys_enter_close_range", false),
     probe("syscalls", "sys_enter_unshare", false),
     probe("syscalls", "sys_exit_unshare", false),
+    probe("syscalls", "sys_enter_recvmsg", false),
+    probe("syscalls", "sys_exit_recvmsg", false),
     probe("syscalls", "sys_enter_fork", false),
     probe("syscalls", "sys_enter_vfork", false),
     probe("syscalls", "sys_enter_clone", true),
