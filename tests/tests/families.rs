@@ -53,6 +53,30 @@ fn report_fds(report: &Report, pid: u32) -> BTreeMap<u64, Descriptor<'_>> {
         .collect()
 }
 
+/// `pid`'s table in the report, asserted equal to what /proc showed (`truth`).
+fn table_as_in_proc<'r>(
+    report: &'r Report,
+    pid: u32,
+    truth: &BTreeSet<u64>,
+    who: &str,
+) -> BTreeMap<u64, Descriptor<'r>> {
+    let table = report_fds(report, pid);
+    assert_eq!(
+        &table.keys().copied().collect::<BTreeSet<_>>(),
+        truth,
+        "{who}'s table differs from /proc\n{}",
+        report.context()
+    );
+    table
+}
+
+/// Whether a descriptor of `table` refers to a path ending in `suffix`.
+fn holds(table: &BTreeMap<u64, Descriptor<'_>>, suffix: &str) -> bool {
+    table
+        .values()
+        .any(|d| d.detail().is_some_and(|s| s.ends_with(suffix)))
+}
+
 fn field<'a>(d: &Descriptor<'a>, key: &str) -> &'a serde_json::Value {
     &d.v[key]
 }
@@ -60,13 +84,16 @@ fn field<'a>(d: &Descriptor<'a>, key: &str) -> &'a serde_json::Value {
 /// One fixture creates every family (pipe, socketpair, eventfd, epoll, timerfd, signalfd,
 /// memfd, pidfd, pidfd_getfd, inotify, fanotify, userfaultfd, io_uring, perf_event,
 /// open_by_handle_at), copies with dup, dup2 over an open fd and fcntl, closes a block with
-/// close_range, rotates a log away, receives a descriptor over a unix socket, marks
+/// close_range, rotates a log away, receives descriptors over a unix socket (recvmsg,
+/// recvmmsg), marks
 /// descriptors close-on-exec every way there is and forks a child that execs. Afterwards:
 /// - the parent's table equals /proc/PID/fd, and each descriptor it created has the kind and
 ///   syscall the fixture says;
 /// - the exec'd child's table equals its /proc/PID/fd (close-on-exec ones gone, the one
 ///   whose flag F_SETFD cleared kept);
-/// - the rotated log is `deleted`, the received descriptor is learned by reconciliation;
+/// - the rotated log is `deleted`; the descriptor received by recvmsg is known from its
+///   event, the one received by recvmmsg (not probed) is learned by reconciliation;
+/// - a child cloned with CLONE_FILES that unshared its table holds exactly its copy;
 /// - a child that opened relative paths after chdir holds them at exit as absolute paths,
 ///   a name that is not UTF-8 escaped and a path longer than the capture cut and flagged.
 #[test]
@@ -95,6 +122,7 @@ fn every_family_is_tracked_exactly() {
     };
     let sleeper = pid_after("CHILD ");
     let exited = pid_after("EXITED ");
+    let sharer = pid_after("SHARER ");
     if !skipped.is_empty() {
         eprintln!("families this kernel refused: {skipped:?}");
     }
@@ -103,15 +131,30 @@ fn every_family_is_tracked_exactly() {
     std::thread::sleep(Duration::from_secs(3));
     let parent_truth = proc_fds(parent);
     let child_truth = proc_fds(sleeper);
+    let sharer_truth = proc_fds(sharer);
     let report = tracer.stop();
     let ctx = report.context();
 
-    let in_parent = report_fds(&report, parent);
-    assert_eq!(
-        in_parent.keys().copied().collect::<BTreeSet<_>>(),
-        parent_truth,
-        "the parent's table differs from /proc\n{ctx}"
+    // The events alone kept the tables right: /proc had to correct nothing but the one
+    // birth that is not probed (the descriptor received with recvmmsg, in the parent and in
+    // the copy of its table the CLONE_FILES child took after it arrived).
+    let events = &report.json["events"];
+    assert_eq!(events["lost"], 0, "{ctx}");
+    assert_eq!(events["reconciled_closed"], 0, "{ctx}");
+    let reconciled: Vec<Descriptor<'_>> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| field(d, "learned_by") == "reconciliation")
+        .collect();
+    assert!(
+        reconciled
+            .iter()
+            .all(|d| d.detail().is_some_and(|s| s.ends_with("/passed.txt"))),
+        "{reconciled:?}\n{ctx}"
     );
+    assert_eq!(events["reconciled_opened"], reconciled.len(), "{ctx}");
+
+    let in_parent = table_as_in_proc(&report, parent, &parent_truth, "the parent");
     for fd in &gone {
         assert!(!in_parent.contains_key(fd), "fd {fd} was closed\n{ctx}");
     }
@@ -147,20 +190,16 @@ fn every_family_is_tracked_exactly() {
         .unwrap_or_else(|| panic!("no rotated log\n{ctx}"));
     assert_eq!(field(rotated, "deleted"), true, "{rotated:?}\n{ctx}");
 
-    let in_child = report_fds(&report, sleeper);
-    assert_eq!(
-        in_child.keys().copied().collect::<BTreeSet<_>>(),
-        child_truth,
-        "the exec'd child's table differs from /proc\n{ctx}"
+    let in_child = table_as_in_proc(&report, sleeper, &child_truth, "the exec'd child");
+    assert!(
+        holds(&in_child, "/plain.txt") && holds(&in_child, "/unset.txt"),
+        "{ctx}"
     );
-    let child_has = |name: &str| {
-        in_child
-            .values()
-            .any(|d| d.detail().is_some_and(|s| s.ends_with(name)))
-    };
-    assert!(child_has("/plain.txt") && child_has("/unset.txt"), "{ctx}");
     for name in ["/cloexec.txt", "/setfd.txt", "/ranged.txt", "/passed.txt"] {
-        assert!(!child_has(name), "{name} should have closed at exec\n{ctx}");
+        assert!(
+            !holds(&in_child, name),
+            "{name} should have closed at exec\n{ctx}"
+        );
     }
     for d in in_child.values() {
         assert!(
@@ -168,6 +207,24 @@ fn every_family_is_tracked_exactly() {
             "the child opened nothing itself: {d:?}\n{ctx}"
         );
     }
+
+    // The CLONE_FILES child opened shared.txt in our table (we closed it), then unshared:
+    // its own copy has both shared.txt and private.txt.
+    let in_sharer = report_fds(&report, sharer);
+    assert_eq!(
+        in_sharer.keys().copied().collect::<BTreeSet<_>>(),
+        sharer_truth,
+        "the CLONE_FILES child's table differs from /proc\n{ctx}"
+    );
+    let sharer_has = |name: &str| {
+        in_sharer
+            .values()
+            .any(|d| d.detail().is_some_and(|s| s.ends_with(name)))
+    };
+    assert!(
+        sharer_has("/shared.txt") && sharer_has("/private.txt"),
+        "{ctx}"
+    );
 
     // Resolved against the directory chdir went to, as the events said (the child is gone,
     // so nothing was refreshed from /proc): a non-UTF-8 byte as an escape, a long path cut

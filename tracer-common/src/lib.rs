@@ -128,6 +128,8 @@ pub enum Syscall {
     CloseRange = 37,
     Chdir = 38,
     Fchdir = 39,
+    Unshare = 40,
+    Recvmsg = 41,
 }
 
 impl Syscall {
@@ -172,6 +174,8 @@ impl Syscall {
             Self::CloseRange => "close_range",
             Self::Chdir => "chdir",
             Self::Fchdir => "fchdir",
+            Self::Unshare => "unshare",
+            Self::Recvmsg => "recvmsg",
         }
     }
 }
@@ -219,6 +223,8 @@ impl TryFrom<u32> for Syscall {
             37 => Self::CloseRange,
             38 => Self::Chdir,
             39 => Self::Fchdir,
+            40 => Self::Unshare,
+            41 => Self::Recvmsg,
             other => return Err(other),
         })
     }
@@ -297,6 +303,7 @@ pub struct FdEvent {
     pub fd: i32,
     /// A [`Syscall`] as `u32`.
     pub syscall: u32,
+    /// recvmsg: arg0 is the call's flags (MSG_CMSG_CLOEXEC); the rest as the syscall's own.
     /// socket/socketpair: domain; accept/accept4: listening fd; dup*: old fd;
     /// pipe*/socketpair: the other end's fd.
     pub arg0: u64,
@@ -470,9 +477,11 @@ pub struct TracepointOffsets {
     pub close_range_max_fd: u32,
     pub close_range_flags: u32,
     pub fchdir_fd: u32,
-    pub _pad: u32,
+    pub unshare_flags: u32,
+    pub recvmsg_msg: u32,
+    pub recvmsg_flags: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 68 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 70 * 4);
 
 impl TracepointOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -545,7 +554,9 @@ impl TracepointOffsets {
             close_range_max_fd: FIELD_ABSENT,
             close_range_flags: FIELD_ABSENT,
             fchdir_fd: FIELD_ABSENT,
-            _pad: 0,
+            unshare_flags: FIELD_ABSENT,
+            recvmsg_msg: FIELD_ABSENT,
+            recvmsg_flags: FIELD_ABSENT,
         }
     }
 }

@@ -98,6 +98,11 @@ pub enum Event {
     CwdChanged {
         header: Header,
     },
+    /// The calling task got a private copy of the descriptor table it shared
+    /// (unshare(CLONE_FILES)).
+    FilesUnshared {
+        header: Header,
+    },
     /// A TCP socket of a followed process (the header's tgid) changed state.
     TcpState {
         header: Header,
@@ -121,6 +126,7 @@ impl Event {
             | Self::CloexecSet { header, .. }
             | Self::RangeClosed { header, .. }
             | Self::CwdChanged { header }
+            | Self::FilesUnshared { header }
             | Self::Exec { header } => header,
         }
     }
@@ -136,6 +142,7 @@ impl Event {
             | Self::CloexecSet { header, .. }
             | Self::RangeClosed { header, .. }
             | Self::CwdChanged { header }
+            | Self::FilesUnshared { header }
             | Self::Exec { header } => header,
         }
     }
@@ -223,6 +230,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                     last: raw.arg0 as u32,
                     flags: raw.arg1 as u32,
                 },
+                Syscall::Unshare => Event::FilesUnshared { header },
                 other => return Err(DecodeError::UnknownSyscall(other as u32)),
             }
         }

@@ -255,7 +255,9 @@ impl Formats {
             close_range_max_fd: self.offset("sys_enter_close_range", "max_fd")?,
             close_range_flags: self.offset("sys_enter_close_range", "flags")?,
             fchdir_fd: self.offset("sys_enter_fchdir", "fd")?,
-            _pad: 0,
+            unshare_flags: self.offset("sys_enter_unshare", "unshare_flags")?,
+            recvmsg_msg: self.offset("sys_enter_recvmsg", "msg")?,
+            recvmsg_flags: self.offset("sys_enter_recvmsg", "flags")?,
         })
     }
 

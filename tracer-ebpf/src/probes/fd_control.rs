@@ -1,7 +1,8 @@
-//! fcntl (F_DUPFD, F_DUPFD_CLOEXEC, F_SETFD) and close_range: copies, close-on-exec flag
-//! changes and block closes that the exec and close bookkeeping must know about.
+//! fcntl (F_DUPFD, F_DUPFD_CLOEXEC, F_SETFD), close_range and unshare(CLONE_FILES): copies,
+//! close-on-exec flag changes, block closes and table unsharing that the exec and close
+//! bookkeeping must know about.
 //!
-//! Kernel: fs/fcntl.c do_fcntl(); fs/file.c __close_range().
+//! Kernel: fs/fcntl.c do_fcntl(); fs/file.c __close_range(); kernel/fork.c ksys_unshare().
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::Syscall;
@@ -80,6 +81,36 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
             Syscall::CloseRange as u32,
             [last, flags, 0],
         );
+    }
+    0
+}
+
+/// `CLONE_FILES` from linux/sched.h.
+const CLONE_FILES: u64 = 0x400;
+
+/// unshare(CLONE_FILES) gives the caller a private copy of a descriptor table it shared.
+#[tracepoint]
+pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let flags = read_u64(&ctx, offset!(unshare_flags));
+        if flags & CLONE_FILES != 0 {
+            stash(caller, Syscall::Unshare, flags, 0, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        return 0;
+    }
+    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Unshare]) else {
+        return 0;
+    };
+    if syscall_result(&ctx) == 0 {
+        emit_fd_changed(caller, -1, args.syscall, [args.arg0, 0, 0]);
     }
     0
 }

@@ -108,60 +108,19 @@ pub(super) fn emit_fd_event(
     args: [u64; 3],
 ) {
     let stack_id = user_stack_id(ctx);
-    let Some(mut entry) = EVENTS.reserve::<FdEvent>(0) else {
-        count_lost(LOST_RING_FULL);
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved record of the right size; every field is written.
-    unsafe {
-        write_fd_event(
-            event,
-            caller,
-            EventKind::FdCreated,
-            stack_id,
-            fd,
-            syscall,
-            args,
-        );
-        fill_stack_top(&raw mut (*event).stack_top);
-    }
-    entry.submit(submit_flags());
+    emit(caller, EventKind::FdCreated, stack_id, fd, syscall, args);
 }
 
 /// Emits one [`EventKind::FdChanged`] [`FdEvent`]: no stack, since the report never shows
 /// where a flag changed or a range was closed.
 #[inline(always)]
 pub(super) fn emit_fd_changed(caller: Caller, fd: i32, syscall: u32, args: [u64; 3]) {
-    let Some(mut entry) = EVENTS.reserve::<FdEvent>(0) else {
-        count_lost(LOST_RING_FULL);
-        return;
-    };
-    let event = entry.as_mut_ptr();
-    // SAFETY: as in emit_fd_event; the stack copy is marked absent (sp = 0).
-    unsafe {
-        write_fd_event(
-            event,
-            caller,
-            EventKind::FdChanged,
-            NO_STACK,
-            fd,
-            syscall,
-            args,
-        );
-        (*event).stack_top.sp = 0;
-        (*event).stack_top.bp = 0;
-    }
-    entry.submit(submit_flags());
+    emit(caller, EventKind::FdChanged, NO_STACK, fd, syscall, args);
 }
 
-/// Writes every field of an [`FdEvent`] but the stack copy.
-///
-/// # Safety
-/// `event` must point at a reserved ring buffer record of `FdEvent`'s size.
+/// Writes one [`FdEvent`] into the ring; for a birth, the top of the user stack too.
 #[inline(always)]
-unsafe fn write_fd_event(
-    event: *mut FdEvent,
+fn emit(
     caller: Caller,
     kind: EventKind,
     stack_id: i32,
@@ -169,6 +128,13 @@ unsafe fn write_fd_event(
     syscall: u32,
     [arg0, arg1, arg2]: [u64; 3],
 ) {
+    let Some(mut entry) = EVENTS.reserve::<FdEvent>(0) else {
+        count_lost(LOST_RING_FULL);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of the right size; every field is written
+    // (the stack copy is marked absent, sp = 0, when not taken).
     unsafe {
         (*event).header = caller.header(kind, stack_id);
         (*event).fd = fd;
@@ -176,5 +142,12 @@ unsafe fn write_fd_event(
         (*event).arg0 = arg0;
         (*event).arg1 = arg1;
         (*event).arg2 = arg2;
+        if kind == EventKind::FdCreated {
+            fill_stack_top(&raw mut (*event).stack_top);
+        } else {
+            (*event).stack_top.sp = 0;
+            (*event).stack_top.bp = 0;
+        }
     }
+    entry.submit(submit_flags());
 }

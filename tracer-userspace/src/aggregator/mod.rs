@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 mod births;
 mod reconcile;
+mod sharing;
 
-use tracer_common::{CLONE_THREAD, Syscall};
+use tracer_common::{CLONE_FILES, CLONE_THREAD, Syscall};
 
 use crate::{
     events::{Event, Header},
@@ -213,6 +214,8 @@ pub struct Aggregator {
     /// Descriptors reconciliation found closed, and found open, without their events.
     pub reconciled_closed: u64,
     pub reconciled_opened: u64,
+    /// Processes using another's descriptor table (CLONE_FILES), to the table's owner.
+    shared_with: HashMap<u32, u32>,
 }
 
 impl Aggregator {
@@ -318,13 +321,14 @@ impl Aggregator {
                 path,
                 path_truncated,
             } => {
-                let process = self.caller(header.tgid);
+                let cwd = self.caller(header.tgid).cwd.clone();
+                let process = self.table(header.tgid);
                 let birth = births::from_path(
                     *syscall,
                     path.as_deref(),
                     *dirfd,
                     *flags,
-                    process.cwd.as_deref(),
+                    cwd.as_deref(),
                     &process.fds,
                 );
                 let descriptor = Descriptor {
@@ -343,7 +347,7 @@ impl Aggregator {
                 arg1,
                 arg2,
             } => {
-                let process = self.caller(header.tgid);
+                let process = self.table(header.tgid);
                 let args = [*arg0, *arg1, *arg2];
                 let Some(birth) = births::without_path(*syscall, *fd, args, &process.fds) else {
                     return;
@@ -354,7 +358,7 @@ impl Aggregator {
                     .insert(*fd, Descriptor::born(header, *fd, *syscall, birth));
             }
             Event::CloexecSet { header, fd, on } => {
-                if let Some(d) = self.caller(header.tgid).fds.get_mut(fd) {
+                if let Some(d) = self.table(header.tgid).fds.get_mut(fd) {
                     d.cloexec = *on;
                 }
             }
@@ -363,12 +367,25 @@ impl Aggregator {
                 first,
                 last,
                 flags,
-            } => close_range(self.caller(header.tgid), *first, *last, *flags),
+            } => {
+                const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
+                if flags & CLOSE_RANGE_UNSHARE != 0 && header.tid == header.tgid {
+                    self.unshare_table(header.tgid);
+                }
+                close_range(self.table(header.tgid), *first, *last, *flags);
+            }
+            Event::FilesUnshared { header } => {
+                // A thread leaving its process's table is not modelled (README: limits).
+                if header.tid == header.tgid {
+                    self.unshare_table(header.tgid);
+                }
+            }
             // The session reads the new directory from /proc and calls `set_cwd`.
             Event::CwdChanged { .. } => {}
             Event::FdClosed { header, fd } => {
                 // Closing an fd we never saw (or EBADF) is harmless.
-                if let Some(process) = self.processes.get_mut(&header.tgid) {
+                let owner = self.table_owner(header.tgid);
+                if let Some(process) = self.processes.get_mut(&owner) {
                     process.fds.remove(fd);
                 }
             }
@@ -391,17 +408,25 @@ impl Aggregator {
                             started_ns: header.timestamp_ns,
                         },
                     );
+                } else if clone_flags.is_some_and(|flags| flags & CLONE_FILES != 0) {
+                    self.fork(header.tgid, *child_tid, stack);
+                    self.caller(*child_tid).fds.clear();
+                    self.share_table(header.tgid, *child_tid);
                 } else {
                     self.fork(header.tgid, *child_tid, stack);
                 }
             }
             Event::TaskExited { header, group_dead } => {
                 let whole_process = group_dead.unwrap_or(header.tid == header.tgid);
-                let process = self.caller(header.tgid);
-                if process.exited() {
+                if self.caller(header.tgid).exited() {
                     // Already handled (it vanished from /proc before its event arrived).
                     return;
                 }
+                if whole_process {
+                    // A table others still use lives on with them.
+                    self.hand_over_table(header.tgid);
+                }
+                let process = self.caller(header.tgid);
                 if header.tid != header.tgid {
                     process.new_threads.remove(&header.tid);
                     process.threads.exited += 1;
@@ -414,8 +439,9 @@ impl Aggregator {
             // TCP state belongs to the session's tracker, not to descriptor tables.
             Event::TcpState { .. } => {}
             Event::Exec { header } => {
-                // execve closes close-on-exec descriptors without a close(2) of their own.
-                // (fcntl F_SETFD changes are not tracked yet: see README limits.)
+                // execve leaves a shared table, then closes close-on-exec descriptors
+                // without a close(2) of their own.
+                self.unshare_table(header.tgid);
                 self.caller(header.tgid).fds.retain(|_, d| !d.cloexec);
             }
         }
@@ -512,7 +538,7 @@ pub(crate) mod tests {
     const AT_FDCWD: i32 = -100;
     const CHILD: u32 = 200;
 
-    fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
+    pub(crate) fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
         Header {
             tgid,
             tid,
@@ -566,14 +592,14 @@ pub(crate) mod tests {
         }
     }
 
-    fn close(tgid: u32, tid: u32, fd: i32) -> Event {
+    pub(crate) fn close(tgid: u32, tid: u32, fd: i32) -> Event {
         Event::FdClosed {
             header: header(tgid, tid, 9, None),
             fd,
         }
     }
 
-    fn fork(parent: u32, child: u32, flags: u64) -> Event {
+    pub(crate) fn fork(parent: u32, child: u32, flags: u64) -> Event {
         Event::TaskCreated {
             header: header(parent, parent, 7, Some(3)),
             child_tid: child,
@@ -582,7 +608,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
+    pub(crate) fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
         Event::TaskExited {
             header: header(tgid, tid, 20, None),
             group_dead,

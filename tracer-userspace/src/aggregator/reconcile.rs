@@ -49,6 +49,10 @@ impl Aggregator {
     /// have been applied already.
     pub fn reconcile(&mut self, pid: u32, listing: &[ListedFd], listed_from_ns: u64) -> Reconciled {
         let mut outcome = Reconciled::default();
+        // /proc shows a process sharing a table the owner's descriptors, compared there.
+        if self.shares_table(pid) {
+            return outcome;
+        }
         let Some(process) = self.processes.get_mut(&pid).filter(|p| !p.exited()) else {
             return outcome;
         };

@@ -256,7 +256,7 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
     let how = match group.opened_by.keys().next().copied() {
         Some("pre-existing") => "open before tracer attached".to_string(),
         Some("unknown") => "found in /proc while traced, with no creation event (lost, or \
-                            received over a unix socket or from io_uring, which no tracepoint shows)"
+                            received by recvmmsg or from io_uring, which are not probed)"
             .to_string(),
         Some(by) => {
             let verb = verb(by);
