@@ -1,5 +1,7 @@
 //! Command-line options (report contract v1: --pid, -- COMMAND, --duration, --json, --min-age).
 
+use std::path::PathBuf;
+
 use clap::Parser;
 
 /// Find descriptor leaks in live processes: attach eBPF probes to a process tree and report
@@ -29,6 +31,16 @@ pub struct Options {
     /// says events were lost.
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = ring_buffer_mib)]
     pub ring_buffer_mib: u32,
+
+    /// Show the N largest groups of descriptors (by creating stack) in full in the text
+    /// report; the JSON report always has every group.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+
+    /// Also write an SVG flame graph of the descriptors still open, by the stack that
+    /// created them, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
 
     /// Start COMMAND with its arguments and follow it from its first syscall.
     #[arg(last = true, value_name = "COMMAND")]
@@ -83,6 +95,21 @@ mod tests {
             Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
                 .unwrap();
         assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
+        assert_eq!((opts.top, opts.flamegraph), (10, None));
+        let opts = Options::try_parse_from([
+            "tracer",
+            "--top",
+            "3",
+            "--flamegraph",
+            "fds.svg",
+            "--",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(
+            (opts.top, opts.flamegraph),
+            (3, Some(PathBuf::from("fds.svg")))
+        );
         assert!(Options::try_parse_from(["tracer", "--pid", "7", "--", "x"]).is_err());
     }
 
@@ -94,6 +121,8 @@ mod tests {
             ["--duration", "nan"],
             ["--ring-buffer-mib", "3"],
             ["--pid", "-4"],
+            ["--top", "0"],
+            ["--top", "x"],
         ] {
             assert!(
                 Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(),

@@ -7,6 +7,7 @@ pub mod aggregator;
 pub mod cli;
 pub mod events;
 pub mod kind;
+pub mod modules;
 pub mod loader;
 pub mod names;
 pub mod procfs;
