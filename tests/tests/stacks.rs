@@ -75,7 +75,15 @@ fn measure(fixture: &str, group: &Value) -> (usize, f64) {
 
 /// Whether `symbol` is the libc wrapper of open(2) (glibc names it several ways).
 fn is_open_wrapper(symbol: &str) -> bool {
-    ["open", "open64", "__open", "__open64", "__libc_open64", "__open_nocancel"].contains(&symbol)
+    [
+        "open",
+        "open64",
+        "__open",
+        "__open64",
+        "__libc_open64",
+        "__open_nocancel",
+    ]
+    .contains(&symbol)
 }
 
 /// Whether `symbol` names the Rust function `name` of the fixture: from the symbol table
@@ -158,7 +166,13 @@ fn build_rust_fixture() -> PathBuf {
     let tmp = dir.join(format!(".rust_leak.{}.tmp", std::process::id()));
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let output = Command::new(&rustc)
-        .args(["--edition=2021", "-C", "opt-level=3", "-C", "debuginfo=line-tables-only"])
+        .args([
+            "--edition=2021",
+            "-C",
+            "opt-level=3",
+            "-C",
+            "debuginfo=line-tables-only",
+        ])
         .arg("-o")
         .arg(&tmp)
         .arg(&src)
@@ -256,7 +270,11 @@ fn flamegraph_and_top() {
     );
     leak_group(&report, &path);
     let svg = std::fs::read_to_string(&svg).expect("the flame graph was written");
-    assert!(svg.starts_with("<?xml"), "not SVG: {}", &svg[..svg.len().min(80)]);
+    assert!(
+        svg.starts_with("<?xml"),
+        "not SVG: {}",
+        &svg[..svg.len().min(80)]
+    );
     assert!(svg.contains("open_config") && svg.contains("load_settings"));
     assert!(svg.contains("descriptors"));
 }

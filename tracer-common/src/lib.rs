@@ -36,6 +36,9 @@ pub mod map_names {
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the global (u64) holding how many unread bytes make a producer wake the reader.
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
+/// Name of the global (u64) holding how many bytes of user stack to copy at most per event
+/// (`--stack-copy-kib`; at most [`STACK_TOP_BYTES`], or [`TASK_STACK_TOP_BYTES`] for tasks).
+pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;

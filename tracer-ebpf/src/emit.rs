@@ -1,5 +1,6 @@
 //! Small pieces every probe uses: the follow check, tracepoint field reads, event headers.
 
+use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
@@ -7,12 +8,11 @@ use aya_ebpf::{
     },
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use aya_ebpf::cty::c_void;
 use tracer_common::{
     EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, UserStackTop,
 };
 
-use crate::maps::{FOLLOWED, STACKS};
+use crate::maps::{FOLLOWED, STACK_COPY_BYTES, STACKS};
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
@@ -122,7 +122,8 @@ const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = None;
 /// above the stack pointer into `top` (sp = 0 when nothing could be read). Userspace unwinds
 /// from it with the binaries' CFI.
 ///
-/// The copy is N bytes when the stack mapping reaches that far. A read that crosses the end
+/// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), when the stack
+/// mapping reaches that far. A read that crosses the end
 /// of the mapping fails as a whole, so a shallow stack (main's frame sits close to the top of
 /// the main thread's stack) is retried with copies that end on page boundaries, longest
 /// first: at most N / 4096 + 1 reads, of which all but one fail at once.
@@ -151,18 +152,23 @@ pub unsafe fn fill_stack_top<const N: usize>(top: *mut UserStackTop<N>) {
         (*top).bp = bpf_probe_read_kernel(regs.add(bp_offset).cast::<u64>()).unwrap_or(0);
         (*top).ip = bpf_probe_read_kernel(regs.add(ip_offset).cast::<u64>()).unwrap_or(0);
         let dst = (*top).bytes.as_mut_ptr();
-        let page_end = sp.wrapping_add(N as u64) & !(STACK_PAGE_BYTES - 1);
+        let wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
+        if wanted == 0 {
+            (*top).sp = sp;
+            return;
+        }
+        let page_end = sp.wrapping_add(wanted) & !(STACK_PAGE_BYTES - 1);
         let mut attempt: u64 = 0;
         while attempt <= (N as u64) / STACK_PAGE_BYTES {
             let len = if attempt == 0 {
-                N as u64
+                wanted
             } else {
                 page_end
                     .wrapping_sub((attempt - 1) * STACK_PAGE_BYTES)
                     .wrapping_sub(sp)
             };
             attempt += 1;
-            if len == 0 || len > N as u64 {
+            if len == 0 || len > wanted || len > N as u64 {
                 continue;
             }
             if bpf_probe_read_user(dst.cast::<c_void>(), len as u32, sp as *const c_void) == 0 {

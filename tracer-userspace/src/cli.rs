@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// The largest stack copy the kernel side can make, in KiB.
+const STACK_COPY_MAX_KIB: u32 = (tracer_common::STACK_TOP_BYTES / 1024) as u32;
+
 /// Find descriptor leaks in live processes: attach eBPF probes to a process tree and report
 /// what is still open, grouped by the user-space stack that opened it.
 #[derive(Debug, Parser)]
@@ -31,6 +34,17 @@ pub struct Options {
     /// says events were lost.
     #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = ring_buffer_mib)]
     pub ring_buffer_mib: u32,
+
+    /// KiB of user stack copied at each descriptor's creation (0 to 8), from which stacks
+    /// are unwound through code without frame pointers. The copy is most of the per-event
+    /// cost; less of it shortens stacks of code without frame pointers.
+    #[arg(
+        long,
+        value_name = "KIB",
+        default_value_t = STACK_COPY_MAX_KIB,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(STACK_COPY_MAX_KIB))
+    )]
+    pub stack_copy_kib: u32,
 
     /// Show the N largest groups of descriptors (by creating stack) in full in the text
     /// report; the JSON report always has every group.
@@ -96,16 +110,9 @@ mod tests {
                 .unwrap();
         assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
         assert_eq!((opts.top, opts.flamegraph), (10, None));
-        let opts = Options::try_parse_from([
-            "tracer",
-            "--top",
-            "3",
-            "--flamegraph",
-            "fds.svg",
-            "--",
-            "x",
-        ])
-        .unwrap();
+        let opts =
+            Options::try_parse_from(["tracer", "--top", "3", "--flamegraph", "fds.svg", "--", "x"])
+                .unwrap();
         assert_eq!(
             (opts.top, opts.flamegraph),
             (3, Some(PathBuf::from("fds.svg")))
@@ -122,6 +129,7 @@ mod tests {
             ["--ring-buffer-mib", "3"],
             ["--pid", "-4"],
             ["--top", "0"],
+            ["--stack-copy-kib", "9"],
             ["--top", "x"],
         ] {
             assert!(

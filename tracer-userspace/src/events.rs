@@ -263,7 +263,7 @@ mod tests {
     }
 
     /// A file-open record decodes with its path cut at path_len, its truncation flag, and its
-/// stack copy cut at the length the kernel copied.
+    /// stack copy cut at the length the kernel copied.
     #[test]
     fn decodes_file_open() {
         let mut raw = FileOpenEvent {

@@ -145,7 +145,6 @@ fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
     })
 }
 
-
 /// Keeps the tracer able to open every module it has seen: a module whose path here is not
 /// the file the process mapped (another mount namespace, deleted, replaced) is opened through
 /// `/proc/PID/map_files/` while the process lives and the descriptor held, so the module stays
@@ -178,12 +177,15 @@ impl ModuleFiles {
         }
         // The same file at the same path here: use the path, so debug files found next to it
         // (debug links) resolve.
-        let same_here = fs::metadata(&mapping.path)
-            .is_ok_and(|meta| (meta.dev(), meta.ino()) == key);
+        let same_here =
+            fs::metadata(&mapping.path).is_ok_and(|meta| (meta.dev(), meta.ino()) == key);
         let open_path = if same_here {
             None
         } else {
-            let through = format!("/proc/{pid}/map_files/{:x}-{:x}", mapping.start, mapping.end);
+            let through = format!(
+                "/proc/{pid}/map_files/{:x}-{:x}",
+                mapping.start, mapping.end
+            );
             match fs::File::open(&through) {
                 Ok(file) => {
                     let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
@@ -282,7 +284,6 @@ garbage line
         assert!(ModuleMap::parse("").is_empty());
     }
 
-
     /// A module visible at its own path keeps it; one that is not (here: a deleted file the
     /// test maps) is opened through map_files and stays readable through the held descriptor.
     #[test]
@@ -314,7 +315,10 @@ garbage line
         assert_ne!(addr, libc::MAP_FAILED);
         fs::remove_file(&path).unwrap();
         let map = files.read(std::process::id()).unwrap();
-        let deleted = map.find(addr as u64).expect("the mapping is listed").clone();
+        let deleted = map
+            .find(addr as u64)
+            .expect("the mapping is listed")
+            .clone();
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(addr, 4096) };
         let open_path = deleted.open_path.clone().expect("opened through map_files");

@@ -97,8 +97,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
 
-    let (mut probes, ring) = loader::load(&tracefs_root, opts.ring_buffer_mib << 20)
-        .context("cannot attach the probes")?;
+    let stack_copy_bytes = u64::from(opts.stack_copy_kib) * 1024;
+    let (mut probes, ring) =
+        loader::load(&tracefs_root, opts.ring_buffer_mib << 20, stack_copy_bytes)
+            .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
     let followed = follow_tree(&mut probes, target)?;
     let snapshots: Vec<(ProcessSnapshot, Vec<u16>)> =

@@ -125,9 +125,11 @@ impl StackStore {
         };
         let repaired: Arc<[u64]> = spliced(&unwound, &ips, &modules).into();
         log::trace!(
-            "pid {pid}: unwound {:x?} (complete: {}), kernel {:x?} -> {:x?}",
+            "pid {pid}: unwound {:x?} (complete: {}, {} of {} bytes), kernel {:x?} -> {:x?}",
             unwound.frames,
             unwound.complete,
+            unwound.stack_used,
+            top.map_or(0, |top| top.bytes.len()),
             ips,
             repaired
         );
@@ -287,6 +289,7 @@ mod tests {
         Unwound {
             frames: frames.to_vec(),
             complete: false,
+            stack_used: 0,
         }
     }
 
@@ -303,7 +306,11 @@ mod tests {
         let kept = [0x7100, 0x1100, 0x1200];
         assert_eq!(spliced(&cut(&[]), &kept, &modules()), kept);
         assert_eq!(
-            spliced(&cut(&[0x7100]), &[0x7100, 0x1100, 0xdead, 0x1200], &modules()),
+            spliced(
+                &cut(&[0x7100]),
+                &[0x7100, 0x1100, 0xdead, 0x1200],
+                &modules()
+            ),
             vec![0x7100, 0x1100]
         );
     }
@@ -335,7 +342,11 @@ mod tests {
             vec![0x7100, 0x1100, 0x1200, 0x1300]
         );
         assert_eq!(
-            spliced(&cut(&[0x7100, 0x1100, 0x1300]), &[0x7100, 0x1f00], &modules()),
+            spliced(
+                &cut(&[0x7100, 0x1100, 0x1300]),
+                &[0x7100, 0x1f00],
+                &modules()
+            ),
             vec![0x7100, 0x1100, 0x1300]
         );
     }
@@ -347,6 +358,7 @@ mod tests {
         let complete = Unwound {
             frames: vec![0x7100, 0x1100, 0x1200],
             complete: true,
+            stack_used: 64,
         };
         let kernel = [0x7100, 0x1200, 0x1300];
         assert_eq!(spliced(&complete, &kernel, &modules()), complete.frames);

@@ -62,7 +62,8 @@ impl ElfUnwindInfo {
     /// unwound from its CFI (not an x86_64 ELF file, unreadable).
     fn load(path: &Path) -> Result<Self, String> {
         let data = fs::read(path).map_err(|err| format!("cannot read: {err}"))?;
-        let elf = object::File::parse(&*data).map_err(|err| format!("not an object file: {err}"))?;
+        let elf =
+            object::File::parse(&*data).map_err(|err| format!("not an object file: {err}"))?;
         if elf.format() != object::BinaryFormat::Elf
             || elf.architecture() != object::Architecture::X86_64
         {
@@ -122,7 +123,11 @@ impl ElfUnwindInfo {
                 file_offset >= load.offset & !(PAGE - 1)
                     && file_offset < load.offset.saturating_add(load.filesz)
             })
-            .and_then(|load| load.vaddr.checked_sub(load.offset)?.checked_add(file_offset))
+            .and_then(|load| {
+                load.vaddr
+                    .checked_sub(load.offset)?
+                    .checked_add(file_offset)
+            })
     }
 }
 
@@ -156,7 +161,10 @@ impl UnwindSections {
         // mappings, and its base is where the file's link-time address 0 landed.
         let mut by_file: Vec<(&Path, Range<u64>, u64, u64)> = Vec::new();
         for mapping in modules.mappings() {
-            match by_file.iter_mut().find(|(file, ..)| *file == mapping.file()) {
+            match by_file
+                .iter_mut()
+                .find(|(file, ..)| *file == mapping.file())
+            {
                 Some((_, range, ..)) => {
                     range.start = range.start.min(mapping.start);
                     range.end = range.end.max(mapping.end);
@@ -207,6 +215,8 @@ pub struct Unwound {
     /// True when the walk ended at the root of the stack (or at the frame limit), false
     /// when it stopped for want of stack memory or at an address that is not code.
     pub complete: bool,
+    /// Bytes of the copy, from `sp` up, that the walk needed (read up to).
+    pub stack_used: usize,
 }
 
 /// The registers at the event and the stack memory copied from `sp` up.
@@ -228,12 +238,13 @@ impl ProcessUnwinder {
         is_code: impl Fn(u64) -> bool,
         max_frames: usize,
     ) -> Unwound {
+        let mut stack_used = 0;
         let mut read_stack = |address: u64| -> Result<u64, ()> {
-            let index = usize::try_from(address.checked_sub(stack.sp).ok_or(())?).map_err(|_| ())?;
-            let bytes = stack
-                .bytes
-                .get(index..index.checked_add(8).ok_or(())?)
-                .ok_or(())?;
+            let index =
+                usize::try_from(address.checked_sub(stack.sp).ok_or(())?).map_err(|_| ())?;
+            let end = index.checked_add(8).ok_or(())?;
+            let bytes = stack.bytes.get(index..end).ok_or(())?;
+            stack_used = stack_used.max(end);
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
         let mut frames = Vec::new();
@@ -262,7 +273,12 @@ impl ProcessUnwinder {
                 }
             }
         }
-        Unwound { frames, complete }
+        drop(iter);
+        Unwound {
+            frames,
+            complete,
+            stack_used,
+        }
     }
 }
 
@@ -337,7 +353,10 @@ mod tests {
         let accept4 = libc_function(c"accept4");
         let caller = tracer_unwind_test_fp as *const () as u64 + 6;
         let stack = words(&[caller, 0]);
-        assert_eq!(unwind(&maps, accept4, 0xdead, &stack), vec![accept4, caller]);
+        assert_eq!(
+            unwind(&maps, accept4, 0xdead, &stack),
+            vec![accept4, caller]
+        );
         assert_eq!(unwind(&maps, accept4, 0xdead, &stack[..7]), vec![accept4]);
     }
 
@@ -351,7 +370,10 @@ mod tests {
         // [sp] = caller at entry; after the push, [sp] = saved rbp, [sp+8] = caller.
         let at_entry = words(&[caller, 0]);
         let pushed = words(&[SP + 64, caller]);
-        assert_eq!(unwind(&maps, function, 0, &at_entry), vec![function, caller]);
+        assert_eq!(
+            unwind(&maps, function, 0, &at_entry),
+            vec![function, caller]
+        );
         assert_eq!(
             unwind(&maps, function + 1, 0, &pushed),
             vec![function + 1, caller]
@@ -392,7 +414,8 @@ mod tests {
     }
 
     /// Return addresses outside every executable mapping end the walk; an ip in no module
-    /// is still the first frame.
+    /// (or in one whose file cannot be read) is still the first frame, and without CFI the
+    /// walk falls back to the frame pointer, which here is 0 and ends it.
     #[test]
     fn stops_at_non_code() {
         let maps = own_maps();
@@ -401,7 +424,7 @@ mod tests {
         let missing = crate::modules::ModuleMap::parse(
             "1000-2000 r-xp 00000000 fe:01 1 /nonexistent/lib.so\n",
         );
-        assert_eq!(unwind(&missing, 0x1000, 0, &words(&[0x1100])), vec![0x1000, 0x1100]);
+        assert_eq!(unwind(&missing, 0x1000, 0, &words(&[0x1100])), vec![0x1000]);
         assert_eq!(unwind(&ModuleMap::default(), 0x10, 0, &[]), vec![0x10]);
     }
 }

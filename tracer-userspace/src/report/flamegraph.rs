@@ -35,7 +35,10 @@ pub fn folded(report: &Report) -> Vec<String> {
 pub fn write_svg(report: &Report, out: impl Write) -> std::io::Result<()> {
     let lines = folded(report);
     let mut options = Options::default();
-    options.title = format!("Open descriptors by creating stack (pid {})", report.target.pid);
+    options.title = format!(
+        "Open descriptors by creating stack (pid {})",
+        report.target.pid
+    );
     options.count_name = "descriptors".to_string();
     options.deterministic = true;
     if lines.is_empty() {

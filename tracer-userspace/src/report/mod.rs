@@ -523,7 +523,11 @@ pub(crate) mod tests {
 
     /// A report with two stack groups and a pre-existing descriptor, for other modules' tests.
     pub(crate) fn sample_report() -> Report {
-        build(&aggregator(), &facts(), &mut FakeResolver { closed: vec![] })
+        build(
+            &aggregator(),
+            &facts(),
+            &mut FakeResolver { closed: vec![] },
+        )
     }
 
     fn aggregator() -> Aggregator {

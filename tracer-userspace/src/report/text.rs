@@ -338,19 +338,31 @@ fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
 /// std, core and alloc (their sources are under /rustc/HASH/library).
 fn is_library_frame(frame: &FrameEntry) -> bool {
     frame.module.as_deref().is_some_and(is_system_library)
-        || frame.file.as_deref().is_some_and(|f| f.starts_with("/rustc/"))
+        || frame
+            .file
+            .as_deref()
+            .is_some_and(|f| f.starts_with("/rustc/"))
         || frame.symbol.as_deref().is_some_and(|s| {
-            ["std::", "core::", "alloc::", "<std::", "<core::", "<alloc::"]
-                .iter()
-                .any(|prefix| s.starts_with(prefix))
+            [
+                "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::",
+            ]
+            .iter()
+            .any(|prefix| s.starts_with(prefix))
         })
 }
 
 fn is_system_library(module: &str) -> bool {
     let name = module.rsplit('/').next().unwrap_or(module);
-    ["libc.so", "libc-", "ld-linux", "libpthread", "libstdc++", "libgcc_s"]
-        .iter()
-        .any(|lib| name.starts_with(lib))
+    [
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "libpthread",
+        "libstdc++",
+        "libgcc_s",
+    ]
+    .iter()
+    .any(|lib| name.starts_with(lib))
 }
 
 fn frame_line(frame: &FrameEntry) -> String {
@@ -460,10 +472,7 @@ mod tests {
         let one = render_top(&report, 1);
         assert!(all.contains("\n#2  ") && !all.contains("more groups"));
         assert!(one.contains("\n#1  ") && !one.contains("\n#2  "));
-        assert!(one.contains(&format!(
-            "... {} more groups",
-            report.stacks.len() - 1
-        )));
+        assert!(one.contains(&format!("... {} more groups", report.stacks.len() - 1)));
         // The largest group grows: five sockets in four seconds.
         assert!(one.contains("75/min"), "{one}");
     }
