@@ -278,3 +278,44 @@ fn flamegraph_and_top() {
     assert!(svg.contains("open_config") && svg.contains("load_settings"));
     assert!(svg.contains("descriptors"));
 }
+
+/// A process in another mount namespace (as in a container) runs a binary whose path does
+/// not exist in the tracer's: its module is read through /proc/PID/map_files while it lives,
+/// and its stack still names open_config and load_settings after it exited.
+#[test]
+fn binary_in_another_mount_namespace() {
+    require_root();
+    let bin = build_fixture("stack_leak", &["-O2", "-fomit-frame-pointer"]);
+    let dir = unique_dir(None, "stacks-mntns");
+    let hidden = dir.join("hidden");
+    std::fs::create_dir_all(&hidden).unwrap();
+    // Inside: a tmpfs over `hidden`, the fixture copied into it and run from there. Outside,
+    // `hidden` stays empty.
+    let script = format!(
+        "mount -t tmpfs tracer-test {hidden} && cp {bin} {hidden}/leaker && exec {hidden}/leaker \"$0\" \"$1\"",
+        hidden = hidden.display(),
+        bin = bin.display()
+    );
+    let (report, path) = trace_leak(
+        "stacks-mntns-run",
+        &[],
+        &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script],
+    );
+    let ctx = report.context();
+    assert!(
+        !hidden.join("leaker").exists(),
+        "the binary must not be visible outside its namespace"
+    );
+    let group = leak_group(&report, &path);
+    let symbols = frames_symbols(&group["stack"]);
+    assert_eq!(
+        symbols.get(1..3),
+        Some(&["open_config".to_string(), "load_settings".to_string()][..]),
+        "{symbols:?}\n{ctx}"
+    );
+    assert_eq!(
+        group["stack"][1]["module"].as_str(),
+        hidden.join("leaker").to_str(),
+        "the module is named as the process saw it\n{ctx}"
+    );
+}

@@ -105,12 +105,8 @@ impl StackSymbolizer {
         };
         match symbolized {
             Ok(Symbolized::Sym(sym)) => {
-                let place = |info: Option<&CodeInfo>| {
-                    (
-                        info.map(|info| info.to_path().to_string_lossy().into_owned()),
-                        info.and_then(|info| info.line),
-                    )
-                };
+                let place =
+                    |info: Option<&CodeInfo>| (info.map(source_file), info.and_then(|i| i.line));
                 let mut frames: Vec<Frame> = sym
                     .inlined
                     .iter()
@@ -144,5 +140,17 @@ impl StackSymbolizer {
                 vec![unknown()]
             }
         }
+    }
+}
+
+/// The source file of a frame: its full path when the compiler recorded an absolute
+/// directory, else the file as recorded (distro libraries are built in a directory the
+/// reader does not have: `./socket/../sysdeps/...`).
+fn source_file(info: &CodeInfo) -> String {
+    let absolute = info.dir.as_deref().is_some_and(|dir| dir.is_absolute());
+    if absolute {
+        info.to_path().to_string_lossy().into_owned()
+    } else {
+        info.file.to_string_lossy().into_owned()
     }
 }

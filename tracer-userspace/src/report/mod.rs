@@ -137,7 +137,8 @@ pub struct StackGroup {
     pub open_count: u64,
     pub oldest_age_s: f64,
     pub newest_age_s: f64,
-    /// How fast they pile up: descriptors per minute over the time since the oldest opened.
+    /// How fast they pile up: descriptors created while traced, per minute over the time since
+    /// the oldest of them was created (0 for fewer than two).
     pub per_minute: f64,
     pub kinds: BTreeMap<DescriptorKind, u64>,
     /// How they were opened, e.g. {"accept4": 20}.
@@ -356,8 +357,19 @@ fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
             group.pids.push(d.pid);
         }
     }
+    // Growth counts what was created while traced (several of them: one has no rate), over
+    // the time since the oldest of those.
+    let mut created: HashMap<Option<u32>, (u64, f64)> = HashMap::new();
+    for d in descriptors.iter().filter(|d| d.opened_by != "pre-existing") {
+        let (count, oldest) = created.entry(d.stack_id).or_insert((0, 0.0));
+        *count += 1;
+        *oldest = oldest.max(d.age_s);
+    }
     for group in &mut groups {
-        group.per_minute = per_minute(group.open_count, group.oldest_age_s);
+        group.per_minute = match created.get(&group.stack_id) {
+            Some(&(count, oldest)) if count > 1 => per_minute(count, oldest),
+            _ => 0.0,
+        };
     }
     // What grew while we watched comes first; descriptors that were open before attach
     // (no stack, nothing to blame) come last.
@@ -602,6 +614,9 @@ pub(crate) mod tests {
             (listener.opened_by, listener.stack_id),
             ("pre-existing", None)
         );
+        // Nothing grew in the group of descriptors open before attach.
+        let before = report.stacks.iter().find(|g| g.stack_id.is_none()).unwrap();
+        assert_eq!(before.per_minute, 0.0);
     }
 
     /// Groups of descriptors open before attach rank after those created while traced.

@@ -291,8 +291,8 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
     } else {
         "still open in"
     };
-    // Growth means something once there are several; one descriptor has no rate.
-    let growth = if group.open_count > 1 && !all_at_exit {
+    // Growth means something once several were created while traced.
+    let growth = if group.per_minute > 0.0 && !all_at_exit {
         format!(", {}/min", group.per_minute)
     } else {
         String::new()
@@ -351,6 +351,10 @@ fn is_library_frame(frame: &FrameEntry) -> bool {
         })
 }
 
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 fn is_system_library(module: &str) -> bool {
     let name = module.rsplit('/').next().unwrap_or(module);
     [
@@ -367,9 +371,10 @@ fn is_system_library(module: &str) -> bool {
 
 fn frame_line(frame: &FrameEntry) -> String {
     let symbol = frame.symbol.as_deref().unwrap_or("[unknown]");
-    let place = match (&frame.file, frame.line) {
+    // The file name is enough to find the line; the JSON report has the full path.
+    let place = match (frame.file.as_deref().map(file_name), frame.line) {
         (Some(file), Some(line)) => format!("{file}:{line}"),
-        (Some(file), None) => file.clone(),
+        (Some(file), None) => file.to_string(),
         _ => frame.module.clone().unwrap_or_default(),
     };
     format!("{:#014x}  {symbol:<32} {place}", frame.addr)
