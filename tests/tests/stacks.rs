@@ -299,7 +299,15 @@ fn binary_in_another_mount_namespace() {
     let (report, path) = trace_leak(
         "stacks-mntns-run",
         &[],
-        &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script],
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ],
     );
     let ctx = report.context();
     assert!(

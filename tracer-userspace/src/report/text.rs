@@ -36,10 +36,14 @@ pub fn render_top(report: &Report, top: usize) -> String {
     }
     if report.stacks.len() > top {
         let rest: u64 = report.stacks[top..].iter().map(|g| g.open_count).sum();
+        let more = count(
+            (report.stacks.len() - top) as u64,
+            "more group",
+            "more groups",
+        );
         let _ = writeln!(
             out,
-            "\n... {} more groups with {rest} descriptors (--top N shows more, --json all)",
-            report.stacks.len() - top
+            "\n... {more} with {rest} descriptors (--top N shows more, --json all)"
         );
     }
     if !at_exit.is_empty() {
