@@ -273,7 +273,6 @@ impl ProcessUnwinder {
                 }
             }
         }
-        drop(iter);
         Unwound {
             frames,
             complete,
