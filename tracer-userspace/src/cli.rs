@@ -31,8 +31,10 @@ pub struct Options {
     pub min_age: f64,
 
     /// Size of the kernel-to-user ring buffer in MiB (a power of two). Raise it if the report
-    /// says events were lost.
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = ring_buffer_mib)]
+    /// says events were lost. Each descriptor event carries up to --stack-copy-kib of stack,
+    /// so the default holds about 7 500 of them: some 40 ms of a process that does nothing
+    /// but open and close, time for the reader to be scheduled on a busy machine.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = ring_buffer_mib)]
     pub ring_buffer_mib: u32,
 
     /// KiB of user stack copied at each descriptor's creation (0 to 8), from which stacks

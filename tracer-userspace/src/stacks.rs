@@ -28,9 +28,11 @@ pub struct StackStore {
     /// (pid, generation, stack id) whose unmapped addresses already caused a re-read of
     /// /proc/PID/maps: JIT code stays unmapped, and must not cost a read per event.
     refreshed: HashSet<(u32, u32, u32)>,
-    /// Unwinders by (pid, generation), rebuilt when the mappings are re-read; each caches
-    /// its rules by address, so the CFI is read once per call site, not per event.
-    unwinders: HashMap<(u32, u32), ProcessUnwinder>,
+    /// Unwinders by module map (its address; the map is kept alive next to it, so the
+    /// address is never reused): forked children that share their parent's image share its
+    /// unwinder, and a re-read map gets a new one. Each caches its rules by address, so the
+    /// CFI is read once per call site, not per event.
+    unwinders: HashMap<usize, (Arc<ModuleMap>, ProcessUnwinder)>,
     /// Repaired stacks, interned: the report's stack ids index `stacks`. Two kernel stacks
     /// that differ only in the garbage a broken frame-pointer walk collected are one stack.
     stacks: Vec<Arc<[u64]>>,
@@ -109,10 +111,10 @@ impl StackStore {
         let modules = self.modules_covering(pid, generation, kernel_id, &probe);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
-                let unwinder = self
+                let (_, unwinder) = self
                     .unwinders
-                    .entry((pid, generation))
-                    .or_insert_with(|| self.sections.unwinder_for(&modules));
+                    .entry(Arc::as_ptr(&modules) as usize)
+                    .or_insert_with(|| (modules.clone(), self.sections.unwinder_for(&modules)));
                 let stack = CopiedStack {
                     ip,
                     sp: top.sp,
@@ -214,7 +216,6 @@ impl StackStore {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 self.modules.insert((pid, generation), fresh.clone());
-                self.unwinders.remove(&(pid, generation));
                 fresh
             }
             Err(_) => known,

@@ -359,6 +359,49 @@ mod tests {
         assert_eq!(unwind(&maps, accept4, 0xdead, &stack[..7]), vec![accept4]);
     }
 
+    /// At (and right after) each `syscall` instruction of accept4, where the kernel reports
+    /// the user ip, the caller comes from the slot the wrapper's own stack adjustment (`sub
+    /// $N,%rsp`, if any before it) pushed it to, whatever %rbp holds.
+    #[test]
+    fn frameless_leaf_at_syscall() {
+        let maps = own_maps();
+        let accept4 = libc_function(c"accept4");
+        let libc = maps.find(accept4).expect("accept4 is in a file mapping");
+        assert!(accept4 + 128 <= libc.end);
+        // SAFETY: 128 bytes of accept4's code, inside its executable mapping (checked above).
+        let code = unsafe { std::slice::from_raw_parts(accept4 as *const u8, 128) };
+        // `mov $SYS_accept4,%eax; syscall`, as in glibc's wrappers.
+        let mut mov_syscall = vec![0xb8];
+        mov_syscall.extend_from_slice(&(libc::SYS_accept4 as u32).to_le_bytes());
+        mov_syscall.extend_from_slice(&[0x0f, 0x05]);
+        let syscalls: Vec<usize> = code
+            .windows(mov_syscall.len())
+            .enumerate()
+            .filter(|(_, window)| *window == mov_syscall.as_slice())
+            .map(|(at, _)| at + 5)
+            .collect();
+        assert!(!syscalls.is_empty(), "no syscall in accept4: {code:02x?}");
+        let caller = tracer_unwind_test_fp as *const () as u64 + 6;
+        for &at in &syscalls {
+            // `sub $imm8,%rsp` = 48 83 ec imm8.
+            let adjust = code[..at]
+                .windows(4)
+                .rev()
+                .find(|w| w[..3] == [0x48, 0x83, 0xec])
+                .map_or(0, |w| usize::from(w[3]));
+            let mut stack = vec![0u8; adjust];
+            stack.extend_from_slice(&words(&[caller, 0]));
+            for ip in [accept4 + at as u64, accept4 + at as u64 + 2] {
+                assert_eq!(
+                    unwind(&maps, ip, 0xdead, &stack),
+                    vec![ip, caller],
+                    "ip accept4+{:#x}, syscall at +{at:#x}",
+                    ip - accept4
+                );
+            }
+        }
+    }
+
     /// Inside a function that keeps a frame pointer the caller comes through %rbp; before
     /// `push %rbp` and after `pop %rbp` from [rsp] (CFI tells the three apart).
     #[test]
