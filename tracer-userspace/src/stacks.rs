@@ -149,18 +149,6 @@ impl StackStore {
         })
     }
 
-    /// The instruction pointers of an interned stack, innermost first, and the mappings of
-    /// its process image.
-    pub fn addresses(&self, stack: StackRef) -> Option<(Arc<[u64]>, Arc<ModuleMap>)> {
-        let ips = self.stacks.get(stack.id as usize)?.clone();
-        let modules = self
-            .modules
-            .get(&(stack.pid, stack.generation))
-            .cloned()
-            .unwrap_or_default();
-        Some((ips, modules))
-    }
-
     /// The frames of a stack, innermost first.
     pub fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
         let Some(ips) = self.stacks.get(stack.id as usize).cloned() else {

@@ -29,7 +29,7 @@ use framehop::{
     ExplicitModuleSectionInfo, Module, Unwinder,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
-use object::{Object, ObjectSection, ObjectSegment, SegmentFlags};
+use object::{Object, ObjectSection, ObjectSegment, ReadCache, SegmentFlags};
 
 use crate::modules::ModuleMap;
 
@@ -61,9 +61,11 @@ impl ElfUnwindInfo {
     /// Reads the headers and the unwind sections of `path`; an error says why it cannot be
     /// unwound from its CFI (not an x86_64 ELF file, unreadable).
     fn load(path: &Path) -> Result<Self, String> {
-        let data = fs::read(path).map_err(|err| format!("cannot read: {err}"))?;
-        let elf =
-            object::File::parse(&*data).map_err(|err| format!("not an object file: {err}"))?;
+        // Read through a cache of the parts asked for: binaries with debug info are large,
+        // and only the headers and the unwind sections are needed.
+        let file = fs::File::open(path).map_err(|err| format!("cannot open: {err}"))?;
+        let data = ReadCache::new(file);
+        let elf = object::File::parse(&data).map_err(|err| format!("not an object file: {err}"))?;
         if elf.format() != object::BinaryFormat::Elf
             || elf.architecture() != object::Architecture::X86_64
         {
