@@ -147,13 +147,27 @@ fn c_with_frame_pointers() {
 }
 
 /// At -O2 without frame pointers, unwinding the copied stack from .eh_frame finds the same
-/// frames the frame-pointer walk cannot.
+/// frames, which the frame-pointer walk alone (`--stack-copy-kib 0`) cannot.
 #[test]
 fn c_without_frame_pointers() {
     require_root();
     let bin = build_fixture("stack_leak", &["-O2", "-fomit-frame-pointer"]);
     let (report, path) = trace_leak("stacks-nofp", &[], &[bin.to_str().unwrap()]);
     assert_c_stack(&report, &path, "C -O2 no frame pointers");
+
+    // The fixture really has no frame pointers: without the stack copy, the kernel's
+    // frame-pointer walk alone does not get from open's wrapper to open_config.
+    let (report, path) = trace_leak(
+        "stacks-nofp-nocopy",
+        &["--stack-copy-kib", "0"],
+        &[bin.to_str().unwrap()],
+    );
+    let symbols = frames_symbols(&leak_group(&report, &path)["stack"]);
+    assert!(
+        !symbols.iter().any(|s| s == "open_config"),
+        "without a stack copy, {symbols:?} should lack open_config\n{}",
+        report.context()
+    );
 }
 
 /// Builds tests/fixtures/rust_leak.rs as a release build (no frame pointers) with line
