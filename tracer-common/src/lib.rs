@@ -36,6 +36,9 @@ pub mod map_names {
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the global (u64) holding how many unread bytes make a producer wake the reader.
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
+/// Name of the global (u64) holding how many bytes of user stack to copy at most per event
+/// (`--stack-copy-kib`; at most [`STACK_TOP_BYTES`], or [`TASK_STACK_TOP_BYTES`] for tasks).
+pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
@@ -247,24 +250,35 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
-/// Bytes of user stack copied at descriptor creation events, from the user stack pointer up.
-pub const STACK_TOP_BYTES: usize = 128;
+/// Bytes of user stack copied at descriptor creation events, from the user stack pointer up:
+/// what userspace unwinds from .eh_frame/.debug_frame when a binary has no frame pointers.
+/// 8 KiB (perf's `--call-graph dwarf` default) holds the whole stack of typical C, C++ and
+/// Rust code at a syscall and a dozen interpreter frames; the README has what it costs.
+pub const STACK_TOP_BYTES: usize = 8192;
 /// Bytes copied at task creation: rare events, and glibc nests several frameless functions
 /// between fork/pthread_create and the syscall.
 pub const TASK_STACK_TOP_BYTES: usize = 1024;
+/// Granularity at which the stack copy is shortened when the stack mapping ends within
+/// [`STACK_TOP_BYTES`] of the stack pointer (a shallow main-thread or thread stack).
+pub const STACK_PAGE_BYTES: u64 = 4096;
 
-/// The user stack pointer and frame pointer at the syscall and the stack memory just above
-/// the stack pointer: enough for userspace to unwind frameless functions (libc syscall
-/// wrappers) from .eh_frame, which a frame-pointer walk skips or gets wrong.
+/// The user registers at the syscall that unwinding needs and the stack memory just above the
+/// stack pointer: enough for userspace to unwind functions without frame pointers from their
+/// CFI, which a frame-pointer walk skips or gets wrong.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct UserStackTop<const N: usize> {
-    /// 0 when it could not be read.
+    /// 0 when nothing could be read.
     pub sp: u64,
     pub bp: u64,
+    /// The user instruction pointer (the address after the `syscall` instruction).
+    pub ip: u64,
+    /// Bytes of `bytes` that hold stack memory: less than N when the stack ends sooner.
+    pub len: u32,
+    pub _pad: u32,
     pub bytes: [u8; N],
 }
-const _: () = assert!(size_of::<UserStackTop<STACK_TOP_BYTES>>() == 16 + STACK_TOP_BYTES);
+const _: () = assert!(size_of::<UserStackTop<STACK_TOP_BYTES>>() == 32 + STACK_TOP_BYTES);
 
 /// A descriptor created from a path by open, openat, openat2 or creat.
 #[repr(C)]
@@ -288,7 +302,7 @@ pub struct FileOpenEvent {
     pub stack_top: UserStackTop<STACK_TOP_BYTES>,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 144 + PATH_CAP);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 32 + STACK_TOP_BYTES + PATH_CAP);
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
@@ -313,7 +327,7 @@ pub struct FdEvent {
     pub arg2: u64,
     pub stack_top: UserStackTop<STACK_TOP_BYTES>,
 }
-const _: () = assert!(size_of::<FdEvent>() == 56 + 144);
+const _: () = assert!(size_of::<FdEvent>() == 56 + 32 + STACK_TOP_BYTES);
 
 /// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
 /// then fails (except EBADF, where there was nothing to release).
@@ -346,7 +360,7 @@ pub struct ForkEvent {
     pub clone_flags: u64,
     pub stack_top: UserStackTop<TASK_STACK_TOP_BYTES>,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 40 + 16 + TASK_STACK_TOP_BYTES);
+const _: () = assert!(size_of::<ForkEvent>() == 40 + 32 + TASK_STACK_TOP_BYTES);
 
 /// `group_dead` value when the kernel's tracepoint does not say (older kernels).
 pub const GROUP_DEAD_UNKNOWN: u32 = 2;

@@ -57,6 +57,11 @@ pub static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 0;
 
+/// Bytes of user stack to copy at most per event (set by userspace, `--stack-copy-kib`): the
+/// copy is most of a descriptor event's cost, and it can be traded for unwinding depth.
+#[unsafe(no_mangle)]
+pub static STACK_COPY_BYTES: u64 = tracer_common::STACK_TOP_BYTES as u64;
+
 /// `BPF_RB_*` flags from linux/bpf.h.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;

@@ -8,7 +8,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
-use tracer_common::{OFFSETS_GLOBAL, WAKEUP_GLOBAL, map_names};
+use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
 
 use crate::tracefs::{self, Formats, TracefsError};
 
@@ -214,7 +214,12 @@ pub fn preflight() -> Result<PathBuf, LoadError> {
 pub type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
-pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing), LoadError> {
+/// `stack_copy_bytes` caps the user stack copied per event.
+pub fn load(
+    tracefs_root: &Path,
+    ring_bytes: u32,
+    stack_copy_bytes: u64,
+) -> Result<(Probes, EventRing), LoadError> {
     let names: Vec<(&str, &str)> = PROBES.iter().map(|p| (p.category, p.name)).collect();
     let formats = Formats::read(tracefs_root, &names)?;
     if let Some(missing) = PROBES.iter().find(|p| p.required && !formats.has(p.name)) {
@@ -232,6 +237,7 @@ pub fn load(tracefs_root: &Path, ring_bytes: u32) -> Result<(Probes, EventRing),
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
+        .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
 

@@ -28,11 +28,21 @@ const GUEST_DIR: &str = "tracer";
 
 /// Tests that cannot run in the guest, with why; the guest prints each before the suite
 /// starts, so a skipped test is never mistaken for a passed one.
-pub const GUEST_SKIPS: &[(&str, &str)] = &[(
-    "fixtures_compile_without_warnings",
-    "compiles the C fixtures with -Werror; the guest has no C compiler (the fixtures are \
-     built on the host, where this test runs)",
-)];
+pub const GUEST_SKIPS: &[(&str, &str)] = &[
+    (
+        "fixtures_compile_without_warnings",
+        "compiles the C fixtures with -Werror; the guest has no C compiler (the fixtures are \
+         built on the host, where this test runs)",
+    ),
+    (
+        "rust_release_build",
+        "builds its Rust fixture with rustc at run time; the guest has no Rust toolchain",
+    ),
+    (
+        "python_script",
+        "runs a Python fixture; the guest has no Python interpreter",
+    ),
+];
 
 /// The integration suite, built for the guest.
 pub struct Suite {
