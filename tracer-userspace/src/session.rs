@@ -595,9 +595,11 @@ fn tcp_state_age(
 /// How many of the connections the followed processes left in TIME_WAIT are still in it,
 /// per /proc/net/tcp of the target's network namespace (TIME_WAIT has no descriptor).
 fn still_in_time_wait(tcp: &TcpTracker, target: u32) -> u64 {
+    // A connection closed while waiting for the peer's FIN is already a timewait socket, but
+    // /proc shows its substate, FIN_WAIT2, until that FIN arrives; it holds its port the same.
     let in_time_wait: HashSet<_> = SocketTable::load(target)
         .iter()
-        .filter(|s| s.tcp_state == Some("TIME_WAIT"))
+        .filter(|s| matches!(s.tcp_state, Some("TIME_WAIT" | "FIN_WAIT2")))
         .filter_map(|s| Some((s.local_addr?, s.remote_addr?)))
         .collect();
     // A reused address pair is one connection in /proc: count distinct pairs.
