@@ -908,11 +908,16 @@ pub fn describe_fd(
 }
 
 /// Every open descriptor of `pid` as its link classifies it, without the socket lookups of
-/// [`list_fds`]: cheap enough to repeat while tracing. Errors only if `/proc/PID/fd` cannot
-/// be read; a descriptor closed while we list is skipped.
-pub fn fd_listing(pid: u32) -> io::Result<Vec<ListedFd>> {
+/// [`list_fds`]: cheap enough to repeat while tracing. `meanwhile` runs after every
+/// [`LISTING_CHUNK`] entries (a million descriptors take about a second to list, and the
+/// caller has events to read in between). Errors only if `/proc/PID/fd` cannot be read; a
+/// descriptor closed while we list is skipped.
+pub fn fd_listing(pid: u32, mut meanwhile: impl FnMut()) -> io::Result<Vec<ListedFd>> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+    for (n, entry) in fs::read_dir(format!("/proc/{pid}/fd"))?.enumerate() {
+        if n % LISTING_CHUNK == LISTING_CHUNK - 1 {
+            meanwhile();
+        }
         let entry = entry?;
         let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
             continue;
@@ -933,6 +938,9 @@ pub fn fd_listing(pid: u32) -> io::Result<Vec<ListedFd>> {
     }
     Ok(out)
 }
+
+/// Entries [`fd_listing`] reads between two calls of its `meanwhile`.
+pub const LISTING_CHUNK: usize = 4096;
 
 /// All open descriptors of `pid`, sorted by fd, with sockets rendered as
 /// `Direction::Unknown`. Errors only if `/proc/PID/fd` itself cannot be read (the process is

@@ -1,10 +1,11 @@
 //! When the session compares descriptor tables with `/proc` while tracing, and the listing
 //! half of it (the comparison itself is `Aggregator::reconcile`, pure and unit-tested).
 //!
-//! A pass lists `/proc/PID/fd` of every live followed process, then the session applies every
-//! event emitted before the listing began, then compares. Passes run every few seconds,
-//! spaced so that they take at most 2% of the time (a process with a million descriptors
-//! takes about a second to list), and soon after events were lost.
+//! A pass lists `/proc/PID/fd` of every live followed process, reading events in between,
+//! then the session applies every event emitted before the listing began, then compares.
+//! Passes run every few seconds, spaced so that they take at most 2% of the time (a process
+//! with a million descriptors takes about a second to list), and sooner after events were
+//! lost, but never so soon that passes themselves make the ring overflow.
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,8 @@ const MIN_PERIOD_AFTER_LOSS: Duration = Duration::from_secs(1);
 
 pub struct Reconciler {
     next_at: Instant,
-    last_at: Instant,
+    /// Earliest time for a pass called for by lost events.
+    next_after_loss_at: Instant,
     lost_seen: u64,
 }
 
@@ -44,24 +46,29 @@ impl Reconciler {
         let now = Instant::now();
         Self {
             next_at: now + MIN_PERIOD,
-            last_at: now,
+            next_after_loss_at: now + MIN_PERIOD_AFTER_LOSS,
             lost_seen: 0,
         }
     }
 
     /// Whether a pass is due, given the events lost so far.
     pub fn due(&self, now: Instant, lost: u64) -> bool {
-        now >= self.next_at
-            || (lost > self.lost_seen && now >= self.last_at + MIN_PERIOD_AFTER_LOSS)
+        now >= self.next_at || (lost > self.lost_seen && now >= self.next_after_loss_at)
     }
 
-    /// Lists every live process of `agg`. Processes that are gone are skipped: their exit
-    /// event settles them.
-    pub fn list(agg: &Aggregator) -> Listings {
-        let from_ns = monotonic_ns();
-        let by_pid = agg
+    /// Lists every live process of `agg` that has a table of its own; `meanwhile` runs every
+    /// few thousand entries. Processes that are gone are skipped: their exit event settles
+    /// them.
+    pub fn list(agg: &Aggregator, mut meanwhile: impl FnMut()) -> Listings {
+        let pids: Vec<u32> = agg
             .live_processes()
-            .filter_map(|p| Some((p.pid, procfs::fd_listing(p.pid).ok()?)))
+            .map(|p| p.pid)
+            .filter(|&pid| !agg.shares_table(pid))
+            .collect();
+        let from_ns = monotonic_ns();
+        let by_pid = pids
+            .into_iter()
+            .filter_map(|pid| Some((pid, procfs::fd_listing(pid, &mut meanwhile).ok()?)))
             .collect();
         Listings { from_ns, by_pid }
     }
@@ -93,8 +100,8 @@ impl Reconciler {
     pub fn finished(&mut self, began: Instant, lost: u64) {
         let now = Instant::now();
         let took = now.saturating_duration_since(began);
-        self.last_at = now;
         self.next_at = now + MIN_PERIOD.max(took * COST_SHARE);
+        self.next_after_loss_at = now + MIN_PERIOD_AFTER_LOSS.max(took * COST_SHARE / 4);
         self.lost_seen = lost;
     }
 }
@@ -123,7 +130,8 @@ mod tests {
         );
     }
 
-    /// A slow pass spaces the next one out to keep its share of the time.
+    /// A slow pass spaces the next one out to keep its share of the time, and losses do not
+    /// bring it much closer: a pass that makes the ring overflow must not call the next.
     #[test]
     fn slow_passes_are_spaced_out() {
         let mut r = Reconciler::new();
@@ -131,5 +139,9 @@ mod tests {
         r.finished(began, 0);
         assert!(!r.due(Instant::now() + Duration::from_secs(4), 0));
         assert!(r.due(Instant::now() + Duration::from_secs(6), 0));
+        let began = Instant::now() - Duration::from_secs(1);
+        r.finished(began, 10);
+        assert!(!r.due(Instant::now() + Duration::from_secs(5), 20));
+        assert!(r.due(Instant::now() + Duration::from_secs(13), 20));
     }
 }

@@ -165,7 +165,8 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     // Descriptors whose births no event showed and that two listings agree on are learned
     // now; closes we missed are settled by the report's own look at /proc.
-    let listings = Reconciler::list(&state.agg);
+    // Events after the stop are not applied: nothing is read while listing.
+    let listings = Reconciler::list(&state.agg, || {});
     Reconciler::apply(&mut state.agg, &listings);
     log::info!(
         "stopped: {stop:?}; applied the last events in {:.3}s",
@@ -318,7 +319,15 @@ impl<'p> State<'p> {
         if !self.reconciler.due(began, lost) {
             return;
         }
-        let listings = Reconciler::list(&self.agg);
+        // Events are read while listing too (the list borrows nothing the reader changes
+        // but the tables it was made from, which only ever gain events).
+        let mut pending_events = Vec::new();
+        let listings = Reconciler::list(&self.agg, || {
+            pending_events.extend(drain_raw(ring, DRAIN_BUDGET));
+        });
+        for record in pending_events {
+            self.apply_record(&record);
+        }
         // Everything emitted before the listing began must be applied before comparing.
         // Events emitted since are applied too, which the comparison allows for.
         for _ in 0..16 {
@@ -345,22 +354,28 @@ impl<'p> State<'p> {
             let Some(record) = ring.next() else {
                 return true;
             };
-            self.received += 1;
-            match events::decode(&record) {
-                Ok(event) => {
-                    let later = event.header().timestamp_ns > until_ns;
-                    self.handle(event);
-                    if later {
-                        return false;
-                    }
-                }
-                Err(err) => {
-                    self.undecodable += 1;
-                    log::warn!("undecodable event: {err}");
-                }
+            if self.apply_record(&record).is_some_and(|t| t > until_ns) {
+                return false;
             }
         }
         false
+    }
+
+    /// Decodes and applies one ring buffer record; returns its timestamp.
+    fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
+        self.received += 1;
+        match events::decode(record) {
+            Ok(event) => {
+                let at = event.header().timestamp_ns;
+                self.handle(event);
+                Some(at)
+            }
+            Err(err) => {
+                self.undecodable += 1;
+                log::warn!("undecodable event: {err}");
+                None
+            }
+        }
     }
 
     fn handle(&mut self, mut event: Event) {
@@ -509,6 +524,19 @@ async fn event_loop(
             }
         }
     }
+}
+
+/// Copies up to `budget` waiting records out of the ring, to be applied later in the same
+/// order: frees ring space while the tables are borrowed elsewhere.
+fn drain_raw(ring: &mut EventRing, budget: usize) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    while records.len() < budget {
+        let Some(record) = ring.next() else {
+            break;
+        };
+        records.push(record.to_vec());
+    }
+    records
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.
