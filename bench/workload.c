@@ -9,7 +9,9 @@
  *                                        open+close paced to PAIRS_PER_S (0: as fast as it
  *                                        can) for SECONDS, split over PROCS processes
  *   workload hold    COUNT RESULT        waits for SIGUSR1, opens COUNT descriptors of
- *                                        /dev/null, writes RESULT, then waits for SIGTERM
+ *                                        /dev/null (over several processes when one may
+ *                                        not hold that many), writes RESULT, then waits
+ *                                        for SIGTERM
  *
  * The loops first run a tenth of their iterations untimed (page faults, caches, the
  * tracer's first stacks), then the timed ones. RESULT receives one line of `key=value`
@@ -27,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -187,9 +190,30 @@ static int rate(double pairs_per_s, double seconds, long procs, const char *resu
     return 0;
 }
 
+/* Opens `count` descriptors of /dev/null; the caller keeps them. */
+static void open_many(long count) {
+    for (long i = 0; i < count; i++) {
+        if (open("/dev/null", O_RDONLY) < 0) die("open /dev/null");
+    }
+}
+
+/* A process may hold no more descriptors than its hard RLIMIT_NOFILE, which only
+ * CAP_SYS_RESOURCE may raise (containers often lack it). The count is then spread over as
+ * many child processes as needed, forked after SIGUSR1 so that a tracer attached to this
+ * process follows them from birth. */
 static int hold(long count, const char *result) {
     struct rlimit limit = {(rlim_t)count + 64, (rlim_t)count + 64};
-    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) die("setrlimit RLIMIT_NOFILE");
+    if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
+        if (getrlimit(RLIMIT_NOFILE, &limit) != 0) die("getrlimit RLIMIT_NOFILE");
+        limit.rlim_cur = limit.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &limit) != 0) die("setrlimit RLIMIT_NOFILE");
+    }
+    long per_proc = (long)limit.rlim_cur - 64;
+    if (per_proc < 1) {
+        fprintf(stderr, "workload: RLIMIT_NOFILE is too low to hold descriptors\n");
+        return 1;
+    }
+    long procs = (count + per_proc - 1) / per_proc;
     /* Both signals are taken with sigwait, so none can slip in between a check and a wait. */
     sigset_t signals;
     sigemptyset(&signals);
@@ -200,15 +224,49 @@ static int hold(long count, const char *result) {
     if (sigwait(&signals, &sig) != 0) die("sigwait");
     if (sig == SIGTERM) return 0;
     double start = now_s();
-    for (long i = 0; i < count; i++) {
-        if (open("/dev/null", O_RDONLY) < 0) die("open /dev/null");
+    pid_t *children = calloc((size_t)procs, sizeof *children);
+    if (!children) die("calloc");
+    int done[2];
+    if (procs > 1 && pipe(done) != 0) die("pipe");
+    if (procs == 1) {
+        open_many(count);
+    } else {
+        for (long p = 0; p < procs; p++) {
+            long share = p == procs - 1 ? count - per_proc * (procs - 1) : per_proc;
+            pid_t pid = fork();
+            if (pid < 0) die("fork");
+            if (pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                close(done[0]);
+                open_many(share);
+                char byte = 1;
+                if (write(done[1], &byte, 1) != 1) die("write");
+                do {
+                    if (sigwait(&signals, &sig) != 0) die("sigwait");
+                } while (sig != SIGTERM);
+                _exit(0);
+            }
+            children[p] = pid;
+        }
+        close(done[1]);
+        char byte;
+        for (long p = 0; p < procs; p++) {
+            if (read(done[0], &byte, 1) != 1) die("a holding child died");
+        }
+        close(done[0]);
     }
     char line[256];
-    snprintf(line, sizeof line, "held=%ld elapsed_s=%.6f", count, now_s() - start);
+    snprintf(line, sizeof line, "held=%ld processes=%ld elapsed_s=%.6f", count, procs,
+             now_s() - start);
     write_result(result, line);
     do {
         if (sigwait(&signals, &sig) != 0) die("sigwait");
     } while (sig != SIGTERM);
+    if (procs > 1) {
+        for (long p = 0; p < procs; p++) kill(children[p], SIGTERM);
+        while (wait(NULL) > 0) {
+        }
+    }
     return 0;
 }
 

@@ -205,10 +205,11 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     if let Some(memory) = &memory {
         println!(
-            "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open ({:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
+            "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open in {} processes ({:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
             memory.rss_attached_mib,
             memory.rss_holding_mib,
             memory.descriptors,
+            memory.processes,
             memory.bytes_per_descriptor,
             memory.peak_mib,
             memory.report_s

@@ -2,8 +2,8 @@
 //! with a million descriptors open, and how long attaching takes.
 
 use std::{
-    fs,
-    process::Stdio,
+    path::Path,
+    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
@@ -12,6 +12,8 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
+    child::Watched,
+    procstat::{cpu_ticks, status_kib},
     tracer::{self, Attached},
     workload::{self, Workload, command},
 };
@@ -22,6 +24,8 @@ pub struct RateStep {
     /// Requested open+close pairs per second; 0 means as fast as the workload can.
     pub target_pairs_per_s: u64,
     pub ring_buffer_mib: u32,
+    /// The tracer was stopped (SIGSTOP) while the workload ran: nothing drained the ring.
+    pub reader_stopped: bool,
     pub achieved_pairs_per_s: f64,
     /// Events the kernel emitted per second (received + lost) over the run.
     pub events_per_s: f64,
@@ -34,42 +38,56 @@ pub struct RateStep {
 /// the last, unpaced, is whatever the machine can produce.
 const RATE_STEPS: &[u64] = &[25_000, 50_000, 100_000, 200_000, 0];
 const DEFAULT_RING_MIB: u32 = 16;
-/// A deliberately small ring for the unpaced run, to show what losing events looks like.
-const SMALL_RING_MIB: u32 = 1;
+/// Above the capacity: a small ring that nothing drains while the workload runs. On a
+/// machine where the tracer keeps up with everything the cores can produce, this is the
+/// only way to see what an overrun does (lost events counted, no false leaks).
+const OVERRUN_RING_MIB: u32 = 1;
 
-pub fn rates(
-    tracer_bin: &std::path::Path,
-    workload: &mut Workload,
-    seconds: u64,
-) -> Result<Vec<RateStep>> {
+pub fn rates(tracer_bin: &Path, workload: &mut Workload, seconds: u64) -> Result<Vec<RateStep>> {
     let mut steps = Vec::new();
     let plan = RATE_STEPS
         .iter()
-        .map(|&rate| (rate, DEFAULT_RING_MIB))
-        .chain([(0, SMALL_RING_MIB)]);
-    for (target, ring_mib) in plan {
+        .map(|&rate| (rate, DEFAULT_RING_MIB, false))
+        .chain([(0, OVERRUN_RING_MIB, true)]);
+    for (target, ring_mib, stop_reader) in plan {
         eprintln!(
-            "  rate {} pairs/s, ring {ring_mib} MiB",
+            "  rate {}, ring {ring_mib} MiB{}",
             if target == 0 {
                 "unpaced".to_owned()
             } else {
-                target.to_string()
+                format!("{target} pairs/s")
+            },
+            if stop_reader {
+                ", tracer stopped while it runs"
+            } else {
+                ""
             }
         );
         let result = workload.result_path();
         let argv = workload.rate_args(target, seconds, 2, &result);
-        let ring = ring_mib.to_string();
-        let facts = tracer::follow(
-            tracer_bin,
-            &["--ring-buffer-mib", &ring],
-            &argv,
-            Duration::from_secs(seconds + 120),
-        )?;
+        let mut cmd = Command::new(tracer_bin);
+        cmd.args(["--json", "--ring-buffer-mib", &ring_mib.to_string(), "--"])
+            .args(&argv);
+        let mut tracer = Watched::spawn(&mut cmd)?;
+        if stop_reader {
+            // The workload starts once `attached` is printed; by then the reader is stopped.
+            tracer.wait_for_stderr("attached", Duration::from_secs(60))?;
+            // It prints `attached` just before it lets the command run: stopping it at once
+            // could hold the workload at the gate.
+            thread::sleep(Duration::from_millis(200));
+            tracer.signal(libc::SIGSTOP);
+            let waited = workload::await_result(&result, Duration::from_secs(seconds + 60));
+            tracer.signal(libc::SIGCONT);
+            waited?;
+        }
+        let ended = tracer.wait_success(Duration::from_secs(seconds + 120))?;
+        let facts = tracer::facts(&ended.stdout)?;
         let values = workload::read_result(&result)?;
         let elapsed = workload::value(&values, "elapsed_s")?;
         steps.push(RateStep {
             target_pairs_per_s: target,
             ring_buffer_mib: ring_mib,
+            reader_stopped: stop_reader,
             achieved_pairs_per_s: workload::value(&values, "pairs_per_s")?,
             events_per_s: (facts.received + facts.lost) as f64 / elapsed,
             received: facts.received,
@@ -80,11 +98,11 @@ pub fn rates(
     Ok(steps)
 }
 
-/// The highest event rate of a run with the default ring that lost nothing.
+/// The highest event rate of a run that lost nothing with the tracer running.
 pub fn max_zero_loss(steps: &[RateStep]) -> Option<f64> {
     steps
         .iter()
-        .filter(|s| s.lost == 0 && s.ring_buffer_mib == DEFAULT_RING_MIB)
+        .filter(|s| s.lost == 0 && !s.reader_stopped)
         .map(|s| s.events_per_s)
         .max_by(f64::total_cmp)
 }
@@ -92,6 +110,8 @@ pub fn max_zero_loss(steps: &[RateStep]) -> Option<f64> {
 #[derive(Debug, Serialize)]
 pub struct MemoryResult {
     pub descriptors: u64,
+    /// Processes holding them (one process may hold no more than its RLIMIT_NOFILE).
+    pub processes: u64,
     /// Tracer resident memory right after attaching, MiB.
     pub rss_attached_mib: f64,
     /// Once the events of all the opens are processed, MiB.
@@ -109,11 +129,7 @@ pub struct MemoryResult {
 }
 
 /// Follows a process that opens `count` descriptors and keeps them open.
-pub fn memory(
-    tracer_bin: &std::path::Path,
-    workload: &mut Workload,
-    count: u64,
-) -> Result<MemoryResult> {
+pub fn memory(tracer_bin: &Path, workload: &mut Workload, count: u64) -> Result<MemoryResult> {
     let result = workload.result_path();
     let mut holder = command(&workload.hold_args(count, &result))
         .stdin(Stdio::null())
@@ -138,6 +154,7 @@ pub fn memory(
         let (received, lost) = text_report_counts(&ended.stdout).unzip();
         Ok(MemoryResult {
             descriptors: count,
+            processes: workload::value(&values, "processes")? as u64,
             rss_attached_mib: rss_attached as f64 / 1024.0,
             rss_holding_mib: rss_holding as f64 / 1024.0,
             peak_mib: peak.join().ok().flatten().unwrap_or(rss_holding) as f64 / 1024.0,
@@ -186,37 +203,6 @@ fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
     }
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    parse_cpu_ticks(&stat).with_context(|| format!("cannot parse /proc/{pid}/stat"))
-}
-
-fn parse_cpu_ticks(stat: &str) -> Option<u64> {
-    // The command name is in parentheses and may hold spaces: count fields after it.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of the whole line are utime and stime; `after` starts at field 3.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-/// A `kB` line of /proc/PID/status.
-fn status_kib(pid: u32, key: &str) -> Result<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    parse_status_kib(&status, key).with_context(|| format!("no {key} in /proc/{pid}/status"))
-}
-
-fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-}
-
 /// `N events, M lost` from the text report's first line.
 fn text_report_counts(report: &str) -> Option<(u64, u64)> {
     let line = report
@@ -232,23 +218,6 @@ fn text_report_counts(report: &str) -> Option<(u64, u64)> {
 mod tests {
     use super::*;
 
-    /// utime and stime are found past a command name with spaces and parentheses.
-    #[test]
-    fn reads_cpu_ticks_from_stat() {
-        let stat = "1234 (tra cer)) S 1 1234 1234 0 -1 4194560 500 0 0 0 150 37 0 0 20 0 2 0";
-        assert_eq!(parse_cpu_ticks(stat), Some(187));
-        assert_eq!(parse_cpu_ticks("garbage"), None);
-    }
-
-    /// Only the exact key counts (VmRSS, not VmRSSx), in kB.
-    #[test]
-    fn reads_status_kib() {
-        let status = "Name:\ttracer\nVmHWM:\t  90000 kB\nVmRSS:\t   81234 kB\n";
-        assert_eq!(parse_status_kib(status, "VmRSS"), Some(81234));
-        assert_eq!(parse_status_kib(status, "VmHWM"), Some(90000));
-        assert_eq!(parse_status_kib(status, "VmSwap"), None);
-    }
-
     /// The counts come from the report's summary line.
     #[test]
     fn reads_text_report_counts() {
@@ -257,12 +226,13 @@ mod tests {
         assert_eq!(text_report_counts("no report"), None);
     }
 
-    /// Runs that lost events, or used the small ring, do not count towards the capacity.
+    /// Runs that lost events, or whose reader was stopped, do not count towards the capacity.
     #[test]
     fn max_zero_loss_skips_lossy_runs() {
-        let step = |events_per_s, lost, ring_buffer_mib| RateStep {
+        let step = |events_per_s, lost, reader_stopped| RateStep {
             target_pairs_per_s: 0,
-            ring_buffer_mib,
+            ring_buffer_mib: 16,
+            reader_stopped,
             achieved_pairs_per_s: 0.0,
             events_per_s,
             received: 0,
@@ -270,10 +240,10 @@ mod tests {
             false_leaks: 0,
         };
         let steps = [
-            step(100.0, 0, 16),
-            step(300.0, 5, 16),
-            step(200.0, 0, 16),
-            step(900.0, 0, 1),
+            step(100.0, 0, false),
+            step(300.0, 5, false),
+            step(200.0, 0, false),
+            step(900.0, 0, true),
         ];
         assert_eq!(max_zero_loss(&steps), Some(200.0));
         assert_eq!(max_zero_loss(&[]), None);

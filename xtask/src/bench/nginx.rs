@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::{
     child::Watched,
+    procstat::cpu_ticks,
     stats::{Summary, ratio},
     tools::path_of,
     tracer::{self, Attached},
@@ -33,10 +34,14 @@ pub struct NginxResult {
     /// Traced median over untraced median.
     pub ratio: Option<f64>,
     pub lost_events: u64,
+    /// CPU the tracer itself used while wrk ran, in cores (1.0 = one core busy).
+    pub tracer_cores: Summary,
     pub attach_times_s: Vec<f64>,
 }
 
 const CONNECTIONS: u32 = 32;
+/// USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on every Linux architecture's ABI.
+const TICKS_PER_SECOND: f64 = 100.0;
 
 pub fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<NginxResult> {
     let root = prepare(dir)?;
@@ -47,6 +52,7 @@ pub fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<N
     let mut traced = Vec::new();
     let mut lost = 0;
     let mut attach_times_s = Vec::new();
+    let mut tracer_cores = Vec::new();
     // A short warm-up, so the first measured run does not pay for cold caches.
     wrk(&url, 1)?;
     for run in 0..runs {
@@ -56,7 +62,12 @@ pub fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<N
             if traced_now {
                 let attached = Attached::start(tracer_bin, nginx.pid(), &["--json"])?;
                 attach_times_s.push(attached.attach_time.as_secs_f64());
+                let ticks_before = cpu_ticks(attached.pid())?;
+                let wrk_started = Instant::now();
                 let measured = wrk(&url, seconds);
+                let ticks = cpu_ticks(attached.pid())?.saturating_sub(ticks_before);
+                tracer_cores
+                    .push(ticks as f64 / TICKS_PER_SECOND / wrk_started.elapsed().as_secs_f64());
                 let ended = attached.stop()?;
                 traced.push(measured?);
                 lost += tracer::facts(&ended.stdout)?.lost;
@@ -76,6 +87,7 @@ pub fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<N
         untraced_rps,
         traced_rps,
         lost_events: lost,
+        tracer_cores: Summary::of(&tracer_cores).context("no nginx runs")?,
         attach_times_s,
     })
 }

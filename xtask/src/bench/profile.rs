@@ -89,7 +89,7 @@ fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Vec<ProgramC
     let first = snapshot(child.pid())?;
     thread::sleep(Duration::from_secs(2));
     let second = snapshot(child.pid())?;
-    child.wait_success(Duration::from_secs(120))?;
+    // Names are looked up while the programs are still loaded.
     let mut costs: Vec<ProgramCost> = second
         .iter()
         .filter_map(|(id, after)| {
@@ -103,6 +103,7 @@ fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Vec<ProgramC
             })
         })
         .collect();
+    child.wait_success(Duration::from_secs(120))?;
     costs.sort_by(|a, b| b.runs.cmp(&a.runs).then(a.program.cmp(&b.program)));
     Ok(costs)
 }

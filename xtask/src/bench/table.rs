@@ -116,6 +116,7 @@ pub fn rates(steps: &[RateStep]) -> String {
     let mut table = Table::new(&[
         "target pairs/s",
         "ring MiB",
+        "reader",
         "achieved pairs/s",
         "events/s",
         "lost",
@@ -129,6 +130,12 @@ pub fn rates(steps: &[RateStep]) -> String {
                 step.target_pairs_per_s.to_string()
             },
             step.ring_buffer_mib.to_string(),
+            if step.reader_stopped {
+                "stopped"
+            } else {
+                "running"
+            }
+            .to_owned(),
             format!("{:.0}", step.achieved_pairs_per_s),
             format!("{:.0}", step.events_per_s),
             step.lost.to_string(),
