@@ -189,8 +189,8 @@ pub fn run(options: Options) -> Result<ExitCode> {
         ]);
         print!("{}", t.render());
         println!(
-            "tracer lost {} events over the traced runs",
-            nginx.lost_events
+            "tracer lost {} events over the traced runs; the tracer process itself used {:.2} cores (median) while wrk ran",
+            nginx.lost_events, nginx.tracer_cores.median
         );
     }
     if let Some(rates) = &rates {
