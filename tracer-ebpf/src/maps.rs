@@ -62,12 +62,36 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Flags for submitting an event: wake the reader only once enough is waiting.
+/// Flags for submitting a reserved `T` (the ring already counts it as waiting).
 #[inline(always)]
-pub fn submit_flags() -> u64 {
+pub fn submit_flags<T>() -> u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    wakeup_flags(waiting.saturating_sub(record_bytes::<T>()), waiting)
+}
+
+/// Flags for `EVENTS.output` of a `T` (not waiting yet).
+#[inline(always)]
+pub fn output_flags<T>() -> u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
+    wakeup_flags(waiting, waiting + record_bytes::<T>())
+}
+
+/// Bytes a `T` takes in the ring: an 8-byte header, rounded up to 8.
+#[inline(always)]
+const fn record_bytes<T>() -> u64 {
+    ((core::mem::size_of::<T>() as u64 + 8) + 7) & !7
+}
+
+/// Wakes the reader when the unread bytes cross a multiple of `WAKEUP_BYTES`, not on every
+/// event above it: each wakeup queues an irq_work (a self-IPI, an exit to the hypervisor in
+/// a VM), and while a busy reader caught up, every event had sent one (`bpf_stats` and perf:
+/// a quarter of `sys_exit_openat` was that IPI). A wakeup the reader misses is repeated at
+/// the next multiple, and the reader also drains on a timer.
+#[inline(always)]
+fn wakeup_flags(waiting_before: u64, waiting_after: u64) -> u64 {
     // SAFETY: a plain read of a load-time constant.
     let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+    if threshold == 0 || waiting_before / threshold != waiting_after / threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

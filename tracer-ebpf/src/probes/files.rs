@@ -104,7 +104,7 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
             (*event).path_unknown = 1;
             (*event).path_len = 0;
             (*event).path_truncated = 0;
-            entry.submit(submit_flags());
+            entry.submit(submit_flags::<FileOpenEvent>());
             return;
         }
         (*event).path_unknown = 0;
@@ -121,5 +121,5 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         (*event).path_len = copied.saturating_sub(1) as u16;
         (*event).path_truncated = truncated as u8;
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags::<FileOpenEvent>());
 }

@@ -123,5 +123,5 @@ pub(super) fn emit_fd_event(
         (*event).arg2 = arg2;
         fill_stack_top(&raw mut (*event).stack_top);
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags::<FdEvent>());
 }
