@@ -10,7 +10,7 @@ use crate::{
     bench::{
         budgets, capacity,
         micro::{self, Settings},
-        nginx, profile,
+        nginx, procstat, profile,
         stats::Summary,
         table::{self, Table},
         tools,
@@ -71,6 +71,16 @@ pub fn run(options: Options) -> Result<ExitCode> {
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let mut workload = Workload::build(&out_dir)?;
     let machine = tools::machine();
+    let other_tracers: Vec<String> = procstat::tracepoint_program_holders()
+        .into_iter()
+        .map(|(pid, comm)| format!("{pid} ({comm})"))
+        .collect();
+    if !other_tracers.is_empty() {
+        eprintln!(
+            "warning: other processes have BPF programs on tracepoints ({}): every case, untraced included, pays for them",
+            other_tracers.join(", ")
+        );
+    }
     let bpftrace_problem = tools::bpftrace_problem();
     if let Some(problem) = &bpftrace_problem {
         eprintln!("bpftrace cannot attach on this kernel ({problem}); its rows say so");
@@ -131,6 +141,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
 
     let results = json!({
         "machine": machine,
+        "other_tracepoint_programs_at_start": other_tracers,
         "runs": runs,
         "quick": options.quick,
         "bpftrace": bpftrace_problem.as_deref().map_or("ok".to_owned(), |p| format!("unavailable: {p}")),
@@ -151,6 +162,12 @@ pub fn run(options: Options) -> Result<ExitCode> {
         .with_context(|| format!("cannot write {}", path.display()))?;
 
     println!("Machine: {machine}");
+    if !other_tracers.is_empty() {
+        println!(
+            "Other BPF tracepoint programs were attached when the bench started ({}): every case, untraced included, paid for them",
+            other_tracers.join(", ")
+        );
+    }
     if !micros.is_empty() {
         println!();
         println!(
@@ -226,7 +243,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     if let Some(profile) = &bpf_profile {
         println!();
-        println!("BPF run time per program run during unpaced open+close (bpf_stats)");
+        println!(
+            "BPF run time per program run during unpaced open+close (bpf_stats; runs count every process, and unfollowed ones return early)"
+        );
         println!();
         print!("{}", table::profile(profile));
         println!(

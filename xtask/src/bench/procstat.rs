@@ -35,6 +35,59 @@ fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
 }
 
+/// `BPF_PROG_TYPE_TRACEPOINT` in linux/bpf.h, as fdinfo's `prog_type` shows it.
+const PROG_TYPE_TRACEPOINT: u64 = 5;
+
+/// Processes (pid, command) holding tracepoint BPF programs: other tracers on the machine.
+/// Their programs run on every syscall of every process, so "untraced" is not untraced
+/// while they are attached.
+pub fn tracepoint_program_holders() -> Vec<(u32, String)> {
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut holders = Vec::new();
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if holds_tracepoint_program(pid) {
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            holders.push((pid, comm.trim().to_owned()));
+        }
+    }
+    holders
+}
+
+fn holds_tracepoint_program(pid: u32) -> bool {
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        let is_prog = fs::read_link(fd.path())
+            .is_ok_and(|target| target.as_os_str() == "anon_inode:bpf-prog");
+        is_prog
+            && fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .ok()
+            .and_then(|info| fdinfo_field(&info, "prog_type"))
+                == Some(PROG_TYPE_TRACEPOINT)
+    })
+}
+
+/// A numeric `key:\tvalue` line of an fdinfo file.
+pub fn fdinfo_field(fdinfo: &str, key: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +107,14 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS"), Some(81234));
         assert_eq!(parse_status_kib(status, "VmHWM"), Some(90000));
         assert_eq!(parse_status_kib(status, "VmSwap"), None);
+    }
+
+    /// Fields are found by their exact key.
+    #[test]
+    fn reads_fdinfo_fields() {
+        let info = "prog_type:\t5\nprog_jited:\t1\nprog_id:\t83\n";
+        assert_eq!(fdinfo_field(info, "prog_type"), Some(5));
+        assert_eq!(fdinfo_field(info, "prog_id"), Some(83));
+        assert_eq!(fdinfo_field(info, "run_cnt"), None);
     }
 }

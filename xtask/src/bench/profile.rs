@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::{
     bpftrace,
     child::Watched,
+    procstat::fdinfo_field,
     tools::path_of,
     workload::{Micro, Workload},
 };
@@ -133,16 +134,11 @@ fn snapshot(pid: u32) -> Result<HashMap<u32, Counters>> {
 }
 
 fn parse_fdinfo(text: &str) -> Option<(u32, Counters)> {
-    let field = |key: &str| -> Option<u64> {
-        text.lines()
-            .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
-            .and_then(|value| value.trim().parse().ok())
-    };
     Some((
-        u32::try_from(field("prog_id")?).ok()?,
+        u32::try_from(fdinfo_field(text, "prog_id")?).ok()?,
         Counters {
-            run_time_ns: field("run_time_ns")?,
-            run_cnt: field("run_cnt")?,
+            run_time_ns: fdinfo_field(text, "run_time_ns")?,
+            run_cnt: fdinfo_field(text, "run_cnt")?,
         },
     ))
 }
