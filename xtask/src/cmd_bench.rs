@@ -248,6 +248,12 @@ pub fn run(options: Options) -> Result<ExitCode> {
         );
         println!();
         print!("{}", table::profile(profile));
+        if let Some(ns) = profile.tracer_process_ns_per_open {
+            println!(
+                "the tracer process itself used {:.2} µs of CPU per followed open+close (reading, decoding, stacks, tables)",
+                ns / 1000.0
+            );
+        }
         println!(
             "stack capture cost (frame pointers vs stack copy): not measured separately; the tracer has no switch between them yet"
         );

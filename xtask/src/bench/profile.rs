@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::{
     bpftrace,
     child::Watched,
-    procstat::fdinfo_field,
+    procstat::{cpu_ticks, fdinfo_field},
     tools::path_of,
     workload::{Micro, Workload},
 };
@@ -30,7 +30,19 @@ pub struct ProgramCost {
 pub struct ProfileResult {
     pub tracer: Vec<ProgramCost>,
     pub empty_floor: Option<Vec<ProgramCost>>,
+    /// CPU the tracer process itself (reading, decoding, stacks, tables) used per run of
+    /// `sys_exit_openat` in the same window: its userspace cost of one followed open+close.
+    pub tracer_process_ns_per_open: Option<f64>,
 }
+
+/// One measurement window: the programs' costs and the CPU the loading process used.
+struct Window {
+    costs: Vec<ProgramCost>,
+    process_cpu_ns: u64,
+}
+
+/// USER_HZ, the unit of /proc/PID/stat's CPU times.
+const NS_PER_TICK: u64 = 10_000_000;
 
 /// Counters of one program at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,6 +66,13 @@ pub fn run(
         let mut cmd = Command::new(tracer_bin);
         cmd.arg("--json").arg("--").args(&argv);
         let tracer = profile_window(&mut cmd, true)?;
+        let opens = tracer
+            .costs
+            .iter()
+            .find(|cost| cost.program == "sys_exit_openat")
+            .map_or(0, |cost| cost.runs);
+        let tracer_process_ns_per_open =
+            (opens > 0).then(|| tracer.process_cpu_ns as f64 / opens as f64);
         let empty_floor = if with_bpftrace {
             eprintln!("  BPF run time: empty floor programs");
             let result = workload.result_path();
@@ -63,13 +82,14 @@ pub fn run(
                 .arg(argv.join(" "))
                 .arg("-e")
                 .arg(bpftrace::empty_floor(Micro::Open));
-            Some(profile_window(&mut cmd, false)?)
+            Some(profile_window(&mut cmd, false)?.costs)
         } else {
             None
         };
         Ok(ProfileResult {
-            tracer,
+            tracer: tracer.costs,
             empty_floor,
+            tracer_process_ns_per_open,
         })
     })();
     let _ = fs::write(STATS_SWITCH, before.trim());
@@ -78,7 +98,7 @@ pub fn run(
 
 /// Starts `cmd` (which starts a 5-second workload), and measures its programs between 1.5
 /// and 3.5 seconds in.
-fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Vec<ProgramCost>> {
+fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Window> {
     let mut child = Watched::spawn(cmd)?;
     if says_attached {
         child.wait_for_stderr("attached", Duration::from_secs(60))?;
@@ -88,8 +108,10 @@ fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Vec<ProgramC
         thread::sleep(Duration::from_millis(1500));
     }
     let first = snapshot(child.pid())?;
+    let ticks_before = cpu_ticks(child.pid())?;
     thread::sleep(Duration::from_secs(2));
     let second = snapshot(child.pid())?;
+    let ticks = cpu_ticks(child.pid())?.saturating_sub(ticks_before);
     // Names are looked up while the programs are still loaded.
     let mut costs: Vec<ProgramCost> = second
         .iter()
@@ -106,7 +128,10 @@ fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Vec<ProgramC
         .collect();
     child.wait_success(Duration::from_secs(120))?;
     costs.sort_by(|a, b| b.runs.cmp(&a.runs).then(a.program.cmp(&b.program)));
-    Ok(costs)
+    Ok(Window {
+        costs,
+        process_cpu_ns: ticks * NS_PER_TICK,
+    })
 }
 
 /// Counters of every BPF program `pid` holds a descriptor of, by program id.
