@@ -205,11 +205,22 @@ impl Watched {
 }
 
 impl Drop for Watched {
-    /// A child left running (after an error) must not outlive the bench.
+    /// A child left running (after an error) must not outlive the bench. SIGTERM first, so
+    /// that nginx takes its workers along and a tracer detaches; SIGKILL if that is ignored.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
         }
+        self.signal(libc::SIGCONT);
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
