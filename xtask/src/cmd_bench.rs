@@ -32,7 +32,7 @@ use crate::{
 /// above it, memory with a million open descriptors, time to attach.
 ///
 /// Installs what it uses when missing (apt-get: gcc, strace, bpftrace, bpftool, nginx,
-/// wrk). Takes about 12 minutes on 2 cores (about 5 with --quick). Needs root. Not part of
+/// wrk). Takes about 5 minutes on 2 cores (2.5 with --quick). Needs root. Not part of
 /// `cargo xtask test` or CI: benchmarks are not tests.
 #[derive(Args)]
 pub struct Options {

@@ -34,10 +34,12 @@ pub fn floor_multiple(result: &MicroResult) -> Option<f64> {
     (floor > 0.0).then(|| overhead(result, "tracer_followed").map(|o| o / floor))?
 }
 
-/// bpftrace-with-ustack overhead over the tracer's (the budget: at least 3).
+/// bpftrace-with-ustack overhead over the tracer's (the budget: at least 3). `None` when
+/// either is missing or not above untraced (noise then decides, not the tools).
 pub fn bpftrace_multiple(result: &MicroResult) -> Option<f64> {
     let ours = overhead(result, "tracer_followed")?;
-    (ours > 0.0).then(|| overhead(result, "bpftrace_map_ustack").map(|o| o / ours))?
+    let theirs = overhead(result, "bpftrace_map_ustack")?;
+    (ours > 0.0 && theirs > 0.0).then(|| theirs / ours)
 }
 
 /// Whether the other-process runs are within the noise of the untraced ones: their medians
@@ -86,7 +88,7 @@ pub fn check(micros: &[MicroResult], nginx_ratio: Option<f64>) -> Vec<Verdict> {
             },
             None => Verdict {
                 budget: format!("{name}: at least 3x cheaper than bpftrace with ustack"),
-                measured: "bpftrace not measured".to_owned(),
+                measured: "bpftrace not measured, or no slower than untraced".to_owned(),
                 met: None,
             },
         });
@@ -140,9 +142,15 @@ mod tests {
         assert_eq!(bpftrace_multiple(&r), Some(4.0));
     }
 
-    /// A missing comparison gives no multiple rather than a made-up one.
+    /// A missing comparison, or one lost in noise, gives no multiple rather than a made-up one.
     #[test]
     fn missing_cases_give_none() {
+        let noisy = result(&[
+            ("untraced", &[3000.0]),
+            ("tracer_followed", &[6000.0]),
+            ("bpftrace_map_ustack", &[2500.0]),
+        ]);
+        assert_eq!(bpftrace_multiple(&noisy), None);
         let r = result(&[("untraced", &[3000.0]), ("tracer_followed", &[6000.0])]);
         assert_eq!(floor_multiple(&r), None);
         assert_eq!(bpftrace_multiple(&r), None);

@@ -171,7 +171,11 @@ pub fn run(settings: &Settings, workload: &mut Workload, micro: Micro) -> Result
             }
         }
     }
-    let untraced = Summary::of(&samples[0]).map(|s| s.median);
+    let untraced_index = Case::ALL
+        .iter()
+        .position(|&case| case == Case::Untraced)
+        .expect("Case::ALL has Untraced");
+    let untraced = Summary::of(&samples[untraced_index]).map(|s| s.median);
     let cases = Case::ALL
         .iter()
         .enumerate()
