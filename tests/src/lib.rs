@@ -377,6 +377,11 @@ impl Fixture {
         }
     }
 
+    /// Every stdout line read so far, in order.
+    pub fn lines_seen(&self) -> &[String] {
+        &self.seen
+    }
+
     /// Writes `line` and a newline to the fixture's stdin.
     pub fn send_line(&mut self, line: &str) {
         let pid = self.pid();

@@ -17,6 +17,7 @@ fn fixtures_compile_without_warnings() {
         "zombie_parent",
         "thread_pile",
         "tw_client",
+        "fd_families",
     ] {
         build_fixture(name, &["-Werror"]);
     }

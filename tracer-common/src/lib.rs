@@ -58,6 +58,13 @@ pub enum EventKind {
     Exec = 6,
     /// A TCP socket of a followed process changed state: [`TcpStateEvent`].
     TcpState = 7,
+    /// A descriptor's close-on-exec flag was set or cleared (fcntl F_SETFD), or a block of
+    /// descriptors was closed or marked close-on-exec (close_range): [`FdEvent`] with
+    /// `syscall` saying which (see [`FdEvent`]'s argument meanings).
+    FdChanged = 8,
+    /// A process changed its working directory (chdir, fchdir): [`ExecEvent`]'s layout
+    /// (header only); userspace reads the new one from /proc.
+    CwdChanged = 9,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -71,6 +78,8 @@ impl TryFrom<u32> for EventKind {
             5 => Self::TaskExited,
             6 => Self::Exec,
             7 => Self::TcpState,
+            8 => Self::FdChanged,
+            9 => Self::CwdChanged,
             other => return Err(other),
         })
     }
@@ -98,6 +107,28 @@ pub enum Syscall {
     Pipe = 16,
     Pipe2 = 17,
     Socketpair = 18,
+    Eventfd = 19,
+    Eventfd2 = 20,
+    EpollCreate = 21,
+    EpollCreate1 = 22,
+    TimerfdCreate = 23,
+    Signalfd = 24,
+    Signalfd4 = 25,
+    MemfdCreate = 26,
+    PidfdOpen = 27,
+    PidfdGetfd = 28,
+    InotifyInit = 29,
+    InotifyInit1 = 30,
+    FanotifyInit = 31,
+    Userfaultfd = 32,
+    IoUringSetup = 33,
+    PerfEventOpen = 34,
+    OpenByHandleAt = 35,
+    Fcntl = 36,
+    CloseRange = 37,
+    Chdir = 38,
+    Fchdir = 39,
+    Unshare = 40,
 }
 
 impl Syscall {
@@ -121,6 +152,28 @@ impl Syscall {
             Self::Pipe => "pipe",
             Self::Pipe2 => "pipe2",
             Self::Socketpair => "socketpair",
+            Self::Eventfd => "eventfd",
+            Self::Eventfd2 => "eventfd2",
+            Self::EpollCreate => "epoll_create",
+            Self::EpollCreate1 => "epoll_create1",
+            Self::TimerfdCreate => "timerfd_create",
+            Self::Signalfd => "signalfd",
+            Self::Signalfd4 => "signalfd4",
+            Self::MemfdCreate => "memfd_create",
+            Self::PidfdOpen => "pidfd_open",
+            Self::PidfdGetfd => "pidfd_getfd",
+            Self::InotifyInit => "inotify_init",
+            Self::InotifyInit1 => "inotify_init1",
+            Self::FanotifyInit => "fanotify_init",
+            Self::Userfaultfd => "userfaultfd",
+            Self::IoUringSetup => "io_uring_setup",
+            Self::PerfEventOpen => "perf_event_open",
+            Self::OpenByHandleAt => "open_by_handle_at",
+            Self::Fcntl => "fcntl",
+            Self::CloseRange => "close_range",
+            Self::Chdir => "chdir",
+            Self::Fchdir => "fchdir",
+            Self::Unshare => "unshare",
         }
     }
 }
@@ -147,6 +200,28 @@ impl TryFrom<u32> for Syscall {
             16 => Self::Pipe,
             17 => Self::Pipe2,
             18 => Self::Socketpair,
+            19 => Self::Eventfd,
+            20 => Self::Eventfd2,
+            21 => Self::EpollCreate,
+            22 => Self::EpollCreate1,
+            23 => Self::TimerfdCreate,
+            24 => Self::Signalfd,
+            25 => Self::Signalfd4,
+            26 => Self::MemfdCreate,
+            27 => Self::PidfdOpen,
+            28 => Self::PidfdGetfd,
+            29 => Self::InotifyInit,
+            30 => Self::InotifyInit1,
+            31 => Self::FanotifyInit,
+            32 => Self::Userfaultfd,
+            33 => Self::IoUringSetup,
+            34 => Self::PerfEventOpen,
+            35 => Self::OpenByHandleAt,
+            36 => Self::Fcntl,
+            37 => Self::CloseRange,
+            38 => Self::Chdir,
+            39 => Self::Fchdir,
+            40 => Self::Unshare,
             other => return Err(other),
         })
     }
@@ -373,9 +448,34 @@ pub struct TracepointOffsets {
     pub tcp_daddr: u32,
     pub tcp_saddr_v6: u32,
     pub tcp_daddr_v6: u32,
-    pub _pad: u32,
+    /// Arguments of the descriptor-creating and -changing syscalls added for exact tables
+    /// (eventfd2 ... close_range); each is [`FIELD_ABSENT`] on a kernel without the syscall.
+    pub eventfd2_flags: u32,
+    pub epoll_create1_flags: u32,
+    pub timerfd_create_flags: u32,
+    pub signalfd_ufd: u32,
+    pub signalfd4_ufd: u32,
+    pub signalfd4_flags: u32,
+    pub memfd_create_uname: u32,
+    pub memfd_create_flags: u32,
+    pub pidfd_getfd_pidfd: u32,
+    pub pidfd_getfd_fd: u32,
+    pub inotify_init1_flags: u32,
+    pub fanotify_init_flags: u32,
+    pub userfaultfd_flags: u32,
+    pub perf_event_open_flags: u32,
+    pub open_by_handle_at_mountdirfd: u32,
+    pub open_by_handle_at_flags: u32,
+    pub fcntl_fd: u32,
+    pub fcntl_cmd: u32,
+    pub fcntl_arg: u32,
+    pub close_range_fd: u32,
+    pub close_range_max_fd: u32,
+    pub close_range_flags: u32,
+    pub fchdir_fd: u32,
+    pub unshare_flags: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 45 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 68 * 4);
 
 impl TracepointOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -425,7 +525,30 @@ impl TracepointOffsets {
             tcp_daddr: FIELD_ABSENT,
             tcp_saddr_v6: FIELD_ABSENT,
             tcp_daddr_v6: FIELD_ABSENT,
-            _pad: 0,
+            eventfd2_flags: FIELD_ABSENT,
+            epoll_create1_flags: FIELD_ABSENT,
+            timerfd_create_flags: FIELD_ABSENT,
+            signalfd_ufd: FIELD_ABSENT,
+            signalfd4_ufd: FIELD_ABSENT,
+            signalfd4_flags: FIELD_ABSENT,
+            memfd_create_uname: FIELD_ABSENT,
+            memfd_create_flags: FIELD_ABSENT,
+            pidfd_getfd_pidfd: FIELD_ABSENT,
+            pidfd_getfd_fd: FIELD_ABSENT,
+            inotify_init1_flags: FIELD_ABSENT,
+            fanotify_init_flags: FIELD_ABSENT,
+            userfaultfd_flags: FIELD_ABSENT,
+            perf_event_open_flags: FIELD_ABSENT,
+            open_by_handle_at_mountdirfd: FIELD_ABSENT,
+            open_by_handle_at_flags: FIELD_ABSENT,
+            fcntl_fd: FIELD_ABSENT,
+            fcntl_cmd: FIELD_ABSENT,
+            fcntl_arg: FIELD_ABSENT,
+            close_range_fd: FIELD_ABSENT,
+            close_range_max_fd: FIELD_ABSENT,
+            close_range_flags: FIELD_ABSENT,
+            fchdir_fd: FIELD_ABSENT,
+            unshare_flags: FIELD_ABSENT,
         }
     }
 }

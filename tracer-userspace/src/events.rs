@@ -80,6 +80,29 @@ pub enum Event {
     Exec {
         header: Header,
     },
+    /// fcntl(fd, F_SETFD, ...) turned close-on-exec on or off.
+    CloexecSet {
+        header: Header,
+        fd: i32,
+        on: bool,
+    },
+    /// close_range(first, last, flags): closes every descriptor in `first..=last`, or marks
+    /// them close-on-exec with `CLOSE_RANGE_CLOEXEC`.
+    RangeClosed {
+        header: Header,
+        first: u32,
+        last: u32,
+        flags: u32,
+    },
+    /// The process changed its working directory (chdir, fchdir).
+    CwdChanged {
+        header: Header,
+    },
+    /// The calling task got a private copy of the descriptor table it shared
+    /// (unshare(CLONE_FILES)).
+    FilesUnshared {
+        header: Header,
+    },
     /// A TCP socket of a followed process (the header's tgid) changed state.
     TcpState {
         header: Header,
@@ -100,6 +123,10 @@ impl Event {
             | Self::TaskCreated { header, .. }
             | Self::TaskExited { header, .. }
             | Self::TcpState { header, .. }
+            | Self::CloexecSet { header, .. }
+            | Self::RangeClosed { header, .. }
+            | Self::CwdChanged { header }
+            | Self::FilesUnshared { header }
             | Self::Exec { header } => header,
         }
     }
@@ -112,6 +139,10 @@ impl Event {
             | Self::TaskCreated { header, .. }
             | Self::TaskExited { header, .. }
             | Self::TcpState { header, .. }
+            | Self::CloexecSet { header, .. }
+            | Self::RangeClosed { header, .. }
+            | Self::CwdChanged { header }
+            | Self::FilesUnshared { header }
             | Self::Exec { header } => header,
         }
     }
@@ -147,6 +178,9 @@ fn header(raw: &EventHeader) -> Header {
     }
 }
 
+/// `FD_CLOEXEC` from linux/fcntl.h: the descriptor flag F_SETFD sets.
+const FD_CLOEXEC: u64 = 1;
+
 fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
     Syscall::try_from(raw).map_err(DecodeError::UnknownSyscall)
 }
@@ -181,6 +215,28 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 arg1: raw.arg1,
                 arg2: raw.arg2,
             }
+        }
+        EventKind::FdChanged => {
+            let raw: FdEvent = read(bytes)?;
+            match syscall(raw.syscall)? {
+                Syscall::Fcntl => Event::CloexecSet {
+                    header,
+                    fd: raw.fd,
+                    on: raw.arg2 & FD_CLOEXEC != 0,
+                },
+                Syscall::CloseRange => Event::RangeClosed {
+                    header,
+                    first: raw.fd as u32,
+                    last: raw.arg0 as u32,
+                    flags: raw.arg1 as u32,
+                },
+                Syscall::Unshare => Event::FilesUnshared { header },
+                other => return Err(DecodeError::UnknownSyscall(other as u32)),
+            }
+        }
+        EventKind::CwdChanged => {
+            let _: ExecEvent = read(bytes)?;
+            Event::CwdChanged { header }
         }
         EventKind::FdClosed => {
             let raw: CloseEvent = read(bytes)?;

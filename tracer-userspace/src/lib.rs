@@ -10,6 +10,7 @@ pub mod kind;
 pub mod loader;
 pub mod names;
 pub mod procfs;
+pub mod reconciler;
 pub mod report;
 pub mod session;
 pub mod stacks;

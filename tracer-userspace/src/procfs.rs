@@ -20,7 +20,7 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{kind::DescriptorKind, names::escape_bytes};
+use crate::{aggregator::ListedFd, kind::DescriptorKind, names::escape_bytes};
 
 // ---------------------------------------------------------------------------------------------
 // Processes
@@ -138,6 +138,20 @@ pub fn process_info(pid: u32) -> io::Result<ProcessInfo> {
         start_time: stat.start_time,
         zombie: matches!(stat.state, 'Z' | 'X'),
     })
+}
+
+/// starttime of `pid` (clock ticks since boot), which tells a process from a later one that
+/// got the same pid; `None` when there is no such process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_stat(&fs::read(format!("/proc/{pid}/stat")).ok()?)
+        .ok()
+        .map(|stat| stat.start_time)
+}
+
+/// The working directory of `pid`, escaped like paths (see `names::escape_bytes`).
+pub fn cwd(pid: u32) -> Option<String> {
+    let link = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
+    Some(escape_bytes(link.as_os_str().as_bytes()))
 }
 
 /// Whether `pid` names a process or thread that has not been reaped yet (zombies exist).
@@ -891,6 +905,33 @@ pub fn describe_fd(
         tcp_state,
         inode,
     })
+}
+
+/// Every open descriptor of `pid` as its link classifies it, without the socket lookups of
+/// [`list_fds`]: cheap enough to repeat while tracing. Errors only if `/proc/PID/fd` cannot
+/// be read; a descriptor closed while we list is skipped.
+pub fn fd_listing(pid: u32) -> io::Result<Vec<ListedFd>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        match fs::read_link(entry.path()) {
+            Ok(link) => {
+                let (kind, detail, deleted, _) = classify_link(link.as_os_str());
+                out.push(ListedFd {
+                    fd,
+                    kind,
+                    detail,
+                    deleted,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// All open descriptors of `pid`, sorted by fd, with sockets rendered as

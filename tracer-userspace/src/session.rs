@@ -23,6 +23,7 @@ use crate::{
     events::{self, Event},
     loader::{self, EventRing, Probes},
     procfs::{self, Direction, SocketTable},
+    reconciler::Reconciler,
     report::{self, DescriptorEntry, Report, Resolver, SessionFacts},
     stacks::StackStore,
     symbolize::Frame,
@@ -150,6 +151,10 @@ pub fn run(opts: &Options) -> Result<()> {
     if let Some(child) = &mut child {
         child.try_reap();
     }
+    // Descriptors whose births no event showed and that two listings agree on are learned
+    // now; closes we missed are settled by the report's own look at /proc.
+    let listings = Reconciler::list(&state.agg);
+    Reconciler::apply(&mut state.agg, &listings);
     log::info!(
         "stopped: {stop:?}; applied the last events in {:.3}s",
         (monotonic_ns() - stopped_ns) as f64 / 1e9
@@ -245,6 +250,8 @@ fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
         ppid: info.ppid,
         comm: info.comm,
         zombie: info.zombie,
+        cwd: procfs::cwd(pid),
+        start_time: Some(info.start_time),
         threads,
         fds: fds
             .into_iter()
@@ -269,6 +276,7 @@ struct State<'p> {
     tcp: TcpTracker,
     received: u64,
     undecodable: u64,
+    reconciler: Reconciler,
 }
 
 impl<'p> State<'p> {
@@ -280,7 +288,27 @@ impl<'p> State<'p> {
             tcp: TcpTracker::new(),
             received: 0,
             undecodable: 0,
+            reconciler: Reconciler::new(),
         }
+    }
+
+    /// Compares the tables with /proc when a pass is due (see `reconciler`).
+    fn reconcile_if_due(&mut self, ring: &mut EventRing) {
+        let lost = self.probes.lost().total();
+        let began = std::time::Instant::now();
+        if !self.reconciler.due(began, lost) {
+            return;
+        }
+        let listings = Reconciler::list(&self.agg);
+        // Everything emitted before the listing began must be applied before comparing.
+        // Events emitted since are applied too, which the comparison allows for.
+        for _ in 0..16 {
+            if self.drain(ring, DRAIN_BUDGET) {
+                break;
+            }
+        }
+        Reconciler::apply(&mut self.agg, &listings);
+        self.reconciler.finished(began, lost);
     }
 
     /// Applies up to `budget` waiting events; true when the ring buffer was emptied. The
@@ -328,6 +356,16 @@ impl<'p> State<'p> {
             let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
             *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
         }
+        if let Event::TaskCreated {
+            header,
+            child_tid,
+            clone_flags: Some(flags),
+            ..
+        } = &event
+            && flags & CLONE_THREAD == 0
+        {
+            self.retire_reused_pid(*child_tid, header.timestamp_ns);
+        }
         self.stacks.annotate(&mut event, self.probes);
         if let Event::TcpState {
             header,
@@ -349,19 +387,56 @@ impl<'p> State<'p> {
             });
         }
         self.agg.apply(&event);
-        if let Event::Exec { header } = &event
-            && let Ok(info) = procfs::process_info(header.tgid)
-        {
-            self.agg.set_comm(header.tgid, info.comm);
+        match &event {
+            Event::Exec { header } => {
+                if let Ok(info) = procfs::process_info(header.tgid) {
+                    self.agg.set_comm(header.tgid, info.comm);
+                }
+            }
+            Event::CwdChanged { header } => {
+                if let Some(cwd) = procfs::cwd(header.tgid) {
+                    self.agg.set_cwd(header.tgid, cwd);
+                }
+            }
+            Event::TaskCreated {
+                child_tid,
+                clone_flags: Some(flags),
+                ..
+            } if flags & CLONE_THREAD == 0 => {
+                // Read now, while the child is young: later its pid may name another process.
+                if let Some(start_time) = procfs::start_time(*child_tid) {
+                    self.agg.set_start_time(*child_tid, start_time);
+                }
+            }
+            _ => {}
         }
     }
 
-    /// Processes we think are alive but /proc no longer has: their exit was lost.
+    /// A fork created `pid` while we still think an earlier process with that pid lives (its
+    /// exit event was lost): that one is retired first, so the two are never confused.
+    fn retire_reused_pid(&mut self, pid: u32, now_ns: u64) {
+        let earlier = self
+            .agg
+            .process(pid)
+            .filter(|p| !p.exited())
+            .and_then(|p| p.start_time);
+        if let Some(start_time) = earlier
+            && procfs::start_time(pid) != Some(start_time)
+        {
+            self.agg.mark_vanished(pid, now_ns);
+        }
+    }
+
+    /// Processes we think are alive but /proc no longer has, or has as another process with
+    /// the same pid (a different start time): their exit was lost.
     fn vanished(&self) -> Vec<u32> {
         self.agg
             .live_processes()
+            .filter(|p| match p.start_time {
+                Some(start_time) => procfs::start_time(p.pid) != Some(start_time),
+                None => !procfs::process_exists(p.pid),
+            })
             .map(|p| p.pid)
-            .filter(|&pid| !procfs::process_exists(pid))
             .collect()
     }
 }
@@ -408,6 +483,7 @@ async fn event_loop(
                 for pid in vanished {
                     state.agg.mark_vanished(pid, now);
                 }
+                state.reconcile_if_due(ring.get_mut());
                 if state.agg.live_processes().next().is_none() {
                     return Ok(StopReason::AllExited);
                 }

@@ -1,4 +1,5 @@
-//! open, openat, openat2, creat: descriptors born from a path.
+//! open, openat, openat2, creat: descriptors born from a path; memfd_create, whose name is
+//! read the same way.
 //!
 //! Kernel: fs/open.c do_sys_openat2() is behind all four syscalls.
 
@@ -63,8 +64,21 @@ pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// memfd_create(name, flags) makes an anonymous file called `memfd:NAME`: the name is read
+/// like a path.
+#[tracepoint]
+pub fn sys_enter_memfd_create(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let name = read_u64(&ctx, offset!(memfd_create_uname));
+        let flags = read_u64(&ctx, offset!(memfd_create_flags));
+        stash(caller, Syscall::MemfdCreate, AT_FDCWD, name, flags);
+    }
+    0
+}
+
 exit_probes!(
     emit_file_open:
+    sys_exit_memfd_create => MemfdCreate,
     sys_exit_open => Open,
     sys_exit_openat => Openat,
     sys_exit_openat2 => Openat2,

@@ -2,9 +2,12 @@
 //! them back, read the result and emit one event.
 
 pub mod close;
+pub mod cwd;
+pub mod fd_control;
 pub mod files;
 pub mod pairs;
 pub mod sockets_and_dups;
+pub mod special_fds;
 pub mod tasks;
 pub mod tcp;
 
@@ -30,6 +33,39 @@ macro_rules! exit_probes {
     };
 }
 use exit_probes;
+
+/// Defines one `sys_enter_*` program per `name => Syscall [fields]` entry that stashes up to
+/// three of the call's arguments (read at this kernel's offsets of `fields`, in that order,
+/// the rest 0) for the exit probe.
+macro_rules! enter_probes {
+    ($($name:ident => $syscall:ident [$($field:ident),*]),+ $(,)?) => {
+        $(
+            #[aya_ebpf::macros::tracepoint]
+            pub fn $name(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+                if let Some(caller) = crate::emit::Caller::followed() {
+                    let [arg0, arg1, arg2] = super::padded([
+                        $(crate::emit::read_u64(&ctx, crate::maps::offset!($field))),*
+                    ]);
+                    super::stash(caller, tracer_common::Syscall::$syscall, arg0, arg1, arg2);
+                }
+                0
+            }
+        )+
+    };
+}
+use enter_probes;
+
+/// Up to three arguments, the missing ones 0.
+#[inline(always)]
+fn padded<const N: usize>(args: [u64; N]) -> [u64; 3] {
+    let mut out = [0; 3];
+    let mut i = 0;
+    while i < N && i < 3 {
+        out[i] = args[i];
+        i += 1;
+    }
+    out
+}
 
 /// Remembers a followed caller's syscall arguments until the syscall returns.
 #[inline(always)]

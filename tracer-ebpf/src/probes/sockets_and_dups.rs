@@ -3,7 +3,7 @@
 //! Kernel: net/socket.c __sys_socket(), __sys_accept4(); fs/file.c ksys_dup(), ksys_dup3().
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, FdEvent, Syscall};
+use tracer_common::{EventKind, FdEvent, NO_STACK, Syscall};
 
 use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
@@ -80,7 +80,7 @@ exit_probes!(
 );
 
 #[inline(always)]
-fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
+pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
     let caller = Caller::current();
     let Some(args) = args_at_exit(caller, syscall) else {
         return;
@@ -98,30 +98,56 @@ fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
     );
 }
 
-/// Emits one [`FdEvent`] with the caller's user stack.
+/// Emits one [`EventKind::FdCreated`] [`FdEvent`] with the caller's user stack.
 #[inline(always)]
 pub(super) fn emit_fd_event(
     ctx: &TracePointContext,
     caller: Caller,
     fd: i32,
     syscall: u32,
-    [arg0, arg1, arg2]: [u64; 3],
+    args: [u64; 3],
 ) {
     let stack_id = user_stack_id(ctx);
+    emit(caller, EventKind::FdCreated, stack_id, fd, syscall, args);
+}
+
+/// Emits one [`EventKind::FdChanged`] [`FdEvent`]: no stack, since the report never shows
+/// where a flag changed or a range was closed.
+#[inline(always)]
+pub(super) fn emit_fd_changed(caller: Caller, fd: i32, syscall: u32, args: [u64; 3]) {
+    emit(caller, EventKind::FdChanged, NO_STACK, fd, syscall, args);
+}
+
+/// Writes one [`FdEvent`] into the ring; for a birth, the top of the user stack too.
+#[inline(always)]
+fn emit(
+    caller: Caller,
+    kind: EventKind,
+    stack_id: i32,
+    fd: i32,
+    syscall: u32,
+    [arg0, arg1, arg2]: [u64; 3],
+) {
     let Some(mut entry) = EVENTS.reserve::<FdEvent>(0) else {
         count_lost(LOST_RING_FULL);
         return;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved record of the right size; every field is written.
+    // SAFETY: `event` points at a reserved record of the right size; every field is written
+    // (the stack copy is marked absent, sp = 0, when not taken).
     unsafe {
-        (*event).header = caller.header(EventKind::FdCreated, stack_id);
+        (*event).header = caller.header(kind, stack_id);
         (*event).fd = fd;
         (*event).syscall = syscall;
         (*event).arg0 = arg0;
         (*event).arg1 = arg1;
         (*event).arg2 = arg2;
-        fill_stack_top(&raw mut (*event).stack_top);
+        if kind == EventKind::FdCreated {
+            fill_stack_top(&raw mut (*event).stack_top);
+        } else {
+            (*event).stack_top.sp = 0;
+            (*event).stack_top.bp = 0;
+        }
     }
     entry.submit(submit_flags::<FdEvent>());
 }

@@ -52,9 +52,12 @@ pub struct EventCounts {
     pub unfollowed_children: u64,
     /// Records that could not be decoded (a tracer bug if ever non-zero).
     pub undecodable: u64,
-    /// Descriptors in our tables that /proc showed closed at report time (their close was
-    /// lost); they are left out of the report.
+    /// Descriptors in our tables that /proc showed closed while tracing or at report time
+    /// (their close was lost); they are left out of the report.
     pub reconciled_closed: u64,
+    /// Descriptors /proc showed open without a creation event (lost, or a birth no
+    /// tracepoint shows, like SCM_RIGHTS); reported with `learned_by: "reconciliation"`.
+    pub reconciled_opened: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -112,6 +115,9 @@ pub struct DescriptorEntry {
     pub tcp_state_age_s: Option<f64>,
     pub deleted: bool,
     pub opened_by: &'static str,
+    /// `event`, `attach` (the /proc snapshot when the tracer attached) or `reconciliation`
+    /// (found in /proc while traced, its creation event missing).
+    pub learned_by: &'static str,
     pub tid: u32,
     pub age_s: f64,
     pub at_exit: bool,
@@ -201,7 +207,7 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
     processes.sort_by_key(|p| (p.exited_at_ns.is_some(), p.pid));
 
     let mut descriptors = Vec::new();
-    let mut reconciled_closed = 0;
+    let mut reconciled_closed = agg.reconciled_closed;
     for process in &processes {
         let mut live: Vec<&Descriptor> = process.fds.values().collect();
         live.sort_by_key(|d| d.fd);
@@ -282,6 +288,7 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             unfollowed_children: facts.unfollowed_children,
             undecodable: facts.undecodable,
             reconciled_closed,
+            reconciled_opened: agg.reconciled_opened,
         },
         open_descriptors: descriptors,
         zombies: group_zombies(&processes, &process_entries, facts.now_ns, resolver),
@@ -303,6 +310,7 @@ fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> DescriptorEntr
         tcp_state_age_s: None,
         deleted: d.deleted,
         opened_by: d.opened_by(),
+        learned_by: d.learned_by(),
         tid: d.tid,
         age_s: seconds(now_ns.saturating_sub(d.opened_at_ns)),
         at_exit,
@@ -322,20 +330,28 @@ fn seconds(ns: u64) -> f64 {
 /// Descriptors grouped by the stack that created them, most numerous first.
 fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
     let mut groups: Vec<StackGroup> = Vec::new();
-    let mut index: HashMap<Option<u32>, usize> = HashMap::new();
+    // Descriptors without a stack are told apart by how we learned of them.
+    let mut index: HashMap<(Option<u32>, &str), usize> = HashMap::new();
     for d in descriptors {
-        let at = *index.entry(d.stack_id).or_insert_with(|| {
-            groups.push(StackGroup {
-                stack_id: d.stack_id,
-                open_count: 0,
-                oldest_age_s: 0.0,
-                kinds: BTreeMap::new(),
-                opened_by: BTreeMap::new(),
-                pids: Vec::new(),
-                stack: d.stack.clone(),
+        let no_stack_source = if d.stack_id.is_none() {
+            d.learned_by
+        } else {
+            ""
+        };
+        let at = *index
+            .entry((d.stack_id, no_stack_source))
+            .or_insert_with(|| {
+                groups.push(StackGroup {
+                    stack_id: d.stack_id,
+                    open_count: 0,
+                    oldest_age_s: 0.0,
+                    kinds: BTreeMap::new(),
+                    opened_by: BTreeMap::new(),
+                    pids: Vec::new(),
+                    stack: d.stack.clone(),
+                });
+                groups.len() - 1
             });
-            groups.len() - 1
-        });
         let group = &mut groups[at];
         group.open_count += 1;
         group.oldest_age_s = group.oldest_age_s.max(d.age_s);
@@ -524,6 +540,8 @@ mod tests {
                     cloexec: false,
                 }],
                 zombie: false,
+                cwd: None,
+                start_time: None,
             },
             0,
         );
@@ -599,6 +617,8 @@ mod tests {
                     })
                     .collect(),
                 zombie: false,
+                cwd: None,
+                start_time: None,
             },
             0,
         );

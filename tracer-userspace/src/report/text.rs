@@ -128,12 +128,23 @@ fn summary(report: &Report, out: &mut String) {
     if report.events.lost > 0 {
         let _ = writeln!(
             out,
-            "WARNING: {} events were lost (ring buffer full: {}, in-flight table full: {}, children not followed: {}); descriptors were checked against /proc, {} closes recovered",
+            "WARNING: {} events were lost (ring buffer full: {}, in-flight table full: {}, children not followed: {}); descriptors were checked against /proc: {} closes and {} births recovered",
             report.events.lost,
             report.events.lost_ring_buffer_full,
             report.events.lost_in_flight_full,
             report.events.unfollowed_children,
-            report.events.reconciled_closed
+            report.events.reconciled_closed,
+            report.events.reconciled_opened
+        );
+    } else if report.events.reconciled_opened > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} found in /proc without a creation event (marked learned_by reconciliation)",
+            count(
+                report.events.reconciled_opened,
+                "descriptor was",
+                "descriptors were"
+            )
         );
     }
     let live: Vec<&DescriptorEntry> = report
@@ -244,6 +255,9 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
         .collect();
     let how = match group.opened_by.keys().next().copied() {
         Some("pre-existing") => "open before tracer attached".to_string(),
+        Some("unknown") => "found in /proc while traced, with no creation event (lost, or \
+                            received over a unix socket or from io_uring, which no tracepoint shows)"
+            .to_string(),
         Some(by) => {
             let verb = verb(by);
             match application_frames(&group.stack).as_slice() {

@@ -4,17 +4,18 @@
 
 use std::collections::HashMap;
 
-use tracer_common::{ARG_UNKNOWN, CLONE_THREAD, Syscall};
+mod births;
+mod reconcile;
+mod sharing;
+
+use tracer_common::{CLONE_FILES, CLONE_THREAD, Syscall};
 
 use crate::{
     events::{Event, Header},
     kind::DescriptorKind,
-    names::escape_bytes,
 };
-
-/// `O_CLOEXEC`, `SOCK_CLOEXEC` (same value on x86 and arm64).
-const CLOEXEC: u64 = 0o2_000_000;
-const AT_FDCWD: i32 = -100;
+use births::Birth;
+pub use reconcile::{ListedFd, Reconciled};
 
 /// A user stack: its id (see `stacks::StackStore`), and the process and program image (exec
 /// generation) whose address space it belongs to.
@@ -43,6 +44,10 @@ pub enum Origin {
     Syscall(Syscall),
     /// Already open when the tracer attached; learned from /proc.
     PreExisting,
+    /// Appeared while traced without an event we could match: its creation event was lost,
+    /// or no tracepoint shows its birth (a descriptor received over a unix socket with
+    /// SCM_RIGHTS, one installed by io_uring). Learned from /proc by reconciliation.
+    Reconciled,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,17 +72,11 @@ pub struct Descriptor {
 
 impl Descriptor {
     /// A descriptor created by `syscall` in the event's process, on the event's thread.
-    fn created(
-        header: &Header,
-        fd: i32,
-        syscall: Syscall,
-        kind: DescriptorKind,
-        detail: String,
-    ) -> Self {
+    fn born(header: &Header, fd: i32, syscall: Syscall, birth: Birth) -> Self {
         Self {
             fd,
-            kind,
-            detail,
+            kind: birth.kind,
+            detail: birth.detail,
             origin: Origin::Syscall(syscall),
             inherited: false,
             tid: header.tid,
@@ -86,7 +85,7 @@ impl Descriptor {
             path_truncated: false,
             deleted: false,
             tcp_state: None,
-            cloexec: false,
+            cloexec: birth.cloexec,
         }
     }
 
@@ -94,14 +93,26 @@ impl Descriptor {
     pub fn opened_by(&self) -> &'static str {
         match (self.origin, self.inherited) {
             (Origin::PreExisting, _) => "pre-existing",
-            (Origin::Syscall(_), true) => "inherited",
+            (_, true) => "inherited",
+            (Origin::Reconciled, false) => "unknown",
             (Origin::Syscall(syscall), false) => syscall.name(),
         }
     }
 
-    /// Created by this process itself while traced: what is owed a close.
+    /// How the tracer knows about it: from an `event`, the `attach` snapshot of /proc, or
+    /// `reconciliation` with /proc while traced.
+    pub fn learned_by(&self) -> &'static str {
+        match self.origin {
+            Origin::Syscall(_) => "event",
+            Origin::PreExisting => "attach",
+            Origin::Reconciled => "reconciliation",
+        }
+    }
+
+    /// Came into this process while traced (created, or received) rather than inherited or
+    /// already open at attach: what is owed a close.
     pub fn created_here(&self) -> bool {
-        matches!(self.origin, Origin::Syscall(_)) && !self.inherited
+        self.origin != Origin::PreExisting && !self.inherited
     }
 }
 
@@ -134,6 +145,12 @@ pub struct Process {
     pub new_threads: HashMap<u32, LiveThread>,
     /// The stack in the parent that forked it, when we saw the fork.
     pub fork_stack: Option<StackRef>,
+    /// Working directory (escaped like paths), for relative opens; `None` until known.
+    pub cwd: Option<String>,
+    /// starttime from /proc/PID/stat: tells this process from a later one with its pid.
+    pub start_time: Option<u64>,
+    /// Descriptors /proc showed that the table lacks, awaiting a second look.
+    pending: HashMap<i32, reconcile::Sighting>,
 }
 
 impl Process {
@@ -151,6 +168,9 @@ impl Process {
             },
             new_threads: HashMap::new(),
             fork_stack: None,
+            cwd: None,
+            start_time: None,
+            pending: HashMap::new(),
         }
     }
 
@@ -180,6 +200,9 @@ pub struct ProcessSnapshot {
     pub fds: Vec<SnapshotFd>,
     /// Already exited, waiting for its parent to reap it.
     pub zombie: bool,
+    /// Working directory, escaped like paths.
+    pub cwd: Option<String>,
+    pub start_time: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +211,11 @@ pub struct Aggregator {
     /// Processes whose pid was reused by a later one; kept for the report.
     departed: Vec<Process>,
     pub events_applied: u64,
+    /// Descriptors reconciliation found closed, and found open, without their events.
+    pub reconciled_closed: u64,
+    pub reconciled_opened: u64,
+    /// Processes using another's descriptor table (CLONE_FILES), to the table's owner.
+    shared_with: HashMap<u32, u32>,
 }
 
 impl Aggregator {
@@ -202,6 +230,10 @@ impl Aggregator {
             .processes
             .entry(snapshot.pid)
             .or_insert_with(|| Process::new(snapshot.pid, snapshot.ppid, snapshot.comm.clone()));
+        process.start_time = snapshot.start_time;
+        if process.cwd.is_none() {
+            process.cwd = snapshot.cwd;
+        }
         if snapshot.zombie {
             // It exited before we came (when exactly, /proc does not say): nothing is open.
             if !process.exited() {
@@ -241,6 +273,18 @@ impl Aggregator {
         self.processes.values().filter(|p| !p.exited())
     }
 
+    pub fn set_cwd(&mut self, pid: u32, cwd: String) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.cwd = Some(cwd);
+        }
+    }
+
+    pub fn set_start_time(&mut self, pid: u32, start_time: u64) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.start_time = Some(start_time);
+        }
+    }
+
     pub fn set_comm(&mut self, pid: u32, comm: String) {
         if let Some(process) = self.processes.get_mut(&pid) {
             process.comm = comm;
@@ -277,18 +321,23 @@ impl Aggregator {
                 path,
                 path_truncated,
             } => {
-                let detail = match path {
-                    Some(path) => describe_path(path, *dirfd),
-                    None => "(path unknown: opened as the tracer attached)".to_string(),
-                };
+                let cwd = self.caller(header.tgid).cwd.clone();
+                let process = self.table(header.tgid);
+                let birth = births::from_path(
+                    *syscall,
+                    path.as_deref(),
+                    *dirfd,
+                    *flags,
+                    cwd.as_deref(),
+                    &process.fds,
+                );
                 let descriptor = Descriptor {
                     path_truncated: *path_truncated,
-                    cloexec: u64::from(*flags) & CLOEXEC != 0,
-                    ..Descriptor::created(header, *fd, *syscall, DescriptorKind::File, detail)
+                    ..Descriptor::born(header, *fd, *syscall, birth)
                 };
                 // An fd number already in the table means we missed its close (lost event):
                 // the new descriptor replaces it either way.
-                self.caller(header.tgid).fds.insert(*fd, descriptor);
+                process.fds.insert(*fd, descriptor);
             }
             Event::FdCreated {
                 header,
@@ -298,74 +347,45 @@ impl Aggregator {
                 arg1,
                 arg2,
             } => {
-                let process = self.caller(header.tgid);
-                let (kind, detail, cloexec) = match syscall {
-                    Syscall::Socket => (
-                        DescriptorKind::Socket,
-                        describe_socket(*arg0, *arg1),
-                        *arg1 & CLOEXEC != 0,
-                    ),
-                    Syscall::Accept | Syscall::Accept4 => {
-                        let listener = (*arg0 != ARG_UNKNOWN)
-                            .then(|| process.fds.get(&(*arg0 as i32)))
-                            .flatten();
-                        let detail = listener
-                            .and_then(|l| l.detail.split_whitespace().next())
-                            .map(|protocol| format!("{protocol} (accepted)"))
-                            .unwrap_or_else(|| "socket (accepted)".to_string());
-                        (
-                            DescriptorKind::Socket,
-                            detail,
-                            *arg1 != ARG_UNKNOWN && *arg1 & CLOEXEC != 0,
-                        )
-                    }
-                    Syscall::Pipe | Syscall::Pipe2 => (
-                        DescriptorKind::Pipe,
-                        format!("pipe (other end fd {arg0})"),
-                        *syscall == Syscall::Pipe2 && *arg1 & CLOEXEC != 0,
-                    ),
-                    Syscall::Socketpair => (
-                        DescriptorKind::Socket,
-                        match describe_socket(*arg2, *arg1).as_str() {
-                            "unix" => "unix socketpair".to_string(),
-                            other => format!("{other} socketpair"),
-                        },
-                        *arg1 & CLOEXEC != 0,
-                    ),
-                    Syscall::Dup | Syscall::Dup2 | Syscall::Dup3 => {
-                        let old_fd = *arg0 as i32;
-                        if *arg0 != ARG_UNKNOWN && old_fd == *fd {
-                            // dup2(fd, fd) changes nothing.
-                            return;
-                        }
-                        let cloexec = *syscall == Syscall::Dup3
-                            && *arg1 != ARG_UNKNOWN
-                            && *arg1 & CLOEXEC != 0;
-                        match process.fds.get(&old_fd) {
-                            Some(old) => (old.kind, old.detail.clone(), cloexec),
-                            None => (
-                                DescriptorKind::Other,
-                                format!("dup of fd {old_fd}"),
-                                cloexec,
-                            ),
-                        }
-                    }
-                    _ => (
-                        DescriptorKind::Other,
-                        format!("{} ({arg2})", syscall.name()),
-                        false,
-                    ),
-                };
-                let descriptor = Descriptor {
-                    cloexec,
-                    ..Descriptor::created(header, *fd, *syscall, kind, detail)
+                let process = self.table(header.tgid);
+                let args = [*arg0, *arg1, *arg2];
+                let Some(birth) = births::without_path(*syscall, *fd, args, &process.fds) else {
+                    return;
                 };
                 // dup2/dup3 onto an open fd close what it held: insert replaces it.
-                process.fds.insert(*fd, descriptor);
+                process
+                    .fds
+                    .insert(*fd, Descriptor::born(header, *fd, *syscall, birth));
             }
+            Event::CloexecSet { header, fd, on } => {
+                if let Some(d) = self.table(header.tgid).fds.get_mut(fd) {
+                    d.cloexec = *on;
+                }
+            }
+            Event::RangeClosed {
+                header,
+                first,
+                last,
+                flags,
+            } => {
+                const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
+                if flags & CLOSE_RANGE_UNSHARE != 0 && header.tid == header.tgid {
+                    self.unshare_table(header.tgid);
+                }
+                close_range(self.table(header.tgid), *first, *last, *flags);
+            }
+            Event::FilesUnshared { header } => {
+                // A thread leaving its process's table is not modelled (README: limits).
+                if header.tid == header.tgid {
+                    self.unshare_table(header.tgid);
+                }
+            }
+            // The session reads the new directory from /proc and calls `set_cwd`.
+            Event::CwdChanged { .. } => {}
             Event::FdClosed { header, fd } => {
                 // Closing an fd we never saw (or EBADF) is harmless.
-                if let Some(process) = self.processes.get_mut(&header.tgid) {
+                let owner = self.table_owner(header.tgid);
+                if let Some(process) = self.processes.get_mut(&owner) {
                     process.fds.remove(fd);
                 }
             }
@@ -388,17 +408,25 @@ impl Aggregator {
                             started_ns: header.timestamp_ns,
                         },
                     );
+                } else if clone_flags.is_some_and(|flags| flags & CLONE_FILES != 0) {
+                    self.fork(header.tgid, *child_tid, stack);
+                    self.caller(*child_tid).fds.clear();
+                    self.share_table(header.tgid, *child_tid);
                 } else {
                     self.fork(header.tgid, *child_tid, stack);
                 }
             }
             Event::TaskExited { header, group_dead } => {
                 let whole_process = group_dead.unwrap_or(header.tid == header.tgid);
-                let process = self.caller(header.tgid);
-                if process.exited() {
+                if self.caller(header.tgid).exited() {
                     // Already handled (it vanished from /proc before its event arrived).
                     return;
                 }
+                if whole_process {
+                    // A table others still use lives on with them.
+                    self.hand_over_table(header.tgid);
+                }
+                let process = self.caller(header.tgid);
                 if header.tid != header.tgid {
                     process.new_threads.remove(&header.tid);
                     process.threads.exited += 1;
@@ -411,8 +439,9 @@ impl Aggregator {
             // TCP state belongs to the session's tracker, not to descriptor tables.
             Event::TcpState { .. } => {}
             Event::Exec { header } => {
-                // execve closes close-on-exec descriptors without a close(2) of their own.
-                // (fcntl F_SETFD changes are not tracked yet: see README limits.)
+                // execve leaves a shared table, then closes close-on-exec descriptors
+                // without a close(2) of their own.
+                self.unshare_table(header.tgid);
                 self.caller(header.tgid).fds.retain(|_, d| !d.cloexec);
             }
         }
@@ -427,10 +456,11 @@ impl Aggregator {
             .fds
             .values()
             .map(|d| Descriptor {
-                inherited: matches!(d.origin, Origin::Syscall(_)),
+                inherited: d.origin != Origin::PreExisting,
                 ..d.clone()
             })
             .collect();
+        let cwd = parent.cwd.clone();
         if let Some(previous) = self.processes.remove(&child_pid) {
             if previous.exited() {
                 // The pid was reused: keep the old process for the report.
@@ -456,6 +486,7 @@ impl Aggregator {
         }
         let mut child = Process::new(child_pid, parent_pid, comm);
         child.fork_stack = fork_stack;
+        child.cwd = cwd;
         child.fds = inherited.into_iter().map(|d| (d.fd, d)).collect();
         self.processes.insert(child_pid, child);
     }
@@ -477,47 +508,37 @@ fn exit_process(process: &mut Process, now_ns: u64) {
     process.held_at_exit = held;
 }
 
-/// A path as the report shows it: bytes that are not UTF-8 are kept as `\xNN` escapes so
-/// nothing is lost in JSON. A relative path notes the directory fd it is relative to.
-fn describe_path(path: &[u8], dirfd: i32) -> String {
-    let text = escape_bytes(path);
-    if path.first() == Some(&b'/') || dirfd == AT_FDCWD {
-        text
-    } else {
-        format!("{text} (relative to fd {dirfd})")
+/// close_range(first, last, flags). Arguments the kernel rejects (first > last, unknown
+/// flags) change nothing. `CLOSE_RANGE_UNSHARE` gives the caller a private copy of the table
+/// first, which for a single-threaded process (the usual case: before exec) changes nothing
+/// we track.
+fn close_range(process: &mut Process, first: u32, last: u32, flags: u32) {
+    const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    if first > last || flags & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 {
+        return;
     }
-}
-
-/// What socket(2)'s domain and type say, before any address is bound.
-fn describe_socket(domain: u64, kind: u64) -> String {
-    const AF_UNIX: u64 = 1;
-    const AF_INET: u64 = 2;
-    const AF_INET6: u64 = 10;
-    const AF_NETLINK: u64 = 16;
-    const AF_PACKET: u64 = 17;
-    const SOCK_STREAM: u64 = 1;
-    const SOCK_DGRAM: u64 = 2;
-    let base = kind & 0xf;
-    match (domain, base) {
-        (AF_INET, SOCK_STREAM) => "tcp".into(),
-        (AF_INET, SOCK_DGRAM) => "udp".into(),
-        (AF_INET6, SOCK_STREAM) => "tcp6".into(),
-        (AF_INET6, SOCK_DGRAM) => "udp6".into(),
-        (AF_UNIX, _) => "unix".into(),
-        (AF_NETLINK, _) => "netlink".into(),
-        (AF_PACKET, _) => "packet".into(),
-        (domain, base) => format!("socket (domain {domain}, type {base})"),
+    let in_range = |fd: i32| u32::try_from(fd).is_ok_and(|fd| (first..=last).contains(&fd));
+    if flags & CLOSE_RANGE_CLOEXEC != 0 {
+        for d in process.fds.values_mut().filter(|d| in_range(d.fd)) {
+            d.cloexec = true;
+        }
+    } else {
+        process.fds.retain(|&fd, _| !in_range(fd));
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use tracer_common::ARG_UNKNOWN;
 
-    const PARENT: u32 = 100;
+    pub(crate) const PARENT: u32 = 100;
+    const CLOEXEC: u64 = births::O_CLOEXEC;
+    const AT_FDCWD: i32 = -100;
     const CHILD: u32 = 200;
 
-    fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
+    pub(crate) fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
         Header {
             tgid,
             tid,
@@ -528,7 +549,27 @@ mod tests {
         }
     }
 
-    fn open(tgid: u32, fd: i32, path: &str, t: u64) -> Event {
+    /// A file-open event with everything spelled out.
+    fn open_raw(
+        tgid: u32,
+        fd: i32,
+        syscall: Syscall,
+        dirfd: i32,
+        flags: u32,
+        path: &[u8],
+    ) -> Event {
+        Event::FileOpened {
+            header: header(tgid, tgid, 1, Some(1)),
+            fd,
+            syscall,
+            dirfd,
+            flags,
+            path: Some(path.to_vec()),
+            path_truncated: false,
+        }
+    }
+
+    pub(crate) fn open(tgid: u32, fd: i32, path: &str, t: u64) -> Event {
         Event::FileOpened {
             header: header(tgid, tgid, t, Some(1)),
             fd,
@@ -551,14 +592,14 @@ mod tests {
         }
     }
 
-    fn close(tgid: u32, tid: u32, fd: i32) -> Event {
+    pub(crate) fn close(tgid: u32, tid: u32, fd: i32) -> Event {
         Event::FdClosed {
             header: header(tgid, tid, 9, None),
             fd,
         }
     }
 
-    fn fork(parent: u32, child: u32, flags: u64) -> Event {
+    pub(crate) fn fork(parent: u32, child: u32, flags: u64) -> Event {
         Event::TaskCreated {
             header: header(parent, parent, 7, Some(3)),
             child_tid: child,
@@ -567,14 +608,14 @@ mod tests {
         }
     }
 
-    fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
+    pub(crate) fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
         Event::TaskExited {
             header: header(tgid, tid, 20, None),
             group_dead,
         }
     }
 
-    fn open_fds(agg: &Aggregator, pid: u32) -> Vec<i32> {
+    pub(crate) fn open_fds(agg: &Aggregator, pid: u32) -> Vec<i32> {
         let mut fds: Vec<i32> = agg.process(pid).unwrap().fds.keys().copied().collect();
         fds.sort();
         fds
@@ -598,6 +639,8 @@ mod tests {
                 })
                 .collect(),
             zombie: false,
+            cwd: None,
+            start_time: None,
         }
     }
 
@@ -852,19 +895,217 @@ mod tests {
         assert!(child.fds.is_empty() && child.held_at_exit.is_empty());
     }
 
-    /// Non-UTF-8 bytes survive as escapes; relative paths say what they are relative to.
+    /// Births of every family carry their kind, and the close-on-exec flag each spells its
+    /// own way; exec then closes exactly the close-on-exec ones.
     #[test]
-    fn paths_are_escaped_and_qualified() {
-        assert_eq!(describe_path(b"/tmp/\xffx", AT_FDCWD), "/tmp/\\xffx");
-        assert_eq!(describe_path(b"log.txt", AT_FDCWD), "log.txt");
-        assert_eq!(describe_path(b"log.txt", 7), "log.txt (relative to fd 7)");
+    fn special_descriptors_and_exec() {
+        use DescriptorKind as K;
+        let mut agg = Aggregator::new();
+        let births = [
+            (3, Syscall::Eventfd2, CLOEXEC, K::Eventfd, true),
+            (4, Syscall::Eventfd, ARG_UNKNOWN, K::Eventfd, false),
+            (5, Syscall::EpollCreate1, CLOEXEC, K::Epoll, true),
+            (6, Syscall::TimerfdCreate, 0, K::Timerfd, false),
+            (7, Syscall::InotifyInit1, CLOEXEC, K::Inotify, true),
+            (8, Syscall::PidfdOpen, ARG_UNKNOWN, K::Pidfd, true),
+            (9, Syscall::IoUringSetup, ARG_UNKNOWN, K::Other, true),
+            (10, Syscall::FanotifyInit, 1, K::Other, true),
+            (11, Syscall::PerfEventOpen, 8, K::Other, true),
+            (12, Syscall::Userfaultfd, 0, K::Other, false),
+        ];
+        for (fd, syscall, flags, _, _) in births {
+            agg.apply(&created(PARENT, fd, syscall, flags, 0));
+        }
+        agg.apply(&created(
+            PARENT,
+            13,
+            Syscall::Signalfd4,
+            -1i64 as u64,
+            CLOEXEC,
+        ));
+        let table = &agg.process(PARENT).unwrap().fds;
+        for (fd, syscall, _, kind, cloexec) in births {
+            let d = &table[&fd];
+            assert_eq!(
+                (d.kind, d.cloexec, d.opened_by()),
+                (kind, cloexec, syscall.name()),
+                "fd {fd}"
+            );
+        }
+        assert_eq!((table[&13].kind, table[&13].cloexec), (K::Signalfd, true));
+        agg.apply(&Event::Exec {
+            header: header(PARENT, PARENT, 30, None),
+        });
+        assert_eq!(open_fds(&agg, PARENT), vec![4, 6, 12]);
+    }
+
+    /// signalfd(fd, ...) on an existing signalfd changes its mask: the same descriptor.
+    #[test]
+    fn signalfd_update_is_not_a_birth() {
+        let mut agg = Aggregator::new();
+        agg.apply(&created(PARENT, 5, Syscall::Signalfd, -1i64 as u64, 0));
+        let born = agg.process(PARENT).unwrap().fds[&5].opened_at_ns;
+        agg.apply(&Event::FdCreated {
+            header: header(PARENT, PARENT, 50, Some(9)),
+            fd: 5,
+            syscall: Syscall::Signalfd,
+            arg0: 5,
+            arg1: 0,
+            arg2: 0,
+        });
+        assert_eq!(agg.process(PARENT).unwrap().fds[&5].opened_at_ns, born);
+    }
+
+    /// memfd_create names the descriptor after its argument (bytes kept as escapes);
+    /// MFD_CLOEXEC is bit 0.
+    #[test]
+    fn memfd_is_named() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open_raw(
+            PARENT,
+            3,
+            Syscall::MemfdCreate,
+            AT_FDCWD,
+            1,
+            b"shm\xff",
+        ));
+        let d = &agg.process(PARENT).unwrap().fds[&3];
+        assert_eq!(
+            (d.kind, d.detail.as_str(), d.cloexec),
+            (DescriptorKind::Memfd, "memfd:shm\\xff", true)
+        );
+    }
+
+    /// fcntl F_DUPFD copies like dup, F_DUPFD_CLOEXEC with close-on-exec; F_SETFD turns the
+    /// flag on and off, and exec honours the last word.
+    #[test]
+    fn fcntl_dupfd_and_setfd() {
+        const F_DUPFD: u64 = 0;
+        const F_DUPFD_CLOEXEC: u64 = 1030;
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/log", 1));
+        agg.apply(&created(PARENT, 10, Syscall::Fcntl, 3, F_DUPFD));
+        agg.apply(&created(PARENT, 11, Syscall::Fcntl, 3, F_DUPFD_CLOEXEC));
+        let table = &agg.process(PARENT).unwrap().fds;
+        assert_eq!(
+            (table[&10].detail.as_str(), table[&10].cloexec),
+            ("/log", false)
+        );
+        assert_eq!(
+            (table[&11].opened_by(), table[&11].cloexec),
+            ("fcntl", true)
+        );
+        let setfd = |fd, on| Event::CloexecSet {
+            header: header(PARENT, PARENT, 5, None),
+            fd,
+            on,
+        };
+        agg.apply(&setfd(3, true));
+        agg.apply(&setfd(11, false));
+        agg.apply(&Event::Exec {
+            header: header(PARENT, PARENT, 6, None),
+        });
+        assert_eq!(open_fds(&agg, PARENT), vec![10, 11]);
+    }
+
+    fn close_range(first: u32, last: u32, flags: u32) -> Event {
+        Event::RangeClosed {
+            header: header(PARENT, PARENT, 8, None),
+            first,
+            last,
+            flags,
+        }
+    }
+
+    /// close_range closes a block (up to ~0U), marks it close-on-exec with
+    /// CLOSE_RANGE_CLOEXEC, and changes nothing when the kernel would reject its arguments.
+    #[test]
+    fn close_range_blocks() {
+        let mut agg = Aggregator::new();
+        for fd in 3..=12 {
+            agg.apply(&open(PARENT, fd, "/f", 1));
+        }
+        agg.apply(&close_range(5, 7, 0));
+        assert_eq!(open_fds(&agg, PARENT), vec![3, 4, 8, 9, 10, 11, 12]);
+        agg.apply(&close_range(9, 3, 0));
+        agg.apply(&close_range(3, 4, 1 << 7));
+        assert_eq!(
+            open_fds(&agg, PARENT).len(),
+            7,
+            "rejected calls change nothing"
+        );
+        agg.apply(&close_range(10, u32::MAX, 1 << 2));
+        assert!(agg.process(PARENT).unwrap().fds[&12].cloexec);
+        agg.apply(&close_range(9, u32::MAX, 1 << 1));
+        assert_eq!(open_fds(&agg, PARENT), vec![3, 4, 8]);
+    }
+
+    /// Relative paths are resolved against the working directory or the directory fd at open
+    /// time; unknown bases are said; non-UTF-8 bytes survive as escapes.
+    #[test]
+    fn relative_paths_are_resolved() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "log.txt", 1));
+        agg.set_cwd(PARENT, "/srv/app".into());
+        agg.apply(&open(PARENT, 4, "./logs/a.log", 2));
+        agg.apply(&open_raw(
+            PARENT,
+            5,
+            Syscall::Openat,
+            AT_FDCWD,
+            0,
+            b"/tmp/\xffx",
+        ));
+        agg.apply(&open(PARENT, 6, "/var/lib", 4));
+        agg.apply(&open_raw(PARENT, 7, Syscall::Openat, 6, 0, b"db/../x"));
+        agg.apply(&open_raw(PARENT, 8, Syscall::Openat, 42, 0, b"y"));
+        agg.apply(&fork(PARENT, CHILD, 0));
+        agg.apply(&open(CHILD, 9, "z", 7));
+        let detail = |pid, fd| agg.process(pid).unwrap().fds[&fd].detail.clone();
+        assert_eq!(
+            detail(PARENT, 3),
+            "log.txt (relative to the working directory)"
+        );
+        assert_eq!(detail(PARENT, 4), "/srv/app/logs/a.log");
+        assert_eq!(detail(PARENT, 5), "/tmp/\\xffx");
+        assert_eq!(detail(PARENT, 7), "/var/lib/db/../x");
+        assert_eq!(detail(PARENT, 8), "y (relative to fd 42)");
+        assert_eq!(
+            detail(CHILD, 9),
+            "/srv/app/z",
+            "a child inherits the working directory"
+        );
     }
 
     /// socket(2) arguments name the protocol, ignoring SOCK_* flags.
     #[test]
     fn socket_descriptions() {
-        assert_eq!(describe_socket(2, 1 | CLOEXEC), "tcp");
-        assert_eq!(describe_socket(10, 2), "udp6");
-        assert_eq!(describe_socket(1, 1), "unix");
+        let mut agg = Aggregator::new();
+        agg.apply(&created(PARENT, 3, Syscall::Socket, 2, 1 | CLOEXEC));
+        agg.apply(&created(PARENT, 4, Syscall::Socket, 10, 2));
+        agg.apply(&created(PARENT, 5, Syscall::Socket, 1, 1));
+        let table = &agg.process(PARENT).unwrap().fds;
+        let details: Vec<&str> = (3..=5).map(|fd| table[&fd].detail.as_str()).collect();
+        assert_eq!(details, ["tcp", "udp6", "unix"]);
+        assert!(table[&3].cloexec && !table[&4].cloexec);
+    }
+
+    /// Events of two threads reach the ring in the order their syscalls took effect (close is
+    /// emitted before the kernel frees the number, an open after it installs one), so a close
+    /// on one CPU and an open reusing the number on another apply in ring order, whatever
+    /// their timestamps (taken on different CPUs) say.
+    #[test]
+    fn fd_reuse_across_threads_follows_ring_order() {
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/old", 10));
+        agg.apply(&close(PARENT, PARENT + 1, 3));
+        agg.apply(&open(PARENT, 3, "/new", 9));
+        assert_eq!(agg.process(PARENT).unwrap().fds[&3].detail, "/new");
+        agg.apply(&close(PARENT, PARENT, 3));
+        agg.apply(&close(PARENT, PARENT, 3));
+        assert!(
+            open_fds(&agg, PARENT).is_empty(),
+            "a second close (EBADF) is harmless"
+        );
     }
 }

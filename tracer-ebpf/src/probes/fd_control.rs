@@ -1,0 +1,116 @@
+//! fcntl (F_DUPFD, F_DUPFD_CLOEXEC, F_SETFD), close_range and unshare(CLONE_FILES): copies,
+//! close-on-exec flag changes, block closes and table unsharing that the exec and close
+//! bookkeeping must know about.
+//!
+//! Kernel: fs/fcntl.c do_fcntl(); fs/file.c __close_range(); kernel/fork.c ksys_unshare().
+
+use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use tracer_common::Syscall;
+
+use super::{
+    sockets_and_dups::{emit_fd_changed, emit_fd_event},
+    stash, syscall_result, take_in_flight,
+};
+use crate::{
+    emit::{Caller, read_u64},
+    maps::offset,
+};
+
+/// fcntl commands from linux/fcntl.h (asm-generic values, the same on x86 and arm64).
+const F_DUPFD: u64 = 0;
+const F_SETFD: u64 = 2;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+
+#[tracepoint]
+pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        // Servers call F_GETFL/F_SETFL all the time; only these three change the table.
+        let cmd = read_u64(&ctx, offset!(fcntl_cmd)) & 0xffff_ffff;
+        if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC || cmd == F_SETFD {
+            let fd = read_u64(&ctx, offset!(fcntl_fd));
+            let arg = read_u64(&ctx, offset!(fcntl_arg));
+            stash(caller, Syscall::Fcntl, fd, cmd, arg);
+        }
+    }
+    0
+}
+
+/// Without a stash there is nothing to report: the command was one we ignore, or the call
+/// began before the process was followed (then its effect is in the attach snapshot).
+#[tracepoint]
+pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        return 0;
+    }
+    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Fcntl]) else {
+        return 0;
+    };
+    let result = syscall_result(&ctx);
+    if result < 0 {
+        return 0;
+    }
+    let old_fd = args.arg0 as u32 as i32;
+    let [cmd, arg] = [args.arg1, args.arg2];
+    if cmd == F_SETFD {
+        emit_fd_changed(caller, old_fd, args.syscall, [0, cmd, arg]);
+    } else {
+        emit_fd_event(
+            &ctx,
+            caller,
+            result as i32,
+            args.syscall,
+            [old_fd as u64, cmd, arg],
+        );
+    }
+    0
+}
+
+/// Emitted when the call starts, like close(2): a descriptor another thread opens while the
+/// block is being closed lands in an already closed slot and stays, and its open event then
+/// comes after this one. Userspace ignores calls whose arguments the kernel rejects.
+#[tracepoint]
+pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let first = read_u64(&ctx, offset!(close_range_fd)) as u32;
+        let last = read_u64(&ctx, offset!(close_range_max_fd)) & 0xffff_ffff;
+        let flags = read_u64(&ctx, offset!(close_range_flags)) & 0xffff_ffff;
+        emit_fd_changed(
+            caller,
+            first as i32,
+            Syscall::CloseRange as u32,
+            [last, flags, 0],
+        );
+    }
+    0
+}
+
+/// `CLONE_FILES` from linux/sched.h.
+const CLONE_FILES: u64 = 0x400;
+
+/// unshare(CLONE_FILES) gives the caller a private copy of a descriptor table it shared.
+#[tracepoint]
+pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let flags = read_u64(&ctx, offset!(unshare_flags));
+        if flags & CLONE_FILES != 0 {
+            stash(caller, Syscall::Unshare, flags, 0, 0);
+        }
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        return 0;
+    }
+    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Unshare]) else {
+        return 0;
+    };
+    if syscall_result(&ctx) == 0 {
+        emit_fd_changed(caller, -1, args.syscall, [args.arg0, 0, 0]);
+    }
+    0
+}

@@ -1,0 +1,135 @@
+//! When the session compares descriptor tables with `/proc` while tracing, and the listing
+//! half of it (the comparison itself is `Aggregator::reconcile`, pure and unit-tested).
+//!
+//! A pass lists `/proc/PID/fd` of every live followed process, then the session applies every
+//! event emitted before the listing began, then compares. Passes run every few seconds,
+//! spaced so that they take at most 2% of the time (a process with a million descriptors
+//! takes about a second to list), and soon after events were lost.
+
+use std::time::{Duration, Instant};
+
+use crate::{
+    aggregator::{Aggregator, ListedFd, Reconciled},
+    procfs,
+    session::monotonic_ns,
+};
+
+/// Shortest time between two passes.
+const MIN_PERIOD: Duration = Duration::from_secs(2);
+/// A pass may take this fraction of the time (1/50 = 2%).
+const COST_SHARE: u32 = 50;
+/// Shortest time between passes triggered by lost events, which can be lost continuously.
+const MIN_PERIOD_AFTER_LOSS: Duration = Duration::from_secs(1);
+
+pub struct Reconciler {
+    next_at: Instant,
+    last_at: Instant,
+    lost_seen: u64,
+}
+
+/// `/proc/PID/fd` of the live followed processes, and when the listing began.
+pub struct Listings {
+    from_ns: u64,
+    by_pid: Vec<(u32, Vec<ListedFd>)>,
+}
+
+impl Default for Reconciler {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reconciler {
+    pub fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            next_at: now + MIN_PERIOD,
+            last_at: now,
+            lost_seen: 0,
+        }
+    }
+
+    /// Whether a pass is due, given the events lost so far.
+    pub fn due(&self, now: Instant, lost: u64) -> bool {
+        now >= self.next_at
+            || (lost > self.lost_seen && now >= self.last_at + MIN_PERIOD_AFTER_LOSS)
+    }
+
+    /// Lists every live process of `agg`. Processes that are gone are skipped: their exit
+    /// event settles them.
+    pub fn list(agg: &Aggregator) -> Listings {
+        let from_ns = monotonic_ns();
+        let by_pid = agg
+            .live_processes()
+            .filter_map(|p| Some((p.pid, procfs::fd_listing(p.pid).ok()?)))
+            .collect();
+        Listings { from_ns, by_pid }
+    }
+
+    /// Compares the listings with the tables, which must by now hold every event emitted
+    /// before the listing began. Close-on-exec of descriptors learned here is read from
+    /// fdinfo.
+    pub fn apply(agg: &mut Aggregator, listings: &Listings) -> Reconciled {
+        let mut total = Reconciled::default();
+        for (pid, listing) in &listings.by_pid {
+            let outcome = agg.reconcile(*pid, listing, listings.from_ns);
+            for &fd in &outcome.opened {
+                agg.set_cloexec(*pid, fd, procfs::fd_is_cloexec(*pid, fd));
+            }
+            if !outcome.closed.is_empty() || !outcome.opened.is_empty() {
+                log::info!(
+                    "pid {pid}: /proc shows closed {:?} and open {:?} without their events",
+                    outcome.closed,
+                    outcome.opened
+                );
+            }
+            total.closed.extend(outcome.closed);
+            total.opened.extend(outcome.opened);
+        }
+        total
+    }
+
+    /// Schedules the next pass after one that began at `began` and counted `lost` events.
+    pub fn finished(&mut self, began: Instant, lost: u64) {
+        let now = Instant::now();
+        let took = now.saturating_duration_since(began);
+        self.last_at = now;
+        self.next_at = now + MIN_PERIOD.max(took * COST_SHARE);
+        self.lost_seen = lost;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass is due after the period, or after a loss once the loss cool-down passed.
+    #[test]
+    fn due_on_period_or_loss() {
+        let mut r = Reconciler::new();
+        let start = Instant::now();
+        assert!(!r.due(start, 0));
+        assert!(r.due(start + MIN_PERIOD, 0));
+        r.finished(start, 0);
+        let after = Instant::now();
+        assert!(
+            !r.due(after, 5),
+            "a loss right after a pass waits for the cool-down"
+        );
+        assert!(r.due(after + MIN_PERIOD_AFTER_LOSS, 5));
+        assert!(
+            !r.due(after + MIN_PERIOD_AFTER_LOSS, 0),
+            "no loss, no early pass"
+        );
+    }
+
+    /// A slow pass spaces the next one out to keep its share of the time.
+    #[test]
+    fn slow_passes_are_spaced_out() {
+        let mut r = Reconciler::new();
+        let began = Instant::now() - Duration::from_millis(100);
+        r.finished(began, 0);
+        assert!(!r.due(Instant::now() + Duration::from_secs(4), 0));
+        assert!(r.due(Instant::now() + Duration::from_secs(6), 0));
+    }
+}
