@@ -29,7 +29,10 @@ fn emit_cwd_changed(ctx: &TracePointContext, _syscall: Syscall) {
     let event = ExecEvent {
         header: caller.header(EventKind::CwdChanged, NO_STACK),
     };
-    if EVENTS.output::<ExecEvent>(&event, output_flags::<ExecEvent>()).is_err() {
+    if EVENTS
+        .output::<ExecEvent>(&event, output_flags::<ExecEvent>())
+        .is_err()
+    {
         count_lost(LOST_RING_FULL);
     }
 }
