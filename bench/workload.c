@@ -8,10 +8,11 @@
  *   workload rate    PAIRS_PER_S SECONDS PROCS RESULT
  *                                        open+close paced to PAIRS_PER_S (0: as fast as it
  *                                        can) for SECONDS, split over PROCS processes
- *   workload hold    COUNT RESULT        waits for SIGUSR1, opens COUNT descriptors of
- *                                        /dev/null (over several processes when one may
- *                                        not hold that many), writes RESULT, then waits
- *                                        for SIGTERM
+ *   workload hold    COUNT PER_S RESULT  waits for SIGUSR1, opens COUNT descriptors of
+ *                                        /dev/null at PER_S a second (0: unpaced; over
+ *                                        several processes, one after the other, when one
+ *                                        may not hold that many), writes RESULT, then
+ *                                        waits for SIGTERM
  *
  * The loops first run a tenth of their iterations untimed (page faults, caches, the
  * tracer's first stacks), then the timed ones. RESULT receives one line of `key=value`
@@ -191,9 +192,19 @@ static int rate(double pairs_per_s, double seconds, long procs, const char *resu
 }
 
 /* Opens `count` descriptors of /dev/null; the caller keeps them. */
-static void open_many(long count) {
+static void open_many(long count, double per_s) {
+    double start = now_s();
     for (long i = 0; i < count; i++) {
         if (open("/dev/null", O_RDONLY) < 0) die("open /dev/null");
+        /* Paced in batches of 256, like `rate`. */
+        if (per_s > 0 && i % 256 == 255) {
+            double wait = start + (double)(i + 1) / per_s - now_s();
+            if (wait > 0) {
+                struct timespec ts = {(time_t)wait,
+                                      (long)((wait - (double)(time_t)wait) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+        }
     }
 }
 
@@ -201,7 +212,7 @@ static void open_many(long count) {
  * CAP_SYS_RESOURCE may raise (containers often lack it). The count is then spread over as
  * many child processes as needed, forked after SIGUSR1 so that a tracer attached to this
  * process follows them from birth. */
-static int hold(long count, const char *result) {
+static int hold(long count, double per_s, const char *result) {
     struct rlimit limit = {(rlim_t)count + 64, (rlim_t)count + 64};
     if (setrlimit(RLIMIT_NOFILE, &limit) != 0) {
         if (getrlimit(RLIMIT_NOFILE, &limit) != 0) die("getrlimit RLIMIT_NOFILE");
@@ -229,7 +240,7 @@ static int hold(long count, const char *result) {
     int done[2];
     if (procs > 1 && pipe(done) != 0) die("pipe");
     if (procs == 1) {
-        open_many(count);
+        open_many(count, per_s);
     } else {
         for (long p = 0; p < procs; p++) {
             long share = p == procs - 1 ? count - per_proc * (procs - 1) : per_proc;
@@ -238,7 +249,7 @@ static int hold(long count, const char *result) {
             if (pid == 0) {
                 prctl(PR_SET_PDEATHSIG, SIGKILL);
                 close(done[0]);
-                open_many(share);
+                open_many(share, per_s);
                 char byte = 1;
                 if (write(done[1], &byte, 1) != 1) die("write");
                 do {
@@ -247,12 +258,11 @@ static int hold(long count, const char *result) {
                 _exit(0);
             }
             children[p] = pid;
-        }
-        close(done[1]);
-        char byte;
-        for (long p = 0; p < procs; p++) {
+            /* One child at a time, so the pace holds for the whole count. */
+            char byte;
             if (read(done[0], &byte, 1) != 1) die("a holding child died");
         }
+        close(done[1]);
         close(done[0]);
     }
     char line[256];
@@ -271,8 +281,9 @@ static int hold(long count, const char *result) {
 }
 
 int main(int argc, char **argv) {
-    if (argc == 4 && strcmp(argv[1], "hold") == 0)
-        return hold(parse_count(argv[2], "COUNT"), argv[3]);
+    if (argc == 5 && strcmp(argv[1], "hold") == 0)
+        return hold(parse_count(argv[2], "COUNT"), (double)parse_count(argv[3], "PER_S"),
+                    argv[4]);
     if (argc == 6 && strcmp(argv[1], "rate") == 0)
         return rate((double)parse_count(argv[2], "PAIRS_PER_S"),
                     (double)parse_count(argv[3], "SECONDS"), parse_count(argv[4], "PROCS"),
@@ -288,6 +299,6 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "usage: workload open|socket|connect ITERATIONS RESULT\n"
             "       workload rate PAIRS_PER_S SECONDS PROCS RESULT\n"
-            "       workload hold COUNT RESULT\n");
+            "       workload hold COUNT PER_S RESULT\n");
     return 2;
 }

@@ -222,15 +222,25 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     if let Some(memory) = &memory {
         println!(
-            "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open in {} processes ({:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
+            "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open in {} processes (opened at {}/s; {:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
             memory.rss_attached_mib,
             memory.rss_holding_mib,
             memory.descriptors,
             memory.processes,
+            memory.opened_per_s,
             memory.bytes_per_descriptor,
             memory.peak_mib,
             memory.report_s
         );
+        match (memory.received, memory.lost) {
+            (Some(received), Some(0)) => {
+                println!("memory run: {received} events received, none lost")
+            }
+            (Some(received), Some(lost)) => println!(
+                "memory run: WARNING {lost} events lost ({received} received): the tables missed descriptors, so the memory is understated"
+            ),
+            _ => println!("memory run: the report's event counts could not be read"),
+        }
     }
     if let Some(attach) = &attach {
         println!(

@@ -119,12 +119,14 @@ impl Workload {
         ]
     }
 
-    /// The arguments of a run that holds `count` descriptors open.
-    pub fn hold_args(&self, count: u64, result: &Path) -> Vec<String> {
+    /// The arguments of a run that opens `count` descriptors at `per_s` a second and holds
+    /// them open.
+    pub fn hold_args(&self, count: u64, per_s: u64, result: &Path) -> Vec<String> {
         vec![
             self.binary.display().to_string(),
             "hold".to_owned(),
             count.to_string(),
+            per_s.to_string(),
             result.display().to_string(),
         ]
     }
