@@ -84,13 +84,15 @@ fn field<'a>(d: &Descriptor<'a>, key: &str) -> &'a serde_json::Value {
 /// One fixture creates every family (pipe, socketpair, eventfd, epoll, timerfd, signalfd,
 /// memfd, pidfd, pidfd_getfd, inotify, fanotify, userfaultfd, io_uring, perf_event,
 /// open_by_handle_at), copies with dup, dup2 over an open fd and fcntl, closes a block with
-/// close_range, rotates a log away, receives a descriptor over a unix socket, marks
+/// close_range, rotates a log away, receives descriptors over a unix socket (recvmsg,
+/// recvmmsg), marks
 /// descriptors close-on-exec every way there is and forks a child that execs. Afterwards:
 /// - the parent's table equals /proc/PID/fd, and each descriptor it created has the kind and
 ///   syscall the fixture says;
 /// - the exec'd child's table equals its /proc/PID/fd (close-on-exec ones gone, the one
 ///   whose flag F_SETFD cleared kept);
-/// - the rotated log is `deleted`, the received descriptor is learned by reconciliation;
+/// - the rotated log is `deleted`; the descriptor received by recvmsg is known from its
+///   event, the one received by recvmmsg (not probed) is learned by reconciliation;
 /// - a child cloned with CLONE_FILES that unshared its table holds exactly its copy;
 /// - a child that opened relative paths after chdir holds them at exit as absolute paths,
 ///   a name that is not UTF-8 escaped and a path longer than the capture cut and flagged.
@@ -134,8 +136,8 @@ fn every_family_is_tracked_exactly() {
     let ctx = report.context();
 
     // The events alone kept the tables right: /proc had to correct nothing but the one
-    // birth no tracepoint shows (the descriptor received with SCM_RIGHTS, in the parent and
-    // in the copy of its table the CLONE_FILES child took after it arrived).
+    // birth that is not probed (the descriptor received with recvmmsg, in the parent and in
+    // the copy of its table the CLONE_FILES child took after it arrived).
     let events = &report.json["events"];
     assert_eq!(events["lost"], 0, "{ctx}");
     assert_eq!(events["reconciled_closed"], 0, "{ctx}");

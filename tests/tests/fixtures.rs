@@ -5,20 +5,14 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use tracer_tests::{Fixture, build_fixture, children_of, fd_count, unique_dir, wait_until};
+use tracer_tests::{
+    FIXTURES, Fixture, build_fixture, children_of, fd_count, unique_dir, wait_until,
+};
 
 /// Every fixture compiles warning-free.
 #[test]
 fn fixtures_compile_without_warnings() {
-    for name in [
-        "prefork_server",
-        "busy_churn",
-        "leak_and_exit",
-        "zombie_parent",
-        "thread_pile",
-        "tw_client",
-        "fd_families",
-    ] {
+    for name in FIXTURES {
         build_fixture(name, &["-Werror"]);
     }
 }

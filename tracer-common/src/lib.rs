@@ -36,6 +36,9 @@ pub mod map_names {
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
 /// Name of the global (u64) holding how many unread bytes make a producer wake the reader.
 pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
+/// Name of the global (u64) holding how many bytes of user stack to copy at most per event
+/// (`--stack-copy-kib`; at most [`STACK_TOP_BYTES`], or [`TASK_STACK_TOP_BYTES`] for tasks).
+pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
@@ -129,6 +132,7 @@ pub enum Syscall {
     Chdir = 38,
     Fchdir = 39,
     Unshare = 40,
+    Recvmsg = 41,
 }
 
 impl Syscall {
@@ -174,6 +178,7 @@ impl Syscall {
             Self::Chdir => "chdir",
             Self::Fchdir => "fchdir",
             Self::Unshare => "unshare",
+            Self::Recvmsg => "recvmsg",
         }
     }
 }
@@ -222,6 +227,7 @@ impl TryFrom<u32> for Syscall {
             38 => Self::Chdir,
             39 => Self::Fchdir,
             40 => Self::Unshare,
+            41 => Self::Recvmsg,
             other => return Err(other),
         })
     }
@@ -244,24 +250,35 @@ pub struct EventHeader {
 }
 const _: () = assert!(size_of::<EventHeader>() == 24);
 
-/// Bytes of user stack copied at descriptor creation events, from the user stack pointer up.
-pub const STACK_TOP_BYTES: usize = 128;
+/// Bytes of user stack copied at descriptor creation events, from the user stack pointer up:
+/// what userspace unwinds from .eh_frame/.debug_frame when a binary has no frame pointers.
+/// 8 KiB (perf's `--call-graph dwarf` default) holds the whole stack of typical C, C++ and
+/// Rust code at a syscall and a dozen interpreter frames; the README has what it costs.
+pub const STACK_TOP_BYTES: usize = 8192;
 /// Bytes copied at task creation: rare events, and glibc nests several frameless functions
 /// between fork/pthread_create and the syscall.
 pub const TASK_STACK_TOP_BYTES: usize = 1024;
+/// Granularity at which the stack copy is shortened when the stack mapping ends within
+/// [`STACK_TOP_BYTES`] of the stack pointer (a shallow main-thread or thread stack).
+pub const STACK_PAGE_BYTES: u64 = 4096;
 
-/// The user stack pointer and frame pointer at the syscall and the stack memory just above
-/// the stack pointer: enough for userspace to unwind frameless functions (libc syscall
-/// wrappers) from .eh_frame, which a frame-pointer walk skips or gets wrong.
+/// The user registers at the syscall that unwinding needs and the stack memory just above the
+/// stack pointer: enough for userspace to unwind functions without frame pointers from their
+/// CFI, which a frame-pointer walk skips or gets wrong.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct UserStackTop<const N: usize> {
-    /// 0 when it could not be read.
+    /// 0 when nothing could be read.
     pub sp: u64,
     pub bp: u64,
+    /// The user instruction pointer (the address after the `syscall` instruction).
+    pub ip: u64,
+    /// Bytes of `bytes` that hold stack memory: less than N when the stack ends sooner.
+    pub len: u32,
+    pub _pad: u32,
     pub bytes: [u8; N],
 }
-const _: () = assert!(size_of::<UserStackTop<STACK_TOP_BYTES>>() == 16 + STACK_TOP_BYTES);
+const _: () = assert!(size_of::<UserStackTop<STACK_TOP_BYTES>>() == 32 + STACK_TOP_BYTES);
 
 /// A descriptor created from a path by open, openat, openat2 or creat.
 #[repr(C)]
@@ -285,7 +302,7 @@ pub struct FileOpenEvent {
     pub stack_top: UserStackTop<STACK_TOP_BYTES>,
     pub path: [u8; PATH_CAP],
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 144 + PATH_CAP);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 32 + STACK_TOP_BYTES + PATH_CAP);
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
@@ -300,6 +317,7 @@ pub struct FdEvent {
     pub fd: i32,
     /// A [`Syscall`] as `u32`.
     pub syscall: u32,
+    /// recvmsg: arg0 is the call's flags (MSG_CMSG_CLOEXEC); the rest as the syscall's own.
     /// socket/socketpair: domain; accept/accept4: listening fd; dup*: old fd;
     /// pipe*/socketpair: the other end's fd.
     pub arg0: u64,
@@ -309,7 +327,7 @@ pub struct FdEvent {
     pub arg2: u64,
     pub stack_top: UserStackTop<STACK_TOP_BYTES>,
 }
-const _: () = assert!(size_of::<FdEvent>() == 56 + 144);
+const _: () = assert!(size_of::<FdEvent>() == 56 + 32 + STACK_TOP_BYTES);
 
 /// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
 /// then fails (except EBADF, where there was nothing to release).
@@ -342,7 +360,7 @@ pub struct ForkEvent {
     pub clone_flags: u64,
     pub stack_top: UserStackTop<TASK_STACK_TOP_BYTES>,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 40 + 16 + TASK_STACK_TOP_BYTES);
+const _: () = assert!(size_of::<ForkEvent>() == 40 + 32 + TASK_STACK_TOP_BYTES);
 
 /// `group_dead` value when the kernel's tracepoint does not say (older kernels).
 pub const GROUP_DEAD_UNKNOWN: u32 = 2;
@@ -474,8 +492,10 @@ pub struct TracepointOffsets {
     pub close_range_flags: u32,
     pub fchdir_fd: u32,
     pub unshare_flags: u32,
+    pub recvmsg_msg: u32,
+    pub recvmsg_flags: u32,
 }
-const _: () = assert!(size_of::<TracepointOffsets>() == 68 * 4);
+const _: () = assert!(size_of::<TracepointOffsets>() == 70 * 4);
 
 impl TracepointOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -549,6 +569,8 @@ impl TracepointOffsets {
             close_range_flags: FIELD_ABSENT,
             fchdir_fd: FIELD_ABSENT,
             unshare_flags: FIELD_ABSENT,
+            recvmsg_msg: FIELD_ABSENT,
+            recvmsg_flags: FIELD_ABSENT,
         }
     }
 }

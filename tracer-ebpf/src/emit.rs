@@ -1,15 +1,18 @@
 //! Small pieces every probe uses: the follow check, tracepoint field reads, event headers.
 
+use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user_buf,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
     },
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, UserStackTop};
+use tracer_common::{
+    EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, UserStackTop,
+};
 
-use crate::maps::{FOLLOWED, STACKS};
+use crate::maps::{FOLLOWED, STACK_COPY_BYTES, STACKS};
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
@@ -105,17 +108,25 @@ pub fn user_stack_id(ctx: &TracePointContext) -> i32 {
         .unwrap_or(NO_STACK)
 }
 
-/// Offsets of the user stack and frame pointers in `struct pt_regs`
-/// (arch/*/include/asm/ptrace.h): x86_64 `sp` and `bp`, arm64 `sp` and `regs[29]`.
+/// Offsets of the user stack pointer, frame pointer and instruction pointer in
+/// `struct pt_regs` (arch/*/include/asm/ptrace.h): x86_64 `sp`, `bp`, `ip`; arm64 `sp`,
+/// `regs[29]`, `pc`.
 #[cfg(bpf_target_arch = "x86_64")]
-const PT_REGS_SP_BP: Option<(usize, usize)> = Some((19 * 8, 4 * 8));
+const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = Some((19 * 8, 4 * 8, 16 * 8));
 #[cfg(bpf_target_arch = "aarch64")]
-const PT_REGS_SP_BP: Option<(usize, usize)> = Some((31 * 8, 29 * 8));
+const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = Some((31 * 8, 29 * 8, 32 * 8));
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
-const PT_REGS_SP_BP: Option<(usize, usize)> = None;
+const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = None;
 
-/// Copies the user stack and frame pointers and the stack just above the stack pointer into
-/// `top` (sp = 0 when they cannot be read). Userspace unwinds frameless functions from it.
+/// Copies the user stack pointer, frame pointer and instruction pointer and the stack just
+/// above the stack pointer into `top` (sp = 0 when nothing could be read). Userspace unwinds
+/// from it with the binaries' CFI.
+///
+/// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), when the stack
+/// mapping reaches that far. A read that crosses the end
+/// of the mapping fails as a whole, so a shallow stack (main's frame sits close to the top of
+/// the main thread's stack) is retried with copies that end on page boundaries, longest
+/// first: at most N / 4096 + 1 reads, of which all but one fail at once.
 ///
 /// # Safety
 /// `top` must point at writable memory (a reserved ring buffer record).
@@ -124,7 +135,10 @@ pub unsafe fn fill_stack_top<const N: usize>(top: *mut UserStackTop<N>) {
     unsafe {
         (*top).sp = 0;
         (*top).bp = 0;
-        let Some((sp_offset, bp_offset)) = PT_REGS_SP_BP else {
+        (*top).ip = 0;
+        (*top).len = 0;
+        (*top)._pad = 0;
+        let Some((sp_offset, bp_offset, ip_offset)) = PT_REGS_SP_BP_IP else {
             return;
         };
         let task = bpf_get_current_task_btf();
@@ -136,8 +150,32 @@ pub unsafe fn fill_stack_top<const N: usize>(top: *mut UserStackTop<N>) {
             return;
         };
         (*top).bp = bpf_probe_read_kernel(regs.add(bp_offset).cast::<u64>()).unwrap_or(0);
-        if bpf_probe_read_user_buf(sp as *const u8, &mut (*top).bytes).is_ok() {
+        (*top).ip = bpf_probe_read_kernel(regs.add(ip_offset).cast::<u64>()).unwrap_or(0);
+        let dst = (*top).bytes.as_mut_ptr();
+        let wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
+        if wanted == 0 {
             (*top).sp = sp;
+            return;
+        }
+        let page_end = sp.wrapping_add(wanted) & !(STACK_PAGE_BYTES - 1);
+        let mut attempt: u64 = 0;
+        while attempt <= (N as u64) / STACK_PAGE_BYTES {
+            let len = if attempt == 0 {
+                wanted
+            } else {
+                page_end
+                    .wrapping_sub((attempt - 1) * STACK_PAGE_BYTES)
+                    .wrapping_sub(sp)
+            };
+            attempt += 1;
+            if len == 0 || len > wanted || len > N as u64 {
+                continue;
+            }
+            if bpf_probe_read_user(dst.cast::<c_void>(), len as u32, sp as *const c_void) == 0 {
+                (*top).sp = sp;
+                (*top).len = len as u32;
+                return;
+            }
         }
     }
 }

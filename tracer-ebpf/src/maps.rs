@@ -57,41 +57,22 @@ pub static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 0;
 
+/// Bytes of user stack to copy at most per event (set by userspace, `--stack-copy-kib`): the
+/// copy is most of a descriptor event's cost, and it can be traded for unwinding depth.
+#[unsafe(no_mangle)]
+pub static STACK_COPY_BYTES: u64 = tracer_common::STACK_TOP_BYTES as u64;
+
 /// `BPF_RB_*` flags from linux/bpf.h.
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
-/// Flags for submitting a reserved `T` (the ring already counts it as waiting).
+/// Flags for submitting an event: wake the reader only once enough is waiting.
 #[inline(always)]
-pub fn submit_flags<T>() -> u64 {
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    wakeup_flags(waiting.saturating_sub(record_bytes::<T>()), waiting)
-}
-
-/// Flags for `EVENTS.output` of a `T` (not waiting yet).
-#[inline(always)]
-pub fn output_flags<T>() -> u64 {
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA);
-    wakeup_flags(waiting, waiting + record_bytes::<T>())
-}
-
-/// Bytes a `T` takes in the ring: an 8-byte header, rounded up to 8.
-#[inline(always)]
-const fn record_bytes<T>() -> u64 {
-    ((core::mem::size_of::<T>() as u64 + 8) + 7) & !7
-}
-
-/// Wakes the reader when the unread bytes cross a multiple of `WAKEUP_BYTES`, not on every
-/// event above it: each wakeup queues an irq_work (a self-IPI, an exit to the hypervisor in
-/// a VM), and while a busy reader caught up, every event had sent one (`bpf_stats` and perf:
-/// a quarter of `sys_exit_openat` was that IPI). A wakeup the reader misses is repeated at
-/// the next multiple, and the reader also drains on a timer.
-#[inline(always)]
-fn wakeup_flags(waiting_before: u64, waiting_after: u64) -> u64 {
+pub fn submit_flags() -> u64 {
     // SAFETY: a plain read of a load-time constant.
     let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-    if threshold == 0 || waiting_before / threshold != waiting_after / threshold {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP

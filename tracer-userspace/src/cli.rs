@@ -1,6 +1,11 @@
 //! Command-line options (report contract v1: --pid, -- COMMAND, --duration, --json, --min-age).
 
+use std::path::PathBuf;
+
 use clap::Parser;
+
+/// The largest stack copy the kernel side can make, in KiB.
+const STACK_COPY_MAX_KIB: u32 = (tracer_common::STACK_TOP_BYTES / 1024) as u32;
 
 /// Find descriptor leaks in live processes: attach eBPF probes to a process tree and report
 /// what is still open, grouped by the user-space stack that opened it.
@@ -26,9 +31,32 @@ pub struct Options {
     pub min_age: f64,
 
     /// Size of the kernel-to-user ring buffer in MiB (a power of two). Raise it if the report
-    /// says events were lost.
-    #[arg(long, value_name = "MIB", default_value_t = 16, value_parser = ring_buffer_mib)]
+    /// says events were lost. Each descriptor event carries up to --stack-copy-kib of stack,
+    /// so the default holds about 7 500 of them: some 40 ms of a process that does nothing
+    /// but open and close, time for the reader to be scheduled on a busy machine.
+    #[arg(long, value_name = "MIB", default_value_t = 64, value_parser = ring_buffer_mib)]
     pub ring_buffer_mib: u32,
+
+    /// KiB of user stack copied at each descriptor's creation (0 to 8), from which stacks
+    /// are unwound through code without frame pointers. The copy is most of the per-event
+    /// cost; less of it shortens stacks of code without frame pointers.
+    #[arg(
+        long,
+        value_name = "KIB",
+        default_value_t = STACK_COPY_MAX_KIB,
+        value_parser = clap::value_parser!(u32).range(0..=i64::from(STACK_COPY_MAX_KIB))
+    )]
+    pub stack_copy_kib: u32,
+
+    /// Show the N largest groups of descriptors (by creating stack) in full in the text
+    /// report; the JSON report always has every group.
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub top: u32,
+
+    /// Also write an SVG flame graph of the descriptors still open, by the stack that
+    /// created them, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub flamegraph: Option<PathBuf>,
 
     /// Start COMMAND with its arguments and follow it from its first syscall.
     #[arg(last = true, value_name = "COMMAND")]
@@ -83,6 +111,14 @@ mod tests {
             Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
                 .unwrap();
         assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
+        assert_eq!((opts.top, opts.flamegraph), (10, None));
+        let opts =
+            Options::try_parse_from(["tracer", "--top", "3", "--flamegraph", "fds.svg", "--", "x"])
+                .unwrap();
+        assert_eq!(
+            (opts.top, opts.flamegraph),
+            (3, Some(PathBuf::from("fds.svg")))
+        );
         assert!(Options::try_parse_from(["tracer", "--pid", "7", "--", "x"]).is_err());
     }
 
@@ -94,6 +130,9 @@ mod tests {
             ["--duration", "nan"],
             ["--ring-buffer-mib", "3"],
             ["--pid", "-4"],
+            ["--top", "0"],
+            ["--stack-copy-kib", "9"],
+            ["--top", "x"],
         ] {
             assert!(
                 Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(),

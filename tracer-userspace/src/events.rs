@@ -14,14 +14,19 @@ use tracer_common::{
 pub struct StackTop {
     pub sp: u64,
     pub bp: u64,
+    /// The user instruction pointer at the syscall, or 0 when the kernel could not read it.
+    pub ip: u64,
+    /// The stack memory from `sp` up (as much as the kernel could copy).
     pub bytes: Vec<u8>,
 }
 
 fn stack_top<const N: usize>(raw: &UserStackTop<N>) -> Option<StackTop> {
+    let len = (raw.len as usize).min(N);
     (raw.sp != 0).then(|| StackTop {
         sp: raw.sp,
         bp: raw.bp,
-        bytes: raw.bytes.to_vec(),
+        ip: raw.ip,
+        bytes: raw.bytes[..len].to_vec(),
     })
 }
 
@@ -313,7 +318,8 @@ mod tests {
         }
     }
 
-    /// A file-open record decodes with its path cut at path_len and its truncation flag.
+    /// A file-open record decodes with its path cut at path_len, its truncation flag, and its
+    /// stack copy cut at the length the kernel copied.
     #[test]
     fn decodes_file_open() {
         let mut raw = FileOpenEvent {
@@ -329,6 +335,9 @@ mod tests {
             stack_top: UserStackTop {
                 sp: 0x7ff0,
                 bp: 0x7ff8,
+                ip: 0x1234,
+                len: 100,
+                _pad: 0,
                 bytes: [7; STACK_TOP_BYTES],
             },
             path: [0; PATH_CAP],
@@ -350,8 +359,8 @@ mod tests {
             header
                 .stack_top
                 .as_ref()
-                .map(|t| (t.sp, t.bp, t.bytes[STACK_TOP_BYTES - 1])),
-            Some((0x7ff0, 0x7ff8, 7))
+                .map(|t| (t.sp, t.bp, t.ip, t.bytes.len(), t.bytes[99])),
+            Some((0x7ff0, 0x7ff8, 0x1234, 100, 7))
         );
         assert_eq!((fd, syscall), (7, Syscall::Openat));
         assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
@@ -394,6 +403,9 @@ mod tests {
             stack_top: UserStackTop {
                 sp: 0,
                 bp: 0,
+                ip: 0,
+                len: 0,
+                _pad: 0,
                 bytes: [0; TASK_STACK_TOP_BYTES],
             },
         };

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod events;
 pub mod kind;
 pub mod loader;
+pub mod modules;
 pub mod names;
 pub mod procfs;
 pub mod reconciler;

@@ -59,6 +59,16 @@ const MIN_EVENT_BYTES: usize = 32;
 /// Runs a session and prints the report (JSON on stdout with --json, text otherwise).
 pub fn run(opts: &Options) -> Result<()> {
     opts.validate().map_err(anyhow::Error::msg)?;
+    // A flame graph that cannot be written is refused before anything runs.
+    let flamegraph = opts
+        .flamegraph
+        .as_ref()
+        .map(|path| {
+            std::fs::File::create(path)
+                .map(|file| (path, file))
+                .with_context(|| format!("cannot create {}", path.display()))
+        })
+        .transpose()?;
     let pid = opts.pid.map(process_of).transpose()?;
     let tracefs_root = loader::preflight()?;
 
@@ -88,8 +98,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
 
-    let (mut probes, ring) = loader::load(&tracefs_root, opts.ring_buffer_mib << 20)
-        .context("cannot attach the probes")?;
+    let stack_copy_bytes = u64::from(opts.stack_copy_kib) * 1024;
+    let (mut probes, ring) =
+        loader::load(&tracefs_root, opts.ring_buffer_mib << 20, stack_copy_bytes)
+            .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
     let followed = follow_tree(&mut probes, target)?;
     let snapshots: Vec<(ProcessSnapshot, Vec<u16>)> =
@@ -187,7 +199,14 @@ pub fn run(opts: &Options) -> Result<()> {
         "built the report in {:.3}s",
         (monotonic_ns() - now_ns) as f64 / 1e9
     );
-    print_report(&report, opts.json)
+    print_report(&report, opts.json, opts.top as usize)?;
+    if let Some((path, file)) = flamegraph {
+        let mut out = io::BufWriter::new(file);
+        report::flamegraph::write_svg(&report, &mut out)
+            .and_then(|()| out.flush())
+            .with_context(|| format!("cannot write the flame graph to {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// The process to follow for `--pid`: the pid itself, or the process a thread id belongs to.
@@ -207,8 +226,8 @@ fn process_of(pid: u32) -> Result<u32> {
     }
 }
 
-fn print_report(report: &Report, json: bool) -> Result<()> {
-    let text = report::text::render(report);
+fn print_report(report: &Report, json: bool, top: usize) -> Result<()> {
+    let text = report::text::render_top(report, top);
     if json {
         eprint!("{text}");
         let mut stdout = io::stdout().lock();

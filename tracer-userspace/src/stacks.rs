@@ -1,6 +1,6 @@
-//! Everything needed to turn a kernel stack id into frames later, captured while the process
+//! Everything needed to turn an event's stack into frames later, captured while the process
 //! lives: each process's executable mappings per program image (exec generation), the kernel
-//! stacks by id, and the caller of a frameless innermost function recovered from .eh_frame.
+//! stacks by id, and the frames unwound from CFI through the stack copied at the event.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -11,8 +11,9 @@ use crate::{
     aggregator::StackRef,
     events::{Event, StackTop},
     loader::Probes,
+    modules::{ModuleFiles, ModuleMap},
     symbolize::{Frame, StackSymbolizer},
-    unwind::{FrameRule, LeafUnwinder, ModuleMap, unwind_copied_stack},
+    unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound},
 };
 
 #[derive(Default)]
@@ -27,14 +28,17 @@ pub struct StackStore {
     /// (pid, generation, stack id) whose unmapped addresses already caused a re-read of
     /// /proc/PID/maps: JIT code stays unmapped, and must not cost a read per event.
     refreshed: HashSet<(u32, u32, u32)>,
-    /// CFI rules by (pid, generation, ip); None where there are none. A rule depends on the
-    /// instruction alone, so the CFI is read once per call site, not per event.
-    frame_rules: HashMap<(u32, u32, u64), Option<FrameRule>>,
+    /// Unwinders by module map (its address; the map is kept alive next to it, so the
+    /// address is never reused): forked children that share their parent's image share its
+    /// unwinder, and a re-read map gets a new one. Each caches its rules by address, so the
+    /// CFI is read once per call site, not per event.
+    unwinders: HashMap<usize, (Arc<ModuleMap>, ProcessUnwinder)>,
     /// Repaired stacks, interned: the report's stack ids index `stacks`. Two kernel stacks
     /// that differ only in the garbage a broken frame-pointer walk collected are one stack.
     stacks: Vec<Arc<[u64]>>,
     stack_ids: HashMap<Arc<[u64]>, u32>,
-    unwinder: LeafUnwinder,
+    sections: UnwindSections,
+    files: ModuleFiles,
     symbolizer: StackSymbolizer,
 }
 
@@ -78,11 +82,8 @@ impl StackStore {
         }
         let header = event.header_mut();
         header.generation = self.generation(header.tgid);
-        let Some(kernel_id) = header.stack_id else {
-            return;
-        };
         header.stack_id = self.repair(
-            kernel_id,
+            header.stack_id,
             header.tgid,
             header.generation,
             header.stack_top.as_ref(),
@@ -90,38 +91,53 @@ impl StackStore {
         );
     }
 
-    /// The interned id of the repaired form of kernel stack `kernel_id`: frames unwound
-    /// from .eh_frame through the stack copied at the event, continued by the kernel's
-    /// frame-pointer walk where the two meet.
+    /// The interned id of the event's stack: frames unwound from CFI through the stack copied
+    /// at the event, continued by the kernel's frame-pointer walk (`kernel_id`) where the two
+    /// meet. Either alone will do; None when there is neither.
     fn repair(
         &mut self,
-        kernel_id: u32,
+        kernel_id: Option<u32>,
         pid: u32,
         generation: u32,
         top: Option<&StackTop>,
         probes: &Probes,
     ) -> Option<u32> {
-        let ips = self.kernel_stack(kernel_id, probes)?;
-        let modules = self.modules_covering(pid, generation, kernel_id, &ips);
-        let unwound = match (ips.first(), top) {
-            (Some(&innermost), Some(top)) if modules.find(innermost).is_some() => {
-                let (rules, unwinder) = (&mut self.frame_rules, &mut self.unwinder);
-                unwind_copied_stack(
-                    |ip| {
-                        *rules
-                            .entry((pid, generation, ip))
-                            .or_insert_with(|| unwinder.frame_rule(&modules, ip))
-                    },
-                    |ip| modules.find(ip).is_some(),
-                    innermost,
-                    (top.sp, top.bp),
-                    &top.bytes,
-                    MAX_UNWOUND_FRAMES,
-                )
+        let ips = match kernel_id {
+            Some(id) => self.kernel_stack(id, probes).unwrap_or_default(),
+            None => Arc::default(),
+        };
+        let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
+        let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
+        let modules = self.modules_covering(pid, generation, kernel_id, &probe);
+        let unwound = match (innermost.or(ips.first().copied()), top) {
+            (Some(ip), Some(top)) if modules.find(ip).is_some() => {
+                let (_, unwinder) = self
+                    .unwinders
+                    .entry(Arc::as_ptr(&modules) as usize)
+                    .or_insert_with(|| (modules.clone(), self.sections.unwinder_for(&modules)));
+                let stack = CopiedStack {
+                    ip,
+                    sp: top.sp,
+                    bp: top.bp,
+                    bytes: &top.bytes,
+                };
+                unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES)
             }
-            _ => Vec::new(),
+            _ => Unwound::default(),
         };
         let repaired: Arc<[u64]> = spliced(&unwound, &ips, &modules).into();
+        log::trace!(
+            "pid {pid}: unwound {:x?} (complete: {}, {} of {} bytes), kernel {:x?} -> {:x?}",
+            unwound.frames,
+            unwound.complete,
+            unwound.stack_used,
+            top.map_or(0, |top| top.bytes.len()),
+            ips,
+            repaired
+        );
+        if repaired.is_empty() {
+            return None;
+        }
         Some(match self.stack_ids.get(&repaired) {
             Some(&id) => id,
             None => {
@@ -155,7 +171,7 @@ impl StackStore {
     fn modules_of(&mut self, pid: u32, generation: u32) -> Arc<ModuleMap> {
         self.modules
             .entry((pid, generation))
-            .or_insert_with(|| match ModuleMap::read(pid) {
+            .or_insert_with(|| match self.files.read(pid) {
                 Ok(modules) => Arc::new(modules),
                 Err(err) => {
                     log::debug!("cannot read the mappings of pid {pid}: {err}");
@@ -166,21 +182,25 @@ impl StackStore {
     }
 
     /// Like [`Self::modules_of`], but re-reads /proc when an address of `ips` is in none of
-    /// the known mappings: libraries are mapped after exec (by ld.so) and by dlopen.
+    /// the known mappings: libraries are mapped after exec (by ld.so) and by dlopen. At most
+    /// once per kernel stack id (or once per image for events without one): JIT code stays
+    /// unmapped, and must not cost a read per event.
     fn modules_covering(
         &mut self,
         pid: u32,
         generation: u32,
-        stack_id: u32,
+        stack_id: Option<u32>,
         ips: &[u64],
     ) -> Arc<ModuleMap> {
         let known = self.modules_of(pid, generation);
         if ips.iter().all(|&ip| known.find(ip).is_some())
-            || !self.refreshed.insert((pid, generation, stack_id))
+            || !self
+                .refreshed
+                .insert((pid, generation, stack_id.unwrap_or(u32::MAX)))
         {
             return known;
         }
-        match ModuleMap::read(pid) {
+        match self.files.read(pid) {
             Ok(fresh) => {
                 let fresh = Arc::new(fresh);
                 self.modules.insert((pid, generation), fresh.clone());
@@ -200,35 +220,46 @@ impl StackStore {
     }
 }
 
-/// Frames walked through the copied stack per event are few: the copy is small.
-const MAX_UNWOUND_FRAMES: usize = 32;
+/// Frames kept per stack; deeper stacks (deep recursion) keep their innermost frames.
+const MAX_FRAMES: usize = 127;
 
-/// The stack to report: the frames unwound through the copied stack (`unwound`, which
-/// knows the frameless functions the kernel's frame-pointer walk skips or gets wrong),
-/// continued by the kernel's walk from where the two meet, else from the walk's second
-/// frame; cut at the first address that lies in no executable mapping. A frameless function
-/// may use %rbp as a scratch register (glibc's open64 and clone3 do), which sends the
-/// kernel's walk into the weeds, and nothing after such an address can be trusted. (Code in
-/// anonymous memory, such as JIT output, ends a stack too; it could not be symbolized.)
-fn spliced(unwound: &[u64], kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
-    let mut ips: Vec<u64> = if unwound.len() <= 1 {
-        kernel.to_vec()
+/// The stack to report. A walk through the copied stack that reached the stack's root is the
+/// whole answer: it knows the functions without frame pointers, which the kernel's
+/// frame-pointer walk skips or gets wrong. One that ran out of copied stack is continued by
+/// the kernel's walk if the walk also found its last frame, from there on. When the two part
+/// ways earlier, the kernel's walk went astray (a function without a frame pointer) and adds
+/// nothing. A walk of just the innermost frame and its caller (a short copy) is continued by
+/// the kernel's walk from its second frame: that is the caller's caller when the innermost
+/// function is a frameless libc wrapper. Without unwound frames the kernel's walk is the
+/// stack. The result is cut at the first address that lies in no executable mapping: a
+/// frameless function may use %rbp as a scratch register (glibc's open64 and clone3 do),
+/// which sends the kernel's walk into the weeds, and nothing after such an address can be
+/// trusted. (Code in anonymous memory, such as JIT output, ends a stack too; it could not be
+/// symbolized.)
+fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
+    let frames = &unwound.frames;
+    let last = frames.len().saturating_sub(1);
+    // Where the kernel's walk holds the deepest unwound frame.
+    let meeting = frames.iter().enumerate().skip(1).rev().find_map(|(i, ip)| {
+        let j = kernel.iter().skip(1).position(|k| k == ip)? + 1;
+        Some((i, j))
+    });
+    let mut ips: Vec<u64> = if frames.len() <= 1 {
+        if kernel.is_empty() {
+            frames.clone()
+        } else {
+            kernel.to_vec()
+        }
+    } else if unwound.complete {
+        frames.clone()
     } else {
-        // The deepest unwound frame the kernel's walk also found.
-        let meeting = unwound
-            .iter()
-            .enumerate()
-            .skip(1)
-            .rev()
-            .find_map(|(i, ip)| {
-                let j = kernel.iter().skip(1).position(|k| k == ip)? + 1;
-                Some((i, j))
-            });
-        let (mine, theirs) = match meeting {
-            Some((i, j)) => (&unwound[..=i], kernel.get(j + 1..).unwrap_or_default()),
-            None => (unwound, kernel.get(1..).unwrap_or_default()),
+        let theirs = match meeting {
+            Some((i, j)) if i == last => kernel.get(j + 1..).unwrap_or_default(),
+            Some(_) => &[],
+            None if frames.len() == 2 => kernel.get(1..).unwrap_or_default(),
+            None => &[],
         };
-        mine.iter().chain(theirs).copied().collect()
+        frames.iter().chain(theirs).copied().collect()
     };
     let mapped = ips
         .iter()
@@ -243,6 +274,14 @@ fn spliced(unwound: &[u64], kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
 mod tests {
     use super::*;
 
+    fn cut(frames: &[u64]) -> Unwound {
+        Unwound {
+            frames: frames.to_vec(),
+            complete: false,
+            stack_used: 0,
+        }
+    }
+
     fn modules() -> ModuleMap {
         ModuleMap::parse(
             "1000-2000 r-xp 00000000 08:01 1 /srv/app\n\
@@ -254,9 +293,13 @@ mod tests {
     #[test]
     fn cuts_at_first_unmapped_address() {
         let kept = [0x7100, 0x1100, 0x1200];
-        assert_eq!(spliced(&[], &kept, &modules()), kept);
+        assert_eq!(spliced(&cut(&[]), &kept, &modules()), kept);
         assert_eq!(
-            spliced(&[0x7100], &[0x7100, 0x1100, 0xdead, 0x1200], &modules()),
+            spliced(
+                &cut(&[0x7100]),
+                &[0x7100, 0x1100, 0xdead, 0x1200],
+                &modules()
+            ),
             vec![0x7100, 0x1100]
         );
     }
@@ -267,19 +310,51 @@ mod tests {
     fn inserts_unwound_caller_and_cuts_garbage() {
         let kernel = [0x7100, 0x1200, 0x6567_7261_742f_6e69, 0x1300];
         assert_eq!(
-            spliced(&[0x7100, 0x1100], &kernel, &modules()),
+            spliced(&cut(&[0x7100, 0x1100]), &kernel, &modules()),
             vec![0x7100, 0x1100, 0x1200]
         );
     }
 
-    /// Where the unwound frames meet the kernel's walk, the walk continues after the meeting
-    /// frame, without repeating it.
+    /// Where the last unwound frame meets the kernel's walk, the walk continues after it,
+    /// without repeating it; where they part ways before that, the unwound frames stand alone,
+    /// as they do when a long walk has nothing in common with the kernel's.
     #[test]
     fn continues_with_the_kernel_walk_where_they_meet() {
         let kernel = [0x7100, 0x1300, 0x1400];
         assert_eq!(
-            spliced(&[0x7100, 0x7200, 0x1200, 0x1300], &kernel, &modules()),
+            spliced(&cut(&[0x7100, 0x7200, 0x1200, 0x1300]), &kernel, &modules()),
             vec![0x7100, 0x7200, 0x1200, 0x1300, 0x1400]
+        );
+        let astray = [0x7100, 0x1200, 0x1f00, 0x1e00];
+        assert_eq!(
+            spliced(&cut(&[0x7100, 0x1100, 0x1200, 0x1300]), &astray, &modules()),
+            vec![0x7100, 0x1100, 0x1200, 0x1300]
+        );
+        assert_eq!(
+            spliced(
+                &cut(&[0x7100, 0x1100, 0x1300]),
+                &[0x7100, 0x1f00],
+                &modules()
+            ),
+            vec![0x7100, 0x1100, 0x1300]
+        );
+    }
+
+    /// A walk that reached the root of the stack is the stack: the kernel's walk adds
+    /// nothing. Without a kernel stack the unwound frames alone are kept.
+    #[test]
+    fn complete_walk_stands_alone() {
+        let complete = Unwound {
+            frames: vec![0x7100, 0x1100, 0x1200],
+            complete: true,
+            stack_used: 64,
+        };
+        let kernel = [0x7100, 0x1200, 0x1300];
+        assert_eq!(spliced(&complete, &kernel, &modules()), complete.frames);
+        assert_eq!(spliced(&cut(&[0x7100]), &[], &modules()), vec![0x7100]);
+        assert_eq!(
+            spliced(&cut(&[0x7100, 0x1100]), &[], &modules()),
+            vec![0x7100, 0x1100]
         );
     }
 }

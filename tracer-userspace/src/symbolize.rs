@@ -1,13 +1,19 @@
 //! Turning stack addresses into function, file and line with blazesym, once per stack.
+//!
+//! Names are demangled (Rust, C++); file and line come from DWARF, in the binary or in a
+//! separate debug file that blazesym finds through the binary's build id or debug link under
+//! /usr/lib/debug (where distro `-dbg`/`-dbgsym` packages install them). A function inlined
+//! at a call site becomes a frame of its own, marked `inlined`, so an -O2 or Rust release
+//! build still shows the function that made the call.
 
 use std::collections::HashMap;
 
 use blazesym::symbolize::{
-    Input, Symbolized, Symbolizer,
+    CodeInfo, Input, Symbolized, Symbolizer,
     source::{Elf, Source},
 };
 
-use crate::{aggregator::StackRef, unwind::ModuleMap};
+use crate::{aggregator::StackRef, modules::ModuleMap};
 
 /// One frame of a user stack, as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +23,8 @@ pub struct Frame {
     pub module: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// The function was inlined into the next frame, which holds the same address.
+    pub inlined: bool,
 }
 
 impl Frame {
@@ -27,6 +35,7 @@ impl Frame {
             module: None,
             file: None,
             line: None,
+            inlined: false,
         }
     }
 }
@@ -48,7 +57,11 @@ impl Default for StackSymbolizer {
 impl StackSymbolizer {
     pub fn new() -> Self {
         Self {
-            symbolizer: Symbolizer::new(),
+            symbolizer: Symbolizer::builder()
+                .enable_demangling(true)
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .build(),
             cache: HashMap::new(),
         }
     }
@@ -63,7 +76,7 @@ impl StackSymbolizer {
         let frames: Vec<Frame> = ips
             .iter()
             .enumerate()
-            .map(|(i, &ip)| {
+            .flat_map(|(i, &ip)| {
                 // Every frame but the innermost holds a return address, which points after
                 // the call; the byte before it is the call itself (right function and line
                 // even when the call ends its function).
@@ -75,37 +88,69 @@ impl StackSymbolizer {
         frames
     }
 
-    fn resolve(&self, ip: u64, lookup: u64, modules: &ModuleMap) -> Frame {
+    /// The frames of one address: the functions inlined there, innermost first, then the
+    /// function that holds the code.
+    fn resolve(&self, ip: u64, lookup: u64, modules: &ModuleMap) -> Vec<Frame> {
         let Some((mapping, offset)) = modules.file_offset(lookup) else {
-            return Frame::unknown(ip);
+            return vec![Frame::unknown(ip)];
         };
         let module = mapping.path.to_string_lossy().into_owned();
-        let source = Source::Elf(Elf::new(&mapping.path));
+        let source = Source::Elf(Elf::new(mapping.file()));
         let symbolized = self
             .symbolizer
             .symbolize_single(&source, Input::FileOffset(offset));
+        let unknown = || Frame {
+            module: Some(module.clone()),
+            ..Frame::unknown(ip)
+        };
         match symbolized {
-            Ok(Symbolized::Sym(sym)) => Frame {
-                addr: ip,
-                symbol: Some(sym.name.to_string()),
-                module: Some(module),
-                file: sym
-                    .code_info
-                    .as_ref()
-                    .map(|info| info.file.to_string_lossy().into_owned()),
-                line: sym.code_info.as_ref().and_then(|info| info.line),
-            },
-            Ok(Symbolized::Unknown(_)) => Frame {
-                module: Some(module),
-                ..Frame::unknown(ip)
-            },
+            Ok(Symbolized::Sym(sym)) => {
+                let place =
+                    |info: Option<&CodeInfo>| (info.map(source_file), info.and_then(|i| i.line));
+                let mut frames: Vec<Frame> = sym
+                    .inlined
+                    .iter()
+                    .rev()
+                    .map(|inlined| {
+                        let (file, line) = place(inlined.code_info.as_ref());
+                        Frame {
+                            addr: ip,
+                            symbol: Some(inlined.name.to_string()),
+                            module: Some(module.clone()),
+                            file,
+                            line,
+                            inlined: true,
+                        }
+                    })
+                    .collect();
+                let (file, line) = place(sym.code_info.as_deref());
+                frames.push(Frame {
+                    addr: ip,
+                    symbol: Some(sym.name.to_string()),
+                    module: Some(module.clone()),
+                    file,
+                    line,
+                    inlined: false,
+                });
+                frames
+            }
+            Ok(Symbolized::Unknown(_)) => vec![unknown()],
             Err(err) => {
                 log::debug!("cannot symbolize {ip:#x} in {module}: {err}");
-                Frame {
-                    module: Some(module),
-                    ..Frame::unknown(ip)
-                }
+                vec![unknown()]
             }
         }
+    }
+}
+
+/// The source file of a frame: its full path when the compiler recorded an absolute
+/// directory, else the file as recorded (distro libraries are built in a directory the
+/// reader does not have: `./socket/../sysdeps/...`).
+fn source_file(info: &CodeInfo) -> String {
+    let absolute = info.dir.as_deref().is_some_and(|dir| dir.is_absolute());
+    if absolute {
+        info.to_path().to_string_lossy().into_owned()
+    } else {
+        info.file.to_string_lossy().into_owned()
     }
 }

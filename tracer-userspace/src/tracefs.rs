@@ -256,6 +256,8 @@ impl Formats {
             close_range_flags: self.offset("sys_enter_close_range", "flags")?,
             fchdir_fd: self.offset("sys_enter_fchdir", "fd")?,
             unshare_flags: self.offset("sys_enter_unshare", "unshare_flags")?,
+            recvmsg_msg: self.offset("sys_enter_recvmsg", "msg")?,
+            recvmsg_flags: self.offset("sys_enter_recvmsg", "flags")?,
         })
     }
 

@@ -15,7 +15,14 @@ use crate::process::{self, find_on_path, is_root, probe, version_of};
 pub struct Needs {
     /// The integration tests compile C fixtures.
     pub c_compiler: bool,
+    /// `test --vm` boots kernels under QEMU with a busybox initramfs.
+    pub vm: bool,
 }
+
+/// What `test --vm` runs on the host: the emulator, the guest's shell and tools (a static
+/// busybox, since the guest has no libraries but those we pack), and `readelf` to find the
+/// debug files of the libraries packed.
+const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker links against LLVM; these are Debian's LLVM 22 development files and the
@@ -41,6 +48,9 @@ pub fn run(needs: Needs) -> Result<()> {
     ensure_bpf_linker()?;
     if needs.c_compiler {
         ensure_c_compiler()?;
+    }
+    if needs.vm {
+        ensure_debian_packages(VM_PACKAGES).context("`cargo xtask test --vm` needs them")?;
     }
     Ok(())
 }
@@ -172,7 +182,13 @@ fn ensure_bpf_linker() -> Result<()> {
         return Ok(());
     }
     eprintln!("missing");
-    ensure_debian_packages(LLVM_PACKAGES).context("bpf-linker needs LLVM 22")?;
+    ensure_debian_packages(LLVM_PACKAGES).with_context(|| {
+        format!(
+            "bpf-linker needs LLVM 22: with its development files installed, run \
+             `LLVM_PREFIX=<llvm dir> cargo install bpf-linker --version {BPF_LINKER_VERSION} \
+             --no-default-features --features llvm-22`"
+        )
+    })?;
     eprintln!("bpf-linker compiles from source: this takes about 1-3 minutes");
     install(&format!("bpf-linker {BPF_LINKER_VERSION}"), || {
         cargo_install_bpf_linker(true).or_else(|err| {
@@ -204,9 +220,8 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
     if find_on_path("dpkg-query").is_none() {
         eprintln!("unknown");
         bail!(
-            "not a Debian-like system: install LLVM 22 with its development files, then run \
-             `LLVM_PREFIX=<llvm dir> cargo install bpf-linker --version {BPF_LINKER_VERSION} \
-             --no-default-features --features llvm-22`"
+            "not a Debian-like system: install the equivalents of {} yourself",
+            packages.join(" ")
         );
     }
     let missing: Vec<&str> = packages

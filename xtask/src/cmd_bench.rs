@@ -63,7 +63,10 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     let wants = |part: Part| options.only.is_empty() || options.only.contains(&part);
     let started = Instant::now();
-    bootstrap::run(Needs { c_compiler: true })?;
+    bootstrap::run(Needs {
+        c_compiler: true,
+        vm: false,
+    })?;
     tools::ensure()?;
     tools::ensure_tracefs()?;
     let tracer = build_tracer(Profile::Release)?;

@@ -40,7 +40,10 @@ impl Profile {
 }
 
 pub fn run(options: Options) -> Result<ExitCode> {
-    bootstrap::run(Needs { c_compiler: false })?;
+    bootstrap::run(Needs {
+        c_compiler: false,
+        vm: false,
+    })?;
     let profile = if options.debug {
         Profile::Debug
     } else {

@@ -45,7 +45,10 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let args = tracer_args(options.args);
     // Decided before building so a machine where the tracer cannot run fails in a second.
     let privilege = privilege()?;
-    bootstrap::run(Needs { c_compiler: false })?;
+    bootstrap::run(Needs {
+        c_compiler: false,
+        vm: false,
+    })?;
     let binary = build_tracer(Profile::Release)?;
     let mut cmd = tracer_command(&privilege, &binary);
     cmd.args(args);

@@ -1,9 +1,11 @@
-//! `cargo xtask test`: release build, unit tests, then the root-only integration tests.
+//! `cargo xtask test`: release build, unit tests, then the root-only integration tests, on
+//! the host kernel and, with `--vm`, on other kernels booted under QEMU.
 
 use std::{
     ffi::OsString,
     path::Path,
     process::{Command, ExitCode},
+    time::Duration,
 };
 
 use anyhow::{Result, bail};
@@ -13,6 +15,7 @@ use crate::{
     bootstrap::{self, Needs},
     cmd_build::{Profile, build_tracer},
     process::{self, is_root},
+    vm,
 };
 
 /// Bootstrap, build the tracer (release), run the unit tests, then the integration tests.
@@ -20,13 +23,27 @@ use crate::{
 /// The integration tests load eBPF programs and trace real processes, so they need root;
 /// they run one at a time against target/release/tracer (passed as TRACER_BIN).
 ///
+/// With --vm the integration tests then run again inside each named kernel (Debian kernel
+/// packages, fetched with apt and cached), booted under QEMU.
+///
 /// Examples: `cargo xtask test`, `cargo xtask test --unit-only`,
-/// `cargo xtask test -- leak_open -- --nocapture`.
+/// `cargo xtask test -- leak_open -- --nocapture`, `cargo xtask test --vm`,
+/// `cargo xtask test --vm linux-image-6.12-cloud-amd64 -- -- prefork` (host and guest run
+/// the tests whose name has "prefork").
 #[derive(Args)]
 pub struct Options {
     /// Run only the unit tests (no root needed)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vm")]
     pub unit_only: bool,
+
+    /// Also run the integration tests in VMs, one per KERNEL (a Debian kernel image
+    /// package; default: the newest linux-image-6.1.0-N-cloud-amd64)
+    #[arg(long, value_name = "KERNEL", num_args = 0..)]
+    pub vm: Option<Vec<String>>,
+
+    /// Seconds one VM may run (boot and whole suite) before it is killed
+    #[arg(long, value_name = "SECS", default_value_t = 1200)]
+    pub vm_timeout: u64,
 
     /// Extra arguments for `cargo test` (e.g. a test name filter); those after a second `--`
     /// go to the test binaries (e.g. --nocapture)
@@ -48,6 +65,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
     bootstrap::run(Needs {
         // Only the integration tests compile C fixtures.
         c_compiler: !options.unit_only,
+        vm: options.vm.is_some(),
     })?;
 
     let mut summary = Summary::default();
@@ -59,8 +77,22 @@ pub fn run(options: Options) -> Result<ExitCode> {
     summary.record("unit tests", unit_tests(&extra));
     if options.unit_only {
         summary.skip("integration tests", "--unit-only");
-    } else {
-        summary.record("integration tests", integration_tests(&binary, &extra));
+        return Ok(summary.finish());
+    }
+    let host = summary.record("integration tests", integration_tests(&binary, &extra));
+    if let Some(kernels) = &options.vm {
+        if host.is_none() {
+            summary.skip("VM tests", "the integration tests failed on the host");
+        } else {
+            let run = vm::VmRun {
+                kernels,
+                tracer: &binary,
+                cargo_args: extra.cargo,
+                harness_args: extra.harness,
+                timeout: Duration::from_secs(options.vm_timeout),
+            };
+            summary.record("VM tests", vm::run(&run));
+        }
     }
     Ok(summary.finish())
 }

@@ -9,7 +9,7 @@ use tracer_common::{EventKind, ExecEvent, NO_STACK, Syscall};
 use super::{exit_probes, syscall_result};
 use crate::{
     emit::Caller,
-    maps::{EVENTS, LOST_RING_FULL, count_lost, output_flags},
+    maps::{EVENTS, LOST_RING_FULL, count_lost, submit_flags},
 };
 
 exit_probes!(
@@ -29,10 +29,7 @@ fn emit_cwd_changed(ctx: &TracePointContext, _syscall: Syscall) {
     let event = ExecEvent {
         header: caller.header(EventKind::CwdChanged, NO_STACK),
     };
-    if EVENTS
-        .output::<ExecEvent>(&event, output_flags::<ExecEvent>())
-        .is_err()
-    {
+    if EVENTS.output::<ExecEvent>(&event, submit_flags()).is_err() {
         count_lost(LOST_RING_FULL);
     }
 }

@@ -118,7 +118,7 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
             (*event).path_unknown = 1;
             (*event).path_len = 0;
             (*event).path_truncated = 0;
-            entry.submit(submit_flags::<FileOpenEvent>());
+            entry.submit(submit_flags());
             return;
         }
         (*event).path_unknown = 0;
@@ -135,5 +135,5 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         (*event).path_len = copied.saturating_sub(1) as u16;
         (*event).path_truncated = truncated as u8;
     }
-    entry.submit(submit_flags::<FileOpenEvent>());
+    entry.submit(submit_flags());
 }

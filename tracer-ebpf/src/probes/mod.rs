@@ -6,6 +6,7 @@ pub mod cwd;
 pub mod fd_control;
 pub mod files;
 pub mod pairs;
+pub mod received;
 pub mod sockets_and_dups;
 pub mod special_fds;
 pub mod tasks;

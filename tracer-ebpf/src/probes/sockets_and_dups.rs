@@ -149,5 +149,5 @@ fn emit(
             (*event).stack_top.bp = 0;
         }
     }
-    entry.submit(submit_flags::<FdEvent>());
+    entry.submit(submit_flags());
 }

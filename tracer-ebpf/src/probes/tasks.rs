@@ -15,7 +15,7 @@ use crate::{
     emit::{Caller, fill_stack_top, read_u8, read_u32, read_u64, user_stack_id},
     maps::{
         EVENTS, FOLLOWED, IN_FLIGHT, LOST_FOLLOW_FULL, LOST_RING_FULL, count_lost, offset,
-        output_flags, submit_flags,
+        submit_flags,
     },
 };
 
@@ -100,7 +100,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         (*event).clone_flags = clone_flags;
         fill_stack_top(&raw mut (*event).stack_top);
     }
-    entry.submit(submit_flags::<ForkEvent>());
+    entry.submit(submit_flags());
     0
 }
 
@@ -129,10 +129,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         group_dead,
         _pad: 0,
     };
-    if EVENTS
-        .output::<ExitEvent>(&event, output_flags::<ExitEvent>())
-        .is_err()
-    {
+    if EVENTS.output::<ExitEvent>(&event, submit_flags()).is_err() {
         count_lost(LOST_RING_FULL);
     }
     0
@@ -144,10 +141,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         let event = ExecEvent {
             header: task.header(EventKind::Exec, NO_STACK),
         };
-        if EVENTS
-            .output::<ExecEvent>(&event, output_flags::<ExecEvent>())
-            .is_err()
-        {
+        if EVENTS.output::<ExecEvent>(&event, submit_flags()).is_err() {
             count_lost(LOST_RING_FULL);
         }
     }

@@ -99,7 +99,7 @@ fn emit(
         (*event).saddr = saddr;
         (*event).daddr = daddr;
     }
-    entry.submit(submit_flags::<TcpStateEvent>());
+    entry.submit(submit_flags());
 }
 
 /// An IPv4 address field, in the first 4 of 16 bytes.

@@ -17,6 +17,8 @@ pub(super) const O_CLOEXEC: u64 = 0o2_000_000;
 const LOW_BIT_CLOEXEC: u64 = 1;
 /// `PERF_FLAG_FD_CLOEXEC`.
 const PERF_FLAG_FD_CLOEXEC: u64 = 8;
+/// `MSG_CMSG_CLOEXEC`: recvmsg's flag for the descriptors it receives.
+const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
 /// `F_DUPFD_CLOEXEC`.
 const F_DUPFD_CLOEXEC: u64 = 1030;
 const AT_FDCWD: i32 = -100;
@@ -197,6 +199,11 @@ pub(super) fn without_path(
         S::Userfaultfd => Birth::new(K::Other, "userfaultfd", has(arg0, O_CLOEXEC)),
         S::PerfEventOpen => Birth::new(K::Other, "perf_event", has(arg0, PERF_FLAG_FD_CLOEXEC)),
         S::OpenByHandleAt => Birth::new(K::File, "(opened by handle)", has(arg1, O_CLOEXEC)),
+        S::Recvmsg => Birth::new(
+            K::Other,
+            "received over a unix socket (SCM_RIGHTS)",
+            has(arg0, MSG_CMSG_CLOEXEC),
+        ),
         other => Birth::new(K::Other, other.name(), false),
     })
 }

@@ -2,6 +2,7 @@
 //! the report contract (v1). [`build`] assembles it from the aggregator; [`text`] renders it
 //! for people, serde for scripts.
 
+pub mod flamegraph;
 pub mod text;
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,6 +87,9 @@ pub struct FrameEntry {
     pub module: Option<String>,
     pub file: Option<String>,
     pub line: Option<u32>,
+    /// Inlined into the next frame (same address); absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
 }
 
 fn hex_addr<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -100,6 +104,7 @@ impl From<Frame> for FrameEntry {
             module: frame.module,
             file: frame.file,
             line: frame.line,
+            inlined: frame.inlined,
         }
     }
 }
@@ -137,6 +142,10 @@ pub struct StackGroup {
     pub stack_id: Option<u32>,
     pub open_count: u64,
     pub oldest_age_s: f64,
+    pub newest_age_s: f64,
+    /// How fast they pile up: descriptors created while traced, per minute over the time since
+    /// the oldest of them was created (0 for fewer than two).
+    pub per_minute: f64,
     pub kinds: BTreeMap<DescriptorKind, u64>,
     /// How they were opened, e.g. {"accept4": 20}.
     pub opened_by: BTreeMap<&'static str, u64>,
@@ -345,6 +354,8 @@ fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
                     stack_id: d.stack_id,
                     open_count: 0,
                     oldest_age_s: 0.0,
+                    newest_age_s: f64::INFINITY,
+                    per_minute: 0.0,
                     kinds: BTreeMap::new(),
                     opened_by: BTreeMap::new(),
                     pids: Vec::new(),
@@ -355,11 +366,31 @@ fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
         let group = &mut groups[at];
         group.open_count += 1;
         group.oldest_age_s = group.oldest_age_s.max(d.age_s);
+        group.newest_age_s = group.newest_age_s.min(d.age_s);
         *group.kinds.entry(d.kind).or_insert(0) += 1;
         *group.opened_by.entry(d.opened_by).or_insert(0) += 1;
         if !group.pids.contains(&d.pid) {
             group.pids.push(d.pid);
         }
+    }
+    // Growth counts what was created while traced (several of them: one has no rate), over
+    // the time since the oldest of those.
+    let mut created: HashMap<Option<u32>, (u64, f64)> = HashMap::new();
+    // Only descriptors with a stack: those learned from /proc have neither a stack nor an
+    // exact birth time to measure growth by.
+    for d in descriptors
+        .iter()
+        .filter(|d| d.stack_id.is_some() && d.opened_by != "pre-existing")
+    {
+        let (count, oldest) = created.entry(d.stack_id).or_insert((0, 0.0));
+        *count += 1;
+        *oldest = oldest.max(d.age_s);
+    }
+    for group in &mut groups {
+        group.per_minute = match created.get(&group.stack_id) {
+            Some(&(count, oldest)) if count > 1 => per_minute(count, oldest),
+            _ => 0.0,
+        };
     }
     // What grew while we watched comes first; descriptors that were open before attach
     // (no stack, nothing to blame) come last.
@@ -465,7 +496,7 @@ fn per_minute(count: u64, seconds: f64) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{
         aggregator::{ProcessSnapshot, SnapshotFd},
@@ -523,6 +554,15 @@ mod tests {
         }
     }
 
+    /// A report with two stack groups and a pre-existing descriptor, for other modules' tests.
+    pub(crate) fn sample_report() -> Report {
+        build(
+            &aggregator(),
+            &facts(),
+            &mut FakeResolver { closed: vec![] },
+        )
+    }
+
     fn aggregator() -> Aggregator {
         let mut agg = Aggregator::new();
         agg.add_snapshot(
@@ -573,7 +613,8 @@ mod tests {
         }
     }
 
-    /// Groups are ranked by count, carry their frames, kinds and ages; TCP states are counted.
+    /// Groups are ranked by count, carry their frames, kinds, ages and growth; TCP states are
+    /// counted.
     #[test]
     fn groups_by_stack() {
         let report = build(
@@ -584,7 +625,9 @@ mod tests {
         assert_eq!(report.open_descriptors.len(), 7);
         let top = &report.stacks[0];
         assert_eq!((top.stack_id, top.open_count), (Some(7), 5));
-        assert_eq!(top.oldest_age_s, 4.0);
+        assert_eq!((top.oldest_age_s, top.newest_age_s), (4.0, 4.0));
+        // Five in the four seconds since the oldest opened.
+        assert_eq!(top.per_minute, 75.0);
         assert_eq!(top.kinds[&DescriptorKind::Socket], 5);
         assert_eq!(top.opened_by["accept4"], 5);
         assert_eq!(top.stack[0].symbol.as_deref(), Some("fn_7"));
@@ -594,6 +637,9 @@ mod tests {
             (listener.opened_by, listener.stack_id),
             ("pre-existing", None)
         );
+        // Nothing grew in the group of descriptors open before attach.
+        let before = report.stacks.iter().find(|g| g.stack_id.is_none()).unwrap();
+        assert_eq!(before.per_minute, 0.0);
     }
 
     /// Groups of descriptors open before attach rank after those created while traced.

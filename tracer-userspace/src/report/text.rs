@@ -6,14 +6,19 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{DescriptorEntry, FrameEntry, Report, StackGroup};
 use crate::kind::DescriptorKind;
 
-/// Groups shown in full; the rest are summarised in one line.
-const GROUPS_SHOWN: usize = 10;
+/// Groups shown in full by default (`--top`); the rest are summarised in one line.
+pub const GROUPS_SHOWN: usize = 10;
 /// Descriptors listed under each group.
 const DESCRIPTORS_SHOWN: usize = 5;
 /// Frames printed per stack.
 const FRAMES_SHOWN: usize = 12;
 
 pub fn render(report: &Report) -> String {
+    render_top(report, GROUPS_SHOWN)
+}
+
+/// The report with the `top` largest descriptor groups in full (`--top N`).
+pub fn render_top(report: &Report, top: usize) -> String {
     let mut out = String::new();
     summary(report, &mut out);
     let (live, at_exit): (Vec<&DescriptorEntry>, Vec<&DescriptorEntry>) =
@@ -21,7 +26,7 @@ pub fn render(report: &Report) -> String {
     if live.is_empty() {
         let _ = writeln!(out, "\nNo descriptors open in the followed processes.");
     }
-    for (rank, group) in report.stacks.iter().take(GROUPS_SHOWN).enumerate() {
+    for (rank, group) in report.stacks.iter().take(top).enumerate() {
         let members: Vec<&DescriptorEntry> = report
             .open_descriptors
             .iter()
@@ -29,15 +34,16 @@ pub fn render(report: &Report) -> String {
             .collect();
         render_group(rank + 1, group, &members, report, &mut out);
     }
-    if report.stacks.len() > GROUPS_SHOWN {
-        let rest: u64 = report.stacks[GROUPS_SHOWN..]
-            .iter()
-            .map(|g| g.open_count)
-            .sum();
+    if report.stacks.len() > top {
+        let rest: u64 = report.stacks[top..].iter().map(|g| g.open_count).sum();
+        let more = count(
+            (report.stacks.len() - top) as u64,
+            "more group",
+            "more groups",
+        );
         let _ = writeln!(
             out,
-            "\n... {} more groups with {rest} descriptors (use --json for all)",
-            report.stacks.len() - GROUPS_SHOWN
+            "\n... {more} with {rest} descriptors (--top N shows more, --json all)"
         );
     }
     if !at_exit.is_empty() {
@@ -109,12 +115,34 @@ fn threads(report: &Report, out: &mut String) {
     }
 }
 
+/// The stack, innermost first: the first frame (the libc wrapper), then the application's
+/// frames. Runs of library frames between them (libc, libstdc++, Rust's std) shrink to one
+/// line, so the frames that matter fit in [`FRAMES_SHOWN`] lines.
 fn stack_lines(stack: &[FrameEntry], out: &mut String) {
-    for frame in stack.iter().take(FRAMES_SHOWN) {
+    let last_app = stack.iter().rposition(|f| !is_library_frame(f));
+    let folded = |i: usize, frame: &FrameEntry| {
+        i > 0 && is_library_frame(frame) && last_app.is_some_and(|last| i < last)
+    };
+    let (mut shown, mut skipped, mut consumed) = (0, 0u64, 0);
+    for (i, frame) in stack.iter().enumerate() {
+        if shown == FRAMES_SHOWN {
+            break;
+        }
+        consumed = i + 1;
+        if folded(i, frame) {
+            skipped += 1;
+            continue;
+        }
+        if skipped > 0 {
+            let folded_line = count(skipped, "library frame", "library frames");
+            let _ = writeln!(out, "      ... {folded_line}");
+            skipped = 0;
+        }
         let _ = writeln!(out, "      {}", frame_line(frame));
+        shown += 1;
     }
-    if stack.len() > FRAMES_SHOWN {
-        let _ = writeln!(out, "      ... {} more frames", stack.len() - FRAMES_SHOWN);
+    if stack.len() > consumed {
+        let _ = writeln!(out, "      ... {} more frames", stack.len() - consumed);
     }
 }
 
@@ -256,7 +284,7 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
     let how = match group.opened_by.keys().next().copied() {
         Some("pre-existing") => "open before tracer attached".to_string(),
         Some("unknown") => "found in /proc while traced, with no creation event (lost, or \
-                            received over a unix socket or from io_uring, which no tracepoint shows)"
+                            received by recvmmsg or from io_uring, which are not probed)"
             .to_string(),
         Some(by) => {
             let verb = verb(by);
@@ -281,8 +309,14 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
     } else {
         "still open in"
     };
+    // Growth means something once several were created while traced.
+    let growth = if group.per_minute > 0.0 && !all_at_exit {
+        format!(", {}/min", group.per_minute)
+    } else {
+        String::new()
+    };
     format!(
-        "{} {how}, {state} {}, oldest {}",
+        "{} {how}, {state} {}, oldest {}{growth}",
         kinds.join(" + "),
         holders.join(", "),
         age(group.oldest_age_s)
@@ -311,25 +345,54 @@ fn call_site(stack: &[FrameEntry], lead: &str) -> String {
 fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
     stack
         .iter()
-        .filter(|f| !f.module.as_deref().is_some_and(is_system_library))
+        .filter(|f| !is_library_frame(f))
         .filter_map(|f| f.symbol.as_deref())
         .take(2)
         .map(|s| format!("`{s}`"))
         .collect()
 }
 
+/// A frame in code the application only calls: the C and C++ runtime libraries, or Rust's
+/// std, core and alloc (their sources are under /rustc/HASH/library).
+fn is_library_frame(frame: &FrameEntry) -> bool {
+    frame.module.as_deref().is_some_and(is_system_library)
+        || frame
+            .file
+            .as_deref()
+            .is_some_and(|f| f.starts_with("/rustc/"))
+        || frame.symbol.as_deref().is_some_and(|s| {
+            [
+                "std::", "core::", "alloc::", "<std::", "<core::", "<alloc::",
+            ]
+            .iter()
+            .any(|prefix| s.starts_with(prefix))
+        })
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 fn is_system_library(module: &str) -> bool {
     let name = module.rsplit('/').next().unwrap_or(module);
-    ["libc.so", "libc-", "ld-linux", "libpthread", "libstdc++"]
-        .iter()
-        .any(|lib| name.starts_with(lib))
+    [
+        "libc.so",
+        "libc-",
+        "ld-linux",
+        "libpthread",
+        "libstdc++",
+        "libgcc_s",
+    ]
+    .iter()
+    .any(|lib| name.starts_with(lib))
 }
 
 fn frame_line(frame: &FrameEntry) -> String {
     let symbol = frame.symbol.as_deref().unwrap_or("[unknown]");
-    let place = match (&frame.file, frame.line) {
+    // The file name is enough to find the line; the JSON report has the full path.
+    let place = match (frame.file.as_deref().map(file_name), frame.line) {
         (Some(file), Some(line)) => format!("{file}:{line}"),
-        (Some(file), None) => file.clone(),
+        (Some(file), None) => file.to_string(),
         _ => frame.module.clone().unwrap_or_default(),
     };
     format!("{:#014x}  {symbol:<32} {place}", frame.addr)
@@ -404,6 +467,7 @@ mod tests {
             module: Some(module.into()),
             file: None,
             line: None,
+            inlined: false,
         }
     }
 
@@ -419,6 +483,48 @@ mod tests {
         assert_eq!(
             application_frames(&stack),
             vec!["`accept_connection`", "`serve_forever`"]
+        );
+    }
+
+    /// `--top N` shows the N largest groups in full and counts the rest in one line.
+    #[test]
+    fn top_limits_groups_shown() {
+        let report = crate::report::tests::sample_report();
+        assert!(report.stacks.len() >= 2);
+        let all = render_top(&report, 10);
+        let one = render_top(&report, 1);
+        assert!(all.contains("\n#2  ") && !all.contains("more groups"));
+        assert!(one.contains("\n#1  ") && !one.contains("\n#2  "));
+        assert!(one.contains(&format!("... {} more groups", report.stacks.len() - 1)));
+        // The largest group grows: five sockets in four seconds.
+        assert!(one.contains("75/min"), "{one}");
+    }
+
+    /// Library frames between the wrapper and the application's frames fold into one line;
+    /// the outer frames after the last application frame are shown as they are.
+    #[test]
+    fn stack_lines_fold_library_frames() {
+        let mut std_frame = frame("<std::fs::OpenOptions>::_open", "/srv/app");
+        std_frame.file = Some("/rustc/abc/library/std/src/fs.rs".into());
+        let stack = vec![
+            frame("open64", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            std_frame.clone(),
+            std_frame,
+            frame("app::open_journal", "/srv/app"),
+            frame("app::main", "/srv/app"),
+            frame("__libc_start_main", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
+        ];
+        let mut out = String::new();
+        stack_lines(&stack, &mut out);
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[0].contains("open64"));
+        assert_eq!(lines[1], "... 2 library frames");
+        assert!(lines[2].contains("app::open_journal"));
+        assert!(lines[4].contains("__libc_start_main"));
+        assert_eq!(
+            application_frames(&stack),
+            vec!["`app::open_journal`", "`app::main`"]
         );
     }
 

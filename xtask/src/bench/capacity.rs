@@ -37,7 +37,8 @@ pub struct RateStep {
 /// Pairs per second asked for, each run split over two processes (one per core here);
 /// the last, unpaced, is whatever the machine can produce.
 const RATE_STEPS: &[u64] = &[25_000, 50_000, 100_000, 200_000, 0];
-const DEFAULT_RING_MIB: u32 = 16;
+/// The tracer's default ring (`--ring-buffer-mib`), passed explicitly so the table says it.
+const DEFAULT_RING_MIB: u32 = 64;
 /// Above the capacity: a small ring that nothing drains while the workload runs. On a
 /// machine where the tracer keeps up with everything the cores can produce, this is the
 /// only way to see what an overrun does (lost events counted, no false leaks).

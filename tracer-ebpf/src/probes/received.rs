@@ -1,0 +1,95 @@
+//! recvmsg: descriptors received over a unix socket (SCM_RIGHTS). The kernel installs them
+//! while it copies the control message out (net/scm.c scm_detach_fds()); when the call
+//! returns, the caller's `struct user_msghdr` says where that message is and how long it
+//! turned out, so the exit probe reads the descriptor numbers from there.
+//!
+//! Bounded: the first [`MAX_CMSGS`] control messages, [`MAX_FDS`] descriptors each. The
+//! rest (and descriptors received by recvmmsg) are learned from /proc by reconciliation.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use tracer_common::Syscall;
+
+use super::{sockets_and_dups::emit_fd_event, stash, syscall_result, take_in_flight};
+use crate::{
+    emit::{Caller, read_u64},
+    maps::offset,
+};
+
+const MAX_CMSGS: usize = 2;
+const MAX_FDS: usize = 8;
+/// `struct user_msghdr` (LP64): msg_control at 32, msg_controllen at 40.
+const MSG_CONTROL: usize = 32;
+const MSG_CONTROLLEN: usize = 40;
+/// `struct cmsghdr`: u64 cmsg_len, i32 cmsg_level, i32 cmsg_type, then the data.
+const CMSG_HEADER: u64 = 16;
+const SOL_SOCKET: i32 = 1;
+const SCM_RIGHTS: i32 = 1;
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if let Some(caller) = Caller::followed() {
+        let msg = read_u64(&ctx, offset!(recvmsg_msg));
+        let flags = read_u64(&ctx, offset!(recvmsg_flags));
+        stash(caller, Syscall::Recvmsg, msg, flags, 0);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        return 0;
+    }
+    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Recvmsg]) else {
+        return 0;
+    };
+    if syscall_result(&ctx) < 0 {
+        return 0;
+    }
+    let msg = args.arg0 as *const u8;
+    // SAFETY: bounded reads of the caller's memory; a failed read ends the walk.
+    unsafe {
+        let Ok(control) = bpf_probe_read_user(msg.add(MSG_CONTROL).cast::<u64>()) else {
+            return 0;
+        };
+        let Ok(length) = bpf_probe_read_user(msg.add(MSG_CONTROLLEN).cast::<u64>()) else {
+            return 0;
+        };
+        let mut at: u64 = 0;
+        for _ in 0..MAX_CMSGS {
+            if at + CMSG_HEADER > length {
+                break;
+            }
+            let header = (control + at) as *const u8;
+            let Ok(cmsg_len) = bpf_probe_read_user(header.cast::<u64>()) else {
+                break;
+            };
+            let Ok(level) = bpf_probe_read_user(header.add(8).cast::<i32>()) else {
+                break;
+            };
+            let Ok(kind) = bpf_probe_read_user(header.add(12).cast::<i32>()) else {
+                break;
+            };
+            if cmsg_len < CMSG_HEADER || at + cmsg_len > length {
+                break;
+            }
+            if level == SOL_SOCKET && kind == SCM_RIGHTS {
+                let count = (cmsg_len - CMSG_HEADER) / 4;
+                for i in 0..MAX_FDS {
+                    if i as u64 >= count {
+                        break;
+                    }
+                    let slot = header.add(CMSG_HEADER as usize + 4 * i).cast::<i32>();
+                    let Ok(fd) = bpf_probe_read_user(slot) else {
+                        break;
+                    };
+                    emit_fd_event(&ctx, caller, fd, args.syscall, [args.arg1, 0, 0]);
+                }
+            }
+            // CMSG_NXTHDR: the next header starts at the 8-byte aligned end of this one.
+            at += (cmsg_len + 7) & !7;
+        }
+    }
+    0
+}
