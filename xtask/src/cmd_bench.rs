@@ -189,6 +189,26 @@ pub fn run(options: Options) -> Result<ExitCode> {
             }
         }
     }
+    for result in &micros {
+        let median = |key: &str| {
+            result
+                .cases
+                .iter()
+                .find(|c| c.case == key)
+                .and_then(|c| c.ns_per_iter.as_ref())
+                .map(|s| s.median)
+        };
+        if let (Some(copy), Some(frame_pointers)) = (
+            median("tracer_followed"),
+            median("tracer_followed_frame_pointers"),
+        ) {
+            println!(
+                "{}: stack capture cost, copy of the user stack over frame pointers only: {:+.2} µs per iteration",
+                result.description,
+                (copy - frame_pointers) / 1000.0
+            );
+        }
+    }
     if let Some(nginx) = &nginx {
         println!();
         println!(
@@ -267,9 +287,6 @@ pub fn run(options: Options) -> Result<ExitCode> {
                 ns / 1000.0
             );
         }
-        println!(
-            "stack capture cost (frame pointers vs stack copy): not measured separately; the tracer has no switch between them yet"
-        );
     }
     if !verdicts.is_empty() {
         println!();

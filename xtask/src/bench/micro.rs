@@ -22,6 +22,9 @@ pub enum Case {
     Untraced,
     /// `tracer -- workload`: every iteration is followed.
     Followed,
+    /// Followed with `--stack-copy-kib 0`: stacks from the kernel's frame-pointer walk only,
+    /// no copy of the user stack; the difference to `Followed` is the copy's cost.
+    FollowedFramePointers,
     /// The tracer follows an idle process: what everyone else pays.
     OtherProcess,
     /// Empty programs on the same tracepoints.
@@ -32,9 +35,10 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Untraced,
         Case::Followed,
+        Case::FollowedFramePointers,
         Case::OtherProcess,
         Case::EmptyFloor,
         Case::BpftraceMap,
@@ -47,6 +51,7 @@ impl Case {
         match self {
             Case::Untraced => "untraced",
             Case::Followed => "tracer_followed",
+            Case::FollowedFramePointers => "tracer_followed_frame_pointers",
             Case::OtherProcess => "tracer_other_process",
             Case::EmptyFloor => "empty_bpf_floor",
             Case::BpftraceMap => "bpftrace_map",
@@ -60,6 +65,7 @@ impl Case {
         match self {
             Case::Untraced => "untraced",
             Case::Followed => "tracer, following the benchmark",
+            Case::FollowedFramePointers => "same, frame pointers only (--stack-copy-kib 0)",
             Case::OtherProcess => "tracer, following another process",
             Case::EmptyFloor => "empty BPF programs, same tracepoints (floor)",
             Case::BpftraceMap => "bpftrace open-fd map",
@@ -137,8 +143,8 @@ pub fn run(settings: &Settings, workload: &mut Workload, micro: Micro) -> Result
                 .flatten()
         })
         .collect();
-    let mut lost = 0;
-    let mut false_leaks = 0;
+    let mut lost = vec![0u64; Case::ALL.len()];
+    let mut false_leaks = vec![0u64; Case::ALL.len()];
     let mut attach_times_s = Vec::new();
     for run in 0..settings.runs {
         eprintln!("  {} run {}/{}", micro.describe(), run + 1, settings.runs);
@@ -155,8 +161,8 @@ pub fn run(settings: &Settings, workload: &mut Workload, micro: Micro) -> Result
                     let values = workload::read_result(&result)?;
                     samples[index].push(workload::value(&values, "ns_per_iter")?);
                     if let Some(facts) = observed.facts {
-                        lost += facts.lost;
-                        false_leaks += facts.false_leaks;
+                        lost[index] += facts.lost;
+                        false_leaks[index] += facts.false_leaks;
                     }
                     attach_times_s.extend(observed.attach_s);
                 }
@@ -181,7 +187,7 @@ pub fn run(settings: &Settings, workload: &mut Workload, micro: Micro) -> Result
         .enumerate()
         .map(|(index, &case)| {
             let summary = Summary::of(&samples[index]);
-            let followed = case == Case::Followed;
+            let followed = matches!(case, Case::Followed | Case::FollowedFramePointers);
             CaseResult {
                 case: case.key(),
                 label: case.label(),
@@ -191,8 +197,8 @@ pub fn run(settings: &Settings, workload: &mut Workload, micro: Micro) -> Result
                     .and_then(|(s, base)| ratio(s.median, base)),
                 ns_per_iter: summary,
                 unavailable: unavailable[index].take(),
-                lost_events: followed.then_some(lost),
-                false_leaks: followed.then_some(false_leaks),
+                lost_events: followed.then_some(lost[index]),
+                false_leaks: followed.then_some(false_leaks[index]),
             }
         })
         .collect();
@@ -218,8 +224,13 @@ fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> R
             Watched::spawn(&mut command(argv))?.wait_success(RUN_TIMEOUT)?;
             Ok(Observed::default())
         }
-        Case::Followed => {
-            let facts = tracer::follow(settings.tracer, &[], argv, RUN_TIMEOUT)?;
+        Case::Followed | Case::FollowedFramePointers => {
+            let extra: &[&str] = if case == Case::Followed {
+                &[]
+            } else {
+                &["--stack-copy-kib", "0"]
+            };
+            let facts = tracer::follow(settings.tracer, extra, argv, RUN_TIMEOUT)?;
             Ok(Observed {
                 facts: Some(facts),
                 attach_s: None,
