@@ -241,13 +241,13 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
     install(&missing, || apt_get_install(&missing))
 }
 
-fn is_installed(package: &str) -> bool {
+pub fn is_installed(package: &str) -> bool {
     probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.contains("install ok installed"))
 }
 
 /// `packages` is a space-separated list.
-fn apt_get_install(packages: &str) -> Result<()> {
+pub fn apt_get_install(packages: &str) -> Result<()> {
     process::run(Command::new("apt-get").arg("update"))?;
     process::run(
         Command::new("apt-get")

@@ -1,0 +1,230 @@
+//! Macro benchmark: Debian's nginx serving a static page on 127.0.0.1 under wrk, untraced
+//! and with the tracer attached to its master (and so to its worker).
+//!
+//! One worker and one wrk thread: on a 2-core machine each gets a core. Every request opens
+//! and closes the page (no open_file_cache), so the traced run pays for descriptor events
+//! on every request; wrk's connections are kept alive, as a loaded server's clients' are.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::Serialize;
+
+use super::{
+    child::Watched,
+    procstat::cpu_ticks,
+    stats::{Summary, ratio},
+    tools::path_of,
+    tracer::{self, Attached},
+};
+
+#[derive(Debug, Serialize)]
+pub struct NginxResult {
+    pub seconds_per_run: u64,
+    pub connections: u32,
+    pub untraced_rps: Summary,
+    pub traced_rps: Summary,
+    /// Traced median over untraced median.
+    pub ratio: Option<f64>,
+    pub lost_events: u64,
+    /// CPU the tracer itself used while wrk ran, in cores (1.0 = one core busy).
+    pub tracer_cores: Summary,
+    pub attach_times_s: Vec<f64>,
+}
+
+const CONNECTIONS: u32 = 32;
+/// USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on every Linux architecture's ABI.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+pub fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<NginxResult> {
+    let root = prepare(dir)?;
+    let port = free_port()?;
+    let mut nginx = start(&root, port)?;
+    let url = format!("http://127.0.0.1:{port}/index.html");
+    let mut untraced = Vec::new();
+    let mut traced = Vec::new();
+    let mut lost = 0;
+    let mut attach_times_s = Vec::new();
+    let mut tracer_cores = Vec::new();
+    // A short warm-up, so the first measured run does not pay for cold caches.
+    wrk(&url, 1)?;
+    for run in 0..runs {
+        eprintln!("  nginx run {}/{runs}", run + 1);
+        // Alternate which goes first, so a drift in machine load does not favour one.
+        for traced_now in [run % 2 == 1, run % 2 == 0] {
+            if traced_now {
+                let attached = Attached::start(tracer_bin, nginx.pid(), &["--json"])?;
+                attach_times_s.push(attached.attach_time.as_secs_f64());
+                let ticks_before = cpu_ticks(attached.pid())?;
+                let wrk_started = Instant::now();
+                let measured = wrk(&url, seconds);
+                let ticks = cpu_ticks(attached.pid())?.saturating_sub(ticks_before);
+                tracer_cores
+                    .push(ticks as f64 / TICKS_PER_SECOND / wrk_started.elapsed().as_secs_f64());
+                let ended = attached.stop()?;
+                traced.push(measured?);
+                lost += tracer::facts(&ended.stdout)?.lost;
+            } else {
+                untraced.push(wrk(&url, seconds)?);
+            }
+        }
+    }
+    nginx.signal(libc::SIGTERM);
+    nginx.wait(Duration::from_secs(10))?;
+    let untraced_rps = Summary::of(&untraced).context("no nginx runs")?;
+    let traced_rps = Summary::of(&traced).context("no nginx runs")?;
+    Ok(NginxResult {
+        seconds_per_run: seconds,
+        connections: CONNECTIONS,
+        ratio: ratio(traced_rps.median, untraced_rps.median),
+        untraced_rps,
+        traced_rps,
+        lost_events: lost,
+        tracer_cores: Summary::of(&tracer_cores).context("no nginx runs")?,
+        attach_times_s,
+    })
+}
+
+/// Writes the configuration and the page under `dir/nginx`; returns that directory.
+fn prepare(dir: &Path) -> Result<PathBuf> {
+    let root = dir.join("nginx");
+    let html = root.join("html");
+    fs::create_dir_all(&html).with_context(|| format!("cannot create {}", html.display()))?;
+    fs::create_dir_all(root.join("logs"))?;
+    // About the size of nginx's welcome page.
+    fs::write(html.join("index.html"), "<p>tracer bench</p>\n".repeat(30))?;
+    Ok(root)
+}
+
+fn config(root: &Path, port: u16) -> String {
+    let root = root.display();
+    format!(
+        "daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ root {root}/html; }}
+    }}
+}}
+"
+    )
+}
+
+/// A port nothing listens on now (the kernel's pick for port 0).
+fn free_port() -> Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Starts nginx in the foreground and waits until it accepts connections.
+fn start(root: &Path, port: u16) -> Result<Watched> {
+    let conf = root.join("nginx.conf");
+    fs::write(&conf, config(root, port))?;
+    let mut cmd = Command::new(path_of("nginx"));
+    cmd.arg("-p")
+        .arg(root)
+        .arg("-c")
+        .arg(&conf)
+        .args(["-e", "stderr"]);
+    let mut nginx = Watched::spawn(&mut cmd)?;
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let ended = nginx.wait(Duration::from_secs(1));
+            let why = ended.map(|e| e.last_error_line()).unwrap_or_default();
+            bail!("nginx did not start listening on {address}: {why}");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(nginx)
+}
+
+/// Requests per second wrk reached in `seconds`.
+fn wrk(url: &str, seconds: u64) -> Result<f64> {
+    let mut cmd = Command::new(path_of("wrk"));
+    cmd.args([
+        "-t1",
+        &format!("-c{CONNECTIONS}"),
+        &format!("-d{seconds}s"),
+        url,
+    ]);
+    let ended = Watched::spawn(&mut cmd)?.wait_success(Duration::from_secs(seconds + 30))?;
+    requests_per_second(&ended.stdout)
+}
+
+/// The `Requests/sec:` line of wrk's output; errors wrk counted make the run invalid.
+fn requests_per_second(output: &str) -> Result<f64> {
+    if let Some(line) = output
+        .lines()
+        .find(|l| l.contains("Non-2xx or 3xx responses"))
+    {
+        bail!("nginx answered with errors: {}", line.trim());
+    }
+    output
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output: {}", output.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK_OUTPUT: &str = "Running 5s test @ http://127.0.0.1:8080/index.html
+  1 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.23ms  300.00us   5.00ms   90.00%
+    Req/Sec    25.50k     1.20k   27.00k    80.00%
+  126912 requests in 5.00s, 95.83MB read
+Requests/sec:  25382.40
+Transfer/sec:     19.17MB
+";
+
+    /// The rate is read from wrk's summary line.
+    #[test]
+    fn parses_requests_per_second() {
+        assert_eq!(requests_per_second(WRK_OUTPUT).unwrap(), 25382.40);
+    }
+
+    /// Error responses and missing summaries are errors, not rates.
+    #[test]
+    fn rejects_errors_and_garbage() {
+        let with_errors = WRK_OUTPUT.replace(
+            "Requests/sec",
+            "  Non-2xx or 3xx responses: 12\nRequests/sec",
+        );
+        assert!(requests_per_second(&with_errors).is_err());
+        assert!(requests_per_second("unable to connect").is_err());
+    }
+
+    /// The server listens only on loopback, at the port given, without access logs.
+    #[test]
+    fn config_listens_on_loopback() {
+        let text = config(Path::new("/b/nginx"), 8123);
+        assert!(text.contains("listen 127.0.0.1:8123;"));
+        assert!(text.contains("access_log off;"));
+        assert!(text.contains("root /b/nginx/html;"));
+    }
+}
