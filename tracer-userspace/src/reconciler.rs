@@ -32,6 +32,8 @@ pub struct Reconciler {
 /// `/proc/PID/fd` of the live followed processes, and when the listing began.
 pub struct Listings {
     from_ns: u64,
+    /// Events lost when the listing began.
+    lost: u64,
     by_pid: Vec<(u32, Vec<ListedFd>)>,
 }
 
@@ -56,10 +58,10 @@ impl Reconciler {
         now >= self.next_at || (lost > self.lost_seen && now >= self.next_after_loss_at)
     }
 
-    /// Lists every live process of `agg` that has a table of its own; `meanwhile` runs every
-    /// few thousand entries. Processes that are gone are skipped: their exit event settles
+    /// Lists every live process of `agg` that has a table of its own, `lost` events having
+    /// been lost before; `meanwhile` runs every few thousand entries. Processes that are gone are skipped: their exit event settles
     /// them.
-    pub fn list(agg: &Aggregator, mut meanwhile: impl FnMut()) -> Listings {
+    pub fn list(agg: &Aggregator, lost: u64, mut meanwhile: impl FnMut()) -> Listings {
         let pids: Vec<u32> = agg
             .live_processes()
             .map(|p| p.pid)
@@ -70,7 +72,11 @@ impl Reconciler {
             .into_iter()
             .filter_map(|pid| Some((pid, procfs::fd_listing(pid, &mut meanwhile).ok()?)))
             .collect();
-        Listings { from_ns, by_pid }
+        Listings {
+            from_ns,
+            lost,
+            by_pid,
+        }
     }
 
     /// Compares the listings with the tables, which must by now hold every event emitted
@@ -80,6 +86,7 @@ impl Reconciler {
         let mut total = Reconciled::default();
         for (pid, listing) in &listings.by_pid {
             let outcome = agg.reconcile(*pid, listing, listings.from_ns);
+            agg.mark_checked(*pid, listings.lost);
             for &fd in &outcome.opened {
                 agg.set_cloexec(*pid, fd, procfs::fd_is_cloexec(*pid, fd));
             }

@@ -166,7 +166,7 @@ pub fn run(opts: &Options) -> Result<()> {
     // Descriptors whose births no event showed and that two listings agree on are learned
     // now; closes we missed are settled by the report's own look at /proc.
     // Events after the stop are not applied: nothing is read while listing.
-    let listings = Reconciler::list(&state.agg, || {});
+    let listings = Reconciler::list(&state.agg, probes.lost().total(), || {});
     Reconciler::apply(&mut state.agg, &listings);
     log::info!(
         "stopped: {stop:?}; applied the last events in {:.3}s",
@@ -322,7 +322,7 @@ impl<'p> State<'p> {
         // Events are read while listing too (the list borrows nothing the reader changes
         // but the tables it was made from, which only ever gain events).
         let mut pending_events = Vec::new();
-        let listings = Reconciler::list(&self.agg, || {
+        let listings = Reconciler::list(&self.agg, lost, || {
             pending_events.extend(drain_raw(ring, DRAIN_BUDGET));
         });
         for record in pending_events {
@@ -350,6 +350,8 @@ impl<'p> State<'p> {
     /// (CLOCK_MONOTONIC): the report describes the moment the session stopped, however busy
     /// the target still is.
     fn drain_until(&mut self, ring: &mut EventRing, budget: usize, until_ns: u64) -> bool {
+        // Exits applied now compare this with when their table was last known exact.
+        self.agg.lost_so_far = self.probes.lost().total();
         for _ in 0..budget {
             let Some(record) = ring.next() else {
                 return true;

@@ -140,6 +140,12 @@ pub struct Process {
     pub fds: HashMap<i32, Descriptor>,
     /// Descriptors it created itself and still held when it exited (valgrind's --track-fds).
     pub held_at_exit: Vec<Descriptor>,
+    /// Events were lost between the last time this table was known exact (attach, a /proc
+    /// comparison) and the exit, so `held_at_exit` may hold descriptors whose close was lost:
+    /// with the process gone, /proc cannot tell.
+    pub held_at_exit_unverified: bool,
+    /// Events lost (all processes) when this table was last known exact.
+    lost_when_checked: u64,
     pub threads: ThreadCounts,
     /// Threads started while traced, by tid.
     pub new_threads: HashMap<u32, LiveThread>,
@@ -162,6 +168,8 @@ impl Process {
             exited_at_ns: None,
             fds: HashMap::new(),
             held_at_exit: Vec::new(),
+            held_at_exit_unverified: false,
+            lost_when_checked: 0,
             threads: ThreadCounts {
                 live: 1,
                 ..ThreadCounts::default()
@@ -214,6 +222,9 @@ pub struct Aggregator {
     /// Descriptors reconciliation found closed, and found open, without their events.
     pub reconciled_closed: u64,
     pub reconciled_opened: u64,
+    /// Events the kernel side lost so far (the session keeps it current): tables that have
+    /// not been compared with /proc since a loss are not known exact.
+    pub lost_so_far: u64,
     /// Processes using another's descriptor table (CLONE_FILES), to the table's owner.
     shared_with: HashMap<u32, u32>,
 }
@@ -226,18 +237,20 @@ impl Aggregator {
     /// Records what /proc showed for a process at attach. Events already applied win: an fd
     /// we saw created is not overwritten by its pre-existing twin.
     pub fn add_snapshot(&mut self, snapshot: ProcessSnapshot, now_ns: u64) {
+        let lost = self.lost_so_far;
         let process = self
             .processes
             .entry(snapshot.pid)
             .or_insert_with(|| Process::new(snapshot.pid, snapshot.ppid, snapshot.comm.clone()));
         process.start_time = snapshot.start_time;
+        process.lost_when_checked = lost;
         if process.cwd.is_none() {
             process.cwd = snapshot.cwd;
         }
         if snapshot.zombie {
             // It exited before we came (when exactly, /proc does not say): nothing is open.
             if !process.exited() {
-                exit_process(process, now_ns);
+                exit_process(process, now_ns, lost);
             }
             return;
         }
@@ -294,10 +307,11 @@ impl Aggregator {
     /// Marks a process gone without an exit event (it vanished from /proc, e.g. after lost
     /// events). Its descriptors are dropped like at exit.
     pub fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
+        let lost = self.lost_so_far;
         if let Some(process) = self.processes.get_mut(&pid)
             && !process.exited()
         {
-            exit_process(process, now_ns);
+            exit_process(process, now_ns, lost);
         }
     }
 
@@ -426,6 +440,7 @@ impl Aggregator {
                     // A table others still use lives on with them.
                     self.hand_over_table(header.tgid);
                 }
+                let lost = self.lost_so_far;
                 let process = self.caller(header.tgid);
                 if header.tid != header.tgid {
                     process.new_threads.remove(&header.tid);
@@ -433,7 +448,7 @@ impl Aggregator {
                     process.threads.live = process.threads.live.saturating_sub(1);
                 }
                 if whole_process {
-                    exit_process(process, header.timestamp_ns);
+                    exit_process(process, header.timestamp_ns, lost);
                 }
             }
             // TCP state belongs to the session's tracker, not to descriptor tables.
@@ -461,6 +476,7 @@ impl Aggregator {
             })
             .collect();
         let cwd = parent.cwd.clone();
+        let lost_when_checked = parent.lost_when_checked;
         if let Some(previous) = self.processes.remove(&child_pid) {
             if previous.exited() {
                 // The pid was reused: keep the old process for the report.
@@ -487,6 +503,7 @@ impl Aggregator {
         let mut child = Process::new(child_pid, parent_pid, comm);
         child.fork_stack = fork_stack;
         child.cwd = cwd;
+        child.lost_when_checked = lost_when_checked;
         child.fds = inherited.into_iter().map(|d| (d.fd, d)).collect();
         self.processes.insert(child_pid, child);
     }
@@ -494,8 +511,9 @@ impl Aggregator {
 
 /// A process is gone: what it created itself and never closed is kept as held at exit;
 /// the rest (inherited, pre-existing) simply died with it.
-fn exit_process(process: &mut Process, now_ns: u64) {
+fn exit_process(process: &mut Process, now_ns: u64, lost_so_far: u64) {
     process.exited_at_ns = Some(now_ns);
+    process.held_at_exit_unverified = lost_so_far > process.lost_when_checked;
     process.threads.live = 0;
     process.new_threads.clear();
     let mut held: Vec<Descriptor> = process

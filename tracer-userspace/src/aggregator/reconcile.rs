@@ -104,6 +104,14 @@ impl Aggregator {
         outcome
     }
 
+    /// Records that `pid`'s table was compared with /proc after `lost` events had been lost:
+    /// it is exact as of then.
+    pub fn mark_checked(&mut self, pid: u32, lost: u64) {
+        if let Some(process) = self.processes.get_mut(&pid) {
+            process.lost_when_checked = lost;
+        }
+    }
+
     /// Sets close-on-exec of a descriptor learned by reconciliation (read from fdinfo).
     pub fn set_cloexec(&mut self, pid: u32, fd: i32, cloexec: bool) {
         if let Some(d) = self
@@ -156,6 +164,22 @@ mod tests {
 
     fn file(fd: i32, path: &str) -> ListedFd {
         listed(fd, DescriptorKind::File, path)
+    }
+
+    /// After events were lost, what an exiting process held is unverified unless its table
+    /// was compared with /proc since the loss.
+    #[test]
+    fn losses_leave_held_at_exit_unverified_until_checked() {
+        use crate::aggregator::tests::exit;
+        let mut agg = Aggregator::new();
+        agg.apply(&open(PARENT, 3, "/a", 10));
+        agg.apply(&open(PARENT + 1, 3, "/b", 10));
+        agg.lost_so_far = 7;
+        agg.mark_checked(PARENT + 1, 7);
+        agg.apply(&exit(PARENT, PARENT, Some(true)));
+        agg.apply(&exit(PARENT + 1, PARENT + 1, Some(true)));
+        assert!(agg.process(PARENT).unwrap().held_at_exit_unverified);
+        assert!(!agg.process(PARENT + 1).unwrap().held_at_exit_unverified);
     }
 
     /// A close we never saw: /proc no longer lists the fd, so it leaves the table.

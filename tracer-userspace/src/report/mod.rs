@@ -26,6 +26,10 @@ pub struct Report {
     pub events: EventCounts,
     pub processes: Vec<ProcessEntry>,
     pub open_descriptors: Vec<DescriptorEntry>,
+    /// What processes held when they exited after events had been lost and before their
+    /// table could be compared with /proc again: some may have been closed (their close
+    /// lost), so they are kept out of `open_descriptors` and `stacks` (no false leaks).
+    pub unverified_at_exit: Vec<DescriptorEntry>,
     pub stacks: Vec<StackGroup>,
     pub thread_stacks: Vec<ThreadStackGroup>,
     /// Children that exited and were never reaped, by parent and forking stack.
@@ -59,6 +63,8 @@ pub struct EventCounts {
     /// Descriptors /proc showed open without a creation event (lost, or a birth no
     /// tracepoint shows, like SCM_RIGHTS); reported with `learned_by: "reconciliation"`.
     pub reconciled_opened: u64,
+    /// Entries of `unverified_at_exit`.
+    pub unverified_at_exit: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -217,6 +223,7 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
 
     let mut descriptors = Vec::new();
     let mut reconciled_closed = agg.reconciled_closed;
+    let mut unverified = Vec::new();
     for process in &processes {
         let mut live: Vec<&Descriptor> = process.fds.values().collect();
         live.sort_by_key(|d| d.fd);
@@ -230,12 +237,15 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             entries.retain(|e| !closed.contains(&e.fd));
         }
         let exit_ns = process.exited_at_ns.unwrap_or(facts.now_ns);
-        entries.extend(
-            process
-                .held_at_exit
-                .iter()
-                .map(|d| entry(process.pid, d, exit_ns, true)),
-        );
+        let held = process
+            .held_at_exit
+            .iter()
+            .map(|d| entry(process.pid, d, exit_ns, true));
+        if process.held_at_exit_unverified {
+            unverified.extend(held);
+        } else {
+            entries.extend(held);
+        }
         descriptors.extend(entries.into_iter().filter(|e| e.age_s >= facts.min_age_s));
     }
 
@@ -298,8 +308,10 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
             undecodable: facts.undecodable,
             reconciled_closed,
             reconciled_opened: agg.reconciled_opened,
+            unverified_at_exit: unverified.len() as u64,
         },
         open_descriptors: descriptors,
+        unverified_at_exit: unverified,
         zombies: group_zombies(&processes, &process_entries, facts.now_ns, resolver),
         time_wait: facts.time_wait.clone(),
         processes: process_entries,

@@ -164,6 +164,17 @@ fn summary(report: &Report, out: &mut String) {
             report.events.reconciled_closed,
             report.events.reconciled_opened
         );
+        if report.events.unverified_at_exit > 0 {
+            let _ = writeln!(
+                out,
+                "WARNING: {} held at exit by processes that exited after the loss could not be checked against /proc; they are listed under unverified_at_exit, not as leaks",
+                count(
+                    report.events.unverified_at_exit,
+                    "descriptor",
+                    "descriptors"
+                )
+            );
+        }
     } else if report.events.reconciled_opened > 0 {
         let _ = writeln!(
             out,
