@@ -31,12 +31,6 @@ fn parse_done(line: &str) -> (u64, u64, u64) {
 
 /// 100 000 descriptors opened and closed across 4 threads (a third closed by another thread
 /// than the opener) give no leak, no lost event, and at least one event per open and close.
-///
-/// The tables are what this checks, not stacks: it copies 1 KiB of stack per event instead of
-/// the default 8 KiB, so that the default ring holds eight times the records. Under QEMU's
-/// emulation (`cargo xtask test --vm`) the reader is slow enough that 8 KiB records overflow
-/// it. Stack capture has its own tests (stacks.rs) and its cost is measured by `cargo xtask
-/// bench`.
 #[test]
 fn busy_churn_reports_no_leaks_and_no_loss() {
     require_root();
@@ -46,7 +40,7 @@ fn busy_churn_reports_no_leaks_and_no_loss() {
     let pid = churn.pid();
     let baseline = fd_count(pid).expect("fd count before the churn");
 
-    let mut tracer = Tracer::attach(pid, &["--stack-copy-kib", "1"]);
+    let mut tracer = Tracer::attach(pid, &[]);
     tracer.wait_attached(ATTACH_TIMEOUT);
 
     churn.send_line("go");
