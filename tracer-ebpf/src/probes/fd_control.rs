@@ -9,7 +9,7 @@ use tracer_common::Syscall;
 
 use super::{
     sockets_and_dups::{emit_fd_changed, emit_fd_event},
-    stash, syscall_result, take_in_flight,
+    stash, stashed_at_exit,
 };
 use crate::{
     emit::{Caller, read_u64},
@@ -39,14 +39,9 @@ pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
 /// began before the process was followed (then its effect is in the attach snapshot).
 #[tracepoint]
 pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
-    let caller = Caller::current();
-    if !caller.is_followed() {
-        return 0;
-    }
-    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Fcntl]) else {
+    let Some((caller, args, result)) = stashed_at_exit(&ctx, Syscall::Fcntl) else {
         return 0;
     };
-    let result = syscall_result(&ctx);
     if result < 0 {
         return 0;
     }
@@ -102,14 +97,10 @@ pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
-    let caller = Caller::current();
-    if !caller.is_followed() {
-        return 0;
-    }
-    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Unshare]) else {
+    let Some((caller, args, result)) = stashed_at_exit(&ctx, Syscall::Unshare) else {
         return 0;
     };
-    if syscall_result(&ctx) == 0 {
+    if result == 0 {
         emit_fd_changed(caller, -1, args.syscall, [args.arg0, 0, 0]);
     }
     0

@@ -119,6 +119,19 @@ fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<InFlight> {
     })
 }
 
+/// For exit probes that report only what their enter probe chose to stash: the caller, the
+/// stashed arguments and the syscall's result. `None` when the caller is not followed or
+/// nothing was stashed (a call the enter probe ignored, or one begun before attach).
+#[inline(always)]
+fn stashed_at_exit(ctx: &TracePointContext, syscall: Syscall) -> Option<(Caller, InFlight, i64)> {
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        return None;
+    }
+    let args = take_in_flight(caller.pid_tgid, &[syscall])?;
+    Some((caller, args, syscall_result(ctx)))
+}
+
 /// The syscall's return value, from any `sys_exit_*` record.
 #[inline(always)]
 fn syscall_result(ctx: &TracePointContext) -> i64 {

@@ -9,7 +9,7 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::Syscall;
 
-use super::{sockets_and_dups::emit_fd_event, stash, syscall_result, take_in_flight};
+use super::{sockets_and_dups::emit_fd_event, stash, stashed_at_exit};
 use crate::{
     emit::{Caller, read_u64},
     maps::offset,
@@ -37,14 +37,10 @@ pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    let caller = Caller::current();
-    if !caller.is_followed() {
-        return 0;
-    }
-    let Some(args) = take_in_flight(caller.pid_tgid, &[Syscall::Recvmsg]) else {
+    let Some((caller, args, result)) = stashed_at_exit(&ctx, Syscall::Recvmsg) else {
         return 0;
     };
-    if syscall_result(&ctx) < 0 {
+    if result < 0 {
         return 0;
     }
     let msg = args.arg0 as *const u8;
