@@ -467,14 +467,7 @@ impl Aggregator {
     fn fork(&mut self, parent_pid: u32, child_pid: u32, fork_stack: Option<StackRef>) {
         let parent = self.caller(parent_pid);
         let comm = parent.comm.clone();
-        let inherited: Vec<Descriptor> = parent
-            .fds
-            .values()
-            .map(|d| Descriptor {
-                inherited: d.origin != Origin::PreExisting,
-                ..d.clone()
-            })
-            .collect();
+        let inherited = copy_of(&parent.fds);
         let cwd = parent.cwd.clone();
         let lost_when_checked = parent.lost_when_checked;
         if let Some(previous) = self.processes.remove(&child_pid) {
@@ -485,8 +478,7 @@ impl Aggregator {
                 // Seen in the attach snapshot already: keep it, but what it inherited from
                 // a traced parent is known more exactly than "pre-existing".
                 let mut child = previous;
-                for descriptor in inherited {
-                    let fd = descriptor.fd;
+                for (fd, descriptor) in inherited {
                     let replace = child
                         .fds
                         .get(&fd)
@@ -504,9 +496,23 @@ impl Aggregator {
         child.fork_stack = fork_stack;
         child.cwd = cwd;
         child.lost_when_checked = lost_when_checked;
-        child.fds = inherited.into_iter().map(|d| (d.fd, d)).collect();
+        child.fds = inherited;
         self.processes.insert(child_pid, child);
     }
+}
+
+/// A copy of a table, as a new process gets at fork or a process leaving a shared table gets:
+/// the same descriptors, those created while traced marked inherited (keeping their stacks).
+fn copy_of(fds: &HashMap<i32, Descriptor>) -> HashMap<i32, Descriptor> {
+    fds.iter()
+        .map(|(&fd, d)| {
+            let copy = Descriptor {
+                inherited: d.origin != Origin::PreExisting,
+                ..d.clone()
+            };
+            (fd, copy)
+        })
+        .collect()
 }
 
 /// A process is gone: what it created itself and never closed is kept as held at exit;

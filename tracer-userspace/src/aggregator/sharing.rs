@@ -4,7 +4,7 @@
 //! under the owner's pid; the others point at it until they leave it by exec,
 //! unshare(CLONE_FILES) or exit.
 
-use super::{Aggregator, Descriptor, Origin, Process};
+use super::{Aggregator, Process, copy_of};
 
 impl Aggregator {
     /// The process whose `fds` hold `pid`'s table.
@@ -68,21 +68,6 @@ impl Aggregator {
         self.caller(heir).fds = table;
         heir
     }
-}
-
-/// The table a new private copy starts with: the same descriptors, marked as copies.
-fn copy_of(
-    fds: &std::collections::HashMap<i32, Descriptor>,
-) -> std::collections::HashMap<i32, Descriptor> {
-    fds.iter()
-        .map(|(&fd, d)| {
-            let copy = Descriptor {
-                inherited: d.origin != Origin::PreExisting,
-                ..d.clone()
-            };
-            (fd, copy)
-        })
-        .collect()
 }
 
 #[cfg(test)]
