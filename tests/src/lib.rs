@@ -121,12 +121,14 @@ pub const FIXTURES: &[&str] = &[
     "tw_client",
     "fd_families",
     "stack_leak",
+    "stack_base",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.
 pub const FIXTURE_VARIANTS: &[(&str, &[&str])] = &[
     ("stack_leak", &["-O0"]),
     ("stack_leak", &["-O2", "-fomit-frame-pointer"]),
+    ("stack_base", &["-O2", "-fomit-frame-pointer"]),
 ];
 
 /// The environment variable naming a directory of fixtures built beforehand (by the

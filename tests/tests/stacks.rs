@@ -170,6 +170,80 @@ fn c_without_frame_pointers() {
     );
 }
 
+/// Once a thread's first stack has been unwound to its first frame, the kernel copies later
+/// stacks of that thread only up to there (a few hundred bytes here, not 8 KiB), and a deeper
+/// stack of the same thread still unwinds to its root from that shorter copy: in the main
+/// thread and in a second thread, at -O2 without frame pointers.
+#[test]
+fn stack_copy_stops_at_the_learned_base() {
+    require_root();
+    let bin = build_fixture("stack_base", &["-O2", "-fomit-frame-pointer"]);
+    let dir = unique_dir(None, "stacks-base");
+    let path = dir.join("settings.conf");
+    std::fs::write(&path, "x=1\n").unwrap();
+    let args: Vec<String> = [
+        "--json",
+        "--",
+        bin.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let out =
+        Tracer::spawn(&args, &[("RUST_LOG", "tracer::stacks=trace")]).wait_output(RUN_TIMEOUT);
+    assert!(out.status.success(), "tracer failed\n{}", out.context());
+    let report = out.report();
+    let ctx = report.context();
+    let stacks: Vec<Vec<String>> = report
+        .open_descriptors()
+        .iter()
+        .filter(|d| d.detail() == path.to_str())
+        .map(|d| d.stack_symbols())
+        .collect();
+    assert_eq!(stacks.len(), 4, "two leaks per thread\n{ctx}");
+    for root in ["main", "worker"] {
+        for leaf in ["open_shallow", "descend"] {
+            let found = stacks.iter().any(|symbols| {
+                let depth = symbols.iter().filter(|s| *s == leaf).count();
+                let expected = if leaf == "descend" { 5 } else { 1 };
+                let leaf_at = position_after(symbols, 0, |s| s == leaf);
+                leaf_at == Some(1)
+                    && depth == expected
+                    && position_after(symbols, 1, |s| s == "run_phases")
+                        .and_then(|i| position_after(symbols, i, |s| s == root))
+                        .is_some()
+            });
+            assert!(
+                found,
+                "no whole stack {leaf} .. run_phases .. {root} among {stacks:?}\n{ctx}"
+            );
+        }
+    }
+    // The tracer logs each walk as `(complete: C, USED of COPIED bytes)`: the second open of
+    // each thread came with a copy cut at the base, and its walk used all of it.
+    let cut_and_complete = out
+        .stderr
+        .lines()
+        .filter_map(|line| {
+            line.split_once("(complete: true, ")?
+                .1
+                .split_once(" bytes)")
+        })
+        .filter_map(|(counts, _)| {
+            let (used, copied) = counts.split_once(" of ")?;
+            Some((used.parse::<usize>().ok()?, copied.parse::<usize>().ok()?))
+        })
+        .filter(|&(used, copied)| used == copied && copied < 4096)
+        .count();
+    assert!(
+        cut_and_complete >= 2,
+        "expected at least two stack copies stopped at a learned base, found \
+         {cut_and_complete}\nstderr:\n{}",
+        tracer_tests::excerpt(&out.stderr, 20_000)
+    );
+}
+
 /// Builds tests/fixtures/rust_leak.rs as a release build (no frame pointers) with line
 /// tables, once per test run.
 fn build_rust_fixture() -> PathBuf {

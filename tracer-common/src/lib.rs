@@ -19,6 +19,8 @@ pub const STACK_MAP_ENTRIES: u32 = 16_384;
 pub const MAX_TCP_SOCKETS: u32 = 65_536;
 /// Listening ports of followed processes, whose accepted sockets are tracked from birth.
 pub const MAX_LISTEN_PORTS: u32 = 4_096;
+/// Threads whose stack base userspace has learned (LRU: a forgotten one costs a full copy).
+pub const MAX_STACK_BASES: u32 = 65_536;
 /// Default ring buffer size; must be a power of two multiple of the page size.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -30,6 +32,7 @@ pub mod map_names {
     pub const STACKS: &str = "STACKS";
     pub const LOST: &str = "LOST";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
+    pub const STACK_BASES: &str = "STACK_BASES";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
@@ -262,25 +265,37 @@ pub const TASK_STACK_TOP_BYTES: usize = 1024;
 /// [`STACK_TOP_BYTES`] of the stack pointer (a shallow main-thread or thread stack).
 pub const STACK_PAGE_BYTES: u64 = 4096;
 
-/// The user registers at the syscall that unwinding needs and the stack memory just above the
-/// stack pointer: enough for userspace to unwind functions without frame pointers from their
-/// CFI, which a frame-pointer walk skips or gets wrong.
+/// The user registers at the syscall that unwinding needs, and how many bytes of the stack
+/// just above the stack pointer follow the record (see [`WithStack`]): enough for userspace
+/// to unwind functions without frame pointers from their CFI, which a frame-pointer walk
+/// skips or gets wrong.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct UserStackTop<const N: usize> {
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StackRegs {
     /// 0 when nothing could be read.
     pub sp: u64,
     pub bp: u64,
     /// The user instruction pointer (the address after the `syscall` instruction).
     pub ip: u64,
-    /// Bytes of `bytes` that hold stack memory: less than N when the stack ends sooner.
+    /// Bytes of stack memory that follow the record.
     pub len: u32,
     pub _pad: u32,
+}
+const _: () = assert!(size_of::<StackRegs>() == 32);
+
+/// An event whose record ends with a copy of the user stack. The kernel builds it in a
+/// per-CPU scratch buffer and puts only `size_of::<E>() + event's len` bytes into the ring,
+/// so a shallow stack costs ring space (and the reader's time) for what was copied, not for
+/// the largest copy possible.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WithStack<E, const N: usize> {
+    pub event: E,
     pub bytes: [u8; N],
 }
-const _: () = assert!(size_of::<UserStackTop<STACK_TOP_BYTES>>() == 32 + STACK_TOP_BYTES);
 
-/// A descriptor created from a path by open, openat, openat2 or creat.
+/// A descriptor created from a path by open, openat, openat2 or creat. Followed in the ring
+/// by `stack.len` bytes of user stack.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileOpenEvent {
@@ -299,17 +314,17 @@ pub struct FileOpenEvent {
     /// 1 when the path is not known (the syscall began before the tracer attached).
     pub path_unknown: u8,
     pub _pad: [u8; 4],
-    pub stack_top: UserStackTop<STACK_TOP_BYTES>,
     pub path: [u8; PATH_CAP],
+    pub stack: StackRegs,
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 32 + STACK_TOP_BYTES + PATH_CAP);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + PATH_CAP + 32);
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
 pub const ARG_UNKNOWN: u64 = u64::MAX;
 
 /// A descriptor created without a path: socket, accept, accept4, dup, dup2, dup3, and each end
-/// of pipe, pipe2, socketpair.
+/// of pipe, pipe2, socketpair. Followed in the ring by `stack.len` bytes of user stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct FdEvent {
@@ -325,9 +340,10 @@ pub struct FdEvent {
     pub arg1: u64,
     /// socket: protocol; socketpair: domain.
     pub arg2: u64,
-    pub stack_top: UserStackTop<STACK_TOP_BYTES>,
+    /// Births only (`len` 0 and `sp` 0 otherwise).
+    pub stack: StackRegs,
 }
-const _: () = assert!(size_of::<FdEvent>() == 56 + 32 + STACK_TOP_BYTES);
+const _: () = assert!(size_of::<FdEvent>() == 56 + 32);
 
 /// close(2) of `fd`, emitted when the call starts: Linux releases the descriptor even when close
 /// then fails (except EBADF, where there was nothing to release).
@@ -347,7 +363,8 @@ pub const CLONE_THREAD: u64 = 0x0001_0000;
 /// `CLONE_FILES` from linux/sched.h.
 pub const CLONE_FILES: u64 = 0x0000_0400;
 
-/// A task created by a followed process; the header names the parent (the caller).
+/// A task created by a followed process; the header names the parent (the caller). Followed
+/// in the ring by `stack.len` bytes of user stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ForkEvent {
@@ -358,9 +375,9 @@ pub struct ForkEvent {
     pub syscall: u32,
     /// Clone flags of the creating call, or [`CLONE_FLAGS_UNKNOWN`].
     pub clone_flags: u64,
-    pub stack_top: UserStackTop<TASK_STACK_TOP_BYTES>,
+    pub stack: StackRegs,
 }
-const _: () = assert!(size_of::<ForkEvent>() == 40 + 32 + TASK_STACK_TOP_BYTES);
+const _: () = assert!(size_of::<ForkEvent>() == 40 + 32);
 
 /// `group_dead` value when the kernel's tracepoint does not say (older kernels).
 pub const GROUP_DEAD_UNKNOWN: u32 = 2;

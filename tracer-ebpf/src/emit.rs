@@ -8,11 +8,9 @@ use aya_ebpf::{
     },
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use tracer_common::{
-    EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, UserStackTop,
-};
+use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, StackRegs};
 
-use crate::maps::{FOLLOWED, STACK_COPY_BYTES, STACKS};
+use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS};
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
@@ -118,44 +116,61 @@ const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = Some((31 * 8, 29 * 8, 32
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = None;
 
-/// Copies the user stack pointer, frame pointer and instruction pointer and the stack just
-/// above the stack pointer into `top` (sp = 0 when nothing could be read). Userspace unwinds
-/// from it with the binaries' CFI.
+/// Copies the user stack pointer, frame pointer and instruction pointer into `regs` and the
+/// stack just above the stack pointer into `bytes` (sp = 0 when nothing could be read);
+/// returns the bytes copied. Userspace unwinds from it with the binaries' CFI.
 ///
-/// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), when the stack
-/// mapping reaches that far. A read that crosses the end
-/// of the mapping fails as a whole, so a shallow stack (main's frame sits close to the top of
-/// the main thread's stack) is retried with copies that end on page boundaries, longest
-/// first: at most N / 4096 + 1 reads, of which all but one fail at once.
+/// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), and it stops
+/// at the thread's stack base once userspace has learned it (STACK_BASES): a stack a few
+/// frames deep then costs a few hundred bytes, not the whole budget. Without a base, a read
+/// that crosses the end of the mapping fails as a whole, so a shallow stack (main's frame
+/// sits close to the top of the main thread's stack) is retried with copies that end on page
+/// boundaries, longest first: at most N / 4096 + 1 reads, of which all but one fail at once.
 ///
 /// # Safety
-/// `top` must point at writable memory (a reserved ring buffer record).
+/// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
 #[inline(always)]
-pub unsafe fn fill_stack_top<const N: usize>(top: *mut UserStackTop<N>) {
+pub unsafe fn fill_stack_top<const N: usize>(
+    tid: u32,
+    regs: *mut StackRegs,
+    bytes: *mut [u8; N],
+) -> u32 {
     unsafe {
-        (*top).sp = 0;
-        (*top).bp = 0;
-        (*top).ip = 0;
-        (*top).len = 0;
-        (*top)._pad = 0;
+        (*regs).sp = 0;
+        (*regs).bp = 0;
+        (*regs).ip = 0;
+        (*regs).len = 0;
+        (*regs)._pad = 0;
         let Some((sp_offset, bp_offset, ip_offset)) = PT_REGS_SP_BP_IP else {
-            return;
+            return 0;
         };
         let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const u8;
-        if regs.is_null() {
-            return;
+        let pt_regs = bpf_task_pt_regs(task) as *const u8;
+        if pt_regs.is_null() {
+            return 0;
         }
-        let Ok(sp) = bpf_probe_read_kernel(regs.add(sp_offset).cast::<u64>()) else {
-            return;
+        let Ok(sp) = bpf_probe_read_kernel(pt_regs.add(sp_offset).cast::<u64>()) else {
+            return 0;
         };
-        (*top).bp = bpf_probe_read_kernel(regs.add(bp_offset).cast::<u64>()).unwrap_or(0);
-        (*top).ip = bpf_probe_read_kernel(regs.add(ip_offset).cast::<u64>()).unwrap_or(0);
-        let dst = (*top).bytes.as_mut_ptr();
-        let wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
+        (*regs).sp = sp;
+        (*regs).bp = bpf_probe_read_kernel(pt_regs.add(bp_offset).cast::<u64>()).unwrap_or(0);
+        (*regs).ip = bpf_probe_read_kernel(pt_regs.add(ip_offset).cast::<u64>()).unwrap_or(0);
+        let dst = (*bytes).as_mut_ptr().cast::<c_void>();
+        let mut wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
         if wanted == 0 {
-            (*top).sp = sp;
-            return;
+            return 0;
+        }
+        if let Some(&base) = STACK_BASES.get(&tid)
+            && base > sp
+            && base - sp <= wanted
+        {
+            wanted = base - sp;
+            if wanted <= N as u64
+                && bpf_probe_read_user(dst, wanted as u32, sp as *const c_void) == 0
+            {
+                (*regs).len = wanted as u32;
+                return wanted as u32;
+            }
         }
         let page_end = sp.wrapping_add(wanted) & !(STACK_PAGE_BYTES - 1);
         let mut attempt: u64 = 0;
@@ -171,11 +186,11 @@ pub unsafe fn fill_stack_top<const N: usize>(top: *mut UserStackTop<N>) {
             if len == 0 || len > wanted || len > N as u64 {
                 continue;
             }
-            if bpf_probe_read_user(dst.cast::<c_void>(), len as u32, sp as *const c_void) == 0 {
-                (*top).sp = sp;
-                (*top).len = len as u32;
-                return;
+            if bpf_probe_read_user(dst, len as u32, sp as *const c_void) == 0 {
+                (*regs).len = len as u32;
+                return len as u32;
             }
         }
+        0
     }
 }

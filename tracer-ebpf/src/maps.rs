@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT, MAX_LISTEN_PORTS, MAX_TCP_SOCKETS,
-    STACK_MAP_ENTRIES, TracepointOffsets,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, InFlight, MAX_FOLLOWED, MAX_IN_FLIGHT,
+    MAX_LISTEN_PORTS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
+    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -36,6 +37,26 @@ pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_LISTE
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 
+/// Where each followed thread's stack ends (the highest address an unwind of it ever reads),
+/// by tid, as userspace learned it from a walk that reached the thread's first frame. The
+/// stack copy stops there instead of copying the full `--stack-copy-kib`: everything above
+/// is the environment, or another thread's memory, that no unwind needs.
+#[map]
+pub static STACK_BASES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_STACK_BASES, 0);
+
+/// Per-CPU scratch records for the events that carry a stack copy: they are built here and
+/// only their used length is copied into the ring. (Programs do not preempt each other on a
+/// CPU, and none of these runs in interrupt context.)
+#[map]
+pub static FILE_OPEN_SCRATCH: PerCpuArray<WithStack<FileOpenEvent, STACK_TOP_BYTES>> =
+    PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
+    PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Index 0: events dropped because the ring buffer was full, per CPU.
 /// Index 1: syscalls whose arguments could not be stashed (IN_FLIGHT full), per CPU.
 /// Index 2: children that could not be followed (FOLLOWED full), per CPU.
@@ -51,9 +72,10 @@ pub const LOST_FOLLOW_FULL: u32 = 2;
 #[unsafe(no_mangle)]
 pub static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
 
-/// Bytes of unread events at which a producer wakes the reader (set by userspace from the
-/// ring size). Below it, events are submitted without a wakeup and userspace drains them on
-/// a short timer: waking the reader on every event cost more than the rest of a probe.
+/// An eighth of the ring buffer (set by userspace from the ring size): a producer wakes the
+/// reader when its record makes the unread bytes cross a multiple of it. Below that, events
+/// are submitted without a wakeup and userspace drains them on a short timer: a wakeup per
+/// event (a self-IPI) cost more than the rest of a probe.
 #[unsafe(no_mangle)]
 pub static WAKEUP_BYTES: u64 = 0;
 
@@ -66,16 +88,58 @@ pub static STACK_COPY_BYTES: u64 = tracer_common::STACK_TOP_BYTES as u64;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
+/// The ring buffer's header in front of each record.
+const RING_RECORD_HEADER: u64 = 8;
 
-/// Flags for submitting an event: wake the reader only once enough is waiting.
+/// Flags for submitting a record of `size` bytes: wake the reader only when it makes the
+/// unread bytes cross into a new eighth of the ring, so there is one wakeup per eighth
+/// whatever the event rate, and none while the reader keeps up on its timer.
 #[inline(always)]
-pub fn submit_flags() -> u64 {
+pub fn submit_flags(size: u64) -> u64 {
     // SAFETY: a plain read of a load-time constant.
-    let threshold = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
-    if EVENTS.query(BPF_RB_AVAIL_DATA) >= threshold {
+    let eighth = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
+    if eighth == 0 {
+        return BPF_RB_FORCE_WAKEUP;
+    }
+    let before = EVENTS.query(BPF_RB_AVAIL_DATA);
+    let after = before + size + RING_RECORD_HEADER;
+    if after / eighth != before / eighth {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Puts an event and the first `stack_len` bytes of its stack copy into the ring.
+#[inline(always)]
+pub fn output_with_stack<E, const N: usize>(scratch: *const WithStack<E, N>, stack_len: u32) {
+    // Written so that the verifier sees the bound on the size it is given.
+    let stack_len = if (stack_len as usize) > N {
+        N
+    } else {
+        stack_len as usize
+    };
+    let size = core::mem::size_of::<E>() + stack_len;
+    // SAFETY: `scratch` is a per-CPU map value of size_of::<WithStack<E, N>>() bytes, which
+    // `size` does not exceed; every byte of the event and the first `stack_len` of the stack
+    // were written by the caller.
+    let record = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
+    if EVENTS
+        .output::<[u8]>(record, submit_flags(size as u64))
+        .is_err()
+    {
+        count_lost(LOST_RING_FULL);
+    }
+}
+
+/// Puts a fixed-size event into the ring.
+#[inline(always)]
+pub fn output<E>(event: &E) {
+    if EVENTS
+        .output::<E>(event, submit_flags(core::mem::size_of::<E>() as u64))
+        .is_err()
+    {
+        count_lost(LOST_RING_FULL);
     }
 }
 

@@ -5,7 +5,7 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
-    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, Syscall, TcpStateEvent, UserStackTop,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
 };
 
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
@@ -20,14 +20,22 @@ pub struct StackTop {
     pub bytes: Vec<u8>,
 }
 
-fn stack_top<const N: usize>(raw: &UserStackTop<N>) -> Option<StackTop> {
-    let len = (raw.len as usize).min(N);
-    (raw.sp != 0).then(|| StackTop {
-        sp: raw.sp,
-        bp: raw.bp,
-        ip: raw.ip,
-        bytes: raw.bytes[..len].to_vec(),
-    })
+/// The stack registers of a record whose fixed part is `fixed` bytes, and the stack bytes that
+/// follow it in the record (the kernel sends only what it copied).
+fn stack_top(
+    regs: &StackRegs,
+    record: &[u8],
+    fixed: usize,
+) -> Result<Option<StackTop>, DecodeError> {
+    let copied = record
+        .get(fixed..fixed + regs.len as usize)
+        .ok_or(DecodeError::TooShort(record.len()))?;
+    Ok((regs.sp != 0).then(|| StackTop {
+        sp: regs.sp,
+        bp: regs.bp,
+        ip: regs.ip,
+        bytes: copied.to_vec(),
+    }))
 }
 
 /// Who did it and when: the common header, decoded.
@@ -198,7 +206,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         EventKind::FileOpened => {
             let raw: FileOpenEvent = read(bytes)?;
             let len = usize::from(raw.path_len).min(PATH_CAP);
-            header.stack_top = stack_top(&raw.stack_top);
+            header.stack_top = stack_top(&raw.stack, bytes, size_of::<FileOpenEvent>())?;
             Event::FileOpened {
                 header,
                 fd: raw.fd,
@@ -211,7 +219,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::FdCreated => {
             let raw: FdEvent = read(bytes)?;
-            header.stack_top = stack_top(&raw.stack_top);
+            header.stack_top = stack_top(&raw.stack, bytes, size_of::<FdEvent>())?;
             Event::FdCreated {
                 header,
                 fd: raw.fd,
@@ -249,7 +257,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::TaskCreated => {
             let raw: ForkEvent = read(bytes)?;
-            header.stack_top = stack_top(&raw.stack_top);
+            header.stack_top = stack_top(&raw.stack, bytes, size_of::<ForkEvent>())?;
             Event::TaskCreated {
                 header,
                 child_tid: raw.child_tid,
@@ -306,7 +314,13 @@ pub(crate) fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracer_common::{STACK_TOP_BYTES, TASK_STACK_TOP_BYTES};
+
+    /// A record as the kernel sends it: the event, then the stack bytes it copied.
+    fn with_stack<T: Copy>(event: &T, stack: &[u8]) -> Vec<u8> {
+        let mut record = as_bytes(event);
+        record.extend_from_slice(stack);
+        record
+    }
 
     fn raw_header(kind: EventKind, stack_id: i32) -> EventHeader {
         EventHeader {
@@ -332,15 +346,14 @@ mod tests {
             path_truncated: 1,
             path_unknown: 0,
             _pad: [0; 4],
-            stack_top: UserStackTop {
+            path: [0; PATH_CAP],
+            stack: StackRegs {
                 sp: 0x7ff0,
                 bp: 0x7ff8,
                 ip: 0x1234,
                 len: 100,
                 _pad: 0,
-                bytes: [7; STACK_TOP_BYTES],
             },
-            path: [0; PATH_CAP],
         };
         raw.path[..9].copy_from_slice(b"/dev/null");
         let Event::FileOpened {
@@ -350,7 +363,7 @@ mod tests {
             path_truncated,
             syscall,
             ..
-        } = decode(&as_bytes(&raw)).unwrap()
+        } = decode(&with_stack(&raw, &[7; 100])).unwrap()
         else {
             panic!("wrong kind");
         };
@@ -365,6 +378,9 @@ mod tests {
         assert_eq!((fd, syscall), (7, Syscall::Openat));
         assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
         assert!(path_truncated);
+        // A record that ends before the stack bytes it announces is refused, not read past.
+        let short = with_stack(&raw, &[7; 99]);
+        assert_eq!(decode(&short), Err(DecodeError::TooShort(short.len())));
     }
 
     /// A negative stack id (no stack captured) decodes as None.
@@ -400,14 +416,7 @@ mod tests {
             child_tid: 12,
             syscall: 0,
             clone_flags: CLONE_FLAGS_UNKNOWN,
-            stack_top: UserStackTop {
-                sp: 0,
-                bp: 0,
-                ip: 0,
-                len: 0,
-                _pad: 0,
-                bytes: [0; TASK_STACK_TOP_BYTES],
-            },
+            stack: StackRegs::default(),
         };
         assert!(matches!(
             decode(&as_bytes(&fork)).unwrap(),

@@ -14,6 +14,7 @@ pub mod procfs;
 pub mod reconciler;
 pub mod report;
 pub mod session;
+pub mod stack_bases;
 pub mod stacks;
 pub mod symbolize;
 pub mod tcp;

@@ -1,7 +1,10 @@
 //! Loading the eBPF object, writing this kernel's tracepoint offsets into it, attaching every
 //! program, and the map operations the session needs (follow a pid, read stacks and losses).
 
-use std::path::{Path, PathBuf};
+use std::{
+    cell::RefCell,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -166,6 +169,9 @@ pub struct Probes {
     listen_ports: HashMap<MapData, u16, u32>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    /// Learned thread stack bases (see `stack_bases`); written while events are applied,
+    /// through a shared reference.
+    stack_bases: RefCell<HashMap<MapData, u32, u64>>,
     /// Tracepoints attached, and those this kernel lacks (optional ones only).
     pub attached: Vec<&'static str>,
     pub unavailable: Vec<&'static str>,
@@ -268,6 +274,10 @@ pub fn load(
             .map_err(map_error(map_names::LISTEN_PORTS))?,
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
+        stack_bases: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::STACK_BASES)?)
+                .map_err(map_error(map_names::STACK_BASES))?,
+        ),
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
             .map_err(map_error(map_names::LOST))?,
         attached,
@@ -459,6 +469,19 @@ impl Probes {
         self.listen_ports
             .insert(port, pid, 0)
             .map_err(map_error(map_names::LISTEN_PORTS))
+    }
+
+    /// Sets (Some) or deletes (None) where a thread's stack copy stops. A failure costs only
+    /// a fuller copy, so it is logged, not returned.
+    pub fn set_stack_base(&self, tid: u32, base: Option<u64>) {
+        let mut map = self.stack_bases.borrow_mut();
+        let result = match base {
+            Some(base) => map.insert(tid, base, 0),
+            None => map.remove(&tid),
+        };
+        if let Err(err) = result {
+            log::debug!("cannot update the stack base of thread {tid}: {err}");
+        }
     }
 
     pub fn lost(&self) -> LostCounts {

@@ -403,6 +403,9 @@ impl<'p> State<'p> {
             self.retire_reused_pid(*child_tid, header.timestamp_ns);
         }
         self.stacks.annotate(&mut event, self.probes);
+        for (tid, base) in self.stacks.take_stack_base_updates() {
+            self.probes.set_stack_base(tid, base);
+        }
         if let Event::TcpState {
             header,
             skaddr,

@@ -12,6 +12,7 @@ use crate::{
     events::{Event, StackTop},
     loader::Probes,
     modules::{ModuleFiles, ModuleMap},
+    stack_bases::StackBases,
     symbolize::{Frame, StackSymbolizer},
     unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound},
 };
@@ -38,6 +39,8 @@ pub struct StackStore {
     stacks: Vec<Arc<[u64]>>,
     stack_ids: HashMap<Arc<[u64]>, u32>,
     sections: UnwindSections,
+    /// Threads' stack bases learned from the walks, for the kernel's stack copy.
+    bases: StackBases,
     files: ModuleFiles,
     symbolizer: StackSymbolizer,
 }
@@ -72,7 +75,10 @@ impl StackStore {
                     self.modules.insert((*child_tid, 0), modules);
                 }
             }
+            Event::TaskExited { header, .. } => self.bases.forget(header.tid),
             Event::Exec { header } => {
+                self.bases.forget(header.tid);
+                self.bases.forget(header.tgid);
                 let generation = self.generation(header.tgid) + 1;
                 self.generations.insert(header.tgid, generation);
                 // Capture the new image now: a short-lived program may be gone soon.
@@ -84,11 +90,16 @@ impl StackStore {
         header.generation = self.generation(header.tgid);
         header.stack_id = self.repair(
             header.stack_id,
-            header.tgid,
+            (header.tgid, header.tid),
             header.generation,
             header.stack_top.as_ref(),
             probes,
         );
+    }
+
+    /// Stack bases learned or unlearned since the last call, for the kernel's map.
+    pub fn take_stack_base_updates(&mut self) -> Vec<(u32, Option<u64>)> {
+        self.bases.take_updates()
     }
 
     /// The interned id of the event's stack: frames unwound from CFI through the stack copied
@@ -97,7 +108,7 @@ impl StackStore {
     fn repair(
         &mut self,
         kernel_id: Option<u32>,
-        pid: u32,
+        (pid, tid): (u32, u32),
         generation: u32,
         top: Option<&StackTop>,
         probes: &Probes,
@@ -121,7 +132,9 @@ impl StackStore {
                     bp: top.bp,
                     bytes: &top.bytes,
                 };
-                unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES)
+                let unwound = unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES);
+                self.bases.observe(tid, top.sp, top.bytes.len(), &unwound);
+                unwound
             }
             _ => Unwound::default(),
         };
@@ -278,6 +291,7 @@ mod tests {
         Unwound {
             frames: frames.to_vec(),
             complete: false,
+            reached_root: false,
             stack_used: 0,
         }
     }
@@ -347,6 +361,7 @@ mod tests {
         let complete = Unwound {
             frames: vec![0x7100, 0x1100, 0x1200],
             complete: true,
+            reached_root: true,
             stack_used: 64,
         };
         let kernel = [0x7100, 0x1200, 0x1300];

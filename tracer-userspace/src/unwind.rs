@@ -217,6 +217,10 @@ pub struct Unwound {
     /// True when the walk ended at the root of the stack (or at the frame limit), false
     /// when it stopped for want of stack memory or at an address that is not code.
     pub complete: bool,
+    /// True when the walk ended at the stack's first frame (the thread's entry point), not
+    /// at the frame limit: then `sp + stack_used` is where the thread's stack ends for every
+    /// walk from it, since all of them pass through that first frame.
+    pub reached_root: bool,
     /// Bytes of the copy, from `sp` up, that the walk needed (read up to).
     pub stack_used: usize,
 }
@@ -251,6 +255,7 @@ impl ProcessUnwinder {
         };
         let mut frames = Vec::new();
         let mut complete = true;
+        let mut reached_root = false;
         let mut iter = self.unwinder.iter_frames(
             stack.ip,
             UnwindRegsX86_64::new(stack.ip, stack.sp, stack.bp),
@@ -267,7 +272,10 @@ impl ProcessUnwinder {
                     }
                     frames.push(address);
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    reached_root = true;
+                    break;
+                }
                 Err(err) => {
                     log::trace!("unwind stopped after {} frames: {err}", frames.len());
                     complete = false;
@@ -278,6 +286,7 @@ impl ProcessUnwinder {
         Unwound {
             frames,
             complete,
+            reached_root,
             stack_used,
         }
     }

@@ -7,7 +7,7 @@ use tracer_common::{CloseEvent, EventKind, NO_STACK};
 
 use crate::{
     emit::{Caller, read_u64},
-    maps::{EVENTS, LOST_RING_FULL, count_lost, offset, submit_flags},
+    maps::{offset, output},
 };
 
 #[tracepoint]
@@ -18,9 +18,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             fd: read_u64(&ctx, offset!(close_fd)) as i32,
             _pad: 0,
         };
-        if EVENTS.output::<CloseEvent>(&event, submit_flags()).is_err() {
-            count_lost(LOST_RING_FULL);
-        }
+        output(&event);
     }
     0
 }

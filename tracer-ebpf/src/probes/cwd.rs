@@ -7,10 +7,7 @@ use aya_ebpf::programs::TracePointContext;
 use tracer_common::{EventKind, ExecEvent, NO_STACK, Syscall};
 
 use super::{exit_probes, syscall_result};
-use crate::{
-    emit::Caller,
-    maps::{EVENTS, LOST_RING_FULL, count_lost, submit_flags},
-};
+use crate::{emit::Caller, maps::output};
 
 exit_probes!(
     emit_cwd_changed:
@@ -29,7 +26,5 @@ fn emit_cwd_changed(ctx: &TracePointContext, _syscall: Syscall) {
     let event = ExecEvent {
         header: caller.header(EventKind::CwdChanged, NO_STACK),
     };
-    if EVENTS.output::<ExecEvent>(&event, submit_flags()).is_err() {
-        count_lost(LOST_RING_FULL);
-    }
+    output(&event);
 }

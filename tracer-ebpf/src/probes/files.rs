@@ -8,12 +8,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{ARG_UNKNOWN, EventKind, FileOpenEvent, PATH_CAP, Syscall};
+use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall};
 
 use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, read_u64, user_stack_id},
-    maps::{EVENTS, LOST_RING_FULL, count_lost, offset, submit_flags},
+    maps::{FILE_OPEN_SCRATCH, offset, output_with_stack},
 };
 
 const AT_FDCWD: u64 = -100i64 as u64;
@@ -98,42 +98,50 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         return;
     }
     let stack_id = user_stack_id(ctx);
-    let Some(mut entry) = EVENTS.reserve::<FileOpenEvent>(0) else {
-        count_lost(LOST_RING_FULL);
+    let Some(scratch) = FILE_OPEN_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let event = entry.as_mut_ptr();
     let user_path = args.arg1 as *const u8;
-    // SAFETY: `event` points at reserved ring buffer memory of the right size; every field is
-    // written before submit. The string read is bounded by PATH_CAP.
+    // SAFETY: `scratch` is this CPU's scratch record; every field of the event is written
+    // before it is sent (the path buffer only up to `path_len`, which is all userspace
+    // reads). The string read is bounded by PATH_CAP.
     unsafe {
+        let event = &raw mut (*scratch).event;
         (*event).header = caller.header(EventKind::FileOpened, stack_id);
         (*event).fd = fd as i32;
         (*event).syscall = args.syscall;
         (*event).dirfd = args.arg0 as i32;
         (*event).flags = args.arg2 as u32;
         (*event)._pad = [0; 4];
-        fill_stack_top(&raw mut (*event).stack_top);
+        let copied = fill_stack_top(
+            caller.tid,
+            &raw mut (*event).stack,
+            &raw mut (*scratch).bytes,
+        );
         if args.arg1 == ARG_UNKNOWN {
             (*event).path_unknown = 1;
             (*event).path_len = 0;
             (*event).path_truncated = 0;
-            entry.submit(submit_flags());
+            output_with_stack(scratch, copied);
             return;
         }
         (*event).path_unknown = 0;
-        let copied = bpf_probe_read_user_str(
+        let path_copied = bpf_probe_read_user_str(
             (*event).path.as_mut_ptr().cast(),
             PATH_CAP as u32,
             user_path.cast(),
         );
-        // `copied` counts the NUL; PATH_CAP means the buffer filled up, which is a cut path
-        // unless the byte where the NUL went really was the end of the string.
-        let copied = if copied > 0 { copied as usize } else { 0 };
-        let truncated = copied >= PATH_CAP
+        // `path_copied` counts the NUL; PATH_CAP means the buffer filled up, which is a cut
+        // path unless the byte where the NUL went really was the end of the string.
+        let path_copied = if path_copied > 0 {
+            path_copied as usize
+        } else {
+            0
+        };
+        let truncated = path_copied >= PATH_CAP
             && bpf_probe_read_user(user_path.add(PATH_CAP - 1)).unwrap_or(0u8) != 0;
-        (*event).path_len = copied.saturating_sub(1) as u16;
+        (*event).path_len = path_copied.saturating_sub(1) as u16;
         (*event).path_truncated = truncated as u8;
+        output_with_stack(scratch, copied);
     }
-    entry.submit(submit_flags());
 }

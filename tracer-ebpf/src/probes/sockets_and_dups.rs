@@ -3,12 +3,12 @@
 //! Kernel: net/socket.c __sys_socket(), __sys_accept4(); fs/file.c ksys_dup(), ksys_dup3().
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, FdEvent, NO_STACK, Syscall};
+use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall};
 
 use super::{args_at_exit, exit_probes, stash, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, read_u64, user_stack_id},
-    maps::{EVENTS, LOST_RING_FULL, count_lost, offset, submit_flags},
+    maps::{FD_SCRATCH, offset, output_with_stack},
 };
 
 #[tracepoint]
@@ -128,26 +128,30 @@ fn emit(
     syscall: u32,
     [arg0, arg1, arg2]: [u64; 3],
 ) {
-    let Some(mut entry) = EVENTS.reserve::<FdEvent>(0) else {
-        count_lost(LOST_RING_FULL);
+    let Some(scratch) = FD_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved record of the right size; every field is written
-    // (the stack copy is marked absent, sp = 0, when not taken).
+    // SAFETY: `scratch` is this CPU's scratch record; every field of the event is written
+    // (the stack marked absent, sp = 0 and len = 0, when not taken), and the stack bytes
+    // that are sent.
     unsafe {
+        let event = &raw mut (*scratch).event;
         (*event).header = caller.header(kind, stack_id);
         (*event).fd = fd;
         (*event).syscall = syscall;
         (*event).arg0 = arg0;
         (*event).arg1 = arg1;
         (*event).arg2 = arg2;
-        if kind == EventKind::FdCreated {
-            fill_stack_top(&raw mut (*event).stack_top);
+        let copied = if kind == EventKind::FdCreated {
+            fill_stack_top(
+                caller.tid,
+                &raw mut (*event).stack,
+                &raw mut (*scratch).bytes,
+            )
         } else {
-            (*event).stack_top.sp = 0;
-            (*event).stack_top.bp = 0;
-        }
+            (*event).stack = StackRegs::default();
+            0
+        };
+        output_with_stack(scratch, copied);
     }
-    entry.submit(submit_flags());
 }

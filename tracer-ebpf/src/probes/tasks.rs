@@ -6,16 +6,16 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
-    CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    GROUP_DEAD_UNKNOWN, NO_STACK, Syscall,
+    CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, GROUP_DEAD_UNKNOWN,
+    NO_STACK, Syscall,
 };
 
 use super::{stash, take_in_flight};
 use crate::{
     emit::{Caller, fill_stack_top, read_u8, read_u32, read_u64, user_stack_id},
     maps::{
-        EVENTS, FOLLOWED, IN_FLIGHT, LOST_FOLLOW_FULL, LOST_RING_FULL, count_lost, offset,
-        submit_flags,
+        FOLLOWED, FORK_SCRATCH, IN_FLIGHT, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset,
+        output, output_with_stack,
     },
 };
 
@@ -87,20 +87,24 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         count_lost(LOST_FOLLOW_FULL);
     }
     let stack_id = user_stack_id(&ctx);
-    let Some(mut entry) = EVENTS.reserve::<ForkEvent>(0) else {
-        count_lost(LOST_RING_FULL);
+    let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
-    let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved record of the right size; every field is written.
+    // SAFETY: `scratch` is this CPU's scratch record; every field of the event is written,
+    // and the stack bytes that are sent.
     unsafe {
+        let event = &raw mut (*scratch).event;
         (*event).header = parent.header(EventKind::TaskCreated, stack_id);
         (*event).child_tid = child_tid;
         (*event).syscall = syscall;
         (*event).clone_flags = clone_flags;
-        fill_stack_top(&raw mut (*event).stack_top);
+        let copied = fill_stack_top(
+            parent.tid,
+            &raw mut (*event).stack,
+            &raw mut (*scratch).bytes,
+        );
+        output_with_stack(scratch, copied);
     }
-    entry.submit(submit_flags());
     0
 }
 
@@ -112,6 +116,8 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     };
     // A thread killed inside a syscall never reaches its exit probe.
     let _ = IN_FLIGHT.remove(&task.pid_tgid);
+    // Its tid may come back as another thread's, with another stack.
+    let _ = STACK_BASES.remove(&task.tid);
     let group_dead = match read_u8(&ctx, offset!(exit_group_dead)) {
         Some(dead) => (dead != 0) as u32,
         None => GROUP_DEAD_UNKNOWN,
@@ -129,21 +135,20 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         group_dead,
         _pad: 0,
     };
-    if EVENTS.output::<ExitEvent>(&event, submit_flags()).is_err() {
-        count_lost(LOST_RING_FULL);
-    }
+    output(&event);
     0
 }
 
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if let Some(task) = Caller::followed() {
+        // The new program has a new stack. (A thread that execs takes the process's tid.)
+        let _ = STACK_BASES.remove(&task.tid);
+        let _ = STACK_BASES.remove(&task.tgid);
         let event = ExecEvent {
             header: task.header(EventKind::Exec, NO_STACK),
         };
-        if EVENTS.output::<ExecEvent>(&event, submit_flags()).is_err() {
-            count_lost(LOST_RING_FULL);
-        }
+        output(&event);
     }
     0
 }

@@ -99,7 +99,7 @@ fn emit(
         (*event).saddr = saddr;
         (*event).daddr = daddr;
     }
-    entry.submit(submit_flags());
+    entry.submit(submit_flags(core::mem::size_of::<TcpStateEvent>() as u64));
 }
 
 /// An IPv4 address field, in the first 4 of 16 bytes.
