@@ -116,6 +116,55 @@ const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = Some((31 * 8, 29 * 8, 32
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
 const PT_REGS_SP_BP_IP: Option<(usize, usize, usize)> = None;
 
+/// Offsets in `struct pt_regs` of the syscall number and the six syscall arguments:
+/// x86_64 `orig_ax` and `di, si, dx, r10, r8, r9`; arm64 `syscallno` and `orig_x0, x1..x5`
+/// (x0 itself holds the return value by the time the syscall exits).
+#[cfg(bpf_target_arch = "x86_64")]
+const PT_REGS_SYSCALL: Option<(usize, [usize; 6])> =
+    Some((15 * 8, [14 * 8, 13 * 8, 12 * 8, 7 * 8, 9 * 8, 8 * 8]));
+#[cfg(bpf_target_arch = "aarch64")]
+const PT_REGS_SYSCALL: Option<(usize, [usize; 6])> = Some((35 * 8, [34 * 8, 8, 16, 24, 32, 40]));
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+const PT_REGS_SYSCALL: Option<(usize, [usize; 6])> = None;
+
+/// The syscall the calling task is in, as it made it: its number and six arguments, from the
+/// user registers the kernel saved when the syscall was entered. They are still unchanged
+/// when the syscall exits, so exit probes read the arguments themselves: no enter probe, no
+/// map to carry them across, and a call begun before the tracer attached has them too.
+#[derive(Clone, Copy)]
+pub struct SyscallRegs {
+    pub nr: u32,
+    pub args: [u64; 6],
+}
+
+impl SyscallRegs {
+    #[inline(always)]
+    pub fn current() -> Option<Self> {
+        let (nr_offset, arg_offsets) = PT_REGS_SYSCALL?;
+        // SAFETY: the helper returns the current task's saved user registers, a pointer the
+        // verifier types as `struct pt_regs`: each load is checked against that layout.
+        unsafe {
+            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+            if regs.is_null() {
+                return None;
+            }
+            let load = |offset: usize| core::ptr::read_volatile(regs.add(offset).cast::<u64>());
+            Some(Self {
+                // `orig_ax` is -1 outside a syscall; arm64's `syscallno` is 32 bits wide.
+                nr: core::ptr::read_volatile(regs.add(nr_offset).cast::<u32>()),
+                args: [
+                    load(arg_offsets[0]),
+                    load(arg_offsets[1]),
+                    load(arg_offsets[2]),
+                    load(arg_offsets[3]),
+                    load(arg_offsets[4]),
+                    load(arg_offsets[5]),
+                ],
+            })
+        }
+    }
+}
+
 /// Copies the user stack pointer, frame pointer and instruction pointer into `regs` and the
 /// stack just above the stack pointer into `bytes` (sp = 0 when nothing could be read);
 /// returns the bytes copied. Userspace unwinds from it with the binaries' CFI.
@@ -149,12 +198,12 @@ pub unsafe fn fill_stack_top<const N: usize>(
         if pt_regs.is_null() {
             return 0;
         }
-        let Ok(sp) = bpf_probe_read_kernel(pt_regs.add(sp_offset).cast::<u64>()) else {
-            return 0;
-        };
+        // Direct loads: the helper returns a pointer the verifier knows as `struct pt_regs`,
+        // so these are checked against its layout and cost a load each, not a helper call.
+        let sp = core::ptr::read_volatile(pt_regs.add(sp_offset).cast::<u64>());
         (*regs).sp = sp;
-        (*regs).bp = bpf_probe_read_kernel(pt_regs.add(bp_offset).cast::<u64>()).unwrap_or(0);
-        (*regs).ip = bpf_probe_read_kernel(pt_regs.add(ip_offset).cast::<u64>()).unwrap_or(0);
+        (*regs).bp = core::ptr::read_volatile(pt_regs.add(bp_offset).cast::<u64>());
+        (*regs).ip = core::ptr::read_volatile(pt_regs.add(ip_offset).cast::<u64>());
         let dst = (*bytes).as_mut_ptr().cast::<c_void>();
         let mut wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
         if wanted == 0 {

@@ -19,10 +19,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 #[map]
 pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
 
-/// Arguments of syscalls between their enter and exit tracepoints, keyed by pid_tgid.
-#[map]
-pub static IN_FLIGHT: HashMap<u64, InFlight> = HashMap::with_max_entries(MAX_IN_FLIGHT, 0);
-
 /// TCP sockets (`struct sock` address) of followed processes -> owning TGID. Their state
 /// changes are reported even from softirq context, where the task on the CPU is anyone.
 #[map]
@@ -58,13 +54,13 @@ pub static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>>
     PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: events dropped because the ring buffer was full, per CPU.
-/// Index 1: syscalls whose arguments could not be stashed (IN_FLIGHT full), per CPU.
+/// Index 1: syscalls whose arguments could not be stashed: unused since exit probes read the
+/// arguments from the saved registers (kept so the report's `lost_in_flight_full` stays).
 /// Index 2: children that could not be followed (FOLLOWED full), per CPU.
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 pub const LOST_RING_FULL: u32 = 0;
-pub const LOST_IN_FLIGHT_FULL: u32 = 1;
 pub const LOST_FOLLOW_FULL: u32 = 2;
 
 /// Field offsets of this kernel's tracepoints, written by userspace before loading (it lands

@@ -8,8 +8,8 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::Syscall;
 
 use super::{
+    call_at_exit,
     sockets_and_dups::{emit_fd_changed, emit_fd_event},
-    stash, stashed_at_exit,
 };
 use crate::{
     emit::{Caller, read_u64},
@@ -21,32 +21,19 @@ const F_DUPFD: u64 = 0;
 const F_SETFD: u64 = 2;
 const F_DUPFD_CLOEXEC: u64 = 1030;
 
-#[tracepoint]
-pub fn sys_enter_fcntl(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        // Servers call F_GETFL/F_SETFL all the time; only these three change the table.
-        let cmd = read_u64(&ctx, offset!(fcntl_cmd)) & 0xffff_ffff;
-        if cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC || cmd == F_SETFD {
-            let fd = read_u64(&ctx, offset!(fcntl_fd));
-            let arg = read_u64(&ctx, offset!(fcntl_arg));
-            stash(caller, Syscall::Fcntl, fd, cmd, arg);
-        }
-    }
-    0
-}
-
 /// Without a stash there is nothing to report: the command was one we ignore, or the call
 /// began before the process was followed (then its effect is in the attach snapshot).
 #[tracepoint]
 pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
-    let Some((caller, args, result)) = stashed_at_exit(&ctx, Syscall::Fcntl) else {
+    let Some((caller, args, result)) = call_at_exit(&ctx, Syscall::Fcntl) else {
         return 0;
     };
-    if result < 0 {
+    // Servers call F_GETFL/F_SETFL all the time; only these three change the table.
+    let [cmd, arg] = [args.arg1 & 0xffff_ffff, args.arg2];
+    if result < 0 || !(cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC || cmd == F_SETFD) {
         return 0;
     }
     let old_fd = args.arg0 as u32 as i32;
-    let [cmd, arg] = [args.arg1, args.arg2];
     if cmd == F_SETFD {
         emit_fd_changed(caller, old_fd, args.syscall, [0, cmd, arg]);
     } else {
@@ -83,24 +70,12 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
 /// `CLONE_FILES` from linux/sched.h.
 const CLONE_FILES: u64 = 0x400;
 
-/// unshare(CLONE_FILES) gives the caller a private copy of a descriptor table it shared.
-#[tracepoint]
-pub fn sys_enter_unshare(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let flags = read_u64(&ctx, offset!(unshare_flags));
-        if flags & CLONE_FILES != 0 {
-            stash(caller, Syscall::Unshare, flags, 0, 0);
-        }
-    }
-    0
-}
-
 #[tracepoint]
 pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
-    let Some((caller, args, result)) = stashed_at_exit(&ctx, Syscall::Unshare) else {
+    let Some((caller, args, result)) = call_at_exit(&ctx, Syscall::Unshare) else {
         return 0;
     };
-    if result == 0 {
+    if result == 0 && args.arg0 & CLONE_FILES != 0 {
         emit_fd_changed(caller, -1, args.syscall, [args.arg0, 0, 0]);
     }
     0

@@ -10,71 +10,11 @@ use aya_ebpf::{
 };
 use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall};
 
-use super::{args_at_exit, exit_probes, stash, syscall_result};
+use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
-    emit::{Caller, fill_stack_top, read_u64, user_stack_id},
+    emit::{Caller, fill_stack_top, user_stack_id},
     maps::{FILE_OPEN_SCRATCH, offset, output_with_stack},
 };
-
-const AT_FDCWD: u64 = -100i64 as u64;
-/// What creat(2) is: open(path, O_CREAT | O_WRONLY | O_TRUNC).
-const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
-
-#[tracepoint]
-pub fn sys_enter_open(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let path = read_u64(&ctx, offset!(open_filename));
-        let flags = read_u64(&ctx, offset!(open_flags));
-        stash(caller, Syscall::Open, AT_FDCWD, path, flags);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_openat(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let dirfd = read_u64(&ctx, offset!(openat_dfd));
-        let path = read_u64(&ctx, offset!(openat_filename));
-        let flags = read_u64(&ctx, offset!(openat_flags));
-        stash(caller, Syscall::Openat, dirfd, path, flags);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_openat2(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let dirfd = read_u64(&ctx, offset!(openat2_dfd));
-        let path = read_u64(&ctx, offset!(openat2_filename));
-        // struct open_how starts with `__u64 flags`.
-        let how = read_u64(&ctx, offset!(openat2_how)) as *const u64;
-        // SAFETY: a bounded read of user memory; failure reads as no flags.
-        let flags = unsafe { bpf_probe_read_user(how) }.unwrap_or(0);
-        stash(caller, Syscall::Openat2, dirfd, path, flags);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_creat(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let path = read_u64(&ctx, offset!(creat_pathname));
-        stash(caller, Syscall::Creat, AT_FDCWD, path, CREAT_FLAGS);
-    }
-    0
-}
-
-/// memfd_create(name, flags) makes an anonymous file called `memfd:NAME`: the name is read
-/// like a path.
-#[tracepoint]
-pub fn sys_enter_memfd_create(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let name = read_u64(&ctx, offset!(memfd_create_uname));
-        let flags = read_u64(&ctx, offset!(memfd_create_flags));
-        stash(caller, Syscall::MemfdCreate, AT_FDCWD, name, flags);
-    }
-    0
-}
 
 exit_probes!(
     emit_file_open:

@@ -1,5 +1,6 @@
-//! One module per probe family. Enter probes stash arguments in IN_FLIGHT; exit probes take
-//! them back, read the result and emit one event.
+//! One module per probe family. Exit probes read the syscall's arguments from the caller's
+//! saved registers and its result from the tracepoint, and emit one event; only close and
+//! close_range, which take effect as they start, have enter probes.
 
 pub mod close;
 pub mod cwd;
@@ -13,11 +14,11 @@ pub mod tasks;
 pub mod tcp;
 
 use aya_ebpf::programs::TracePointContext;
-use tracer_common::{ARG_UNKNOWN, InFlight, Syscall};
+use tracer_common::{ARG_UNKNOWN, Syscall};
 
 use crate::{
-    emit::{Caller, read_u64},
-    maps::{IN_FLIGHT, LOST_IN_FLIGHT_FULL, count_lost, offset},
+    emit::{Caller, SyscallRegs, read_u64},
+    maps::offset,
 };
 
 /// Defines one `sys_exit_*` program per `name => Syscall` pair, each handing its record to
@@ -35,100 +36,102 @@ macro_rules! exit_probes {
 }
 use exit_probes;
 
-/// Defines one `sys_enter_*` program per `name => Syscall [fields]` entry that stashes up to
-/// three of the call's arguments (read at this kernel's offsets of `fields`, in that order,
-/// the rest 0) for the exit probe.
-macro_rules! enter_probes {
-    ($($name:ident => $syscall:ident [$($field:ident),*]),+ $(,)?) => {
-        $(
-            #[aya_ebpf::macros::tracepoint]
-            pub fn $name(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
-                if let Some(caller) = crate::emit::Caller::followed() {
-                    let [arg0, arg1, arg2] = super::padded([
-                        $(crate::emit::read_u64(&ctx, crate::maps::offset!($field))),*
-                    ]);
-                    super::stash(caller, tracer_common::Syscall::$syscall, arg0, arg1, arg2);
-                }
-                0
-            }
-        )+
-    };
+/// What an exit probe knows of its syscall: which it is and the arguments it keeps, in the
+/// order [`kept_args`] gives them.
+#[derive(Clone, Copy)]
+pub struct Args {
+    pub syscall: u32,
+    pub arg0: u64,
+    pub arg1: u64,
+    pub arg2: u64,
 }
-use enter_probes;
 
-/// Up to three arguments, the missing ones 0.
+/// `AT_FDCWD`: the directory fd of a path relative to the working directory.
+const AT_FDCWD: u64 = -100i64 as u64;
+/// What creat(2) is: open(path, O_CREAT | O_WRONLY | O_TRUNC).
+const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
+
+/// The arguments of `syscall` that userspace needs, from the six the caller passed (`a`):
+/// the directory fd, path and flags of an open; the flags that decide close-on-exec; the
+/// old descriptor of a copy; the user memory where pipe and socketpair store their pair.
+/// The meaning of each position per syscall is [`tracer_common::FdEvent`]'s.
 #[inline(always)]
-fn padded<const N: usize>(args: [u64; N]) -> [u64; 3] {
-    let mut out = [0; 3];
-    let mut i = 0;
-    while i < N && i < 3 {
-        out[i] = args[i];
-        i += 1;
+fn kept_args(syscall: Syscall, a: [u64; 6]) -> [u64; 3] {
+    match syscall {
+        Syscall::Open => [AT_FDCWD, a[0], a[1]],
+        Syscall::Openat => [a[0], a[1], a[2]],
+        // struct open_how starts with `__u64 flags`; an unreadable one reads as no flags.
+        Syscall::Openat2 => [a[0], a[1], read_user_u64(a[2]).unwrap_or(0)],
+        Syscall::Creat => [AT_FDCWD, a[0], CREAT_FLAGS],
+        // memfd_create(name, flags): the name is read like a path.
+        Syscall::MemfdCreate => [AT_FDCWD, a[0], a[1]],
+        Syscall::Socket => [a[0], a[1], a[2]],
+        Syscall::Accept | Syscall::Dup | Syscall::Dup2 => [a[0], 0, 0],
+        // accept4(fd, addr, addrlen, flags); dup3(old, new, flags).
+        Syscall::Accept4 => [a[0], a[3], 0],
+        Syscall::Dup3 => [a[0], a[2], 0],
+        Syscall::Pipe => [a[0], 0, 0],
+        Syscall::Pipe2 => [a[0], a[1], 0],
+        // socketpair(family, type, protocol, sv): the pair's memory, type, family.
+        Syscall::Socketpair => [a[3], a[1], a[0]],
+        // eventfd2(count, flags), timerfd_create(clock, flags), perf_event_open(attr, pid,
+        // cpu, group, flags): the flags.
+        Syscall::Eventfd2 | Syscall::TimerfdCreate => [a[1], 0, 0],
+        Syscall::PerfEventOpen => [a[4], 0, 0],
+        Syscall::EpollCreate1
+        | Syscall::InotifyInit1
+        | Syscall::FanotifyInit
+        | Syscall::Userfaultfd
+        | Syscall::Signalfd
+        | Syscall::Unshare => [a[0], 0, 0],
+        // signalfd4(fd, mask, size, flags); pidfd_getfd(pidfd, fd, flags);
+        // open_by_handle_at(mount_fd, handle, flags).
+        Syscall::Signalfd4 => [a[0], a[3], 0],
+        Syscall::PidfdGetfd => [a[0], a[1], 0],
+        Syscall::OpenByHandleAt => [a[0], a[2], 0],
+        Syscall::Fcntl => [a[0], a[1], a[2]],
+        // recvmsg(fd, msg, flags).
+        Syscall::Recvmsg => [a[1], a[2], 0],
+        // No argument decides anything (eventfd, epoll_create, inotify_init, pidfd_open,
+        // io_uring_setup).
+        _ => [ARG_UNKNOWN; 3],
     }
-    out
 }
 
-/// Remembers a followed caller's syscall arguments until the syscall returns.
+/// Reads a u64 of the caller's memory.
 #[inline(always)]
-fn stash(caller: Caller, syscall: Syscall, arg0: u64, arg1: u64, arg2: u64) {
-    let args = InFlight {
+fn read_user_u64(address: u64) -> Option<u64> {
+    // SAFETY: a bounded read of user memory, which may fail.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(address as *const u64) }.ok()
+}
+
+/// The arguments of the syscall a followed caller is returning from, or `None` when the
+/// caller is not followed. Where the saved registers cannot be read, every argument is
+/// [`ARG_UNKNOWN`], which userspace treats like a call whose start it did not see.
+#[inline(always)]
+fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<Args> {
+    // Asked first so that unfollowed processes pay one lookup and nothing else.
+    if !caller.is_followed() {
+        return None;
+    }
+    let [arg0, arg1, arg2] = match SyscallRegs::current() {
+        Some(regs) => kept_args(syscall, regs.args),
+        None => [ARG_UNKNOWN; 3],
+    };
+    Some(Args {
         syscall: syscall as u32,
-        _pad: 0,
         arg0,
         arg1,
         arg2,
-        arg3: 0,
-    };
-    if IN_FLIGHT.insert(&caller.pid_tgid, &args, 0).is_err() {
-        count_lost(LOST_IN_FLIGHT_FULL);
-    }
-}
-
-/// Takes back what [`stash`] kept for this thread, if it was one of `expected`: a thread that
-/// was not followed at enter time, or whose stash failed, has nothing (or something stale).
-#[inline(always)]
-fn take_in_flight(pid_tgid: u64, expected: &[Syscall]) -> Option<InFlight> {
-    // SAFETY: the entry is copied out before it is removed.
-    let args = unsafe { IN_FLIGHT.get(&pid_tgid) }.copied()?;
-    let _ = IN_FLIGHT.remove(&pid_tgid);
-    expected
-        .iter()
-        .any(|s| *s as u32 == args.syscall)
-        .then_some(args)
-}
-
-/// Arguments for `syscall`'s exit probe: what its enter probe stashed or, when the syscall
-/// began before this process was followed (an accept blocked when the tracer attached),
-/// [`ARG_UNKNOWN`]s, as long as the caller is followed now. `None`: not ours.
-#[inline(always)]
-fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<InFlight> {
-    // Asked first so that unfollowed processes pay one lookup here too.
-    if !caller.is_followed() {
-        return None;
-    }
-    if let Some(args) = take_in_flight(caller.pid_tgid, &[syscall]) {
-        return Some(args);
-    }
-    Some(InFlight {
-        syscall: syscall as u32,
-        _pad: 0,
-        arg0: ARG_UNKNOWN,
-        arg1: ARG_UNKNOWN,
-        arg2: ARG_UNKNOWN,
-        arg3: ARG_UNKNOWN,
     })
 }
 
-/// For exit probes that report only what their enter probe chose to stash: the caller, the
-/// stashed arguments and the syscall's result. `None` when the caller is not followed or
-/// nothing was stashed (a call the enter probe ignored, or one begun before attach).
+/// For exit probes that also need the result: the caller, the arguments and what the
+/// syscall returned. `None` when the caller is not followed.
 #[inline(always)]
-fn stashed_at_exit(ctx: &TracePointContext, syscall: Syscall) -> Option<(Caller, InFlight, i64)> {
+fn call_at_exit(ctx: &TracePointContext, syscall: Syscall) -> Option<(Caller, Args, i64)> {
     let caller = Caller::current();
-    if !caller.is_followed() {
-        return None;
-    }
-    let args = take_in_flight(caller.pid_tgid, &[syscall])?;
+    let args = args_at_exit(caller, syscall)?;
     Some((caller, args, syscall_result(ctx)))
 }
 

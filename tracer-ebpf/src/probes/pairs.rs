@@ -5,41 +5,8 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::{ARG_UNKNOWN, Syscall};
 
-use super::{args_at_exit, exit_probes, sockets_and_dups::emit_fd_event, stash, syscall_result};
-use crate::{
-    emit::{Caller, read_u64},
-    maps::offset,
-};
-
-#[tracepoint]
-pub fn sys_enter_pipe(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let fds = read_u64(&ctx, offset!(pipe_fildes));
-        stash(caller, Syscall::Pipe, fds, 0, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_pipe2(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let fds = read_u64(&ctx, offset!(pipe2_fildes));
-        let flags = read_u64(&ctx, offset!(pipe2_flags));
-        stash(caller, Syscall::Pipe2, fds, flags, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_socketpair(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let fds = read_u64(&ctx, offset!(socketpair_usockvec));
-        let kind = read_u64(&ctx, offset!(socketpair_type));
-        let family = read_u64(&ctx, offset!(socketpair_family));
-        stash(caller, Syscall::Socketpair, fds, kind, family);
-    }
-    0
-}
+use super::{args_at_exit, exit_probes, sockets_and_dups::emit_fd_event, syscall_result};
+use crate::emit::Caller;
 
 exit_probes!(
     emit_pair:

@@ -9,11 +9,8 @@
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use tracer_common::Syscall;
 
-use super::{sockets_and_dups::emit_fd_event, stash, stashed_at_exit};
-use crate::{
-    emit::{Caller, read_u64},
-    maps::offset,
-};
+use super::{call_at_exit, sockets_and_dups::emit_fd_event};
+use crate::emit::Caller;
 
 const MAX_CMSGS: usize = 2;
 const MAX_FDS: usize = 8;
@@ -26,18 +23,8 @@ const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 
 #[tracepoint]
-pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let msg = read_u64(&ctx, offset!(recvmsg_msg));
-        let flags = read_u64(&ctx, offset!(recvmsg_flags));
-        stash(caller, Syscall::Recvmsg, msg, flags, 0);
-    }
-    0
-}
-
-#[tracepoint]
 pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    let Some((caller, args, result)) = stashed_at_exit(&ctx, Syscall::Recvmsg) else {
+    let Some((caller, args, result)) = call_at_exit(&ctx, Syscall::Recvmsg) else {
         return 0;
     };
     if result < 0 {

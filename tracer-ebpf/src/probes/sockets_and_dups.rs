@@ -5,69 +5,11 @@
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall};
 
-use super::{args_at_exit, exit_probes, stash, syscall_result};
+use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
-    emit::{Caller, fill_stack_top, read_u64, user_stack_id},
+    emit::{Caller, fill_stack_top, user_stack_id},
     maps::{FD_SCRATCH, offset, output_with_stack},
 };
-
-#[tracepoint]
-pub fn sys_enter_socket(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let family = read_u64(&ctx, offset!(socket_family));
-        let kind = read_u64(&ctx, offset!(socket_type));
-        let protocol = read_u64(&ctx, offset!(socket_protocol));
-        stash(caller, Syscall::Socket, family, kind, protocol);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let listener = read_u64(&ctx, offset!(accept_fd));
-        stash(caller, Syscall::Accept, listener, 0, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let listener = read_u64(&ctx, offset!(accept4_fd));
-        let flags = read_u64(&ctx, offset!(accept4_flags));
-        stash(caller, Syscall::Accept4, listener, flags, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_dup(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let old = read_u64(&ctx, offset!(dup_fildes));
-        stash(caller, Syscall::Dup, old, 0, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let old = read_u64(&ctx, offset!(dup2_oldfd));
-        stash(caller, Syscall::Dup2, old, 0, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let old = read_u64(&ctx, offset!(dup3_oldfd));
-        let flags = read_u64(&ctx, offset!(dup3_flags));
-        stash(caller, Syscall::Dup3, old, flags, 0);
-    }
-    0
-}
 
 exit_probes!(
     emit_fd_created:

@@ -10,12 +10,11 @@ use tracer_common::{
     NO_STACK, Syscall,
 };
 
-use super::{stash, take_in_flight};
 use crate::{
-    emit::{Caller, fill_stack_top, read_u8, read_u32, read_u64, user_stack_id},
+    emit::{Caller, SyscallRegs, fill_stack_top, read_u8, read_u32, user_stack_id},
     maps::{
-        FOLLOWED, FORK_SCRATCH, IN_FLIGHT, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset,
-        output, output_with_stack,
+        FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
+        output_with_stack,
     },
 };
 
@@ -23,48 +22,45 @@ use crate::{
 const FORK_FLAGS: u64 = 17;
 /// CLONE_VM | CLONE_VFORK | SIGCHLD: what vfork(2) passes.
 const VFORK_FLAGS: u64 = 0x100 | 0x4000 | 17;
-const TASK_CREATORS: &[Syscall] = &[
-    Syscall::Fork,
-    Syscall::Vfork,
-    Syscall::Clone,
-    Syscall::Clone3,
-];
 
-#[tracepoint]
-pub fn sys_enter_fork(_ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        stash(caller, Syscall::Fork, FORK_FLAGS, 0, 0);
-    }
-    0
+/// Syscall numbers of the task creators (arch/x86/entry/syscalls/syscall_64.tbl,
+/// include/uapi/asm-generic/unistd.h; arm64 has neither fork nor vfork).
+#[cfg(bpf_target_arch = "x86_64")]
+mod nr {
+    pub const CLONE: u32 = 56;
+    pub const FORK: u32 = 57;
+    pub const VFORK: u32 = 58;
+    pub const CLONE3: u32 = 435;
+}
+#[cfg(not(bpf_target_arch = "x86_64"))]
+mod nr {
+    pub const CLONE: u32 = 220;
+    pub const FORK: u32 = u32::MAX;
+    pub const VFORK: u32 = u32::MAX;
+    pub const CLONE3: u32 = 435;
 }
 
-#[tracepoint]
-pub fn sys_enter_vfork(_ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        stash(caller, Syscall::Vfork, VFORK_FLAGS, 0, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_clone(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let flags = read_u64(&ctx, offset!(clone_flags));
-        stash(caller, Syscall::Clone, flags, 0, 0);
-    }
-    0
-}
-
-#[tracepoint]
-pub fn sys_enter_clone3(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
+/// Which syscall the parent made and its clone flags (0 and [`CLONE_FLAGS_UNKNOWN`] for a
+/// task the kernel created by itself, e.g. an io_uring worker: userspace then asks /proc
+/// whether the child is a thread).
+#[inline(always)]
+fn creating_call() -> (u32, u64) {
+    let Some(regs) = SyscallRegs::current() else {
+        return (0, CLONE_FLAGS_UNKNOWN);
+    };
+    match regs.nr {
+        nr::FORK => (Syscall::Fork as u32, FORK_FLAGS),
+        nr::VFORK => (Syscall::Vfork as u32, VFORK_FLAGS),
+        nr::CLONE => (Syscall::Clone as u32, regs.args[0]),
         // struct clone_args starts with `__aligned_u64 flags`.
-        let args = read_u64(&ctx, offset!(clone3_uargs)) as *const u64;
-        // SAFETY: a bounded read of user memory.
-        let flags = unsafe { bpf_probe_read_user(args) }.unwrap_or(CLONE_FLAGS_UNKNOWN);
-        stash(caller, Syscall::Clone3, flags, 0, 0);
+        nr::CLONE3 => (
+            Syscall::Clone3 as u32,
+            // SAFETY: a bounded read of the parent's memory, which may fail.
+            unsafe { bpf_probe_read_user(regs.args[0] as *const u64) }
+                .unwrap_or(CLONE_FLAGS_UNKNOWN),
+        ),
+        _ => (0, CLONE_FLAGS_UNKNOWN),
     }
-    0
 }
 
 /// Runs in the parent. A new process (not a thread) of a followed parent becomes followed.
@@ -76,12 +72,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let Some(child_tid) = read_u32(&ctx, offset!(fork_child_pid)) else {
         return 0;
     };
-    // Kernel-internal task creation (io_uring workers, ...) has no syscall of ours in flight;
-    // userspace then asks /proc whether the child is a thread.
-    let (syscall, clone_flags) = match take_in_flight(parent.pid_tgid, TASK_CREATORS) {
-        Some(args) => (args.syscall, args.arg0),
-        None => (0, CLONE_FLAGS_UNKNOWN),
-    };
+    let (syscall, clone_flags) = creating_call();
     let is_thread = clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_THREAD != 0;
     if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
         count_lost(LOST_FOLLOW_FULL);
@@ -114,8 +105,6 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(task) = Caller::followed() else {
         return 0;
     };
-    // A thread killed inside a syscall never reaches its exit probe.
-    let _ = IN_FLIGHT.remove(&task.pid_tgid);
     // Its tid may come back as another thread's, with another stack.
     let _ = STACK_BASES.remove(&task.tid);
     let group_dead = match read_u8(&ctx, offset!(exit_group_dead)) {
