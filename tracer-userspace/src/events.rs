@@ -9,32 +9,40 @@ use tracer_common::{
 };
 
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
-/// creation event.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StackTop {
+/// creation event, borrowed from the ring buffer record: they are unwound at once and never
+/// kept, so they are not copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackTop<'r> {
     pub sp: u64,
     pub bp: u64,
     /// The user instruction pointer at the syscall, or 0 when the kernel could not read it.
     pub ip: u64,
     /// The stack memory from `sp` up (as much as the kernel could copy).
-    pub bytes: Vec<u8>,
+    pub bytes: &'r [u8],
+}
+
+/// A decoded record: the event, and the stack copied with it, if any.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded<'r> {
+    pub event: Event,
+    pub stack_top: Option<StackTop<'r>>,
 }
 
 /// The stack registers of a record whose fixed part is `fixed` bytes, and the stack bytes that
 /// follow it in the record (the kernel sends only what it copied).
-fn stack_top(
+fn stack_top<'r>(
     regs: &StackRegs,
-    record: &[u8],
+    record: &'r [u8],
     fixed: usize,
-) -> Result<Option<StackTop>, DecodeError> {
+) -> Result<Option<StackTop<'r>>, DecodeError> {
     let copied = record
         .get(fixed..fixed + regs.len as usize)
         .ok_or(DecodeError::TooShort(record.len()))?;
-    Ok((regs.sp != 0).then(|| StackTop {
+    Ok((regs.sp != 0).then_some(StackTop {
         sp: regs.sp,
         bp: regs.bp,
         ip: regs.ip,
-        bytes: copied.to_vec(),
+        bytes: copied,
     }))
 }
 
@@ -47,8 +55,6 @@ pub struct Header {
     pub stack_id: Option<u32>,
     /// CLOCK_MONOTONIC nanoseconds.
     pub timestamp_ns: u64,
-    /// Top of the user stack, on creation events.
-    pub stack_top: Option<StackTop>,
     /// Filled in by the session before the aggregator sees the event: which program image
     /// (exec generation) of the process the stack belongs to.
     pub generation: u32,
@@ -186,7 +192,6 @@ fn header(raw: &EventHeader) -> Header {
         tid: raw.tid,
         stack_id: u32::try_from(raw.stack_id).ok(),
         timestamp_ns: raw.timestamp_ns,
-        stack_top: None,
         generation: 0,
     }
 }
@@ -198,15 +203,16 @@ fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
     Syscall::try_from(raw).map_err(DecodeError::UnknownSyscall)
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let raw_header: EventHeader = read(bytes)?;
     let kind = EventKind::try_from(raw_header.kind).map_err(DecodeError::UnknownKind)?;
-    let mut header = header(&raw_header);
-    Ok(match kind {
+    let header = header(&raw_header);
+    let mut stack_top = None;
+    let event = match kind {
         EventKind::FileOpened => {
             let raw: FileOpenEvent = read(bytes)?;
             let len = usize::from(raw.path_len).min(PATH_CAP);
-            header.stack_top = stack_top(&raw.stack, bytes, size_of::<FileOpenEvent>())?;
+            stack_top = self::stack_top(&raw.stack, bytes, size_of::<FileOpenEvent>())?;
             Event::FileOpened {
                 header,
                 fd: raw.fd,
@@ -219,7 +225,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::FdCreated => {
             let raw: FdEvent = read(bytes)?;
-            header.stack_top = stack_top(&raw.stack, bytes, size_of::<FdEvent>())?;
+            stack_top = self::stack_top(&raw.stack, bytes, size_of::<FdEvent>())?;
             Event::FdCreated {
                 header,
                 fd: raw.fd,
@@ -257,7 +263,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         }
         EventKind::TaskCreated => {
             let raw: ForkEvent = read(bytes)?;
-            header.stack_top = stack_top(&raw.stack, bytes, size_of::<ForkEvent>())?;
+            stack_top = self::stack_top(&raw.stack, bytes, size_of::<ForkEvent>())?;
             Event::TaskCreated {
                 header,
                 child_tid: raw.child_tid,
@@ -290,7 +296,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 remote: socket_addr(raw.family, raw.daddr, raw.dport),
             }
         }
-    })
+    };
+    Ok(Decoded { event, stack_top })
 }
 
 /// An address from the tracepoint: IPv4 in the first 4 bytes for AF_INET, else IPv6.
@@ -363,15 +370,15 @@ mod tests {
             path_truncated,
             syscall,
             ..
-        } = decode(&with_stack(&raw, &[7; 100])).unwrap()
+        } = decode(&with_stack(&raw, &[7; 100])).unwrap().event
         else {
             panic!("wrong kind");
         };
         assert_eq!(header.stack_id, Some(3));
         assert_eq!(
-            header
+            decode(&with_stack(&raw, &[7; 100]))
+                .unwrap()
                 .stack_top
-                .as_ref()
                 .map(|t| (t.sp, t.bp, t.ip, t.bytes.len(), t.bytes[99])),
             Some((0x7ff0, 0x7ff8, 0x1234, 100, 7))
         );
@@ -391,7 +398,10 @@ mod tests {
             fd: 4,
             _pad: 0,
         };
-        assert_eq!(decode(&as_bytes(&raw)).unwrap().header().stack_id, None);
+        assert_eq!(
+            decode(&as_bytes(&raw)).unwrap().event.header().stack_id,
+            None
+        );
     }
 
     /// Short records and unknown kinds are errors, never panics.
@@ -419,7 +429,7 @@ mod tests {
             stack: StackRegs::default(),
         };
         assert!(matches!(
-            decode(&as_bytes(&fork)).unwrap(),
+            decode(&as_bytes(&fork)).unwrap().event,
             Event::TaskCreated {
                 child_tid: 12,
                 syscall: None,
@@ -433,7 +443,7 @@ mod tests {
             _pad: 0,
         };
         assert!(matches!(
-            decode(&as_bytes(&exit)).unwrap(),
+            decode(&as_bytes(&exit)).unwrap().event,
             Event::TaskExited {
                 group_dead: None,
                 ..

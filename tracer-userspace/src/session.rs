@@ -20,7 +20,7 @@ use tracer_common::CLONE_THREAD;
 use crate::{
     aggregator::{Aggregator, ProcessSnapshot, SnapshotFd, StackRef},
     cli::Options,
-    events::{self, Event},
+    events::{self, Decoded, Event, StackTop},
     loader::{self, EventRing, Probes},
     procfs::{self, Direction, SocketTable},
     reconciler::Reconciler,
@@ -367,9 +367,9 @@ impl<'p> State<'p> {
     fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
         self.received += 1;
         match events::decode(record) {
-            Ok(event) => {
+            Ok(Decoded { event, stack_top }) => {
                 let at = event.header().timestamp_ns;
-                self.handle(event);
+                self.handle(event, stack_top);
                 Some(at)
             }
             Err(err) => {
@@ -380,7 +380,7 @@ impl<'p> State<'p> {
         }
     }
 
-    fn handle(&mut self, mut event: Event) {
+    fn handle(&mut self, mut event: Event, stack_top: Option<StackTop>) {
         if let Event::TaskCreated {
             header,
             child_tid,
@@ -402,7 +402,7 @@ impl<'p> State<'p> {
         {
             self.retire_reused_pid(*child_tid, header.timestamp_ns);
         }
-        self.stacks.annotate(&mut event, self.probes);
+        self.stacks.annotate(&mut event, stack_top, self.probes);
         for (tid, base) in self.stacks.take_stack_base_updates() {
             self.probes.set_stack_base(tid, base);
         }

@@ -2,10 +2,9 @@
 //! lives: each process's executable mappings per program image (exec generation), the kernel
 //! stacks by id, and the frames unwound from CFI through the stack copied at the event.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashSet};
 
 use crate::{
     aggregator::StackRef,
@@ -59,7 +58,7 @@ impl StackStore {
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
     /// of the repaired stack (a frameless innermost function's caller put back, frame-pointer
     /// garbage cut); tracks fork and exec. Call before the aggregator sees the event.
-    pub fn annotate(&mut self, event: &mut Event, probes: &Probes) {
+    pub fn annotate(&mut self, event: &mut Event, stack_top: Option<StackTop>, probes: &Probes) {
         match event {
             Event::TaskCreated {
                 header,
@@ -92,7 +91,7 @@ impl StackStore {
             header.stack_id,
             (header.tgid, header.tid),
             header.generation,
-            header.stack_top.as_ref(),
+            stack_top.as_ref(),
             probes,
         );
     }
@@ -130,7 +129,7 @@ impl StackStore {
                     ip,
                     sp: top.sp,
                     bp: top.bp,
-                    bytes: &top.bytes,
+                    bytes: top.bytes,
                 };
                 let unwound = unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES);
                 self.bases.observe(tid, top.sp, top.bytes.len(), &unwound);

@@ -26,7 +26,7 @@ use std::{
 };
 
 use framehop::{
-    ExplicitModuleSectionInfo, Module, Unwinder,
+    ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder,
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 use object::{Object, ObjectSection, ObjectSegment, ReadCache, SegmentFlags};
@@ -198,7 +198,7 @@ impl UnwindSections {
         }
         ProcessUnwinder {
             unwinder,
-            cache: CacheX86_64::new(),
+            caches: (0..RULE_CACHES).map(|_| CacheX86_64::new()).collect(),
         }
     }
 }
@@ -206,7 +206,21 @@ impl UnwindSections {
 /// Unwinds stacks of one process image (pid and exec generation).
 pub struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
-    cache: CacheX86_64,
+    /// Rule caches, chosen by address. framehop's cache keeps one rule per slot of 509
+    /// (address modulo 509), and two frames of one stack that share a slot evict each other on
+    /// every walk, each eviction costing a CFI evaluation: two per request of nginx's, a fifth
+    /// of the tracer's CPU. Spreading addresses over several caches makes that rare.
+    caches: Vec<CacheX86_64>,
+}
+
+/// Rule caches per process image (see `ProcessUnwinder::caches`).
+const RULE_CACHES: usize = 8;
+
+/// Which rule cache serves a lookup address: the one its slot number would not tell apart
+/// from another address in the same slot.
+fn cache_for(lookup_address: u64) -> usize {
+    const FRAMEHOP_CACHE_SLOTS: u64 = 509;
+    ((lookup_address / FRAMEHOP_CACHE_SLOTS) % RULE_CACHES as u64) as usize
 }
 
 /// What [`ProcessUnwinder::unwind`] found.
@@ -253,24 +267,28 @@ impl ProcessUnwinder {
             stack_used = stack_used.max(end);
             Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
         };
-        let mut frames = Vec::new();
+        let mut regs = UnwindRegsX86_64::new(stack.ip, stack.sp, stack.bp);
+        let mut frame = FrameAddress::InstructionPointer(stack.ip);
+        let mut frames = vec![stack.ip];
         let mut complete = true;
         let mut reached_root = false;
-        let mut iter = self.unwinder.iter_frames(
-            stack.ip,
-            UnwindRegsX86_64::new(stack.ip, stack.sp, stack.bp),
-            &mut self.cache,
-            &mut read_stack,
-        );
         while frames.len() < max_frames {
-            match iter.next() {
-                Ok(Some(frame)) => {
-                    let address = frame.address();
-                    if !frames.is_empty() && !is_code(address) {
-                        complete = false;
-                        break;
+            let cache = &mut self.caches[cache_for(frame.address_for_lookup())];
+            match self
+                .unwinder
+                .unwind_frame(frame, &mut regs, cache, &mut read_stack)
+            {
+                Ok(Some(return_address)) => {
+                    match FrameAddress::from_return_address(return_address) {
+                        Some(next) if is_code(return_address) => {
+                            frames.push(return_address);
+                            frame = next;
+                        }
+                        _ => {
+                            complete = false;
+                            break;
+                        }
                     }
-                    frames.push(address);
                 }
                 Ok(None) => {
                     reached_root = true;

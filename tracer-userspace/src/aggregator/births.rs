@@ -3,7 +3,7 @@
 //! it closes on exec. Each syscall spells close-on-exec its own way; the values are from the
 //! kernel's uapi headers and are the same on x86_64 and arm64.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use tracer_common::{ARG_UNKNOWN, Syscall};
 

@@ -2,7 +2,7 @@
 //! events in ring buffer order. It never reads /proc or maps itself: the session hands it
 //! snapshots and resolved facts, so every transition here is unit-tested without root.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt as _};
 
 mod births;
 mod reconcile;
@@ -568,7 +568,6 @@ pub(crate) mod tests {
             tid,
             stack_id,
             timestamp_ns: t,
-            stack_top: None,
             generation: 0,
         }
     }

@@ -11,7 +11,7 @@
 //!   where /proc is ahead of the events, and a fresh descriptor there must not be mistaken
 //!   for a lost one.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::{Aggregator, Descriptor, Origin};
 use crate::kind::DescriptorKind;

@@ -546,7 +546,6 @@ pub(crate) mod tests {
             tid: 1,
             stack_id: None,
             timestamp_ns: 0,
-            stack_top: None,
             generation: 0,
         }
     }

@@ -75,7 +75,7 @@ mod tests {
     #[test]
     fn floor_covers_every_tracepoint_with_empty_actions() {
         let script = empty_floor(Micro::Connect);
-        assert_eq!(script.lines().count(), 6);
+        assert_eq!(script.lines().count(), 4);
         assert!(script.contains("tracepoint:sock:inet_sock_set_state /pid == cpid/ {}"));
         assert!(script.lines().all(|line| line.ends_with("{}")));
     }
