@@ -167,7 +167,9 @@ impl SyscallRegs {
 
 /// Copies the user stack pointer, frame pointer and instruction pointer into `regs` and the
 /// stack just above the stack pointer into `bytes` (sp = 0 when nothing could be read);
-/// returns the bytes copied. Userspace unwinds from it with the binaries' CFI.
+/// returns the bytes copied, and whether they reach the thread's learned stack base. Userspace
+/// unwinds from it with the binaries' CFI; a copy that reaches the base holds the whole
+/// stack, so the kernel's frame-pointer walk (`user_stack_id`) adds nothing to it.
 ///
 /// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), and it stops
 /// at the thread's stack base once userspace has learned it (STACK_BASES): a stack a few
@@ -183,7 +185,7 @@ pub unsafe fn fill_stack_top<const N: usize>(
     tid: u32,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
-) -> u32 {
+) -> (u32, bool) {
     unsafe {
         (*regs).sp = 0;
         (*regs).bp = 0;
@@ -191,12 +193,12 @@ pub unsafe fn fill_stack_top<const N: usize>(
         (*regs).len = 0;
         (*regs)._pad = 0;
         let Some((sp_offset, bp_offset, ip_offset)) = PT_REGS_SP_BP_IP else {
-            return 0;
+            return (0, false);
         };
         let task = bpf_get_current_task_btf();
         let pt_regs = bpf_task_pt_regs(task) as *const u8;
         if pt_regs.is_null() {
-            return 0;
+            return (0, false);
         }
         // Direct loads: the helper returns a pointer the verifier knows as `struct pt_regs`,
         // so these are checked against its layout and cost a load each, not a helper call.
@@ -207,7 +209,7 @@ pub unsafe fn fill_stack_top<const N: usize>(
         let dst = (*bytes).as_mut_ptr().cast::<c_void>();
         let mut wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
         if wanted == 0 {
-            return 0;
+            return (0, false);
         }
         if let Some(&base) = STACK_BASES.get(&tid)
             && base > sp
@@ -218,7 +220,7 @@ pub unsafe fn fill_stack_top<const N: usize>(
                 && bpf_probe_read_user(dst, wanted as u32, sp as *const c_void) == 0
             {
                 (*regs).len = wanted as u32;
-                return wanted as u32;
+                return (wanted as u32, true);
             }
         }
         let page_end = sp.wrapping_add(wanted) & !(STACK_PAGE_BYTES - 1);
@@ -237,9 +239,9 @@ pub unsafe fn fill_stack_top<const N: usize>(
             }
             if bpf_probe_read_user(dst, len as u32, sp as *const c_void) == 0 {
                 (*regs).len = len as u32;
-                return len as u32;
+                return (len as u32, false);
             }
         }
-        0
+        (0, false)
     }
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall};
+use tracer_common::{ARG_UNKNOWN, EventKind, NO_STACK, PATH_CAP, Syscall};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
@@ -37,7 +37,6 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     if fd < 0 {
         return;
     }
-    let stack_id = user_stack_id(ctx);
     let Some(scratch) = FILE_OPEN_SCRATCH.get_ptr_mut(0) else {
         return;
     };
@@ -47,17 +46,22 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     // reads). The string read is bounded by PATH_CAP.
     unsafe {
         let event = &raw mut (*scratch).event;
+        let (copied, whole_stack) = fill_stack_top(
+            caller.tid,
+            &raw mut (*event).stack,
+            &raw mut (*scratch).bytes,
+        );
+        let stack_id = if whole_stack {
+            NO_STACK
+        } else {
+            user_stack_id(ctx)
+        };
         (*event).header = caller.header(EventKind::FileOpened, stack_id);
         (*event).fd = fd as i32;
         (*event).syscall = args.syscall;
         (*event).dirfd = args.arg0 as i32;
         (*event).flags = args.arg2 as u32;
         (*event)._pad = [0; 4];
-        let copied = fill_stack_top(
-            caller.tid,
-            &raw mut (*event).stack,
-            &raw mut (*scratch).bytes,
-        );
         if args.arg1 == ARG_UNKNOWN {
             (*event).path_unknown = 1;
             (*event).path_len = 0;

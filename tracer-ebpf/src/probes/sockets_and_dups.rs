@@ -49,23 +49,23 @@ pub(super) fn emit_fd_event(
     syscall: u32,
     args: [u64; 3],
 ) {
-    let stack_id = user_stack_id(ctx);
-    emit(caller, EventKind::FdCreated, stack_id, fd, syscall, args);
+    emit(Some(ctx), caller, EventKind::FdCreated, fd, syscall, args);
 }
 
 /// Emits one [`EventKind::FdChanged`] [`FdEvent`]: no stack, since the report never shows
 /// where a flag changed or a range was closed.
 #[inline(always)]
 pub(super) fn emit_fd_changed(caller: Caller, fd: i32, syscall: u32, args: [u64; 3]) {
-    emit(caller, EventKind::FdChanged, NO_STACK, fd, syscall, args);
+    emit(None, caller, EventKind::FdChanged, fd, syscall, args);
 }
 
-/// Writes one [`FdEvent`] into the ring; for a birth, the top of the user stack too.
+/// Writes one [`FdEvent`] into the ring; with `birth` (the tracepoint's context), the user
+/// stack too.
 #[inline(always)]
 fn emit(
+    birth: Option<&TracePointContext>,
     caller: Caller,
     kind: EventKind,
-    stack_id: i32,
     fd: i32,
     syscall: u32,
     [arg0, arg1, arg2]: [u64; 3],
@@ -78,22 +78,31 @@ fn emit(
     // that are sent.
     unsafe {
         let event = &raw mut (*scratch).event;
+        let (copied, stack_id) = match birth {
+            Some(ctx) => {
+                let (copied, whole_stack) = fill_stack_top(
+                    caller.tid,
+                    &raw mut (*event).stack,
+                    &raw mut (*scratch).bytes,
+                );
+                let stack_id = if whole_stack {
+                    NO_STACK
+                } else {
+                    user_stack_id(ctx)
+                };
+                (copied, stack_id)
+            }
+            None => {
+                (*event).stack = StackRegs::default();
+                (0, NO_STACK)
+            }
+        };
         (*event).header = caller.header(kind, stack_id);
         (*event).fd = fd;
         (*event).syscall = syscall;
         (*event).arg0 = arg0;
         (*event).arg1 = arg1;
         (*event).arg2 = arg2;
-        let copied = if kind == EventKind::FdCreated {
-            fill_stack_top(
-                caller.tid,
-                &raw mut (*event).stack,
-                &raw mut (*scratch).bytes,
-            )
-        } else {
-            (*event).stack = StackRegs::default();
-            0
-        };
         output_with_stack(scratch, copied);
     }
 }

@@ -77,7 +77,6 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
         count_lost(LOST_FOLLOW_FULL);
     }
-    let stack_id = user_stack_id(&ctx);
     let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
@@ -85,15 +84,20 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // and the stack bytes that are sent.
     unsafe {
         let event = &raw mut (*scratch).event;
-        (*event).header = parent.header(EventKind::TaskCreated, stack_id);
-        (*event).child_tid = child_tid;
-        (*event).syscall = syscall;
-        (*event).clone_flags = clone_flags;
-        let copied = fill_stack_top(
+        let (copied, whole_stack) = fill_stack_top(
             parent.tid,
             &raw mut (*event).stack,
             &raw mut (*scratch).bytes,
         );
+        let stack_id = if whole_stack {
+            NO_STACK
+        } else {
+            user_stack_id(&ctx)
+        };
+        (*event).header = parent.header(EventKind::TaskCreated, stack_id);
+        (*event).child_tid = child_tid;
+        (*event).syscall = syscall;
+        (*event).clone_flags = clone_flags;
         output_with_stack(scratch, copied);
     }
     0
