@@ -11,8 +11,6 @@ use core::mem::size_of;
 pub const PATH_CAP: usize = 256;
 /// Processes the kernel side can follow at once.
 pub const MAX_FOLLOWED: u32 = 65_536;
-/// Syscalls in flight (entered, not yet returned) across all followed threads.
-pub const MAX_IN_FLIGHT: u32 = 16_384;
 /// Distinct user stacks kept by the kernel; later ones get no stack id (counted in the report).
 pub const STACK_MAP_ENTRIES: u32 = 16_384;
 /// TCP sockets of followed processes the kernel side tracks (LRU).
@@ -28,7 +26,6 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const FOLLOWED: &str = "FOLLOWED";
-    pub const IN_FLIGHT: &str = "IN_FLIGHT";
     pub const STACKS: &str = "STACKS";
     pub const LOST: &str = "LOST";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
@@ -592,25 +589,10 @@ impl TracepointOffsets {
     }
 }
 
-/// Arguments of a syscall in flight, stashed at `sys_enter_*` until its `sys_exit_*`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct InFlight {
-    /// A [`Syscall`] as `u32`.
-    pub syscall: u32,
-    pub _pad: u32,
-    pub arg0: u64,
-    pub arg1: u64,
-    pub arg2: u64,
-    pub arg3: u64,
-}
-const _: () = assert!(size_of::<InFlight>() == 40);
-
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: all of these are repr(C), made of integers only, with explicit padding.
     unsafe impl aya::Pod for TracepointOffsets {}
-    unsafe impl aya::Pod for InFlight {}
     unsafe impl aya::Pod for EventHeader {}
 }

@@ -3,7 +3,7 @@
 use aya_ebpf::cty::c_void;
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
     },
     programs::{TracePointContext, tracing::StackIdContext},
@@ -15,10 +15,9 @@ use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS};
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
 
-/// The calling task as (pid_tgid, tgid, tid).
+/// The calling task as (tgid, tid).
 #[derive(Clone, Copy)]
 pub struct Caller {
-    pub pid_tgid: u64,
     pub tgid: u32,
     pub tid: u32,
 }
@@ -28,7 +27,6 @@ impl Caller {
     pub fn current() -> Self {
         let pid_tgid = bpf_get_current_pid_tgid();
         Self {
-            pid_tgid,
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
         }

@@ -5,7 +5,6 @@
 
 use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str},
-    macros::tracepoint,
     programs::TracePointContext,
 };
 use tracer_common::{ARG_UNKNOWN, EventKind, NO_STACK, PATH_CAP, Syscall};
@@ -13,7 +12,7 @@ use tracer_common::{ARG_UNKNOWN, EventKind, NO_STACK, PATH_CAP, Syscall};
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, user_stack_id},
-    maps::{FILE_OPEN_SCRATCH, offset, output_with_stack},
+    maps::{FILE_OPEN_SCRATCH, output_with_stack},
 };
 
 exit_probes!(

@@ -2,7 +2,7 @@
 //!
 //! Kernel: fs/pipe.c do_pipe2(); net/socket.c __sys_socketpair().
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
 use tracer_common::{ARG_UNKNOWN, Syscall};
 
 use super::{args_at_exit, exit_probes, sockets_and_dups::emit_fd_event, syscall_result};

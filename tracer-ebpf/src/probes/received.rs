@@ -10,7 +10,6 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use tracer_common::Syscall;
 
 use super::{call_at_exit, sockets_and_dups::emit_fd_event};
-use crate::emit::Caller;
 
 const MAX_CMSGS: usize = 2;
 const MAX_FDS: usize = 8;

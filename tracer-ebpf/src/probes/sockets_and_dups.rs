@@ -2,13 +2,13 @@
 //!
 //! Kernel: net/socket.c __sys_socket(), __sys_accept4(); fs/file.c ksys_dup(), ksys_dup3().
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::programs::TracePointContext;
 use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
     emit::{Caller, fill_stack_top, user_stack_id},
-    maps::{FD_SCRATCH, offset, output_with_stack},
+    maps::{FD_SCRATCH, output_with_stack},
 };
 
 exit_probes!(
