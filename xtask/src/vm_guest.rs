@@ -42,13 +42,6 @@ pub const GUEST_SKIPS: &[(&str, &str)] = &[
         "python_script",
         "runs a Python fixture; the guest has no Python interpreter",
     ),
-    (
-        "busy_churn_reports_no_leaks_and_no_loss",
-        "asserts that no event is lost at 100 000 descriptors/s, a capacity that emulation \
-         (TCG, 10-50x slower, one thread) does not have: with 8 KiB records the reader falls \
-         behind and the ring overflows (the overflow test, which checks that losses give no \
-         false leaks, runs here)",
-    ),
 ];
 
 /// The integration suite, built for the guest.
