@@ -20,7 +20,7 @@ use tracer_common::CLONE_THREAD;
 use crate::{
     aggregator::{Aggregator, ProcessSnapshot, SnapshotFd, StackRef},
     cli::Options,
-    events::{self, Decoded, Event, StackTop},
+    events::{self, Decoded, Event},
     loader::{self, EventRing, Probes},
     procfs::{self, Direction, SocketTable},
     reconciler::Reconciler,
@@ -180,8 +180,8 @@ pub fn run(opts: &Options) -> Result<()> {
         command,
         duration_s: (now_ns - started_ns) as f64 / 1e9,
         now_ns,
-        received: state.received,
-        undecodable: state.undecodable,
+        received: state.records.received,
+        undecodable: state.records.undecodable,
         lost_ring_full: lost.ring_full,
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
@@ -294,8 +294,7 @@ struct State<'p> {
     agg: Aggregator,
     stacks: StackStore,
     tcp: TcpTracker,
-    received: u64,
-    undecodable: u64,
+    records: RecordCounts,
     reconciler: Reconciler,
 }
 
@@ -306,8 +305,7 @@ impl<'p> State<'p> {
             agg: Aggregator::new(),
             stacks: StackStore::new(),
             tcp: TcpTracker::new(),
-            received: 0,
-            undecodable: 0,
+            records: RecordCounts::default(),
             reconciler: Reconciler::new(),
         }
     }
@@ -319,14 +317,21 @@ impl<'p> State<'p> {
         if !self.reconciler.due(began, lost) {
             return;
         }
-        // Events are read while listing too (the list borrows nothing the reader changes
-        // but the tables it was made from, which only ever gain events).
+        // Events are read while listing too, so the ring does not fill up meanwhile, and
+        // prepared (stacks unwound, their bytes dropped); the tables they change, which the
+        // listing borrows, get them afterwards.
         let mut pending_events = Vec::new();
+        let (stacks, probes, records) = (&mut self.stacks, self.probes, &mut self.records);
         let listings = Reconciler::list(&self.agg, lost, || {
-            pending_events.extend(drain_raw(ring, DRAIN_BUDGET));
+            for _ in 0..DRAIN_BUDGET {
+                let Some(record) = ring.next() else {
+                    break;
+                };
+                pending_events.extend(prepare(stacks, probes, records, &record));
+            }
         });
-        for record in pending_events {
-            self.apply_record(&record);
+        for event in pending_events {
+            self.apply_event(event);
         }
         // Everything emitted before the listing began must be applied before comparing.
         // Events emitted since are applied too, which the comparison allows for.
@@ -365,33 +370,14 @@ impl<'p> State<'p> {
 
     /// Decodes and applies one ring buffer record; returns its timestamp.
     fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
-        self.received += 1;
-        match events::decode(record) {
-            Ok(Decoded { event, stack_top }) => {
-                let at = event.header().timestamp_ns;
-                self.handle(event, stack_top);
-                Some(at)
-            }
-            Err(err) => {
-                self.undecodable += 1;
-                log::warn!("undecodable event: {err}");
-                None
-            }
-        }
+        let event = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
+        let at = event.header().timestamp_ns;
+        self.apply_event(event);
+        Some(at)
     }
 
-    fn handle(&mut self, mut event: Event, stack_top: Option<StackTop>) {
-        if let Event::TaskCreated {
-            header,
-            child_tid,
-            clone_flags: clone_flags @ None,
-            ..
-        } = &mut event
-        {
-            // Created inside the kernel (no clone call seen): /proc says if it is a thread.
-            let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
-            *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
-        }
+    /// Applies a [`prepare`]d event to the tables.
+    fn apply_event(&mut self, event: Event) {
         if let Event::TaskCreated {
             header,
             child_tid,
@@ -401,10 +387,6 @@ impl<'p> State<'p> {
             && flags & CLONE_THREAD == 0
         {
             self.retire_reused_pid(*child_tid, header.timestamp_ns);
-        }
-        self.stacks.annotate(&mut event, stack_top, self.probes);
-        for (tid, base) in self.stacks.take_stack_base_updates() {
-            self.probes.set_stack_base(tid, base);
         }
         if let Event::TcpState {
             header,
@@ -531,17 +513,49 @@ async fn event_loop(
     }
 }
 
-/// Copies up to `budget` waiting records out of the ring, to be applied later in the same
-/// order: frees ring space while the tables are borrowed elsewhere.
-fn drain_raw(ring: &mut EventRing, budget: usize) -> Vec<Vec<u8>> {
-    let mut records = Vec::new();
-    while records.len() < budget {
-        let Some(record) = ring.next() else {
-            break;
-        };
-        records.push(record.to_vec());
+/// Records read and records that could not be decoded.
+#[derive(Default)]
+struct RecordCounts {
+    received: u64,
+    undecodable: u64,
+}
+
+/// Decodes a record and does what needs no descriptor table, so that it can also run while
+/// the tables are being listed: tells whether a task the kernel created by itself is a
+/// thread, and replaces the stack (registers and copied bytes, which are not kept) with the
+/// id of the unwound one. The event is then applied with `State::apply_event`.
+fn prepare(
+    stacks: &mut StackStore,
+    probes: &Probes,
+    records: &mut RecordCounts,
+    record: &[u8],
+) -> Option<Event> {
+    records.received += 1;
+    let Decoded {
+        mut event,
+        stack_top,
+    } = events::decode(record)
+        .map_err(|err| {
+            records.undecodable += 1;
+            log::warn!("undecodable event: {err}");
+        })
+        .ok()?;
+    if let Event::TaskCreated {
+        header,
+        child_tid,
+        clone_flags: clone_flags @ None,
+        ..
+    } = &mut event
+    {
+        // Created inside the kernel (no clone call seen): /proc says if it is a thread.
+        let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
+        *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
-    records
+    stacks.annotate(&mut event, stack_top, probes);
+    for (tid, base) in stacks.take_stack_base_updates() {
+        probes.set_stack_base(tid, base);
+    }
+    Some(event)
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.
