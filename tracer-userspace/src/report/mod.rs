@@ -5,7 +5,10 @@
 pub mod flamegraph;
 pub mod text;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::{Serialize, Serializer};
 
@@ -133,7 +136,9 @@ pub struct DescriptorEntry {
     pub age_s: f64,
     pub at_exit: bool,
     pub stack_id: Option<u32>,
-    pub stack: Vec<FrameEntry>,
+    /// Shared by every descriptor from the same stack: a million descriptors from a few stacks
+    /// hold a few copies of the frames, not a million.
+    pub stack: Arc<[FrameEntry]>,
     /// The path did not fit in the capture buffer and was cut.
     pub path_truncated: bool,
     pub cloexec: bool,
@@ -250,7 +255,7 @@ pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolve
     }
 
     // Symbolize each distinct stack once and attach frames to every descriptor.
-    let mut frames_by_stack: HashMap<StackRef, Vec<FrameEntry>> = HashMap::new();
+    let mut frames_by_stack: HashMap<StackRef, Arc<[FrameEntry]>> = HashMap::new();
     for d in &mut descriptors {
         if let Some(stack) = d.stack_ref {
             let frames = frames_by_stack.entry(stack).or_insert_with(|| {
@@ -336,7 +341,7 @@ fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> DescriptorEntr
         age_s: seconds(now_ns.saturating_sub(d.opened_at_ns)),
         at_exit,
         stack_id: d.stack.map(|s| s.id),
-        stack: Vec::new(),
+        stack: Arc::default(),
         path_truncated: d.path_truncated,
         cloexec: d.cloexec,
         stack_ref: d.stack,
@@ -371,7 +376,7 @@ fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
                     kinds: BTreeMap::new(),
                     opened_by: BTreeMap::new(),
                     pids: Vec::new(),
-                    stack: d.stack.clone(),
+                    stack: d.stack.to_vec(),
                 });
                 groups.len() - 1
             });
