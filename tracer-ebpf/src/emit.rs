@@ -98,10 +98,33 @@ pub fn read_u8(ctx: &TracePointContext, offset: u32) -> Option<u8> {
 
 /// Id of the current user stack in STACKS, or [`NO_STACK`].
 #[inline(always)]
-pub fn user_stack_id(ctx: &TracePointContext) -> i32 {
+pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
     ctx.get_stackid(&STACKS, BPF_F_USER_STACK)
         .map(|id| id as i32)
         .unwrap_or(NO_STACK)
+}
+
+/// The stack of an event being built in a scratch record: the registers and the copy (see
+/// [`fill_stack_top`]), and the kernel's frame-pointer walk as a stack id unless the copy
+/// holds the whole stack. Returns (bytes copied, stack id).
+///
+/// # Safety
+/// As for [`fill_stack_top`].
+#[inline(always)]
+pub unsafe fn capture_stack<C: StackIdContext, const N: usize>(
+    ctx: &C,
+    tid: u32,
+    regs: *mut StackRegs,
+    bytes: *mut [u8; N],
+) -> (u32, i32) {
+    // SAFETY: passed on from the caller.
+    let (copied, whole_stack) = unsafe { fill_stack_top(tid, regs, bytes) };
+    let stack_id = if whole_stack {
+        NO_STACK
+    } else {
+        user_stack_id(ctx)
+    };
+    (copied, stack_id)
 }
 
 /// Offsets of the user stack pointer, frame pointer and instruction pointer in

@@ -7,11 +7,11 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str},
     programs::TracePointContext,
 };
-use tracer_common::{ARG_UNKNOWN, EventKind, NO_STACK, PATH_CAP, Syscall};
+use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
-    emit::{Caller, fill_stack_top, user_stack_id},
+    emit::{Caller, capture_stack},
     maps::{FILE_OPEN_SCRATCH, output_with_stack},
 };
 
@@ -45,16 +45,12 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     // reads). The string read is bounded by PATH_CAP.
     unsafe {
         let event = &raw mut (*scratch).event;
-        let (copied, whole_stack) = fill_stack_top(
+        let (copied, stack_id) = capture_stack(
+            ctx,
             caller.tid,
             &raw mut (*event).stack,
             &raw mut (*scratch).bytes,
         );
-        let stack_id = if whole_stack {
-            NO_STACK
-        } else {
-            user_stack_id(ctx)
-        };
         (*event).header = caller.header(EventKind::FileOpened, stack_id);
         (*event).fd = fd as i32;
         (*event).syscall = args.syscall;

@@ -7,7 +7,7 @@ use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
-    emit::{Caller, fill_stack_top, user_stack_id},
+    emit::{Caller, capture_stack},
     maps::{FD_SCRATCH, output_with_stack},
 };
 
@@ -79,19 +79,12 @@ fn emit(
     unsafe {
         let event = &raw mut (*scratch).event;
         let (copied, stack_id) = match birth {
-            Some(ctx) => {
-                let (copied, whole_stack) = fill_stack_top(
-                    caller.tid,
-                    &raw mut (*event).stack,
-                    &raw mut (*scratch).bytes,
-                );
-                let stack_id = if whole_stack {
-                    NO_STACK
-                } else {
-                    user_stack_id(ctx)
-                };
-                (copied, stack_id)
-            }
+            Some(ctx) => capture_stack(
+                ctx,
+                caller.tid,
+                &raw mut (*event).stack,
+                &raw mut (*scratch).bytes,
+            ),
             None => {
                 (*event).stack = StackRegs::default();
                 (0, NO_STACK)

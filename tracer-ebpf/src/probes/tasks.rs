@@ -11,7 +11,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{Caller, SyscallRegs, fill_stack_top, read_u8, read_u32, user_stack_id},
+    emit::{Caller, SyscallRegs, capture_stack, read_u8, read_u32},
     maps::{
         FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
         output_with_stack,
@@ -84,16 +84,12 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // and the stack bytes that are sent.
     unsafe {
         let event = &raw mut (*scratch).event;
-        let (copied, whole_stack) = fill_stack_top(
+        let (copied, stack_id) = capture_stack(
+            &ctx,
             parent.tid,
             &raw mut (*event).stack,
             &raw mut (*scratch).bytes,
         );
-        let stack_id = if whole_stack {
-            NO_STACK
-        } else {
-            user_stack_id(&ctx)
-        };
         (*event).header = parent.header(EventKind::TaskCreated, stack_id);
         (*event).child_tid = child_tid;
         (*event).syscall = syscall;
