@@ -20,12 +20,17 @@ const LEAKED: usize = 5;
 /// A fixture leaks, works 300 ms and exits; the tracer then reports and exits.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A fresh file for a fixture to open, in its own directory named after `name`.
+fn settings_file(name: &str) -> PathBuf {
+    let path = unique_dir(None, name).join("settings.conf");
+    std::fs::write(&path, "x=1\n").unwrap();
+    path
+}
+
 /// Runs `command PATH LEAKED` under the tracer (plus `extra` options) and returns the report
 /// and the path the fixture opened.
 fn trace_leak(name: &str, extra: &[&str], command: &[&str]) -> (Report, PathBuf) {
-    let dir = unique_dir(None, name);
-    let path = dir.join("settings.conf");
-    std::fs::write(&path, "x=1\n").unwrap();
+    let path = settings_file(name);
     let count = LEAKED.to_string();
     let mut full: Vec<&str> = command.to_vec();
     full.extend([path.to_str().unwrap(), count.as_str()]);
@@ -178,9 +183,7 @@ fn c_without_frame_pointers() {
 fn stack_copy_stops_at_the_learned_base() {
     require_root();
     let bin = build_fixture("stack_base", &["-O2", "-fomit-frame-pointer"]);
-    let dir = unique_dir(None, "stacks-base");
-    let path = dir.join("settings.conf");
-    std::fs::write(&path, "x=1\n").unwrap();
+    let path = settings_file("stacks-base");
     let args: Vec<String> = [
         "--json",
         "--",
