@@ -1,22 +1,18 @@
 //! tracer: finds descriptor leaks in live processes with eBPF.
 //!
-//! Data flows one way: kernel probe → ring buffer → [`events`] decoder → [`aggregator`]
-//! (per-process descriptor tables) → [`report`]. [`session`] wires the pieces together.
+//! Data flows one way: kernel probe -> ring buffer ([`capture`]) -> [`events`] decoder ->
+//! [`stacks`] (unwound while the process lives) -> [`aggregator`] (per-process descriptor
+//! tables) and [`tcp`] -> [`report`]. [`session`] wires the pieces together and is imported by
+//! nothing but `main`. [`model`] holds the plain types the layers share; [`procfs`] reads /proc.
 
 pub mod aggregator;
+pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod events;
-pub mod kind;
-pub mod loader;
-pub mod modules;
-pub mod names;
+pub mod model;
 pub mod procfs;
-pub mod reconciler;
 pub mod report;
 pub mod session;
-pub mod stack_bases;
 pub mod stacks;
-pub mod symbolize;
 pub mod tcp;
-pub mod tracefs;
-pub mod unwind;

@@ -8,7 +8,7 @@ use foldhash::HashMap;
 use tracer_common::{ARG_UNKNOWN, Syscall};
 
 use super::Descriptor;
-use crate::{kind::DescriptorKind, names::escape_bytes};
+use crate::model::{DescriptorKind, escape_bytes};
 
 /// `O_CLOEXEC`, and the flags equal to it: `SOCK_CLOEXEC`, `EFD_CLOEXEC`, `EPOLL_CLOEXEC`,
 /// `TFD_CLOEXEC`, `SFD_CLOEXEC`, `IN_CLOEXEC`, `UFFD_CLOEXEC`.

@@ -12,30 +12,10 @@ use tracer_common::{CLONE_FILES, CLONE_THREAD, Syscall};
 
 use crate::{
     events::{Event, Header},
-    kind::DescriptorKind,
+    model::{DescriptorKind, StackRef},
 };
 use births::Birth;
-pub use reconcile::{ListedFd, Reconciled};
-
-/// A user stack: its id (see `stacks::StackStore`), and the process and program image (exec
-/// generation) whose address space it belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StackRef {
-    pub id: u32,
-    pub pid: u32,
-    pub generation: u32,
-}
-
-impl StackRef {
-    /// The stack of an event, if the kernel captured one.
-    pub fn of(header: &Header) -> Option<Self> {
-        header.stack_id.map(|id| Self {
-            id,
-            pid: header.tgid,
-            generation: header.generation,
-        })
-    }
-}
+pub use reconcile::Reconciled;
 
 /// How a descriptor came to be in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +61,7 @@ impl Descriptor {
             inherited: false,
             tid: header.tid,
             opened_at_ns: header.timestamp_ns,
-            stack: StackRef::of(header),
+            stack: header.stack(),
             path_truncated: false,
             deleted: false,
             tcp_state: None,
@@ -409,7 +389,7 @@ impl Aggregator {
                 clone_flags,
                 ..
             } => {
-                let stack = StackRef::of(header);
+                let stack = header.stack();
                 let is_thread = clone_flags.is_some_and(|flags| flags & CLONE_THREAD != 0);
                 if is_thread {
                     let process = self.caller(header.tgid);

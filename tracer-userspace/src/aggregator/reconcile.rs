@@ -14,17 +14,7 @@
 use foldhash::HashMap;
 
 use super::{Aggregator, Descriptor, Origin};
-use crate::kind::DescriptorKind;
-
-/// One entry of `/proc/PID/fd`, classified from its link.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListedFd {
-    pub fd: i32,
-    pub kind: DescriptorKind,
-    /// The link as the report shows it (`socket:[INODE]`, a path, ...).
-    pub detail: String,
-    pub deleted: bool,
-}
+use crate::model::{DescriptorKind, ListedFd};
 
 /// A descriptor /proc showed that the table lacked.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,9 +14,8 @@ use serde::{Serialize, Serializer};
 
 pub use crate::tcp::TimeWaitGroup;
 use crate::{
-    aggregator::{Aggregator, Descriptor, Process, StackRef},
-    kind::DescriptorKind,
-    symbolize::Frame,
+    aggregator::{Aggregator, Descriptor, Process},
+    model::{DescriptorKind, Frame, StackRef},
 };
 
 pub const REPORT_VERSION: u32 = 1;

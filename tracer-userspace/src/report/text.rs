@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use super::{DescriptorEntry, FrameEntry, Report, StackGroup};
-use crate::kind::DescriptorKind;
+use crate::model::DescriptorKind;
 
 /// Groups shown in full by default (`--top`); the rest are summarised in one line.
 pub const GROUPS_SHOWN: usize = 10;

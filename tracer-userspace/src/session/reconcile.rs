@@ -10,9 +10,10 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    aggregator::{Aggregator, ListedFd, Reconciled},
+    aggregator::{Aggregator, Reconciled},
+    clock::monotonic_ns,
+    model::ListedFd,
     procfs,
-    session::monotonic_ns,
 };
 
 /// Shortest time between two passes.
@@ -22,6 +23,7 @@ const COST_SHARE: u32 = 50;
 /// Shortest time between passes triggered by lost events, which can be lost continuously.
 const MIN_PERIOD_AFTER_LOSS: Duration = Duration::from_secs(1);
 
+/// When the next pass is due.
 pub struct Reconciler {
     next_at: Instant,
     /// Earliest time for a pass called for by lost events.
@@ -58,51 +60,6 @@ impl Reconciler {
         now >= self.next_at || (lost > self.lost_seen && now >= self.next_after_loss_at)
     }
 
-    /// Lists every live process of `agg` that has a table of its own, `lost` events having
-    /// been lost before; `meanwhile` runs every few thousand entries. Processes that are gone are skipped: their exit event settles
-    /// them.
-    pub fn list(agg: &Aggregator, lost: u64, mut meanwhile: impl FnMut()) -> Listings {
-        let pids: Vec<u32> = agg
-            .live_processes()
-            .map(|p| p.pid)
-            .filter(|&pid| !agg.shares_table(pid))
-            .collect();
-        let from_ns = monotonic_ns();
-        let by_pid = pids
-            .into_iter()
-            .filter_map(|pid| Some((pid, procfs::fd_listing(pid, &mut meanwhile).ok()?)))
-            .collect();
-        Listings {
-            from_ns,
-            lost,
-            by_pid,
-        }
-    }
-
-    /// Compares the listings with the tables, which must by now hold every event emitted
-    /// before the listing began. Close-on-exec of descriptors learned here is read from
-    /// fdinfo.
-    pub fn apply(agg: &mut Aggregator, listings: &Listings) -> Reconciled {
-        let mut total = Reconciled::default();
-        for (pid, listing) in &listings.by_pid {
-            let outcome = agg.reconcile(*pid, listing, listings.from_ns);
-            agg.mark_checked(*pid, listings.lost);
-            for &fd in &outcome.opened {
-                agg.set_cloexec(*pid, fd, procfs::fd_is_cloexec(*pid, fd));
-            }
-            if !outcome.closed.is_empty() || !outcome.opened.is_empty() {
-                log::info!(
-                    "pid {pid}: /proc shows closed {:?} and open {:?} without their events",
-                    outcome.closed,
-                    outcome.opened
-                );
-            }
-            total.closed.extend(outcome.closed);
-            total.opened.extend(outcome.opened);
-        }
-        total
-    }
-
     /// Schedules the next pass after one that began at `began` and counted `lost` events.
     pub fn finished(&mut self, began: Instant, lost: u64) {
         let now = Instant::now();
@@ -111,6 +68,51 @@ impl Reconciler {
         self.next_after_loss_at = now + MIN_PERIOD_AFTER_LOSS.max(took * COST_SHARE / 4);
         self.lost_seen = lost;
     }
+}
+
+/// Lists every live process of `agg` that has a table of its own, `lost` events having
+/// been lost before; `meanwhile` runs every few thousand entries. Processes that are gone
+/// are skipped: their exit event settles them.
+pub fn list_tables(agg: &Aggregator, lost: u64, mut meanwhile: impl FnMut()) -> Listings {
+    let pids: Vec<u32> = agg
+        .live_processes()
+        .map(|p| p.pid)
+        .filter(|&pid| !agg.shares_table(pid))
+        .collect();
+    let from_ns = monotonic_ns();
+    let by_pid = pids
+        .into_iter()
+        .filter_map(|pid| Some((pid, procfs::fd_listing(pid, &mut meanwhile).ok()?)))
+        .collect();
+    Listings {
+        from_ns,
+        lost,
+        by_pid,
+    }
+}
+
+/// Compares the listings with the tables, which must by now hold every event emitted
+/// before the listing began. Close-on-exec of descriptors learned here is read from
+/// fdinfo.
+pub fn apply_listings(agg: &mut Aggregator, listings: &Listings) -> Reconciled {
+    let mut total = Reconciled::default();
+    for (pid, listing) in &listings.by_pid {
+        let outcome = agg.reconcile(*pid, listing, listings.from_ns);
+        agg.mark_checked(*pid, listings.lost);
+        for &fd in &outcome.opened {
+            agg.set_cloexec(*pid, fd, procfs::fd_is_cloexec(*pid, fd));
+        }
+        if !outcome.closed.is_empty() || !outcome.opened.is_empty() {
+            log::info!(
+                "pid {pid}: /proc shows closed {:?} and open {:?} without their events",
+                outcome.closed,
+                outcome.opened
+            );
+        }
+        total.closed.extend(outcome.closed);
+        total.opened.extend(outcome.opened);
+    }
+    total
 }
 
 #[cfg(test)]

@@ -51,6 +51,7 @@ impl ModuleMap {
     /// Parses the text of a `/proc/PID/maps` file, keeping the mappings with `x` permission
     /// whose path starts with `/` (so not `[vdso]`, anonymous memory, ...). A trailing
     /// ` (deleted)` is stripped from the path. Malformed lines are skipped.
+    #[cfg(test)]
     pub fn parse(text: &str) -> Self {
         Self::parse_bytes(text.as_bytes())
     }
@@ -70,6 +71,7 @@ impl ModuleMap {
         &self.mappings
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.mappings.is_empty()
     }
@@ -157,10 +159,6 @@ pub struct ModuleFiles {
 }
 
 impl ModuleFiles {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     /// Reads `/proc/PID/maps` ([`ModuleMap::parse`]) and makes each module openable.
     pub fn read(&mut self, pid: u32) -> io::Result<ModuleMap> {
         let mut map = ModuleMap::read(pid)?;
@@ -288,7 +286,7 @@ garbage line
     /// test maps) is opened through map_files and stays readable through the held descriptor.
     #[test]
     fn opens_modules_that_are_not_at_their_path() {
-        let mut files = ModuleFiles::new();
+        let mut files = ModuleFiles::default();
         let own = files.read(std::process::id()).unwrap();
         let exe = own
             .mappings()

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use crate::unwind::Unwound;
+use super::unwind::Unwound;
 
 #[derive(Default)]
 pub struct StackBases {

@@ -13,7 +13,7 @@ use aya::{
 };
 use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
 
-use crate::tracefs::{self, Formats, TracefsError};
+use super::tracefs::{self, Formats, TracefsError};
 
 /// The eBPF object built by build.rs (aya-build) from the tracer-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));

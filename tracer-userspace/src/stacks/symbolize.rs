@@ -13,32 +13,8 @@ use blazesym::symbolize::{
     source::{Elf, Source},
 };
 
-use crate::{aggregator::StackRef, modules::ModuleMap};
-
-/// One frame of a user stack, as the report shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
-    pub addr: u64,
-    pub symbol: Option<String>,
-    pub module: Option<String>,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    /// The function was inlined into the next frame, which holds the same address.
-    pub inlined: bool,
-}
-
-impl Frame {
-    pub fn unknown(addr: u64) -> Self {
-        Self {
-            addr,
-            symbol: None,
-            module: None,
-            file: None,
-            line: None,
-            inlined: false,
-        }
-    }
-}
+use super::modules::ModuleMap;
+use crate::model::{Frame, StackRef};
 
 /// Symbolizes stacks from the module maps captured while their process lived, so stacks of
 /// processes that have exited or exec'd since still resolve. blazesym caches parsed ELF and

@@ -31,7 +31,7 @@ use framehop::{
 };
 use object::{Object, ObjectSection, ObjectSegment, ReadCache, SegmentFlags};
 
-use crate::modules::ModuleMap;
+use super::modules::ModuleMap;
 
 /// The page size mappings are aligned to (x86_64).
 const PAGE: u64 = 4096;
@@ -140,10 +140,6 @@ pub struct UnwindSections {
 }
 
 impl UnwindSections {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
     fn of(&mut self, path: &Path) -> Option<Arc<ElfUnwindInfo>> {
         self.files
             .entry(path.to_path_buf())
@@ -313,12 +309,12 @@ impl ProcessUnwinder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::modules::ModuleFiles;
+    use crate::stacks::modules::ModuleFiles;
 
     const SP: u64 = 0x7000_0000_0000;
 
     fn own_maps() -> ModuleMap {
-        ModuleFiles::new()
+        ModuleFiles::default()
             .read(std::process::id())
             .expect("read own /proc/self/maps")
     }
@@ -361,7 +357,7 @@ mod tests {
     }
 
     fn unwind(maps: &ModuleMap, ip: u64, bp: u64, bytes: &[u8]) -> Vec<u64> {
-        let mut unwinder = UnwindSections::new().unwinder_for(maps);
+        let mut unwinder = UnwindSections::default().unwinder_for(maps);
         let stack = CopiedStack {
             ip,
             sp: SP,
@@ -492,7 +488,7 @@ mod tests {
         let maps = own_maps();
         let accept4 = libc_function(c"accept4");
         assert_eq!(unwind(&maps, accept4, 0, &words(&[0x10])), vec![accept4]);
-        let missing = crate::modules::ModuleMap::parse(
+        let missing = crate::stacks::modules::ModuleMap::parse(
             "1000-2000 r-xp 00000000 fe:01 1 /nonexistent/lib.so\n",
         );
         assert_eq!(unwind(&missing, 0x1000, 0, &words(&[0x1100])), vec![0x1000]);

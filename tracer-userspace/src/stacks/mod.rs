@@ -6,15 +6,28 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashSet};
 
+mod bases;
+mod modules;
+mod symbolize;
+mod unwind;
+
+use bases::StackBases;
+use modules::{ModuleFiles, ModuleMap};
+use symbolize::StackSymbolizer;
+use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
+
 use crate::{
-    aggregator::StackRef,
     events::{Event, StackTop},
-    loader::Probes,
-    modules::{ModuleFiles, ModuleMap},
-    stack_bases::StackBases,
-    symbolize::{Frame, StackSymbolizer},
-    unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound},
+    model::{Frame, StackRef},
 };
+
+/// The stacks the kernel walked by frame pointers, by the id it gave them: the live BPF
+/// stack map in a session, a table in tests.
+pub trait KernelStacks {
+    /// The instruction pointers of stack `id`, innermost first; None once the kernel has
+    /// dropped it.
+    fn stack(&self, id: u32) -> Option<Vec<u64>>;
+}
 
 #[derive(Default)]
 pub struct StackStore {
@@ -58,7 +71,12 @@ impl StackStore {
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
     /// of the repaired stack (a frameless innermost function's caller put back, frame-pointer
     /// garbage cut); tracks fork and exec. Call before the aggregator sees the event.
-    pub fn annotate(&mut self, event: &mut Event, stack_top: Option<StackTop>, probes: &Probes) {
+    pub fn annotate(
+        &mut self,
+        event: &mut Event,
+        stack_top: Option<StackTop>,
+        kernel: &impl KernelStacks,
+    ) {
         match event {
             Event::TaskCreated {
                 header,
@@ -92,7 +110,7 @@ impl StackStore {
             (header.tgid, header.tid),
             header.generation,
             stack_top.as_ref(),
-            probes,
+            kernel,
         );
     }
 
@@ -110,10 +128,10 @@ impl StackStore {
         (pid, tid): (u32, u32),
         generation: u32,
         top: Option<&StackTop>,
-        probes: &Probes,
+        kernel: &impl KernelStacks,
     ) -> Option<u32> {
         let ips = match kernel_id {
-            Some(id) => self.kernel_stack(id, probes).unwrap_or_default(),
+            Some(id) => self.kernel_stack(id, kernel).unwrap_or_default(),
             None => Arc::default(),
         };
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
@@ -222,11 +240,11 @@ impl StackStore {
         }
     }
 
-    fn kernel_stack(&mut self, id: u32, probes: &Probes) -> Option<Arc<[u64]>> {
+    fn kernel_stack(&mut self, id: u32, kernel: &impl KernelStacks) -> Option<Arc<[u64]>> {
         if let Some(ips) = self.kernel_stacks.get(&id) {
             return Some(ips.clone());
         }
-        let ips: Arc<[u64]> = probes.stack(id)?.into();
+        let ips: Arc<[u64]> = kernel.stack(id)?.into();
         self.kernel_stacks.insert(id, ips.clone());
         Some(ips)
     }

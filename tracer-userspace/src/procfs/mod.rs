@@ -20,7 +20,7 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{aggregator::ListedFd, kind::DescriptorKind, names::escape_bytes};
+use crate::model::{DescriptorKind, ListedFd, escape_bytes};
 
 // ---------------------------------------------------------------------------------------------
 // Processes

@@ -8,6 +8,8 @@ use tracer_common::{
     FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
 };
 
+use crate::model::StackRef;
+
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
 /// creation event, borrowed from the ring buffer record: they are unwound at once and never
 /// kept, so they are not copied.
@@ -58,6 +60,17 @@ pub struct Header {
     /// Filled in by the session before the aggregator sees the event: which program image
     /// (exec generation) of the process the stack belongs to.
     pub generation: u32,
+}
+
+impl Header {
+    /// The user stack the kernel captured with this event, if any.
+    pub fn stack(&self) -> Option<StackRef> {
+        self.stack_id.map(|id| StackRef {
+            id,
+            pid: self.tgid,
+            generation: self.generation,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,8 @@
+//! The kernel as userspace sees it: the eBPF object loaded and attached to its tracepoints
+//! (with the offsets tracefs gives for this kernel), and handles on the maps the programs share
+//! with us.
+
+mod loader;
+mod tracefs;
+
+pub use loader::{EventRing, LoadError, LostCounts, Probes, load, preflight};

@@ -1,0 +1,90 @@
+//! Following the target tree as it stands when the probes are attached, and reading from
+//! /proc what each process already holds: the tables start from that snapshot.
+
+use anyhow::{Context as _, Result};
+
+use super::pipeline::State;
+use crate::{
+    aggregator::{ProcessSnapshot, SnapshotFd},
+    capture::Probes,
+    procfs::{self, SocketTable},
+};
+
+/// The processes followed at attach time, target first, and what /proc showed of them.
+pub(super) struct Tree {
+    pub(super) followed: Vec<u32>,
+    snapshots: Vec<ProcessSnapshot>,
+}
+
+/// Follows the target and its current descendants and reads their tables. Sockets accepted
+/// on ports the tree already listens on are tracked from their handshake.
+pub(super) fn follow_tree(probes: &mut Probes, target: u32) -> Result<Tree> {
+    let mut followed = vec![target];
+    followed.extend(procfs::descendants(target));
+    for &pid in &followed {
+        probes
+            .follow(pid)
+            .with_context(|| format!("cannot follow pid {pid}"))?;
+    }
+    let mut snapshots = Vec::with_capacity(followed.len());
+    for (process, listening) in followed.iter().filter_map(|&pid| snapshot(pid)) {
+        for port in listening {
+            probes
+                .listening(port, process.pid)
+                .with_context(|| format!("cannot track TCP port {port}"))?;
+        }
+        snapshots.push(process);
+    }
+    Ok(Tree {
+        followed,
+        snapshots,
+    })
+}
+
+impl Tree {
+    /// Starts the tables from the snapshots and captures each process's mappings.
+    pub(super) fn seed(self, state: &mut State<'_>, started_ns: u64) {
+        for process in self.snapshots {
+            state.agg.add_snapshot(process, started_ns);
+        }
+        for &pid in &self.followed {
+            state.stacks.capture(pid);
+        }
+    }
+}
+
+/// What /proc shows of a process right after it became followed, and the TCP ports it
+/// listens on.
+fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
+    let info = procfs::process_info(pid).ok()?;
+    let sockets = SocketTable::load(pid);
+    let fds = procfs::list_fds(pid, &sockets).unwrap_or_default();
+    let threads = procfs::threads(pid).len().max(1) as u64;
+    let listening = fds
+        .iter()
+        .filter_map(|fd| sockets.get(fd.inode?))
+        .filter(|socket| socket.listening && socket.protocol.is_tcp())
+        .filter_map(|socket| Some(socket.local_addr?.port()))
+        .collect();
+    let process = ProcessSnapshot {
+        pid,
+        ppid: info.ppid,
+        comm: info.comm,
+        zombie: info.zombie,
+        cwd: procfs::cwd(pid),
+        start_time: Some(info.start_time),
+        threads,
+        fds: fds
+            .into_iter()
+            .map(|target| SnapshotFd {
+                cloexec: procfs::fd_is_cloexec(pid, target.fd),
+                fd: target.fd,
+                kind: target.kind,
+                detail: target.detail,
+                deleted: target.deleted,
+                tcp_state: target.tcp_state,
+            })
+            .collect(),
+    };
+    Some((process, listening))
+}

@@ -1,0 +1,205 @@
+//! One tracing session: check the environment, start or find the target, load and attach,
+//! follow the target tree, apply events until told to stop, then build the report.
+//!
+//! `run` reads as those steps; each lives in a module of its own: [`child`] starts a command
+//! held at a gate, [`attach`] follows the tree and reads what it already holds, [`pipeline`]
+//! applies events until the stop, [`reconcile`] compares the tables with /proc now and then,
+//! and [`resolver`] lets the report look at the live system.
+
+mod attach;
+mod child;
+mod pipeline;
+mod reconcile;
+mod resolver;
+
+use std::{
+    fs::File,
+    io::{self, Write as _},
+    path::PathBuf,
+};
+
+use anyhow::{Context as _, Result, bail};
+use tokio::io::{Interest, unix::AsyncFd};
+
+use crate::{
+    capture::{self, Probes},
+    cli::Options,
+    clock::monotonic_ns,
+    procfs,
+    report::{self, Report, SessionFacts},
+};
+use child::PausedChild;
+use pipeline::{State, StopSignals};
+use resolver::{LiveResolver, still_in_time_wait};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot run `{0}`: command not found")]
+    CommandNotFound(String),
+}
+
+/// Runs a session and prints the report (JSON on stdout with --json, text otherwise).
+pub fn run(opts: &Options) -> Result<()> {
+    opts.validate().map_err(anyhow::Error::msg)?;
+    // A flame graph that cannot be written is refused before anything runs.
+    let flamegraph = opts
+        .flamegraph
+        .as_ref()
+        .map(|path| {
+            File::create(path)
+                .map(|file| (path.clone(), file))
+                .with_context(|| format!("cannot create {}", path.display()))
+        })
+        .transpose()?;
+    let pid = opts.pid.map(process_of).transpose()?;
+    let tracefs_root = capture::preflight()?;
+
+    // A command is started before anything is loaded, so it inherits no BPF descriptors,
+    // and held at a gate until it is followed.
+    let mut child = match pid {
+        Some(_) => None,
+        None => Some(PausedChild::spawn(&opts.command)?),
+    };
+    let (target, command) = match (&child, pid) {
+        (Some(child), _) => (child.pid, opts.command.clone()),
+        (None, Some(pid)) => (
+            pid,
+            procfs::process_info(pid)
+                .map(|i| i.cmdline)
+                .unwrap_or_default(),
+        ),
+        (None, None) => unreachable!("validate() requires --pid or a command"),
+    };
+
+    // Ctrl-C and SIGTERM must mean "report now" from the moment `attached` is printed, so
+    // their handlers go in before anything is attached.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    let _runtime_context = runtime.enter();
+    let stop_signals = StopSignals::install()?;
+
+    let stack_copy_bytes = u64::from(opts.stack_copy_kib) * 1024;
+    let (mut probes, ring) =
+        capture::load(&tracefs_root, opts.ring_buffer_mib << 20, stack_copy_bytes)
+            .context("cannot attach the probes")?;
+    let started_ns = monotonic_ns();
+    let tree = attach::follow_tree(&mut probes, target)?;
+    let descendants = tree.followed.len() - 1;
+    let mut state = State::new(&probes);
+    tree.seed(&mut state, started_ns);
+
+    // A started command has not exec'd yet: its comm is still ours, so name the command.
+    let comm = match &child {
+        Some(_) => opts.command[0].clone(),
+        None => state
+            .agg
+            .process(target)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default(),
+    };
+    eprintln!(
+        "tracer: attached {} probes; following pid {target} ({comm}) and {} descendants. Ctrl-C to stop and report.",
+        probes.attached.len(),
+        descendants
+    );
+    if let Some(child) = &mut child {
+        child.release(&opts.command[0])?;
+    }
+
+    // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
+    // owns the ring) is dropped, as register() requires.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|err| err.into_parts().1)
+        .context("cannot poll the ring buffer")?;
+    let stop = runtime.block_on(pipeline::event_loop(
+        &mut ring,
+        &mut state,
+        child.as_mut(),
+        opts.duration,
+        stop_signals,
+    ))?;
+    let ring_capacity = (opts.ring_buffer_mib as usize) << 20;
+    state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
+
+    let report = build_report(&mut state, &probes, opts, target, command, started_ns);
+    print_report(&report, opts.json, opts.top as usize)?;
+    if let Some((path, file)) = flamegraph {
+        write_flamegraph(&report, &path, file)?;
+    }
+    Ok(())
+}
+
+/// The process to follow for `--pid`: the pid itself, or the process a thread id belongs to.
+fn process_of(pid: u32) -> Result<u32> {
+    if !procfs::process_exists(pid) {
+        bail!(SessionError::NoSuchProcess(pid));
+    }
+    match procfs::process_info(pid) {
+        Ok(info) if info.tgid != pid => {
+            eprintln!(
+                "tracer: {pid} is a thread of process {}; following the process",
+                info.tgid
+            );
+            Ok(info.tgid)
+        }
+        _ => Ok(pid),
+    }
+}
+
+/// The report of the tables as they stand now, with what the live system adds to them.
+fn build_report(
+    state: &mut State<'_>,
+    probes: &Probes,
+    opts: &Options,
+    target: u32,
+    command: Vec<String>,
+    started_ns: u64,
+) -> Report {
+    let now_ns = monotonic_ns();
+    let lost = probes.lost();
+    let facts = SessionFacts {
+        target,
+        command,
+        duration_s: (now_ns - started_ns) as f64 / 1e9,
+        now_ns,
+        received: state.records.received,
+        undecodable: state.records.undecodable,
+        lost_ring_full: lost.ring_full,
+        lost_in_flight_full: lost.in_flight_full,
+        unfollowed_children: lost.follow_full,
+        min_age_s: opts.min_age,
+        time_wait: state.tcp.time_wait_groups(now_ns),
+        time_wait_now: still_in_time_wait(&state.tcp, target),
+    };
+    let mut resolver = LiveResolver::new(&state.tcp, now_ns, &mut state.stacks);
+    let report = report::build(&state.agg, &facts, &mut resolver);
+    log::info!(
+        "built the report in {:.3}s",
+        (monotonic_ns() - now_ns) as f64 / 1e9
+    );
+    report
+}
+
+fn print_report(report: &Report, json: bool, top: usize) -> Result<()> {
+    let text = report::text::render_top(report, top);
+    if json {
+        eprint!("{text}");
+        let mut stdout = io::stdout().lock();
+        serde_json::to_writer_pretty(&mut stdout, report).context("cannot write the report")?;
+        writeln!(stdout).context("cannot write the report")?;
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+fn write_flamegraph(report: &Report, path: &PathBuf, file: File) -> Result<()> {
+    let mut out = io::BufWriter::new(file);
+    report::flamegraph::write_svg(report, &mut out)
+        .and_then(|()| out.flush())
+        .with_context(|| format!("cannot write the flame graph to {}", path.display()))
+}

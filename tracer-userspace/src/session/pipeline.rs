@@ -1,0 +1,362 @@
+//! The event pipeline: records are read from the ring buffer, decoded and prepared (stacks
+//! unwound while the process still lives), then applied to the descriptor tables and the TCP
+//! tracker in ring buffer order, until a signal, the deadline or the last exit stops it.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+    time::{Instant, interval, sleep_until},
+};
+use tracer_common::CLONE_THREAD;
+
+use super::{
+    child::PausedChild,
+    reconcile::{self, Reconciler},
+};
+use crate::{
+    aggregator::Aggregator,
+    capture::{EventRing, Probes},
+    clock::monotonic_ns,
+    events::{self, Decoded, Event},
+    procfs,
+    stacks::{KernelStacks, StackStore},
+    tcp::{TcpTracker, TcpTransition},
+};
+
+/// Why the event loop ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StopReason {
+    Signal(&'static str),
+    Duration,
+    AllExited,
+}
+
+/// How often to reap a started command and check that followed processes still exist.
+const HOUSEKEEPING: Duration = Duration::from_millis(250);
+/// How often the ring buffer is read when nobody woke us: producers only wake the reader once
+/// an eighth of the ring is full, which is cheaper for them than a wakeup per event.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+/// Events applied per turn of the event loop before it looks at signals and timers again.
+const DRAIN_BUDGET: usize = 65_536;
+/// The smallest record in the ring buffer (an exec event plus the ring's 8-byte header).
+const MIN_EVENT_BYTES: usize = 32;
+
+/// Userspace state the event loop updates.
+pub(super) struct State<'p> {
+    probes: &'p Probes,
+    pub(super) agg: Aggregator,
+    pub(super) stacks: StackStore,
+    pub(super) tcp: TcpTracker,
+    pub(super) records: RecordCounts,
+    reconciler: Reconciler,
+}
+
+impl<'p> State<'p> {
+    pub(super) fn new(probes: &'p Probes) -> Self {
+        Self {
+            probes,
+            agg: Aggregator::new(),
+            stacks: StackStore::new(),
+            tcp: TcpTracker::new(),
+            records: RecordCounts::default(),
+            reconciler: Reconciler::new(),
+        }
+    }
+
+    /// Applies what the kernel emitted before the stop (what a busy target does after that
+    /// does not count), then compares the tables with /proc one last time.
+    pub(super) fn finish(
+        &mut self,
+        mut ring: EventRing,
+        ring_capacity: usize,
+        stop: StopReason,
+        child: Option<&mut PausedChild>,
+    ) {
+        let stopped_ns = monotonic_ns();
+        self.drain_until(&mut ring, ring_capacity / MIN_EVENT_BYTES, stopped_ns);
+        if let Some(child) = child {
+            child.try_reap();
+        }
+        // Descriptors whose births no event showed and that two listings agree on are learned
+        // now; closes we missed are settled by the report's own look at /proc.
+        // Events after the stop are not applied: nothing is read while listing.
+        let listings = reconcile::list_tables(&self.agg, self.probes.lost().total(), || {});
+        reconcile::apply_listings(&mut self.agg, &listings);
+        log::info!(
+            "stopped: {stop:?}; applied the last events in {:.3}s",
+            (monotonic_ns() - stopped_ns) as f64 / 1e9
+        );
+    }
+
+    /// Compares the tables with /proc when a pass is due (see `reconciler`).
+    fn reconcile_if_due(&mut self, ring: &mut EventRing) {
+        let lost = self.probes.lost().total();
+        let began = std::time::Instant::now();
+        if !self.reconciler.due(began, lost) {
+            return;
+        }
+        // Events are read while listing too, so the ring does not fill up meanwhile, and
+        // prepared (stacks unwound, their bytes dropped); the tables they change, which the
+        // listing borrows, get them afterwards.
+        let mut pending_events = Vec::new();
+        let (stacks, probes, records) = (&mut self.stacks, self.probes, &mut self.records);
+        let listings = reconcile::list_tables(&self.agg, lost, || {
+            for _ in 0..DRAIN_BUDGET {
+                let Some(record) = ring.next() else {
+                    break;
+                };
+                pending_events.extend(prepare(stacks, probes, records, &record));
+            }
+        });
+        for event in pending_events {
+            self.apply_event(event);
+        }
+        // Everything emitted before the listing began must be applied before comparing.
+        // Events emitted since are applied too, which the comparison allows for.
+        for _ in 0..16 {
+            if self.drain(ring, DRAIN_BUDGET) {
+                break;
+            }
+        }
+        reconcile::apply_listings(&mut self.agg, &listings);
+        self.reconciler.finished(began, lost);
+    }
+
+    /// Applies up to `budget` waiting events; true when the ring buffer was emptied. The
+    /// budget keeps a process that produces events faster than we apply them from starving
+    /// signals, the deadline and housekeeping.
+    fn drain(&mut self, ring: &mut EventRing, budget: usize) -> bool {
+        self.drain_until(ring, budget, u64::MAX)
+    }
+
+    /// Like [`Self::drain`], but stops after the first event stamped later than `until_ns`
+    /// (CLOCK_MONOTONIC): the report describes the moment the session stopped, however busy
+    /// the target still is.
+    fn drain_until(&mut self, ring: &mut EventRing, budget: usize, until_ns: u64) -> bool {
+        // Exits applied now compare this with when their table was last known exact.
+        self.agg.lost_so_far = self.probes.lost().total();
+        for _ in 0..budget {
+            let Some(record) = ring.next() else {
+                return true;
+            };
+            if self.apply_record(&record).is_some_and(|t| t > until_ns) {
+                return false;
+            }
+        }
+        false
+    }
+
+    /// Decodes and applies one ring buffer record; returns its timestamp.
+    fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
+        let event = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
+        let at = event.header().timestamp_ns;
+        self.apply_event(event);
+        Some(at)
+    }
+
+    /// Applies a [`prepare`]d event to the tables.
+    fn apply_event(&mut self, event: Event) {
+        if let Event::TaskCreated {
+            header,
+            child_tid,
+            clone_flags: Some(flags),
+            ..
+        } = &event
+            && flags & CLONE_THREAD == 0
+        {
+            self.retire_reused_pid(*child_tid, header.timestamp_ns);
+        }
+        if let Event::TcpState {
+            header,
+            skaddr,
+            old,
+            new,
+            local,
+            remote,
+        } = &event
+        {
+            self.tcp.apply(&TcpTransition {
+                owner: header.tgid,
+                skaddr: *skaddr,
+                old: *old,
+                new: *new,
+                local: *local,
+                remote: *remote,
+                at_ns: header.timestamp_ns,
+            });
+        }
+        self.agg.apply(&event);
+        match &event {
+            Event::Exec { header } => {
+                if let Ok(info) = procfs::process_info(header.tgid) {
+                    self.agg.set_comm(header.tgid, info.comm);
+                }
+            }
+            Event::CwdChanged { header } => {
+                if let Some(cwd) = procfs::cwd(header.tgid) {
+                    self.agg.set_cwd(header.tgid, cwd);
+                }
+            }
+            Event::TaskCreated {
+                child_tid,
+                clone_flags: Some(flags),
+                ..
+            } if flags & CLONE_THREAD == 0 => {
+                // Read now, while the child is young: later its pid may name another process.
+                if let Some(start_time) = procfs::start_time(*child_tid) {
+                    self.agg.set_start_time(*child_tid, start_time);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A fork created `pid` while we still think an earlier process with that pid lives (its
+    /// exit event was lost): that one is retired first, so the two are never confused.
+    fn retire_reused_pid(&mut self, pid: u32, now_ns: u64) {
+        let earlier = self
+            .agg
+            .process(pid)
+            .filter(|p| !p.exited())
+            .and_then(|p| p.start_time);
+        if let Some(start_time) = earlier
+            && procfs::start_time(pid) != Some(start_time)
+        {
+            self.agg.mark_vanished(pid, now_ns);
+        }
+    }
+
+    /// Processes we think are alive but /proc no longer has, or has as another process with
+    /// the same pid (a different start time): their exit was lost.
+    fn vanished(&self) -> Vec<u32> {
+        self.agg
+            .live_processes()
+            .filter(|p| match p.start_time {
+                Some(start_time) => procfs::start_time(p.pid) != Some(start_time),
+                None => !procfs::process_exists(p.pid),
+            })
+            .map(|p| p.pid)
+            .collect()
+    }
+}
+
+pub(super) async fn event_loop(
+    ring: &mut AsyncFd<EventRing>,
+    state: &mut State<'_>,
+    mut child: Option<&mut PausedChild>,
+    duration: Option<f64>,
+    StopSignals {
+        mut sigint,
+        mut sigterm,
+    }: StopSignals,
+) -> Result<StopReason> {
+    let far_future = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
+    let deadline = duration.map_or(far_future, |secs| {
+        Instant::now() + Duration::from_secs_f64(secs)
+    });
+    let mut housekeeping = interval(HOUSEKEEPING);
+    let mut drain_timer = interval(DRAIN_EVERY);
+    loop {
+        tokio::select! {
+            ready = ring.readable_mut() => {
+                let mut guard = ready.context("ring buffer poll failed")?;
+                // Left ready when the budget ran out, so the next turn reads on at once.
+                if state.drain(guard.get_inner_mut(), DRAIN_BUDGET) {
+                    guard.clear_ready();
+                }
+            }
+            _ = drain_timer.tick() => {
+                state.drain(ring.get_mut(), DRAIN_BUDGET);
+            }
+            _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
+            _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),
+            _ = sleep_until(deadline) => return Ok(StopReason::Duration),
+            _ = housekeeping.tick() => {
+                if let Some(child) = child.as_deref_mut() {
+                    child.try_reap();
+                }
+                let vanished = state.vanished();
+                // Their exit events may still be in the ring: apply those first.
+                state.drain(ring.get_mut(), DRAIN_BUDGET);
+                let now = monotonic_ns();
+                for pid in vanished {
+                    state.agg.mark_vanished(pid, now);
+                }
+                state.reconcile_if_due(ring.get_mut());
+                if state.agg.live_processes().next().is_none() {
+                    return Ok(StopReason::AllExited);
+                }
+            }
+        }
+    }
+}
+
+/// Records read and records that could not be decoded.
+#[derive(Default)]
+pub(super) struct RecordCounts {
+    pub(super) received: u64,
+    pub(super) undecodable: u64,
+}
+
+/// Decodes a record and does what needs no descriptor table, so that it can also run while
+/// the tables are being listed: tells whether a task the kernel created by itself is a
+/// thread, and replaces the stack (registers and copied bytes, which are not kept) with the
+/// id of the unwound one. The event is then applied with `State::apply_event`.
+fn prepare(
+    stacks: &mut StackStore,
+    probes: &Probes,
+    records: &mut RecordCounts,
+    record: &[u8],
+) -> Option<Event> {
+    records.received += 1;
+    let Decoded {
+        mut event,
+        stack_top,
+    } = events::decode(record)
+        .map_err(|err| {
+            records.undecodable += 1;
+            log::warn!("undecodable event: {err}");
+        })
+        .ok()?;
+    if let Event::TaskCreated {
+        header,
+        child_tid,
+        clone_flags: clone_flags @ None,
+        ..
+    } = &mut event
+    {
+        // Created inside the kernel (no clone call seen): /proc says if it is a thread.
+        let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
+        *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
+    }
+    stacks.annotate(&mut event, stack_top, probes);
+    for (tid, base) in stacks.take_stack_base_updates() {
+        probes.set_stack_base(tid, base);
+    }
+    Some(event)
+}
+
+/// SIGINT and SIGTERM, caught: both stop the session and print the report.
+pub(super) struct StopSignals {
+    sigint: Signal,
+    sigterm: Signal,
+}
+
+impl StopSignals {
+    /// Needs a Tokio runtime context.
+    pub(super) fn install() -> Result<Self> {
+        Ok(Self {
+            sigint: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            sigterm: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+        })
+    }
+}
+
+impl KernelStacks for Probes {
+    fn stack(&self, id: u32) -> Option<Vec<u64>> {
+        Probes::stack(self, id)
+    }
+}
