@@ -13,7 +13,10 @@ use aya::{
 };
 use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
 
-use super::tracefs::{self, Formats, TracefsError};
+use super::{
+    tracefs::{self, Formats, TracefsError},
+    verifier::program_error,
+};
 
 /// The eBPF object built by build.rs (aya-build) from the tracer-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -100,7 +103,7 @@ pub enum LoadError {
     Tracefs(#[from] TracefsError),
     #[error("this kernel lacks the tracepoint {0}, which tracer cannot work without")]
     MissingTracepoint(String),
-    #[error("loading the eBPF object failed: {0}")]
+    #[error("loading the eBPF object failed")]
     Object(#[from] aya::EbpfError),
     #[error("the eBPF object has no {0}; the build is broken")]
     MissingInObject(&'static str),
@@ -109,7 +112,7 @@ pub enum LoadError {
         program: &'static str,
         reason: String,
     },
-    #[error("map {map}: {source}")]
+    #[error("cannot use map {map}")]
     Map {
         map: &'static str,
         source: aya::maps::MapError,
@@ -313,114 +316,6 @@ fn without(name: &str) -> String {
     }
 }
 
-/// One readable line for a refused program; the verifier's full log only at debug level.
-fn program_error(program: &'static str, err: ProgramError) -> LoadError {
-    let reason = match err {
-        ProgramError::LoadError {
-            io_error,
-            verifier_log,
-        } => {
-            let log = verifier_log.to_string();
-            log::debug!("verifier log for {program}:\n{log}");
-            verifier_reason(&io_error.to_string(), &log)
-        }
-        other => other.to_string(),
-    };
-    LoadError::Program { program, reason }
-}
-
-/// BPF helpers the programs call that not every kernel has: (helper id, name, the Linux
-/// version that added it). A kernel names a helper it does not know by its id only
-/// ("invalid func unknown#158"), so the name comes from here.
-const NEWER_HELPERS: &[(u32, &str, &str)] = &[
-    (112, "bpf_probe_read_user", "5.5"),
-    (113, "bpf_probe_read_kernel", "5.5"),
-    (114, "bpf_probe_read_user_str", "5.5"),
-    (130, "bpf_ringbuf_output", "5.8"),
-    (131, "bpf_ringbuf_reserve", "5.8"),
-    (132, "bpf_ringbuf_submit", "5.8"),
-    (133, "bpf_ringbuf_discard", "5.8"),
-    (158, "bpf_get_current_task_btf", "5.11"),
-    (175, "bpf_task_pt_regs", "5.15"),
-];
-
-/// The oldest kernel that has every helper in [`NEWER_HELPERS`].
-const OLDEST_KERNEL: &str = "5.15";
-
-/// The verifier's log as one line. A helper call it refused is named: "invalid func
-/// unknown#ID" is a helper this kernel does not have, "unknown func NAME#ID" one it has but
-/// does not offer to tracepoint programs. Otherwise the last line that is not the verifier's
-/// statistics, which says what it refused.
-fn verifier_reason(io_error: &str, log: &str) -> String {
-    const DEBUG_HINT: &str = "run with RUST_LOG=debug for the verifier's full log";
-    if let Some(call) = log.lines().find_map(refused_call) {
-        let known = NEWER_HELPERS
-            .iter()
-            .find(|(id, name, _)| Some(*id) == call.id || *name == call.name);
-        let needs = match known {
-            Some((_, _, since)) => {
-                format!(" (added in Linux {since}); tracer needs Linux {OLDEST_KERNEL} or later")
-            }
-            None => String::new(),
-        };
-        let id = call.id.map(|id| format!(" (#{id})")).unwrap_or_default();
-        return match (call.kernel_knows_it, known) {
-            (false, Some((_, name, _))) => {
-                format!("this kernel lacks the BPF helper {name}{needs} ({DEBUG_HINT})")
-            }
-            (false, None) => format!("this kernel lacks a BPF helper{id} ({DEBUG_HINT})"),
-            (true, _) => format!(
-                "this kernel does not let tracepoint programs call the BPF helper {}{id} \
-                 ({DEBUG_HINT})",
-                call.name
-            ),
-        };
-    }
-    let is_statistics = |line: &str| {
-        [
-            "processed ",
-            "verification time",
-            "stack depth",
-            "max_states_per_insn",
-        ]
-        .iter()
-        .any(|prefix| line.starts_with(prefix))
-    };
-    let last = log
-        .lines()
-        .map(str::trim)
-        .rev()
-        .find(|line| !line.is_empty() && !is_statistics(line))
-        .unwrap_or("");
-    format!("{io_error} (verifier: {last}; {DEBUG_HINT})")
-}
-
-/// A helper call the verifier refused.
-struct RefusedCall<'a> {
-    id: Option<u32>,
-    name: &'a str,
-    /// "unknown func NAME#ID": the kernel has the helper, but not for this program type.
-    kernel_knows_it: bool,
-}
-
-/// `invalid func NAME#ID` or `unknown func NAME#ID`.
-fn refused_call(line: &str) -> Option<RefusedCall<'_>> {
-    let line = line.trim();
-    let (call, kernel_knows_it) = match line.strip_prefix("unknown func ") {
-        Some(call) => (call, true),
-        None => (line.strip_prefix("invalid func ")?, false),
-    };
-    let (name, id) = match call.split_once('#') {
-        Some((name, id)) => (name, id.trim().parse().ok()),
-        None => (call, None),
-    };
-    Some(RefusedCall {
-        id,
-        name,
-        kernel_knows_it,
-    })
-}
-
 impl Probes {
     /// Follows a process from now on; its children are then followed by the kernel itself.
     pub fn follow(&mut self, tgid: u32) -> Result<(), LoadError> {
@@ -475,65 +370,43 @@ impl Probes {
 mod tests {
     use super::*;
 
-    /// A helper the kernel has but does not offer to tracepoint programs is named.
+    /// Each cause is printed once under `{err:#}` (what main prints): the messages name what
+    /// failed and leave the cause to `source()`.
     #[test]
-    fn names_a_helper_not_offered() {
-        let log = "0: (bf) r6 = r1\n1: (85) call bpf_task_pt_regs#175\n\
-                   unknown func bpf_task_pt_regs#175\nprocessed 3 insns\n";
-        let reason = verifier_reason("Invalid argument (os error 22)", log);
-        assert!(
-            reason.starts_with(
-                "this kernel does not let tracepoint programs call the BPF helper \
-                 bpf_task_pt_regs (#175) (run with"
-            ),
-            "{reason}"
-        );
-        assert!(!reason.contains('\n'), "one line: {reason}");
-    }
-
-    /// A kernel names a helper it lacks by id only (seen under `cargo xtask test --vm` on
-    /// Debian 11's 5.10.0-46): the id is looked up, and the statistics that end the log are
-    /// not taken for the reason.
-    #[test]
-    fn names_a_missing_helper_known_by_id_only() {
-        let log = "; fun()\n97: (85) call unknown#158\ninvalid func unknown#158\n\
-                   verification time 30379 usec\nstack depth 56+0\n\
-                   processed 185 insns (limit 1000000) max_states_per_insn 1 total_states 8 \
-                   peak_states 8 mark_read 5\n\n";
-        let reason = verifier_reason("Invalid argument (os error 22)", log);
-        assert!(
-            reason.starts_with(
-                "this kernel lacks the BPF helper bpf_get_current_task_btf (added in Linux \
-                 5.11); tracer needs Linux 5.15 or later"
-            ),
-            "{reason}"
-        );
-    }
-
-    /// A missing helper we do not know by id is still said to be missing, with its id.
-    #[test]
-    fn unknown_ids_are_shown() {
-        let reason = verifier_reason(
-            "Invalid argument (os error 22)",
-            "invalid func unknown#999\n",
-        );
-        assert!(
-            reason.starts_with("this kernel lacks a BPF helper (#999)"),
-            "{reason}"
-        );
-    }
-
-    /// Any other refusal: the last line that is not statistics, on one line, with the errno.
-    #[test]
-    fn falls_back_to_the_last_line() {
-        let log = "0: (79) r1 = *(u64 *)(r1 +8)\nR1 invalid mem access 'inv'\n\
-                   processed 1 insns (limit 1000000)\n";
-        let reason = verifier_reason("Permission denied (os error 13)", log);
-        assert_eq!(
-            reason,
-            "Permission denied (os error 13) (verifier: R1 invalid mem access 'inv'; run with \
-             RUST_LOG=debug for the verifier's full log)"
-        );
+    fn error_chains_print_each_cause_once() {
+        let cause = || std::io::Error::other("CAUSE");
+        let errors: Vec<anyhow::Error> = vec![
+            LoadError::Object(aya::EbpfError::FileError {
+                path: PathBuf::from("/obj"),
+                error: cause(),
+            })
+            .into(),
+            LoadError::Map {
+                map: "EVENTS",
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: cause(),
+                }),
+            }
+            .into(),
+            LoadError::Tracefs(TracefsError::Read {
+                path: PathBuf::from("/format"),
+                source: cause(),
+            })
+            .into(),
+        ];
+        for err in errors {
+            let links: Vec<String> = err.chain().map(ToString::to_string).collect();
+            for pair in links.windows(2) {
+                assert!(
+                    !pair[0].contains(&pair[1]),
+                    "{:?} repeats its source {:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            assert_eq!(format!("{err:#}").matches("CAUSE").count(), 1, "{err:#}");
+        }
     }
 
     /// Each optional tracepoint says what is lost without it.

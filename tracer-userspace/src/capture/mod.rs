@@ -4,5 +4,6 @@
 
 mod loader;
 mod tracefs;
+mod verifier;
 
 pub use loader::{EventRing, LoadError, LostCounts, Probes, load, preflight};

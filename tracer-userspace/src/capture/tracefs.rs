@@ -18,7 +18,7 @@ pub enum TracefsError {
         "tracefs is not mounted and mounting it failed ({0}); mount it with: mount -t tracefs nodev {MOUNT_POINT}"
     )]
     Mount(io::Error),
-    #[error("cannot read tracepoint format {path}: {source}")]
+    #[error("cannot read tracepoint format {path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("tracepoint {tracepoint} has no field {field} on this kernel")]
     MissingField {
