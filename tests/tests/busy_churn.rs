@@ -10,6 +10,7 @@ const TOTAL: u64 = 100_000;
 const THREADS: &str = "4";
 
 /// Parses "DONE <fds> calls=<n> cross_thread=<m>" into (fds, calls, cross_thread).
+#[track_caller]
 fn parse_done(line: &str) -> (u64, u64, u64) {
     let mut fds = None;
     let mut calls = None;
@@ -91,6 +92,7 @@ fn busy_churn_reports_no_leaks_and_no_loss() {
 }
 
 /// Nothing the fixture opened is reported open: it closed everything, and it is alive.
+#[track_caller]
 fn assert_no_false_leaks(report: &Report, pid: u32) {
     let leaks: Vec<_> = report
         .open_descriptors()

@@ -12,6 +12,7 @@ use tracer_tests::{
 /// What the fixture says it holds: fd → (kind, opened_by, detail fragment or "-").
 type Holdings = BTreeMap<u64, (String, String, String)>;
 
+#[track_caller]
 fn holdings(lines: &[String]) -> (Holdings, BTreeSet<u64>, Vec<String>) {
     let mut held = Holdings::new();
     let mut gone = BTreeSet::new();
@@ -38,6 +39,7 @@ fn holdings(lines: &[String]) -> (Holdings, BTreeSet<u64>, Vec<String>) {
 }
 
 /// The descriptors /proc shows for `pid`, by number.
+#[track_caller]
 fn proc_fds(pid: u32) -> BTreeSet<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
@@ -45,15 +47,18 @@ fn proc_fds(pid: u32) -> BTreeSet<u64> {
         .collect()
 }
 
+/// `pid`'s descriptors in the report (not those held at exit), by number.
+#[track_caller]
 fn report_fds(report: &Report, pid: u32) -> BTreeMap<u64, Descriptor<'_>> {
-    report
-        .descriptors(&Filter::new().pid(pid).at_exit(false))
-        .into_iter()
-        .map(|d| (d.fd(), d))
-        .collect()
+    let mut table = BTreeMap::new();
+    for d in report.descriptors(&Filter::new().pid(pid).at_exit(false)) {
+        table.insert(d.fd(), d);
+    }
+    table
 }
 
 /// `pid`'s table in the report, asserted equal to what /proc showed (`truth`).
+#[track_caller]
 fn table_as_in_proc<'r>(
     report: &'r Report,
     pid: u32,
@@ -81,6 +86,78 @@ fn field<'a>(d: &Descriptor<'a>, key: &str) -> &'a serde_json::Value {
     &d.v[key]
 }
 
+/// What a run of the fd_families fixture leaves to check: its pids, what it says the parent
+/// holds and closed, what /proc showed just before the tracer stopped, and the report. The
+/// fixture stays alive (it is killed when this is dropped).
+struct FamiliesRun {
+    fixture: Fixture,
+    /// The parent: the fixture itself.
+    parent: u32,
+    /// The child that exec'd and sleeps.
+    exec_child: u32,
+    /// The child that opened relative paths after chdir, then exited.
+    exited: u32,
+    /// The child cloned with CLONE_FILES that unshared its table.
+    sharer: u32,
+    held: Holdings,
+    gone: BTreeSet<u64>,
+    parent_truth: BTreeSet<u64>,
+    exec_child_truth: BTreeSet<u64>,
+    sharer_truth: BTreeSet<u64>,
+    report: Report,
+}
+
+/// Runs fd_families in `dir` under the tracer until it printed DONE, reads /proc for its
+/// processes, and stops the tracer.
+#[track_caller]
+fn run_families(dir: &str) -> FamiliesRun {
+    let bin = build_fixture("fd_families", &[]);
+    let mut fixture = Fixture::spawn(&bin, &[dir]);
+    fixture.wait_for_line("READY", Duration::from_secs(10));
+    let parent = fixture.pid();
+    let mut tracer = Tracer::attach(parent, &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    fixture.send_line("go");
+    let done = fixture.wait_for_line("DONE ", Duration::from_secs(30));
+    let lines = fixture.lines_seen().to_vec();
+    let (held, gone, skipped) = holdings(&lines);
+    assert_eq!(
+        done.split_whitespace().nth(1).and_then(|n| n.parse().ok()),
+        Some(held.len()),
+        "{lines:?}"
+    );
+    let pid_after = |prefix: &str| -> u32 {
+        let line = lines.iter().find(|l| l.starts_with(prefix)).expect(prefix);
+        line[prefix.len()..].trim().parse().unwrap()
+    };
+    let exec_child = pid_after("CHILD ");
+    let exited = pid_after("EXITED ");
+    let sharer = pid_after("SHARER ");
+    if !skipped.is_empty() {
+        eprintln!("families this kernel refused: {skipped:?}");
+    }
+    // The received descriptor has no tracepoint: two /proc listings (one periodic, one at
+    // the end) must agree before it is reported.
+    std::thread::sleep(Duration::from_secs(3));
+    let parent_truth = proc_fds(parent);
+    let exec_child_truth = proc_fds(exec_child);
+    let sharer_truth = proc_fds(sharer);
+    let report = tracer.stop();
+    FamiliesRun {
+        fixture,
+        parent,
+        exec_child,
+        exited,
+        sharer,
+        held,
+        gone,
+        parent_truth,
+        exec_child_truth,
+        sharer_truth,
+        report,
+    }
+}
+
 /// One fixture creates every family (pipe, socketpair, eventfd, epoll, timerfd, signalfd,
 /// memfd, pidfd, pidfd_getfd, inotify, fanotify, userfaultfd, io_uring, perf_event,
 /// open_by_handle_at), copies with dup, dup2 over an open fd and fcntl, closes a block with
@@ -101,43 +178,25 @@ fn every_family_is_tracked_exactly() {
     require_root();
     let dir = unique_dir(None, "families");
     let dir_text = dir.to_str().expect("utf-8 scratch dir").to_string();
-    let bin = build_fixture("fd_families", &[]);
-    let mut fixture = Fixture::spawn(&bin, &[&dir_text]);
-    fixture.wait_for_line("READY", Duration::from_secs(10));
-    let parent = fixture.pid();
-    let mut tracer = Tracer::attach(parent, &[]);
-    tracer.wait_attached(ATTACH_TIMEOUT);
-    fixture.send_line("go");
-    let done = fixture.wait_for_line("DONE ", Duration::from_secs(30));
-    let lines = fixture.lines_seen().to_vec();
-    let (held, gone, skipped) = holdings(&lines);
-    assert_eq!(
-        done.split_whitespace().nth(1).and_then(|n| n.parse().ok()),
-        Some(held.len()),
-        "{lines:?}"
-    );
-    let pid_after = |prefix: &str| -> u32 {
-        let line = lines.iter().find(|l| l.starts_with(prefix)).expect(prefix);
-        line[prefix.len()..].trim().parse().unwrap()
-    };
-    let sleeper = pid_after("CHILD ");
-    let exited = pid_after("EXITED ");
-    let sharer = pid_after("SHARER ");
-    if !skipped.is_empty() {
-        eprintln!("families this kernel refused: {skipped:?}");
-    }
-    // The received descriptor has no tracepoint: two /proc listings (one periodic, one at
-    // the end) must agree before it is reported.
-    std::thread::sleep(Duration::from_secs(3));
-    let parent_truth = proc_fds(parent);
-    let child_truth = proc_fds(sleeper);
-    let sharer_truth = proc_fds(sharer);
-    let report = tracer.stop();
-    let ctx = report.context();
+    let mut run = run_families(&dir_text);
 
-    // The events alone kept the tables right: /proc had to correct nothing but the one
-    // birth that is not probed (the descriptor received with recvmmsg, in the parent and in
-    // the copy of its table the CLONE_FILES child took after it arrived).
+    assert_only_unprobed_births_reconciled(&run.report);
+    assert_parent_table(&run);
+    assert_exec_child_table(&run);
+    assert_sharer_table(&run);
+    assert_paths_held_at_exit(&run.report, run.exited, &dir_text);
+
+    run.fixture.close_stdin();
+    let _ = run.fixture.wait_exit(Duration::from_secs(10));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The events alone kept the tables right: /proc had to correct nothing but the one
+/// birth that is not probed (the descriptor received with recvmmsg, in the parent and in
+/// the copy of its table the CLONE_FILES child took after it arrived).
+#[track_caller]
+fn assert_only_unprobed_births_reconciled(report: &Report) {
+    let ctx = report.context();
     let events = &report.json["events"];
     assert_eq!(events["lost"], 0, "{ctx}");
     assert_eq!(events["reconciled_closed"], 0, "{ctx}");
@@ -153,13 +212,21 @@ fn every_family_is_tracked_exactly() {
         "{reconciled:?}\n{ctx}"
     );
     assert_eq!(events["reconciled_opened"], reconciled.len(), "{ctx}");
+}
 
-    let in_parent = table_as_in_proc(&report, parent, &parent_truth, "the parent");
-    for fd in &gone {
+/// The parent's table is /proc's, without what the fixture closed, and each descriptor the
+/// fixture holds has the kind, syscall, detail and origin it says; the rotated log is
+/// `deleted`.
+#[track_caller]
+fn assert_parent_table(run: &FamiliesRun) {
+    let report = &run.report;
+    let ctx = report.context();
+    let in_parent = table_as_in_proc(report, run.parent, &run.parent_truth, "the parent");
+    for fd in &run.gone {
         assert!(!in_parent.contains_key(fd), "fd {fd} was closed\n{ctx}");
     }
     let mut wrong = Vec::new();
-    for (fd, (kind, by, detail)) in &held {
+    for (fd, (kind, by, detail)) in &run.held {
         let Some(d) = in_parent.get(fd) else {
             wrong.push(format!("fd {fd} ({kind} by {by}) missing"));
             continue;
@@ -189,8 +256,20 @@ fn every_family_is_tracked_exactly() {
         .find(|d| d.detail().is_some_and(|s| s.contains("app.log.1")))
         .unwrap_or_else(|| panic!("no rotated log\n{ctx}"));
     assert_eq!(field(rotated, "deleted"), true, "{rotated:?}\n{ctx}");
+}
 
-    let in_child = table_as_in_proc(&report, sleeper, &child_truth, "the exec'd child");
+/// The exec'd child holds what survived exec (close-on-exec ones gone, the one whose flag
+/// F_SETFD cleared kept), and opened nothing itself.
+#[track_caller]
+fn assert_exec_child_table(run: &FamiliesRun) {
+    let report = &run.report;
+    let ctx = report.context();
+    let in_child = table_as_in_proc(
+        report,
+        run.exec_child,
+        &run.exec_child_truth,
+        "the exec'd child",
+    );
     assert!(
         holds(&in_child, "/plain.txt") && holds(&in_child, "/unset.txt"),
         "{ctx}"
@@ -207,13 +286,18 @@ fn every_family_is_tracked_exactly() {
             "the child opened nothing itself: {d:?}\n{ctx}"
         );
     }
+}
 
-    // The CLONE_FILES child opened shared.txt in our table (we closed it), then unshared:
-    // its own copy has both shared.txt and private.txt.
-    let in_sharer = report_fds(&report, sharer);
+/// The CLONE_FILES child opened shared.txt in our table (we closed it), then unshared:
+/// its own copy has both shared.txt and private.txt.
+#[track_caller]
+fn assert_sharer_table(run: &FamiliesRun) {
+    let report = &run.report;
+    let ctx = report.context();
+    let in_sharer = report_fds(report, run.sharer);
     assert_eq!(
         in_sharer.keys().copied().collect::<BTreeSet<_>>(),
-        sharer_truth,
+        run.sharer_truth,
         "the CLONE_FILES child's table differs from /proc\n{ctx}"
     );
     let sharer_has = |name: &str| {
@@ -225,10 +309,14 @@ fn every_family_is_tracked_exactly() {
         sharer_has("/shared.txt") && sharer_has("/private.txt"),
         "{ctx}"
     );
+}
 
-    // Resolved against the directory chdir went to, as the events said (the child is gone,
-    // so nothing was refreshed from /proc): a non-UTF-8 byte as an escape, a long path cut
-    // at the 256-byte capture and flagged.
+/// Resolved against the directory chdir went to, as the events said (the child is gone,
+/// so nothing was refreshed from /proc): a non-UTF-8 byte as an escape, a long path cut
+/// at the 256-byte capture and flagged.
+#[track_caller]
+fn assert_paths_held_at_exit(report: &Report, exited: u32, dir_text: &str) {
+    let ctx = report.context();
     let held_at_exit = report.descriptors(&Filter::new().pid(exited).at_exit(true));
     let mut details: Vec<(String, bool)> = held_at_exit
         .iter()
@@ -248,8 +336,4 @@ fn every_family_is_tracked_exactly() {
         ],
         "{ctx}"
     );
-
-    fixture.close_stdin();
-    let _ = fixture.wait_exit(Duration::from_secs(10));
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,7 @@ use tracer_tests::{
 
 /// Starts a fixture that prints READY, attaches the tracer, tells it to go, and waits for
 /// its DONE line; returns the fixture and the tracer, still attached.
+#[track_caller]
 fn run_until_done(name: &str) -> (Fixture, Tracer) {
     let bin = build_fixture(name, &[]);
     let mut fixture = Fixture::spawn(&bin, &[]);

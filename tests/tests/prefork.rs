@@ -6,7 +6,8 @@ use std::thread;
 use std::time::Duration;
 
 use tracer_tests::{
-    ATTACH_TIMEOUT, Filter, Fixture, Tracer, build_fixture, children_of, require_root, wait_until,
+    ATTACH_TIMEOUT, Filter, Fixture, Report, Tracer, build_fixture, children_of, require_root,
+    wait_until,
 };
 
 const CONNECTIONS: usize = 20;
@@ -14,6 +15,7 @@ const ACCEPTED: &[&str] = &["accept", "accept4"];
 
 /// One request: connect, send "hi\n", read the reply line. The reply line, not EOF: the parent
 /// still holds the accepted socket, so the server side never sends FIN (that is the bug).
+#[track_caller]
 fn request(port: u16) -> String {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
@@ -50,13 +52,26 @@ fn prefork_parent_leaks_accepted_sockets() {
 
     let mut tracer = Tracer::attach(spid, &[]);
     tracer.wait_attached(ATTACH_TIMEOUT);
+    serve_all_connections(&mut server, port);
+    let report = tracer.stop();
 
+    assert_accepted_sockets_leak(&report, spid);
+    assert_listening_socket_pre_existing(&report, spid, port);
+    assert_only_the_server_holds_descriptors(&report, spid);
+    assert_grouped_under_accept_connection(&report);
+}
+
+/// Makes the [`CONNECTIONS`] requests, each answered by a child, and waits until the children
+/// are gone; the server itself stays alive.
+#[track_caller]
+fn serve_all_connections(server: &mut Fixture, port: u16) {
     for i in 0..CONNECTIONS {
         let reply = request(port);
         assert_eq!(reply, "ok\n", "reply to connection {i}");
     }
     // Every child has answered; wait until they have exited and been reaped, then a little
     // longer so the tracer sees the exits and the clients' FINs.
+    let spid = server.pid();
     wait_until(
         Duration::from_secs(20),
         "the server's children to exit",
@@ -64,10 +79,13 @@ fn prefork_parent_leaks_accepted_sockets() {
     );
     thread::sleep(Duration::from_millis(300));
     assert!(!server.has_exited(), "the server exited during the test");
+}
 
-    let report = tracer.stop();
+/// The server holds every accepted socket, created in `accept_connection`, in CLOSE_WAIT
+/// for no longer than the trace, and the tcp summary counts them.
+#[track_caller]
+fn assert_accepted_sockets_leak(report: &Report, spid: u32) {
     let ctx = report.context();
-
     let leaked = report.descriptors(
         &Filter::new()
             .pid(spid)
@@ -104,8 +122,12 @@ fn prefork_parent_leaks_accepted_sockets() {
         Some(CONNECTIONS as u64),
         "the tcp summary counts them\nreport:\n{ctx}"
     );
+}
 
-    // The listening socket was open before the tracer attached.
+/// The listening socket was open before the tracer attached.
+#[track_caller]
+fn assert_listening_socket_pre_existing(report: &Report, spid: u32, port: u16) {
+    let ctx = report.context();
     let listen_detail = format!("tcp 127.0.0.1:{port}");
     let listening: Vec<_> = report
         .descriptors(&Filter::new().pid(spid).opened_by(&["pre-existing"]))
@@ -121,8 +143,13 @@ fn prefork_parent_leaks_accepted_sockets() {
         "expected the listening socket {listen_detail:?} as pre-existing\nreport:\n{ctx}"
     );
     assert_eq!(listening[0].kind(), "socket", "{:?}", listening[0]);
+}
 
-    // The children exited; their inherited copies are not leaks.
+/// The children exited; their inherited copies are not leaks. The server is alive and no
+/// event was lost.
+#[track_caller]
+fn assert_only_the_server_holds_descriptors(report: &Report, spid: u32) {
+    let ctx = report.context();
     let foreign: Vec<_> = report
         .open_descriptors()
         .into_iter()
@@ -140,7 +167,12 @@ fn prefork_parent_leaks_accepted_sockets() {
         .unwrap_or_else(|| panic!("the server {spid} is not in processes\nreport:\n{ctx}"));
     assert!(!proc.exited(), "the server is alive: {proc:?}");
     assert_eq!(report.events_lost(), 0, "lost events\nreport:\n{ctx}");
+}
 
+/// A `stacks[]` group with an accept_connection frame counts all the leaked sockets.
+#[track_caller]
+fn assert_grouped_under_accept_connection(report: &Report) {
+    let ctx = report.context();
     let grouped = report.stacks_with_frame("accept_connection");
     assert!(
         grouped.iter().any(|s| s

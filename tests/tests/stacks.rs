@@ -21,6 +21,7 @@ const LEAKED: usize = 5;
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A fresh file for a fixture to open, in its own directory named after `name`.
+#[track_caller]
 fn settings_file(name: &str) -> PathBuf {
     let path = unique_dir(None, name).join("settings.conf");
     std::fs::write(&path, "x=1\n").unwrap();
@@ -29,6 +30,7 @@ fn settings_file(name: &str) -> PathBuf {
 
 /// Runs `command PATH LEAKED` under the tracer (plus `extra` options) and returns the report
 /// and the path the fixture opened.
+#[track_caller]
 fn trace_leak(name: &str, extra: &[&str], command: &[&str]) -> (Report, PathBuf) {
     let path = settings_file(name);
     let count = LEAKED.to_string();
@@ -39,6 +41,7 @@ fn trace_leak(name: &str, extra: &[&str], command: &[&str]) -> (Report, PathBuf)
 }
 
 /// The group of descriptors of `path`, which must hold all [`LEAKED`] of them.
+#[track_caller]
 fn leak_group<'r>(report: &'r Report, path: &Path) -> &'r Value {
     let ctx = report.context();
     let path = path.to_str().unwrap();
@@ -108,6 +111,7 @@ fn position_after(symbols: &[String], from: usize, is: impl Fn(&str) -> bool) ->
 }
 
 /// The C fixture's stack: open's wrapper, then open_config, then load_settings, then main.
+#[track_caller]
 fn assert_c_stack(report: &Report, path: &Path, label: &str) {
     let ctx = report.context();
     let group = leak_group(report, path);
@@ -249,6 +253,7 @@ fn stack_copy_stops_at_the_learned_base() {
 
 /// Builds tests/fixtures/rust_leak.rs as a release build (no frame pointers) with line
 /// tables, once per test run.
+#[track_caller]
 fn build_rust_fixture() -> PathBuf {
     let src = workspace_dir().join("tests/fixtures/rust_leak.rs");
     let dir = scratch_dir().join("fixtures");
