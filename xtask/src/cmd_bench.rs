@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: what the tracer costs, next to what users would use instead.
 
-use std::{fs, process::ExitCode, time::Instant};
+use std::{fs, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, ValueEnum};
@@ -8,11 +8,13 @@ use serde_json::json;
 
 use crate::{
     bench::{
-        budgets, capacity,
-        micro::{self, Settings},
-        nginx, procstat, profile,
+        budgets::{self, Verdict},
+        capacity::{self, MemoryResult, RateStep},
+        micro::{self, MicroResult, Settings},
+        nginx::{self, NginxResult},
+        print, procstat,
+        profile::{self, ProfileResult},
         stats::Summary,
-        table::{self, Table},
         tools,
         workload::{Micro, Workload},
     },
@@ -61,8 +63,36 @@ pub fn run(options: Options) -> Result<ExitCode> {
     if !is_root() {
         bail!("the bench needs root (it loads eBPF programs): run `cargo xtask bench` as root");
     }
-    let wants = |part: Part| options.only.is_empty() || options.only.contains(&part);
     let started = Instant::now();
+    let mut setup = set_up(&options)?;
+    let parts = collect(&options, &mut setup)?;
+    let path = write_json(&options, &setup, &parts, started)?;
+    print_tables(&setup, &parts);
+    println!();
+    println!(
+        "Results: {} ({:.0}s in all)",
+        path.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What every part uses, made or found once before the first.
+struct Setup {
+    tracer: PathBuf,
+    /// target/bench: the workload programs, nginx's files and results.json.
+    out_dir: PathBuf,
+    workload: Workload,
+    machine: String,
+    /// Other processes' BPF programs on tracepoints, as `pid (comm)`.
+    other_tracers: Vec<String>,
+    /// Why bpftrace cannot attach here, if it cannot.
+    bpftrace_problem: Option<String>,
+    runs: usize,
+}
+
+/// Installs the tools, builds the tracer and the workload, and looks at the machine.
+fn set_up(options: &Options) -> Result<Setup> {
     bootstrap::run(Needs {
         c_compiler: true,
         vm: false,
@@ -72,7 +102,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let tracer = build_tracer(Profile::Release)?;
     let out_dir = target_dir().join("bench");
     fs::create_dir_all(&out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let mut workload = Workload::build(&out_dir)?;
+    let workload = Workload::build(&out_dir)?;
     let machine = tools::machine();
     let other_tracers: Vec<String> = procstat::tracepoint_program_holders()
         .into_iter()
@@ -89,34 +119,63 @@ pub fn run(options: Options) -> Result<ExitCode> {
         eprintln!("bpftrace cannot attach on this kernel ({problem}); its rows say so");
     }
     let runs = options.runs.unwrap_or(if options.quick { 3 } else { 5 }) as usize;
+    Ok(Setup {
+        tracer,
+        out_dir,
+        workload,
+        machine,
+        other_tracers,
+        bpftrace_problem,
+        runs,
+    })
+}
+
+/// What the parts measured (`None` or empty for a part left out with --only), and what
+/// follows from it.
+struct Parts {
+    micros: Vec<MicroResult>,
+    nginx: Option<NginxResult>,
+    rates: Option<Vec<RateStep>>,
+    memory: Option<MemoryResult>,
+    bpf_profile: Option<ProfileResult>,
+    /// Time to `attached` over the micro and nginx runs.
+    attach: Option<Summary>,
+    verdicts: Vec<Verdict>,
+}
+
+/// Runs the parts the options ask for, in order.
+fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
+    let wants = |part: Part| options.only.is_empty() || options.only.contains(&part);
+    let (tracer, runs) = (&setup.tracer, setup.runs);
+    let workload = &mut setup.workload;
     let settings = Settings {
-        tracer: &tracer,
+        tracer,
         runs,
         scale: if options.quick { 0.4 } else { 1.0 },
-        bpftrace_problem: bpftrace_problem.clone(),
+        bpftrace_problem: setup.bpftrace_problem.clone(),
     };
 
     let mut micros = Vec::new();
     if wants(Part::Micro) {
         eprintln!("==> micro benchmarks ({runs} runs of each case, interleaved)");
         for micro in Micro::ALL {
-            micros.push(micro::run(&settings, &mut workload, micro)?);
+            micros.push(micro::run(&settings, workload, micro)?);
         }
     }
     let nginx = if wants(Part::Nginx) {
         let seconds = if options.quick { 3 } else { 5 };
         eprintln!("==> nginx under wrk ({runs} runs of {seconds}s each, untraced and traced)");
-        Some(nginx::run(&tracer, &out_dir, runs, seconds)?)
+        Some(nginx::run(tracer, &setup.out_dir, runs, seconds)?)
     } else {
         None
     };
     let (rates, memory) = if wants(Part::Capacity) {
         let seconds = if options.quick { 2 } else { 3 };
         eprintln!("==> capacity: paced open+close under the tracer ({seconds}s per rate)");
-        let rates = capacity::rates(&tracer, &mut workload, seconds)?;
+        let rates = capacity::rates(tracer, workload, seconds)?;
         let count = if options.quick { 250_000 } else { 1_000_000 };
         eprintln!("==> capacity: tracer memory with {count} descriptors open");
-        let memory = capacity::memory(&tracer, &mut workload, count)?;
+        let memory = capacity::memory(tracer, workload, count)?;
         (Some(rates), Some(memory))
     } else {
         (None, None)
@@ -124,9 +183,9 @@ pub fn run(options: Options) -> Result<ExitCode> {
     let bpf_profile = if wants(Part::Profile) {
         eprintln!("==> BPF program run time (kernel.bpf_stats_enabled)");
         Some(profile::run(
-            &tracer,
-            &mut workload,
-            bpftrace_problem.is_none(),
+            tracer,
+            workload,
+            setup.bpftrace_problem.is_none(),
         )?)
     } else {
         None
@@ -141,164 +200,68 @@ pub fn run(options: Options) -> Result<ExitCode> {
     }
     let attach = Summary::of(&attach_times);
     let verdicts = budgets::check(&micros, nginx.as_ref().and_then(|n| n.ratio));
+    Ok(Parts {
+        micros,
+        nginx,
+        rates,
+        memory,
+        bpf_profile,
+        attach,
+        verdicts,
+    })
+}
 
+/// Writes target/bench/results.json and returns its path.
+fn write_json(
+    options: &Options,
+    setup: &Setup,
+    parts: &Parts,
+    started: Instant,
+) -> Result<PathBuf> {
     let results = json!({
-        "machine": machine,
-        "other_tracepoint_programs_at_start": other_tracers,
-        "runs": runs,
+        "machine": setup.machine,
+        "other_tracepoint_programs_at_start": setup.other_tracers,
+        "runs": setup.runs,
         "quick": options.quick,
-        "bpftrace": bpftrace_problem.as_deref().map_or("ok".to_owned(), |p| format!("unavailable: {p}")),
-        "micro": micros,
-        "nginx": nginx,
+        "bpftrace": setup.bpftrace_problem.as_deref().map_or("ok".to_owned(), |p| format!("unavailable: {p}")),
+        "micro": parts.micros,
+        "nginx": parts.nginx,
         "capacity": {
-            "rates": rates,
-            "max_zero_loss_events_per_s": rates.as_deref().and_then(capacity::max_zero_loss),
-            "memory": memory,
-            "attach_s": attach,
+            "rates": parts.rates,
+            "max_zero_loss_events_per_s": parts.rates.as_deref().and_then(capacity::max_zero_loss),
+            "memory": parts.memory,
+            "attach_s": parts.attach,
         },
-        "bpf_profile": bpf_profile,
-        "budgets": verdicts,
+        "bpf_profile": parts.bpf_profile,
+        "budgets": parts.verdicts,
         "total_s": started.elapsed().as_secs_f64(),
     });
-    let path = out_dir.join("results.json");
+    let path = setup.out_dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
 
-    println!("Machine: {machine}");
-    if !other_tracers.is_empty() {
-        println!(
-            "Other BPF tracepoint programs were attached when the bench started ({}): every case, untraced included, paid for them",
-            other_tracers.join(", ")
-        );
+/// Prints each part's table with its heading and the lines that go with it.
+fn print_tables(setup: &Setup, parts: &Parts) {
+    print::machine(&setup.machine, &setup.other_tracers);
+    print::micro(&parts.micros, setup.runs);
+    if let Some(nginx) = &parts.nginx {
+        print::nginx(nginx);
     }
-    if !micros.is_empty() {
-        println!();
-        println!(
-            "Micro: µs per iteration, median of {runs} runs (± half the range), and the ratio to untraced"
-        );
-        println!();
-        print!("{}", table::micro(&micros));
-        for result in &micros {
-            if let Some(followed) = result.cases.iter().find(|c| c.case == "tracer_followed") {
-                println!(
-                    "{}: tracer lost {} events, {} false leaks over all followed runs",
-                    result.description,
-                    followed.lost_events.unwrap_or(0),
-                    followed.false_leaks.unwrap_or(0)
-                );
-            }
-        }
+    if let Some(rates) = &parts.rates {
+        print::rates(rates);
     }
-    for result in &micros {
-        let median = |key: &str| {
-            result
-                .cases
-                .iter()
-                .find(|c| c.case == key)
-                .and_then(|c| c.ns_per_iter.as_ref())
-                .map(|s| s.median)
-        };
-        if let (Some(copy), Some(frame_pointers)) = (
-            median("tracer_followed"),
-            median("tracer_followed_frame_pointers"),
-        ) {
-            println!(
-                "{}: stack capture cost, copy of the user stack over frame pointers only: {:+.2} µs per iteration",
-                result.description,
-                (copy - frame_pointers) / 1000.0
-            );
-        }
+    if let Some(memory) = &parts.memory {
+        print::memory(memory);
     }
-    if let Some(nginx) = &nginx {
-        println!();
-        println!(
-            "Macro: nginx (1 worker) on 127.0.0.1 under wrk (1 thread, {} connections, {}s runs)",
-            nginx.connections, nginx.seconds_per_run
-        );
-        println!();
-        let mut t = Table::new(&["", "requests/s", "× untraced"]);
-        t.row(vec![
-            "untraced".to_owned(),
-            table::median_spread(&nginx.untraced_rps, 1.0, 0),
-            "1.00".to_owned(),
-        ]);
-        t.row(vec![
-            "tracer attached".to_owned(),
-            table::median_spread(&nginx.traced_rps, 1.0, 0),
-            nginx.ratio.map_or("-".to_owned(), |r| format!("{r:.3}")),
-        ]);
-        print!("{}", t.render());
-        println!(
-            "tracer lost {} events over the traced runs; the tracer process itself used {:.2} cores (median) while wrk ran",
-            nginx.lost_events, nginx.tracer_cores.median
-        );
+    if let Some(attach) = &parts.attach {
+        print::attach(attach);
     }
-    if let Some(rates) = &rates {
-        println!();
-        println!("Capacity: open+close from 2 processes, paced, under the tracer");
-        println!();
-        print!("{}", table::rates(rates));
-        match capacity::max_zero_loss(rates) {
-            Some(rate) => println!("highest rate with no lost events: {rate:.0} events/s"),
-            None => println!("every paced run lost events"),
-        }
+    if let Some(profile) = &parts.bpf_profile {
+        print::profile(profile);
     }
-    if let Some(memory) = &memory {
-        println!(
-            "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open in {} processes (opened at {}/s; {:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
-            memory.rss_attached_mib,
-            memory.rss_holding_mib,
-            memory.descriptors,
-            memory.processes,
-            memory.opened_per_s,
-            memory.bytes_per_descriptor,
-            memory.peak_mib,
-            memory.report_s
-        );
-        match (memory.received, memory.lost) {
-            (Some(received), Some(0)) => {
-                println!("memory run: {received} events received, none lost")
-            }
-            (Some(received), Some(lost)) => println!(
-                "memory run: WARNING {lost} events lost ({received} received): the tables missed descriptors, so the memory is understated"
-            ),
-            _ => println!("memory run: the report's event counts could not be read"),
-        }
+    if !parts.verdicts.is_empty() {
+        print::budgets(&parts.verdicts);
     }
-    if let Some(attach) = &attach {
-        println!(
-            "time from start to `attached` (--pid): median {:.2}s (min {:.2}s, max {:.2}s, {} runs)",
-            attach.median,
-            attach.min,
-            attach.max,
-            attach.runs.len()
-        );
-    }
-    if let Some(profile) = &bpf_profile {
-        println!();
-        println!(
-            "BPF run time per program run during unpaced open+close (bpf_stats; runs count every process, and unfollowed ones return early)"
-        );
-        println!();
-        print!("{}", table::profile(profile));
-        if let Some(ns) = profile.tracer_process_ns_per_open {
-            println!(
-                "the tracer process itself used {:.2} µs of CPU per followed open+close (reading, decoding, stacks, tables)",
-                ns / 1000.0
-            );
-        }
-    }
-    if !verdicts.is_empty() {
-        println!();
-        println!("Budgets");
-        println!();
-        print!("{}", table::budgets(&verdicts));
-    }
-    println!();
-    println!(
-        "Results: {} ({:.0}s in all)",
-        path.display(),
-        started.elapsed().as_secs_f64()
-    );
-    Ok(ExitCode::SUCCESS)
 }

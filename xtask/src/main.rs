@@ -9,12 +9,8 @@ mod cmd_bench;
 mod cmd_build;
 mod cmd_run;
 mod cmd_test;
-mod cpio;
 mod process;
 mod vm;
-mod vm_boot;
-mod vm_guest;
-mod vm_kernel;
 
 use std::process::ExitCode;
 

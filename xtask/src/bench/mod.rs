@@ -6,6 +6,7 @@ pub mod capacity;
 pub mod child;
 pub mod micro;
 pub mod nginx;
+pub mod print;
 pub mod procstat;
 pub mod profile;
 pub mod stats;

@@ -12,7 +12,7 @@ use std::{
     io::{BufRead, BufReader},
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc::{self, RecvTimeoutError},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread,
     time::{Duration, Instant},
 };
@@ -38,6 +38,41 @@ pub struct Boot<'a> {
 
 /// Boots the guest and waits for its result; an error says what failed.
 pub fn run(boot: &Boot) -> Result<()> {
+    let mut cmd = qemu_command(boot);
+    eprintln!(
+        "==> booting {} under QEMU (TCG, {} CPUs, {} MiB; killed after {} s)",
+        boot.label,
+        boot.cpus,
+        boot.memory_mib,
+        boot.timeout.as_secs()
+    );
+    let started = Instant::now();
+    let mut child = cmd.spawn().context("could not start qemu-system-x86_64")?;
+    let guard = KillOnDrop(&mut child);
+    let lines = console_lines(guard.0);
+    // On a timeout the error returns through the guard, which kills QEMU.
+    let console = follow_console(boot, &lines, started + boot.timeout)?;
+    let status = guard.0.wait().context("waiting for QEMU")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    match console.result.as_deref() {
+        Some("PASS") => {
+            eprintln!("{}: the suite passed in {elapsed:.0} s", boot.label);
+            Ok(())
+        }
+        Some(failure) => bail!(
+            "{} (after {elapsed:.0} s; its output is above)",
+            describe_failure(failure)
+        ),
+        None => bail!(
+            "the guest stopped without a result (QEMU {status}, after {elapsed:.0} s): a \
+             kernel panic or a crash of /init. {}",
+            joined(&console.tail)
+        ),
+    }
+}
+
+/// The QEMU command line: the kernel, the initramfs, the serial console on stdout.
+fn qemu_command(boot: &Boot) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
         "-accel",
@@ -59,20 +94,16 @@ pub fn run(boot: &Boot) -> Result<()> {
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    eprintln!(
-        "==> booting {} under QEMU (TCG, {} CPUs, {} MiB; killed after {} s)",
-        boot.label,
-        boot.cpus,
-        boot.memory_mib,
-        boot.timeout.as_secs()
-    );
-    let started = Instant::now();
-    let mut child = cmd.spawn().context("could not start qemu-system-x86_64")?;
-    let guard = KillOnDrop(&mut child);
+    cmd
+}
 
+/// The lines QEMU prints, each with whether it came from QEMU itself (stderr) rather than
+/// the guest's console (stdout), read by one thread per pipe. The channel closes when both
+/// pipes have closed, that is when QEMU has exited.
+fn console_lines(qemu: &mut Child) -> Receiver<(bool, String)> {
     let (tx, lines) = mpsc::channel();
-    let stdout = guard.0.stdout.take().expect("piped stdout");
-    let stderr = guard.0.stderr.take().expect("piped stderr");
+    let stdout = qemu.stdout.take().expect("piped stdout");
+    let stderr = qemu.stderr.take().expect("piped stderr");
     for (pipe, from_qemu) in [
         (Box::new(stdout) as Box<dyn std::io::Read + Send>, false),
         (Box::new(stderr), true),
@@ -89,9 +120,22 @@ pub fn run(boot: &Boot) -> Result<()> {
             }
         });
     }
-    drop(tx);
+    lines
+}
 
-    let deadline = started + boot.timeout;
+/// What the console showed: the result line's outcome, if it came, and the last lines.
+struct Console {
+    result: Option<String>,
+    tail: VecDeque<String>,
+}
+
+/// Prints the console with a source prefix until QEMU exits; an error when `deadline`
+/// comes first.
+fn follow_console(
+    boot: &Boot,
+    lines: &Receiver<(bool, String)>,
+    deadline: Instant,
+) -> Result<Console> {
     let mut tail = VecDeque::with_capacity(TAIL_LINES);
     let mut result = None;
     loop {
@@ -108,34 +152,14 @@ pub fn run(boot: &Boot) -> Result<()> {
                 }
                 tail.push_back(line);
             }
-            Err(RecvTimeoutError::Timeout) => {
-                drop(guard);
-                bail!(
-                    "no result within {} s; QEMU was killed. {}",
-                    boot.timeout.as_secs(),
-                    joined(&tail)
-                );
-            }
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "no result within {} s; QEMU was killed. {}",
+                boot.timeout.as_secs(),
+                joined(&tail)
+            ),
             // Both pipes closed: QEMU exited.
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => return Ok(Console { result, tail }),
         }
-    }
-    let status = guard.0.wait().context("waiting for QEMU")?;
-    let elapsed = started.elapsed().as_secs_f64();
-    match result.as_deref() {
-        Some("PASS") => {
-            eprintln!("{}: the suite passed in {elapsed:.0} s", boot.label);
-            Ok(())
-        }
-        Some(failure) => bail!(
-            "{} (after {elapsed:.0} s; its output is above)",
-            describe_failure(failure)
-        ),
-        None => bail!(
-            "the guest stopped without a result (QEMU {status}, after {elapsed:.0} s): a \
-             kernel panic or a crash of /init. {}",
-            joined(&tail)
-        ),
     }
 }
 

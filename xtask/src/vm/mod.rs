@@ -5,7 +5,14 @@ use std::{ffi::OsString, fs, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use crate::{process, vm_boot, vm_guest, vm_kernel};
+use crate::process;
+
+mod boot;
+mod cpio;
+mod elf;
+mod initramfs;
+mod kernel;
+mod suite;
 
 /// What the guest gets: two CPUs (the tests start threads and forked children) and enough
 /// memory for an initramfs of some 40 MiB unpacked plus the tests.
@@ -25,21 +32,21 @@ pub struct VmRun<'a> {
 /// Fetches every kernel, builds and packs the suite once, then boots the kernels in turn;
 /// stops at the first kernel whose suite fails.
 pub fn run(vm: &VmRun) -> Result<()> {
-    let names = vm_kernel::requested(vm.kernels)?;
+    let names = kernel::requested(vm.kernels)?;
     let kernels = names
         .iter()
-        .map(|name| vm_kernel::fetch(name))
+        .map(|name| kernel::fetch(name))
         .collect::<Result<Vec<_>>>()?;
 
     let work = process::target_dir().join("vm");
     fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
-    let suite = vm_guest::build_suite(vm.cargo_args, &work)?;
+    let suite = suite::build_suite(vm.cargo_args, &work)?;
     let initramfs = work.join("initramfs.cpio");
     // A test binary may take at most the whole run; the guest kills it a little before the
     // host kills QEMU, so a hang is reported with the binary's name.
     let binary_timeout_s = vm.timeout.as_secs().saturating_sub(60).max(60);
-    vm_guest::pack_initramfs(
-        &vm_guest::GuestPlan {
+    initramfs::pack_initramfs(
+        &initramfs::GuestPlan {
             suite: &suite,
             tracer: vm.tracer,
             harness_args: vm.harness_args,
@@ -55,7 +62,7 @@ pub fn run(vm: &VmRun) -> Result<()> {
         initramfs.display(),
         size as f64 / (1 << 20) as f64
     );
-    for (test, why) in vm_guest::GUEST_SKIPS {
+    for (test, why) in suite::GUEST_SKIPS {
         eprintln!("skipped in the guest: {test}: {why}");
     }
 
@@ -64,7 +71,7 @@ pub fn run(vm: &VmRun) -> Result<()> {
             .package
             .strip_prefix("linux-image-")
             .unwrap_or(&kernel.package);
-        vm_boot::run(&vm_boot::Boot {
+        boot::run(&boot::Boot {
             label,
             vmlinuz: &kernel.vmlinuz,
             initramfs: &initramfs,

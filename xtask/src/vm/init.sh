@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# PID 1 of the test VM that `cargo xtask test --vm` boots (xtask/src/vm_guest.rs packs it).
+# PID 1 of the test VM that `cargo xtask test --vm` boots (xtask/src/vm/initramfs.rs packs it).
 # Mounts what the tracer needs, runs each integration test binary one after the other, and
 # ends with one line the host looks for:
 #   TRACER-VM-RESULT: PASS

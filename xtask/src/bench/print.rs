@@ -1,0 +1,162 @@
+//! The bench's text output: each part's table with its heading and the lines that go with it
+//! (the JSON file holds the same results).
+
+use super::{
+    budgets::Verdict,
+    capacity::{self, MemoryResult, RateStep},
+    micro::MicroResult,
+    nginx::NginxResult,
+    profile::ProfileResult,
+    stats::Summary,
+    table::{self, Table},
+};
+
+/// The machine, and other tracers that every case paid for.
+pub fn machine(machine: &str, other_tracers: &[String]) {
+    println!("Machine: {machine}");
+    if !other_tracers.is_empty() {
+        println!(
+            "Other BPF tracepoint programs were attached when the bench started ({}): every case, untraced included, paid for them",
+            other_tracers.join(", ")
+        );
+    }
+}
+
+/// The micro table, then per workload the followed runs' losses and the stack copy's cost.
+pub fn micro(micros: &[MicroResult], runs: usize) {
+    if !micros.is_empty() {
+        println!();
+        println!(
+            "Micro: µs per iteration, median of {runs} runs (± half the range), and the ratio to untraced"
+        );
+        println!();
+        print!("{}", table::micro(micros));
+        for result in micros {
+            if let Some(followed) = result.cases.iter().find(|c| c.case == "tracer_followed") {
+                println!(
+                    "{}: tracer lost {} events, {} false leaks over all followed runs",
+                    result.description,
+                    followed.lost_events.unwrap_or(0),
+                    followed.false_leaks.unwrap_or(0)
+                );
+            }
+        }
+    }
+    for result in micros {
+        let median = |key: &str| {
+            result
+                .cases
+                .iter()
+                .find(|c| c.case == key)
+                .and_then(|c| c.ns_per_iter.as_ref())
+                .map(|s| s.median)
+        };
+        if let (Some(copy), Some(frame_pointers)) = (
+            median("tracer_followed"),
+            median("tracer_followed_frame_pointers"),
+        ) {
+            println!(
+                "{}: stack capture cost, copy of the user stack over frame pointers only: {:+.2} µs per iteration",
+                result.description,
+                (copy - frame_pointers) / 1000.0
+            );
+        }
+    }
+}
+
+/// Requests per second untraced and traced, and what the tracer lost and used.
+pub fn nginx(nginx: &NginxResult) {
+    println!();
+    println!(
+        "Macro: nginx (1 worker) on 127.0.0.1 under wrk (1 thread, {} connections, {}s runs)",
+        nginx.connections, nginx.seconds_per_run
+    );
+    println!();
+    let mut t = Table::new(&["", "requests/s", "× untraced"]);
+    t.row(vec![
+        "untraced".to_owned(),
+        table::median_spread(&nginx.untraced_rps, 1.0, 0),
+        "1.00".to_owned(),
+    ]);
+    t.row(vec![
+        "tracer attached".to_owned(),
+        table::median_spread(&nginx.traced_rps, 1.0, 0),
+        nginx.ratio.map_or("-".to_owned(), |r| format!("{r:.3}")),
+    ]);
+    print!("{}", t.render());
+    println!(
+        "tracer lost {} events over the traced runs; the tracer process itself used {:.2} cores (median) while wrk ran",
+        nginx.lost_events, nginx.tracer_cores.median
+    );
+}
+
+/// The paced rates and the highest one without a lost event.
+pub fn rates(rates: &[RateStep]) {
+    println!();
+    println!("Capacity: open+close from 2 processes, paced, under the tracer");
+    println!();
+    print!("{}", table::rates(rates));
+    match capacity::max_zero_loss(rates) {
+        Some(rate) => println!("highest rate with no lost events: {rate:.0} events/s"),
+        None => println!("every paced run lost events"),
+    }
+}
+
+/// The tracer's memory while it holds many descriptors, and whether that run lost events.
+pub fn memory(memory: &MemoryResult) {
+    println!(
+        "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open in {} processes (opened at {}/s; {:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
+        memory.rss_attached_mib,
+        memory.rss_holding_mib,
+        memory.descriptors,
+        memory.processes,
+        memory.opened_per_s,
+        memory.bytes_per_descriptor,
+        memory.peak_mib,
+        memory.report_s
+    );
+    match (memory.received, memory.lost) {
+        (Some(received), Some(0)) => {
+            println!("memory run: {received} events received, none lost")
+        }
+        (Some(received), Some(lost)) => println!(
+            "memory run: WARNING {lost} events lost ({received} received): the tables missed descriptors, so the memory is understated"
+        ),
+        _ => println!("memory run: the report's event counts could not be read"),
+    }
+}
+
+/// Kernel time per BPF program run, and the tracer process's own CPU per open+close.
+pub fn profile(profile: &ProfileResult) {
+    println!();
+    println!(
+        "BPF run time per program run during unpaced open+close (bpf_stats; runs count every process, and unfollowed ones return early)"
+    );
+    println!();
+    print!("{}", table::profile(profile));
+    if let Some(ns) = profile.tracer_process_ns_per_open {
+        println!(
+            "the tracer process itself used {:.2} µs of CPU per followed open+close (reading, decoding, stacks, tables)",
+            ns / 1000.0
+        );
+    }
+}
+
+/// How long the tracer took from start to `attached`.
+pub fn attach(attach: &Summary) {
+    println!(
+        "time from start to `attached` (--pid): median {:.2}s (min {:.2}s, max {:.2}s, {} runs)",
+        attach.median,
+        attach.min,
+        attach.max,
+        attach.runs.len()
+    );
+}
+
+/// Each budget with its measured value and verdict.
+pub fn budgets(verdicts: &[Verdict]) {
+    println!();
+    println!("Budgets");
+    println!();
+    print!("{}", table::budgets(verdicts));
+}
