@@ -10,6 +10,8 @@ pub mod capture;
 pub mod cli;
 pub mod clock;
 pub mod events;
+#[cfg(test)]
+mod layers;
 pub mod model;
 pub mod procfs;
 pub mod report;

@@ -1,10 +1,10 @@
 //! One tracing session: check the environment, start or find the target, load and attach,
 //! follow the target tree, apply events until told to stop, then build the report.
 //!
-//! `run` reads as those steps; each lives in a module of its own: [`child`] starts a command
-//! held at a gate, [`attach`] follows the tree and reads what it already holds, [`pipeline`]
-//! applies events until the stop, [`reconcile`] compares the tables with /proc now and then,
-//! and [`resolver`] lets the report look at the live system.
+//! `run` reads as those steps; each lives in a module of its own: `child` starts a command
+//! held at a gate, `attach` follows the tree and reads what it already holds, `pipeline`
+//! applies events until the stop, `reconcile` compares the tables with /proc now and then,
+//! and `resolver` lets the report look at the live system.
 
 mod attach;
 mod child;
@@ -15,7 +15,7 @@ mod resolver;
 use std::{
     fs::File,
     io::{self, Write as _},
-    path::PathBuf,
+    path::Path,
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -197,7 +197,7 @@ fn print_report(report: &Report, json: bool, top: usize) -> Result<()> {
     Ok(())
 }
 
-fn write_flamegraph(report: &Report, path: &PathBuf, file: File) -> Result<()> {
+fn write_flamegraph(report: &Report, path: &Path, file: File) -> Result<()> {
     let mut out = io::BufWriter::new(file);
     report::flamegraph::write_svg(report, &mut out)
         .and_then(|()| out.flush())
