@@ -11,7 +11,10 @@ mod sharing;
 use tracer_common::{CLONE_FILES, CLONE_THREAD, Syscall};
 
 use crate::{
-    events::{Event, Header},
+    events::{
+        CloexecSet, Event, EventBody, FdClosed, FdCreated, FileOpened, Header, RangeClosed,
+        TaskCreated, TaskExited,
+    },
     model::{DescriptorKind, StackRef},
 };
 use births::Birth;
@@ -305,16 +308,16 @@ impl Aggregator {
 
     pub fn apply(&mut self, event: &Event) {
         self.events_applied += 1;
-        match event {
-            Event::FileOpened {
-                header,
+        let header = &event.header;
+        match &event.body {
+            EventBody::FileOpened(FileOpened {
                 fd,
                 syscall,
                 dirfd,
                 flags,
                 path,
                 path_truncated,
-            } => {
+            }) => {
                 let cwd = self.caller(header.tgid).cwd.clone();
                 let process = self.table(header.tgid);
                 let birth = births::from_path(
@@ -333,14 +336,13 @@ impl Aggregator {
                 // the new descriptor replaces it either way.
                 process.fds.insert(*fd, descriptor);
             }
-            Event::FdCreated {
-                header,
+            EventBody::FdCreated(FdCreated {
                 fd,
                 syscall,
                 arg0,
                 arg1,
                 arg2,
-            } => {
+            }) => {
                 let process = self.table(header.tgid);
                 let args = [*arg0, *arg1, *arg2];
                 let Some(birth) = births::without_path(*syscall, *fd, args, &process.fds) else {
@@ -351,44 +353,38 @@ impl Aggregator {
                     .fds
                     .insert(*fd, Descriptor::born(header, *fd, *syscall, birth));
             }
-            Event::CloexecSet { header, fd, on } => {
+            EventBody::CloexecSet(CloexecSet { fd, on }) => {
                 if let Some(d) = self.table(header.tgid).fds.get_mut(fd) {
                     d.cloexec = *on;
                 }
             }
-            Event::RangeClosed {
-                header,
-                first,
-                last,
-                flags,
-            } => {
+            EventBody::RangeClosed(RangeClosed { first, last, flags }) => {
                 const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
                 if flags & CLOSE_RANGE_UNSHARE != 0 && header.tid == header.tgid {
                     self.unshare_table(header.tgid);
                 }
                 close_range(self.table(header.tgid), *first, *last, *flags);
             }
-            Event::FilesUnshared { header } => {
+            EventBody::FilesUnshared => {
                 // A thread leaving its process's table is not modelled (README: limits).
                 if header.tid == header.tgid {
                     self.unshare_table(header.tgid);
                 }
             }
             // The session reads the new directory from /proc and calls `set_cwd`.
-            Event::CwdChanged { .. } => {}
-            Event::FdClosed { header, fd } => {
+            EventBody::CwdChanged => {}
+            EventBody::FdClosed(FdClosed { fd }) => {
                 // Closing an fd we never saw (or EBADF) is harmless.
                 let owner = self.table_owner(header.tgid);
                 if let Some(process) = self.processes.get_mut(&owner) {
                     process.fds.remove(fd);
                 }
             }
-            Event::TaskCreated {
-                header,
+            EventBody::TaskCreated(TaskCreated {
                 child_tid,
                 clone_flags,
                 ..
-            } => {
+            }) => {
                 let stack = header.stack();
                 let is_thread = clone_flags.is_some_and(|flags| flags & CLONE_THREAD != 0);
                 if is_thread {
@@ -410,7 +406,7 @@ impl Aggregator {
                     self.fork(header.tgid, *child_tid, stack);
                 }
             }
-            Event::TaskExited { header, group_dead } => {
+            EventBody::TaskExited(TaskExited { group_dead }) => {
                 let whole_process = group_dead.unwrap_or(header.tid == header.tgid);
                 if self.caller(header.tgid).exited() {
                     // Already handled (it vanished from /proc before its event arrived).
@@ -432,8 +428,8 @@ impl Aggregator {
                 }
             }
             // TCP state belongs to the session's tracker, not to descriptor tables.
-            Event::TcpState { .. } => {}
-            Event::Exec { header } => {
+            EventBody::TcpState(_) => {}
+            EventBody::Exec => {
                 // execve leaves a shared table, then closes close-on-exec descriptors
                 // without a close(2) of their own.
                 self.unshare_table(header.tgid);
@@ -561,60 +557,68 @@ pub(crate) mod tests {
         flags: u32,
         path: &[u8],
     ) -> Event {
-        Event::FileOpened {
+        Event {
             header: header(tgid, tgid, 1, Some(1)),
-            fd,
-            syscall,
-            dirfd,
-            flags,
-            path: Some(path.to_vec()),
-            path_truncated: false,
+            body: EventBody::FileOpened(FileOpened {
+                fd,
+                syscall,
+                dirfd,
+                flags,
+                path: Some(path.to_vec()),
+                path_truncated: false,
+            }),
         }
     }
 
     pub(crate) fn open(tgid: u32, fd: i32, path: &str, t: u64) -> Event {
-        Event::FileOpened {
+        Event {
             header: header(tgid, tgid, t, Some(1)),
-            fd,
-            syscall: Syscall::Openat,
-            dirfd: AT_FDCWD,
-            flags: 0,
-            path: Some(path.as_bytes().to_vec()),
-            path_truncated: false,
+            body: EventBody::FileOpened(FileOpened {
+                fd,
+                syscall: Syscall::Openat,
+                dirfd: AT_FDCWD,
+                flags: 0,
+                path: Some(path.as_bytes().to_vec()),
+                path_truncated: false,
+            }),
         }
     }
 
     fn created(tgid: u32, fd: i32, syscall: Syscall, arg0: u64, arg1: u64) -> Event {
-        Event::FdCreated {
+        Event {
             header: header(tgid, tgid, 5, Some(2)),
-            fd,
-            syscall,
-            arg0,
-            arg1,
-            arg2: 0,
+            body: EventBody::FdCreated(FdCreated {
+                fd,
+                syscall,
+                arg0,
+                arg1,
+                arg2: 0,
+            }),
         }
     }
 
     pub(crate) fn close(tgid: u32, tid: u32, fd: i32) -> Event {
-        Event::FdClosed {
+        Event {
             header: header(tgid, tid, 9, None),
-            fd,
+            body: EventBody::FdClosed(FdClosed { fd }),
         }
     }
 
     pub(crate) fn fork(parent: u32, child: u32, flags: u64) -> Event {
-        Event::TaskCreated {
+        Event {
             header: header(parent, parent, 7, Some(3)),
-            child_tid: child,
-            syscall: Some(Syscall::Clone),
-            clone_flags: Some(flags),
+            body: EventBody::TaskCreated(TaskCreated {
+                child_tid: child,
+                syscall: Some(Syscall::Clone),
+                clone_flags: Some(flags),
+            }),
         }
     }
 
     pub(crate) fn exit(tgid: u32, tid: u32, group_dead: Option<bool>) -> Event {
-        Event::TaskExited {
+        Event {
             header: header(tgid, tid, 20, None),
-            group_dead,
+            body: EventBody::TaskExited(TaskExited { group_dead }),
         }
     }
 
@@ -828,8 +832,9 @@ pub(crate) mod tests {
         let mut agg = Aggregator::new();
         agg.add_snapshot(snapshot(PARENT, &[3, 4]), 0);
         agg.apply(&created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
-        agg.apply(&Event::Exec {
+        agg.apply(&Event {
             header: header(PARENT, PARENT, 30, None),
+            body: EventBody::Exec,
         });
         assert_eq!(open_fds(&agg, PARENT), vec![3]);
     }
@@ -850,13 +855,15 @@ pub(crate) mod tests {
         let mut agg = Aggregator::new();
         agg.apply(&created(PARENT, 3, Syscall::Pipe2, 4, CLOEXEC));
         agg.apply(&created(PARENT, 4, Syscall::Pipe2, 3, CLOEXEC));
-        agg.apply(&Event::FdCreated {
+        agg.apply(&Event {
             header: header(PARENT, PARENT, 5, None),
-            fd: 5,
-            syscall: Syscall::Socketpair,
-            arg0: 6,
-            arg1: 1,
-            arg2: 1,
+            body: EventBody::FdCreated(FdCreated {
+                fd: 5,
+                syscall: Syscall::Socketpair,
+                arg0: 6,
+                arg1: 1,
+                arg2: 1,
+            }),
         });
         let fds = &agg.process(PARENT).unwrap().fds;
         assert_eq!(fds[&3].kind, DescriptorKind::Pipe);
@@ -936,8 +943,9 @@ pub(crate) mod tests {
             );
         }
         assert_eq!((table[&13].kind, table[&13].cloexec), (K::Signalfd, true));
-        agg.apply(&Event::Exec {
+        agg.apply(&Event {
             header: header(PARENT, PARENT, 30, None),
+            body: EventBody::Exec,
         });
         assert_eq!(open_fds(&agg, PARENT), vec![4, 6, 12]);
     }
@@ -948,13 +956,15 @@ pub(crate) mod tests {
         let mut agg = Aggregator::new();
         agg.apply(&created(PARENT, 5, Syscall::Signalfd, -1i64 as u64, 0));
         let born = agg.process(PARENT).unwrap().fds[&5].opened_at_ns;
-        agg.apply(&Event::FdCreated {
+        agg.apply(&Event {
             header: header(PARENT, PARENT, 50, Some(9)),
-            fd: 5,
-            syscall: Syscall::Signalfd,
-            arg0: 5,
-            arg1: 0,
-            arg2: 0,
+            body: EventBody::FdCreated(FdCreated {
+                fd: 5,
+                syscall: Syscall::Signalfd,
+                arg0: 5,
+                arg1: 0,
+                arg2: 0,
+            }),
         });
         assert_eq!(agg.process(PARENT).unwrap().fds[&5].opened_at_ns, born);
     }
@@ -998,25 +1008,23 @@ pub(crate) mod tests {
             (table[&11].opened_by(), table[&11].cloexec),
             ("fcntl", true)
         );
-        let setfd = |fd, on| Event::CloexecSet {
+        let setfd = |fd, on| Event {
             header: header(PARENT, PARENT, 5, None),
-            fd,
-            on,
+            body: EventBody::CloexecSet(CloexecSet { fd, on }),
         };
         agg.apply(&setfd(3, true));
         agg.apply(&setfd(11, false));
-        agg.apply(&Event::Exec {
+        agg.apply(&Event {
             header: header(PARENT, PARENT, 6, None),
+            body: EventBody::Exec,
         });
         assert_eq!(open_fds(&agg, PARENT), vec![10, 11]);
     }
 
     fn close_range(first: u32, last: u32, flags: u32) -> Event {
-        Event::RangeClosed {
+        Event {
             header: header(PARENT, PARENT, 8, None),
-            first,
-            last,
-            flags,
+            body: EventBody::RangeClosed(RangeClosed { first, last, flags }),
         }
     }
 

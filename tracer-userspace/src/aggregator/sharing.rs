@@ -80,8 +80,9 @@ mod tests {
     const OTHER: u32 = 300;
 
     fn unshare(pid: u32) -> Event {
-        Event::FilesUnshared {
+        Event {
             header: crate::aggregator::tests::header(pid, pid, 9, None),
+            body: EventBody::FilesUnshared,
         }
     }
 
@@ -128,13 +129,13 @@ mod tests {
         let mut agg = Aggregator::new();
         agg.apply(&open(PARENT, 3, "/a", 1));
         agg.apply(&fork(PARENT, CHILD, CLONE_FILES));
-        agg.apply(&Event::CloexecSet {
+        agg.apply(&Event {
             header: crate::aggregator::tests::header(CHILD, CHILD, 2, None),
-            fd: 3,
-            on: true,
+            body: EventBody::CloexecSet(CloexecSet { fd: 3, on: true }),
         });
-        agg.apply(&Event::Exec {
+        agg.apply(&Event {
             header: crate::aggregator::tests::header(CHILD, CHILD, 3, None),
+            body: EventBody::Exec,
         });
         assert!(open_fds(&agg, CHILD).is_empty());
         assert_eq!(open_fds(&agg, PARENT), vec![3]);
