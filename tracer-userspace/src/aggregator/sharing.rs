@@ -74,6 +74,7 @@ impl Aggregator {
 mod tests {
     use crate::aggregator::tests::{PARENT, close, exit, fork, open, open_fds};
     use crate::aggregator::*;
+    use crate::events::CloexecSet;
     use tracer_common::CLONE_FILES;
 
     const CHILD: u32 = 200;
