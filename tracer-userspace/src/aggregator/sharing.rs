@@ -74,14 +74,16 @@ impl Aggregator {
 mod tests {
     use crate::aggregator::tests::{PARENT, close, exit, fork, open, open_fds};
     use crate::aggregator::*;
+    use crate::events::CloexecSet;
     use tracer_common::CLONE_FILES;
 
     const CHILD: u32 = 200;
     const OTHER: u32 = 300;
 
     fn unshare(pid: u32) -> Event {
-        Event::FilesUnshared {
+        Event {
             header: crate::aggregator::tests::header(pid, pid, 9, None),
+            body: EventBody::FilesUnshared,
         }
     }
 
@@ -128,13 +130,13 @@ mod tests {
         let mut agg = Aggregator::new();
         agg.apply(&open(PARENT, 3, "/a", 1));
         agg.apply(&fork(PARENT, CHILD, CLONE_FILES));
-        agg.apply(&Event::CloexecSet {
+        agg.apply(&Event {
             header: crate::aggregator::tests::header(CHILD, CHILD, 2, None),
-            fd: 3,
-            on: true,
+            body: EventBody::CloexecSet(CloexecSet { fd: 3, on: true }),
         });
-        agg.apply(&Event::Exec {
+        agg.apply(&Event {
             header: crate::aggregator::tests::header(CHILD, CHILD, 3, None),
+            body: EventBody::Exec,
         });
         assert!(open_fds(&agg, CHILD).is_empty());
         assert_eq!(open_fds(&agg, PARENT), vec![3]);

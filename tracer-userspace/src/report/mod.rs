@@ -516,7 +516,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         aggregator::{ProcessSnapshot, SnapshotFd},
-        events::{Event, Header},
+        events::{Event, EventBody, FdCreated, FileOpened, Header, TaskCreated, TaskExited},
     };
     use tracer_common::Syscall;
 
@@ -555,17 +555,19 @@ pub(crate) mod tests {
     }
 
     fn accept(fd: i32, stack: u32, t: u64) -> Event {
-        Event::FdCreated {
+        Event {
             header: Header {
                 stack_id: Some(stack),
                 timestamp_ns: t,
                 ..header()
             },
-            fd,
-            syscall: Syscall::Accept4,
-            arg0: 3,
-            arg1: 0,
-            arg2: 0,
+            body: EventBody::FdCreated(FdCreated {
+                fd,
+                syscall: Syscall::Accept4,
+                arg0: 3,
+                arg1: 0,
+                arg2: 0,
+            }),
         }
     }
 
@@ -603,19 +605,21 @@ pub(crate) mod tests {
         for fd in 4..9 {
             agg.apply(&accept(fd, 7, 1_000_000_000));
         }
-        agg.apply(&Event::FileOpened {
+        agg.apply(&Event {
             header: Header {
                 tid: 2,
                 stack_id: Some(8),
                 timestamp_ns: 2_000_000_000,
                 ..header()
             },
-            fd: 9,
-            syscall: Syscall::Openat,
-            dirfd: -100,
-            flags: 0,
-            path: Some(b"/var/log/x".to_vec()),
-            path_truncated: false,
+            body: EventBody::FileOpened(FileOpened {
+                fd: 9,
+                syscall: Syscall::Openat,
+                dirfd: -100,
+                flags: 0,
+                path: Some(b"/var/log/x".to_vec()),
+                path_truncated: false,
+            }),
         });
         agg
     }
@@ -690,16 +694,18 @@ pub(crate) mod tests {
     }
 
     fn task(parent: u32, child: u32, flags: u64, stack: u32, t: u64) -> Event {
-        Event::TaskCreated {
+        Event {
             header: Header {
                 tgid: parent,
                 stack_id: Some(stack),
                 timestamp_ns: t,
                 ..header()
             },
-            child_tid: child,
-            syscall: Some(Syscall::Clone),
-            clone_flags: Some(flags),
+            body: EventBody::TaskCreated(TaskCreated {
+                child_tid: child,
+                syscall: Some(Syscall::Clone),
+                clone_flags: Some(flags),
+            }),
         }
     }
 
@@ -710,14 +716,16 @@ pub(crate) mod tests {
         let mut agg = aggregator();
         for child in [500, 501, 502, 10] {
             agg.apply(&task(1, child, 17, 9, 1_000_000_000));
-            agg.apply(&Event::TaskExited {
+            agg.apply(&Event {
                 header: Header {
                     tgid: child,
                     tid: child,
                     timestamp_ns: 2_000_000_000,
                     ..header()
                 },
-                group_dead: Some(true),
+                body: EventBody::TaskExited(TaskExited {
+                    group_dead: Some(true),
+                }),
             });
         }
         let report = build(&agg, &facts(), &mut FakeResolver { closed: vec![] });
@@ -743,13 +751,15 @@ pub(crate) mod tests {
         ] {
             agg.apply(&task(1, tid, tracer_common::CLONE_THREAD, 11, t));
         }
-        agg.apply(&Event::TaskExited {
+        agg.apply(&Event {
             header: Header {
                 tid: 5,
                 timestamp_ns: 4_000_000_000,
                 ..header()
             },
-            group_dead: Some(false),
+            body: EventBody::TaskExited(TaskExited {
+                group_dead: Some(false),
+            }),
         });
         let report = build(&agg, &facts(), &mut FakeResolver { closed: vec![] });
         let group = &report.thread_stacks[0];

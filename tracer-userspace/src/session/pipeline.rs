@@ -20,7 +20,7 @@ use crate::{
     aggregator::Aggregator,
     capture::{EventRing, Probes},
     clock::monotonic_ns,
-    events::{self, Decoded, Event},
+    events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
     procfs,
     stacks::{KernelStacks, StackStore},
     tcp::{TcpTracker, TcpTransition},
@@ -152,31 +152,30 @@ impl<'p> State<'p> {
     /// Decodes and applies one ring buffer record; returns its timestamp.
     fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
         let event = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
-        let at = event.header().timestamp_ns;
+        let at = event.header.timestamp_ns;
         self.apply_event(event);
         Some(at)
     }
 
     /// Applies a [`prepare`]d event to the tables.
     fn apply_event(&mut self, event: Event) {
-        if let Event::TaskCreated {
-            header,
+        let header = &event.header;
+        if let EventBody::TaskCreated(TaskCreated {
             child_tid,
             clone_flags: Some(flags),
             ..
-        } = &event
+        }) = &event.body
             && flags & CLONE_THREAD == 0
         {
             self.retire_reused_pid(*child_tid, header.timestamp_ns);
         }
-        if let Event::TcpState {
-            header,
+        if let EventBody::TcpState(TcpState {
             skaddr,
             old,
             new,
             local,
             remote,
-        } = &event
+        }) = &event.body
         {
             self.tcp.apply(&TcpTransition {
                 owner: header.tgid,
@@ -189,22 +188,22 @@ impl<'p> State<'p> {
             });
         }
         self.agg.apply(&event);
-        match &event {
-            Event::Exec { header } => {
+        match &event.body {
+            EventBody::Exec => {
                 if let Ok(info) = procfs::process_info(header.tgid) {
                     self.agg.set_comm(header.tgid, info.comm);
                 }
             }
-            Event::CwdChanged { header } => {
+            EventBody::CwdChanged => {
                 if let Some(cwd) = procfs::cwd(header.tgid) {
                     self.agg.set_cwd(header.tgid, cwd);
                 }
             }
-            Event::TaskCreated {
+            EventBody::TaskCreated(TaskCreated {
                 child_tid,
                 clone_flags: Some(flags),
                 ..
-            } if flags & CLONE_THREAD == 0 => {
+            }) if flags & CLONE_THREAD == 0 => {
                 // Read now, while the child is young: later its pid may name another process.
                 if let Some(start_time) = procfs::start_time(*child_tid) {
                     self.agg.set_start_time(*child_tid, start_time);
@@ -321,15 +320,14 @@ fn prepare(
             log::warn!("undecodable event: {err}");
         })
         .ok()?;
-    if let Event::TaskCreated {
-        header,
+    if let EventBody::TaskCreated(TaskCreated {
         child_tid,
         clone_flags: clone_flags @ None,
         ..
-    } = &mut event
+    }) = &mut event.body
     {
         // Created inside the kernel (no clone call seen): /proc says if it is a thread.
-        let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == header.tgid);
+        let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
         *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
     stacks.annotate(&mut event, stack_top, probes);

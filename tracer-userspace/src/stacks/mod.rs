@@ -17,7 +17,7 @@ use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
 
 use crate::{
-    events::{Event, StackTop},
+    events::{Event, EventBody, StackTop, TaskCreated},
     model::{Frame, StackRef},
 };
 
@@ -77,13 +77,13 @@ impl StackStore {
         stack_top: Option<StackTop>,
         kernel: &impl KernelStacks,
     ) {
-        match event {
-            Event::TaskCreated {
-                header,
+        let header = &mut event.header;
+        match &event.body {
+            EventBody::TaskCreated(TaskCreated {
                 child_tid,
                 clone_flags: Some(flags),
                 ..
-            } if *flags & tracer_common::CLONE_THREAD == 0 => {
+            }) if *flags & tracer_common::CLONE_THREAD == 0 => {
                 // A forked child runs its parent's image until it execs.
                 let parent_generation = self.generation(header.tgid);
                 if let Some(modules) = self.modules.get(&(header.tgid, parent_generation)).cloned()
@@ -92,8 +92,8 @@ impl StackStore {
                     self.modules.insert((*child_tid, 0), modules);
                 }
             }
-            Event::TaskExited { header, .. } => self.bases.forget(header.tid),
-            Event::Exec { header } => {
+            EventBody::TaskExited(_) => self.bases.forget(header.tid),
+            EventBody::Exec => {
                 self.bases.forget(header.tid);
                 self.bases.forget(header.tgid);
                 let generation = self.generation(header.tgid) + 1;
@@ -103,7 +103,6 @@ impl StackStore {
             }
             _ => {}
         }
-        let header = event.header_mut();
         header.generation = self.generation(header.tgid);
         header.stack_id = self.repair(
             header.stack_id,

@@ -1,0 +1,207 @@
+//! Ring buffer records to [`Event`]s: the header, then one decoder per event kind. Every read
+//! is checked against the record's length, so a short or garbled record is an error, never a
+//! panic or a read past its end.
+
+use std::mem::size_of;
+
+use tracer_common::{
+    CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
+    FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
+};
+
+use super::{
+    CloexecSet, Decoded, Event, EventBody, FdClosed, FdCreated, FileOpened, Header, RangeClosed,
+    StackTop, TaskCreated, TaskExited, TcpState,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is too short for its kind")]
+    TooShort(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u32),
+    #[error("unknown syscall {0}")]
+    UnknownSyscall(u32),
+}
+
+/// Decodes one record: the header says the kind, whose decoder reads the rest. Only the
+/// creation events (a descriptor or a task) carry a copy of the stack.
+pub fn decode(record: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+    let raw_header: EventHeader = read(record)?;
+    let kind = EventKind::try_from(raw_header.kind).map_err(DecodeError::UnknownKind)?;
+    let (body, stack_top) = match kind {
+        EventKind::FileOpened => file_opened(record)?,
+        EventKind::FdCreated => fd_created(record)?,
+        EventKind::TaskCreated => task_created(record)?,
+        EventKind::FdChanged => (fd_changed(record)?, None),
+        EventKind::CwdChanged => (cwd_changed(record)?, None),
+        EventKind::FdClosed => (fd_closed(record)?, None),
+        EventKind::TaskExited => (task_exited(record)?, None),
+        EventKind::Exec => (exec(record)?, None),
+        EventKind::TcpState => (tcp_state(record)?, None),
+    };
+    let header = header(&raw_header);
+    Ok(Decoded {
+        event: Event { header, body },
+        stack_top,
+    })
+}
+
+/// Reads a `T` from the front of `bytes`, which the ring buffer does not align for us.
+fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::TooShort(bytes.len()));
+    }
+    // SAFETY: length checked; T is a plain-old-data repr(C) struct from tracer-common.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn header(raw: &EventHeader) -> Header {
+    Header {
+        tgid: raw.tgid,
+        tid: raw.tid,
+        stack_id: u32::try_from(raw.stack_id).ok(),
+        timestamp_ns: raw.timestamp_ns,
+        generation: 0,
+    }
+}
+
+/// The stack registers of a record whose fixed part is `fixed` bytes, and the stack bytes that
+/// follow it in the record (the kernel sends only what it copied).
+fn stack_top<'r>(
+    regs: &StackRegs,
+    record: &'r [u8],
+    fixed: usize,
+) -> Result<Option<StackTop<'r>>, DecodeError> {
+    let copied = record
+        .get(fixed..fixed + regs.len as usize)
+        .ok_or(DecodeError::TooShort(record.len()))?;
+    Ok((regs.sp != 0).then_some(StackTop {
+        sp: regs.sp,
+        bp: regs.bp,
+        ip: regs.ip,
+        bytes: copied,
+    }))
+}
+
+fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
+    Syscall::try_from(raw).map_err(DecodeError::UnknownSyscall)
+}
+
+/// An event with the stack copied after its fixed part.
+type WithStack<'r> = (EventBody, Option<StackTop<'r>>);
+
+/// [`FileOpenEvent`]: the path is cut at `path_len`.
+fn file_opened(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
+    let raw: FileOpenEvent = read(record)?;
+    let len = usize::from(raw.path_len).min(PATH_CAP);
+    let stack_top = stack_top(&raw.stack, record, size_of::<FileOpenEvent>())?;
+    let body = EventBody::FileOpened(FileOpened {
+        fd: raw.fd,
+        syscall: syscall(raw.syscall)?,
+        dirfd: raw.dirfd,
+        flags: raw.flags,
+        path: (raw.path_unknown == 0).then(|| raw.path[..len].to_vec()),
+        path_truncated: raw.path_truncated != 0,
+    });
+    Ok((body, stack_top))
+}
+
+/// [`FdEvent`] of a descriptor created without a path.
+fn fd_created(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
+    let raw: FdEvent = read(record)?;
+    let stack_top = stack_top(&raw.stack, record, size_of::<FdEvent>())?;
+    let body = EventBody::FdCreated(FdCreated {
+        fd: raw.fd,
+        syscall: syscall(raw.syscall)?,
+        arg0: raw.arg0,
+        arg1: raw.arg1,
+        arg2: raw.arg2,
+    });
+    Ok((body, stack_top))
+}
+
+/// [`ForkEvent`]: unknown clone flags (a task the kernel created by itself) are `None`.
+fn task_created(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
+    let raw: ForkEvent = read(record)?;
+    let stack_top = stack_top(&raw.stack, record, size_of::<ForkEvent>())?;
+    let body = EventBody::TaskCreated(TaskCreated {
+        child_tid: raw.child_tid,
+        syscall: Syscall::try_from(raw.syscall).ok(),
+        clone_flags: (raw.clone_flags != CLONE_FLAGS_UNKNOWN).then_some(raw.clone_flags),
+    });
+    Ok((body, stack_top))
+}
+
+/// `FD_CLOEXEC` from linux/fcntl.h: the descriptor flag F_SETFD sets.
+const FD_CLOEXEC: u64 = 1;
+
+/// [`FdEvent`] of a change to existing descriptors: its syscall says which, and what its
+/// arguments mean.
+fn fd_changed(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let raw: FdEvent = read(record)?;
+    Ok(match syscall(raw.syscall)? {
+        Syscall::Fcntl => EventBody::CloexecSet(CloexecSet {
+            fd: raw.fd,
+            on: raw.arg2 & FD_CLOEXEC != 0,
+        }),
+        Syscall::CloseRange => EventBody::RangeClosed(RangeClosed {
+            first: raw.fd as u32,
+            last: raw.arg0 as u32,
+            flags: raw.arg1 as u32,
+        }),
+        Syscall::Unshare => EventBody::FilesUnshared,
+        other => return Err(DecodeError::UnknownSyscall(other as u32)),
+    })
+}
+
+/// [`ExecEvent`]'s layout (header only): the session reads the new directory from /proc.
+fn cwd_changed(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let _: ExecEvent = read(record)?;
+    Ok(EventBody::CwdChanged)
+}
+
+/// [`CloseEvent`].
+fn fd_closed(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let raw: CloseEvent = read(record)?;
+    Ok(EventBody::FdClosed(FdClosed { fd: raw.fd }))
+}
+
+/// [`ExitEvent`]: an unknown `group_dead` is `None`.
+fn task_exited(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let raw: ExitEvent = read(record)?;
+    let group_dead = match raw.group_dead {
+        GROUP_DEAD_UNKNOWN => None,
+        dead => Some(dead != 0),
+    };
+    Ok(EventBody::TaskExited(TaskExited { group_dead }))
+}
+
+/// [`ExecEvent`] (header only).
+fn exec(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let _: ExecEvent = read(record)?;
+    Ok(EventBody::Exec)
+}
+
+/// [`TcpStateEvent`].
+fn tcp_state(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let raw: TcpStateEvent = read(record)?;
+    Ok(EventBody::TcpState(TcpState {
+        skaddr: raw.skaddr,
+        old: raw.oldstate,
+        new: raw.newstate,
+        local: socket_addr(raw.family, raw.saddr, raw.sport),
+        remote: socket_addr(raw.family, raw.daddr, raw.dport),
+    }))
+}
+
+/// An address from the tracepoint: IPv4 in the first 4 bytes for AF_INET, else IPv6.
+fn socket_addr(family: u16, bytes: [u8; 16], port: u16) -> std::net::SocketAddr {
+    const AF_INET: u16 = 2;
+    let ip: std::net::IpAddr = if family == AF_INET {
+        std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
+    } else {
+        std::net::Ipv6Addr::from(bytes).into()
+    };
+    std::net::SocketAddr::new(ip, port)
+}

@@ -1,0 +1,141 @@
+//! Decoding records built as the kernel writes them.
+
+use std::mem::size_of;
+
+use tracer_common::{
+    CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExitEvent, FileOpenEvent, ForkEvent,
+    GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
+};
+
+use super::*;
+
+/// Views a repr(C) value as bytes, to build records as the kernel would.
+fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {
+    // SAFETY: T is plain-old-data; we copy exactly its bytes.
+    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
+}
+
+/// A record as the kernel sends it: the event, then the stack bytes it copied.
+fn with_stack<T: Copy>(event: &T, stack: &[u8]) -> Vec<u8> {
+    let mut record = as_bytes(event);
+    record.extend_from_slice(stack);
+    record
+}
+
+fn raw_header(kind: EventKind, stack_id: i32) -> EventHeader {
+    EventHeader {
+        kind: kind as u32,
+        tgid: 10,
+        tid: 11,
+        stack_id,
+        timestamp_ns: 5,
+    }
+}
+
+/// A file-open record decodes with its path cut at path_len, its truncation flag, and its
+/// stack copy cut at the length the kernel copied.
+#[test]
+fn decodes_file_open() {
+    let mut raw = FileOpenEvent {
+        header: raw_header(EventKind::FileOpened, 3),
+        fd: 7,
+        syscall: Syscall::Openat as u32,
+        dirfd: -100,
+        flags: 0o2000000,
+        path_len: 9,
+        path_truncated: 1,
+        path_unknown: 0,
+        _pad: [0; 4],
+        path: [0; PATH_CAP],
+        stack: StackRegs {
+            sp: 0x7ff0,
+            bp: 0x7ff8,
+            ip: 0x1234,
+            len: 100,
+            _pad: 0,
+        },
+    };
+    raw.path[..9].copy_from_slice(b"/dev/null");
+    let Event {
+        header,
+        body:
+            EventBody::FileOpened(FileOpened {
+                fd,
+                path,
+                path_truncated,
+                syscall,
+                ..
+            }),
+    } = decode(&with_stack(&raw, &[7; 100])).unwrap().event
+    else {
+        panic!("wrong kind");
+    };
+    assert_eq!(header.stack_id, Some(3));
+    assert_eq!(
+        decode(&with_stack(&raw, &[7; 100]))
+            .unwrap()
+            .stack_top
+            .map(|t| (t.sp, t.bp, t.ip, t.bytes.len(), t.bytes[99])),
+        Some((0x7ff0, 0x7ff8, 0x1234, 100, 7))
+    );
+    assert_eq!((fd, syscall), (7, Syscall::Openat));
+    assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
+    assert!(path_truncated);
+    // A record that ends before the stack bytes it announces is refused, not read past.
+    let short = with_stack(&raw, &[7; 99]);
+    assert_eq!(decode(&short), Err(DecodeError::TooShort(short.len())));
+}
+
+/// A negative stack id (no stack captured) decodes as None.
+#[test]
+fn missing_stack_is_none() {
+    let raw = CloseEvent {
+        header: raw_header(EventKind::FdClosed, -1),
+        fd: 4,
+        _pad: 0,
+    };
+    assert_eq!(decode(&as_bytes(&raw)).unwrap().event.header.stack_id, None);
+}
+
+/// Short records and unknown kinds are errors, never panics.
+#[test]
+fn rejects_garbage() {
+    assert_eq!(decode(&[1, 0, 0]), Err(DecodeError::TooShort(3)));
+    let raw = raw_header(EventKind::FdClosed, -1);
+    assert_eq!(decode(&as_bytes(&raw)), Err(DecodeError::TooShort(24)));
+    let mut unknown = raw_header(EventKind::Exec, -1);
+    unknown.kind = 99;
+    assert_eq!(
+        decode(&as_bytes(&unknown)),
+        Err(DecodeError::UnknownKind(99))
+    );
+}
+
+/// Unknown clone flags and group_dead values map to None.
+#[test]
+fn decodes_task_events() {
+    let fork = ForkEvent {
+        header: raw_header(EventKind::TaskCreated, 1),
+        child_tid: 12,
+        syscall: 0,
+        clone_flags: CLONE_FLAGS_UNKNOWN,
+        stack: StackRegs::default(),
+    };
+    assert!(matches!(
+        decode(&as_bytes(&fork)).unwrap().event.body,
+        EventBody::TaskCreated(TaskCreated {
+            child_tid: 12,
+            syscall: None,
+            clone_flags: None,
+        })
+    ));
+    let exit = ExitEvent {
+        header: raw_header(EventKind::TaskExited, -1),
+        group_dead: GROUP_DEAD_UNKNOWN,
+        _pad: 0,
+    };
+    assert!(matches!(
+        decode(&as_bytes(&exit)).unwrap().event.body,
+        EventBody::TaskExited(TaskExited { group_dead: None })
+    ));
+}
