@@ -1,4 +1,6 @@
-//! Command-line options (report contract v1: --pid, -- COMMAND, --duration, --json, --min-age).
+//! Command-line options (report contract v1: --pid, -- COMMAND, --duration, --json, --min-age)
+//! as clap parses them ([`Options`]), and the checked settings a session runs with
+//! ([`Config`]), as ripgrep separates its low-level and high-level arguments.
 
 use std::path::PathBuf;
 
@@ -63,13 +65,56 @@ pub struct Options {
     pub command: Vec<String>,
 }
 
+/// What to trace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A running process (or a thread of one) and its descendants.
+    Pid(u32),
+    /// A command to start, with its arguments (never empty).
+    Command(Vec<String>),
+}
+
+/// The settings of a session, checked and in the units the session uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub target: Target,
+    /// Stop after this many seconds.
+    pub duration: Option<f64>,
+    pub json: bool,
+    pub min_age_s: f64,
+    pub ring_bytes: u32,
+    pub stack_copy_bytes: u64,
+    /// Groups shown in full in the text report.
+    pub top: usize,
+    pub flamegraph: Option<PathBuf>,
+}
+
+/// Options clap accepts but a session cannot run with.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("say what to trace: --pid PID, or -- COMMAND [ARGS...]")]
+    NoTarget,
+}
+
 impl Options {
-    /// Checks what clap cannot express: exactly one of --pid and COMMAND.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.pid.is_none() && self.command.is_empty() {
-            return Err("say what to trace: --pid PID, or -- COMMAND [ARGS...]".into());
-        }
-        Ok(())
+    /// Checks what clap cannot express (exactly one of --pid and COMMAND) and converts the
+    /// sizes to the units the session uses.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let target = match (self.pid, self.command.is_empty()) {
+            (Some(pid), _) => Target::Pid(pid),
+            (None, false) => Target::Command(self.command),
+            (None, true) => return Err(ConfigError::NoTarget),
+        };
+        Ok(Config {
+            target,
+            duration: self.duration,
+            json: self.json,
+            min_age_s: self.min_age,
+            ring_bytes: self.ring_buffer_mib << 20,
+            stack_copy_bytes: u64::from(self.stack_copy_kib) * 1024,
+            top: self.top as usize,
+            flamegraph: self.flamegraph,
+        })
     }
 }
 
@@ -122,6 +167,26 @@ mod tests {
         assert!(Options::try_parse_from(["tracer", "--pid", "7", "--", "x"]).is_err());
     }
 
+    /// Sizes come out in bytes, and the target is the one option given.
+    #[test]
+    fn converts_to_config() {
+        let config = Options::try_parse_from(["tracer", "--ring-buffer-mib", "2", "--", "x", "y"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.target, Target::Command(vec!["x".into(), "y".into()]));
+        assert_eq!(config.ring_bytes, 2 << 20);
+        assert_eq!(config.stack_copy_bytes, 8192);
+        let config = Options::try_parse_from(["tracer", "--pid", "7", "--stack-copy-kib", "1"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            (config.target, config.stack_copy_bytes),
+            (Target::Pid(7), 1024)
+        );
+    }
+
     /// Nonsense values are refused with an error, not a panic.
     #[test]
     fn refuses_bad_values() {
@@ -140,6 +205,6 @@ mod tests {
             );
         }
         let opts = Options::try_parse_from(["tracer", "--json"]).unwrap();
-        assert!(opts.validate().is_err());
+        assert_eq!(opts.into_config(), Err(ConfigError::NoTarget));
     }
 }

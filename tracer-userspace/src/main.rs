@@ -9,8 +9,11 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
-    let options = Options::parse();
-    match session::run(&options) {
+    let result = Options::parse()
+        .into_config()
+        .map_err(anyhow::Error::from)
+        .and_then(|config| session::run(&config));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // `{:#}` joins the context chain on one line: "cannot attach the probes: ...".

@@ -23,7 +23,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     capture::{self, Probes},
-    cli::Options,
+    cli::{Config, Target},
     clock::monotonic_ns,
     procfs,
     report::{self, Report, SessionFacts},
@@ -41,10 +41,9 @@ pub enum SessionError {
 }
 
 /// Runs a session and prints the report (JSON on stdout with --json, text otherwise).
-pub fn run(opts: &Options) -> Result<()> {
-    opts.validate().map_err(anyhow::Error::msg)?;
+pub fn run(config: &Config) -> Result<()> {
     // A flame graph that cannot be written is refused before anything runs.
-    let flamegraph = opts
+    let flamegraph = config
         .flamegraph
         .as_ref()
         .map(|path| {
@@ -53,24 +52,27 @@ pub fn run(opts: &Options) -> Result<()> {
                 .with_context(|| format!("cannot create {}", path.display()))
         })
         .transpose()?;
-    let pid = opts.pid.map(process_of).transpose()?;
+    let existing = match &config.target {
+        Target::Pid(pid) => Some(process_of(*pid)?),
+        Target::Command(_) => None,
+    };
     let tracefs_root = capture::preflight()?;
 
     // A command is started before anything is loaded, so it inherits no BPF descriptors,
     // and held at a gate until it is followed.
-    let mut child = match pid {
-        Some(_) => None,
-        None => Some(PausedChild::spawn(&opts.command)?),
-    };
-    let (target, command) = match (&child, pid) {
-        (Some(child), _) => (child.pid, opts.command.clone()),
-        (None, Some(pid)) => (
-            pid,
-            procfs::process_info(pid)
+    let (mut child, target, command) = match (existing, &config.target) {
+        (Some(pid), _) => {
+            let cmdline = procfs::process_info(pid)
                 .map(|i| i.cmdline)
-                .unwrap_or_default(),
-        ),
-        (None, None) => unreachable!("validate() requires --pid or a command"),
+                .unwrap_or_default();
+            (None, pid, cmdline)
+        }
+        (None, Target::Command(argv)) => {
+            let child = PausedChild::spawn(argv)?;
+            let pid = child.pid;
+            (Some(child), pid, argv.clone())
+        }
+        (None, Target::Pid(_)) => unreachable!("a pid target was looked up above"),
     };
 
     // Ctrl-C and SIGTERM must mean "report now" from the moment `attached` is printed, so
@@ -82,9 +84,8 @@ pub fn run(opts: &Options) -> Result<()> {
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
 
-    let stack_copy_bytes = u64::from(opts.stack_copy_kib) * 1024;
     let (mut probes, ring) =
-        capture::load(&tracefs_root, opts.ring_buffer_mib << 20, stack_copy_bytes)
+        capture::load(&tracefs_root, config.ring_bytes, config.stack_copy_bytes)
             .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
     let tree = attach::follow_tree(&mut probes, target)?;
@@ -93,9 +94,9 @@ pub fn run(opts: &Options) -> Result<()> {
     tree.seed(&mut state, started_ns);
 
     // A started command has not exec'd yet: its comm is still ours, so name the command.
-    let comm = match &child {
-        Some(_) => opts.command[0].clone(),
-        None => state
+    let comm = match &config.target {
+        Target::Command(argv) => argv[0].clone(),
+        Target::Pid(_) => state
             .agg
             .process(target)
             .map(|p| p.comm.clone())
@@ -107,7 +108,7 @@ pub fn run(opts: &Options) -> Result<()> {
         descendants
     );
     if let Some(child) = &mut child {
-        child.release(&opts.command[0])?;
+        child.release(&command[0])?;
     }
 
     // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
@@ -119,14 +120,18 @@ pub fn run(opts: &Options) -> Result<()> {
         &mut ring,
         &mut state,
         child.as_mut(),
-        opts.duration,
+        config.duration,
         stop_signals,
     ))?;
-    let ring_capacity = (opts.ring_buffer_mib as usize) << 20;
-    state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
+    state.finish(
+        ring.into_inner(),
+        config.ring_bytes as usize,
+        stop,
+        child.as_mut(),
+    );
 
-    let report = build_report(&mut state, &probes, opts, target, command, started_ns);
-    print_report(&report, opts.json, opts.top as usize)?;
+    let report = build_report(&mut state, &probes, config, target, command, started_ns);
+    print_report(&report, config.json, config.top)?;
     if let Some((path, file)) = flamegraph {
         write_flamegraph(&report, &path, file)?;
     }
@@ -154,7 +159,7 @@ fn process_of(pid: u32) -> Result<u32> {
 fn build_report(
     state: &mut State<'_>,
     probes: &Probes,
-    opts: &Options,
+    config: &Config,
     target: u32,
     command: Vec<String>,
     started_ns: u64,
@@ -171,7 +176,7 @@ fn build_report(
         lost_ring_full: lost.ring_full,
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
-        min_age_s: opts.min_age,
+        min_age_s: config.min_age_s,
         time_wait: state.tcp.time_wait_groups(now_ns),
         time_wait_now: still_in_time_wait(&state.tcp, target),
     };
