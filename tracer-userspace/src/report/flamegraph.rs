@@ -22,7 +22,7 @@ pub fn folded(report: &Report) -> Vec<String> {
                 .map_or_else(|| "?".to_string(), |p| p.comm.clone());
             let mut names = vec![sanitized(&root)];
             if group.stack.is_empty() {
-                let by: Vec<&str> = group.opened_by.keys().copied().collect();
+                let by: Vec<&str> = group.opened_by.keys().map(|by| by.name()).collect();
                 names.push(format!("[no stack: {}]", by.join(",")));
             }
             names.extend(group.stack.iter().rev().map(frame_name));

@@ -6,10 +6,12 @@ use std::{
     io,
 };
 
+use tracer_common::Syscall;
+
 use crate::{
     model::{Frame, StackRef},
     procfs::{self, Direction, SocketTable},
-    report::{DescriptorEntry, Resolver},
+    report::{DescriptorEntry, OpenedBy, Resolver},
     stacks::StackStore,
     tcp::{self, TcpTracker},
 };
@@ -51,9 +53,9 @@ impl Resolver for LiveResolver<'_> {
         let mut closed = Vec::new();
         for d in descriptors.iter_mut() {
             let direction = match d.opened_by {
-                "accept" | "accept4" => Direction::Accepted,
-                "socket" => Direction::Connected,
-                "socketpair" => Direction::SocketPair,
+                OpenedBy::Syscall(Syscall::Accept | Syscall::Accept4) => Direction::Accepted,
+                OpenedBy::Syscall(Syscall::Socket) => Direction::Connected,
+                OpenedBy::Syscall(Syscall::Socketpair) => Direction::SocketPair,
                 _ => Direction::Unknown,
             };
             match procfs::describe_fd(pid, d.fd, sockets, direction) {

@@ -1,0 +1,265 @@
+//! Assembles the [`Report`] from the aggregator's tables and what the session knows, reaching the
+//! live system (/proc, symbols) only through a [`Resolver`].
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use super::{
+    DescriptorEntry, EventCounts, FrameEntry, LearnedBy, OpenedBy, ProcessEntry, REPORT_VERSION,
+    Report, Target, ThreadCountsEntry,
+    group::{group_by_stack, group_threads, group_zombies},
+};
+use crate::{
+    aggregator::{Aggregator, Descriptor, Origin, Process},
+    model::{Frame, StackRef},
+    tcp::TimeWaitGroup,
+};
+
+/// What the report needs from outside the aggregator: stacks as frames, and /proc's view of
+/// descriptors that are still open. The session implements it with the kernel maps, blazesym
+/// and /proc; tests with fixed answers.
+pub trait Resolver {
+    fn frames(&mut self, stack: StackRef) -> Vec<Frame>;
+    /// Updates live descriptors of `pid` from /proc (detail, TCP state, deleted) and returns
+    /// the fds that turned out to be closed already.
+    fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32>;
+    /// Whether `pid` is still a zombie child of `ppid` (exited, not reaped).
+    fn is_zombie(&mut self, pid: u32, ppid: u32) -> bool;
+}
+
+/// Facts about the session the aggregator does not know.
+#[derive(Clone, Debug, Default)]
+pub struct SessionFacts {
+    pub target: u32,
+    pub command: Vec<String>,
+    pub duration_s: f64,
+    pub now_ns: u64,
+    pub received: u64,
+    pub undecodable: u64,
+    pub lost_ring_full: u64,
+    pub lost_in_flight_full: u64,
+    pub unfollowed_children: u64,
+    /// Report only descriptors at least this old.
+    pub min_age_s: f64,
+    /// From the TCP tracker and /proc/net/tcp at report time.
+    pub time_wait: Vec<TimeWaitGroup>,
+    pub time_wait_now: u64,
+}
+
+/// What the processes hold, as report entries.
+struct Held {
+    /// Still open (refreshed from /proc for live processes) or held at a verified exit, at
+    /// least `--min-age` old.
+    descriptors: Vec<DescriptorEntry>,
+    /// Held at an exit that came after a loss and before /proc could be compared again.
+    unverified: Vec<DescriptorEntry>,
+    /// Descriptors /proc showed closed at report time.
+    closed_at_report: u64,
+}
+
+pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolver) -> Report {
+    let mut processes: Vec<&Process> = agg.processes().collect();
+    processes.sort_by_key(|p| (p.exited_at_ns.is_some(), p.pid));
+
+    let Held {
+        mut descriptors,
+        unverified,
+        closed_at_report,
+    } = held(&processes, facts, resolver);
+    attach_frames(&mut descriptors, resolver);
+
+    let stacks = group_by_stack(&descriptors);
+    let thread_stacks = group_threads(&processes, facts.now_ns, resolver);
+    let process_entries = process_entries(&processes, resolver);
+    let tcp = tcp_states(&descriptors, facts.time_wait_now);
+    let events = event_counts(
+        facts,
+        agg.reconciled_closed + closed_at_report,
+        agg.reconciled_opened,
+        unverified.len() as u64,
+    );
+
+    Report {
+        version: REPORT_VERSION,
+        target: Target {
+            pid: facts.target,
+            command: facts.command.clone(),
+        },
+        duration_s: (facts.duration_s * 1e3).round() / 1e3,
+        events,
+        open_descriptors: descriptors,
+        unverified_at_exit: unverified,
+        zombies: group_zombies(&processes, &process_entries, facts.now_ns, resolver),
+        time_wait: facts.time_wait.clone(),
+        processes: process_entries,
+        stacks,
+        thread_stacks,
+        tcp,
+    }
+}
+
+/// Every process's open descriptors, fd order, live ones checked against /proc, then what it
+/// held at exit.
+fn held(processes: &[&Process], facts: &SessionFacts, resolver: &mut impl Resolver) -> Held {
+    let mut all = Held {
+        descriptors: Vec::new(),
+        unverified: Vec::new(),
+        closed_at_report: 0,
+    };
+    for process in processes {
+        let mut live: Vec<&Descriptor> = process.fds.values().collect();
+        live.sort_by_key(|d| d.fd);
+        let mut entries: Vec<DescriptorEntry> = live
+            .iter()
+            .map(|d| entry(process.pid, d, facts.now_ns, false))
+            .collect();
+        if !process.exited() && !entries.is_empty() {
+            let closed = resolver.refresh(process.pid, &mut entries);
+            all.closed_at_report += closed.len() as u64;
+            entries.retain(|e| !closed.contains(&e.fd));
+        }
+        let exit_ns = process.exited_at_ns.unwrap_or(facts.now_ns);
+        let held = process
+            .held_at_exit
+            .iter()
+            .map(|d| entry(process.pid, d, exit_ns, true));
+        if process.held_at_exit_unverified {
+            all.unverified.extend(held);
+        } else {
+            entries.extend(held);
+        }
+        all.descriptors
+            .extend(entries.into_iter().filter(|e| e.age_s >= facts.min_age_s));
+    }
+    all
+}
+
+pub(super) fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> DescriptorEntry {
+    DescriptorEntry {
+        pid,
+        fd: d.fd,
+        kind: d.kind,
+        detail: d.detail.clone(),
+        tcp_state: d.tcp_state.clone(),
+        tcp_state_age_s: None,
+        deleted: d.deleted,
+        opened_by: opened_by(d.origin, d.inherited),
+        learned_by: learned_by(d.origin),
+        tid: d.tid,
+        age_s: seconds(now_ns.saturating_sub(d.opened_at_ns)),
+        at_exit,
+        stack_id: d.stack.map(|s| s.id),
+        stack: Arc::default(),
+        path_truncated: d.path_truncated,
+        cloexec: d.cloexec,
+        stack_ref: d.stack,
+    }
+}
+
+/// A descriptor open before attach stays `pre-existing` in the children that inherit it; one
+/// that came into a parent while traced is `inherited` in its children.
+fn opened_by(origin: Origin, inherited: bool) -> OpenedBy {
+    match (origin, inherited) {
+        (Origin::PreExisting, _) => OpenedBy::PreExisting,
+        (_, true) => OpenedBy::Inherited,
+        (Origin::Reconciled, false) => OpenedBy::Unknown,
+        (Origin::Syscall(syscall), false) => OpenedBy::Syscall(syscall),
+    }
+}
+
+fn learned_by(origin: Origin) -> LearnedBy {
+    match origin {
+        Origin::Syscall(_) => LearnedBy::Event,
+        Origin::PreExisting => LearnedBy::Attach,
+        Origin::Reconciled => LearnedBy::Reconciliation,
+    }
+}
+
+/// Symbolizes each distinct stack once and attaches its frames to every descriptor from it.
+fn attach_frames(descriptors: &mut [DescriptorEntry], resolver: &mut impl Resolver) {
+    let mut frames_by_stack: HashMap<StackRef, Arc<[FrameEntry]>> = HashMap::new();
+    for d in descriptors {
+        if let Some(stack) = d.stack_ref {
+            let frames = frames_by_stack.entry(stack).or_insert_with(|| {
+                resolver
+                    .frames(stack)
+                    .into_iter()
+                    .map(FrameEntry::from)
+                    .collect()
+            });
+            d.stack = frames.clone();
+        }
+    }
+}
+
+fn process_entries(processes: &[&Process], resolver: &mut impl Resolver) -> Vec<ProcessEntry> {
+    processes
+        .iter()
+        .map(|p| ProcessEntry {
+            pid: p.pid,
+            ppid: p.ppid,
+            comm: p.comm.clone(),
+            exited: p.exited(),
+            zombie: p.exited() && resolver.is_zombie(p.pid, p.ppid),
+            fork_stack: p.fork_stack.map(|s| frames_of(Some(s), resolver)),
+            threads: ThreadCountsEntry {
+                live: p.threads.live,
+                created: p.threads.created,
+                exited: p.threads.exited,
+            },
+        })
+        .collect()
+}
+
+/// TCP sockets by state: those live descriptors hold, plus the connections left in TIME_WAIT
+/// that are still in it.
+fn tcp_states(descriptors: &[DescriptorEntry], time_wait_now: u64) -> BTreeMap<String, u64> {
+    let mut tcp = BTreeMap::new();
+    for d in descriptors.iter().filter(|d| !d.at_exit) {
+        if let Some(state) = &d.tcp_state {
+            *tcp.entry(state.clone()).or_insert(0) += 1;
+        }
+    }
+    if time_wait_now > 0 {
+        *tcp.entry("TIME_WAIT".to_string()).or_insert(0) += time_wait_now;
+    }
+    tcp
+}
+
+fn event_counts(
+    facts: &SessionFacts,
+    reconciled_closed: u64,
+    reconciled_opened: u64,
+    unverified_at_exit: u64,
+) -> EventCounts {
+    EventCounts {
+        received: facts.received,
+        lost: facts.lost_ring_full + facts.lost_in_flight_full + facts.unfollowed_children,
+        lost_ring_buffer_full: facts.lost_ring_full,
+        lost_in_flight_full: facts.lost_in_flight_full,
+        unfollowed_children: facts.unfollowed_children,
+        undecodable: facts.undecodable,
+        reconciled_closed,
+        reconciled_opened,
+        unverified_at_exit,
+    }
+}
+
+pub(super) fn seconds(ns: u64) -> f64 {
+    // Millisecond precision is what a reader needs, and it keeps the JSON short.
+    (ns as f64 / 1e6).round() / 1e3
+}
+
+pub(super) fn frames_of(stack: Option<StackRef>, resolver: &mut impl Resolver) -> Vec<FrameEntry> {
+    stack
+        .map(|s| {
+            resolver
+                .frames(s)
+                .into_iter()
+                .map(FrameEntry::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}

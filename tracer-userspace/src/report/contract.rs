@@ -1,0 +1,242 @@
+//! The report contract (v1, see DESIGN.md "Report contract"): the serde types that become the
+//! JSON document, field for field. Scripts depend on these names and values: extend them, don't
+//! break them. How a descriptor came to be open stays typed ([`OpenedBy`], [`LearnedBy`]) until
+//! serde writes the contract's strings.
+
+use std::{cmp::Ordering, collections::BTreeMap, sync::Arc};
+
+use serde::{Serialize, Serializer};
+use tracer_common::Syscall;
+
+use crate::model::{DescriptorKind, Frame, StackRef};
+pub use crate::tcp::TimeWaitGroup;
+
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub target: Target,
+    pub duration_s: f64,
+    pub events: EventCounts,
+    pub processes: Vec<ProcessEntry>,
+    pub open_descriptors: Vec<DescriptorEntry>,
+    /// What processes held when they exited after events had been lost and before their
+    /// table could be compared with /proc again: some may have been closed (their close
+    /// lost), so they are kept out of `open_descriptors` and `stacks` (no false leaks).
+    pub unverified_at_exit: Vec<DescriptorEntry>,
+    pub stacks: Vec<StackGroup>,
+    pub thread_stacks: Vec<ThreadStackGroup>,
+    /// Children that exited and were never reaped, by parent and forking stack.
+    pub zombies: Vec<ZombieGroup>,
+    /// Connections the followed processes left in TIME_WAIT while traced, by endpoints.
+    pub time_wait: Vec<TimeWaitGroup>,
+    /// TCP sockets of the followed processes by state: those held by descriptors, plus
+    /// TIME_WAIT connections they left that are still in TIME_WAIT.
+    pub tcp: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub command: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EventCounts {
+    pub received: u64,
+    /// Every event the kernel side could not deliver or follow up, all causes together.
+    pub lost: u64,
+    pub lost_ring_buffer_full: u64,
+    pub lost_in_flight_full: u64,
+    pub unfollowed_children: u64,
+    /// Records that could not be decoded (a tracer bug if ever non-zero).
+    pub undecodable: u64,
+    /// Descriptors in our tables that /proc showed closed while tracing or at report time
+    /// (their close was lost); they are left out of the report.
+    pub reconciled_closed: u64,
+    /// Descriptors /proc showed open without a creation event (lost, or a birth no
+    /// tracepoint shows, like SCM_RIGHTS); reported with `learned_by: "reconciliation"`.
+    pub reconciled_opened: u64,
+    /// Entries of `unverified_at_exit`.
+    pub unverified_at_exit: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadCountsEntry {
+    pub live: u64,
+    pub created: u64,
+    pub exited: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    pub comm: String,
+    pub exited: bool,
+    pub zombie: bool,
+    pub fork_stack: Option<Vec<FrameEntry>>,
+    pub threads: ThreadCountsEntry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FrameEntry {
+    #[serde(serialize_with = "hex_addr")]
+    pub addr: u64,
+    pub symbol: Option<String>,
+    pub module: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// Inlined into the next frame (same address); absent when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inlined: bool,
+}
+
+fn hex_addr<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{addr:#x}"))
+}
+
+impl From<Frame> for FrameEntry {
+    fn from(frame: Frame) -> Self {
+        Self {
+            addr: frame.addr,
+            symbol: frame.symbol,
+            module: frame.module,
+            file: frame.file,
+            line: frame.line,
+            inlined: frame.inlined,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DescriptorEntry {
+    pub pid: u32,
+    pub fd: i32,
+    pub kind: DescriptorKind,
+    pub detail: String,
+    pub tcp_state: Option<String>,
+    /// How long the socket has been in `tcp_state` (known when the change was seen).
+    pub tcp_state_age_s: Option<f64>,
+    pub deleted: bool,
+    /// The syscall that created it, or `inherited`, `pre-existing`, `unknown`.
+    pub opened_by: OpenedBy,
+    pub learned_by: LearnedBy,
+    pub tid: u32,
+    pub age_s: f64,
+    pub at_exit: bool,
+    pub stack_id: Option<u32>,
+    /// Shared by every descriptor from the same stack: a million descriptors from a few stacks
+    /// hold a few copies of the frames, not a million.
+    pub stack: Arc<[FrameEntry]>,
+    /// The path did not fit in the capture buffer and was cut.
+    pub path_truncated: bool,
+    pub cloexec: bool,
+    /// Where `stack` comes from; resolved into frames once per distinct stack.
+    #[serde(skip)]
+    pub stack_ref: Option<StackRef>,
+}
+
+/// How a descriptor came to be open in its process: the contract's `opened_by`. Serialized as
+/// its [`name`](Self::name) and ordered by it, so a [`StackGroup::opened_by`] map lists its
+/// keys as the JSON does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OpenedBy {
+    /// Created by this syscall in this process while traced.
+    Syscall(Syscall),
+    /// Copied in at fork from a parent that had it from an event or reconciliation; it keeps
+    /// the parent's stack.
+    Inherited,
+    /// Open before the tracer attached (in this process or in the ancestor it came from); no
+    /// stack.
+    PreExisting,
+    /// Found in /proc while traced, its creation event missing.
+    Unknown,
+}
+
+impl OpenedBy {
+    /// The contract's spelling: the syscall's name, `inherited`, `pre-existing` or `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Syscall(syscall) => syscall.name(),
+            Self::Inherited => "inherited",
+            Self::PreExisting => "pre-existing",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Ord for OpenedBy {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.name().cmp(other.name())
+    }
+}
+
+impl PartialOrd for OpenedBy {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Serialize for OpenedBy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
+/// How the tracer learned of a descriptor: the contract's `learned_by`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LearnedBy {
+    /// A creation event.
+    Event,
+    /// The /proc snapshot when the tracer attached.
+    Attach,
+    /// Found in /proc while traced, its creation event missing.
+    Reconciliation,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StackGroup {
+    /// Null for descriptors without a stack (pre-existing ones, or when capture failed).
+    pub stack_id: Option<u32>,
+    pub open_count: u64,
+    pub oldest_age_s: f64,
+    pub newest_age_s: f64,
+    /// How fast they pile up: descriptors created while traced, per minute over the time since
+    /// the oldest of them was created (0 for fewer than two).
+    pub per_minute: f64,
+    pub kinds: BTreeMap<DescriptorKind, u64>,
+    /// How they were opened, e.g. {"accept4": 20}.
+    pub opened_by: BTreeMap<OpenedBy, u64>,
+    pub pids: Vec<u32>,
+    pub stack: Vec<FrameEntry>,
+}
+
+/// Live threads of one process that started while traced, from one creation stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadStackGroup {
+    pub pid: u32,
+    pub live: u64,
+    pub stack_id: Option<u32>,
+    /// Ages of the oldest and the newest of them.
+    pub oldest_age_s: f64,
+    pub newest_age_s: f64,
+    /// How fast they pile up: live threads per minute over the time since the oldest started.
+    pub per_minute: f64,
+    pub stack: Vec<FrameEntry>,
+}
+
+/// Children of one parent that exited and were never waited for, forked from one stack.
+#[derive(Clone, Debug, Serialize)]
+pub struct ZombieGroup {
+    pub ppid: u32,
+    pub parent_comm: String,
+    pub count: u64,
+    pub pids: Vec<u32>,
+    /// How long the oldest has been a zombie (at least since attach for those already dead).
+    pub oldest_s: f64,
+    pub fork_stack_id: Option<u32>,
+    pub fork_stack: Vec<FrameEntry>,
+}

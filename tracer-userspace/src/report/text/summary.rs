@@ -1,0 +1,124 @@
+//! The report's first lines: what was traced and lost, then what is open by count, kind and
+//! TCP state.
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use super::{age, comm_of, count, kind_count};
+use crate::{
+    model::DescriptorKind,
+    report::{DescriptorEntry, OpenedBy, Report},
+};
+
+/// The header: what was traced, what was lost, and what is open by count, kind and TCP state.
+pub(super) fn summary(report: &Report, out: &mut String) {
+    event_lines(report, out);
+    let live: Vec<&DescriptorEntry> = report
+        .open_descriptors
+        .iter()
+        .filter(|d| !d.at_exit)
+        .collect();
+    open_counts(&live, out);
+    kinds_line(report, &live, out);
+    close_wait_line(&live, out);
+}
+
+/// The first line, then a warning when events were lost (or a note when /proc showed births
+/// no event did).
+fn event_lines(report: &Report, out: &mut String) {
+    let target = comm_of(report, report.target.pid);
+    let _ = writeln!(
+        out,
+        "tracer: pid {} ({target}) traced for {:.1} s: {} events, {} lost",
+        report.target.pid, report.duration_s, report.events.received, report.events.lost
+    );
+    if report.events.lost > 0 {
+        let _ = writeln!(
+            out,
+            "WARNING: {} events were lost (ring buffer full: {}, in-flight table full: {}, children not followed: {}); descriptors were checked against /proc: {} closes and {} births recovered",
+            report.events.lost,
+            report.events.lost_ring_buffer_full,
+            report.events.lost_in_flight_full,
+            report.events.unfollowed_children,
+            report.events.reconciled_closed,
+            report.events.reconciled_opened
+        );
+        if report.events.unverified_at_exit > 0 {
+            let _ = writeln!(
+                out,
+                "WARNING: {} held at exit by processes that exited after the loss could not be checked against /proc; they are listed under unverified_at_exit, not as leaks",
+                count(
+                    report.events.unverified_at_exit,
+                    "descriptor",
+                    "descriptors"
+                )
+            );
+        }
+    } else if report.events.reconciled_opened > 0 {
+        let _ = writeln!(
+            out,
+            "note: {} found in /proc without a creation event (marked learned_by reconciliation)",
+            count(
+                report.events.reconciled_opened,
+                "descriptor was",
+                "descriptors were"
+            )
+        );
+    }
+}
+
+/// How many live descriptors, in how many processes, created while traced or before.
+fn open_counts(live: &[&DescriptorEntry], out: &mut String) {
+    let pids: std::collections::BTreeSet<u32> = live.iter().map(|d| d.pid).collect();
+    let created = live
+        .iter()
+        .filter(|d| d.opened_by != OpenedBy::PreExisting)
+        .count();
+    let _ = writeln!(
+        out,
+        "{} open in {}: {created} created while traced, {} open before attach",
+        count(live.len() as u64, "descriptor", "descriptors"),
+        count(pids.len() as u64, "process", "processes"),
+        live.len() - created
+    );
+}
+
+/// Live descriptors by kind, and TCP sockets by state.
+fn kinds_line(report: &Report, live: &[&DescriptorEntry], out: &mut String) {
+    let mut kinds: BTreeMap<DescriptorKind, u64> = BTreeMap::new();
+    for d in live {
+        *kinds.entry(d.kind).or_insert(0) += 1;
+    }
+    if !kinds.is_empty() {
+        let kinds: Vec<String> = kinds.iter().map(|(k, n)| kind_count(*k, *n)).collect();
+        let _ = write!(out, "  by kind: {}", kinds.join(", "));
+        if !report.tcp.is_empty() {
+            let tcp: Vec<String> = report.tcp.iter().map(|(s, n)| format!("{n} {s}")).collect();
+            let _ = write!(out, "    TCP: {}", tcp.join(", "));
+        }
+        out.push('\n');
+    }
+}
+
+/// Sockets the peer closed and the process did not, and for how long at most.
+fn close_wait_line(live: &[&DescriptorEntry], out: &mut String) {
+    let close_wait: Vec<&&DescriptorEntry> = live
+        .iter()
+        .filter(|d| d.tcp_state.as_deref() == Some("CLOSE_WAIT"))
+        .collect();
+    if !close_wait.is_empty() {
+        let longest = close_wait
+            .iter()
+            .filter_map(|d| d.tcp_state_age_s)
+            .fold(None, |max: Option<f64>, age| {
+                Some(max.map_or(age, |m| m.max(age)))
+            });
+        let _ = writeln!(
+            out,
+            "  {} in CLOSE_WAIT: the peer closed, the process never did{}",
+            count(close_wait.len() as u64, "socket", "sockets"),
+            longest
+                .map(|s| format!(" (for up to {})", age(s)))
+                .unwrap_or_default()
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! The tracker fed the transition sequences the kernel reports (see the module doc), and the
+//! rules they are judged by.
+
+use super::*;
+
+const SEC: u64 = 1_000_000_000;
+
+fn a(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn tr(
+    owner: u32,
+    skaddr: u64,
+    old: u8,
+    new: u8,
+    local: &str,
+    remote: &str,
+    at_ns: u64,
+) -> TcpTransition {
+    TcpTransition {
+        owner,
+        skaddr,
+        old,
+        new,
+        local: a(local),
+        remote: a(remote),
+        at_ns,
+    }
+}
+
+/// Feeds an accepted connection's life up to ESTABLISHED.
+fn accept(t: &mut TcpTracker, pid: u32, sk: u64, local: &str, remote: &str, at: u64) {
+    t.apply(&tr(pid, sk, LISTEN, SYN_RECV, local, remote, at));
+    t.apply(&tr(pid, sk, SYN_RECV, ESTABLISHED, local, remote, at + 1));
+}
+
+/// Feeds a connect up to ESTABLISHED (source port 0 at SYN_SENT, as observed).
+fn connect(t: &mut TcpTracker, pid: u32, sk: u64, local: &str, remote: &str, at: u64) {
+    let unbound = SocketAddr::new(a(local).ip(), 0).to_string();
+    t.apply(&tr(pid, sk, CLOSE, SYN_SENT, &unbound, remote, at));
+    t.apply(&tr(pid, sk, SYN_SENT, ESTABLISHED, local, remote, at + 1));
+}
+
+/// Feeds an active close (this side first): FIN_WAIT1 → FIN_WAIT2 → CLOSE.
+fn active_close(t: &mut TcpTracker, pid: u32, sk: u64, local: &str, remote: &str, at: u64) {
+    t.apply(&tr(pid, sk, ESTABLISHED, FIN_WAIT1, local, remote, at));
+    t.apply(&tr(pid, sk, FIN_WAIT1, FIN_WAIT2, local, remote, at + 1));
+    t.apply(&tr(pid, sk, FIN_WAIT2, CLOSE, local, remote, at + 2));
+}
+
+/// Feeds `count` sockets (skaddr and time 0, 1, ...) of owner 1 one `old → new` change each,
+/// from 127.0.0.1 with local ports cycling through 1..=60000, to `remote`.
+fn flood(t: &mut TcpTracker, count: u64, old: u8, new: u8, remote: &str) {
+    for i in 0..count {
+        t.apply(&TcpTransition {
+            owner: 1,
+            skaddr: i,
+            old,
+            new,
+            local: SocketAddr::from(([127, 0, 0, 1], (i % 60000) as u16 + 1)),
+            remote: a(remote),
+            at_ns: i,
+        });
+    }
+}
+
+/// State names match the kernel's spelling and unknown states have none.
+#[test]
+fn names() {
+    assert_eq!(state_name(CLOSE_WAIT), Some("CLOSE_WAIT"));
+    assert_eq!(state_name(NEW_SYN_RECV), Some("NEW_SYN_RECV"));
+    assert_eq!(state_name(0), None);
+    assert_eq!(state_name(13), None);
+}
+
+/// A connection sits in TIME_WAIT after an active close (the full socket going to CLOSE from
+/// FIN_WAIT2, CLOSING or FIN_WAIT1) or a reported →TIME_WAIT; never after a passive close, an
+/// abort, or the end of TIME_WAIT itself.
+#[test]
+fn time_wait_transitions() {
+    for (old, new, enters) in [
+        (FIN_WAIT2, CLOSE, true),
+        (CLOSING, CLOSE, true),
+        (FIN_WAIT1, CLOSE, true),
+        (FIN_WAIT2, TIME_WAIT, true),
+        (CLOSING, TIME_WAIT, true),
+        (TIME_WAIT, TIME_WAIT, false),
+        (TIME_WAIT, CLOSE, false),
+        (LAST_ACK, CLOSE, false),
+        (ESTABLISHED, CLOSE, false),
+        (SYN_SENT, CLOSE, false),
+        (ESTABLISHED, FIN_WAIT1, false),
+        (FIN_WAIT1, FIN_WAIT2, false),
+    ] {
+        assert_eq!(enters_time_wait(old, new), enters, "{old} -> {new}");
+    }
+}
+
+/// SYN_SENT proves the connecting side; SYN_RECV, LISTEN and NEW_SYN_RECV the accepting one;
+/// other changes prove nothing.
+#[test]
+fn sides() {
+    for (old, new, side) in [
+        (CLOSE, SYN_SENT, Some(Side::Connecting)),
+        (SYN_SENT, ESTABLISHED, Some(Side::Connecting)),
+        (LISTEN, SYN_RECV, Some(Side::Accepting)),
+        (SYN_RECV, ESTABLISHED, Some(Side::Accepting)),
+        (NEW_SYN_RECV, ESTABLISHED, Some(Side::Accepting)),
+        (CLOSE, LISTEN, None),
+        (ESTABLISHED, FIN_WAIT1, None),
+        (ESTABLISHED, CLOSE_WAIT, None),
+    ] {
+        let t = tr(1, 1, old, new, "127.0.0.1:1", "127.0.0.1:2", 0);
+        assert_eq!(side_of(&t), side, "{old} -> {new}");
+    }
+}
+
+/// An accepted socket whose peer closes is in CLOSE_WAIT since the 1→8 change, and is no
+/// longer tracked once the application closes it.
+#[test]
+fn close_wait_then_app_closes() {
+    let mut t = TcpTracker::new();
+    let (l, r) = ("127.0.0.1:8080", "127.0.0.1:51234");
+    t.apply(&tr(10, 0x100, CLOSE, LISTEN, l, "0.0.0.0:0", 0));
+    accept(&mut t, 10, 0x200, l, r, SEC);
+    assert_eq!(t.state_since(a(l), a(r)), Some((ESTABLISHED, SEC + 1)));
+    t.apply(&tr(10, 0x200, ESTABLISHED, CLOSE_WAIT, l, r, 5 * SEC));
+    assert_eq!(t.state_since(a(l), a(r)), Some((CLOSE_WAIT, 5 * SEC)));
+    assert_eq!(t.live(), 2);
+    t.apply(&tr(10, 0x200, CLOSE_WAIT, LAST_ACK, l, r, 9 * SEC));
+    t.apply(&tr(10, 0x200, LAST_ACK, CLOSE, l, r, 9 * SEC + 5));
+    assert_eq!(t.state_since(a(l), a(r)), None);
+    assert_eq!(t.live(), 1);
+}
+
+/// A client closing first N times to the same server port makes one group keyed by its local
+/// IP and the server's IP:port, with the rate over first-to-now; a span under one second
+/// counts as one second.
+#[test]
+fn client_time_wait_group() {
+    for (closes, every_ns, now_ns, per_minute, newest_age_s) in [
+        // 30 per 60 s = 30.0/min; the newest closed at 58 s + 12 ns.
+        (30, 2 * SEC, 60 * SEC, 30.0, 2.0),
+        // The same over 90 s: 20.0/min.
+        (30, 2 * SEC, 90 * SEC, 20.0, 32.0),
+        // 3 within 2 µs, half a second ago: 3 per (at least) one second.
+        (3, 1000, SEC / 2, 180.0, 0.5),
+    ] {
+        let mut t = TcpTracker::new();
+        for i in 0..closes {
+            let local = format!("127.0.0.1:{}", 40000 + i);
+            let at = i * every_ns;
+            connect(&mut t, 7, 0x1000 + i, &local, "127.0.0.1:8080", at);
+            active_close(&mut t, 7, 0x1000 + i, &local, "127.0.0.1:8080", at + 10);
+        }
+        let case = format!("{closes} closes every {every_ns} ns, now {now_ns}");
+        assert_eq!(t.live(), 0, "{case}");
+        assert_eq!(
+            t.time_wait_groups(now_ns),
+            vec![TimeWaitGroup {
+                pid: 7,
+                local: "127.0.0.1".into(),
+                remote: "127.0.0.1:8080".into(),
+                count: closes,
+                per_minute,
+                newest_age_s,
+            }],
+            "{case}"
+        );
+        assert_eq!(t.time_wait_pairs().count() as u64, closes, "{case}");
+        let newest = format!("127.0.0.1:{}", 40000 + closes - 1);
+        assert_eq!(
+            t.time_wait_pairs().last(),
+            Some((a(&newest), a("127.0.0.1:8080"))),
+            "{case}"
+        );
+        assert_eq!(t.time_wait_total(), closes, "{case}");
+    }
+}
+
+/// Server-side active closes group by local IP:port and remote IP (the peer's port varies),
+/// including sockets first seen already established (side from the LISTEN port) and IPv6.
+#[test]
+fn server_time_wait_group() {
+    let mut t = TcpTracker::new();
+    t.apply(&tr(10, 0x1, CLOSE, LISTEN, "10.0.0.1:8080", "0.0.0.0:0", 0));
+    for i in 0..4u64 {
+        let remote = format!("10.0.0.2:{}", 50000 + i);
+        accept(&mut t, 10, 0x100 + i, "10.0.0.1:8080", &remote, i * SEC);
+        active_close(
+            &mut t,
+            10,
+            0x100 + i,
+            "10.0.0.1:8080",
+            &remote,
+            i * SEC + 10,
+        );
+    }
+    // Pre-existing accepted socket: first seen at 1→4; the listen port decides.
+    active_close(
+        &mut t,
+        10,
+        0x900,
+        "10.0.0.1:8080",
+        "10.0.0.2:60000",
+        5 * SEC,
+    );
+    // Pre-existing connected socket from a port nobody listens on: connecting side.
+    active_close(&mut t, 10, 0x901, "10.0.0.1:45000", "10.0.0.3:443", 5 * SEC);
+    // IPv6 accepted socket, kernel reporting TIME_WAIT directly.
+    t.apply(&tr(10, 0x2, CLOSE, LISTEN, "[::1]:80", "[::]:0", 0));
+    accept(&mut t, 10, 0x300, "[::1]:80", "[::1]:50000", SEC);
+    for (old, new, at) in [
+        (ESTABLISHED, FIN_WAIT1, 2 * SEC),
+        (FIN_WAIT1, FIN_WAIT2, 2 * SEC),
+        (FIN_WAIT2, TIME_WAIT, 2 * SEC),
+        (TIME_WAIT, CLOSE, 62 * SEC),
+    ] {
+        t.apply(&tr(10, 0x300, old, new, "[::1]:80", "[::1]:50000", at));
+    }
+
+    let groups = t.time_wait_groups(10 * SEC);
+    let view: Vec<_> = groups
+        .iter()
+        .map(|g| (g.pid, g.local.as_str(), g.remote.as_str(), g.count))
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (10, "10.0.0.1:8080", "10.0.0.2", 5),
+            (10, "10.0.0.1", "10.0.0.3:443", 1),
+            (10, "[::1]:80", "[::1]", 1),
+        ]
+    );
+    assert_eq!(t.live(), 2); // the two listeners
+}
+
+/// A known skaddr leaving CLOSE is a new socket: the old tuple is forgotten and the new
+/// socket gets its own state and side.
+#[test]
+fn skaddr_reuse_is_new_socket() {
+    let mut t = TcpTracker::new();
+    let sk = 0xdead;
+    let (first, server) = ("127.0.0.1:40000", "127.0.0.1:80");
+    let listener = ("127.0.0.1:9000", "0.0.0.0:0");
+    connect(&mut t, 1, sk, first, server, 0);
+    // An abort (RST) ends it without TIME_WAIT.
+    t.apply(&tr(1, sk, ESTABLISHED, CLOSE, first, server, SEC));
+    assert_eq!(t.live(), 0);
+    // Reused as a listener by another process.
+    t.apply(&tr(2, sk, CLOSE, LISTEN, listener.0, listener.1, 2 * SEC));
+    assert_eq!(t.live(), 1);
+    assert_eq!(t.state_since(a(first), a(server)), None);
+    assert_eq!(
+        t.state_since(a(listener.0), a(listener.1)),
+        Some((LISTEN, 2 * SEC))
+    );
+    // A CLOSE we never saw (lost event): the next 7→2 still starts a fresh socket.
+    connect(&mut t, 3, sk, "127.0.0.1:40001", server, 3 * SEC);
+    assert_eq!(t.live(), 1);
+    assert_eq!(t.state_since(a(listener.0), a(listener.1)), None);
+    assert_eq!(
+        t.state_since(a("127.0.0.1:40001"), a(server)),
+        Some((ESTABLISHED, 3 * SEC + 1))
+    );
+    active_close(&mut t, 3, sk, "127.0.0.1:40001", server, 4 * SEC);
+    let g = t.time_wait_groups(5 * SEC);
+    assert_eq!(g.len(), 1);
+    assert_eq!((g[0].pid, g[0].local.as_str()), (3, "127.0.0.1"));
+}
+
+/// When the source port was 0 at SYN_SENT, state_since finds the socket by its final tuple
+/// and no longer by the early one.
+#[test]
+fn address_update_reindexes() {
+    let mut t = TcpTracker::new();
+    let (unbound, bound, server) = ("0.0.0.0:0", "127.0.0.1:40000", "127.0.0.1:80");
+    t.apply(&tr(1, 0x5, CLOSE, SYN_SENT, unbound, server, 100));
+    assert_eq!(t.state_since(a(unbound), a(server)), Some((SYN_SENT, 100)));
+    t.apply(&tr(1, 0x5, SYN_SENT, ESTABLISHED, bound, server, 200));
+    assert_eq!(t.state_since(a(unbound), a(server)), None);
+    assert_eq!(t.state_since(a(bound), a(server)), Some((ESTABLISHED, 200)));
+    // Another unbound connect took the early tuple; moving the first must not unindex it.
+    t.apply(&tr(1, 0x6, CLOSE, SYN_SENT, unbound, server, 300));
+    t.apply(&tr(1, 0x5, ESTABLISHED, CLOSE_WAIT, bound, server, 400));
+    assert_eq!(t.state_since(a(unbound), a(server)), Some((SYN_SENT, 300)));
+    assert_eq!(t.live(), 2);
+}
+
+/// A passive close (CLOSE_WAIT → LAST_ACK → CLOSE) and an abort never count as TIME_WAIT;
+/// a TIME_WAIT → CLOSE after a reported TIME_WAIT is not counted twice.
+#[test]
+fn passive_close_is_not_time_wait() {
+    let mut t = TcpTracker::new();
+    let (l, r) = ("127.0.0.1:40000", "127.0.0.1:80");
+    connect(&mut t, 1, 1, l, r, 0);
+    t.apply(&tr(1, 1, ESTABLISHED, CLOSE_WAIT, l, r, 10));
+    t.apply(&tr(1, 1, CLOSE_WAIT, LAST_ACK, l, r, 20));
+    t.apply(&tr(1, 1, LAST_ACK, CLOSE, l, r, 30));
+    // Untracked socket ending with LAST_ACK → CLOSE.
+    t.apply(&tr(1, 2, LAST_ACK, CLOSE, "127.0.0.1:40001", r, 40));
+    assert!(t.time_wait_groups(SEC).is_empty());
+    assert_eq!(t.time_wait_pairs().count(), 0);
+    assert_eq!(t.live(), 0);
+
+    t.apply(&tr(1, 3, FIN_WAIT2, TIME_WAIT, "127.0.0.1:40002", r, 50));
+    assert_eq!(
+        t.state_since(a("127.0.0.1:40002"), a(r)),
+        Some((TIME_WAIT, 50))
+    );
+    t.apply(&tr(1, 3, TIME_WAIT, CLOSE, "127.0.0.1:40002", r, 60));
+    assert_eq!(t.time_wait_total(), 1);
+    assert_eq!(t.live(), 0);
+}
+
+/// At most MAX_LIVE sockets are tracked; further new ones are ignored and counted, and
+/// their TIME_WAIT still counts.
+#[test]
+fn live_cap() {
+    let mut t = TcpTracker::new();
+    let remote = "127.0.0.1:80";
+    // Listeners (remote 0.0.0.0:0) on 127.0.0.1 ports 1, 2, ...
+    flood(&mut t, MAX_LIVE as u64 + 3, CLOSE, LISTEN, "0.0.0.0:0");
+    assert_eq!(t.live(), MAX_LIVE);
+    assert_eq!(t.dropped(), 3);
+    // Known sockets still update; closing one makes room.
+    t.apply(&tr(1, 0, LISTEN, CLOSE, "127.0.0.1:1", "0.0.0.0:0", 1));
+    assert_eq!(t.live(), MAX_LIVE - 1);
+    connect(&mut t, 1, u64::MAX, "127.0.0.1:40000", remote, 5);
+    assert_eq!(t.live(), MAX_LIVE);
+    // Untracked (dropped) socket entering TIME_WAIT is still counted.
+    t.apply(&tr(
+        1,
+        u64::MAX - 1,
+        FIN_WAIT2,
+        CLOSE,
+        "127.0.0.1:40001",
+        remote,
+        9,
+    ));
+    assert_eq!(t.dropped(), 3);
+    assert_eq!(t.time_wait_total(), 1);
+}
+
+/// The pair ring keeps only the newest MAX_TIME_WAIT_PAIRS, newest last.
+#[test]
+fn pair_ring_is_bounded() {
+    let mut t = TcpTracker::new();
+    flood(
+        &mut t,
+        MAX_TIME_WAIT_PAIRS as u64 + 10,
+        FIN_WAIT2,
+        CLOSE,
+        "127.0.0.1:80",
+    );
+    assert_eq!(t.time_wait_pairs().count(), MAX_TIME_WAIT_PAIRS);
+    let last = (MAX_TIME_WAIT_PAIRS as u64 + 9) % 60000 + 1;
+    assert_eq!(t.time_wait_pairs().last().unwrap().0.port() as u64, last);
+    assert_eq!(t.time_wait_total(), MAX_TIME_WAIT_PAIRS as u64 + 10);
+    assert_eq!(t.live(), 0);
+}
