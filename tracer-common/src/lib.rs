@@ -7,6 +7,11 @@
 
 use core::mem::size_of;
 
+pub mod abi;
+
+/// Kept at the crate root, where both sides have always imported them from.
+pub use abi::{CLONE_FILES, CLONE_THREAD};
+
 /// Bytes of a path captured at open time; longer paths are truncated and flagged.
 pub const PATH_CAP: usize = 256;
 /// Processes the kernel side can follow at once.
@@ -300,7 +305,8 @@ pub struct FileOpenEvent {
     pub fd: i32,
     /// A [`Syscall`] as `u32`.
     pub syscall: u32,
-    /// The directory fd a relative path is resolved against (`AT_FDCWD` = -100).
+    /// The directory fd a relative path is resolved against ([`abi::AT_FDCWD`] for the
+    /// working directory).
     pub dirfd: i32,
     /// The `O_*` open flags.
     pub flags: u32,
@@ -355,10 +361,6 @@ const _: () = assert!(size_of::<CloseEvent>() == 32);
 
 /// `clone_flags` value when the creating syscall was not seen (kernel-internal task creation).
 pub const CLONE_FLAGS_UNKNOWN: u64 = u64::MAX;
-/// `CLONE_THREAD` from linux/sched.h.
-pub const CLONE_THREAD: u64 = 0x0001_0000;
-/// `CLONE_FILES` from linux/sched.h.
-pub const CLONE_FILES: u64 = 0x0000_0400;
 
 /// A task created by a followed process; the header names the parent (the caller). Followed
 /// in the ring by `stack.len` bytes of user stack.
@@ -407,10 +409,10 @@ pub struct TcpStateEvent {
     pub header: EventHeader,
     /// The kernel's `struct sock` address: the socket's identity while it lives.
     pub skaddr: u64,
-    /// TCP states as in include/net/tcp_states.h (1 ESTABLISHED ... 12 NEW_SYN_RECV).
+    /// TCP states: [`abi::tcp_state`].
     pub oldstate: u8,
     pub newstate: u8,
-    /// AF_INET (2) or AF_INET6 (10).
+    /// [`abi::AF_INET`] or [`abi::AF_INET6`].
     pub family: u16,
     /// Host byte order.
     pub sport: u16,

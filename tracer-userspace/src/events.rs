@@ -6,6 +6,7 @@ use std::mem::size_of;
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
     FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
+    abi::{AF_INET, FD_CLOEXEC},
 };
 
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
@@ -196,9 +197,6 @@ fn header(raw: &EventHeader) -> Header {
     }
 }
 
-/// `FD_CLOEXEC` from linux/fcntl.h: the descriptor flag F_SETFD sets.
-const FD_CLOEXEC: u64 = 1;
-
 fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
     Syscall::try_from(raw).map_err(DecodeError::UnknownSyscall)
 }
@@ -302,7 +300,6 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
 
 /// An address from the tracepoint: IPv4 in the first 4 bytes for AF_INET, else IPv6.
 fn socket_addr(family: u16, bytes: [u8; 16], port: u16) -> std::net::SocketAddr {
-    const AF_INET: u16 = 2;
     let ip: std::net::IpAddr = if family == AF_INET {
         std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
     } else {

@@ -20,6 +20,8 @@ use std::{
     path::PathBuf,
 };
 
+use tracer_common::abi::{O_CLOEXEC, tcp_state};
+
 use crate::{aggregator::ListedFd, kind::DescriptorKind, names::escape_bytes};
 
 // ---------------------------------------------------------------------------------------------
@@ -182,7 +184,6 @@ pub fn threads(pid: u32) -> Vec<u32> {
 
 /// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
 pub fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
-    const O_CLOEXEC: u64 = 0o2_000_000;
     fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
         .ok()
         .and_then(|text| {
@@ -285,27 +286,6 @@ impl SocketProtocol {
     const ALL: [Self; 5] = [Self::Tcp, Self::Tcp6, Self::Udp, Self::Udp6, Self::Unix];
 }
 
-/// The kernel's name for a TCP state number (the `st` column of `/proc/net/tcp`, and
-/// `newstate` of the `sock:inet_sock_set_state` tracepoint).
-pub const fn tcp_state_name(state: u8) -> Option<&'static str> {
-    Some(match state {
-        0x01 => "ESTABLISHED",
-        0x02 => "SYN_SENT",
-        0x03 => "SYN_RECV",
-        0x04 => "FIN_WAIT1",
-        0x05 => "FIN_WAIT2",
-        0x06 => "TIME_WAIT",
-        0x07 => "CLOSE",
-        0x08 => "CLOSE_WAIT",
-        0x09 => "LAST_ACK",
-        0x0A => "LISTEN",
-        0x0B => "CLOSING",
-        0x0C => "NEW_SYN_RECV",
-        _ => return None,
-    })
-}
-
-const TCP_LISTEN: u8 = 0x0A;
 /// `__SO_ACCEPTCON` in the Flags column of `/proc/net/unix`: a listening socket.
 const UNIX_ACCEPTCON: u32 = 1 << 16;
 
@@ -530,9 +510,9 @@ fn parse_inet_line(protocol: SocketProtocol, line: &[u8]) -> Option<SocketInfo> 
         protocol,
         local: local_addr.to_string(),
         remote: remote_addr.map(|r| r.to_string()),
-        tcp_state: if tcp { tcp_state_name(state) } else { None },
+        tcp_state: if tcp { tcp_state::name(state) } else { None },
         unix_path: None,
-        listening: tcp && state == TCP_LISTEN,
+        listening: tcp && state == tcp_state::LISTEN,
         inode,
         local_addr: Some(local_addr),
         remote_addr,
@@ -1122,18 +1102,6 @@ mod tests {
     // --- pure: /proc/net parsing and rendering ---
 
     const TCP_HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
-
-    /// Every TCP state number maps to the kernel's name.
-    #[test]
-    fn tcp_state_names() {
-        assert_eq!(tcp_state_name(0x01), Some("ESTABLISHED"));
-        assert_eq!(tcp_state_name(0x06), Some("TIME_WAIT"));
-        assert_eq!(tcp_state_name(0x08), Some("CLOSE_WAIT"));
-        assert_eq!(tcp_state_name(0x0A), Some("LISTEN"));
-        assert_eq!(tcp_state_name(0x0C), Some("NEW_SYN_RECV"));
-        assert_eq!(tcp_state_name(0x00), None);
-        assert_eq!(tcp_state_name(0x0D), None);
-    }
 
     /// A /proc/net/tcp LISTEN line on a little-endian host decodes to 127.0.0.1:8080 LISTEN.
     #[cfg(target_endian = "little")]

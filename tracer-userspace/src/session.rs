@@ -635,7 +635,7 @@ fn tcp_state_age(
 ) -> Option<f64> {
     let socket = sockets.get(described.inode?)?;
     let (state, since_ns) = tcp.state_since(socket.local_addr?, socket.remote_addr?)?;
-    (crate::tcp::state_name(state) == described.tcp_state.as_deref())
+    (tracer_common::abi::tcp_state::name(state) == described.tcp_state.as_deref())
         .then(|| (now_ns.saturating_sub(since_ns) as f64 / 1e6).round() / 1e3)
 }
 

@@ -19,7 +19,7 @@
 //!
 //! Memory is bounded: at most [`MAX_LIVE`] live sockets, [`MAX_TIME_WAIT_PAIRS`] remembered
 //! `TIME_WAIT` pairs (oldest forgotten first), [`MAX_TIME_WAIT_GROUPS`] groups and
-//! [`MAX_LISTEN_PORTS`] remembered listening ports. Every operation is O(1) except the
+//! [`MAX_KNOWN_LISTENERS`] remembered listening ports. Every operation is O(1) except the
 //! report-time queries.
 
 use std::{
@@ -27,30 +27,9 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-/// `TCP_ESTABLISHED`.
-pub const ESTABLISHED: u8 = 1;
-/// `TCP_SYN_SENT`.
-pub const SYN_SENT: u8 = 2;
-/// `TCP_SYN_RECV`.
-pub const SYN_RECV: u8 = 3;
-/// `TCP_FIN_WAIT1`.
-pub const FIN_WAIT1: u8 = 4;
-/// `TCP_FIN_WAIT2`.
-pub const FIN_WAIT2: u8 = 5;
-/// `TCP_TIME_WAIT`.
-pub const TIME_WAIT: u8 = 6;
-/// `TCP_CLOSE`: the socket is gone.
-pub const CLOSE: u8 = 7;
-/// `TCP_CLOSE_WAIT`.
-pub const CLOSE_WAIT: u8 = 8;
-/// `TCP_LAST_ACK`.
-pub const LAST_ACK: u8 = 9;
-/// `TCP_LISTEN`.
-pub const LISTEN: u8 = 10;
-/// `TCP_CLOSING`.
-pub const CLOSING: u8 = 11;
-/// `TCP_NEW_SYN_RECV`.
-pub const NEW_SYN_RECV: u8 = 12;
+use tracer_common::abi::tcp_state::{
+    CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
+};
 
 /// Most live sockets tracked at once; further new sockets are ignored and counted in
 /// [`TcpTracker::dropped`].
@@ -60,8 +39,9 @@ pub const MAX_TIME_WAIT_PAIRS: usize = 65_536;
 /// Most distinct [`TimeWaitGroup`]s; `TIME_WAIT` entries for further groups are counted in
 /// [`TcpTracker::time_wait_dropped`] (they still go into the pair ring).
 pub const MAX_TIME_WAIT_GROUPS: usize = 65_536;
-/// Most `(owner, port)` listening ports remembered for the side heuristic.
-pub const MAX_LISTEN_PORTS: usize = 65_536;
+/// Most `(owner, port)` listening ports remembered for the side heuristic. (Not the kernel
+/// side's `tracer_common::MAX_LISTEN_PORTS`, the capacity of its port -> owner map.)
+pub const MAX_KNOWN_LISTENERS: usize = 65_536;
 
 /// One state change, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,27 +60,6 @@ pub struct TcpTransition {
     pub remote: SocketAddr,
     /// When it happened, `CLOCK_MONOTONIC` nanoseconds.
     pub at_ns: u64,
-}
-
-/// TCP state names as the kernel spells them (1 ESTABLISHED, 2 SYN_SENT, 3 SYN_RECV,
-/// 4 FIN_WAIT1, 5 FIN_WAIT2, 6 TIME_WAIT, 7 CLOSE, 8 CLOSE_WAIT, 9 LAST_ACK, 10 LISTEN,
-/// 11 CLOSING, 12 NEW_SYN_RECV); `None` for anything else.
-pub fn state_name(state: u8) -> Option<&'static str> {
-    Some(match state {
-        ESTABLISHED => "ESTABLISHED",
-        SYN_SENT => "SYN_SENT",
-        SYN_RECV => "SYN_RECV",
-        FIN_WAIT1 => "FIN_WAIT1",
-        FIN_WAIT2 => "FIN_WAIT2",
-        TIME_WAIT => "TIME_WAIT",
-        CLOSE => "CLOSE",
-        CLOSE_WAIT => "CLOSE_WAIT",
-        LAST_ACK => "LAST_ACK",
-        LISTEN => "LISTEN",
-        CLOSING => "CLOSING",
-        NEW_SYN_RECV => "NEW_SYN_RECV",
-        _ => return None,
-    })
 }
 
 /// Whether this transition means the connection now sits in `TIME_WAIT`: the full socket goes
@@ -207,7 +166,7 @@ impl TcpTracker {
 
     /// Applies one transition (O(1)).
     pub fn apply(&mut self, t: &TcpTransition) {
-        if t.new == LISTEN && self.listen_ports.len() < MAX_LISTEN_PORTS && t.local.port() != 0 {
+        if t.new == LISTEN && self.listen_ports.len() < MAX_KNOWN_LISTENERS && t.local.port() != 0 {
             self.listen_ports.insert((t.owner, t.local.port()));
         }
 
@@ -423,6 +382,8 @@ fn side_of(t: &TcpTransition) -> Option<Side> {
 
 #[cfg(test)]
 mod tests {
+    use tracer_common::abi::tcp_state::{CLOSE_WAIT, ESTABLISHED, LAST_ACK};
+
     use super::*;
 
     const SEC: u64 = 1_000_000_000;
@@ -469,15 +430,6 @@ mod tests {
         t.apply(&tr(pid, sk, ESTABLISHED, FIN_WAIT1, local, remote, at));
         t.apply(&tr(pid, sk, FIN_WAIT1, FIN_WAIT2, local, remote, at + 1));
         t.apply(&tr(pid, sk, FIN_WAIT2, CLOSE, local, remote, at + 2));
-    }
-
-    /// State names match the kernel's spelling and unknown states have none.
-    #[test]
-    fn names() {
-        assert_eq!(state_name(CLOSE_WAIT), Some("CLOSE_WAIT"));
-        assert_eq!(state_name(NEW_SYN_RECV), Some("NEW_SYN_RECV"));
-        assert_eq!(state_name(0), None);
-        assert_eq!(state_name(13), None);
     }
 
     /// An accepted socket whose peer closes is in CLOSE_WAIT since the 1→8 change, and is no

@@ -8,7 +8,10 @@ mod births;
 mod reconcile;
 mod sharing;
 
-use tracer_common::{CLONE_FILES, CLONE_THREAD, Syscall};
+use tracer_common::{
+    CLONE_FILES, CLONE_THREAD, Syscall,
+    abi::{CLOSE_RANGE_CLOEXEC, CLOSE_RANGE_UNSHARE},
+};
 
 use crate::{
     events::{Event, Header},
@@ -382,7 +385,6 @@ impl Aggregator {
                 last,
                 flags,
             } => {
-                const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
                 if flags & CLOSE_RANGE_UNSHARE != 0 && header.tid == header.tgid {
                     self.unshare_table(header.tgid);
                 }
@@ -537,8 +539,6 @@ fn exit_process(process: &mut Process, now_ns: u64, lost_so_far: u64) {
 /// first, which for a single-threaded process (the usual case: before exec) changes nothing
 /// we track.
 fn close_range(process: &mut Process, first: u32, last: u32, flags: u32) {
-    const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
-    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
     if first > last || flags & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 {
         return;
     }
@@ -555,11 +555,13 @@ fn close_range(process: &mut Process, first: u32, last: u32, flags: u32) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use tracer_common::ARG_UNKNOWN;
+    use tracer_common::{
+        ARG_UNKNOWN,
+        abi::{AT_FDCWD, F_DUPFD, F_DUPFD_CLOEXEC, O_CLOEXEC},
+    };
 
     pub(crate) const PARENT: u32 = 100;
-    const CLOEXEC: u64 = births::O_CLOEXEC;
-    const AT_FDCWD: i32 = -100;
+    const CLOEXEC: u64 = O_CLOEXEC;
     const CHILD: u32 = 200;
 
     pub(crate) fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
@@ -1003,8 +1005,6 @@ pub(crate) mod tests {
     /// flag on and off, and exec honours the last word.
     #[test]
     fn fcntl_dupfd_and_setfd() {
-        const F_DUPFD: u64 = 0;
-        const F_DUPFD_CLOEXEC: u64 = 1030;
         let mut agg = Aggregator::new();
         agg.apply(&open(PARENT, 3, "/log", 1));
         agg.apply(&created(PARENT, 10, Syscall::Fcntl, 3, F_DUPFD));
