@@ -7,6 +7,14 @@
 
 use core::mem::size_of;
 
+pub mod abi;
+mod abi_enum;
+
+use abi_enum::abi_enum;
+
+/// Kept at the crate root, where both sides have always imported them from.
+pub use abi::{CLONE_FILES, CLONE_THREAD};
+
 /// Bytes of a path captured at open time; longer paths are truncated and flagged.
 pub const PATH_CAP: usize = 256;
 /// Processes the kernel side can follow at once.
@@ -43,193 +51,77 @@ pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
 
-/// What an event reports. The kernel writes it as `u32`; userspace converts with `TryFrom`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventKind {
-    /// A descriptor created from a path: [`FileOpenEvent`].
-    FileOpened = 1,
-    /// A descriptor created without a path (socket, accept, dup): [`FdEvent`].
-    FdCreated = 2,
-    /// close(2): [`CloseEvent`].
-    FdClosed = 3,
-    /// A task was created by fork/vfork/clone/clone3: [`ForkEvent`].
-    TaskCreated = 4,
-    /// A task exited: [`ExitEvent`].
-    TaskExited = 5,
-    /// A process called execve: [`ExecEvent`].
-    Exec = 6,
-    /// A TCP socket of a followed process changed state: [`TcpStateEvent`].
-    TcpState = 7,
-    /// A descriptor's close-on-exec flag was set or cleared (fcntl F_SETFD), or a block of
-    /// descriptors was closed or marked close-on-exec (close_range): [`FdEvent`] with
-    /// `syscall` saying which (see [`FdEvent`]'s argument meanings).
-    FdChanged = 8,
-    /// A process changed its working directory (chdir, fchdir): [`ExecEvent`]'s layout
-    /// (header only); userspace reads the new one from /proc.
-    CwdChanged = 9,
-}
-
-impl TryFrom<u32> for EventKind {
-    type Error = u32;
-    fn try_from(raw: u32) -> Result<Self, u32> {
-        Ok(match raw {
-            1 => Self::FileOpened,
-            2 => Self::FdCreated,
-            3 => Self::FdClosed,
-            4 => Self::TaskCreated,
-            5 => Self::TaskExited,
-            6 => Self::Exec,
-            7 => Self::TcpState,
-            8 => Self::FdChanged,
-            9 => Self::CwdChanged,
-            other => return Err(other),
-        })
+abi_enum! {
+    /// What an event reports. The kernel writes it as `u32`; userspace converts with `TryFrom`.
+    pub enum EventKind {
+        /// A descriptor created from a path: [`FileOpenEvent`].
+        FileOpened = 1,
+        /// A descriptor created without a path (socket, accept, dup): [`FdEvent`].
+        FdCreated = 2,
+        /// close(2): [`CloseEvent`].
+        FdClosed = 3,
+        /// A task was created by fork/vfork/clone/clone3: [`ForkEvent`].
+        TaskCreated = 4,
+        /// A task exited: [`ExitEvent`].
+        TaskExited = 5,
+        /// A process called execve: [`ExecEvent`].
+        Exec = 6,
+        /// A TCP socket of a followed process changed state: [`TcpStateEvent`].
+        TcpState = 7,
+        /// A descriptor's close-on-exec flag was set or cleared (fcntl F_SETFD), or a block of
+        /// descriptors was closed or marked close-on-exec (close_range): [`FdEvent`] with
+        /// `syscall` saying which (see [`FdEvent`]'s argument meanings).
+        FdChanged = 8,
+        /// A process changed its working directory (chdir, fchdir): [`ExecEvent`]'s layout
+        /// (header only); userspace reads the new one from /proc.
+        CwdChanged = 9,
     }
 }
 
-/// The syscall behind an event, so the report can say `opened_by`.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Syscall {
-    Open = 1,
-    Openat = 2,
-    Openat2 = 3,
-    Creat = 4,
-    Socket = 5,
-    Accept = 6,
-    Accept4 = 7,
-    Dup = 8,
-    Dup2 = 9,
-    Dup3 = 10,
-    Close = 11,
-    Fork = 12,
-    Vfork = 13,
-    Clone = 14,
-    Clone3 = 15,
-    Pipe = 16,
-    Pipe2 = 17,
-    Socketpair = 18,
-    Eventfd = 19,
-    Eventfd2 = 20,
-    EpollCreate = 21,
-    EpollCreate1 = 22,
-    TimerfdCreate = 23,
-    Signalfd = 24,
-    Signalfd4 = 25,
-    MemfdCreate = 26,
-    PidfdOpen = 27,
-    PidfdGetfd = 28,
-    InotifyInit = 29,
-    InotifyInit1 = 30,
-    FanotifyInit = 31,
-    Userfaultfd = 32,
-    IoUringSetup = 33,
-    PerfEventOpen = 34,
-    OpenByHandleAt = 35,
-    Fcntl = 36,
-    CloseRange = 37,
-    Chdir = 38,
-    Fchdir = 39,
-    Unshare = 40,
-    Recvmsg = 41,
-}
-
-impl Syscall {
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::Open => "open",
-            Self::Openat => "openat",
-            Self::Openat2 => "openat2",
-            Self::Creat => "creat",
-            Self::Socket => "socket",
-            Self::Accept => "accept",
-            Self::Accept4 => "accept4",
-            Self::Dup => "dup",
-            Self::Dup2 => "dup2",
-            Self::Dup3 => "dup3",
-            Self::Close => "close",
-            Self::Fork => "fork",
-            Self::Vfork => "vfork",
-            Self::Clone => "clone",
-            Self::Clone3 => "clone3",
-            Self::Pipe => "pipe",
-            Self::Pipe2 => "pipe2",
-            Self::Socketpair => "socketpair",
-            Self::Eventfd => "eventfd",
-            Self::Eventfd2 => "eventfd2",
-            Self::EpollCreate => "epoll_create",
-            Self::EpollCreate1 => "epoll_create1",
-            Self::TimerfdCreate => "timerfd_create",
-            Self::Signalfd => "signalfd",
-            Self::Signalfd4 => "signalfd4",
-            Self::MemfdCreate => "memfd_create",
-            Self::PidfdOpen => "pidfd_open",
-            Self::PidfdGetfd => "pidfd_getfd",
-            Self::InotifyInit => "inotify_init",
-            Self::InotifyInit1 => "inotify_init1",
-            Self::FanotifyInit => "fanotify_init",
-            Self::Userfaultfd => "userfaultfd",
-            Self::IoUringSetup => "io_uring_setup",
-            Self::PerfEventOpen => "perf_event_open",
-            Self::OpenByHandleAt => "open_by_handle_at",
-            Self::Fcntl => "fcntl",
-            Self::CloseRange => "close_range",
-            Self::Chdir => "chdir",
-            Self::Fchdir => "fchdir",
-            Self::Unshare => "unshare",
-            Self::Recvmsg => "recvmsg",
-        }
-    }
-}
-
-impl TryFrom<u32> for Syscall {
-    type Error = u32;
-    fn try_from(raw: u32) -> Result<Self, u32> {
-        Ok(match raw {
-            1 => Self::Open,
-            2 => Self::Openat,
-            3 => Self::Openat2,
-            4 => Self::Creat,
-            5 => Self::Socket,
-            6 => Self::Accept,
-            7 => Self::Accept4,
-            8 => Self::Dup,
-            9 => Self::Dup2,
-            10 => Self::Dup3,
-            11 => Self::Close,
-            12 => Self::Fork,
-            13 => Self::Vfork,
-            14 => Self::Clone,
-            15 => Self::Clone3,
-            16 => Self::Pipe,
-            17 => Self::Pipe2,
-            18 => Self::Socketpair,
-            19 => Self::Eventfd,
-            20 => Self::Eventfd2,
-            21 => Self::EpollCreate,
-            22 => Self::EpollCreate1,
-            23 => Self::TimerfdCreate,
-            24 => Self::Signalfd,
-            25 => Self::Signalfd4,
-            26 => Self::MemfdCreate,
-            27 => Self::PidfdOpen,
-            28 => Self::PidfdGetfd,
-            29 => Self::InotifyInit,
-            30 => Self::InotifyInit1,
-            31 => Self::FanotifyInit,
-            32 => Self::Userfaultfd,
-            33 => Self::IoUringSetup,
-            34 => Self::PerfEventOpen,
-            35 => Self::OpenByHandleAt,
-            36 => Self::Fcntl,
-            37 => Self::CloseRange,
-            38 => Self::Chdir,
-            39 => Self::Fchdir,
-            40 => Self::Unshare,
-            41 => Self::Recvmsg,
-            other => return Err(other),
-        })
+abi_enum! {
+    /// The syscall behind an event, so the report can say `opened_by`.
+    pub enum Syscall {
+        Open = 1 => "open",
+        Openat = 2 => "openat",
+        Openat2 = 3 => "openat2",
+        Creat = 4 => "creat",
+        Socket = 5 => "socket",
+        Accept = 6 => "accept",
+        Accept4 = 7 => "accept4",
+        Dup = 8 => "dup",
+        Dup2 = 9 => "dup2",
+        Dup3 = 10 => "dup3",
+        Close = 11 => "close",
+        Fork = 12 => "fork",
+        Vfork = 13 => "vfork",
+        Clone = 14 => "clone",
+        Clone3 = 15 => "clone3",
+        Pipe = 16 => "pipe",
+        Pipe2 = 17 => "pipe2",
+        Socketpair = 18 => "socketpair",
+        Eventfd = 19 => "eventfd",
+        Eventfd2 = 20 => "eventfd2",
+        EpollCreate = 21 => "epoll_create",
+        EpollCreate1 = 22 => "epoll_create1",
+        TimerfdCreate = 23 => "timerfd_create",
+        Signalfd = 24 => "signalfd",
+        Signalfd4 = 25 => "signalfd4",
+        MemfdCreate = 26 => "memfd_create",
+        PidfdOpen = 27 => "pidfd_open",
+        PidfdGetfd = 28 => "pidfd_getfd",
+        InotifyInit = 29 => "inotify_init",
+        InotifyInit1 = 30 => "inotify_init1",
+        FanotifyInit = 31 => "fanotify_init",
+        Userfaultfd = 32 => "userfaultfd",
+        IoUringSetup = 33 => "io_uring_setup",
+        PerfEventOpen = 34 => "perf_event_open",
+        OpenByHandleAt = 35 => "open_by_handle_at",
+        Fcntl = 36 => "fcntl",
+        CloseRange = 37 => "close_range",
+        Chdir = 38 => "chdir",
+        Fchdir = 39 => "fchdir",
+        Unshare = 40 => "unshare",
+        Recvmsg = 41 => "recvmsg",
     }
 }
 
@@ -300,7 +192,8 @@ pub struct FileOpenEvent {
     pub fd: i32,
     /// A [`Syscall`] as `u32`.
     pub syscall: u32,
-    /// The directory fd a relative path is resolved against (`AT_FDCWD` = -100).
+    /// The directory fd a relative path is resolved against ([`abi::AT_FDCWD`] for the
+    /// working directory).
     pub dirfd: i32,
     /// The `O_*` open flags.
     pub flags: u32,
@@ -355,10 +248,6 @@ const _: () = assert!(size_of::<CloseEvent>() == 32);
 
 /// `clone_flags` value when the creating syscall was not seen (kernel-internal task creation).
 pub const CLONE_FLAGS_UNKNOWN: u64 = u64::MAX;
-/// `CLONE_THREAD` from linux/sched.h.
-pub const CLONE_THREAD: u64 = 0x0001_0000;
-/// `CLONE_FILES` from linux/sched.h.
-pub const CLONE_FILES: u64 = 0x0000_0400;
 
 /// A task created by a followed process; the header names the parent (the caller). Followed
 /// in the ring by `stack.len` bytes of user stack.
@@ -407,10 +296,10 @@ pub struct TcpStateEvent {
     pub header: EventHeader,
     /// The kernel's `struct sock` address: the socket's identity while it lives.
     pub skaddr: u64,
-    /// TCP states as in include/net/tcp_states.h (1 ESTABLISHED ... 12 NEW_SYN_RECV).
+    /// TCP states: [`abi::tcp_state`].
     pub oldstate: u8,
     pub newstate: u8,
-    /// AF_INET (2) or AF_INET6 (10).
+    /// [`abi::AF_INET`] or [`abi::AF_INET6`].
     pub family: u16,
     /// Host byte order.
     pub sport: u16,

@@ -5,7 +5,10 @@
 //! Kernel: fs/fcntl.c do_fcntl(); fs/file.c __close_range(); kernel/fork.c ksys_unshare().
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::Syscall;
+use tracer_common::{
+    Syscall,
+    abi::{CLONE_FILES, F_DUPFD, F_DUPFD_CLOEXEC, F_SETFD},
+};
 
 use super::{
     call_at_exit,
@@ -15,11 +18,6 @@ use crate::{
     emit::{Caller, read_u64},
     maps::offset,
 };
-
-/// fcntl commands from linux/fcntl.h (asm-generic values, the same on x86 and arm64).
-const F_DUPFD: u64 = 0;
-const F_SETFD: u64 = 2;
-const F_DUPFD_CLOEXEC: u64 = 1030;
 
 /// Without a stash there is nothing to report: the command was one we ignore, or the call
 /// began before the process was followed (then its effect is in the attach snapshot).
@@ -66,9 +64,6 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
     }
     0
 }
-
-/// `CLONE_FILES` from linux/sched.h.
-const CLONE_FILES: u64 = 0x400;
 
 #[tracepoint]
 pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {

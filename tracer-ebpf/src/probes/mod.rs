@@ -14,7 +14,10 @@ pub mod tasks;
 pub mod tcp;
 
 use aya_ebpf::programs::TracePointContext;
-use tracer_common::{ARG_UNKNOWN, Syscall};
+use tracer_common::{
+    ARG_UNKNOWN, Syscall,
+    abi::{O_CREAT, O_TRUNC, O_WRONLY},
+};
 
 use crate::{
     emit::{Caller, SyscallRegs, read_u64},
@@ -46,10 +49,11 @@ pub struct Args {
     pub arg2: u64,
 }
 
-/// `AT_FDCWD`: the directory fd of a path relative to the working directory.
-const AT_FDCWD: u64 = -100i64 as u64;
+/// [`tracer_common::abi::AT_FDCWD`] as a syscall argument (sign-extended, as the kernel
+/// passes an `int`).
+const AT_FDCWD: u64 = tracer_common::abi::AT_FDCWD as u64;
 /// What creat(2) is: open(path, O_CREAT | O_WRONLY | O_TRUNC).
-const CREAT_FLAGS: u64 = 0o100 | 0o1 | 0o1000;
+const CREAT_FLAGS: u64 = O_CREAT | O_WRONLY | O_TRUNC;
 
 /// The arguments of `syscall` that userspace needs, from the six the caller passed (`a`):
 /// the directory fd, path and flags of an open; the flags that decide close-on-exec; the

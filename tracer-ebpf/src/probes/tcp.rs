@@ -8,17 +8,18 @@
 //! its `struct sock` address until it closes.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::{EventKind, NO_STACK, TcpStateEvent};
+use tracer_common::{
+    EventKind, NO_STACK, TcpStateEvent,
+    abi::{AF_INET, tcp_state},
+};
 
 use crate::{
     emit::{Caller, read_u16, read_u32, read_u64},
     maps::{EVENTS, LISTEN_PORTS, LOST_RING_FULL, TCP_SOCKETS, count_lost, offset, submit_flags},
 };
 
+/// `IPPROTO_TCP` (linux/in.h).
 const IPPROTO_TCP: u16 = 6;
-const TCP_CLOSE: u32 = 7;
-const TCP_LISTEN: u32 = 10;
-const AF_INET: u16 = 2;
 
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -42,14 +43,16 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let old = read_u32(&ctx, offset!(tcp_oldstate)).unwrap_or(0);
     let new = read_u32(&ctx, offset!(tcp_newstate)).unwrap_or(0);
     let sport = read_u16(&ctx, offset!(tcp_sport)).unwrap_or(0);
-    if new == TCP_CLOSE {
+    // The tracepoint's states are `int`s.
+    let (close, listen) = (u32::from(tcp_state::CLOSE), u32::from(tcp_state::LISTEN));
+    if new == close {
         let _ = TCP_SOCKETS.remove(&skaddr);
-        if old == TCP_LISTEN {
+        if old == listen {
             let _ = LISTEN_PORTS.remove(&sport);
         }
     } else {
         let _ = TCP_SOCKETS.insert(&skaddr, &owner, 0);
-        if new == TCP_LISTEN {
+        if new == listen {
             let _ = LISTEN_PORTS.insert(&sport, &owner, 0);
         }
     }

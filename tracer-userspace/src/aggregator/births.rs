@@ -5,23 +5,22 @@
 
 use foldhash::HashMap;
 
-use tracer_common::{ARG_UNKNOWN, Syscall};
+use tracer_common::{
+    ARG_UNKNOWN, Syscall,
+    abi::{
+        AF_INET, AF_INET6, AF_NETLINK, AF_PACKET, AF_UNIX, AT_FDCWD, F_DUPFD_CLOEXEC, O_CLOEXEC,
+    },
+};
 
 use super::Descriptor;
 use crate::model::{DescriptorKind, escape_bytes};
 
-/// `O_CLOEXEC`, and the flags equal to it: `SOCK_CLOEXEC`, `EFD_CLOEXEC`, `EPOLL_CLOEXEC`,
-/// `TFD_CLOEXEC`, `SFD_CLOEXEC`, `IN_CLOEXEC`, `UFFD_CLOEXEC`.
-pub(super) const O_CLOEXEC: u64 = 0o2_000_000;
 /// `MFD_CLOEXEC`, `FAN_CLOEXEC`.
 const LOW_BIT_CLOEXEC: u64 = 1;
 /// `PERF_FLAG_FD_CLOEXEC`.
 const PERF_FLAG_FD_CLOEXEC: u64 = 8;
 /// `MSG_CMSG_CLOEXEC`: recvmsg's flag for the descriptors it receives.
 const MSG_CMSG_CLOEXEC: u64 = 0x4000_0000;
-/// `F_DUPFD_CLOEXEC`.
-const F_DUPFD_CLOEXEC: u64 = 1030;
-const AT_FDCWD: i32 = -100;
 
 /// A new descriptor as its creating syscall describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -210,15 +209,12 @@ pub(super) fn without_path(
 
 /// What socket(2)'s domain and type say, before any address is bound.
 fn describe_socket(domain: u64, kind: u64) -> String {
-    const AF_UNIX: u64 = 1;
-    const AF_INET: u64 = 2;
-    const AF_INET6: u64 = 10;
-    const AF_NETLINK: u64 = 16;
-    const AF_PACKET: u64 = 17;
     const SOCK_STREAM: u64 = 1;
     const SOCK_DGRAM: u64 = 2;
     let base = kind & 0xf;
-    match (domain, base) {
+    // A domain wider than `sa_family_t` is no family we name.
+    let family = u16::try_from(domain).unwrap_or(u16::MAX);
+    match (family, base) {
         (AF_INET, SOCK_STREAM) => "tcp".into(),
         (AF_INET, SOCK_DGRAM) => "udp".into(),
         (AF_INET6, SOCK_STREAM) => "tcp6".into(),
@@ -226,6 +222,6 @@ fn describe_socket(domain: u64, kind: u64) -> String {
         (AF_UNIX, _) => "unix".into(),
         (AF_NETLINK, _) => "netlink".into(),
         (AF_PACKET, _) => "packet".into(),
-        (domain, base) => format!("socket (domain {domain}, type {base})"),
+        _ => format!("socket (domain {domain}, type {base})"),
     }
 }

@@ -1,7 +1,10 @@
 //! One handler per event kind: how each event changes the tables. [`Aggregator::apply`]
 //! dispatches here, in ring buffer order.
 
-use tracer_common::{CLONE_FILES, CLONE_THREAD};
+use tracer_common::{
+    CLONE_FILES, CLONE_THREAD,
+    abi::{CLOSE_RANGE_CLOEXEC, CLOSE_RANGE_UNSHARE},
+};
 
 use super::{Aggregator, Descriptor, LiveThread, Origin, Process, births, copy_of, exit_process};
 use crate::{
@@ -75,7 +78,6 @@ impl Aggregator {
     /// close_range closed a block of descriptors or marked it close-on-exec, leaving a
     /// shared table first with `CLOSE_RANGE_UNSHARE`.
     pub(super) fn on_range_closed(&mut self, header: &Header, range: &RangeClosed) {
-        const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
         if range.flags & CLOSE_RANGE_UNSHARE != 0 && header.tid == header.tgid {
             self.unshare_table(header.tgid);
         }
@@ -201,8 +203,6 @@ impl Aggregator {
 /// first, which for a single-threaded process (the usual case: before exec) changes nothing
 /// we track.
 fn close_range(process: &mut Process, first: u32, last: u32, flags: u32) {
-    const CLOSE_RANGE_UNSHARE: u32 = 1 << 1;
-    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
     if first > last || flags & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 {
         return;
     }

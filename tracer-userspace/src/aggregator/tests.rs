@@ -1,7 +1,10 @@
 //! The tables through event sequences: births, closes, fork, exit, exec, threads, snapshots.
 //! The helpers that build events are shared with the tests of reconcile.rs and sharing.rs.
 
-use tracer_common::{ARG_UNKNOWN, CLONE_THREAD, Syscall};
+use tracer_common::{
+    ARG_UNKNOWN, CLONE_THREAD, Syscall,
+    abi::{AT_FDCWD, F_DUPFD, F_DUPFD_CLOEXEC, O_CLOEXEC},
+};
 
 use super::*;
 use crate::{
@@ -12,8 +15,7 @@ use crate::{
 };
 
 pub(crate) const PARENT: u32 = 100;
-const CLOEXEC: u64 = births::O_CLOEXEC;
-const AT_FDCWD: i32 = -100;
+const CLOEXEC: u64 = O_CLOEXEC;
 const CHILD: u32 = 200;
 
 pub(crate) fn header(tgid: u32, tid: u32, t: u64, stack_id: Option<u32>) -> Header {
@@ -464,8 +466,6 @@ fn memfd_is_named() {
 /// flag on and off, and exec honours the last word.
 #[test]
 fn fcntl_dupfd_and_setfd() {
-    const F_DUPFD: u64 = 0;
-    const F_DUPFD_CLOEXEC: u64 = 1030;
     let mut agg = Aggregator::new();
     agg.apply(&open(PARENT, 3, "/log", 1));
     agg.apply(&created(PARENT, 10, Syscall::Fcntl, 3, F_DUPFD));

@@ -409,6 +409,49 @@ mod tests {
         }
     }
 
+    /// PROBES names every program of the embedded object, each once: a program added to
+    /// tracer-ebpf without a line there would never be attached, and a line without a program
+    /// fails every load. (The object only names a program, not its tracepoint's category.)
+    #[test]
+    fn probes_are_the_programs_in_the_object() {
+        use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+
+        let object = object::File::parse(EBPF_OBJECT).expect("the eBPF object is an ELF file");
+        let is_program_section =
+            |name: &str| name == "tracepoint" || name.starts_with("tracepoint/");
+        let mut in_object: Vec<&str> = object
+            .symbols()
+            .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.is_global())
+            .filter(|symbol| {
+                symbol
+                    .section_index()
+                    .and_then(|index| object.section_by_index(index).ok())
+                    .and_then(|section| section.name().ok())
+                    .is_some_and(is_program_section)
+            })
+            .map(|symbol| symbol.name().expect("program names are UTF-8"))
+            .collect();
+        in_object.sort_unstable();
+        let mut listed: Vec<&str> = PROBES.iter().map(|probe| probe.name).collect();
+        listed.sort_unstable();
+        assert!(!in_object.is_empty(), "no tracepoint program in the object");
+        let unlisted: Vec<&str> = in_object
+            .iter()
+            .filter(|name| !listed.contains(name))
+            .copied()
+            .collect();
+        let absent: Vec<&str> = listed
+            .iter()
+            .filter(|name| !in_object.contains(name))
+            .copied()
+            .collect();
+        assert_eq!(
+            listed, in_object,
+            "PROBES (left) differs from the object's programs (right): PROBES lacks {unlisted:?}, \
+             the object lacks {absent:?}, or PROBES names one twice"
+        );
+    }
+
     /// Each optional tracepoint says what is lost without it.
     #[test]
     fn says_what_a_missing_tracepoint_costs() {

@@ -7,6 +7,7 @@ use std::mem::size_of;
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
     FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
+    abi::{AF_INET, FD_CLOEXEC},
 };
 
 use super::{
@@ -133,9 +134,6 @@ fn task_created(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
     Ok((body, stack_top))
 }
 
-/// `FD_CLOEXEC` from linux/fcntl.h: the descriptor flag F_SETFD sets.
-const FD_CLOEXEC: u64 = 1;
-
 /// [`FdEvent`] of a change to existing descriptors: its syscall says which, and what its
 /// arguments mean.
 fn fd_changed(record: &[u8]) -> Result<EventBody, DecodeError> {
@@ -197,7 +195,6 @@ fn tcp_state(record: &[u8]) -> Result<EventBody, DecodeError> {
 
 /// An address from the tracepoint: IPv4 in the first 4 bytes for AF_INET, else IPv6.
 fn socket_addr(family: u16, bytes: [u8; 16], port: u16) -> std::net::SocketAddr {
-    const AF_INET: u16 = 2;
     let ip: std::net::IpAddr = if family == AF_INET {
         std::net::Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]).into()
     } else {

@@ -11,6 +11,8 @@ use std::{
     path::PathBuf,
 };
 
+use tracer_common::abi::O_CLOEXEC;
+
 use super::sockets::{Direction, SocketTable};
 use crate::model::{DescriptorKind, ListedFd, escape_bytes};
 
@@ -210,7 +212,6 @@ pub fn list_fds(pid: u32, sockets: &SocketTable) -> io::Result<Vec<FdTarget>> {
 
 /// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
 pub fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
-    const O_CLOEXEC: u64 = 0o2_000_000;
     fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
         .ok()
         .and_then(|text| {

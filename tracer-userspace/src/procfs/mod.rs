@@ -27,4 +27,4 @@ pub use fds::{
 pub use process::{
     ProcessInfo, all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
 };
-pub use sockets::{Direction, SocketInfo, SocketProtocol, SocketTable, tcp_state_name};
+pub use sockets::{Direction, SocketInfo, SocketProtocol, SocketTable};

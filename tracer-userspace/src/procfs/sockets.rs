@@ -8,6 +8,8 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
+use tracer_common::abi::tcp_state;
+
 use super::unix_diag;
 
 /// Where a TCP/UDP socket's peer is relative to us, when the caller knows it.
@@ -57,27 +59,6 @@ impl SocketProtocol {
     const ALL: [Self; 5] = [Self::Tcp, Self::Tcp6, Self::Udp, Self::Udp6, Self::Unix];
 }
 
-/// The kernel's name for a TCP state number (the `st` column of `/proc/net/tcp`, and
-/// `newstate` of the `sock:inet_sock_set_state` tracepoint).
-pub const fn tcp_state_name(state: u8) -> Option<&'static str> {
-    Some(match state {
-        0x01 => "ESTABLISHED",
-        0x02 => "SYN_SENT",
-        0x03 => "SYN_RECV",
-        0x04 => "FIN_WAIT1",
-        0x05 => "FIN_WAIT2",
-        0x06 => "TIME_WAIT",
-        0x07 => "CLOSE",
-        0x08 => "CLOSE_WAIT",
-        0x09 => "LAST_ACK",
-        0x0A => "LISTEN",
-        0x0B => "CLOSING",
-        0x0C => "NEW_SYN_RECV",
-        _ => return None,
-    })
-}
-
-const TCP_LISTEN: u8 = 0x0A;
 /// `__SO_ACCEPTCON` in the Flags column of `/proc/net/unix`: a listening socket.
 const UNIX_ACCEPTCON: u32 = 1 << 16;
 
@@ -302,9 +283,9 @@ fn parse_inet_line(protocol: SocketProtocol, line: &[u8]) -> Option<SocketInfo> 
         protocol,
         local: local_addr.to_string(),
         remote: remote_addr.map(|r| r.to_string()),
-        tcp_state: if tcp { tcp_state_name(state) } else { None },
+        tcp_state: if tcp { tcp_state::name(state) } else { None },
         unix_path: None,
-        listening: tcp && state == TCP_LISTEN,
+        listening: tcp && state == tcp_state::LISTEN,
         inode,
         local_addr: Some(local_addr),
         remote_addr,

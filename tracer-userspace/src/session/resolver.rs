@@ -6,14 +6,14 @@ use std::{
     io,
 };
 
-use tracer_common::Syscall;
+use tracer_common::{Syscall, abi::tcp_state};
 
 use crate::{
     model::{Frame, StackRef},
     procfs::{self, Direction, SocketTable},
     report::{DescriptorEntry, OpenedBy, Resolver},
     stacks::StackStore,
-    tcp::{self, TcpTracker},
+    tcp::TcpTracker,
 };
 
 /// The report's view of the live system: stacks repaired and symbolized from what was
@@ -88,7 +88,7 @@ fn tcp_state_age(
 ) -> Option<f64> {
     let socket = sockets.get(described.inode?)?;
     let (state, since_ns) = tcp.state_since(socket.local_addr?, socket.remote_addr?)?;
-    (tcp::state_name(state) == described.tcp_state.as_deref())
+    (tcp_state::name(state) == described.tcp_state.as_deref())
         .then(|| (now_ns.saturating_sub(since_ns) as f64 / 1e6).round() / 1e3)
 }
 

@@ -19,7 +19,7 @@
 //!
 //! Memory is bounded: at most [`MAX_LIVE`] live sockets, [`MAX_TIME_WAIT_PAIRS`] remembered
 //! `TIME_WAIT` pairs (oldest forgotten first), [`MAX_TIME_WAIT_GROUPS`] groups and
-//! [`MAX_LISTEN_PORTS`] remembered listening ports. Every operation is O(1) except the
+//! [`MAX_KNOWN_LISTENERS`] remembered listening ports. Every operation is O(1) except the
 //! report-time queries.
 
 mod time_wait;
@@ -29,30 +29,9 @@ use std::{collections::HashMap, net::SocketAddr};
 pub use time_wait::TimeWaitGroup;
 use time_wait::TimeWaits;
 
-/// `TCP_ESTABLISHED`.
-pub const ESTABLISHED: u8 = 1;
-/// `TCP_SYN_SENT`.
-pub const SYN_SENT: u8 = 2;
-/// `TCP_SYN_RECV`.
-pub const SYN_RECV: u8 = 3;
-/// `TCP_FIN_WAIT1`.
-pub const FIN_WAIT1: u8 = 4;
-/// `TCP_FIN_WAIT2`.
-pub const FIN_WAIT2: u8 = 5;
-/// `TCP_TIME_WAIT`.
-pub const TIME_WAIT: u8 = 6;
-/// `TCP_CLOSE`: the socket is gone.
-pub const CLOSE: u8 = 7;
-/// `TCP_CLOSE_WAIT`.
-pub const CLOSE_WAIT: u8 = 8;
-/// `TCP_LAST_ACK`.
-pub const LAST_ACK: u8 = 9;
-/// `TCP_LISTEN`.
-pub const LISTEN: u8 = 10;
-/// `TCP_CLOSING`.
-pub const CLOSING: u8 = 11;
-/// `TCP_NEW_SYN_RECV`.
-pub const NEW_SYN_RECV: u8 = 12;
+use tracer_common::abi::tcp_state::{
+    CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
+};
 
 /// Most live sockets tracked at once; further new sockets are ignored and counted in
 /// [`TcpTracker::dropped`].
@@ -62,8 +41,9 @@ pub const MAX_TIME_WAIT_PAIRS: usize = 65_536;
 /// Most distinct [`TimeWaitGroup`]s; `TIME_WAIT` entries for further groups are counted in
 /// [`TcpTracker::time_wait_dropped`] (they still go into the pair ring).
 pub const MAX_TIME_WAIT_GROUPS: usize = 65_536;
-/// Most `(owner, port)` listening ports remembered for the side heuristic.
-pub const MAX_LISTEN_PORTS: usize = 65_536;
+/// Most `(owner, port)` listening ports remembered for the side heuristic. (Not the kernel
+/// side's `tracer_common::MAX_LISTEN_PORTS`, the capacity of its port -> owner map.)
+pub const MAX_KNOWN_LISTENERS: usize = 65_536;
 
 /// One state change, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,27 +62,6 @@ pub struct TcpTransition {
     pub remote: SocketAddr,
     /// When it happened, `CLOCK_MONOTONIC` nanoseconds.
     pub at_ns: u64,
-}
-
-/// TCP state names as the kernel spells them (1 ESTABLISHED, 2 SYN_SENT, 3 SYN_RECV,
-/// 4 FIN_WAIT1, 5 FIN_WAIT2, 6 TIME_WAIT, 7 CLOSE, 8 CLOSE_WAIT, 9 LAST_ACK, 10 LISTEN,
-/// 11 CLOSING, 12 NEW_SYN_RECV); `None` for anything else.
-pub fn state_name(state: u8) -> Option<&'static str> {
-    Some(match state {
-        ESTABLISHED => "ESTABLISHED",
-        SYN_SENT => "SYN_SENT",
-        SYN_RECV => "SYN_RECV",
-        FIN_WAIT1 => "FIN_WAIT1",
-        FIN_WAIT2 => "FIN_WAIT2",
-        TIME_WAIT => "TIME_WAIT",
-        CLOSE => "CLOSE",
-        CLOSE_WAIT => "CLOSE_WAIT",
-        LAST_ACK => "LAST_ACK",
-        LISTEN => "LISTEN",
-        CLOSING => "CLOSING",
-        NEW_SYN_RECV => "NEW_SYN_RECV",
-        _ => return None,
-    })
 }
 
 /// Whether this transition means the connection now sits in `TIME_WAIT`: the full socket goes

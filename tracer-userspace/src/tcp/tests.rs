@@ -1,6 +1,8 @@
 //! The tracker fed the transition sequences the kernel reports (see the module doc), and the
 //! rules they are judged by.
 
+use tracer_common::abi::tcp_state::{CLOSE_WAIT, ESTABLISHED, LAST_ACK};
+
 use super::*;
 
 const SEC: u64 = 1_000_000_000;
@@ -63,15 +65,6 @@ fn flood(t: &mut TcpTracker, count: u64, old: u8, new: u8, remote: &str) {
             at_ns: i,
         });
     }
-}
-
-/// State names match the kernel's spelling and unknown states have none.
-#[test]
-fn names() {
-    assert_eq!(state_name(CLOSE_WAIT), Some("CLOSE_WAIT"));
-    assert_eq!(state_name(NEW_SYN_RECV), Some("NEW_SYN_RECV"));
-    assert_eq!(state_name(0), None);
-    assert_eq!(state_name(13), None);
 }
 
 /// A connection sits in TIME_WAIT after an active close (the full socket going to CLOSE from

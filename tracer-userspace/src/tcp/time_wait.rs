@@ -8,7 +8,8 @@ use std::{
 };
 
 use super::{
-    LISTEN, MAX_LISTEN_PORTS, MAX_TIME_WAIT_GROUPS, MAX_TIME_WAIT_PAIRS, Side, Sock, TcpTransition,
+    LISTEN, MAX_KNOWN_LISTENERS, MAX_TIME_WAIT_GROUPS, MAX_TIME_WAIT_PAIRS, Side, Sock,
+    TcpTransition,
 };
 
 /// Connections one process left in `TIME_WAIT` towards one endpoint while traced.
@@ -79,7 +80,7 @@ impl TimeWaits {
     /// Remembers the `(owner, port)` of a socket going `LISTEN`, for [`Self::record`] to tell
     /// the side of a socket it knows nothing else of.
     pub(super) fn remember_listener(&mut self, t: &TcpTransition) {
-        if t.new == LISTEN && self.listen_ports.len() < MAX_LISTEN_PORTS && t.local.port() != 0 {
+        if t.new == LISTEN && self.listen_ports.len() < MAX_KNOWN_LISTENERS && t.local.port() != 0 {
             self.listen_ports.insert((t.owner, t.local.port()));
         }
     }
