@@ -376,7 +376,8 @@ impl TracepointOffsets {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all of these are repr(C), made of integers only, with explicit padding.
+    // SAFETY: repr(C), made of integers only, with explicit padding.
     unsafe impl aya::Pod for TracepointOffsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for EventHeader {}
 }

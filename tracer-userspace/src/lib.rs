@@ -5,16 +5,19 @@
 //! tables) and [`tcp`] -> [`report`]. [`session`] wires the pieces together and is imported by
 //! nothing but `main`. [`model`] holds the plain types the layers share; [`procfs`] reads /proc.
 
-pub mod aggregator;
-pub mod capture;
-pub mod cli;
-pub mod clock;
-pub mod events;
+mod aggregator;
+mod capture;
+mod cli;
+mod clock;
+mod events;
 #[cfg(test)]
 mod layers;
-pub mod model;
-pub mod procfs;
-pub mod report;
-pub mod session;
-pub mod stacks;
-pub mod tcp;
+mod model;
+mod procfs;
+mod report;
+mod session;
+mod stacks;
+mod tcp;
+
+pub use cli::{Config, ConfigError, Options, Target};
+pub use session::run;

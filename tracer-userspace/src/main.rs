@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracer::{cli::Options, session};
+use tracer::Options;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let result = Options::parse()
         .into_config()
         .map_err(anyhow::Error::from)
-        .and_then(|config| session::run(&config));
+        .and_then(|config| tracer::run(&config));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -12,7 +12,7 @@ use crate::process::{self, find_on_path, is_root, probe, version_of};
 
 /// What a command needs besides the build toolchain.
 #[derive(Clone, Copy)]
-pub struct Needs {
+pub(crate) struct Needs {
     /// The integration tests compile C fixtures.
     pub c_compiler: bool,
     /// `test --vm` boots kernels under QEMU with a busybox initramfs.
@@ -39,7 +39,7 @@ const LLVM_PACKAGES: &[&str] = &[
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 /// Checks every piece, installing what is missing; prints one line per check.
-pub fn run(needs: Needs) -> Result<()> {
+pub(crate) fn run(needs: Needs) -> Result<()> {
     eprintln!("==> bootstrap");
     put_cargo_bin_on_path()?;
     check_rustup()?;
@@ -241,13 +241,13 @@ fn ensure_debian_packages(packages: &[&str]) -> Result<()> {
     install(&missing, || apt_get_install(&missing))
 }
 
-pub fn is_installed(package: &str) -> bool {
+pub(crate) fn is_installed(package: &str) -> bool {
     probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|status| status.contains("install ok installed"))
 }
 
 /// `packages` is a space-separated list.
-pub fn apt_get_install(packages: &str) -> Result<()> {
+pub(crate) fn apt_get_install(packages: &str) -> Result<()> {
     process::run(Command::new("apt-get").arg("update"))?;
     process::run(
         Command::new("apt-get")

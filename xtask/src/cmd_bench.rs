@@ -37,7 +37,7 @@ use crate::{
 /// wrk). Takes about 5 minutes on 2 cores (2.5 with --quick). Needs root. Not part of
 /// `cargo xtask test` or CI: benchmarks are not tests.
 #[derive(Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Fewer runs (3), shorter loops, 250 000 held descriptors instead of 1 000 000
     #[arg(long)]
     pub quick: bool,
@@ -52,14 +52,14 @@ pub struct Options {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Part {
+pub(crate) enum Part {
     Micro,
     Nginx,
     Capacity,
     Profile,
 }
 
-pub fn run(options: Options) -> Result<ExitCode> {
+pub(crate) fn run(options: Options) -> Result<ExitCode> {
     if !is_root() {
         bail!("the bench needs root (it loads eBPF programs): run `cargo xtask bench` as root");
     }

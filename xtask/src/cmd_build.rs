@@ -15,7 +15,7 @@ use crate::{
 /// The userspace build script compiles the eBPF programs with nightly and bpf-linker and
 /// embeds the object in the binary, so one cargo build does both.
 #[derive(Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Build the debug profile instead (target/debug/tracer); the eBPF object is built
     /// with its release profile either way
     #[arg(long)]
@@ -24,7 +24,7 @@ pub struct Options {
 
 /// Cargo profile to build the userspace binary with.
 #[derive(Clone, Copy)]
-pub enum Profile {
+pub(crate) enum Profile {
     Release,
     Debug,
 }
@@ -39,7 +39,7 @@ impl Profile {
     }
 }
 
-pub fn run(options: Options) -> Result<ExitCode> {
+pub(crate) fn run(options: Options) -> Result<ExitCode> {
     bootstrap::run(Needs {
         c_compiler: false,
         vm: false,
@@ -55,7 +55,7 @@ pub fn run(options: Options) -> Result<ExitCode> {
 }
 
 /// Builds `tracer-userspace` and returns the absolute path of the `tracer` binary.
-pub fn build_tracer(profile: Profile) -> Result<PathBuf> {
+pub(crate) fn build_tracer(profile: Profile) -> Result<PathBuf> {
     eprintln!(
         "==> cargo build ({}) -p tracer-userspace (a first build takes a few minutes)",
         profile.dir()

@@ -29,7 +29,7 @@ use crate::{
 /// `cargo xtask run --help` (the tracer's help; this one is `cargo xtask help run`).
 #[derive(Args)]
 #[command(disable_help_flag = true)]
-pub struct Options {
+pub(crate) struct Options {
     /// Arguments for the tracer, passed on unchanged
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<OsString>,
@@ -41,7 +41,7 @@ enum Privilege {
     Sudo(PathBuf),
 }
 
-pub fn run(options: Options) -> Result<ExitCode> {
+pub(crate) fn run(options: Options) -> Result<ExitCode> {
     let args = tracer_args(options.args);
     // Decided before building so a machine where the tracer cannot run fails in a second.
     let privilege = privilege()?;

@@ -31,7 +31,7 @@ use crate::{
 /// `cargo xtask test --vm linux-image-6.12-cloud-amd64 -- -- prefork` (host and guest run
 /// the tests whose name has "prefork").
 #[derive(Args)]
-pub struct Options {
+pub(crate) struct Options {
     /// Run only the unit tests (no root needed)
     #[arg(long, conflicts_with = "vm")]
     pub unit_only: bool,
@@ -54,7 +54,7 @@ pub struct Options {
 /// The package at tests/: the integration tests.
 const INTEGRATION_PACKAGE: &str = "tracer-tests";
 
-pub fn run(options: Options) -> Result<ExitCode> {
+pub(crate) fn run(options: Options) -> Result<ExitCode> {
     if !options.unit_only && !is_root() {
         bail!(
             "the integration tests need root (CAP_BPF/CAP_PERFMON): run `cargo xtask test` \

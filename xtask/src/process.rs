@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 /// The workspace root: xtask lives one level below it.
-pub fn workspace_root() -> &'static Path {
+pub(crate) fn workspace_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask's manifest dir has a parent")
@@ -19,7 +19,7 @@ pub fn workspace_root() -> &'static Path {
 
 /// The cargo that started us (cargo sets `CARGO` for `cargo run`), so nested builds use the
 /// same toolchain; plain `cargo` when xtask was started some other way.
-pub fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let program = env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
     let mut cmd = Command::new(program);
     cmd.current_dir(workspace_root());
@@ -28,7 +28,7 @@ pub fn cargo() -> Command {
 
 /// Where cargo puts build output: `CARGO_TARGET_DIR` (relative to the workspace root, where
 /// we run cargo) or `<root>/target`.
-pub fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => workspace_root().join(dir),
         None => workspace_root().join("target"),
@@ -36,13 +36,13 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Whether we run with effective uid 0, which loading eBPF programs needs.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
 
 /// The first `name` in a `PATH` directory, like the shell would find it.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
     env::split_paths(&path)
         .map(|dir| dir.join(name))
@@ -51,7 +51,7 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
 
 /// The command line as a user would type it, for messages: the program without its
 /// directory (cargo's is deep inside rustup's toolchains), then the arguments.
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     let program = Path::new(cmd.get_program());
     let name = program.file_name().unwrap_or(program.as_os_str());
     let mut words = vec![name.to_string_lossy().into_owned()];
@@ -60,14 +60,14 @@ pub fn describe(cmd: &Command) -> String {
 }
 
 /// Runs `cmd` with our stdin/stdout/stderr and returns how it ended.
-pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
+pub(crate) fn status(cmd: &mut Command) -> Result<ExitStatus> {
     cmd.status()
         .with_context(|| format!("could not start `{}`", describe(cmd)))
 }
 
 /// Runs a build or install step; an error unless it exits with 0. Its stdout goes to our
 /// stderr: it is progress, and stdout belongs to results (the tracer's JSON report).
-pub fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let status = status(cmd.stdout(io::stderr()))?;
     if !status.success() {
         bail!("`{}` failed ({status})", describe(cmd));
@@ -77,7 +77,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// The trimmed stdout of `cmd` if it starts and exits with 0, `None` otherwise: for checks
 /// where "missing" and "broken" lead to the same fix.
-pub fn probe(cmd: &mut Command) -> Option<String> {
+pub(crate) fn probe(cmd: &mut Command) -> Option<String> {
     let output = cmd.output().ok()?;
     if !output.status.success() {
         return None;
@@ -86,7 +86,7 @@ pub fn probe(cmd: &mut Command) -> Option<String> {
 }
 
 /// The first line of `program --version`, if the program runs.
-pub fn version_of(program: &str) -> Option<String> {
+pub(crate) fn version_of(program: &str) -> Option<String> {
     let stdout = probe(Command::new(program).arg("--version"))?;
     Some(stdout.lines().next().unwrap_or_default().to_owned())
 }

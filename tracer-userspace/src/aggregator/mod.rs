@@ -15,14 +15,12 @@ mod sharing;
 mod types;
 
 use crate::events::{Event, EventBody};
-pub use reconcile::Reconciled;
-pub use types::{
-    Descriptor, LiveThread, Origin, Process, ProcessSnapshot, SnapshotFd, ThreadCounts,
-};
+pub(crate) use reconcile::Reconciled;
+pub(crate) use types::{Descriptor, LiveThread, Origin, Process, ProcessSnapshot, SnapshotFd};
 
 /// The descriptor tables of every followed process, and what happened to those that ended.
 #[derive(Debug, Default)]
-pub struct Aggregator {
+pub(crate) struct Aggregator {
     processes: HashMap<u32, Process>,
     /// Processes whose pid was reused by a later one; kept for the report.
     departed: Vec<Process>,
@@ -38,13 +36,13 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Records what /proc showed for a process at attach. Events already applied win: an fd
     /// we saw created is not overwritten by its pre-existing twin.
-    pub fn add_snapshot(&mut self, snapshot: ProcessSnapshot, now_ns: u64) {
+    pub(crate) fn add_snapshot(&mut self, snapshot: ProcessSnapshot, now_ns: u64) {
         let lost = self.lost_so_far;
         let process = self
             .processes
@@ -81,32 +79,32 @@ impl Aggregator {
         }
     }
 
-    pub fn process(&self, pid: u32) -> Option<&Process> {
+    pub(crate) fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
     }
 
     /// Current processes (live and exited), then departed ones.
-    pub fn processes(&self) -> impl Iterator<Item = &Process> {
+    pub(crate) fn processes(&self) -> impl Iterator<Item = &Process> {
         self.processes.values().chain(self.departed.iter())
     }
 
-    pub fn live_processes(&self) -> impl Iterator<Item = &Process> {
+    pub(crate) fn live_processes(&self) -> impl Iterator<Item = &Process> {
         self.processes.values().filter(|p| !p.exited())
     }
 
-    pub fn set_cwd(&mut self, pid: u32, cwd: String) {
+    pub(crate) fn set_cwd(&mut self, pid: u32, cwd: String) {
         if let Some(process) = self.processes.get_mut(&pid) {
             process.cwd = Some(cwd);
         }
     }
 
-    pub fn set_start_time(&mut self, pid: u32, start_time: u64) {
+    pub(crate) fn set_start_time(&mut self, pid: u32, start_time: u64) {
         if let Some(process) = self.processes.get_mut(&pid) {
             process.start_time = Some(start_time);
         }
     }
 
-    pub fn set_comm(&mut self, pid: u32, comm: String) {
+    pub(crate) fn set_comm(&mut self, pid: u32, comm: String) {
         if let Some(process) = self.processes.get_mut(&pid) {
             process.comm = comm;
         }
@@ -114,7 +112,7 @@ impl Aggregator {
 
     /// Marks a process gone without an exit event (it vanished from /proc, e.g. after lost
     /// events). Its descriptors are dropped like at exit.
-    pub fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
+    pub(crate) fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
         let lost = self.lost_so_far;
         if let Some(process) = self.processes.get_mut(&pid)
             && !process.exited()
@@ -132,7 +130,7 @@ impl Aggregator {
     }
 
     /// Applies one event, in ring buffer order: each kind has its handler (handlers.rs).
-    pub fn apply(&mut self, event: &Event) {
+    pub(crate) fn apply(&mut self, event: &Event) {
         self.events_applied += 1;
         let header = &event.header;
         match &event.body {

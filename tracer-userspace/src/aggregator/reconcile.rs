@@ -26,7 +26,7 @@ pub(super) struct Sighting {
 
 /// What one reconciliation changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Reconciled {
+pub(crate) struct Reconciled {
     /// Descriptors whose close we missed.
     pub closed: Vec<i32>,
     /// Descriptors whose birth we missed, now in the table.
@@ -37,7 +37,12 @@ impl Aggregator {
     /// Compares `pid`'s table with `listing`, a read of `/proc/PID/fd` that began at
     /// `listed_from_ns` (CLOCK_MONOTONIC). Every event emitted before the listing began must
     /// have been applied already.
-    pub fn reconcile(&mut self, pid: u32, listing: &[ListedFd], listed_from_ns: u64) -> Reconciled {
+    pub(crate) fn reconcile(
+        &mut self,
+        pid: u32,
+        listing: &[ListedFd],
+        listed_from_ns: u64,
+    ) -> Reconciled {
         let mut outcome = Reconciled::default();
         // /proc shows a process sharing a table the owner's descriptors, compared there.
         if self.shares_table(pid) {
@@ -96,14 +101,14 @@ impl Aggregator {
 
     /// Records that `pid`'s table was compared with /proc after `lost` events had been lost:
     /// it is exact as of then.
-    pub fn mark_checked(&mut self, pid: u32, lost: u64) {
+    pub(crate) fn mark_checked(&mut self, pid: u32, lost: u64) {
         if let Some(process) = self.processes.get_mut(&pid) {
             process.lost_when_checked = lost;
         }
     }
 
     /// Sets close-on-exec of a descriptor learned by reconciliation (read from fdinfo).
-    pub fn set_cloexec(&mut self, pid: u32, fd: i32, cloexec: bool) {
+    pub(crate) fn set_cloexec(&mut self, pid: u32, fd: i32, cloexec: bool) {
         if let Some(d) = self
             .processes
             .get_mut(&pid)

@@ -19,7 +19,7 @@ impl Aggregator {
     }
 
     /// Whether `pid` uses another process's table.
-    pub fn shares_table(&self, pid: u32) -> bool {
+    pub(crate) fn shares_table(&self, pid: u32) -> bool {
         self.shared_with.contains_key(&pid)
     }
 

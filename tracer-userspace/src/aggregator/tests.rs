@@ -6,7 +6,7 @@ use tracer_common::{
     abi::{AT_FDCWD, F_DUPFD, F_DUPFD_CLOEXEC, O_CLOEXEC},
 };
 
-use super::*;
+use super::{types::ThreadCounts, *};
 use crate::{
     events::{
         CloexecSet, FdClosed, FdCreated, FileOpened, Header, RangeClosed, TaskCreated, TaskExited,

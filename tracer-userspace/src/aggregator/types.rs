@@ -12,7 +12,7 @@ use crate::{
 
 /// How a descriptor came to be in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Created by this syscall while we watched (possibly in an ancestor: see `inherited`).
     Syscall(Syscall),
     /// Already open when the tracer attached; learned from /proc.
@@ -24,7 +24,7 @@ pub enum Origin {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Descriptor {
+pub(crate) struct Descriptor {
     pub fd: i32,
     pub kind: DescriptorKind,
     /// What it refers to, as far as the events tell; the report refreshes live ones from /proc.
@@ -63,7 +63,8 @@ impl Descriptor {
     }
 
     /// The contract's `opened_by`: the syscall, `inherited`, or `pre-existing`.
-    pub fn opened_by(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn opened_by(&self) -> &'static str {
         match (self.origin, self.inherited) {
             (Origin::PreExisting, _) => "pre-existing",
             (_, true) => "inherited",
@@ -74,7 +75,8 @@ impl Descriptor {
 
     /// How the tracer knows about it: from an `event`, the `attach` snapshot of /proc, or
     /// `reconciliation` with /proc while traced.
-    pub fn learned_by(&self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn learned_by(&self) -> &'static str {
         match self.origin {
             Origin::Syscall(_) => "event",
             Origin::PreExisting => "attach",
@@ -84,14 +86,14 @@ impl Descriptor {
 
     /// Came into this process while traced (created, or received) rather than inherited or
     /// already open at attach: what is owed a close.
-    pub fn created_here(&self) -> bool {
+    pub(crate) fn created_here(&self) -> bool {
         self.origin != Origin::PreExisting && !self.inherited
     }
 }
 
 /// Thread counts since attach.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ThreadCounts {
+pub(crate) struct ThreadCounts {
     pub live: u64,
     pub created: u64,
     pub exited: u64,
@@ -99,13 +101,13 @@ pub struct ThreadCounts {
 
 /// A thread that started while traced and has not exited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LiveThread {
+pub(crate) struct LiveThread {
     pub stack: Option<StackRef>,
     pub started_ns: u64,
 }
 
 #[derive(Clone, Debug)]
-pub struct Process {
+pub(crate) struct Process {
     pub pid: u32,
     pub ppid: u32,
     pub comm: String,
@@ -155,14 +157,14 @@ impl Process {
         }
     }
 
-    pub fn exited(&self) -> bool {
+    pub(crate) fn exited(&self) -> bool {
         self.exited_at_ns.is_some()
     }
 }
 
 /// One descriptor as /proc showed it at attach time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SnapshotFd {
+pub(crate) struct SnapshotFd {
     pub fd: i32,
     pub kind: DescriptorKind,
     pub detail: String,
@@ -173,7 +175,7 @@ pub struct SnapshotFd {
 
 /// A followed process as /proc showed it at attach time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessSnapshot {
+pub(crate) struct ProcessSnapshot {
     pub pid: u32,
     pub ppid: u32,
     pub comm: String,

@@ -90,7 +90,7 @@ const PROBES: &[Probe] = &[
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     #[error(
         "tracer needs root (CAP_BPF and CAP_PERFMON) to load its eBPF programs: run it as root"
     )]
@@ -121,7 +121,7 @@ pub enum LoadError {
 
 /// Events the kernel side could not deliver, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LostCounts {
+pub(crate) struct LostCounts {
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
     /// Syscalls whose arguments could not be stashed (too many in flight).
@@ -131,13 +131,13 @@ pub struct LostCounts {
 }
 
 impl LostCounts {
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.ring_full + self.in_flight_full + self.follow_full
     }
 }
 
 /// The loaded and attached programs and the maps userspace uses. Dropping it detaches all.
-pub struct Probes {
+pub(crate) struct Probes {
     followed: HashMap<MapData, u32, u8>,
     listen_ports: HashMap<MapData, u16, u32>,
     stacks: StackTraceMap<MapData>,
@@ -145,9 +145,8 @@ pub struct Probes {
     /// Learned thread stack bases (see `stack_bases`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
-    /// Tracepoints attached, and those this kernel lacks (optional ones only).
-    pub attached: Vec<&'static str>,
-    pub unavailable: Vec<&'static str>,
+    /// Tracepoints attached (this kernel may lack optional ones: see `without`).
+    pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
     links: Vec<TracePointLink>,
     /// Owns the programs.
@@ -175,7 +174,7 @@ impl Drop for Probes {
 
 /// What must hold before loading: root, BTF, tracefs. Checked before a command is started so
 /// that a bad environment fails fast with one clear line.
-pub fn preflight() -> Result<PathBuf, LoadError> {
+pub(crate) fn preflight() -> Result<PathBuf, LoadError> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
@@ -190,11 +189,11 @@ pub fn preflight() -> Result<PathBuf, LoadError> {
 }
 
 /// The ring buffer userspace reads events from.
-pub type EventRing = RingBuf<MapData>;
+pub(crate) type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
 /// `stack_copy_bytes` caps the user stack copied per event.
-pub fn load(
+pub(crate) fn load(
     tracefs_root: &Path,
     ring_bytes: u32,
     stack_copy_bytes: u64,
@@ -221,7 +220,6 @@ pub fn load(
         .load(EBPF_OBJECT)?;
 
     let mut attached = Vec::new();
-    let mut unavailable = Vec::new();
     let mut links = Vec::new();
     for probe in PROBES {
         if !formats.has(probe.name) {
@@ -231,7 +229,6 @@ pub fn load(
                 probe.name,
                 without(probe.name)
             );
-            unavailable.push(probe.name);
             continue;
         }
         links.push(attach(&mut ebpf, probe)?);
@@ -254,7 +251,6 @@ pub fn load(
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
             .map_err(map_error(map_names::LOST))?,
         attached,
-        unavailable,
         links,
         _ebpf: ebpf,
     };
@@ -318,7 +314,7 @@ fn without(name: &str) -> String {
 
 impl Probes {
     /// Follows a process from now on; its children are then followed by the kernel itself.
-    pub fn follow(&mut self, tgid: u32) -> Result<(), LoadError> {
+    pub(crate) fn follow(&mut self, tgid: u32) -> Result<(), LoadError> {
         self.followed
             .insert(tgid, 1, 0)
             .map_err(map_error(map_names::FOLLOWED))
@@ -326,7 +322,7 @@ impl Probes {
 
     /// Tells the kernel side that `pid` listens on TCP `port`, so the sockets it accepts are
     /// tracked from their handshake on (the kernel adds ports that start listening later).
-    pub fn listening(&mut self, port: u16, pid: u32) -> Result<(), LoadError> {
+    pub(crate) fn listening(&mut self, port: u16, pid: u32) -> Result<(), LoadError> {
         self.listen_ports
             .insert(port, pid, 0)
             .map_err(map_error(map_names::LISTEN_PORTS))
@@ -334,7 +330,7 @@ impl Probes {
 
     /// Sets (Some) or deletes (None) where a thread's stack copy stops. A failure costs only
     /// a fuller copy, so it is logged, not returned.
-    pub fn set_stack_base(&self, tid: u32, base: Option<u64>) {
+    pub(crate) fn set_stack_base(&self, tid: u32, base: Option<u64>) {
         let mut map = self.stack_bases.borrow_mut();
         let result = match base {
             Some(base) => map.insert(tid, base, 0),
@@ -345,7 +341,7 @@ impl Probes {
         }
     }
 
-    pub fn lost(&self) -> LostCounts {
+    pub(crate) fn lost(&self) -> LostCounts {
         let sum = |index: u32| -> u64 {
             self.lost
                 .get(&index, 0)
@@ -360,7 +356,7 @@ impl Probes {
     }
 
     /// Instruction pointers of a user stack, innermost first.
-    pub fn stack(&self, id: u32) -> Option<Vec<u64>> {
+    pub(crate) fn stack(&self, id: u32) -> Option<Vec<u64>> {
         let trace = self.stacks.get(&id, 0).ok()?;
         Some(trace.frames().iter().map(|frame| frame.ip).collect())
     }

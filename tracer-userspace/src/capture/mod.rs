@@ -6,4 +6,4 @@ mod loader;
 mod tracefs;
 mod verifier;
 
-pub use loader::{EventRing, LoadError, LostCounts, Probes, load, preflight};
+pub(crate) use loader::{EventRing, LoadError, Probes, load, preflight};

@@ -13,7 +13,7 @@ const MOUNT_POINT: &str = "/sys/kernel/tracing";
 const DEBUGFS_PATH: &str = "/sys/kernel/debug/tracing";
 
 #[derive(Debug, thiserror::Error)]
-pub enum TracefsError {
+pub(crate) enum TracefsError {
     #[error(
         "tracefs is not mounted and mounting it failed ({0}); mount it with: mount -t tracefs nodev {MOUNT_POINT}"
     )]
@@ -31,7 +31,7 @@ pub enum TracefsError {
 
 /// The tracefs root, mounting tracefs first when it is missing (it is not mounted at boot on
 /// some systems, including ours).
-pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+pub(super) fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     for root in [MOUNT_POINT, DEBUGFS_PATH] {
         if Path::new(root).join("events").is_dir() {
             return Ok(PathBuf::from(root));
@@ -64,7 +64,7 @@ fn mount_tracefs(at: &Path) -> io::Result<()> {
 
 /// One field of a tracepoint record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Field {
+pub(super) struct Field {
     pub name: String,
     pub offset: u32,
     pub size: u32,
@@ -72,19 +72,19 @@ pub struct Field {
 
 /// The fields of one tracepoint's record.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Format {
+pub(super) struct Format {
     pub fields: Vec<Field>,
 }
 
 impl Format {
     /// Parses the text of a tracefs `format` file. Lines look like
     /// `\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;`.
-    pub fn parse(text: &str) -> Self {
+    pub(super) fn parse(text: &str) -> Self {
         let fields = text.lines().filter_map(parse_field_line).collect();
         Self { fields }
     }
 
-    pub fn offset_of(&self, name: &str) -> Option<u32> {
+    pub(super) fn offset_of(&self, name: &str) -> Option<u32> {
         self.fields
             .iter()
             .find(|f| f.name == name)
@@ -120,7 +120,7 @@ fn parse_field_line(line: &str) -> Option<Field> {
 }
 
 /// Reads the format of CATEGORY/NAME; `None` when this kernel has no such tracepoint.
-pub fn read_format(
+pub(super) fn read_format(
     root: &Path,
     category: &str,
     name: &str,
@@ -134,12 +134,12 @@ pub fn read_format(
 }
 
 /// Formats of the tracepoints we use, by name; absent ones are simply missing.
-pub struct Formats {
+pub(super) struct Formats {
     by_name: Vec<(&'static str, Format)>,
 }
 
 impl Formats {
-    pub fn read(
+    pub(super) fn read(
         root: &Path,
         tracepoints: &[(&'static str, &'static str)],
     ) -> Result<Self, TracefsError> {
@@ -152,7 +152,7 @@ impl Formats {
         Ok(Self { by_name })
     }
 
-    pub fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
 
@@ -185,7 +185,7 @@ impl Formats {
     }
 
     /// Every offset the eBPF programs need.
-    pub fn offsets(&self) -> Result<TracepointOffsets, TracefsError> {
+    pub(super) fn offsets(&self) -> Result<TracepointOffsets, TracefsError> {
         Ok(TracepointOffsets {
             exit_ret: self.exit_ret_offset()?,
             close_fd: self.offset("sys_enter_close", "fd")?,

@@ -16,7 +16,7 @@ use super::{
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("record of {0} bytes is too short for its kind")]
     TooShort(usize),
     #[error("unknown event kind {0}")]
@@ -27,7 +27,7 @@ pub enum DecodeError {
 
 /// Decodes one record: the header says the kind, whose decoder reads the rest. Only the
 /// creation events (a descriptor or a task) carry a copy of the stack.
-pub fn decode(record: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+pub(crate) fn decode(record: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let raw_header: EventHeader = read(record)?;
     let kind = EventKind::try_from(raw_header.kind).map_err(DecodeError::UnknownKind)?;
     let (body, stack_top) = match kind {

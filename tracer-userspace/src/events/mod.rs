@@ -4,7 +4,7 @@
 
 mod decode;
 
-pub use decode::{DecodeError, decode};
+pub(crate) use decode::decode;
 
 use tracer_common::Syscall;
 
@@ -14,7 +14,7 @@ use crate::model::StackRef;
 /// creation event, borrowed from the ring buffer record: they are unwound at once and never
 /// kept, so they are not copied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct StackTop<'r> {
+pub(crate) struct StackTop<'r> {
     pub sp: u64,
     pub bp: u64,
     /// The user instruction pointer at the syscall, or 0 when the kernel could not read it.
@@ -25,14 +25,14 @@ pub struct StackTop<'r> {
 
 /// A decoded record: the event, and the stack copied with it, if any.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Decoded<'r> {
+pub(crate) struct Decoded<'r> {
     pub event: Event,
     pub stack_top: Option<StackTop<'r>>,
 }
 
 /// Who did it and when: the common header, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Header {
+pub(crate) struct Header {
     pub tgid: u32,
     pub tid: u32,
     /// Id of the user stack in the kernel's stack map.
@@ -46,7 +46,7 @@ pub struct Header {
 
 impl Header {
     /// The user stack the kernel captured with this event, if any.
-    pub fn stack(&self) -> Option<StackRef> {
+    pub(crate) fn stack(&self) -> Option<StackRef> {
         self.stack_id.map(|id| StackRef {
             id,
             pid: self.tgid,
@@ -57,14 +57,14 @@ impl Header {
 
 /// One event: the header every kind shares, and the kind's own fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Event {
+pub(crate) struct Event {
     pub header: Header,
     pub body: EventBody,
 }
 
 /// What happened, with the fields of its kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum EventBody {
+pub(crate) enum EventBody {
     FileOpened(FileOpened),
     FdCreated(FdCreated),
     FdClosed(FdClosed),
@@ -83,7 +83,7 @@ pub enum EventBody {
 
 /// A descriptor created from a path (open, openat, openat2, creat) or by memfd_create.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FileOpened {
+pub(crate) struct FileOpened {
     pub fd: i32,
     pub syscall: Syscall,
     pub dirfd: i32,
@@ -96,7 +96,7 @@ pub struct FileOpened {
 /// A descriptor created without a path (socket, accept, pipe, dup, ...), with the syscall's
 /// arguments that tell what it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FdCreated {
+pub(crate) struct FdCreated {
     pub fd: i32,
     pub syscall: Syscall,
     pub arg0: u64,
@@ -106,13 +106,13 @@ pub struct FdCreated {
 
 /// close(fd).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FdClosed {
+pub(crate) struct FdClosed {
     pub fd: i32,
 }
 
 /// A task was created (fork, vfork, clone, clone3, or the kernel by itself).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskCreated {
+pub(crate) struct TaskCreated {
     pub child_tid: u32,
     pub syscall: Option<Syscall>,
     /// `None` when the kernel created the task without a syscall we saw.
@@ -121,14 +121,14 @@ pub struct TaskCreated {
 
 /// A task exited.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TaskExited {
+pub(crate) struct TaskExited {
     /// Whether the whole process is gone; `None` when the kernel does not say.
     pub group_dead: Option<bool>,
 }
 
 /// fcntl(fd, F_SETFD, ...) turned close-on-exec on or off.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CloexecSet {
+pub(crate) struct CloexecSet {
     pub fd: i32,
     pub on: bool,
 }
@@ -136,7 +136,7 @@ pub struct CloexecSet {
 /// close_range(first, last, flags): closes every descriptor in `first..=last`, or marks
 /// them close-on-exec with `CLOSE_RANGE_CLOEXEC`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RangeClosed {
+pub(crate) struct RangeClosed {
     pub first: u32,
     pub last: u32,
     pub flags: u32,
@@ -144,7 +144,7 @@ pub struct RangeClosed {
 
 /// A TCP socket of a followed process (the header's tgid) changed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TcpState {
+pub(crate) struct TcpState {
     pub skaddr: u64,
     pub old: u8,
     pub new: u8,

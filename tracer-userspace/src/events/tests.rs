@@ -7,7 +7,7 @@ use tracer_common::{
     GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
 };
 
-use super::*;
+use super::{decode::DecodeError, *};
 
 /// Views a repr(C) value as bytes, to build records as the kernel would.
 fn as_bytes<T: Copy>(value: &T) -> Vec<u8> {

@@ -2,7 +2,7 @@
 //! the report keeps every byte: valid UTF-8 as is, each invalid byte as `\xNN`.
 
 /// UTF-8 text as is; each invalid byte as `\xNN`.
-pub fn escape_bytes(bytes: &[u8]) -> String {
+pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         out.push_str(chunk.valid());

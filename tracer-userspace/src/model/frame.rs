@@ -2,7 +2,7 @@
 
 /// One frame of a user stack, as the report shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Frame {
+pub(crate) struct Frame {
     pub addr: u64,
     pub symbol: Option<String>,
     pub module: Option<String>,
@@ -13,7 +13,7 @@ pub struct Frame {
 }
 
 impl Frame {
-    pub fn unknown(addr: u64) -> Self {
+    pub(crate) fn unknown(addr: u64) -> Self {
         Self {
             addr,
             symbol: None,

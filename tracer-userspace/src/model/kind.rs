@@ -5,7 +5,7 @@ use serde::Serialize;
 /// The `kind` of a descriptor in the report contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum DescriptorKind {
+pub(crate) enum DescriptorKind {
     File,
     Socket,
     Pipe,
@@ -20,7 +20,7 @@ pub enum DescriptorKind {
 }
 
 impl DescriptorKind {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::File => "file",
             Self::Socket => "socket",
@@ -37,7 +37,7 @@ impl DescriptorKind {
     }
 
     /// Plural noun for summaries: "3 sockets".
-    pub const fn plural(self) -> &'static str {
+    pub(crate) const fn plural(self) -> &'static str {
         match self {
             Self::File => "files",
             Self::Socket => "sockets",

@@ -4,7 +4,7 @@ use super::DescriptorKind;
 
 /// One entry of `/proc/PID/fd`, classified from its link.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListedFd {
+pub(crate) struct ListedFd {
     pub fd: i32,
     pub kind: DescriptorKind,
     /// The link as the report shows it (`socket:[INODE]`, a path, ...).

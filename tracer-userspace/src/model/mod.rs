@@ -7,8 +7,8 @@ mod kind;
 mod listed_fd;
 mod stack_ref;
 
-pub use escape::escape_bytes;
-pub use frame::Frame;
-pub use kind::DescriptorKind;
-pub use listed_fd::ListedFd;
-pub use stack_ref::StackRef;
+pub(crate) use escape::escape_bytes;
+pub(crate) use frame::Frame;
+pub(crate) use kind::DescriptorKind;
+pub(crate) use listed_fd::ListedFd;
+pub(crate) use stack_ref::StackRef;

@@ -3,7 +3,7 @@
 /// A user stack: its id (see `stacks::StackStore`), and the process and program image (exec
 /// generation) whose address space it belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct StackRef {
+pub(crate) struct StackRef {
     pub id: u32,
     pub pid: u32,
     pub generation: u32,

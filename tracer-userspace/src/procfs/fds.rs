@@ -18,7 +18,7 @@ use crate::model::{DescriptorKind, ListedFd, escape_bytes};
 
 /// What /proc says one open descriptor is.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FdTarget {
+pub(crate) struct FdTarget {
     pub fd: i32,
     pub kind: DescriptorKind,
     /// As the report contract wants it: see [`classify_link`] and [`SocketTable::render`].
@@ -55,7 +55,7 @@ fn bracketed_inode(rest: &[u8]) -> Option<u64> {
 ///   it has the `[N]` form.
 ///
 /// Non-UTF-8 bytes in paths become `\xNN` escapes ([`escape_bytes`]): nothing is lost in JSON.
-pub fn classify_link(link: &OsStr) -> (DescriptorKind, String, bool, Option<u64>) {
+pub(crate) fn classify_link(link: &OsStr) -> (DescriptorKind, String, bool, Option<u64>) {
     use DescriptorKind as K;
     let bytes = link.as_bytes();
     let text = || escape_bytes(bytes);
@@ -117,7 +117,7 @@ fn still_at_path(pid: u32, fd: i32, link: &OsStr) -> bool {
 /// Describes one descriptor of `pid`: reads the `/proc/PID/fd/FD` link and classifies it;
 /// sockets are looked up in `sockets` and rendered as `direction` says
 /// ([`SocketTable::render`]). `NotFound` when the descriptor or the process is gone.
-pub fn describe_fd(
+pub(crate) fn describe_fd(
     pid: u32,
     fd: i32,
     sockets: &SocketTable,
@@ -157,7 +157,7 @@ pub fn describe_fd(
 /// [`LISTING_CHUNK`] entries (a million descriptors take about a second to list, and the
 /// caller has events to read in between). Errors only if `/proc/PID/fd` cannot be read; a
 /// descriptor closed while we list is skipped.
-pub fn fd_listing(pid: u32, mut meanwhile: impl FnMut()) -> io::Result<Vec<ListedFd>> {
+pub(crate) fn fd_listing(pid: u32, mut meanwhile: impl FnMut()) -> io::Result<Vec<ListedFd>> {
     let mut out = Vec::new();
     for (n, entry) in fs::read_dir(format!("/proc/{pid}/fd"))?.enumerate() {
         if n % LISTING_CHUNK == LISTING_CHUNK - 1 {
@@ -185,12 +185,12 @@ pub fn fd_listing(pid: u32, mut meanwhile: impl FnMut()) -> io::Result<Vec<Liste
 }
 
 /// Entries [`fd_listing`] reads between two calls of its `meanwhile`.
-pub const LISTING_CHUNK: usize = 4096;
+pub(crate) const LISTING_CHUNK: usize = 4096;
 
 /// All open descriptors of `pid`, sorted by fd, with sockets rendered as
 /// `Direction::Unknown`. Errors only if `/proc/PID/fd` itself cannot be read (the process is
 /// gone, or we may not look); a descriptor closed while we list is skipped.
-pub fn list_fds(pid: u32, sockets: &SocketTable) -> io::Result<Vec<FdTarget>> {
+pub(crate) fn list_fds(pid: u32, sockets: &SocketTable) -> io::Result<Vec<FdTarget>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
         let Some(fd) = entry?
@@ -211,7 +211,7 @@ pub fn list_fds(pid: u32, sockets: &SocketTable) -> io::Result<Vec<FdTarget>> {
 }
 
 /// Whether /proc/PID/fdinfo/FD shows O_CLOEXEC in its (octal) flags.
-pub fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
+pub(crate) fn fd_is_cloexec(pid: u32, fd: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))
         .ok()
         .and_then(|text| {

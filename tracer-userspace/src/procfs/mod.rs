@@ -21,10 +21,6 @@ mod sockets;
 mod test_support;
 mod unix_diag;
 
-pub use fds::{
-    FdTarget, LISTING_CHUNK, classify_link, describe_fd, fd_is_cloexec, fd_listing, list_fds,
-};
-pub use process::{
-    ProcessInfo, all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
-};
-pub use sockets::{Direction, SocketInfo, SocketProtocol, SocketTable};
+pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, list_fds};
+pub(crate) use process::{cwd, descendants, process_exists, process_info, start_time, threads};
+pub(crate) use sockets::{Direction, SocketTable};

@@ -12,7 +12,7 @@ use crate::model::escape_bytes;
 
 /// Facts about one process from `/proc/PID/{stat,cmdline,status}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcessInfo {
+pub(crate) struct ProcessInfo {
     pub pid: u32,
     pub ppid: u32,
     pub tgid: u32,
@@ -104,7 +104,7 @@ fn parse_status_tgid(status: &[u8]) -> Option<u32> {
 
 /// Reads `/proc/PID/stat` (which must succeed), then `cmdline` and `status` (which may fail if
 /// the process exits in between: the cmdline is then empty and the tgid taken to be the pid).
-pub fn process_info(pid: u32) -> io::Result<ProcessInfo> {
+pub(crate) fn process_info(pid: u32) -> io::Result<ProcessInfo> {
     let stat = parse_stat(&fs::read(format!("/proc/{pid}/stat"))?)?;
     let cmdline = fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| parse_cmdline(&b))
@@ -126,25 +126,25 @@ pub fn process_info(pid: u32) -> io::Result<ProcessInfo> {
 
 /// starttime of `pid` (clock ticks since boot), which tells a process from a later one that
 /// got the same pid; `None` when there is no such process.
-pub fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     parse_stat(&fs::read(format!("/proc/{pid}/stat")).ok()?)
         .ok()
         .map(|stat| stat.start_time)
 }
 
 /// The working directory of `pid`, escaped like paths (see [`escape_bytes`]).
-pub fn cwd(pid: u32) -> Option<String> {
+pub(crate) fn cwd(pid: u32) -> Option<String> {
     let link = fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
     Some(escape_bytes(link.as_os_str().as_bytes()))
 }
 
 /// Whether `pid` names a process or thread that has not been reaped yet (zombies exist).
-pub fn process_exists(pid: u32) -> bool {
+pub(crate) fn process_exists(pid: u32) -> bool {
     pid != 0 && fs::metadata(format!("/proc/{pid}/stat")).is_ok()
 }
 
 /// The pids of every process (thread-group leader) in `/proc`, unsorted.
-pub fn all_pids() -> Vec<u32> {
+pub(crate) fn all_pids() -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -153,7 +153,7 @@ pub fn all_pids() -> Vec<u32> {
 }
 
 /// The thread ids of `pid` (`/proc/PID/task`), sorted; empty when the process is gone.
-pub fn threads(pid: u32) -> Vec<u32> {
+pub(crate) fn threads(pid: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
@@ -170,7 +170,7 @@ pub fn threads(pid: u32) -> Vec<u32> {
 /// Zombies are included: an exited child that nobody reaped is one of the leaks the tracer
 /// reports (check [`ProcessInfo::zombie`] to leave them out). Processes reparented away from the
 /// tree (their parent exited) are no longer its descendants.
-pub fn descendants(pid: u32) -> Vec<u32> {
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     for n in all_pids() {
         // A process that exits while we scan is simply not there.

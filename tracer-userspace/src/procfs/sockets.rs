@@ -3,7 +3,7 @@
 //! Unix sockets' peers, which those files do not show, come from [`super::unix_diag`].
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     fs,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
@@ -14,7 +14,7 @@ use super::unix_diag;
 
 /// Where a TCP/UDP socket's peer is relative to us, when the caller knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// The socket came from `accept`: rendered `LOCAL <- REMOTE`.
     Accepted,
     /// The socket called `connect`: rendered `LOCAL -> REMOTE`.
@@ -28,7 +28,7 @@ pub enum Direction {
 
 /// Which `/proc/PID/net/*` table a socket was found in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SocketProtocol {
+pub(crate) enum SocketProtocol {
     Tcp,
     Tcp6,
     Udp,
@@ -38,7 +38,7 @@ pub enum SocketProtocol {
 
 impl SocketProtocol {
     /// The name used in details and as the `/proc/net` file name: `tcp`, `tcp6`, ...
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
             Self::Tcp6 => "tcp6",
@@ -48,11 +48,11 @@ impl SocketProtocol {
         }
     }
 
-    pub const fn is_tcp(self) -> bool {
+    pub(crate) const fn is_tcp(self) -> bool {
         matches!(self, Self::Tcp | Self::Tcp6)
     }
 
-    pub const fn is_udp(self) -> bool {
+    pub(crate) const fn is_udp(self) -> bool {
         matches!(self, Self::Udp | Self::Udp6)
     }
 
@@ -64,7 +64,7 @@ const UNIX_ACCEPTCON: u32 = 1 << 16;
 
 /// One socket of a network namespace, from one line of `/proc/PID/net/{tcp,tcp6,udp,udp6,unix}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SocketInfo {
+pub(crate) struct SocketInfo {
     pub protocol: SocketProtocol,
     /// `127.0.0.1:8080`, `[::1]:8080`; for unix sockets the bound path, or empty.
     pub local: String,
@@ -91,7 +91,7 @@ pub struct SocketInfo {
 /// Sockets of one network namespace, by inode, read from
 /// `/proc/PID/net/{tcp,tcp6,udp,udp6,unix}`.
 #[derive(Clone, Debug, Default)]
-pub struct SocketTable {
+pub(crate) struct SocketTable {
     entries: Vec<SocketInfo>,
     by_inode: HashMap<u64, usize>,
     /// Local ports of listening TCP sockets (either family).
@@ -104,7 +104,7 @@ impl SocketTable {
     /// Reads the socket tables of `pid`'s network namespace. Missing or unreadable files just
     /// give fewer entries, never an error. Unix sockets' peers come from sock_diag (netlink) of
     /// our own namespace when it answers; sockets of other namespaces simply lack them.
-    pub fn load(pid: u32) -> SocketTable {
+    pub(crate) fn load(pid: u32) -> SocketTable {
         let mut table = SocketTable::default();
         for protocol in SocketProtocol::ALL {
             match fs::read(format!("/proc/{pid}/net/{}", protocol.as_str())) {
@@ -121,7 +121,7 @@ impl SocketTable {
 
     /// Adds every line of one `/proc/net/<protocol>` file (header and unparsable lines are
     /// skipped). Public so that tables can be built from saved text.
-    pub fn add_proc_file(&mut self, protocol: SocketProtocol, contents: &[u8]) {
+    pub(crate) fn add_proc_file(&mut self, protocol: SocketProtocol, contents: &[u8]) {
         for line in contents.split(|&b| b == b'\n') {
             let parsed = match protocol {
                 SocketProtocol::Unix => parse_unix_line(line),
@@ -134,7 +134,7 @@ impl SocketTable {
     }
 
     /// Adds one socket; a second entry with the same non-zero inode replaces the lookup.
-    pub fn insert(&mut self, info: SocketInfo) {
+    pub(crate) fn insert(&mut self, info: SocketInfo) {
         if let Some(port) = info.local_addr.map(|a| a.port()) {
             if info.protocol.is_tcp() && info.listening {
                 self.tcp_listen_ports.insert(port);
@@ -150,7 +150,7 @@ impl SocketTable {
     }
 
     /// Records unix peers (socket inode → peer inode) from sock_diag.
-    pub fn set_unix_peers(&mut self, peers: &HashMap<u64, u64>) {
+    pub(crate) fn set_unix_peers(&mut self, peers: &HashMap<u64, u64>) {
         for (inode, &idx) in &self.by_inode {
             let entry = &mut self.entries[idx];
             if entry.protocol == SocketProtocol::Unix {
@@ -159,27 +159,30 @@ impl SocketTable {
         }
     }
 
-    pub fn get(&self, inode: u64) -> Option<&SocketInfo> {
+    pub(crate) fn get(&self, inode: u64) -> Option<&SocketInfo> {
         self.by_inode.get(&inode).map(|&i| &self.entries[i])
     }
 
     /// Every entry, including those no descriptor holds (inode 0: TIME_WAIT, NEW_SYN_RECV).
-    pub fn iter(&self) -> impl Iterator<Item = &SocketInfo> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &SocketInfo> {
         self.entries.iter()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// How many TCP sockets of the namespace are in each state (all of them, held by a
     /// descriptor or not: TIME_WAIT sockets belong to no descriptor).
-    pub fn tcp_state_counts(&self) -> BTreeMap<&'static str, usize> {
-        let mut counts = BTreeMap::new();
+    #[cfg(test)]
+    pub(crate) fn tcp_state_counts(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
         for state in self.entries.iter().filter_map(|e| e.tcp_state) {
             *counts.entry(state).or_insert(0) += 1;
         }
@@ -197,7 +200,7 @@ impl SocketTable {
     /// socketpair connects two unnamed sockets); else `unix PATH` when bound (or accepted
     /// from a listener bound to PATH); `unix -> PATH` when connected to a socket bound to
     /// PATH; `unix (unnamed)` otherwise.
-    pub fn render(&self, inode: u64, direction: Direction) -> Option<String> {
+    pub(crate) fn render(&self, inode: u64, direction: Direction) -> Option<String> {
         let info = self.get(inode)?;
         if info.protocol == SocketProtocol::Unix {
             return Some(self.render_unix(info, direction));

@@ -20,7 +20,7 @@ use crate::{
 /// What the report needs from outside the aggregator: stacks as frames, and /proc's view of
 /// descriptors that are still open. The session implements it with the kernel maps, blazesym
 /// and /proc; tests with fixed answers.
-pub trait Resolver {
+pub(crate) trait Resolver {
     fn frames(&mut self, stack: StackRef) -> Vec<Frame>;
     /// Updates live descriptors of `pid` from /proc (detail, TCP state, deleted) and returns
     /// the fds that turned out to be closed already.
@@ -31,7 +31,7 @@ pub trait Resolver {
 
 /// Facts about the session the aggregator does not know.
 #[derive(Clone, Debug, Default)]
-pub struct SessionFacts {
+pub(crate) struct SessionFacts {
     pub target: u32,
     pub command: Vec<String>,
     pub duration_s: f64,
@@ -59,7 +59,11 @@ struct Held {
     closed_at_report: u64,
 }
 
-pub fn build(agg: &Aggregator, facts: &SessionFacts, resolver: &mut impl Resolver) -> Report {
+pub(crate) fn build(
+    agg: &Aggregator,
+    facts: &SessionFacts,
+    resolver: &mut impl Resolver,
+) -> Report {
     let mut processes: Vec<&Process> = agg.processes().collect();
     processes.sort_by_key(|p| (p.exited_at_ns.is_some(), p.pid));
 

@@ -9,12 +9,12 @@ use serde::{Serialize, Serializer};
 use tracer_common::Syscall;
 
 use crate::model::{DescriptorKind, Frame, StackRef};
-pub use crate::tcp::TimeWaitGroup;
+pub(crate) use crate::tcp::TimeWaitGroup;
 
-pub const REPORT_VERSION: u32 = 1;
+pub(crate) const REPORT_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub version: u32,
     pub target: Target,
     pub duration_s: f64,
@@ -37,13 +37,13 @@ pub struct Report {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct Target {
+pub(crate) struct Target {
     pub pid: u32,
     pub command: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct EventCounts {
+pub(crate) struct EventCounts {
     pub received: u64,
     /// Every event the kernel side could not deliver or follow up, all causes together.
     pub lost: u64,
@@ -63,14 +63,14 @@ pub struct EventCounts {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct ThreadCountsEntry {
+pub(crate) struct ThreadCountsEntry {
     pub live: u64,
     pub created: u64,
     pub exited: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct ProcessEntry {
+pub(crate) struct ProcessEntry {
     pub pid: u32,
     pub ppid: u32,
     pub comm: String,
@@ -81,7 +81,7 @@ pub struct ProcessEntry {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FrameEntry {
+pub(crate) struct FrameEntry {
     #[serde(serialize_with = "hex_addr")]
     pub addr: u64,
     pub symbol: Option<String>,
@@ -111,7 +111,7 @@ impl From<Frame> for FrameEntry {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct DescriptorEntry {
+pub(crate) struct DescriptorEntry {
     pub pid: u32,
     pub fd: i32,
     pub kind: DescriptorKind,
@@ -142,7 +142,7 @@ pub struct DescriptorEntry {
 /// its [`name`](Self::name) and ordered by it, so a [`StackGroup::opened_by`] map lists its
 /// keys as the JSON does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum OpenedBy {
+pub(crate) enum OpenedBy {
     /// Created by this syscall in this process while traced.
     Syscall(Syscall),
     /// Copied in at fork from a parent that had it from an event or reconciliation; it keeps
@@ -157,7 +157,7 @@ pub enum OpenedBy {
 
 impl OpenedBy {
     /// The contract's spelling: the syscall's name, `inherited`, `pre-existing` or `unknown`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Self::Syscall(syscall) => syscall.name(),
             Self::Inherited => "inherited",
@@ -188,7 +188,7 @@ impl Serialize for OpenedBy {
 /// How the tracer learned of a descriptor: the contract's `learned_by`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LearnedBy {
+pub(crate) enum LearnedBy {
     /// A creation event.
     Event,
     /// The /proc snapshot when the tracer attached.
@@ -198,7 +198,7 @@ pub enum LearnedBy {
 }
 
 #[derive(Clone, Debug, Serialize)]
-pub struct StackGroup {
+pub(crate) struct StackGroup {
     /// Null for descriptors without a stack (pre-existing ones, or when capture failed).
     pub stack_id: Option<u32>,
     pub open_count: u64,
@@ -216,7 +216,7 @@ pub struct StackGroup {
 
 /// Live threads of one process that started while traced, from one creation stack.
 #[derive(Clone, Debug, Serialize)]
-pub struct ThreadStackGroup {
+pub(crate) struct ThreadStackGroup {
     pub pid: u32,
     pub live: u64,
     pub stack_id: Option<u32>,
@@ -230,7 +230,7 @@ pub struct ThreadStackGroup {
 
 /// Children of one parent that exited and were never waited for, forked from one stack.
 #[derive(Clone, Debug, Serialize)]
-pub struct ZombieGroup {
+pub(crate) struct ZombieGroup {
     pub ppid: u32,
     pub parent_comm: String,
     pub count: u64,

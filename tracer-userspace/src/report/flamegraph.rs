@@ -10,7 +10,7 @@ use super::{FrameEntry, Report};
 /// The folded stacks of the report's descriptor groups, one line per group: the process
 /// name as the root, then the frames outermost first. Descriptors without a stack hang off
 /// the root as `[no stack: opened_by]`.
-pub fn folded(report: &Report) -> Vec<String> {
+pub(crate) fn folded(report: &Report) -> Vec<String> {
     report
         .stacks
         .iter()
@@ -32,7 +32,7 @@ pub fn folded(report: &Report) -> Vec<String> {
 }
 
 /// Writes the flame graph of `report` as SVG.
-pub fn write_svg(report: &Report, out: impl Write) -> std::io::Result<()> {
+pub(crate) fn write_svg(report: &Report, out: impl Write) -> std::io::Result<()> {
     let lines = folded(report);
     let mut options = Options::default();
     options.title = format!(

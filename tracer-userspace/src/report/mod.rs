@@ -5,12 +5,12 @@
 
 mod build;
 mod contract;
-pub mod flamegraph;
+pub(crate) mod flamegraph;
 mod group;
-pub mod text;
+pub(crate) mod text;
 
-pub use build::{Resolver, SessionFacts, build};
-pub use contract::*;
+pub(crate) use build::{Resolver, SessionFacts, build};
+pub(crate) use contract::*;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -33,7 +33,7 @@ use pipeline::{State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
 
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("no such process: {0}")]
     NoSuchProcess(u32),
     #[error("cannot run `{0}`: command not found")]

@@ -24,7 +24,7 @@ const COST_SHARE: u32 = 50;
 const MIN_PERIOD_AFTER_LOSS: Duration = Duration::from_secs(1);
 
 /// When the next pass is due.
-pub struct Reconciler {
+pub(super) struct Reconciler {
     next_at: Instant,
     /// Earliest time for a pass called for by lost events.
     next_after_loss_at: Instant,
@@ -32,7 +32,7 @@ pub struct Reconciler {
 }
 
 /// `/proc/PID/fd` of the live followed processes, and when the listing began.
-pub struct Listings {
+pub(super) struct Listings {
     from_ns: u64,
     /// Events lost when the listing began.
     lost: u64,
@@ -46,7 +46,7 @@ impl Default for Reconciler {
 }
 
 impl Reconciler {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         let now = Instant::now();
         Self {
             next_at: now + MIN_PERIOD,
@@ -56,12 +56,12 @@ impl Reconciler {
     }
 
     /// Whether a pass is due, given the events lost so far.
-    pub fn due(&self, now: Instant, lost: u64) -> bool {
+    pub(super) fn due(&self, now: Instant, lost: u64) -> bool {
         now >= self.next_at || (lost > self.lost_seen && now >= self.next_after_loss_at)
     }
 
     /// Schedules the next pass after one that began at `began` and counted `lost` events.
-    pub fn finished(&mut self, began: Instant, lost: u64) {
+    pub(super) fn finished(&mut self, began: Instant, lost: u64) {
         let now = Instant::now();
         let took = now.saturating_duration_since(began);
         self.next_at = now + MIN_PERIOD.max(took * COST_SHARE);
@@ -73,7 +73,7 @@ impl Reconciler {
 /// Lists every live process of `agg` that has a table of its own, `lost` events having
 /// been lost before; `meanwhile` runs every few thousand entries. Processes that are gone
 /// are skipped: their exit event settles them.
-pub fn list_tables(agg: &Aggregator, lost: u64, mut meanwhile: impl FnMut()) -> Listings {
+pub(super) fn list_tables(agg: &Aggregator, lost: u64, mut meanwhile: impl FnMut()) -> Listings {
     let pids: Vec<u32> = agg
         .live_processes()
         .map(|p| p.pid)
@@ -94,7 +94,7 @@ pub fn list_tables(agg: &Aggregator, lost: u64, mut meanwhile: impl FnMut()) -> 
 /// Compares the listings with the tables, which must by now hold every event emitted
 /// before the listing began. Close-on-exec of descriptors learned here is read from
 /// fdinfo.
-pub fn apply_listings(agg: &mut Aggregator, listings: &Listings) -> Reconciled {
+pub(super) fn apply_listings(agg: &mut Aggregator, listings: &Listings) -> Reconciled {
     let mut total = Reconciled::default();
     for (pid, listing) in &listings.by_pid {
         let outcome = agg.reconcile(*pid, listing, listings.from_ns);

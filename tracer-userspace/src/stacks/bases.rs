@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use super::unwind::Unwound;
 
 #[derive(Default)]
-pub struct StackBases {
+pub(super) struct StackBases {
     /// tid -> base, as the kernel has it (once `pending` is applied).
     known: HashMap<u32, u64>,
     /// Changes for the kernel's map, in order: Some(base) to set, None to delete.
@@ -24,7 +24,7 @@ pub struct StackBases {
 
 impl StackBases {
     /// Learns from the walk of one event's stack: `copied` bytes were copied from `sp` up.
-    pub fn observe(&mut self, tid: u32, sp: u64, copied: usize, unwound: &Unwound) {
+    pub(super) fn observe(&mut self, tid: u32, sp: u64, copied: usize, unwound: &Unwound) {
         let known = self.known.get(&tid).copied();
         if unwound.reached_root && unwound.stack_used > 0 {
             let base = sp + unwound.stack_used as u64;
@@ -45,14 +45,14 @@ impl StackBases {
 
     /// The thread exited or its process exec'd: the kernel has dropped its base, and must not
     /// get it back from an event read late.
-    pub fn forget(&mut self, tid: u32) {
+    pub(super) fn forget(&mut self, tid: u32) {
         if self.known.remove(&tid).is_some() {
             self.pending.push((tid, None));
         }
     }
 
     /// The changes to make to the kernel's map since the last call.
-    pub fn take_updates(&mut self) -> Vec<(u32, Option<u64>)> {
+    pub(super) fn take_updates(&mut self) -> Vec<(u32, Option<u64>)> {
         std::mem::take(&mut self.pending)
     }
 }

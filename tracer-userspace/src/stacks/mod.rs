@@ -23,14 +23,14 @@ use crate::{
 
 /// The stacks the kernel walked by frame pointers, by the id it gave them: the live BPF
 /// stack map in a session, a table in tests.
-pub trait KernelStacks {
+pub(crate) trait KernelStacks {
     /// The instruction pointers of stack `id`, innermost first; None once the kernel has
     /// dropped it.
     fn stack(&self, id: u32) -> Option<Vec<u64>>;
 }
 
 #[derive(Default)]
-pub struct StackStore {
+pub(crate) struct StackStore {
     /// Current exec generation of each process (0 until its first exec while traced).
     generations: HashMap<u32, u32>,
     /// Executable mappings by (pid, generation); a forked child shares its parent's until it
@@ -58,12 +58,12 @@ pub struct StackStore {
 }
 
 impl StackStore {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Records the mappings of a process seen at attach.
-    pub fn capture(&mut self, pid: u32) {
+    pub(crate) fn capture(&mut self, pid: u32) {
         let generation = self.generation(pid);
         self.modules_of(pid, generation);
     }
@@ -71,7 +71,7 @@ impl StackStore {
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
     /// of the repaired stack (a frameless innermost function's caller put back, frame-pointer
     /// garbage cut); tracks fork and exec. Call before the aggregator sees the event.
-    pub fn annotate(
+    pub(crate) fn annotate(
         &mut self,
         event: &mut Event,
         stack_top: Option<StackTop>,
@@ -114,7 +114,7 @@ impl StackStore {
     }
 
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
-    pub fn take_stack_base_updates(&mut self) -> Vec<(u32, Option<u64>)> {
+    pub(crate) fn take_stack_base_updates(&mut self) -> Vec<(u32, Option<u64>)> {
         self.bases.take_updates()
     }
 
@@ -179,7 +179,7 @@ impl StackStore {
     }
 
     /// The frames of a stack, innermost first.
-    pub fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
+    pub(crate) fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
         let Some(ips) = self.stacks.get(stack.id as usize).cloned() else {
             return Vec::new();
         };

@@ -12,7 +12,7 @@ use std::{
 
 /// One file-backed executable mapping of a process, from /proc/PID/maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
+pub(super) struct Mapping {
     pub start: u64,
     pub end: u64,
     pub file_offset: u64,
@@ -29,7 +29,7 @@ pub struct Mapping {
 
 impl Mapping {
     /// The path at which the tracer reads this module.
-    pub fn file(&self) -> &Path {
+    pub(super) fn file(&self) -> &Path {
         self.open_path.as_deref().unwrap_or(&self.path)
     }
 }
@@ -37,14 +37,14 @@ impl Mapping {
 /// A process's executable file mappings, captured while it lives so its stacks can be
 /// symbolized and unwound after it exits.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ModuleMap {
+pub(super) struct ModuleMap {
     /// Sorted by `start`; mappings never overlap.
     mappings: Vec<Mapping>,
 }
 
 impl ModuleMap {
     /// Reads `/proc/PID/maps`; see [`ModuleMap::parse`] for what is kept.
-    pub fn read(pid: u32) -> io::Result<Self> {
+    pub(super) fn read(pid: u32) -> io::Result<Self> {
         fs::read(format!("/proc/{pid}/maps")).map(|bytes| Self::parse_bytes(&bytes))
     }
 
@@ -52,7 +52,7 @@ impl ModuleMap {
     /// whose path starts with `/` (so not `[vdso]`, anonymous memory, ...). A trailing
     /// ` (deleted)` is stripped from the path. Malformed lines are skipped.
     #[cfg(test)]
-    pub fn parse(text: &str) -> Self {
+    pub(super) fn parse(text: &str) -> Self {
         Self::parse_bytes(text.as_bytes())
     }
 
@@ -67,24 +67,24 @@ impl ModuleMap {
     }
 
     /// The mappings, sorted by start address.
-    pub fn mappings(&self) -> &[Mapping] {
+    pub(super) fn mappings(&self) -> &[Mapping] {
         &self.mappings
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.mappings.is_empty()
     }
 
     /// The mapping containing `addr`.
-    pub fn find(&self, addr: u64) -> Option<&Mapping> {
+    pub(super) fn find(&self, addr: u64) -> Option<&Mapping> {
         let after = self.mappings.partition_point(|m| m.start <= addr);
         let mapping = self.mappings.get(after.checked_sub(1)?)?;
         (addr < mapping.end).then_some(mapping)
     }
 
     /// The file offset of addr in its module: addr - start + file_offset.
-    pub fn file_offset(&self, addr: u64) -> Option<(&Mapping, u64)> {
+    pub(super) fn file_offset(&self, addr: u64) -> Option<(&Mapping, u64)> {
         let mapping = self.find(addr)?;
         let offset = (addr - mapping.start).checked_add(mapping.file_offset)?;
         Some((mapping, offset))
@@ -152,7 +152,7 @@ fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
 /// `/proc/PID/map_files/` while the process lives and the descriptor held, so the module stays
 /// readable after the process is gone.
 #[derive(Debug, Default)]
-pub struct ModuleFiles {
+pub(super) struct ModuleFiles {
     /// (dev, inode) -> where to open it (None: at its own path).
     known: HashMap<(u64, u64), Option<PathBuf>>,
     held: Vec<fs::File>,
@@ -160,7 +160,7 @@ pub struct ModuleFiles {
 
 impl ModuleFiles {
     /// Reads `/proc/PID/maps` ([`ModuleMap::parse`]) and makes each module openable.
-    pub fn read(&mut self, pid: u32) -> io::Result<ModuleMap> {
+    pub(super) fn read(&mut self, pid: u32) -> io::Result<ModuleMap> {
         let mut map = ModuleMap::read(pid)?;
         for mapping in &mut map.mappings {
             mapping.open_path = self.open_path(pid, mapping);

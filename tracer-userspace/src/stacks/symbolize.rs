@@ -19,7 +19,7 @@ use crate::model::{Frame, StackRef};
 /// Symbolizes stacks from the module maps captured while their process lived, so stacks of
 /// processes that have exited or exec'd since still resolve. blazesym caches parsed ELF and
 /// DWARF across calls; each distinct stack is resolved once.
-pub struct StackSymbolizer {
+pub(super) struct StackSymbolizer {
     symbolizer: Symbolizer,
     cache: HashMap<StackRef, Vec<Frame>>,
 }
@@ -31,7 +31,7 @@ impl Default for StackSymbolizer {
 }
 
 impl StackSymbolizer {
-    pub fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             symbolizer: Symbolizer::builder()
                 .enable_demangling(true)
@@ -45,7 +45,12 @@ impl StackSymbolizer {
     /// Frames for the instruction pointers `ips` (innermost first) of `stack`, looked up in
     /// `modules`. Addresses outside any file-backed mapping, or in files without symbols,
     /// keep just their address.
-    pub fn frames(&mut self, stack: StackRef, ips: &[u64], modules: &ModuleMap) -> Vec<Frame> {
+    pub(super) fn frames(
+        &mut self,
+        stack: StackRef,
+        ips: &[u64],
+        modules: &ModuleMap,
+    ) -> Vec<Frame> {
         if let Some(frames) = self.cache.get(&stack) {
             return frames.clone();
         }

@@ -135,7 +135,7 @@ impl ElfUnwindInfo {
 
 /// Parsed unwind sections by file (failures too, so an unreadable file is tried once).
 #[derive(Debug, Default)]
-pub struct UnwindSections {
+pub(super) struct UnwindSections {
     files: HashMap<PathBuf, Option<Arc<ElfUnwindInfo>>>,
 }
 
@@ -153,7 +153,7 @@ impl UnwindSections {
     }
 
     /// An unwinder for a process whose executable mappings are `modules`.
-    pub fn unwinder_for(&mut self, modules: &ModuleMap) -> ProcessUnwinder {
+    pub(super) fn unwinder_for(&mut self, modules: &ModuleMap) -> ProcessUnwinder {
         let mut unwinder = UnwinderX86_64::new();
         // One framehop module per file: its address range spans the file's executable
         // mappings, and its base is where the file's link-time address 0 landed.
@@ -200,7 +200,7 @@ impl UnwindSections {
 }
 
 /// Unwinds stacks of one process image (pid and exec generation).
-pub struct ProcessUnwinder {
+pub(super) struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Bytes>,
     /// Rule caches, chosen by address. framehop's cache keeps one rule per slot of 509
     /// (address modulo 509), and two frames of one stack that share a slot evict each other on
@@ -221,7 +221,7 @@ fn cache_for(lookup_address: u64) -> usize {
 
 /// What [`ProcessUnwinder::unwind`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Unwound {
+pub(super) struct Unwound {
     /// Innermost first.
     pub frames: Vec<u64>,
     /// True when the walk ended at the root of the stack (or at the frame limit), false
@@ -237,7 +237,7 @@ pub struct Unwound {
 
 /// The registers at the event and the stack memory copied from `sp` up.
 #[derive(Clone, Copy, Debug)]
-pub struct CopiedStack<'a> {
+pub(super) struct CopiedStack<'a> {
     pub ip: u64,
     pub sp: u64,
     pub bp: u64,
@@ -248,7 +248,7 @@ impl ProcessUnwinder {
     /// The frames of `stack`, innermost first (the first is `ip`, the rest return
     /// addresses). Stops where the copy ends (a frame's data lies beyond it), at the root
     /// of the stack, at a return address `is_code` rejects, or after `max_frames`.
-    pub fn unwind(
+    pub(super) fn unwind(
         &mut self,
         stack: CopiedStack,
         is_code: impl Fn(u64) -> bool,

@@ -26,7 +26,7 @@ mod time_wait;
 
 use std::{collections::HashMap, net::SocketAddr};
 
-pub use time_wait::TimeWaitGroup;
+pub(crate) use time_wait::TimeWaitGroup;
 use time_wait::TimeWaits;
 
 use tracer_common::abi::tcp_state::{
@@ -35,19 +35,19 @@ use tracer_common::abi::tcp_state::{
 
 /// Most live sockets tracked at once; further new sockets are ignored and counted in
 /// [`TcpTracker::dropped`].
-pub const MAX_LIVE: usize = 262_144;
+pub(crate) const MAX_LIVE: usize = 262_144;
 /// Most `(local, remote)` pairs kept for [`TcpTracker::time_wait_pairs`]; the oldest go first.
-pub const MAX_TIME_WAIT_PAIRS: usize = 65_536;
+pub(crate) const MAX_TIME_WAIT_PAIRS: usize = 65_536;
 /// Most distinct [`TimeWaitGroup`]s; `TIME_WAIT` entries for further groups are counted in
 /// [`TcpTracker::time_wait_dropped`] (they still go into the pair ring).
-pub const MAX_TIME_WAIT_GROUPS: usize = 65_536;
+pub(crate) const MAX_TIME_WAIT_GROUPS: usize = 65_536;
 /// Most `(owner, port)` listening ports remembered for the side heuristic. (Not the kernel
 /// side's `tracer_common::MAX_LISTEN_PORTS`, the capacity of its port -> owner map.)
-pub const MAX_KNOWN_LISTENERS: usize = 65_536;
+pub(crate) const MAX_KNOWN_LISTENERS: usize = 65_536;
 
 /// One state change, decoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TcpTransition {
+pub(crate) struct TcpTransition {
     /// Process (tgid) owning the socket.
     pub owner: u32,
     /// Kernel address of the socket (`struct sock *`); identifies it while it lives.
@@ -67,7 +67,7 @@ pub struct TcpTransition {
 /// Whether this transition means the connection now sits in `TIME_WAIT`: the full socket goes
 /// from `FIN_WAIT2`, `CLOSING` or `FIN_WAIT1` to `CLOSE` (handed to a `TIME_WAIT` minisock), or
 /// the kernel reports `→TIME_WAIT` itself.
-pub fn enters_time_wait(old: u8, new: u8) -> bool {
+pub(crate) fn enters_time_wait(old: u8, new: u8) -> bool {
     new == TIME_WAIT && old != TIME_WAIT
         || new == CLOSE && matches!(old, FIN_WAIT2 | CLOSING | FIN_WAIT1)
 }
@@ -95,7 +95,7 @@ struct Sock {
 
 /// Follows the TCP sockets of the followed processes through their state changes.
 #[derive(Debug, Default)]
-pub struct TcpTracker {
+pub(crate) struct TcpTracker {
     /// Live sockets by kernel address.
     live: HashMap<u64, Sock>,
     /// `(local, remote)` → skaddr of the live socket that last had that tuple.
@@ -106,12 +106,12 @@ pub struct TcpTracker {
 
 impl TcpTracker {
     /// An empty tracker.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// Applies one transition (O(1)).
-    pub fn apply(&mut self, t: &TcpTransition) {
+    pub(crate) fn apply(&mut self, t: &TcpTransition) {
         self.time_wait.remember_listener(t);
 
         // A known skaddr leaving CLOSE is a new socket at a reused address.
@@ -186,30 +186,28 @@ impl TcpTracker {
 
     /// The current state of the live socket with this local/remote address pair and since when
     /// (ns, `CLOCK_MONOTONIC`, the time it entered that state), if tracked.
-    pub fn state_since(&self, local: SocketAddr, remote: SocketAddr) -> Option<(u8, u64)> {
+    pub(crate) fn state_since(&self, local: SocketAddr, remote: SocketAddr) -> Option<(u8, u64)> {
         let skaddr = self.by_tuple.get(&(local, remote))?;
         let sock = self.live.get(skaddr)?;
         Some((sock.state, sock.since_ns))
     }
 
     /// Sockets currently tracked (live).
-    pub fn live(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn live(&self) -> usize {
         self.live.len()
     }
 
     /// New sockets ignored because [`MAX_LIVE`] were already tracked.
-    pub fn dropped(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped
     }
 
-    /// `TIME_WAIT` entries not grouped because [`MAX_TIME_WAIT_GROUPS`] groups existed.
-    pub fn time_wait_dropped(&self) -> u64 {
-        self.time_wait.dropped()
-    }
-
-    /// Connections that entered `TIME_WAIT` while traced, in all groups (not counting
-    /// [`Self::time_wait_dropped`]).
-    pub fn time_wait_total(&self) -> u64 {
+    /// Connections that entered `TIME_WAIT` while traced, in all groups (not counting those
+    /// past [`MAX_TIME_WAIT_GROUPS`]).
+    #[cfg(test)]
+    pub(crate) fn time_wait_total(&self) -> u64 {
         self.time_wait.total()
     }
 
@@ -217,14 +215,14 @@ impl TcpTracker {
     /// local and remote endpoint (the ephemeral port left out: the local one for the connecting
     /// side, the peer's for the accepting side), most numerous first (ties: by pid, local,
     /// remote). `now_ns` (`CLOCK_MONOTONIC`) gives rates and ages.
-    pub fn time_wait_groups(&self, now_ns: u64) -> Vec<TimeWaitGroup> {
+    pub(crate) fn time_wait_groups(&self, now_ns: u64) -> Vec<TimeWaitGroup> {
         self.time_wait.groups(now_ns)
     }
 
     /// Every (local, remote) pair that entered TIME_WAIT while traced, newest last, at most
     /// [`MAX_TIME_WAIT_PAIRS`] (the oldest are forgotten first). The same pair may appear more
     /// than once when a tuple was reused.
-    pub fn time_wait_pairs(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
+    pub(crate) fn time_wait_pairs(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
         self.time_wait.pairs()
     }
 

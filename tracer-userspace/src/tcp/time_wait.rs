@@ -14,7 +14,7 @@ use super::{
 
 /// Connections one process left in `TIME_WAIT` towards one endpoint while traced.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct TimeWaitGroup {
+pub(crate) struct TimeWaitGroup {
     /// The process (tgid) that owned the sockets.
     pub pid: u32,
     /// "127.0.0.1" (connecting side: the ephemeral local port varies) or "127.0.0.1:8080"
@@ -142,10 +142,7 @@ impl TimeWaits {
         }
     }
 
-    pub(super) fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
+    #[cfg(test)]
     pub(super) fn total(&self) -> u64 {
         self.groups.values().map(|g| g.count).sum()
     }

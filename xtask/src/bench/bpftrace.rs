@@ -40,7 +40,7 @@ fn creating_exits(micro: Micro) -> &'static [&'static str] {
 }
 
 /// Empty programs on the workload's tracepoints, filtered to the command bpftrace starts.
-pub fn empty_floor(micro: Micro) -> String {
+pub(crate) fn empty_floor(micro: Micro) -> String {
     tracepoints(micro)
         .iter()
         .map(|tracepoint| format!("tracepoint:{tracepoint} /pid == cpid/ {{}}\n"))
@@ -48,7 +48,7 @@ pub fn empty_floor(micro: Micro) -> String {
 }
 
 /// A map of open descriptors, with the user stack of each when `ustack`.
-pub fn open_map(micro: Micro, ustack: bool) -> String {
+pub(crate) fn open_map(micro: Micro, ustack: bool) -> String {
     let value = if ustack { "ustack" } else { "nsecs" };
     let mut script: String = creating_exits(micro)
         .iter()

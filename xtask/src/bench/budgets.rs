@@ -9,7 +9,7 @@ use super::{
 };
 
 #[derive(Debug, Serialize)]
-pub struct Verdict {
+pub(crate) struct Verdict {
     pub budget: String,
     pub measured: String,
     pub met: Option<bool>,
@@ -29,14 +29,14 @@ fn overhead(result: &MicroResult, key: &str) -> Option<f64> {
 }
 
 /// Followed overhead over the empty programs' overhead (the budget: at most 2).
-pub fn floor_multiple(result: &MicroResult) -> Option<f64> {
+pub(crate) fn floor_multiple(result: &MicroResult) -> Option<f64> {
     let floor = overhead(result, "empty_bpf_floor")?;
     (floor > 0.0).then(|| overhead(result, "tracer_followed").map(|o| o / floor))?
 }
 
 /// bpftrace-with-ustack overhead over the tracer's (the budget: at least 3). `None` when
 /// either is missing or not above untraced (noise then decides, not the tools).
-pub fn bpftrace_multiple(result: &MicroResult) -> Option<f64> {
+pub(crate) fn bpftrace_multiple(result: &MicroResult) -> Option<f64> {
     let ours = overhead(result, "tracer_followed")?;
     let theirs = overhead(result, "bpftrace_map_ustack")?;
     (ours > 0.0 && theirs > 0.0).then(|| theirs / ours)
@@ -44,7 +44,7 @@ pub fn bpftrace_multiple(result: &MicroResult) -> Option<f64> {
 
 /// Whether the other-process runs are within the noise of the untraced ones: their medians
 /// differ by no more than the wider of the two spreads (half the min-max range).
-pub fn unfollowed_within_noise(result: &MicroResult) -> Option<(f64, f64, bool)> {
+pub(crate) fn unfollowed_within_noise(result: &MicroResult) -> Option<(f64, f64, bool)> {
     let base = summary(result, "untraced")?;
     let other = summary(result, "tracer_other_process")?;
     let difference = (other.median / base.median - 1.0) * 100.0;
@@ -52,7 +52,7 @@ pub fn unfollowed_within_noise(result: &MicroResult) -> Option<(f64, f64, bool)>
     Some((difference, noise, difference.abs() <= noise))
 }
 
-pub fn check(micros: &[MicroResult], nginx_ratio: Option<f64>) -> Vec<Verdict> {
+pub(crate) fn check(micros: &[MicroResult], nginx_ratio: Option<f64>) -> Vec<Verdict> {
     let mut verdicts = Vec::new();
     for result in micros {
         let name = result.description;

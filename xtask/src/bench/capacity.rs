@@ -20,7 +20,7 @@ use super::{
 
 /// One paced open+close run under the tracer.
 #[derive(Debug, Serialize)]
-pub struct RateStep {
+pub(crate) struct RateStep {
     /// Requested open+close pairs per second; 0 means as fast as the workload can.
     pub target_pairs_per_s: u64,
     pub ring_buffer_mib: u32,
@@ -44,7 +44,11 @@ const DEFAULT_RING_MIB: u32 = 64;
 /// only way to see what an overrun does (lost events counted, no false leaks).
 const OVERRUN_RING_MIB: u32 = 1;
 
-pub fn rates(tracer_bin: &Path, workload: &mut Workload, seconds: u64) -> Result<Vec<RateStep>> {
+pub(crate) fn rates(
+    tracer_bin: &Path,
+    workload: &mut Workload,
+    seconds: u64,
+) -> Result<Vec<RateStep>> {
     let mut steps = Vec::new();
     let plan = RATE_STEPS
         .iter()
@@ -100,7 +104,7 @@ pub fn rates(tracer_bin: &Path, workload: &mut Workload, seconds: u64) -> Result
 }
 
 /// The highest event rate of a run that lost nothing with the tracer running.
-pub fn max_zero_loss(steps: &[RateStep]) -> Option<f64> {
+pub(crate) fn max_zero_loss(steps: &[RateStep]) -> Option<f64> {
     steps
         .iter()
         .filter(|s| s.lost == 0 && !s.reader_stopped)
@@ -109,7 +113,7 @@ pub fn max_zero_loss(steps: &[RateStep]) -> Option<f64> {
 }
 
 #[derive(Debug, Serialize)]
-pub struct MemoryResult {
+pub(crate) struct MemoryResult {
     pub descriptors: u64,
     /// The pace they were opened at: below the zero-loss rate, so that every one of them
     /// is in the tracer's tables (an unpaced burst from 51 processes lost 90% of its events).
@@ -136,7 +140,11 @@ pub struct MemoryResult {
 const HOLD_OPENS_PER_S: u64 = 100_000;
 
 /// Follows a process that opens `count` descriptors and keeps them open.
-pub fn memory(tracer_bin: &Path, workload: &mut Workload, count: u64) -> Result<MemoryResult> {
+pub(crate) fn memory(
+    tracer_bin: &Path,
+    workload: &mut Workload,
+    count: u64,
+) -> Result<MemoryResult> {
     let result = workload.result_path();
     let mut holder = command(&workload.hold_args(count, HOLD_OPENS_PER_S, &result))
         .stdin(Stdio::null())

@@ -18,7 +18,7 @@ use crate::process::describe;
 /// descriptors is far longer, and only its first lines are read.
 const STDOUT_KEEP: usize = 4 << 20;
 
-pub struct Watched {
+pub(crate) struct Watched {
     child: Child,
     name: String,
     stderr_lines: Receiver<String>,
@@ -28,7 +28,7 @@ pub struct Watched {
 }
 
 /// How a watched child ended.
-pub struct Ended {
+pub(crate) struct Ended {
     pub status: ExitStatus,
     pub stdout: String,
     pub stderr: String,
@@ -36,7 +36,7 @@ pub struct Ended {
 
 impl Ended {
     /// The last line of stderr that says something, for a one-line error.
-    pub fn last_error_line(&self) -> String {
+    pub(crate) fn last_error_line(&self) -> String {
         self.stderr
             .lines()
             .rev()
@@ -55,7 +55,7 @@ impl Ended {
 
 impl Watched {
     /// Starts `cmd` with stdin closed and stdout and stderr piped to us.
-    pub fn spawn(cmd: &mut Command) -> Result<Watched> {
+    pub(crate) fn spawn(cmd: &mut Command) -> Result<Watched> {
         let name = describe(cmd);
         let mut child = cmd
             .stdin(Stdio::null())
@@ -95,14 +95,14 @@ impl Watched {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Waits until a stderr line contains `needle`; returns how long that took. An error if
     /// the child exits first or `timeout` passes (the child is then killed by the caller's
     /// drop of `self`).
-    pub fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
+    pub(crate) fn wait_for_stderr(&mut self, needle: &str, timeout: Duration) -> Result<Duration> {
         let started = Instant::now();
         loop {
             let left = timeout.saturating_sub(started.elapsed());
@@ -133,14 +133,14 @@ impl Watched {
     }
 
     /// Sends `signal` (e.g. SIGINT: the tracer then reports and exits).
-    pub fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         // A pid always fits: Linux pids are at most 2^22.
         // SAFETY: kill has no memory preconditions; at worst the child already exited.
         unsafe { libc::kill(self.child.id() as i32, signal) };
     }
 
     /// Waits for the child to exit; kills it after `timeout` and says so.
-    pub fn wait(&mut self, timeout: Duration) -> Result<Ended> {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> Result<Ended> {
         let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().context("waitpid failed")? {
@@ -190,7 +190,7 @@ impl Watched {
     }
 
     /// `wait`, then an error naming the command unless it exited with 0.
-    pub fn wait_success(&mut self, timeout: Duration) -> Result<Ended> {
+    pub(crate) fn wait_success(&mut self, timeout: Duration) -> Result<Ended> {
         let ended = self.wait(timeout)?;
         if !ended.status.success() {
             bail!(

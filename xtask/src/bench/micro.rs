@@ -18,7 +18,7 @@ use super::{
 
 /// A way of running the workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Case {
+pub(crate) enum Case {
     Untraced,
     /// `tracer -- workload`: every iteration is followed.
     Followed,
@@ -35,7 +35,7 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 8] = [
+    pub(crate) const ALL: [Case; 8] = [
         Case::Untraced,
         Case::Followed,
         Case::FollowedFramePointers,
@@ -47,7 +47,7 @@ impl Case {
     ];
 
     /// The key in the JSON.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Case::Untraced => "untraced",
             Case::Followed => "tracer_followed",
@@ -61,7 +61,7 @@ impl Case {
     }
 
     /// The row label in the table.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Case::Untraced => "untraced",
             Case::Followed => "tracer, following the benchmark",
@@ -94,7 +94,7 @@ impl Case {
 
 /// One case of one workload, over all runs.
 #[derive(Debug, Serialize)]
-pub struct CaseResult {
+pub(crate) struct CaseResult {
     pub case: &'static str,
     pub label: &'static str,
     /// Nanoseconds per iteration; absent when the case could not run here.
@@ -110,7 +110,7 @@ pub struct CaseResult {
 }
 
 #[derive(Debug, Serialize)]
-pub struct MicroResult {
+pub(crate) struct MicroResult {
     pub workload: &'static str,
     pub description: &'static str,
     pub iterations: u64,
@@ -120,7 +120,7 @@ pub struct MicroResult {
     pub attach_times_s: Vec<f64>,
 }
 
-pub struct Settings<'a> {
+pub(crate) struct Settings<'a> {
     pub tracer: &'a std::path::Path,
     pub runs: usize,
     /// Multiplies every workload's iteration count (`--quick` lowers it).
@@ -133,7 +133,11 @@ pub struct Settings<'a> {
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Runs every case of `micro` `settings.runs` times, interleaved.
-pub fn run(settings: &Settings, workload: &mut Workload, micro: Micro) -> Result<MicroResult> {
+pub(crate) fn run(
+    settings: &Settings,
+    workload: &mut Workload,
+    micro: Micro,
+) -> Result<MicroResult> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
     let mut unavailable: Vec<Option<String>> = Case::ALL
         .iter()

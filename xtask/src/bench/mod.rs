@@ -1,16 +1,16 @@
 //! The pieces of `cargo xtask bench` (see cmd_bench.rs).
 
-pub mod bpftrace;
-pub mod budgets;
-pub mod capacity;
-pub mod child;
-pub mod micro;
-pub mod nginx;
-pub mod print;
-pub mod procstat;
-pub mod profile;
-pub mod stats;
-pub mod table;
-pub mod tools;
-pub mod tracer;
-pub mod workload;
+pub(crate) mod bpftrace;
+pub(crate) mod budgets;
+pub(crate) mod capacity;
+pub(crate) mod child;
+pub(crate) mod micro;
+pub(crate) mod nginx;
+pub(crate) mod print;
+pub(crate) mod procstat;
+pub(crate) mod profile;
+pub(crate) mod stats;
+pub(crate) mod table;
+pub(crate) mod tools;
+pub(crate) mod tracer;
+pub(crate) mod workload;

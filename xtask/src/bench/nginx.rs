@@ -26,7 +26,7 @@ use super::{
 };
 
 #[derive(Debug, Serialize)]
-pub struct NginxResult {
+pub(crate) struct NginxResult {
     pub seconds_per_run: u64,
     pub connections: u32,
     pub untraced_rps: Summary,
@@ -43,7 +43,7 @@ const CONNECTIONS: u32 = 32;
 /// USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on every Linux architecture's ABI.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-pub fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<NginxResult> {
+pub(crate) fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<NginxResult> {
     let root = prepare(dir)?;
     let port = free_port()?;
     let mut nginx = start(&root, port)?;

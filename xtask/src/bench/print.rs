@@ -12,7 +12,7 @@ use super::{
 };
 
 /// The machine, and other tracers that every case paid for.
-pub fn machine(machine: &str, other_tracers: &[String]) {
+pub(crate) fn machine(machine: &str, other_tracers: &[String]) {
     println!("Machine: {machine}");
     if !other_tracers.is_empty() {
         println!(
@@ -23,7 +23,7 @@ pub fn machine(machine: &str, other_tracers: &[String]) {
 }
 
 /// The micro table, then per workload the followed runs' losses and the stack copy's cost.
-pub fn micro(micros: &[MicroResult], runs: usize) {
+pub(crate) fn micro(micros: &[MicroResult], runs: usize) {
     if !micros.is_empty() {
         println!();
         println!(
@@ -65,7 +65,7 @@ pub fn micro(micros: &[MicroResult], runs: usize) {
 }
 
 /// Requests per second untraced and traced, and what the tracer lost and used.
-pub fn nginx(nginx: &NginxResult) {
+pub(crate) fn nginx(nginx: &NginxResult) {
     println!();
     println!(
         "Macro: nginx (1 worker) on 127.0.0.1 under wrk (1 thread, {} connections, {}s runs)",
@@ -91,7 +91,7 @@ pub fn nginx(nginx: &NginxResult) {
 }
 
 /// The paced rates and the highest one without a lost event.
-pub fn rates(rates: &[RateStep]) {
+pub(crate) fn rates(rates: &[RateStep]) {
     println!();
     println!("Capacity: open+close from 2 processes, paced, under the tracer");
     println!();
@@ -103,7 +103,7 @@ pub fn rates(rates: &[RateStep]) {
 }
 
 /// The tracer's memory while it holds many descriptors, and whether that run lost events.
-pub fn memory(memory: &MemoryResult) {
+pub(crate) fn memory(memory: &MemoryResult) {
     println!(
         "memory: {:.0} MiB attached, {:.0} MiB with {} descriptors open in {} processes (opened at {}/s; {:.0} bytes each), peak {:.0} MiB; report and detach took {:.1}s",
         memory.rss_attached_mib,
@@ -127,7 +127,7 @@ pub fn memory(memory: &MemoryResult) {
 }
 
 /// Kernel time per BPF program run, and the tracer process's own CPU per open+close.
-pub fn profile(profile: &ProfileResult) {
+pub(crate) fn profile(profile: &ProfileResult) {
     println!();
     println!(
         "BPF run time per program run during unpaced open+close (bpf_stats; runs count every process, and unfollowed ones return early)"
@@ -143,7 +143,7 @@ pub fn profile(profile: &ProfileResult) {
 }
 
 /// How long the tracer took from start to `attached`.
-pub fn attach(attach: &Summary) {
+pub(crate) fn attach(attach: &Summary) {
     println!(
         "time from start to `attached` (--pid): median {:.2}s (min {:.2}s, max {:.2}s, {} runs)",
         attach.median,
@@ -154,7 +154,7 @@ pub fn attach(attach: &Summary) {
 }
 
 /// Each budget with its measured value and verdict.
-pub fn budgets(verdicts: &[Verdict]) {
+pub(crate) fn budgets(verdicts: &[Verdict]) {
     println!();
     println!("Budgets");
     println!();

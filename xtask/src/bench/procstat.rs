@@ -5,7 +5,7 @@ use std::fs;
 use anyhow::{Context as _, Result};
 
 /// utime + stime of a process, in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     parse_cpu_ticks(&stat).with_context(|| format!("cannot parse /proc/{pid}/stat"))
@@ -22,7 +22,7 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
 }
 
 /// A `kB` line of /proc/PID/status.
-pub fn status_kib(pid: u32, key: &str) -> Result<u64> {
+pub(crate) fn status_kib(pid: u32, key: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status"))?;
     parse_status_kib(&status, key).with_context(|| format!("no {key} in /proc/{pid}/status"))
@@ -41,7 +41,7 @@ const PROG_TYPE_TRACEPOINT: u64 = 5;
 /// Processes (pid, command) holding tracepoint BPF programs: other tracers on the machine.
 /// Their programs run on every syscall of every process, so "untraced" is not untraced
 /// while they are attached.
-pub fn tracepoint_program_holders() -> Vec<(u32, String)> {
+pub(crate) fn tracepoint_program_holders() -> Vec<(u32, String)> {
     let Ok(procs) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -81,7 +81,7 @@ fn holds_tracepoint_program(pid: u32) -> bool {
 }
 
 /// A numeric `key:\tvalue` line of an fdinfo file.
-pub fn fdinfo_field(fdinfo: &str, key: &str) -> Option<u64> {
+pub(crate) fn fdinfo_field(fdinfo: &str, key: &str) -> Option<u64> {
     fdinfo
         .lines()
         .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))

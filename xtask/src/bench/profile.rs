@@ -20,14 +20,14 @@ use super::{
 const STATS_SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 #[derive(Debug, Serialize)]
-pub struct ProgramCost {
+pub(crate) struct ProgramCost {
     pub program: String,
     pub runs: u64,
     pub ns_per_run: f64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ProfileResult {
+pub(crate) struct ProfileResult {
     pub tracer: Vec<ProgramCost>,
     pub empty_floor: Option<Vec<ProgramCost>>,
     /// CPU the tracer process itself (reading, decoding, stacks, tables) used per run of
@@ -52,7 +52,7 @@ struct Counters {
 }
 
 /// Runs both profiles with the stats switched on, and switches them back.
-pub fn run(
+pub(crate) fn run(
     tracer_bin: &Path,
     workload: &mut Workload,
     with_bpftrace: bool,

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 /// Several runs of one measurement, summarised.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -14,7 +14,7 @@ pub struct Summary {
 
 impl Summary {
     /// `None` when there are no runs.
-    pub fn of(runs: &[f64]) -> Option<Summary> {
+    pub(crate) fn of(runs: &[f64]) -> Option<Summary> {
         let mut sorted = runs.to_vec();
         sorted.sort_by(f64::total_cmp);
         let median = median_of_sorted(&sorted)?;
@@ -27,7 +27,7 @@ impl Summary {
     }
 
     /// Half the min-max range as a percentage of the median: how far runs strayed.
-    pub fn spread_percent(&self) -> f64 {
+    pub(crate) fn spread_percent(&self) -> f64 {
         if self.median == 0.0 {
             return 0.0;
         }
@@ -45,7 +45,7 @@ fn median_of_sorted(sorted: &[f64]) -> Option<f64> {
 }
 
 /// `value / base`, or `None` when the base is not a positive number.
-pub fn ratio(value: f64, base: f64) -> Option<f64> {
+pub(crate) fn ratio(value: f64, base: f64) -> Option<f64> {
     (base > 0.0 && base.is_finite() && value.is_finite()).then(|| value / base)
 }
 

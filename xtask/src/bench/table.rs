@@ -6,23 +6,23 @@ use super::{
 };
 
 /// A table of rows of cells; the first row is the header.
-pub struct Table {
+pub(crate) struct Table {
     rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    pub fn new(header: &[&str]) -> Table {
+    pub(crate) fn new(header: &[&str]) -> Table {
         Table {
             rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
         }
     }
 
-    pub fn row(&mut self, cells: Vec<String>) {
+    pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
     /// Markdown, columns padded so it also reads as plain text.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
         let widths: Vec<usize> = (0..columns)
             .map(|c| {
@@ -54,7 +54,7 @@ impl Table {
 }
 
 /// `median (±spread%)` in the unit given by `scale`.
-pub fn median_spread(summary: &Summary, scale: f64, decimals: usize) -> String {
+pub(crate) fn median_spread(summary: &Summary, scale: f64, decimals: usize) -> String {
     format!(
         "{:.decimals$} (±{:.0}%)",
         summary.median * scale,
@@ -64,7 +64,7 @@ pub fn median_spread(summary: &Summary, scale: f64, decimals: usize) -> String {
 
 /// The micro results: one row per case, one column per workload (µs per iteration and the
 /// ratio to untraced).
-pub fn micro(results: &[MicroResult]) -> String {
+pub(crate) fn micro(results: &[MicroResult]) -> String {
     let mut header = vec!["case".to_owned()];
     for result in results {
         header.push(format!("{} µs", result.description));
@@ -103,7 +103,7 @@ pub fn micro(results: &[MicroResult]) -> String {
 }
 
 /// At most `max` characters of `text`, with `...` when cut.
-pub fn shorten(text: &str, max: usize) -> String {
+pub(crate) fn shorten(text: &str, max: usize) -> String {
     if text.chars().count() <= max {
         return text.to_owned();
     }
@@ -112,7 +112,7 @@ pub fn shorten(text: &str, max: usize) -> String {
 }
 
 /// One row per paced rate.
-pub fn rates(steps: &[RateStep]) -> String {
+pub(crate) fn rates(steps: &[RateStep]) -> String {
     let mut table = Table::new(&[
         "target pairs/s",
         "ring MiB",
@@ -146,7 +146,7 @@ pub fn rates(steps: &[RateStep]) -> String {
 }
 
 /// One row per tracer program, with the floor's program on the same tracepoint.
-pub fn profile(profile: &ProfileResult) -> String {
+pub(crate) fn profile(profile: &ProfileResult) -> String {
     let mut table = Table::new(&["program", "runs", "tracer ns/run", "empty floor ns/run"]);
     for cost in &profile.tracer {
         let floor = profile.empty_floor.as_ref().and_then(|floor| {
@@ -179,7 +179,7 @@ pub fn profile(profile: &ProfileResult) -> String {
 }
 
 /// The budgets and whether each was met.
-pub fn budgets(verdicts: &[Verdict]) -> String {
+pub(crate) fn budgets(verdicts: &[Verdict]) -> String {
     let mut table = Table::new(&["budget", "measured", "met"]);
     for verdict in verdicts {
         table.row(vec![

@@ -21,7 +21,7 @@ const TOOLS: &[(&str, &str)] = &[
 
 /// Installs whichever of the tools is missing, with one `apt-get install`; says what it
 /// installs. An error (one line) when they cannot be had.
-pub fn ensure() -> Result<()> {
+pub(crate) fn ensure() -> Result<()> {
     eprint!("checking bench tools (cc, strace, bpftrace, bpftool, nginx, wrk) ... ");
     let missing: Vec<&str> = TOOLS
         .iter()
@@ -59,7 +59,7 @@ fn in_sbin(program: &str) -> bool {
 }
 
 /// The path to run a tool by: PATH first, then /usr/sbin.
-pub fn path_of(program: &str) -> String {
+pub(crate) fn path_of(program: &str) -> String {
     match find_on_path(program) {
         Some(path) => path.display().to_string(),
         None => format!("/usr/sbin/{program}"),
@@ -68,7 +68,7 @@ pub fn path_of(program: &str) -> String {
 
 /// Whether bpftrace can load and attach a program on this kernel: `None` if it can,
 /// otherwise its own reason (Debian's bpftrace may be older than the kernel).
-pub fn bpftrace_problem() -> Option<String> {
+pub(crate) fn bpftrace_problem() -> Option<String> {
     let output = Command::new(path_of("bpftrace"))
         .args([
             "-e",
@@ -94,7 +94,7 @@ pub fn bpftrace_problem() -> Option<String> {
 }
 
 /// One line about the machine: kernel, CPUs, model, load, for the table and the JSON.
-pub fn machine() -> String {
+pub(crate) fn machine() -> String {
     let kernel = probe(Command::new("uname").arg("-r")).unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -114,7 +114,7 @@ pub fn machine() -> String {
 
 /// bpftrace finds tracepoints in tracefs, which this machine does not mount at boot (the
 /// tracer mounts it itself, but bpftrace may run before the tracer ever has).
-pub fn ensure_tracefs() -> Result<()> {
+pub(crate) fn ensure_tracefs() -> Result<()> {
     let root = Path::new("/sys/kernel/tracing");
     if root.join("events").is_dir() {
         return Ok(());

@@ -14,7 +14,7 @@ use super::child::{Ended, Watched};
 
 /// What the bench reads from a tracer's JSON report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReportFacts {
+pub(crate) struct ReportFacts {
     pub received: u64,
     pub lost: u64,
     /// Descriptors created while traced that the report calls open. The workloads close
@@ -23,7 +23,7 @@ pub struct ReportFacts {
 }
 
 /// Reads the facts from a JSON report.
-pub fn facts(report: &str) -> Result<ReportFacts> {
+pub(crate) fn facts(report: &str) -> Result<ReportFacts> {
     let json: Value = serde_json::from_str(report).context("the tracer's report is not JSON")?;
     let count = |pointer: &str| json.pointer(pointer).and_then(Value::as_u64);
     let false_leaks = json["open_descriptors"]
@@ -50,7 +50,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// `tracer --json [extra] -- argv`: follows the command from its first syscall and exits
 /// when it does; returns its report's facts.
-pub fn follow(
+pub(crate) fn follow(
     tracer: &Path,
     extra: &[&str],
     argv: &[String],
@@ -63,7 +63,7 @@ pub fn follow(
 }
 
 /// A tracer attached with `--pid`, until `stop`.
-pub struct Attached {
+pub(crate) struct Attached {
     tracer: Watched,
     /// From start to the `attached` line.
     pub attach_time: Duration,
@@ -71,7 +71,7 @@ pub struct Attached {
 
 impl Attached {
     /// Starts `tracer --pid PID [extra]` and waits for `attached`.
-    pub fn start(tracer: &Path, pid: u32, extra: &[&str]) -> Result<Attached> {
+    pub(crate) fn start(tracer: &Path, pid: u32, extra: &[&str]) -> Result<Attached> {
         let mut cmd = Command::new(tracer);
         cmd.arg("--pid").arg(pid.to_string()).args(extra);
         let mut tracer = Watched::spawn(&mut cmd)?;
@@ -82,12 +82,12 @@ impl Attached {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.tracer.pid()
     }
 
     /// Ctrl-C: the tracer reports and exits.
-    pub fn stop(mut self) -> Result<Ended> {
+    pub(crate) fn stop(mut self) -> Result<Ended> {
         self.tracer.signal(libc::SIGINT);
         self.tracer.wait_success(STOP_TIMEOUT)
     }
@@ -95,10 +95,10 @@ impl Attached {
 
 /// A process that does nothing: a target for a tracer whose cost on *other* processes is
 /// measured.
-pub struct Idle(Child);
+pub(crate) struct Idle(Child);
 
 impl Idle {
-    pub fn start() -> Result<Idle> {
+    pub(crate) fn start() -> Result<Idle> {
         Command::new("sleep")
             .arg("3600")
             .stdin(Stdio::null())
@@ -108,7 +108,7 @@ impl Idle {
             .context("could not start `sleep 3600`")
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.0.id()
     }
 }

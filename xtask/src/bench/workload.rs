@@ -15,7 +15,7 @@ use crate::process::{self, workspace_root};
 
 /// Micro workloads: one loop iteration each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Micro {
+pub(crate) enum Micro {
     /// open("/dev/null") + close
     Open,
     /// socket(AF_INET, SOCK_STREAM) + close
@@ -25,10 +25,10 @@ pub enum Micro {
 }
 
 impl Micro {
-    pub const ALL: [Micro; 3] = [Micro::Open, Micro::Socket, Micro::Connect];
+    pub(crate) const ALL: [Micro; 3] = [Micro::Open, Micro::Socket, Micro::Connect];
 
     /// The workload's mode argument, also the name in the table and JSON.
-    pub fn mode(self) -> &'static str {
+    pub(crate) fn mode(self) -> &'static str {
         match self {
             Micro::Open => "open",
             Micro::Socket => "socket",
@@ -36,7 +36,7 @@ impl Micro {
         }
     }
 
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Micro::Open => "open+close /dev/null",
             Micro::Socket => "socket+close",
@@ -45,7 +45,7 @@ impl Micro {
     }
 
     /// Iterations for a full run: about a second untraced on a 2-core VM.
-    pub fn iterations(self) -> u64 {
+    pub(crate) fn iterations(self) -> u64 {
         match self {
             Micro::Open => 300_000,
             Micro::Socket => 150_000,
@@ -55,7 +55,7 @@ impl Micro {
 }
 
 /// The built workload binary and a scratch directory for its result files.
-pub struct Workload {
+pub(crate) struct Workload {
     pub binary: PathBuf,
     scratch: PathBuf,
     next_result: u32,
@@ -63,7 +63,7 @@ pub struct Workload {
 
 impl Workload {
     /// Compiles bench/workload.c into `dir`.
-    pub fn build(dir: &Path) -> Result<Workload> {
+    pub(crate) fn build(dir: &Path) -> Result<Workload> {
         let source = workspace_root().join("bench").join("workload.c");
         let binary = dir.join("workload");
         let scratch = dir.join("results");
@@ -84,7 +84,7 @@ impl Workload {
     }
 
     /// A fresh result file path (removed if a previous bench left it).
-    pub fn result_path(&mut self) -> PathBuf {
+    pub(crate) fn result_path(&mut self) -> PathBuf {
         self.next_result += 1;
         let path = self.scratch.join(format!("result-{}", self.next_result));
         let _ = fs::remove_file(&path);
@@ -92,7 +92,7 @@ impl Workload {
     }
 
     /// The arguments of a timed micro loop.
-    pub fn micro_args(&self, micro: Micro, iterations: u64, result: &Path) -> Vec<String> {
+    pub(crate) fn micro_args(&self, micro: Micro, iterations: u64, result: &Path) -> Vec<String> {
         vec![
             self.binary.display().to_string(),
             micro.mode().to_owned(),
@@ -102,7 +102,7 @@ impl Workload {
     }
 
     /// The arguments of a paced open+close run (`pairs_per_s` 0: unpaced).
-    pub fn rate_args(
+    pub(crate) fn rate_args(
         &self,
         pairs_per_s: u64,
         seconds: u64,
@@ -121,7 +121,7 @@ impl Workload {
 
     /// The arguments of a run that opens `count` descriptors at `per_s` a second and holds
     /// them open.
-    pub fn hold_args(&self, count: u64, per_s: u64, result: &Path) -> Vec<String> {
+    pub(crate) fn hold_args(&self, count: u64, per_s: u64, result: &Path) -> Vec<String> {
         vec![
             self.binary.display().to_string(),
             "hold".to_owned(),
@@ -133,21 +133,21 @@ impl Workload {
 }
 
 /// A command from an argument vector.
-pub fn command(argv: &[String]) -> Command {
+pub(crate) fn command(argv: &[String]) -> Command {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     cmd
 }
 
 /// The `key=value` pairs of a result file.
-pub fn read_result(path: &Path) -> Result<HashMap<String, f64>> {
+pub(crate) fn read_result(path: &Path) -> Result<HashMap<String, f64>> {
     let text = fs::read_to_string(path)
         .with_context(|| format!("the workload wrote no result to {}", path.display()))?;
     parse_result(&text).with_context(|| format!("bad workload result in {}", path.display()))
 }
 
 /// Waits up to `timeout` for a result file to appear, then reads it.
-pub fn await_result(path: &Path, timeout: Duration) -> Result<HashMap<String, f64>> {
+pub(crate) fn await_result(path: &Path, timeout: Duration) -> Result<HashMap<String, f64>> {
     let started = Instant::now();
     while !path.exists() {
         if started.elapsed() >= timeout {
@@ -180,7 +180,7 @@ fn parse_result(text: &str) -> Result<HashMap<String, f64>> {
 }
 
 /// One value of a result, or an error naming it.
-pub fn value(result: &HashMap<String, f64>, key: &str) -> Result<f64> {
+pub(crate) fn value(result: &HashMap<String, f64>, key: &str) -> Result<f64> {
     result
         .get(key)
         .copied()

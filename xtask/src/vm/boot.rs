@@ -25,7 +25,7 @@ const RESULT_MARKER: &str = "TRACER-VM-RESULT: ";
 const TAIL_LINES: usize = 60;
 
 /// How the guest is run.
-pub struct Boot<'a> {
+pub(super) struct Boot<'a> {
     /// A short name for the console prefix, e.g. `6.1.0-56-cloud-amd64`.
     pub label: &'a str,
     pub vmlinuz: &'a Path,
@@ -37,7 +37,7 @@ pub struct Boot<'a> {
 }
 
 /// Boots the guest and waits for its result; an error says what failed.
-pub fn run(boot: &Boot) -> Result<()> {
+pub(super) fn run(boot: &Boot) -> Result<()> {
     let mut cmd = qemu_command(boot);
     eprintln!(
         "==> booting {} under QEMU (TCG, {} CPUs, {} MiB; killed after {} s)",

@@ -33,13 +33,13 @@ enum Entry {
 
 /// The tree of an initramfs, by path inside the archive (no leading `/`).
 #[derive(Default)]
-pub struct Archive {
+pub(super) struct Archive {
     entries: BTreeMap<String, Entry>,
 }
 
 impl Archive {
     /// Adds `source` (a host file, symlinks followed) as `path`, keeping its permissions.
-    pub fn file(&mut self, path: &str, source: &Path) -> Result<()> {
+    pub(super) fn file(&mut self, path: &str, source: &Path) -> Result<()> {
         let meta =
             fs::metadata(source).with_context(|| format!("cannot read {}", source.display()))?;
         if !meta.is_file() {
@@ -57,12 +57,12 @@ impl Archive {
     }
 
     /// Adds `data` as the file `path` with permissions `mode`.
-    pub fn bytes(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<()> {
+    pub(super) fn bytes(&mut self, path: &str, data: Vec<u8>, mode: u32) -> Result<()> {
         self.insert(path, Entry::Bytes { data, mode })
     }
 
     /// Adds the symlink `path` -> `target`.
-    pub fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
+    pub(super) fn symlink(&mut self, path: &str, target: &str) -> Result<()> {
         self.insert(
             path,
             Entry::Symlink {
@@ -72,12 +72,12 @@ impl Archive {
     }
 
     /// Adds the (empty) directory `path` and its parents.
-    pub fn dir(&mut self, path: &str) -> Result<()> {
+    pub(super) fn dir(&mut self, path: &str) -> Result<()> {
         self.insert(path, Entry::Dir)
     }
 
     /// Whether something was already added at `path`.
-    pub fn contains(&self, path: &str) -> bool {
+    pub(super) fn contains(&self, path: &str) -> bool {
         self.entries.contains_key(normalize(path))
     }
 
@@ -113,7 +113,7 @@ impl Archive {
 
     /// Writes the archive. Paths sort before their children ("a" < "a/b"), so iterating the
     /// map in order puts every directory before what it holds.
-    pub fn write(&self, out: &mut impl Write) -> Result<()> {
+    pub(super) fn write(&self, out: &mut impl Write) -> Result<()> {
         let mut writer = NewcWriter { out, ino: 1 };
         for (path, entry) in &self.entries {
             match entry {

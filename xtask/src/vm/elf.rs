@@ -16,7 +16,7 @@ use crate::process;
 /// Adds an ELF file at `guest_path` (default: its canonical host path) and the shared
 /// libraries it loads at their canonical host paths, with the host's directory symlinks
 /// (Debian's /lib -> usr/lib) so that the paths ld.so and `ldd` use resolve the same way.
-pub fn add_elf(archive: &mut Archive, path: &Path, guest_path: Option<&str>) -> Result<()> {
+pub(super) fn add_elf(archive: &mut Archive, path: &Path, guest_path: Option<&str>) -> Result<()> {
     let canonical =
         fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
     let at = match guest_path {

@@ -16,7 +16,7 @@ use super::{
 use crate::process;
 
 /// busybox-static's binary: the guest's shell, mount, ip, poweroff, sleep, cat, timeout.
-pub const BUSYBOX: &str = "/bin/busybox";
+pub(super) const BUSYBOX: &str = "/bin/busybox";
 /// Host programs the tests run that busybox lacks or implements differently (busybox's
 /// setpriv has no --reuid).
 const HOST_TOOLS: &[&str] = &["setpriv"];
@@ -26,7 +26,7 @@ const INIT_SCRIPT: &str = include_str!("init.sh");
 const GUEST_DIR: &str = "tracer";
 
 /// Everything about the run that the init script reads from /tracer/suite.
-pub struct GuestPlan<'a> {
+pub(super) struct GuestPlan<'a> {
     pub suite: &'a Suite,
     pub tracer: &'a Path,
     /// Arguments for every test binary (after `--test-threads=1` and the skips).
@@ -36,7 +36,7 @@ pub struct GuestPlan<'a> {
 }
 
 /// Writes the initramfs to `out`.
-pub fn pack_initramfs(plan: &GuestPlan, out: &Path) -> Result<()> {
+pub(super) fn pack_initramfs(plan: &GuestPlan, out: &Path) -> Result<()> {
     let mut archive = Archive::default();
     for dir in ["proc", "sys", "dev", "tmp", "run", "root"] {
         archive.dir(dir)?;

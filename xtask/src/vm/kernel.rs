@@ -18,7 +18,7 @@ const DEFAULT_KERNEL_PREFIX: &str = "linux-image-6.1.0-";
 const DEFAULT_KERNEL_SUFFIX: &str = "-cloud-amd64";
 
 /// A kernel ready to boot.
-pub struct Kernel {
+pub(super) struct Kernel {
     /// The package it came from (e.g. linux-image-6.1.0-56-cloud-amd64).
     pub package: String,
     /// The package's version (e.g. 6.1.192-2).
@@ -30,7 +30,7 @@ pub struct Kernel {
 /// Where kernel packages are kept between runs: `$XDG_CACHE_HOME/tracer/vm`, else
 /// `~/.cache/tracer/vm`, so `cargo clean` does not throw them away (`target/vm/cache`
 /// without a home directory).
-pub fn cache_dir() -> Result<PathBuf> {
+pub(super) fn cache_dir() -> Result<PathBuf> {
     let nonempty = |name| env::var_os(name).filter(|dir| !dir.is_empty());
     let dir = match (nonempty("XDG_CACHE_HOME"), nonempty("HOME")) {
         (Some(cache), _) => PathBuf::from(cache).join("tracer").join("vm"),
@@ -41,7 +41,7 @@ pub fn cache_dir() -> Result<PathBuf> {
 }
 
 /// The package names to boot: those given, or the default 6.1 LTS cloud kernel.
-pub fn requested(names: &[String]) -> Result<Vec<String>> {
+pub(super) fn requested(names: &[String]) -> Result<Vec<String>> {
     if !names.is_empty() {
         return Ok(names.to_vec());
     }
@@ -84,7 +84,7 @@ fn newest_abi(names: &str) -> Option<String> {
 
 /// Fetches (or finds in the cache) the kernel of package `name`. A metapackage such as
 /// `linux-image-cloud-amd64` is followed to the versioned image it depends on.
-pub fn fetch(name: &str) -> Result<Kernel> {
+pub(super) fn fetch(name: &str) -> Result<Kernel> {
     let mut package = resolve_metapackage(name)?;
     if !is_cached(&package)?
         && let Err(first) = download_and_unpack(&package)

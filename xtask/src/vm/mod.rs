@@ -19,7 +19,7 @@ mod suite;
 const GUEST_CPUS: u32 = 2;
 const GUEST_MEMORY_MIB: u32 = 2048;
 
-pub struct VmRun<'a> {
+pub(crate) struct VmRun<'a> {
     /// Package names; empty for the default 6.1 LTS cloud kernel.
     pub kernels: &'a [String],
     pub tracer: &'a Path,
@@ -31,7 +31,7 @@ pub struct VmRun<'a> {
 
 /// Fetches every kernel, builds and packs the suite once, then boots the kernels in turn;
 /// stops at the first kernel whose suite fails.
-pub fn run(vm: &VmRun) -> Result<()> {
+pub(crate) fn run(vm: &VmRun) -> Result<()> {
     let names = kernel::requested(vm.kernels)?;
     let kernels = names
         .iter()

@@ -15,7 +15,7 @@ use crate::process;
 
 /// Tests that cannot run in the guest, with why; the guest prints each before the suite
 /// starts, so a skipped test is never mistaken for a passed one.
-pub const GUEST_SKIPS: &[(&str, &str)] = &[
+pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
     (
         "fixtures_compile_without_warnings",
         "compiles the C fixtures with -Werror; the guest has no C compiler (the fixtures are \
@@ -32,7 +32,7 @@ pub const GUEST_SKIPS: &[(&str, &str)] = &[
 ];
 
 /// The integration suite, built for the guest.
-pub struct Suite {
+pub(super) struct Suite {
     /// (test target name, executable), in the order cargo built them.
     pub tests: Vec<(String, PathBuf)>,
     pub fixtures: Vec<PathBuf>,
@@ -40,7 +40,7 @@ pub struct Suite {
 
 /// Builds the integration test binaries (without running them) and the C fixtures.
 /// `cargo_args` narrow the build the way they narrow `cargo test` (e.g. `--test prefork`).
-pub fn build_suite(cargo_args: &[OsString], work: &Path) -> Result<Suite> {
+pub(super) fn build_suite(cargo_args: &[OsString], work: &Path) -> Result<Suite> {
     eprintln!("==> building the integration tests for the guest");
     let mut cmd = process::cargo();
     cmd.args(["test", "--no-run", "--release", "--package", "tracer-tests"])

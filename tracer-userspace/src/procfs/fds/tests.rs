@@ -180,9 +180,9 @@ fn live_deleted_files() {
 /// eventfd, epoll, timerfd, memfd and pidfd are classified from the live links.
 #[test]
 fn live_anon_inodes_and_memfd() {
-    // SAFETY: each call returns a new descriptor (checked) that OwnedFd then owns.
     let own = |fd: i32| {
         assert!(fd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: each call returns a new descriptor (checked) that OwnedFd then owns.
         unsafe { OwnedFd::from_raw_fd(fd) }
     };
     // SAFETY: plain syscalls with valid arguments.

@@ -138,8 +138,9 @@ fn live_descendants_and_zombie() {
     });
     child.kill().unwrap();
     // waitid(WNOWAIT) waits for the exit without reaping: the child is now a zombie.
-    // SAFETY: `si` is valid for writes; P_PID with a child of ours.
+    // SAFETY: siginfo_t is plain data, valid when zeroed.
     let mut si: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `si` is valid for writes; P_PID with a child of ours.
     let rc = unsafe { libc::waitid(libc::P_PID, pid, &mut si, libc::WEXITED | libc::WNOWAIT) };
     assert_eq!(rc, 0);
     assert!(process_info(pid).unwrap().zombie);

@@ -14,16 +14,12 @@ use stack::{application_frames, call_site, stack_lines};
 use summary::summary;
 
 /// Groups shown in full by default (`--top`); the rest are summarised in one line.
-pub const GROUPS_SHOWN: usize = 10;
+pub(crate) const GROUPS_SHOWN: usize = 10;
 /// Descriptors listed under each group.
 const DESCRIPTORS_SHOWN: usize = 5;
 
-pub fn render(report: &Report) -> String {
-    render_top(report, GROUPS_SHOWN)
-}
-
 /// The report with the `top` largest descriptor groups in full (`--top N`).
-pub fn render_top(report: &Report, top: usize) -> String {
+pub(crate) fn render_top(report: &Report, top: usize) -> String {
     let mut out = String::new();
     summary(report, &mut out);
     let (live, at_exit): (Vec<&DescriptorEntry>, Vec<&DescriptorEntry>) =
