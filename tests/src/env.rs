@@ -1,8 +1,10 @@
 //! Where the tests find things and put things: the workspace, the tracer binary, scratch
 //! directories; and the check that they run as root.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 /// The workspace root (the parent of this package).
 #[track_caller]

@@ -1,15 +1,19 @@
 //! The handle of a running fixture process: its stdout line by line, its stdin, its exit,
 //! and the kill of its whole process group when the handle is dropped.
 
-use std::ffi::OsStr;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::{
+    ffi::OsStr,
+    io::Write,
+    path::Path,
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    time::{Duration, Instant},
+};
 
-use crate::pipes::spawn_line_reader;
-use crate::procs::{signal, wait_child};
+use crate::{
+    pipes::spawn_line_reader,
+    procs::{signal, wait_child},
+};
 
 /// A fixture process in a process group of its own. Its stdout arrives line by line (see
 /// [`Fixture::wait_for_line`]); its stderr is echoed to the test's stderr. Dropping it kills

@@ -1,10 +1,12 @@
 //! Building the C fixtures of `tests/fixtures/`: compiled on demand with `cc`, or taken from
 //! a directory built beforehand (by the `build-fixtures` binary) on machines without one.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::{
+    collections::hash_map::DefaultHasher,
+    hash::{Hash, Hasher},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
 
 use crate::env::{scratch_dir, workspace_dir};
 

@@ -1,9 +1,11 @@
 //! Threads that read a child's stdout and stderr, so a child never blocks on a full pipe and
 //! the test sees its output.
 
-use std::io::{BufRead, BufReader, Read};
-use std::sync::mpsc::{self, Receiver};
-use std::thread::{self, JoinHandle};
+use std::{
+    io::{BufRead, BufReader, Read},
+    sync::mpsc::{self, Receiver},
+    thread::{self, JoinHandle},
+};
 
 /// Reads lines from `r` until EOF, echoing each to the test's stderr as `[label] line`
 /// (libtest shows it when the test fails) and passing it to `sink`.

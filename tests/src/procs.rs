@@ -1,9 +1,11 @@
 //! Processes as the kernel shows them: waiting with a timeout, signals, and what `/proc` says
 //! about pids, parents and descriptors.
 
-use std::process::{Child, ExitStatus};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    process::{Child, ExitStatus},
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 

@@ -2,8 +2,7 @@
 //! accessors, [`Filter`] to select descriptors, and the [`Descriptor`] and [`Process`] entries.
 //! Accessors of required keys panic, at the caller's line, naming the key the report lacks.
 
-use std::fmt;
-use std::path::PathBuf;
+use std::{fmt, path::PathBuf};
 
 use serde_json::Value;
 

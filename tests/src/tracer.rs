@@ -1,17 +1,20 @@
 //! The handle of a running `tracer`: start it, wait until its probes are attached, stop it
 //! with SIGINT and take its report.
 
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::{
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex, mpsc::Receiver},
+    thread,
+    time::{Duration, Instant},
+};
 
-use crate::env::tracer_bin;
-use crate::pipes::{spawn_line_reader, spawn_slurper};
-use crate::procs::{signal, wait_child};
-use crate::report_view::{REPORT_EXCERPT, Report, excerpt};
-use crate::tracer_output::TracerOutput;
+use crate::{
+    env::tracer_bin,
+    pipes::{spawn_line_reader, spawn_slurper},
+    procs::{signal, wait_child},
+    report_view::{REPORT_EXCERPT, Report, excerpt},
+    tracer_output::TracerOutput,
+};
 
 /// How long a tracer may take to exit after SIGINT before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);

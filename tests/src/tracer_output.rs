@@ -1,19 +1,25 @@
 //! What a finished tracer left behind (status, stdout, stderr), and one-shot runs of the
 //! tracer that are expected to fail.
 
-use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
-use std::thread;
-use std::time::Duration;
+use std::{
+    path::PathBuf,
+    process::{Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::Receiver,
+    },
+    thread,
+    time::Duration,
+};
 
 use serde_json::Value;
 
-use crate::env::{scratch_dir, tracer_bin};
-use crate::pipes::spawn_slurper;
-use crate::procs::{signal, wait_child};
-use crate::report_view::{REPORT_EXCERPT, Report, excerpt};
+use crate::{
+    env::{scratch_dir, tracer_bin},
+    pipes::spawn_slurper,
+    procs::{signal, wait_child},
+    report_view::{REPORT_EXCERPT, Report, excerpt},
+};
 
 /// What a finished tracer left behind.
 #[derive(Debug)]

@@ -1,9 +1,7 @@
 //! Error paths and ends of a trace: the tracer stops in time, says why on stderr in one line,
 //! and never panics.
 
-use std::os::unix::fs::PermissionsExt as _;
-use std::process::Command;
-use std::time::Duration;
+use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use tracer_tests::{
     ATTACH_TIMEOUT, Filter, Fixture, Tracer, build_fixture, pid_exists, require_root,

@@ -1,8 +1,10 @@
 //! Every way a descriptor is born, copied and dies: the tracer's tables must match what the
 //! processes really hold, descriptor for descriptor.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use tracer_tests::{
     ATTACH_TIMEOUT, Descriptor, Filter, Fixture, Report, Tracer, build_fixture, require_root,

@@ -1,9 +1,11 @@
 //! The fixtures behave as the tracer tests assume, checked without the tracer (and without
 //! root), so a failing tracer test is never a broken fixture.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
 
 use tracer_tests::{
     FIXTURES, Fixture, build_fixture, children_of, fd_count, unique_dir, wait_until,

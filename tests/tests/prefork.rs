@@ -1,9 +1,11 @@
 //! The incident: a pre-fork server whose parent never closes the sockets it accepts.
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::thread;
-use std::time::Duration;
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    thread,
+    time::Duration,
+};
 
 use tracer_tests::{
     ATTACH_TIMEOUT, Filter, Fixture, Report, Tracer, build_fixture, children_of, require_root,

@@ -10,10 +10,9 @@ use core::mem::size_of;
 pub mod abi;
 mod abi_enum;
 
-use abi_enum::abi_enum;
-
 /// Kept at the crate root, where both sides have always imported them from.
 pub use abi::{CLONE_FILES, CLONE_THREAD};
+use abi_enum::abi_enum;
 
 /// Bytes of a path captured at open time; longer paths are truncated and flagged.
 pub const PATH_CAP: usize = 256;

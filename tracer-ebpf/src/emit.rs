@@ -1,7 +1,7 @@
 //! Small pieces every probe uses: the follow check, tracepoint field reads, event headers.
 
-use aya_ebpf::cty::c_void;
 use aya_ebpf::{
+    cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},

@@ -4,7 +4,6 @@
 //! kernel's uapi headers and are the same on x86_64 and arm64.
 
 use foldhash::HashMap;
-
 use tracer_common::{
     ARG_UNKNOWN, Syscall,
     abi::{

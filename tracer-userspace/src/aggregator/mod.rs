@@ -14,9 +14,10 @@ mod reconcile;
 mod sharing;
 mod types;
 
-use crate::events::{Event, EventBody};
 pub(crate) use reconcile::Reconciled;
 pub(crate) use types::{Descriptor, LiveThread, Origin, Process, ProcessSnapshot, SnapshotFd};
+
+use crate::events::{Event, EventBody};
 
 /// The descriptor tables of every followed process, and what happened to those that ended.
 #[derive(Debug, Default)]

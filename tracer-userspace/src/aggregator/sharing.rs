@@ -72,10 +72,15 @@ impl Aggregator {
 
 #[cfg(test)]
 mod tests {
-    use crate::aggregator::tests::{PARENT, close, exit, fork, open, open_fds};
-    use crate::aggregator::*;
-    use crate::events::CloexecSet;
     use tracer_common::CLONE_FILES;
+
+    use crate::{
+        aggregator::{
+            tests::{PARENT, close, exit, fork, open, open_fds},
+            *,
+        },
+        events::CloexecSet,
+    };
 
     const CHILD: u32 = 200;
     const OTHER: u32 = 300;

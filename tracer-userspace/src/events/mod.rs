@@ -5,7 +5,6 @@
 mod decode;
 
 pub(crate) use decode::decode;
-
 use tracer_common::Syscall;
 
 use crate::model::StackRef;

@@ -6,8 +6,10 @@
 use std::{
     ffi::{OsStr, OsString},
     fs, io,
-    os::unix::ffi::{OsStrExt, OsStringExt},
-    os::unix::fs::MetadataExt,
+    os::unix::{
+        ffi::{OsStrExt, OsStringExt},
+        fs::MetadataExt,
+    },
     path::PathBuf,
 };
 

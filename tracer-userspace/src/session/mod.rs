@@ -19,6 +19,9 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use child::PausedChild;
+use pipeline::{State, StopSignals};
+use resolver::{LiveResolver, still_in_time_wait};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -28,9 +31,6 @@ use crate::{
     procfs,
     report::{self, Report, SessionFacts},
 };
-use child::PausedChild;
-use pipeline::{State, StopSignals};
-use resolver::{LiveResolver, still_in_time_wait};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {

@@ -28,7 +28,6 @@ use std::{collections::HashMap, net::SocketAddr};
 
 pub(crate) use time_wait::TimeWaitGroup;
 use time_wait::TimeWaits;
-
 use tracer_common::abi::tcp_state::{
     CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
 };

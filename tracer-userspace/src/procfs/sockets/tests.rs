@@ -11,6 +11,8 @@ use std::{
     },
 };
 
+use Direction::{Accepted, Connected, SocketPair, Unknown};
+
 use super::*;
 use crate::{
     model::DescriptorKind,
@@ -19,7 +21,6 @@ use crate::{
         test_support::{GONE_PID, TempDir, fd_of, me},
     },
 };
-use Direction::{Accepted, Connected, SocketPair, Unknown};
 
 fn table(protocol: SocketProtocol, text: &str) -> SocketTable {
     let mut t = SocketTable::default();

@@ -6,12 +6,12 @@ mod summary;
 
 use std::fmt::Write as _;
 
+use stack::{application_frames, call_site, stack_lines};
+use summary::summary;
 use tracer_common::Syscall;
 
 use super::{DescriptorEntry, OpenedBy, Report, StackGroup};
 use crate::model::DescriptorKind;
-use stack::{application_frames, call_site, stack_lines};
-use summary::summary;
 
 /// Groups shown in full by default (`--top`); the rest are summarised in one line.
 pub(crate) const GROUPS_SHOWN: usize = 10;
