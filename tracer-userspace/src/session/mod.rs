@@ -57,23 +57,7 @@ pub fn run(config: &Config) -> Result<()> {
         Target::Command(_) => None,
     };
     let tracefs_root = capture::preflight()?;
-
-    // A command is started before anything is loaded, so it inherits no BPF descriptors,
-    // and held at a gate until it is followed.
-    let (mut child, target, command) = match (existing, &config.target) {
-        (Some(pid), _) => {
-            let cmdline = procfs::process_info(pid)
-                .map(|i| i.cmdline)
-                .unwrap_or_default();
-            (None, pid, cmdline)
-        }
-        (None, Target::Command(argv)) => {
-            let child = PausedChild::spawn(argv)?;
-            let pid = child.pid;
-            (Some(child), pid, argv.clone())
-        }
-        (None, Target::Pid(_)) => unreachable!("a pid target was looked up above"),
-    };
+    let (mut child, target, command) = start_target(existing, &config.target)?;
 
     // Ctrl-C and SIGTERM must mean "report now" from the moment `attached` is printed, so
     // their handlers go in before anything is attached.
@@ -92,20 +76,12 @@ pub fn run(config: &Config) -> Result<()> {
     let descendants = tree.followed.len() - 1;
     let mut state = State::new(&probes);
     tree.seed(&mut state, started_ns);
-
-    // A started command has not exec'd yet: its comm is still ours, so name the command.
-    let comm = match &config.target {
-        Target::Command(argv) => argv[0].clone(),
-        Target::Pid(_) => state
-            .agg
-            .process(target)
-            .map(|p| p.comm.clone())
-            .unwrap_or_default(),
-    };
-    eprintln!(
-        "tracer: attached {} probes; following pid {target} ({comm}) and {} descendants. Ctrl-C to stop and report.",
+    announce(
+        &state,
         probes.attached.len(),
-        descendants
+        &config.target,
+        target,
+        descendants,
     );
     if let Some(child) = &mut child {
         child.release(&command[0])?;
@@ -123,12 +99,8 @@ pub fn run(config: &Config) -> Result<()> {
         config.duration,
         stop_signals,
     ))?;
-    state.finish(
-        ring.into_inner(),
-        config.ring_bytes as usize,
-        stop,
-        child.as_mut(),
-    );
+    let ring_capacity = config.ring_bytes as usize;
+    state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
 
     let report = build_report(&mut state, &probes, config, target, command, started_ns);
     print_report(&report, config.json, config.top)?;
@@ -136,6 +108,45 @@ pub fn run(config: &Config) -> Result<()> {
         write_flamegraph(&report, &path, file)?;
     }
     Ok(())
+}
+
+/// The process to trace and its command line: the one `--pid` named (`existing`, already
+/// looked up), or a command started now. A command is started before anything is loaded, so
+/// it inherits no BPF descriptors, and held at a gate until it is followed.
+fn start_target(
+    existing: Option<u32>,
+    target: &Target,
+) -> Result<(Option<PausedChild>, u32, Vec<String>)> {
+    match (existing, target) {
+        (Some(pid), _) => {
+            let cmdline = procfs::process_info(pid)
+                .map(|i| i.cmdline)
+                .unwrap_or_default();
+            Ok((None, pid, cmdline))
+        }
+        (None, Target::Command(argv)) => {
+            let child = PausedChild::spawn(argv)?;
+            let pid = child.pid;
+            Ok((Some(child), pid, argv.clone()))
+        }
+        (None, Target::Pid(_)) => unreachable!("a pid target is looked up first"),
+    }
+}
+
+/// The line that says tracing has begun (scripts wait for `attached`).
+fn announce(state: &State<'_>, probes: usize, target: &Target, pid: u32, descendants: usize) {
+    // A started command has not exec'd yet: its comm is still ours, so name the command.
+    let comm = match target {
+        Target::Command(argv) => argv[0].clone(),
+        Target::Pid(_) => state
+            .agg
+            .process(pid)
+            .map(|p| p.comm.clone())
+            .unwrap_or_default(),
+    };
+    eprintln!(
+        "tracer: attached {probes} probes; following pid {pid} ({comm}) and {descendants} descendants. Ctrl-C to stop and report."
+    );
 }
 
 /// The process to follow for `--pid`: the pid itself, or the process a thread id belongs to.
