@@ -142,7 +142,7 @@ pub(crate) struct Probes {
     listen_ports: HashMap<MapData, u16, u32>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
-    /// Learned thread stack bases (see `stack_bases`); written while events are applied,
+    /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
@@ -210,7 +210,7 @@ pub(crate) fn load(
     log::debug!("tracepoint offsets: {offsets:?}");
 
     // Producers wake the reader once an eighth of the ring is waiting; below that the
-    // session drains on a timer (see session::DRAIN_EVERY).
+    // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)

@@ -91,7 +91,7 @@ impl<'p> State<'p> {
         );
     }
 
-    /// Compares the tables with /proc when a pass is due (see `reconciler`).
+    /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
     fn reconcile_if_due(&mut self, ring: &mut EventRing) {
         let lost = self.probes.lost().total();
         let began = std::time::Instant::now();
