@@ -10,24 +10,14 @@ use super::{
     DescriptorEntry, EventCounts, FrameEntry, LearnedBy, OpenedBy, ProcessEntry, REPORT_VERSION,
     Report, Target, ThreadCountsEntry,
     group::{group_by_stack, group_threads, group_zombies},
+    resolver::{Resolver, frames_of},
+    seconds,
 };
 use crate::{
     aggregator::{Aggregator, Descriptor, Origin, Process},
-    model::{Frame, StackRef},
+    model::StackRef,
     tcp::TimeWaitGroup,
 };
-
-/// What the report needs from outside the aggregator: stacks as frames, and /proc's view of
-/// descriptors that are still open. The session implements it with the kernel maps, blazesym
-/// and /proc; tests with fixed answers.
-pub(crate) trait Resolver {
-    fn frames(&mut self, stack: StackRef) -> Vec<Frame>;
-    /// Updates live descriptors of `pid` from /proc (detail, TCP state, deleted) and returns
-    /// the fds that turned out to be closed already.
-    fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32>;
-    /// Whether `pid` is still a zombie child of `ppid` (exited, not reaped).
-    fn is_zombie(&mut self, pid: u32, ppid: u32) -> bool;
-}
 
 /// Facts about the session the aggregator does not know.
 #[derive(Clone, Debug, Default)]
@@ -249,21 +239,4 @@ fn event_counts(
         reconciled_opened,
         unverified_at_exit,
     }
-}
-
-pub(super) fn seconds(ns: u64) -> f64 {
-    // Millisecond precision is what a reader needs, and it keeps the JSON short.
-    (ns as f64 / 1e6).round() / 1e3
-}
-
-pub(super) fn frames_of(stack: Option<StackRef>, resolver: &mut impl Resolver) -> Vec<FrameEntry> {
-    stack
-        .map(|s| {
-            resolver
-                .frames(s)
-                .into_iter()
-                .map(FrameEntry::from)
-                .collect()
-        })
-        .unwrap_or_default()
 }

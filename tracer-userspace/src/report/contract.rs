@@ -240,3 +240,9 @@ pub(crate) struct ZombieGroup {
     pub fork_stack_id: Option<u32>,
     pub fork_stack: Vec<FrameEntry>,
 }
+
+/// Nanoseconds as the report's seconds.
+pub(super) fn seconds(ns: u64) -> f64 {
+    // Millisecond precision is what a reader needs, and it keeps the JSON short.
+    (ns as f64 / 1e6).round() / 1e3
+}

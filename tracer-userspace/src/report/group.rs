@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{
     DescriptorEntry, LearnedBy, OpenedBy, ProcessEntry, StackGroup, ThreadStackGroup, ZombieGroup,
-    build::{Resolver, frames_of, seconds},
+    resolver::{Resolver, frames_of},
+    seconds,
 };
 use crate::{aggregator::Process, model::StackRef};
 

@@ -1,16 +1,19 @@
 //! The final report: what is still open, grouped by the stack that opened it, in the shape of
 //! the report contract (v1). `contract` holds the serde types; [`build()`] assembles them from
-//! the aggregator (`group` makes the groups); [`text`] renders the report for people, serde for
+//! the aggregator (`group` makes the groups, `resolver` is what they ask of the live system);
+//! [`text`] renders the report for people, serde for
 //! scripts, [`flamegraph`] as an SVG.
 
 mod build;
 mod contract;
 pub(crate) mod flamegraph;
 mod group;
+mod resolver;
 pub(crate) mod text;
 
-pub(crate) use build::{Resolver, SessionFacts, build};
+pub(crate) use build::{SessionFacts, build};
 pub(crate) use contract::*;
+pub(crate) use resolver::Resolver;
 
 #[cfg(test)]
 pub(crate) mod tests;
