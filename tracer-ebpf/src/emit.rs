@@ -8,6 +8,7 @@ use aya_ebpf::{
     },
     programs::{TracePointContext, tracing::StackIdContext},
 };
+use aya_log_ebpf::debug;
 use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, StackRegs};
 
 use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS};
@@ -118,7 +119,7 @@ pub unsafe fn capture_stack<C: StackIdContext, const N: usize>(
     bytes: *mut [u8; N],
 ) -> (u32, i32) {
     // SAFETY: passed on from the caller.
-    let (copied, whole_stack) = unsafe { fill_stack_top(tid, regs, bytes) };
+    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, tid, regs, bytes) };
     let stack_id = if whole_stack {
         NO_STACK
     } else {
@@ -202,7 +203,8 @@ impl SyscallRegs {
 /// # Safety
 /// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
 #[inline(always)]
-pub unsafe fn fill_stack_top<const N: usize>(
+pub unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
+    ctx: &C,
     tid: u32,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
@@ -219,6 +221,7 @@ pub unsafe fn fill_stack_top<const N: usize>(
         let task = bpf_get_current_task_btf();
         let pt_regs = bpf_task_pt_regs(task) as *const u8;
         if pt_regs.is_null() {
+            debug!(ctx, "tid {}: cannot read the saved user registers", tid);
             return (0, false);
         }
         // Direct loads: the helper returns a pointer the verifier knows as `struct pt_regs`,
@@ -263,6 +266,10 @@ pub unsafe fn fill_stack_top<const N: usize>(
                 return (len as u32, false);
             }
         }
+        debug!(
+            ctx,
+            "tid {}: cannot copy the user stack at sp {:x}", tid, sp
+        );
         (0, false)
     }
 }

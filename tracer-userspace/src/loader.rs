@@ -11,6 +11,10 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    task::JoinHandle,
+};
 use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
 
 use crate::tracefs::{self, Formats, TracefsError};
@@ -114,6 +118,8 @@ pub enum LoadError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("cannot forward the eBPF programs' log: {0}")]
+    KernelLog(String),
 }
 
 /// Events the kernel side could not deliver, summed over CPUs.
@@ -147,6 +153,8 @@ pub struct Probes {
     pub unavailable: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
     links: Vec<TracePointLink>,
+    /// Forwards the programs' log records; dropped after the programs are detached.
+    _kernel_log: KernelLog,
     /// Owns the programs.
     _ebpf: Ebpf,
 }
@@ -190,7 +198,8 @@ pub fn preflight() -> Result<PathBuf, LoadError> {
 pub type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
-/// `stack_copy_bytes` caps the user stack copied per event.
+/// `stack_copy_bytes` caps the user stack copied per event. Runs inside the session's tokio
+/// runtime, whose event loop forwards the programs' log records (see [`KernelLog`]).
 pub fn load(
     tracefs_root: &Path,
     ring_bytes: u32,
@@ -214,8 +223,11 @@ pub fn load(
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
+    // Before any program is loaded: they refer to the log's ring, which must stay open.
+    let kernel_log = KernelLog::start(&mut ebpf)?;
 
     let mut attached = Vec::new();
     let mut unavailable = Vec::new();
@@ -253,9 +265,48 @@ pub fn load(
         attached,
         unavailable,
         links,
+        _kernel_log: kernel_log,
         _ebpf: ebpf,
     };
     Ok((probes, events))
+}
+
+/// The most verbose level `log` lets through (`RUST_LOG`), for the programs' log: they
+/// compare each record's level with it before they build the record, and the verifier, which
+/// sees this load-time constant, drops the code of the levels that are off. (aya-log numbers
+/// its levels as `log` does: 1 error to 5 trace, and 0 is off.)
+fn kernel_log_level() -> u8 {
+    log::max_level() as u8
+}
+
+/// Forwards the records the programs log with aya-log (debug: user memory they could not
+/// read) to `log`, from a task on the session's runtime. The log's ring stays open until this
+/// is dropped: the programs refer to it, and one closed before they are all loaded fails
+/// their load ("fd N is not pointing to valid bpf_map").
+struct KernelLog(JoinHandle<()>);
+
+impl KernelLog {
+    fn start(ebpf: &mut Ebpf) -> Result<Self, LoadError> {
+        let error = |err: &dyn std::fmt::Display| LoadError::KernelLog(err.to_string());
+        let logger = aya_log::EbpfLogger::init(ebpf).map_err(|err| error(&err))?;
+        tokio::runtime::Handle::try_current().map_err(|err| error(&err))?;
+        // SAFETY: the logger owns its ring's descriptor and keeps it open until the AsyncFd
+        // (which owns the logger) is dropped, as register() requires.
+        let mut logger = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+            .map_err(|err| error(&err.into_parts().1))?;
+        Ok(Self(tokio::spawn(async move {
+            while let Ok(mut ready) = logger.readable_mut().await {
+                ready.get_inner_mut().flush();
+                ready.clear_ready();
+            }
+        })))
+    }
+}
+
+impl Drop for KernelLog {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
