@@ -8,6 +8,7 @@ use aya_ebpf::{
     },
     programs::{TracePointContext, tracing::StackIdContext},
 };
+use aya_log_ebpf::debug;
 use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, StackRegs};
 
 use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS};
@@ -17,14 +18,14 @@ const BPF_F_USER_STACK: u64 = 1 << 8;
 
 /// The calling task as (tgid, tid).
 #[derive(Clone, Copy)]
-pub struct Caller {
+pub(crate) struct Caller {
     pub tgid: u32,
     pub tid: u32,
 }
 
 impl Caller {
     #[inline(always)]
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         let pid_tgid = bpf_get_current_pid_tgid();
         Self {
             tgid: (pid_tgid >> 32) as u32,
@@ -34,19 +35,19 @@ impl Caller {
 
     /// The caller, if its process is followed.
     #[inline(always)]
-    pub fn followed() -> Option<Self> {
+    pub(crate) fn followed() -> Option<Self> {
         let caller = Self::current();
         caller.is_followed().then_some(caller)
     }
 
     #[inline(always)]
-    pub fn is_followed(&self) -> bool {
+    pub(crate) fn is_followed(&self) -> bool {
         // SAFETY: the value is only tested for presence.
         unsafe { FOLLOWED.get(&self.tgid) }.is_some()
     }
 
     #[inline(always)]
-    pub fn header(&self, kind: EventKind, stack_id: i32) -> EventHeader {
+    pub(crate) fn header(&self, kind: EventKind, stack_id: i32) -> EventHeader {
         EventHeader {
             kind: kind as u32,
             tgid: self.tgid,
@@ -61,7 +62,7 @@ impl Caller {
 /// Reads a syscall argument (always 8 bytes wide in `sys_enter_*` records) or `ret`.
 /// A field this kernel does not have reads as 0.
 #[inline(always)]
-pub fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
+pub(crate) fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
     if offset == FIELD_ABSENT {
         return 0;
     }
@@ -70,7 +71,7 @@ pub fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
 }
 
 #[inline(always)]
-pub fn read_u32(ctx: &TracePointContext, offset: u32) -> Option<u32> {
+pub(crate) fn read_u32(ctx: &TracePointContext, offset: u32) -> Option<u32> {
     if offset == FIELD_ABSENT {
         return None;
     }
@@ -79,7 +80,7 @@ pub fn read_u32(ctx: &TracePointContext, offset: u32) -> Option<u32> {
 }
 
 #[inline(always)]
-pub fn read_u16(ctx: &TracePointContext, offset: u32) -> Option<u16> {
+pub(crate) fn read_u16(ctx: &TracePointContext, offset: u32) -> Option<u16> {
     if offset == FIELD_ABSENT {
         return None;
     }
@@ -88,7 +89,7 @@ pub fn read_u16(ctx: &TracePointContext, offset: u32) -> Option<u16> {
 }
 
 #[inline(always)]
-pub fn read_u8(ctx: &TracePointContext, offset: u32) -> Option<u8> {
+pub(crate) fn read_u8(ctx: &TracePointContext, offset: u32) -> Option<u8> {
     if offset == FIELD_ABSENT {
         return None;
     }
@@ -98,7 +99,7 @@ pub fn read_u8(ctx: &TracePointContext, offset: u32) -> Option<u8> {
 
 /// Id of the current user stack in STACKS, or [`NO_STACK`].
 #[inline(always)]
-pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
+pub(crate) fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
     ctx.get_stackid(&STACKS, BPF_F_USER_STACK)
         .map(|id| id as i32)
         .unwrap_or(NO_STACK)
@@ -111,14 +112,14 @@ pub fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
 /// # Safety
 /// As for [`fill_stack_top`].
 #[inline(always)]
-pub unsafe fn capture_stack<C: StackIdContext, const N: usize>(
+pub(crate) unsafe fn capture_stack<C: StackIdContext, const N: usize>(
     ctx: &C,
     tid: u32,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
 ) -> (u32, i32) {
     // SAFETY: passed on from the caller.
-    let (copied, whole_stack) = unsafe { fill_stack_top(tid, regs, bytes) };
+    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, tid, regs, bytes) };
     let stack_id = if whole_stack {
         NO_STACK
     } else {
@@ -153,14 +154,14 @@ const PT_REGS_SYSCALL: Option<(usize, [usize; 6])> = None;
 /// when the syscall exits, so exit probes read the arguments themselves: no enter probe, no
 /// map to carry them across, and a call begun before the tracer attached has them too.
 #[derive(Clone, Copy)]
-pub struct SyscallRegs {
+pub(crate) struct SyscallRegs {
     pub nr: u32,
     pub args: [u64; 6],
 }
 
 impl SyscallRegs {
     #[inline(always)]
-    pub fn current() -> Option<Self> {
+    pub(crate) fn current() -> Option<Self> {
         let (nr_offset, arg_offsets) = PT_REGS_SYSCALL?;
         // SAFETY: the helper returns the current task's saved user registers, a pointer the
         // verifier types as `struct pt_regs`: each load is checked against that layout.
@@ -202,7 +203,8 @@ impl SyscallRegs {
 /// # Safety
 /// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
 #[inline(always)]
-pub unsafe fn fill_stack_top<const N: usize>(
+pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
+    ctx: &C,
     tid: u32,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
@@ -219,6 +221,7 @@ pub unsafe fn fill_stack_top<const N: usize>(
         let task = bpf_get_current_task_btf();
         let pt_regs = bpf_task_pt_regs(task) as *const u8;
         if pt_regs.is_null() {
+            debug!(ctx, "tid {}: cannot read the saved user registers", tid);
             return (0, false);
         }
         // Direct loads: the helper returns a pointer the verifier knows as `struct pt_regs`,
@@ -263,6 +266,10 @@ pub unsafe fn fill_stack_top<const N: usize>(
                 return (len as u32, false);
             }
         }
+        debug!(
+            ctx,
+            "tid {}: cannot copy the user stack at sp {:x}", tid, sp
+        );
         (0, false)
     }
 }

@@ -12,45 +12,47 @@ use tracer_common::{
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 /// TGIDs of the processes we follow. Userspace seeds it; the fork probe extends it so a child
 /// is followed from its first instruction; the exit probe removes a process that died.
 #[map]
-pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+pub(crate) static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
 
 /// TCP sockets (`struct sock` address) of followed processes -> owning TGID. Their state
 /// changes are reported even from softirq context, where the task on the CPU is anyone.
 #[map]
-pub static TCP_SOCKETS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_TCP_SOCKETS, 0);
+pub(crate) static TCP_SOCKETS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(MAX_TCP_SOCKETS, 0);
 
 /// Local ports on which followed processes listen -> TGID, so the sockets they will accept
 /// are tracked from their handshake on. Seeded by userspace, extended on LISTEN.
 #[map]
-pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
+pub(crate) static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(MAX_LISTEN_PORTS, 0);
 
 /// User stacks at descriptor and task creation, by id.
 #[map]
-pub static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
+pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_ENTRIES, 0);
 
 /// Where each followed thread's stack ends (the highest address an unwind of it ever reads),
 /// by tid, as userspace learned it from a walk that reached the thread's first frame. The
 /// stack copy stops there instead of copying the full `--stack-copy-kib`: everything above
 /// is the environment, or another thread's memory, that no unwind needs.
 #[map]
-pub static STACK_BASES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_STACK_BASES, 0);
+pub(crate) static STACK_BASES: LruHashMap<u32, u64> =
+    LruHashMap::with_max_entries(MAX_STACK_BASES, 0);
 
 /// Per-CPU scratch records for the events that carry a stack copy: they are built here and
 /// only their used length is copied into the ring. (Programs do not preempt each other on a
 /// CPU, and none of these runs in interrupt context.)
 #[map]
-pub static FILE_OPEN_SCRATCH: PerCpuArray<WithStack<FileOpenEvent, STACK_TOP_BYTES>> =
+pub(crate) static FILE_OPEN_SCRATCH: PerCpuArray<WithStack<FileOpenEvent, STACK_TOP_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
+pub(crate) static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
 #[map]
-pub static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>> =
+pub(crate) static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: events dropped because the ring buffer was full, per CPU.
@@ -58,27 +60,27 @@ pub static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>>
 /// arguments from the saved registers (kept so the report's `lost_in_flight_full` stays).
 /// Index 2: children that could not be followed (FOLLOWED full), per CPU.
 #[map]
-pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
-pub const LOST_RING_FULL: u32 = 0;
-pub const LOST_FOLLOW_FULL: u32 = 2;
+pub(crate) const LOST_RING_FULL: u32 = 0;
+pub(crate) const LOST_FOLLOW_FULL: u32 = 2;
 
 /// Field offsets of this kernel's tracepoints, written by userspace before loading (it lands
 /// in .rodata, so the verifier sees the values as constants).
 #[unsafe(no_mangle)]
-pub static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
+pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
 
 /// An eighth of the ring buffer (set by userspace from the ring size): a producer wakes the
 /// reader when its record makes the unread bytes cross a multiple of it. Below that, events
 /// are submitted without a wakeup and userspace drains them on a short timer: a wakeup per
 /// event (a self-IPI) cost more than the rest of a probe.
 #[unsafe(no_mangle)]
-pub static WAKEUP_BYTES: u64 = 0;
+pub(crate) static WAKEUP_BYTES: u64 = 0;
 
 /// Bytes of user stack to copy at most per event (set by userspace, `--stack-copy-kib`): the
 /// copy is most of a descriptor event's cost, and it can be traded for unwinding depth.
 #[unsafe(no_mangle)]
-pub static STACK_COPY_BYTES: u64 = tracer_common::STACK_TOP_BYTES as u64;
+pub(crate) static STACK_COPY_BYTES: u64 = tracer_common::STACK_TOP_BYTES as u64;
 
 /// `BPF_RB_*` flags from linux/bpf.h.
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -91,7 +93,7 @@ const RING_RECORD_HEADER: u64 = 8;
 /// unread bytes cross into a new eighth of the ring, so there is one wakeup per eighth
 /// whatever the event rate, and none while the reader keeps up on its timer.
 #[inline(always)]
-pub fn submit_flags(size: u64) -> u64 {
+pub(crate) fn submit_flags(size: u64) -> u64 {
     // SAFETY: a plain read of a load-time constant.
     let eighth = unsafe { core::ptr::read_volatile(&raw const WAKEUP_BYTES) };
     if eighth == 0 {
@@ -108,7 +110,10 @@ pub fn submit_flags(size: u64) -> u64 {
 
 /// Puts an event and the first `stack_len` bytes of its stack copy into the ring.
 #[inline(always)]
-pub fn output_with_stack<E, const N: usize>(scratch: *const WithStack<E, N>, stack_len: u32) {
+pub(crate) fn output_with_stack<E, const N: usize>(
+    scratch: *const WithStack<E, N>,
+    stack_len: u32,
+) {
     // Written so that the verifier sees the bound on the size it is given.
     let stack_len = if (stack_len as usize) > N {
         N
@@ -130,7 +135,7 @@ pub fn output_with_stack<E, const N: usize>(scratch: *const WithStack<E, N>, sta
 
 /// Puts a fixed-size event into the ring.
 #[inline(always)]
-pub fn output<E>(event: &E) {
+pub(crate) fn output<E>(event: &E) {
     if EVENTS
         .output::<E>(event, submit_flags(core::mem::size_of::<E>() as u64))
         .is_err()
@@ -149,7 +154,7 @@ pub(crate) use offset;
 
 /// Adds one to a per-CPU loss counter.
 #[inline(always)]
-pub fn count_lost(which: u32) {
+pub(crate) fn count_lost(which: u32) {
     if let Some(counter) = LOST.get_ptr_mut(which) {
         // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
         unsafe { *counter += 1 };

@@ -11,7 +11,7 @@ use crate::{
 };
 
 #[tracepoint]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
         let event = CloseEvent {
             header: caller.header(EventKind::FdClosed, NO_STACK),

@@ -22,7 +22,7 @@ use crate::{
 /// Without a stash there is nothing to report: the command was one we ignore, or the call
 /// began before the process was followed (then its effect is in the attach snapshot).
 #[tracepoint]
-pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+pub(crate) fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
     let Some((caller, args, result)) = call_at_exit(&ctx, Syscall::Fcntl) else {
         return 0;
     };
@@ -50,7 +50,7 @@ pub fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
 /// block is being closed lands in an already closed slot and stays, and its open event then
 /// comes after this one. Userspace ignores calls whose arguments the kernel rejects.
 #[tracepoint]
-pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+pub(crate) fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
         let first = read_u64(&ctx, offset!(close_range_fd)) as u32;
         let last = read_u64(&ctx, offset!(close_range_max_fd)) & 0xffff_ffff;
@@ -66,7 +66,7 @@ pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
+pub(crate) fn sys_exit_unshare(ctx: TracePointContext) -> u32 {
     let Some((caller, args, result)) = call_at_exit(&ctx, Syscall::Unshare) else {
         return 0;
     };

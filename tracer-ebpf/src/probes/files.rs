@@ -7,6 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_probe_read_user_str},
     programs::TracePointContext,
 };
+use aya_log_ebpf::debug;
 use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall};
 
 use super::{args_at_exit, exit_probes, syscall_result};
@@ -29,7 +30,7 @@ exit_probes!(
 #[inline(always)]
 fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     let caller = Caller::current();
-    let Some(args) = args_at_exit(caller, syscall) else {
+    let Some(args) = args_at_exit(ctx, caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);
@@ -70,6 +71,16 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
             PATH_CAP as u32,
             user_path.cast(),
         );
+        if path_copied < 0 {
+            debug!(
+                ctx,
+                "tid {}: cannot read the path of fd {} at {:x} (error {})",
+                caller.tid,
+                fd,
+                args.arg1,
+                path_copied
+            );
+        }
         // `path_copied` counts the NUL; PATH_CAP means the buffer filled up, which is a cut
         // path unless the byte where the NUL went really was the end of the string.
         let path_copied = if path_copied > 0 {

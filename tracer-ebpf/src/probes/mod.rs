@@ -2,18 +2,19 @@
 //! saved registers and its result from the tracepoint, and emit one event; only close and
 //! close_range, which take effect as they start, have enter probes.
 
-pub mod close;
-pub mod cwd;
-pub mod fd_control;
-pub mod files;
-pub mod pairs;
-pub mod received;
-pub mod sockets_and_dups;
-pub mod special_fds;
-pub mod tasks;
-pub mod tcp;
+pub(crate) mod close;
+pub(crate) mod cwd;
+pub(crate) mod fd_control;
+pub(crate) mod files;
+pub(crate) mod pairs;
+pub(crate) mod received;
+pub(crate) mod sockets_and_dups;
+pub(crate) mod special_fds;
+pub(crate) mod tasks;
+pub(crate) mod tcp;
 
 use aya_ebpf::programs::TracePointContext;
+use aya_log_ebpf::debug;
 use tracer_common::{
     ARG_UNKNOWN, Syscall,
     abi::{O_CREAT, O_TRUNC, O_WRONLY},
@@ -30,7 +31,7 @@ macro_rules! exit_probes {
     ($emit:ident: $($name:ident => $syscall:ident),+ $(,)?) => {
         $(
             #[aya_ebpf::macros::tracepoint]
-            pub fn $name(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
+            pub(crate) fn $name(ctx: aya_ebpf::programs::TracePointContext) -> u32 {
                 $emit(&ctx, tracer_common::Syscall::$syscall);
                 0
             }
@@ -42,7 +43,7 @@ use exit_probes;
 /// What an exit probe knows of its syscall: which it is and the arguments it keeps, in the
 /// order [`kept_args`] gives them.
 #[derive(Clone, Copy)]
-pub struct Args {
+pub(crate) struct Args {
     pub syscall: u32,
     pub arg0: u64,
     pub arg1: u64,
@@ -60,12 +61,11 @@ const CREAT_FLAGS: u64 = O_CREAT | O_WRONLY | O_TRUNC;
 /// old descriptor of a copy; the user memory where pipe and socketpair store their pair.
 /// The meaning of each position per syscall is [`tracer_common::FdEvent`]'s.
 #[inline(always)]
-fn kept_args(syscall: Syscall, a: [u64; 6]) -> [u64; 3] {
+fn kept_args(ctx: &TracePointContext, syscall: Syscall, a: [u64; 6]) -> [u64; 3] {
     match syscall {
         Syscall::Open => [AT_FDCWD, a[0], a[1]],
         Syscall::Openat => [a[0], a[1], a[2]],
-        // struct open_how starts with `__u64 flags`; an unreadable one reads as no flags.
-        Syscall::Openat2 => [a[0], a[1], read_user_u64(a[2]).unwrap_or(0)],
+        Syscall::Openat2 => [a[0], a[1], read_open_how_flags(ctx, a[2])],
         Syscall::Creat => [AT_FDCWD, a[0], CREAT_FLAGS],
         // memfd_create(name, flags): the name is read like a path.
         Syscall::MemfdCreate => [AT_FDCWD, a[0], a[1]],
@@ -102,25 +102,44 @@ fn kept_args(syscall: Syscall, a: [u64; 6]) -> [u64; 3] {
     }
 }
 
-/// Reads a u64 of the caller's memory.
+/// The flags of openat2's `struct open_how`, which starts with `__u64 flags`; an unreadable
+/// one reads as no flags.
 #[inline(always)]
-fn read_user_u64(address: u64) -> Option<u64> {
+fn read_open_how_flags(ctx: &TracePointContext, address: u64) -> u64 {
     // SAFETY: a bounded read of user memory, which may fail.
-    unsafe { aya_ebpf::helpers::bpf_probe_read_user(address as *const u64) }.ok()
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(address as *const u64) } {
+        Ok(flags) => flags,
+        Err(error) => {
+            debug!(
+                ctx,
+                "tid {}: cannot read openat2's open_how at {:x} (error {})",
+                Caller::current().tid,
+                address,
+                error
+            );
+            0
+        }
+    }
 }
 
 /// The arguments of the syscall a followed caller is returning from, or `None` when the
 /// caller is not followed. Where the saved registers cannot be read, every argument is
 /// [`ARG_UNKNOWN`], which userspace treats like a call whose start it did not see.
 #[inline(always)]
-fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<Args> {
+fn args_at_exit(ctx: &TracePointContext, caller: Caller, syscall: Syscall) -> Option<Args> {
     // Asked first so that unfollowed processes pay one lookup and nothing else.
     if !caller.is_followed() {
         return None;
     }
     let [arg0, arg1, arg2] = match SyscallRegs::current() {
-        Some(regs) => kept_args(syscall, regs.args),
-        None => [ARG_UNKNOWN; 3],
+        Some(regs) => kept_args(ctx, syscall, regs.args),
+        None => {
+            debug!(
+                ctx,
+                "tid {}: cannot read the saved user registers", caller.tid
+            );
+            [ARG_UNKNOWN; 3]
+        }
     };
     Some(Args {
         syscall: syscall as u32,
@@ -135,7 +154,7 @@ fn args_at_exit(caller: Caller, syscall: Syscall) -> Option<Args> {
 #[inline(always)]
 fn call_at_exit(ctx: &TracePointContext, syscall: Syscall) -> Option<(Caller, Args, i64)> {
     let caller = Caller::current();
-    let args = args_at_exit(caller, syscall)?;
+    let args = args_at_exit(ctx, caller, syscall)?;
     Some((caller, args, syscall_result(ctx)))
 }
 

@@ -3,6 +3,7 @@
 //! Kernel: fs/pipe.c do_pipe2(); net/socket.c __sys_socketpair().
 
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
+use aya_log_ebpf::debug;
 use tracer_common::{ARG_UNKNOWN, Syscall};
 
 use super::{args_at_exit, exit_probes, sockets_and_dups::emit_fd_event, syscall_result};
@@ -19,7 +20,7 @@ exit_probes!(
 #[inline(always)]
 fn emit_pair(ctx: &TracePointContext, syscall: Syscall) {
     let caller = Caller::current();
-    let Some(args) = args_at_exit(caller, syscall) else {
+    let Some(args) = args_at_exit(ctx, caller, syscall) else {
         return;
     };
     // Without the array's address (began before attach) the fds are unknown; /proc
@@ -28,8 +29,18 @@ fn emit_pair(ctx: &TracePointContext, syscall: Syscall) {
         return;
     }
     // SAFETY: a bounded read of the user's int[2]; the kernel has just written it.
-    let Ok(fds) = (unsafe { bpf_probe_read_user(args.arg0 as *const [i32; 2]) }) else {
-        return;
+    let fds = match unsafe { bpf_probe_read_user(args.arg0 as *const [i32; 2]) } {
+        Ok(fds) => fds,
+        Err(error) => {
+            debug!(
+                ctx,
+                "tid {}: cannot read the two descriptors at {:x} (error {})",
+                caller.tid,
+                args.arg0,
+                error
+            );
+            return;
+        }
     };
     emit_fd_event(
         ctx,

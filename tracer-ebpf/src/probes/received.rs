@@ -7,9 +7,11 @@
 //! rest (and descriptors received by recvmmsg) are learned from /proc by reconciliation.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::debug;
 use tracer_common::Syscall;
 
-use super::{call_at_exit, sockets_and_dups::emit_fd_event};
+use super::{Args, call_at_exit, sockets_and_dups::emit_fd_event};
+use crate::emit::Caller;
 
 const MAX_CMSGS: usize = 2;
 const MAX_FDS: usize = 8;
@@ -22,21 +24,42 @@ const SOL_SOCKET: i32 = 1;
 const SCM_RIGHTS: i32 = 1;
 
 #[tracepoint]
-pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+pub(crate) fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
     let Some((caller, args, result)) = call_at_exit(&ctx, Syscall::Recvmsg) else {
         return 0;
     };
     if result < 0 {
         return 0;
     }
+    let mut failed = None;
+    emit_received(&ctx, caller, args, &mut failed);
+    if let Some((address, error)) = failed {
+        debug!(
+            &ctx,
+            "tid {}: cannot read recvmsg's message at {:x} (error {})", caller.tid, address, error
+        );
+    }
+    0
+}
+
+/// Emits the descriptors of the `SCM_RIGHTS` messages of the caller's `struct user_msghdr`
+/// (`args.arg0`); the first read that fails ends the walk (or a message's descriptors) and
+/// is kept in `failed`.
+#[inline(always)]
+fn emit_received(
+    ctx: &TracePointContext,
+    caller: Caller,
+    args: Args,
+    failed: &mut Option<(u64, i64)>,
+) {
     let msg = args.arg0 as *const u8;
-    // SAFETY: bounded reads of the caller's memory; a failed read ends the walk.
+    // SAFETY: arithmetic on the caller's addresses, which are only read with checked reads.
     unsafe {
-        let Ok(control) = bpf_probe_read_user(msg.add(MSG_CONTROL).cast::<u64>()) else {
-            return 0;
+        let Some(control) = read_user(msg.add(MSG_CONTROL).cast::<u64>(), failed) else {
+            return;
         };
-        let Ok(length) = bpf_probe_read_user(msg.add(MSG_CONTROLLEN).cast::<u64>()) else {
-            return 0;
+        let Some(length) = read_user(msg.add(MSG_CONTROLLEN).cast::<u64>(), failed) else {
+            return;
         };
         let mut at: u64 = 0;
         for _ in 0..MAX_CMSGS {
@@ -44,13 +67,13 @@ pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
                 break;
             }
             let header = (control + at) as *const u8;
-            let Ok(cmsg_len) = bpf_probe_read_user(header.cast::<u64>()) else {
+            let Some(cmsg_len) = read_user(header.cast::<u64>(), failed) else {
                 break;
             };
-            let Ok(level) = bpf_probe_read_user(header.add(8).cast::<i32>()) else {
+            let Some(level) = read_user(header.add(8).cast::<i32>(), failed) else {
                 break;
             };
-            let Ok(kind) = bpf_probe_read_user(header.add(12).cast::<i32>()) else {
+            let Some(kind) = read_user(header.add(12).cast::<i32>(), failed) else {
                 break;
             };
             if cmsg_len < CMSG_HEADER || at + cmsg_len > length {
@@ -63,15 +86,28 @@ pub fn sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
                         break;
                     }
                     let slot = header.add(CMSG_HEADER as usize + 4 * i).cast::<i32>();
-                    let Ok(fd) = bpf_probe_read_user(slot) else {
+                    let Some(fd) = read_user(slot, failed) else {
                         break;
                     };
-                    emit_fd_event(&ctx, caller, fd, args.syscall, [args.arg1, 0, 0]);
+                    emit_fd_event(ctx, caller, fd, args.syscall, [args.arg1, 0, 0]);
                 }
             }
             // CMSG_NXTHDR: the next header starts at the 8-byte aligned end of this one.
             at += (cmsg_len + 7) & !7;
         }
     }
-    0
+}
+
+/// Reads a `T` of the caller's memory; the first failure is kept in `failed` as (address,
+/// error).
+#[inline(always)]
+fn read_user<T>(address: *const T, failed: &mut Option<(u64, i64)>) -> Option<T> {
+    // SAFETY: a checked read of user memory, which fails on a bad address.
+    match unsafe { bpf_probe_read_user(address) } {
+        Ok(value) => Some(value),
+        Err(error) => {
+            failed.get_or_insert((address as u64, error.into()));
+            None
+        }
+    }
 }

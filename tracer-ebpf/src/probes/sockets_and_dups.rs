@@ -24,7 +24,7 @@ exit_probes!(
 #[inline(always)]
 pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
     let caller = Caller::current();
-    let Some(args) = args_at_exit(caller, syscall) else {
+    let Some(args) = args_at_exit(ctx, caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);

@@ -5,6 +5,7 @@
 //! kernel/exit.c do_exit() fires sched_process_exit with group_dead (6.x) before exit_files().
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_log_ebpf::debug;
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, GROUP_DEAD_UNKNOWN,
     NO_STACK, Syscall,
@@ -27,10 +28,10 @@ const VFORK_FLAGS: u64 = 0x100 | 0x4000 | 17;
 /// include/uapi/asm-generic/unistd.h; arm64 has neither fork nor vfork).
 #[cfg(bpf_target_arch = "x86_64")]
 mod nr {
-    pub const CLONE: u32 = 56;
-    pub const FORK: u32 = 57;
-    pub const VFORK: u32 = 58;
-    pub const CLONE3: u32 = 435;
+    pub(crate) const CLONE: u32 = 56;
+    pub(crate) const FORK: u32 = 57;
+    pub(crate) const VFORK: u32 = 58;
+    pub(crate) const CLONE3: u32 = 435;
 }
 #[cfg(not(bpf_target_arch = "x86_64"))]
 mod nr {
@@ -44,8 +45,12 @@ mod nr {
 /// task the kernel created by itself, e.g. an io_uring worker: userspace then asks /proc
 /// whether the child is a thread).
 #[inline(always)]
-fn creating_call() -> (u32, u64) {
+fn creating_call(ctx: &TracePointContext, parent: Caller) -> (u32, u64) {
     let Some(regs) = SyscallRegs::current() else {
+        debug!(
+            ctx,
+            "tid {}: cannot read the saved user registers", parent.tid
+        );
         return (0, CLONE_FLAGS_UNKNOWN);
     };
     match regs.nr {
@@ -53,26 +58,34 @@ fn creating_call() -> (u32, u64) {
         nr::VFORK => (Syscall::Vfork as u32, VFORK_FLAGS),
         nr::CLONE => (Syscall::Clone as u32, regs.args[0]),
         // struct clone_args starts with `__aligned_u64 flags`.
-        nr::CLONE3 => (
-            Syscall::Clone3 as u32,
-            // SAFETY: a bounded read of the parent's memory, which may fail.
-            unsafe { bpf_probe_read_user(regs.args[0] as *const u64) }
-                .unwrap_or(CLONE_FLAGS_UNKNOWN),
-        ),
+        // SAFETY: a bounded read of the parent's memory, which may fail.
+        nr::CLONE3 => match unsafe { bpf_probe_read_user(regs.args[0] as *const u64) } {
+            Ok(flags) => (Syscall::Clone3 as u32, flags),
+            Err(error) => {
+                debug!(
+                    ctx,
+                    "tid {}: cannot read clone3's clone_args at {:x} (error {})",
+                    parent.tid,
+                    regs.args[0],
+                    error
+                );
+                (Syscall::Clone3 as u32, CLONE_FLAGS_UNKNOWN)
+            }
+        },
         _ => (0, CLONE_FLAGS_UNKNOWN),
     }
 }
 
 /// Runs in the parent. A new process (not a thread) of a followed parent becomes followed.
 #[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let Some(parent) = Caller::followed() else {
         return 0;
     };
     let Some(child_tid) = read_u32(&ctx, offset!(fork_child_pid)) else {
         return 0;
     };
-    let (syscall, clone_flags) = creating_call();
+    let (syscall, clone_flags) = creating_call(&ctx, parent);
     let is_thread = clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_THREAD != 0;
     if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
         count_lost(LOST_FOLLOW_FULL);
@@ -101,7 +114,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 /// Runs in the exiting task.
 #[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(task) = Caller::followed() else {
         return 0;
     };
@@ -129,7 +142,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint]
-pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if let Some(task) = Caller::followed() {
         // The new program has a new stack. (A thread that execs takes the process's tid.)
         let _ = STACK_BASES.remove(&task.tid);

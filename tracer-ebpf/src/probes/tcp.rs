@@ -22,7 +22,7 @@ use crate::{
 const IPPROTO_TCP: u16 = 6;
 
 #[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+pub(crate) fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if read_u16(&ctx, offset!(tcp_protocol)) != Some(IPPROTO_TCP) {
         return 0;
     }

@@ -14,6 +14,7 @@ use aya::{
 use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
 
 use super::{
+    kernel_log::{KernelLog, kernel_log_level},
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
 };
@@ -117,6 +118,8 @@ pub(crate) enum LoadError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("cannot forward the eBPF programs' log: {0}")]
+    KernelLog(String),
 }
 
 /// Events the kernel side could not deliver, summed over CPUs.
@@ -149,6 +152,8 @@ pub(crate) struct Probes {
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
     links: Vec<TracePointLink>,
+    /// Forwards the programs' log records; dropped after the programs are detached.
+    _kernel_log: KernelLog,
     /// Owns the programs.
     _ebpf: Ebpf,
 }
@@ -192,7 +197,8 @@ pub(crate) fn preflight() -> Result<PathBuf, LoadError> {
 pub(crate) type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
-/// `stack_copy_bytes` caps the user stack copied per event.
+/// `stack_copy_bytes` caps the user stack copied per event. Runs inside the session's tokio
+/// runtime, whose event loop forwards the programs' log records (see [`KernelLog`]).
 pub(crate) fn load(
     tracefs_root: &Path,
     ring_bytes: u32,
@@ -216,8 +222,11 @@ pub(crate) fn load(
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
+    // Before any program is loaded: they refer to the log's ring, which must stay open.
+    let kernel_log = KernelLog::start(&mut ebpf)?;
 
     let mut attached = Vec::new();
     let mut links = Vec::new();
@@ -252,6 +261,7 @@ pub(crate) fn load(
             .map_err(map_error(map_names::LOST))?,
         attached,
         links,
+        _kernel_log: kernel_log,
         _ebpf: ebpf,
     };
     Ok((probes, events))
