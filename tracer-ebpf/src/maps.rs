@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, MAX_EXITING, MAX_FOLLOWED, MAX_LISTEN_PORTS,
-    MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, TASK_STACK_TOP_BYTES,
-    TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, MAX_EXITING, MAX_FOLLOWED,
+    MAX_LISTEN_PORTS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
+    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.

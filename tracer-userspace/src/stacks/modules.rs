@@ -325,7 +325,10 @@ garbage line
             ["/srv/app", "/lib/new.so", "/lib/libc.so.6"]
         );
         assert_eq!(paths(&ModuleMap::default().over(&earlier)), paths(&earlier));
-        assert_eq!(paths(&later.clone().over(&ModuleMap::default())), paths(&later));
+        assert_eq!(
+            paths(&later.clone().over(&ModuleMap::default())),
+            paths(&later)
+        );
     }
 
     /// A module visible at its own path keeps it; one that is not (here: a deleted file the
