@@ -24,6 +24,9 @@ pub const STACK_MAP_ENTRIES: u32 = 16_384;
 pub const MAX_TCP_SOCKETS: u32 = 65_536;
 /// Listening ports of followed processes, whose accepted sockets are tracked from birth.
 pub const MAX_LISTEN_PORTS: u32 = 4_096;
+/// Exiting tasks of followed processes remembered until their descriptors are closed (LRU:
+/// only the last few microseconds of each task's life need it).
+pub const MAX_EXITING: u32 = 4_096;
 /// Threads whose stack base userspace has learned (LRU: a forgotten one costs a full copy).
 pub const MAX_STACK_BASES: u32 = 65_536;
 /// Default ring buffer size; must be a power of two multiple of the page size.

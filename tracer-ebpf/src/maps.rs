@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, MAX_FOLLOWED, MAX_LISTEN_PORTS,
-    MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, TASK_STACK_TOP_BYTES,
-    TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, MAX_EXITING, MAX_FOLLOWED,
+    MAX_LISTEN_PORTS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
+    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -18,6 +18,13 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 
 /// is followed from its first instruction; the exit probe removes a process that died.
 #[map]
 pub(crate) static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+
+/// Tasks of followed processes that are exiting (tid -> tgid): the exit probe has removed
+/// their process from FOLLOWED, but the kernel closes their descriptors after it
+/// (do_exit: exit_files() after sched_process_exit), and the sockets closed then are still
+/// theirs. A fork that reuses the tid removes it.
+#[map]
+pub(crate) static EXITING: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_EXITING, 0);
 
 /// TCP sockets (`struct sock` address) of followed processes -> owning TGID. Their state
 /// changes are reported even from softirq context, where the task on the CPU is anyone.

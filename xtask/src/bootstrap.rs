@@ -15,6 +15,8 @@ use crate::process::{self, find_on_path, is_root, probe, version_of};
 pub(crate) struct Needs {
     /// The integration tests compile C fixtures.
     pub c_compiler: bool,
+    /// The integration tests start real servers ([`SERVER_PACKAGES`]).
+    pub servers: bool,
     /// `test --vm` boots kernels under QEMU with a busybox initramfs.
     pub vm: bool,
 }
@@ -23,6 +25,10 @@ pub(crate) struct Needs {
 /// busybox, since the guest has no libraries but those we pack), and `readelf` to find the
 /// debug files of the libraries packed.
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
+
+/// The real servers and clients the integration tests start (`tests/tests/servers.rs`):
+/// PostgreSQL and pgbench, Redis and redis-benchmark, and `ss` to compare TCP states with.
+const SERVER_PACKAGES: &[&str] = &["postgresql", "redis-server", "redis-tools", "iproute2"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker links against LLVM; these are Debian's LLVM 22 development files and the
@@ -48,6 +54,10 @@ pub(crate) fn run(needs: Needs) -> Result<()> {
     ensure_bpf_linker()?;
     if needs.c_compiler {
         ensure_c_compiler()?;
+    }
+    if needs.servers {
+        ensure_debian_packages(SERVER_PACKAGES)
+            .context("the integration tests start these servers")?;
     }
     if needs.vm {
         ensure_debian_packages(VM_PACKAGES).context("`cargo xtask test --vm` needs them")?;

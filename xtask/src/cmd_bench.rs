@@ -95,6 +95,7 @@ struct Setup {
 fn set_up(options: &Options) -> Result<Setup> {
     bootstrap::run(Needs {
         c_compiler: true,
+        servers: false,
         vm: false,
     })?;
     tools::ensure()?;

@@ -42,6 +42,7 @@ impl Profile {
 pub(crate) fn run(options: Options) -> Result<ExitCode> {
     bootstrap::run(Needs {
         c_compiler: false,
+        servers: false,
         vm: false,
     })?;
     let profile = if options.debug {

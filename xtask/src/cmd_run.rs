@@ -47,6 +47,7 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
     let privilege = privilege()?;
     bootstrap::run(Needs {
         c_compiler: false,
+        servers: false,
         vm: false,
     })?;
     let binary = build_tracer(Profile::Release)?;

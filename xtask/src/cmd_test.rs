@@ -65,6 +65,7 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
     bootstrap::run(Needs {
         // Only the integration tests compile C fixtures.
         c_compiler: !options.unit_only,
+        servers: !options.unit_only,
         vm: options.vm.is_some(),
     })?;
 

@@ -2,7 +2,8 @@
 //!
 //! Kernel: kernel/fork.c kernel_clone() fires sched_process_fork after copy_process() and
 //! before wake_up_new_task(), so a child added to FOLLOWED here is followed before it runs.
-//! kernel/exit.c do_exit() fires sched_process_exit with group_dead (6.x) before exit_files().
+//! kernel/exit.c do_exit() fires sched_process_exit with group_dead (6.x) before exit_files(),
+//! so an exiting task is remembered in EXITING for the sockets its exit closes.
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::debug;
@@ -14,7 +15,7 @@ use tracer_common::{
 use crate::{
     emit::{Caller, SyscallRegs, capture_stack, read_u8, read_u32},
     maps::{
-        FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
+        EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
         output_with_stack,
     },
 };
@@ -79,10 +80,12 @@ fn creating_call(ctx: &TracePointContext, parent: Caller) -> (u32, u64) {
 /// Runs in the parent. A new process (not a thread) of a followed parent becomes followed.
 #[tracepoint]
 pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
-    let Some(parent) = Caller::followed() else {
+    let Some(child_tid) = read_u32(&ctx, offset!(fork_child_pid)) else {
         return 0;
     };
-    let Some(child_tid) = read_u32(&ctx, offset!(fork_child_pid)) else {
+    // A new task, followed or not, that got the tid of an exited one is not that one.
+    let _ = EXITING.remove(&child_tid);
+    let Some(parent) = Caller::followed() else {
         return 0;
     };
     let (syscall, clone_flags) = creating_call(&ctx, parent);
@@ -120,6 +123,9 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     };
     // Its tid may come back as another thread's, with another stack.
     let _ = STACK_BASES.remove(&task.tid);
+    // Its descriptors are closed after this, by the kernel, in this task: the TCP probe still
+    // counts the sockets closed then as this process's.
+    let _ = EXITING.insert(&task.tid, &task.tgid, 0);
     let group_dead = match read_u8(&ctx, offset!(exit_group_dead)) {
         Some(dead) => (dead != 0) as u32,
         None => GROUP_DEAD_UNKNOWN,

@@ -1,11 +1,15 @@
 //! TCP state changes of sockets that followed processes own.
 //!
-//! Kernel: net/ipv4/tcp.c tcp_set_state() fires sock:inet_sock_set_state. Listening,
-//! connecting and closing run in the owner's context; the handshake of an accepted socket,
-//! a peer's FIN (ESTABLISHED -> CLOSE_WAIT) and FIN_WAIT2 -> CLOSE run in softirq, on behalf
-//! of whoever is on the CPU. So a socket is adopted when it changes state in a followed
-//! process, or when its local port is one a followed process listens on, and remembered by
-//! its `struct sock` address until it closes.
+//! Kernel: net/ipv4/tcp.c tcp_set_state() fires sock:inet_sock_set_state. Only listen(),
+//! connect(), close() and shutdown() change a socket's state in the task that holds it
+//! ([`made_by_holder`]); the handshake of an accepted socket, the peer's ACK and FIN
+//! (ESTABLISHED -> CLOSE_WAIT, FIN_WAIT1 -> FIN_WAIT2, FIN_WAIT2 -> TIME_WAIT) and timers run
+//! in softirq, on behalf of whoever is on the CPU: on loopback, in the peer's own system call,
+//! so a followed server's close() moves its unfollowed client's socket to TIME_WAIT. A socket
+//! therefore belongs to the followed process that last changed its state itself (or that
+//! listens on its local port, for sockets it is about to accept), remembered by its
+//! `struct sock` address until it closes; a change made on behalf of another task never
+//! makes the socket anyone's.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
@@ -15,11 +19,51 @@ use tracer_common::{
 
 use crate::{
     emit::{Caller, read_u16, read_u32, read_u64},
-    maps::{EVENTS, LISTEN_PORTS, LOST_RING_FULL, TCP_SOCKETS, count_lost, offset, submit_flags},
+    maps::{
+        EVENTS, EXITING, LISTEN_PORTS, LOST_RING_FULL, TCP_SOCKETS, count_lost, offset,
+        submit_flags,
+    },
 };
 
 /// `IPPROTO_TCP` (linux/in.h).
 const IPPROTO_TCP: u16 = 6;
+
+/// The tracepoint's states are `int`s.
+const fn state(s: u8) -> u32 {
+    s as u32
+}
+
+/// Whether only the task holding the socket makes this change, in its own system call:
+/// listen (CLOSE -> LISTEN), connect (CLOSE -> SYN_SENT), close or shutdown (ESTABLISHED or
+/// SYN_RECV -> FIN_WAIT1, CLOSE_WAIT -> LAST_ACK, LISTEN -> CLOSE); a process's exit closes
+/// its sockets in the exiting task. Every other change may run in softirq context.
+#[inline(always)]
+fn made_by_holder(old: u32, new: u32) -> bool {
+    const CLOSE: u32 = state(tcp_state::CLOSE);
+    const LISTEN: u32 = state(tcp_state::LISTEN);
+    const SYN_SENT: u32 = state(tcp_state::SYN_SENT);
+    const FIN_WAIT1: u32 = state(tcp_state::FIN_WAIT1);
+    const LAST_ACK: u32 = state(tcp_state::LAST_ACK);
+    const ESTABLISHED: u32 = state(tcp_state::ESTABLISHED);
+    const SYN_RECV: u32 = state(tcp_state::SYN_RECV);
+    const CLOSE_WAIT: u32 = state(tcp_state::CLOSE_WAIT);
+    match (old, new) {
+        (CLOSE, LISTEN | SYN_SENT) | (LISTEN, CLOSE) | (CLOSE_WAIT, LAST_ACK) => true,
+        (ESTABLISHED | SYN_RECV, FIN_WAIT1) => true,
+        _ => false,
+    }
+}
+
+/// The followed process the calling task belongs to: followed, or exiting after its process
+/// was (its exit closes its descriptors after the exit probe ran).
+#[inline(always)]
+fn followed_or_exiting(current: Caller) -> Option<u32> {
+    if current.is_followed() {
+        return Some(current.tgid);
+    }
+    // SAFETY: the value is copied out at once.
+    unsafe { EXITING.get(&current.tid) }.copied()
+}
 
 #[tracepoint]
 pub(crate) fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -28,30 +72,44 @@ pub(crate) fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     }
     let skaddr = read_u64(&ctx, offset!(tcp_skaddr));
     let current = Caller::current();
+    let old = read_u32(&ctx, offset!(tcp_oldstate)).unwrap_or(0);
+    let new = read_u32(&ctx, offset!(tcp_newstate)).unwrap_or(0);
+    let sport = read_u16(&ctx, offset!(tcp_sport)).unwrap_or(0);
     // SAFETY: values are copied out at once.
-    let owner = if current.is_followed() {
-        current.tgid
-    } else if let Some(owner) = unsafe { TCP_SOCKETS.get(&skaddr) }.copied() {
+    let known = unsafe { TCP_SOCKETS.get(&skaddr) }.copied();
+    let owner = if made_by_holder(old, new) {
+        match followed_or_exiting(current) {
+            Some(tgid) => tgid,
+            None => {
+                // A process we do not follow holds it now (it was passed on): no longer ours.
+                if known.is_some() {
+                    let _ = TCP_SOCKETS.remove(&skaddr);
+                    if old == state(tcp_state::LISTEN) {
+                        let _ = LISTEN_PORTS.remove(&sport);
+                    }
+                }
+                return 0;
+            }
+        }
+    } else if let Some(owner) = known {
         owner
     } else {
-        let sport = read_u16(&ctx, offset!(tcp_sport)).unwrap_or(0);
+        // SAFETY: as above.
         match unsafe { LISTEN_PORTS.get(&sport) }.copied() {
             Some(owner) => owner,
             None => return 0,
         }
     };
-    let old = read_u32(&ctx, offset!(tcp_oldstate)).unwrap_or(0);
-    let new = read_u32(&ctx, offset!(tcp_newstate)).unwrap_or(0);
-    let sport = read_u16(&ctx, offset!(tcp_sport)).unwrap_or(0);
-    // The tracepoint's states are `int`s.
-    let (close, listen) = (u32::from(tcp_state::CLOSE), u32::from(tcp_state::LISTEN));
+    let (close, listen) = (state(tcp_state::CLOSE), state(tcp_state::LISTEN));
     if new == close {
         let _ = TCP_SOCKETS.remove(&skaddr);
         if old == listen {
             let _ = LISTEN_PORTS.remove(&sport);
         }
     } else {
-        let _ = TCP_SOCKETS.insert(&skaddr, &owner, 0);
+        if known != Some(owner) {
+            let _ = TCP_SOCKETS.insert(&skaddr, &owner, 0);
+        }
         if new == listen {
             let _ = LISTEN_PORTS.insert(&sport, &owner, 0);
         }

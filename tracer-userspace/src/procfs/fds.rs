@@ -154,6 +154,12 @@ pub(crate) fn describe_fd(
     })
 }
 
+/// stat(2) of the file open as `fd` in `pid`: the link is followed to the open file itself,
+/// so its size and blocks are those of a file unlinked while open too.
+pub(crate) fn fd_metadata(pid: u32, fd: i32) -> io::Result<fs::Metadata> {
+    fs::metadata(format!("/proc/{pid}/fd/{fd}"))
+}
+
 /// Every open descriptor of `pid` as its link classifies it, without the socket lookups of
 /// [`list_fds`]: cheap enough to repeat while tracing. `meanwhile` runs after every
 /// [`LISTING_CHUNK`] entries (a million descriptors take about a second to list, and the

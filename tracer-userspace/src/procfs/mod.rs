@@ -21,6 +21,6 @@ mod sockets;
 mod test_support;
 mod unix_diag;
 
-pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, list_fds};
+pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
 pub(crate) use process::{cwd, descendants, process_exists, process_info, start_time, threads};
 pub(crate) use sockets::{Direction, SocketTable};

@@ -9,6 +9,7 @@ use std::{
 use super::{
     DescriptorEntry, EventCounts, FrameEntry, LearnedBy, OpenedBy, ProcessEntry, REPORT_VERSION,
     Report, Target, ThreadCountsEntry,
+    deleted::deleted_files,
     group::{group_by_stack, group_threads, group_zombies},
     resolver::{Resolver, frames_of},
     seconds,
@@ -68,6 +69,7 @@ pub(crate) fn build(
     let thread_stacks = group_threads(&processes, facts.now_ns, resolver);
     let process_entries = process_entries(&processes, resolver);
     let tcp = tcp_states(&descriptors, facts.time_wait_now);
+    let deleted_files = deleted_files(&descriptors);
     let events = event_counts(
         facts,
         agg.reconciled_closed + closed_at_report,
@@ -91,6 +93,7 @@ pub(crate) fn build(
         stacks,
         thread_stacks,
         tcp,
+        deleted_files,
     }
 }
 
@@ -148,6 +151,8 @@ pub(super) fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> Des
         stack: Arc::default(),
         path_truncated: d.path_truncated,
         cloexec: d.cloexec,
+        size_bytes: None,
+        held_file: None,
         stack_ref: d.stack,
     }
 }

@@ -34,6 +34,32 @@ pub(crate) struct Report {
     /// TCP sockets of the followed processes by state: those held by descriptors, plus
     /// TIME_WAIT connections they left that are still in TIME_WAIT.
     pub tcp: BTreeMap<String, u64>,
+    /// Files unlinked while live processes still hold them open: their disk space is freed
+    /// only when the last descriptor closes. Largest first.
+    pub deleted_files: Vec<DeletedFileEntry>,
+}
+
+/// One deleted file still held open by live followed processes.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct DeletedFileEntry {
+    /// The path it had.
+    pub path: String,
+    /// Its size (st_size), which is what it keeps from being freed, unless it is sparse.
+    pub size_bytes: u64,
+    /// The blocks allocated to it (st_blocks * 512).
+    pub disk_bytes: u64,
+    /// Descriptors that hold it, and the processes they are in.
+    pub descriptors: u64,
+    pub pids: Vec<u32>,
+}
+
+/// The file a descriptor holds, by stat(2) of the open file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HeldFile {
+    pub dev: u64,
+    pub inode: u64,
+    pub size: u64,
+    pub allocated: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -133,6 +159,12 @@ pub(crate) struct DescriptorEntry {
     /// The path did not fit in the capture buffer and was cut.
     pub path_truncated: bool,
     pub cloexec: bool,
+    /// The size of a deleted file (present for deleted files of live processes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// The file itself, when /proc showed a deleted file.
+    #[serde(skip)]
+    pub held_file: Option<HeldFile>,
     /// Where `stack` comes from; resolved into frames once per distinct stack.
     #[serde(skip)]
     pub stack_ref: Option<StackRef>,

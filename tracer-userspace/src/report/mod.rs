@@ -6,6 +6,7 @@
 
 mod build;
 mod contract;
+mod deleted;
 pub(crate) mod flamegraph;
 mod group;
 mod resolver;

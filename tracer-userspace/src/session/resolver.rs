@@ -4,6 +4,7 @@
 use std::{
     collections::{HashMap, HashSet},
     io,
+    os::unix::fs::MetadataExt,
 };
 
 use tracer_common::{Syscall, abi::tcp_state};
@@ -11,7 +12,7 @@ use tracer_common::{Syscall, abi::tcp_state};
 use crate::{
     model::{Frame, StackRef},
     procfs::{self, Direction, SocketTable},
-    report::{DescriptorEntry, OpenedBy, Resolver},
+    report::{DescriptorEntry, HeldFile, OpenedBy, Resolver},
     stacks::StackStore,
     tcp::TcpTracker,
 };
@@ -65,6 +66,8 @@ impl Resolver for LiveResolver<'_> {
                     d.detail = now.detail;
                     d.tcp_state = now.tcp_state;
                     d.deleted = now.deleted;
+                    d.held_file = now.deleted.then(|| held_file(pid, d.fd)).flatten();
+                    d.size_bytes = d.held_file.map(|f| f.size);
                 }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => closed.push(d.fd),
                 Err(err) => log::debug!("cannot describe fd {} of pid {pid}: {err}", d.fd),
@@ -77,6 +80,17 @@ impl Resolver for LiveResolver<'_> {
         // The parent check keeps a reused pid from passing for our child.
         procfs::process_info(pid).is_ok_and(|info| info.zombie && info.ppid == ppid)
     }
+}
+
+/// The file open as `fd` in `pid`, as stat(2) of the open file shows it.
+fn held_file(pid: u32, fd: i32) -> Option<HeldFile> {
+    let meta = procfs::fd_metadata(pid, fd).ok()?;
+    Some(HeldFile {
+        dev: meta.dev(),
+        inode: meta.ino(),
+        size: meta.size(),
+        allocated: meta.blocks() * 512,
+    })
 }
 
 /// How long a TCP socket has been in the state /proc shows, when the tracker saw it get there.

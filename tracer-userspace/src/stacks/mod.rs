@@ -231,7 +231,10 @@ impl StackStore {
         }
         match self.files.read(pid) {
             Ok(fresh) => {
-                let fresh = Arc::new(fresh);
+                // Known mappings the listing lacks are kept: a process that is exiting shows
+                // part of its mappings, or none, as its memory is torn down (and events are
+                // read after the short-lived ones have exited).
+                let fresh = Arc::new(fresh.over(&known));
                 self.modules.insert((pid, generation), fresh.clone());
                 fresh
             }
@@ -368,6 +371,42 @@ mod tests {
             ),
             vec![0x7100, 0x1100, 0x1300]
         );
+    }
+
+    /// A process that exited keeps the mappings seen while it lived, even when an address
+    /// no mapping holds makes the store list its mappings again, now that /proc shows none
+    /// (a zombie's maps file is empty).
+    #[test]
+    fn mappings_outlive_the_process() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        let pid = child.id();
+        let mut store = StackStore::new();
+        // Until exec and the dynamic loader are done the child may still be the test binary,
+        // or sleep without its libraries: wait for sleep's libc.
+        let mut tries = 0;
+        while !std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .is_ok_and(|maps| maps.contains("/sleep") && maps.contains("/libc.so"))
+        {
+            tries += 1;
+            assert!(tries < 500, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        store.capture(pid);
+        let seen = store.modules_of(pid, 0);
+        assert!(!seen.mappings().is_empty());
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.contains(") Z "))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let after = store.modules_covering(pid, 0, Some(1), &[0x10]);
+        child.wait().expect("reap");
+        assert_eq!(after.mappings(), seen.mappings());
     }
 
     /// A walk that reached the root of the stack is the stack: the kernel's walk adds

@@ -76,6 +76,25 @@ impl ModuleMap {
         self.mappings.is_empty()
     }
 
+    /// These mappings, plus those of `older` that overlap none of them: a later listing of
+    /// the same program image, which may be missing what an exiting process already unmapped.
+    pub(super) fn over(mut self, older: &ModuleMap) -> Self {
+        let kept: Vec<Mapping> = older
+            .mappings
+            .iter()
+            .filter(|old| {
+                let after = self.mappings.partition_point(|m| m.start < old.end);
+                after == 0 || self.mappings[after - 1].end <= old.start
+            })
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            self.mappings.extend(kept);
+            self.mappings.sort_by_key(|m| m.start);
+        }
+        self
+    }
+
     /// The mapping containing `addr`.
     pub(super) fn find(&self, addr: u64) -> Option<&Mapping> {
         let after = self.mappings.partition_point(|m| m.start <= addr);
@@ -280,6 +299,36 @@ garbage line
         assert_eq!(libc.path, Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"));
         assert_eq!(offset, 0x28123);
         assert!(ModuleMap::parse("").is_empty());
+    }
+
+    /// A later listing wins where it maps something; mappings only the earlier one has are
+    /// kept (an exiting process lists a part of its mappings, or none).
+    #[test]
+    fn later_listing_over_earlier() {
+        let earlier = ModuleMap::parse(
+            "1000-2000 r-xp 00000000 08:01 1 /srv/app\n\
+             5000-6000 r-xp 00000000 08:01 3 /lib/old.so\n\
+             7000-8000 r-xp 00000000 08:01 2 /lib/libc.so.6\n",
+        );
+        let later = ModuleMap::parse(
+            "1000-2000 r-xp 00000000 08:01 1 /srv/app\n\
+             5800-6800 r-xp 00000000 08:01 4 /lib/new.so\n",
+        );
+        let paths = |map: &ModuleMap| -> Vec<String> {
+            map.mappings()
+                .iter()
+                .map(|m| m.path.display().to_string())
+                .collect()
+        };
+        assert_eq!(
+            paths(&later.clone().over(&earlier)),
+            ["/srv/app", "/lib/new.so", "/lib/libc.so.6"]
+        );
+        assert_eq!(paths(&ModuleMap::default().over(&earlier)), paths(&earlier));
+        assert_eq!(
+            paths(&later.clone().over(&ModuleMap::default())),
+            paths(&later)
+        );
     }
 
     /// A module visible at its own path keeps it; one that is not (here: a deleted file the

@@ -29,6 +29,14 @@ pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
         "python_script",
         "runs a Python fixture; the guest has no Python interpreter",
     ),
+    (
+        "postgres_pgbench_time_wait_and_stacks",
+        "starts Debian's PostgreSQL and pgbench; the guest has neither",
+    ),
+    (
+        "redis_time_wait_is_its_own",
+        "starts Debian's redis-server and redis-benchmark; the guest has neither",
+    ),
 ];
 
 /// The integration suite, built for the guest.

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use super::{age, comm_of, count, kind_count};
 use crate::{
     model::DescriptorKind,
-    report::{DescriptorEntry, OpenedBy, Report},
+    report::{DeletedFileEntry, DescriptorEntry, OpenedBy, Report},
 };
 
 /// The header: what was traced, what was lost, and what is open by count, kind and TCP state.
@@ -20,6 +20,7 @@ pub(super) fn summary(report: &Report, out: &mut String) {
     open_counts(&live, out);
     kinds_line(report, &live, out);
     close_wait_line(&live, out);
+    deleted_files_line(report, out);
 }
 
 /// The first line, then a warning when events were lost (or a note when /proc showed births
@@ -119,6 +120,88 @@ fn close_wait_line(live: &[&DescriptorEntry], out: &mut String) {
             longest
                 .map(|s| format!(" (for up to {})", age(s)))
                 .unwrap_or_default()
+        );
+    }
+}
+
+/// Files deleted while still open: the disk space they keep, then the largest of them.
+fn deleted_files_line(report: &Report, out: &mut String) {
+    let files = &report.deleted_files;
+    if files.is_empty() {
+        return;
+    }
+    let total: u64 = files.iter().map(|f| f.size_bytes).sum();
+    let largest: Vec<String> = files.iter().take(3).map(held_by).collect();
+    let more = if files.len() > 3 { ", ..." } else { "" };
+    let _ = writeln!(
+        out,
+        "  {} deleted but still open, holding {} of disk: {}{more}",
+        count(files.len() as u64, "file", "files"),
+        bytes(total),
+        largest.join(", ")
+    );
+}
+
+/// "/var/log/app.log (1.2 GiB, pid 7 fd 4)"; "... (12 KiB, 3 descriptors in pids 7, 8)".
+fn held_by(file: &DeletedFileEntry) -> String {
+    let pids: Vec<String> = file.pids.iter().take(3).map(u32::to_string).collect();
+    let more = if file.pids.len() > 3 { ", ..." } else { "" };
+    let holders = match (file.descriptors, file.pids.len()) {
+        (1, _) => format!("pid {}", pids.join("")),
+        (n, 1) => format!("{n} descriptors in pid {}", pids.join("")),
+        (n, _) => format!("{n} descriptors in pids {}{more}", pids.join(", ")),
+    };
+    format!("{} ({}, {holders})", file.path, bytes(file.size_bytes))
+}
+
+/// "512 B", "12.0 KiB", "1.2 GiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(12 * 1024), "12.0 KiB");
+        assert_eq!(bytes(3 << 29), "1.5 GiB");
+    }
+
+    /// One line names the space the deleted files hold and the largest of them, with who
+    /// holds them.
+    #[test]
+    fn deleted_files_are_summed_and_named() {
+        let mut report = crate::report::tests::sample_report();
+        let file = |path: &str, size_bytes, descriptors, pids: &[u32]| DeletedFileEntry {
+            path: path.into(),
+            size_bytes,
+            disk_bytes: size_bytes,
+            descriptors,
+            pids: pids.to_vec(),
+        };
+        report.deleted_files = vec![
+            file("/var/log/app.log.1", 3 << 30, 1, &[7]),
+            file("/tmp/spool", 1 << 20, 3, &[7, 8]),
+        ];
+        let mut out = String::new();
+        deleted_files_line(&report, &mut out);
+        assert_eq!(
+            out,
+            "  2 files deleted but still open, holding 3.0 GiB of disk: \
+             /var/log/app.log.1 (3.0 GiB, pid 7), /tmp/spool (1.0 MiB, 3 descriptors in pids 7, 8)\n"
         );
     }
 }
