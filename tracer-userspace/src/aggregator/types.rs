@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// How a descriptor came to be in the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Origin {
     /// Created by this syscall while we watched (possibly in an ancestor: see `inherited`).
     Syscall(Syscall),
