@@ -197,6 +197,7 @@ impl Aggregator {
         }
         let mut child = Process::new(child_pid, parent_pid, comm);
         child.fork_stack = fork_stack;
+        child.forked_while_traced = true;
         child.cwd = cwd;
         child.lost_when_checked = lost_when_checked;
         child.fds = inherited;

@@ -66,9 +66,10 @@ impl Aggregator {
         self.at_exit.iter()
     }
 
-    /// Forgets exited processes that are no longer there (reaped: `still_there` says no)
-    /// and use no shared table: what they held is in the groups already. A zombie stays
-    /// (the report names it); with `--at-exit-descriptors` everything stays. Returns how many
+    /// Forgets exited processes that were forked while traced, are no longer there (reaped:
+    /// `still_there` says no) and use no shared table: what they held is in the groups
+    /// already. A zombie stays (the report names it), and so do the processes found at
+    /// attach (the target); with `--at-exit-descriptors` everything stays. Returns how many
     /// were forgotten.
     pub(crate) fn forget_reaped(&mut self, mut still_there: impl FnMut(&Process) -> bool) -> u64 {
         if self.keep_at_exit_descriptors {
@@ -78,6 +79,7 @@ impl Aggregator {
         let before = self.processes.len();
         self.processes.retain(|pid, p| {
             !p.exited()
+                || !p.forked_while_traced
                 || shared.contains_key(pid)
                 || shared.values().any(|owner| owner == pid)
                 || still_there(p)
