@@ -120,7 +120,7 @@ fn short_lived_workers_are_aggregated_after_live_holdings() {
         .unwrap_or_default()
         .to_string()
         + text[workers_at..].lines().next().unwrap_or_default();
-    let named = headline.matches(|c: char| c == ',').count();
+    let named = headline.matches(',').count();
     assert!(named < 12 && headline.contains(", ...)"), "{headline}");
     assert!(!text.contains("still open in 4"), "{text}");
 

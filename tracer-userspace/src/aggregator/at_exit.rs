@@ -173,6 +173,7 @@ impl AtExitGroups {
         self.groups.values()
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.groups.len()
     }
