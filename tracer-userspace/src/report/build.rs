@@ -80,7 +80,11 @@ pub(crate) fn build(
         facts,
         agg.reconciled_closed + closed_at_report,
         agg.reconciled_opened,
-        unverified.len() as u64,
+        // Counted from the groups: the entries are listed only with --at-exit-descriptors.
+        agg.at_exit_groups()
+            .filter(|g| g.unverified)
+            .map(|g| g.descriptors)
+            .sum(),
     );
 
     Report {
