@@ -13,11 +13,17 @@
  *                                        several processes, one after the other, when one
  *                                        may not hold that many), writes RESULT, then
  *                                        waits for SIGTERM
+ *   workload forks   COUNT RESULT        waits for SIGUSR1, forks COUNT short-lived
+ *                                        children one after the other, each exiting with
+ *                                        2 descriptors of /dev/null open (a server's
+ *                                        workers), reaps each, writes RESULT, then waits
+ *                                        for SIGTERM
  *
  * The loops first run a tenth of their iterations untimed (page faults, caches, the
  * tracer's first stacks), then the timed ones. RESULT receives one line of `key=value`
  * pairs; it is written to RESULT.tmp and renamed, so a reader never sees half of it.
- * Every descriptor opened is closed before exit (except in `hold`), so anything a tracer
+ * Every descriptor opened is closed before exit (except in `hold` and by the children of
+ * `forks`, which leave it to exit), so anything a tracer
  * still reports as open afterwards is a false leak.
  */
 #define _GNU_SOURCE
@@ -280,7 +286,44 @@ static int hold(long count, double per_s, const char *result) {
     return 0;
 }
 
+/* Opened by each child of `forks`; read at run time so the loop keeps one call site. */
+static volatile int child_opens = 2;
+
+static __attribute__((noinline)) void child_open(void) {
+    if (open("/dev/null", O_RDONLY) < 0) _exit(1);
+}
+
+static int forks(long count, const char *result) {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGUSR1);
+    sigaddset(&signals, SIGTERM);
+    sigprocmask(SIG_BLOCK, &signals, NULL);
+    int sig;
+    if (sigwait(&signals, &sig) != 0) die("sigwait");
+    if (sig == SIGTERM) return 0;
+    double start = now_s();
+    for (long i = 0; i < count; i++) {
+        pid_t pid = fork();
+        if (pid < 0) die("fork");
+        if (pid == 0) {
+            for (int j = 0; j < child_opens; j++) child_open();
+            _exit(0);
+        }
+        if (waitpid(pid, NULL, 0) != pid) die("waitpid");
+    }
+    char line[256];
+    snprintf(line, sizeof line, "children=%ld elapsed_s=%.6f", count, now_s() - start);
+    write_result(result, line);
+    do {
+        if (sigwait(&signals, &sig) != 0) die("sigwait");
+    } while (sig != SIGTERM);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "forks") == 0)
+        return forks(parse_count(argv[2], "COUNT"), argv[3]);
     if (argc == 5 && strcmp(argv[1], "hold") == 0)
         return hold(parse_count(argv[2], "COUNT"), (double)parse_count(argv[3], "PER_S"),
                     argv[4]);
@@ -299,6 +342,7 @@ int main(int argc, char **argv) {
     fprintf(stderr,
             "usage: workload open|socket|connect ITERATIONS RESULT\n"
             "       workload rate PAIRS_PER_S SECONDS PROCS RESULT\n"
-            "       workload hold COUNT PER_S RESULT\n");
+            "       workload hold COUNT PER_S RESULT\n"
+            "       workload forks COUNT RESULT\n");
     return 2;
 }

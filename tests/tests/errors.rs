@@ -129,7 +129,10 @@ fn command_mode_reports_descriptors_open_at_exit() {
     let file = file.canonicalize().unwrap();
     let path = file.to_str().expect("utf-8 scratch path");
 
-    let tracer = Tracer::command(&[], &[bin.to_str().expect("utf-8 fixture path"), path]);
+    let tracer = Tracer::command(
+        &["--at-exit-descriptors"],
+        &[bin.to_str().expect("utf-8 fixture path"), path],
+    );
     let report = tracer.finish(Duration::from_secs(60));
     let ctx = report.context();
 

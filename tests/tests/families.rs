@@ -117,7 +117,7 @@ fn run_families(dir: &str) -> FamiliesRun {
     let mut fixture = Fixture::spawn(&bin, &[dir]);
     fixture.wait_for_line("READY", Duration::from_secs(10));
     let parent = fixture.pid();
-    let mut tracer = Tracer::attach(parent, &[]);
+    let mut tracer = Tracer::attach(parent, &["--at-exit-descriptors"]);
     tracer.wait_attached(ATTACH_TIMEOUT);
     fixture.send_line("go");
     let done = fixture.wait_for_line("DONE ", Duration::from_secs(30));

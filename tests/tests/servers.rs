@@ -181,7 +181,8 @@ fn postgres_pgbench_time_wait_and_stacks() {
     let mut init = pg.client("pgbench", false);
     run(init.args(["-i", "-s", "1", "postgres"]));
     let postmaster = pg.postmaster();
-    let mut tracer = Tracer::attach(postmaster, &[]);
+    // The backends' own descriptors and process entries, listed one by one.
+    let mut tracer = Tracer::attach(postmaster, &["--at-exit-descriptors"]);
     tracer.wait_attached(ATTACH_TIMEOUT);
 
     let mut bench = pg.client("pgbench", true);

@@ -28,6 +28,13 @@ pub struct Options {
     #[arg(long)]
     pub json: bool,
 
+    /// Also list, one by one, every descriptor a process still held when it exited
+    /// (`at_exit: true` in the JSON). By default those are only counted per stack: a server
+    /// whose workers come and go would otherwise make the report, and the tracer's memory,
+    /// grow with every worker that ever lived.
+    #[arg(long)]
+    pub at_exit_descriptors: bool,
+
     /// Report only descriptors open for at least SECS seconds.
     #[arg(long, value_name = "SECS", default_value_t = 0.0, value_parser = non_negative_seconds)]
     pub min_age: f64,
@@ -87,6 +94,8 @@ pub struct Config {
     /// Groups shown in full in the text report.
     pub top: usize,
     pub flamegraph: Option<PathBuf>,
+    /// List every descriptor held at exit, and keep every exited process, for the report.
+    pub at_exit_descriptors: bool,
 }
 
 /// Options clap accepts but a session cannot run with.
@@ -114,6 +123,7 @@ impl Options {
             stack_copy_bytes: u64::from(self.stack_copy_kib) * 1024,
             top: self.top as usize,
             flamegraph: self.flamegraph,
+            at_exit_descriptors: self.at_exit_descriptors,
         })
     }
 }

@@ -10,6 +10,7 @@ use crate::{
     bench::{
         budgets::{self, Verdict},
         capacity::{self, MemoryResult, RateStep},
+        forks,
         micro::{self, MicroResult, Settings},
         nginx::{self, NginxResult},
         print, procstat,
@@ -57,6 +58,7 @@ pub(crate) enum Part {
     Nginx,
     Capacity,
     Profile,
+    Forks,
 }
 
 pub(crate) fn run(options: Options) -> Result<ExitCode> {
@@ -139,6 +141,7 @@ struct Parts {
     rates: Option<Vec<RateStep>>,
     memory: Option<MemoryResult>,
     bpf_profile: Option<ProfileResult>,
+    forks: Option<Vec<forks::ForksResult>>,
     /// Time to `attached` over the micro and nginx runs.
     attach: Option<Summary>,
     verdicts: Vec<Verdict>,
@@ -192,6 +195,17 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         None
     };
 
+    let forks = if wants(Part::Forks) {
+        let mut results = Vec::new();
+        for children in [1_000, if options.quick { 20_000 } else { 100_000 }] {
+            eprintln!("==> forks: {children} short-lived children under tracer --json");
+            results.push(forks::run(tracer, workload, children)?);
+        }
+        Some(results)
+    } else {
+        None
+    };
+
     let mut attach_times: Vec<f64> = micros
         .iter()
         .flat_map(|m| m.attach_times_s.iter().copied())
@@ -207,6 +221,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         rates,
         memory,
         bpf_profile,
+        forks,
         attach,
         verdicts,
     })
@@ -234,6 +249,7 @@ fn write_json(
             "attach_s": parts.attach,
         },
         "bpf_profile": parts.bpf_profile,
+        "forks": parts.forks,
         "budgets": parts.verdicts,
         "total_s": started.elapsed().as_secs_f64(),
     });
@@ -261,6 +277,9 @@ fn print_tables(setup: &Setup, parts: &Parts) {
     }
     if let Some(profile) = &parts.bpf_profile {
         print::profile(profile);
+    }
+    if let Some(results) = &parts.forks {
+        forks::print(results);
     }
     if !parts.verdicts.is_empty() {
         print::budgets(&parts.verdicts);

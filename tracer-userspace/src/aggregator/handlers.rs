@@ -148,6 +148,7 @@ impl Aggregator {
         }
         if whole_process {
             exit_process(process, header.timestamp_ns, lost);
+            self.settle_exit(header.tgid);
         }
     }
 
@@ -169,8 +170,13 @@ impl Aggregator {
         let lost_when_checked = parent.lost_when_checked;
         if let Some(previous) = self.processes.remove(&child_pid) {
             if previous.exited() {
-                // The pid was reused: keep the old process for the report.
-                self.departed.push(previous);
+                // The pid was reused: what the old process held is in the groups already;
+                // it is kept for the report only when everything is.
+                if self.keep_at_exit_descriptors {
+                    self.departed.push(previous);
+                } else {
+                    self.exited_forgotten += 1;
+                }
             } else {
                 // Seen in the attach snapshot already: keep it, but what it inherited from
                 // a traced parent is known more exactly than "pre-existing".
@@ -191,6 +197,7 @@ impl Aggregator {
         }
         let mut child = Process::new(child_pid, parent_pid, comm);
         child.fork_stack = fork_stack;
+        child.forked_while_traced = true;
         child.cwd = cwd;
         child.lost_when_checked = lost_when_checked;
         child.fds = inherited;

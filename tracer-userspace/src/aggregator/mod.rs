@@ -4,16 +4,19 @@
 //!
 //! Files: this one (the tables, snapshots in, queries out, and `apply`), handlers.rs (one
 //! handler per event kind), types.rs (what is kept), births.rs (what a new descriptor is),
-//! sharing.rs (CLONE_FILES tables), reconcile.rs (comparison with /proc).
+//! sharing.rs (CLONE_FILES tables), reconcile.rs (comparison with /proc), at_exit.rs (what
+//! processes held when they exited, folded per stack).
 
 use foldhash::HashMap;
 
+mod at_exit;
 mod births;
 mod handlers;
 mod reconcile;
 mod sharing;
 mod types;
 
+pub(crate) use at_exit::{AtExitGroup, COUNT_WINDOW};
 pub(crate) use reconcile::Reconciled;
 pub(crate) use types::{Descriptor, LiveThread, Origin, Process, ProcessSnapshot, SnapshotFd};
 
@@ -23,8 +26,16 @@ use crate::events::{Event, EventBody};
 #[derive(Debug, Default)]
 pub(crate) struct Aggregator {
     processes: HashMap<u32, Process>,
-    /// Processes whose pid was reused by a later one; kept for the report.
+    /// Processes whose pid was reused by a later one; kept for the report when the
+    /// descriptors they held at exit are kept one by one.
     departed: Vec<Process>,
+    /// What exited processes held, one group per stack.
+    at_exit: at_exit::AtExitGroups,
+    /// Keep each exited process's descriptors and record (`--at-exit-descriptors`): memory
+    /// then grows with every process that exits.
+    keep_at_exit_descriptors: bool,
+    /// Exited processes that were reaped and forgotten (their holdings are in `at_exit`).
+    pub exited_forgotten: u64,
     pub events_applied: u64,
     /// Descriptors reconciliation found closed, and found open, without their events.
     pub reconciled_closed: u64,
@@ -39,6 +50,66 @@ pub(crate) struct Aggregator {
 impl Aggregator {
     pub(crate) fn new() -> Self {
         Self::default()
+    }
+
+    /// Keeps every descriptor exited processes held, and the processes, for the report's
+    /// `at_exit: true` entries; by default only their per-stack groups are kept.
+    pub(crate) fn keeping_at_exit_descriptors() -> Self {
+        Self {
+            keep_at_exit_descriptors: true,
+            ..Self::default()
+        }
+    }
+
+    /// What exited processes held, by stack.
+    pub(crate) fn at_exit_groups(&self) -> impl Iterator<Item = &AtExitGroup> {
+        self.at_exit.iter()
+    }
+
+    /// Forgets exited processes that were forked while traced, are no longer there (reaped:
+    /// `still_there` says no) and use no shared table: what they held is in the groups
+    /// already. A zombie stays (the report names it), and so do the processes found at
+    /// attach (the target); with `--at-exit-descriptors` everything stays. Returns how many
+    /// were forgotten.
+    pub(crate) fn forget_reaped(&mut self, mut still_there: impl FnMut(&Process) -> bool) -> u64 {
+        if self.keep_at_exit_descriptors {
+            return 0;
+        }
+        let shared = &self.shared_with;
+        let before = self.processes.len();
+        self.processes.retain(|pid, p| {
+            !p.exited()
+                || !p.forked_while_traced
+                || shared.contains_key(pid)
+                || shared.values().any(|owner| owner == pid)
+                || still_there(p)
+        });
+        let forgotten = (before - self.processes.len()) as u64;
+        self.exited_forgotten += forgotten;
+        forgotten
+    }
+
+    /// Folds what process `pid` held at its exit into the per-stack groups; the descriptors
+    /// themselves are dropped unless they are kept one by one. Call after `exit_process`.
+    fn settle_exit(&mut self, pid: u32) {
+        let keep = self.keep_at_exit_descriptors;
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return;
+        };
+        self.at_exit.add(
+            pid,
+            &process.comm,
+            process.exited_at_ns.unwrap_or(0),
+            process.held_at_exit_unverified,
+            &process.held_at_exit,
+        );
+        if !keep {
+            process.held_at_exit = Vec::new();
+            process.fds = HashMap::default();
+            process.pending = HashMap::default();
+            process.new_threads = HashMap::default();
+            process.cwd = None;
+        }
     }
 
     /// Records what /proc showed for a process at attach. Events already applied win: an fd
@@ -58,6 +129,7 @@ impl Aggregator {
             // It exited before we came (when exactly, /proc does not say): nothing is open.
             if !process.exited() {
                 exit_process(process, now_ns, lost);
+                self.settle_exit(snapshot.pid);
             }
             return;
         }
@@ -119,6 +191,7 @@ impl Aggregator {
             && !process.exited()
         {
             exit_process(process, now_ns, lost);
+            self.settle_exit(pid);
         }
     }
 

@@ -215,10 +215,11 @@ fn prefork_parent_keeps_accepted_socket() {
     assert_eq!(parent.fds[&3].opened_by(), "pre-existing");
 }
 
-/// A process that exits holding descriptors it created reports them as held at exit.
+/// A process that exits holding descriptors it created reports them as held at exit (kept
+/// one by one with `--at-exit-descriptors`).
 #[test]
 fn exit_keeps_what_the_process_created() {
-    let mut agg = Aggregator::new();
+    let mut agg = Aggregator::keeping_at_exit_descriptors();
     agg.apply(&fork(PARENT, CHILD, 17));
     agg.apply(&open(CHILD, 5, "/tmp/x", 8));
     agg.apply(&open(CHILD, 6, "/tmp/y", 8));
@@ -288,7 +289,7 @@ fn fork_refines_snapshotted_child() {
 /// A reused pid starts a fresh process; the old one is kept for the report.
 #[test]
 fn reused_pid_is_a_new_process() {
-    let mut agg = Aggregator::new();
+    let mut agg = Aggregator::keeping_at_exit_descriptors();
     agg.apply(&fork(PARENT, CHILD, 17));
     agg.apply(&open(CHILD, 5, "/old", 8));
     agg.apply(&exit(CHILD, CHILD, Some(true)));
@@ -315,7 +316,7 @@ fn exec_closes_cloexec_descriptors() {
 /// An exit seen twice (vanished from /proc, then its event) keeps what was held at exit.
 #[test]
 fn second_exit_is_ignored() {
-    let mut agg = Aggregator::new();
+    let mut agg = Aggregator::keeping_at_exit_descriptors();
     agg.apply(&open(PARENT, 3, "/a", 1));
     agg.mark_vanished(PARENT, 10);
     agg.apply(&exit(PARENT, PARENT, Some(true)));
@@ -589,4 +590,72 @@ fn fd_reuse_across_threads_follows_ring_order() {
         open_fds(&agg, PARENT).is_empty(),
         "a second close (EBADF) is harmless"
     );
+}
+
+/// `open` from another stack.
+fn open_from(tgid: u32, fd: i32, stack_id: u32, t: u64) -> Event {
+    let mut event = open(tgid, fd, "/tmp/worker", t);
+    event.header.stack_id = Some(stack_id);
+    event
+}
+
+/// A thousand short-lived children that each exit holding three descriptors make one group
+/// of 1 000 processes and 3 000 descriptors; once reaped they are forgotten, so the tables
+/// hold what is live (the parent's leak) plus the groups, and a zombie stays.
+#[test]
+fn exits_fold_per_stack_and_reaped_processes_are_forgotten() {
+    let mut agg = Aggregator::new();
+    agg.apply(&open(PARENT, 3, "/var/leak", 1));
+    for child in 1000..2000 {
+        agg.apply(&fork(PARENT, child, 17));
+        for fd in 4..7 {
+            agg.apply(&open_from(child, fd, 5, 10));
+        }
+        agg.apply(&exit(child, child, Some(true)));
+    }
+    let groups: Vec<&AtExitGroup> = agg.at_exit_groups().collect();
+    assert_eq!(groups.len(), 1);
+    let group = groups[0];
+    assert_eq!(group.stack.map(|s| s.id), Some(5));
+    assert_eq!((group.processes, group.descriptors), (1000, 3000));
+    assert_eq!(group.median_per_process(), 3);
+    assert!(agg.processes().all(|p| p.held_at_exit.is_empty()));
+
+    let forgotten = agg.forget_reaped(|p| p.pid == 1500);
+    assert_eq!(forgotten, 999);
+    assert_eq!(agg.exited_forgotten, 999);
+    let left: Vec<u32> = agg.processes().map(|p| p.pid).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(agg.process(1500).is_some_and(Process::exited));
+    assert_eq!(open_fds(&agg, PARENT), vec![3]);
+    assert_eq!(agg.at_exit_groups().next().unwrap().processes, 1000);
+}
+
+/// With `--at-exit-descriptors` nothing is forgotten: every exited process and what it held
+/// stays for the report.
+#[test]
+fn keeping_at_exit_descriptors_forgets_nothing() {
+    let mut agg = Aggregator::keeping_at_exit_descriptors();
+    for child in 1000..1010 {
+        agg.apply(&fork(PARENT, child, 17));
+        agg.apply(&open_from(child, 4, 5, 10));
+        agg.apply(&exit(child, child, Some(true)));
+    }
+    assert_eq!(agg.forget_reaped(|_| false), 0);
+    let held: usize = agg.processes().map(|p| p.held_at_exit.len()).sum();
+    assert_eq!(held, 10);
+    assert_eq!(agg.at_exit_groups().next().unwrap().processes, 10);
+}
+
+/// By default a reused pid drops the earlier process: what it held is in the groups already.
+#[test]
+fn reused_pid_is_folded_not_kept() {
+    let mut agg = Aggregator::new();
+    agg.apply(&fork(PARENT, CHILD, 17));
+    agg.apply(&open(CHILD, 5, "/old", 8));
+    agg.apply(&exit(CHILD, CHILD, Some(true)));
+    agg.apply(&fork(PARENT, CHILD, 17));
+    assert_eq!(agg.processes().count(), 2);
+    assert_eq!(agg.exited_forgotten, 1);
+    assert_eq!(agg.at_exit_groups().next().unwrap().descriptors, 1);
 }

@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// How a descriptor came to be in the table.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Origin {
     /// Created by this syscall while we watched (possibly in an ancestor: see `inherited`).
     Syscall(Syscall),
@@ -126,6 +126,8 @@ pub(crate) struct Process {
     pub new_threads: HashMap<u32, LiveThread>,
     /// The stack in the parent that forked it, when we saw the fork.
     pub fork_stack: Option<StackRef>,
+    /// Forked while traced (not found at attach): once exited and reaped it may be forgotten.
+    pub forked_while_traced: bool,
     /// Working directory (escaped like paths), for relative opens; `None` until known.
     pub cwd: Option<String>,
     /// starttime from /proc/PID/stat: tells this process from a later one with its pid.
@@ -151,6 +153,7 @@ impl Process {
             },
             new_threads: HashMap::new(),
             fork_stack: None,
+            forked_while_traced: false,
             cwd: None,
             start_time: None,
             pending: HashMap::new(),

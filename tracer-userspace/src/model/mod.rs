@@ -5,10 +5,12 @@ mod escape;
 mod frame;
 mod kind;
 mod listed_fd;
+mod rate;
 mod stack_ref;
 
 pub(crate) use escape::escape_bytes;
 pub(crate) use frame::Frame;
 pub(crate) use kind::DescriptorKind;
 pub(crate) use listed_fd::ListedFd;
+pub(crate) use rate::{DecayingRate, recent_per_minute};
 pub(crate) use stack_ref::StackRef;

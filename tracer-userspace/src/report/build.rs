@@ -7,8 +7,9 @@ use std::{
 };
 
 use super::{
-    DescriptorEntry, EventCounts, FrameEntry, LearnedBy, OpenedBy, ProcessEntry, REPORT_VERSION,
-    Report, Target, ThreadCountsEntry,
+    DescriptorEntry, EventCounts, FrameEntry, LearnedBy, OpenedBy, ProcessCounts, ProcessEntry,
+    REPORT_VERSION, Report, Target, ThreadCountsEntry,
+    at_exit::at_exit_stacks,
     deleted::deleted_files,
     group::{group_by_stack, group_threads, group_zombies},
     resolver::{Resolver, frames_of},
@@ -66,15 +67,26 @@ pub(crate) fn build(
     attach_frames(&mut descriptors, resolver);
 
     let stacks = group_by_stack(&descriptors);
+    let at_exit_stacks = at_exit_stacks(agg.at_exit_groups(), facts.now_ns, resolver);
     let thread_stacks = group_threads(&processes, facts.now_ns, resolver);
     let process_entries = process_entries(&processes, resolver);
+    let exited_listed = process_entries.iter().filter(|p| p.exited).count() as u64;
+    let process_counts = ProcessCounts {
+        live: process_entries.len() as u64 - exited_listed,
+        exited: exited_listed + agg.exited_forgotten,
+        exited_listed,
+    };
     let tcp = tcp_states(&descriptors, facts.time_wait_now);
     let deleted_files = deleted_files(&descriptors);
     let events = event_counts(
         facts,
         agg.reconciled_closed + closed_at_report,
         agg.reconciled_opened,
-        unverified.len() as u64,
+        // Counted from the groups: the entries are listed only with --at-exit-descriptors.
+        agg.at_exit_groups()
+            .filter(|g| g.unverified)
+            .map(|g| g.descriptors)
+            .sum(),
     );
 
     Report {
@@ -91,6 +103,8 @@ pub(crate) fn build(
         time_wait: facts.time_wait.clone(),
         processes: process_entries,
         stacks,
+        at_exit_stacks,
+        process_counts,
         thread_stacks,
         tcp,
         deleted_files,
@@ -159,7 +173,7 @@ pub(super) fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> Des
 
 /// A descriptor open before attach stays `pre-existing` in the children that inherit it; one
 /// that came into a parent while traced is `inherited` in its children.
-fn opened_by(origin: Origin, inherited: bool) -> OpenedBy {
+pub(super) fn opened_by(origin: Origin, inherited: bool) -> OpenedBy {
     match (origin, inherited) {
         (Origin::PreExisting, _) => OpenedBy::PreExisting,
         (_, true) => OpenedBy::Inherited,

@@ -25,7 +25,14 @@ pub(crate) struct Report {
     /// table could be compared with /proc again: some may have been closed (their close
     /// lost), so they are kept out of `open_descriptors` and `stacks` (no false leaks).
     pub unverified_at_exit: Vec<DescriptorEntry>,
+    /// Live descriptors only, by creating stack.
     pub stacks: Vec<StackGroup>,
+    /// What processes still held when they exited (closed by the kernel then), by creating
+    /// stack: normal for short-lived workers, a leak only if the count per process grows.
+    pub at_exit_stacks: Vec<AtExitStackGroup>,
+    /// Processes seen while traced; `processes` lists the live ones, zombies and those
+    /// exited but not yet found reaped (all of them with `--at-exit-descriptors`).
+    pub process_counts: ProcessCounts,
     pub thread_stacks: Vec<ThreadStackGroup>,
     /// Children that exited and were never reaped, by parent and forking stack.
     pub zombies: Vec<ZombieGroup>,
@@ -244,6 +251,57 @@ pub(crate) struct StackGroup {
     pub opened_by: BTreeMap<OpenedBy, u64>,
     pub pids: Vec<u32>,
     pub stack: Vec<FrameEntry>,
+}
+
+/// Descriptors from one stack that processes held when they exited, in aggregate.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct AtExitStackGroup {
+    pub stack_id: Option<u32>,
+    /// False when events had been lost before these exits and /proc could not check the
+    /// tables: some may have been closed (the `unverified_at_exit` of these processes).
+    pub verified: bool,
+    /// Processes that exited holding at least one, and how many they held in all.
+    pub processes: u64,
+    pub descriptors: u64,
+    pub per_process: PerProcessCounts,
+    /// The latest exits held at least one more each, on average, than the first ones.
+    pub grew: bool,
+    pub kinds: BTreeMap<DescriptorKind, u64>,
+    pub opened_by: BTreeMap<OpenedBy, u64>,
+    /// The command of the first of them.
+    pub comm: String,
+    /// The first few pids, and the last.
+    pub pids: Vec<u32>,
+    pub first_exit_age_s: f64,
+    pub last_exit_age_s: f64,
+    /// The longest any of them had been open at its process's exit.
+    pub longest_held_s: f64,
+    /// Exits holding these, per minute, recently (decaying, see README).
+    pub exits_per_minute: f64,
+    /// The first few of them (`at_exit: true`, `age_s` = how long held at exit).
+    pub examples: Vec<DescriptorEntry>,
+    pub stack: Vec<FrameEntry>,
+}
+
+/// How many of a group's descriptors each process held at exit.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct PerProcessCounts {
+    pub min: u64,
+    pub median: u64,
+    pub max: u64,
+    /// Mean over the first 16 exits, and over the latest 16.
+    pub first_mean: f64,
+    pub recent_mean: f64,
+}
+
+/// Processes seen while traced.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct ProcessCounts {
+    pub live: u64,
+    /// Exited while traced (or before, as zombies), listed or not.
+    pub exited: u64,
+    /// Exited processes `processes` lists.
+    pub exited_listed: u64,
 }
 
 /// Live threads of one process that started while traced, from one creation stack.

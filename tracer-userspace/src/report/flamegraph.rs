@@ -9,7 +9,8 @@ use super::{FrameEntry, Report};
 
 /// The folded stacks of the report's descriptor groups, one line per group: the process
 /// name as the root, then the frames outermost first. Descriptors without a stack hang off
-/// the root as `[no stack: opened_by]`.
+/// the root as `[no stack: opened_by]`. What exited processes held comes after, under roots
+/// `COMM [held at exit]`.
 pub(crate) fn folded(report: &Report) -> Vec<String> {
     report
         .stacks
@@ -28,6 +29,15 @@ pub(crate) fn folded(report: &Report) -> Vec<String> {
             names.extend(group.stack.iter().rev().map(frame_name));
             format!("{} {}", names.join(";"), group.open_count)
         })
+        .chain(report.at_exit_stacks.iter().map(|group| {
+            // Held at exit: under a root of their own, never mixed with what is open.
+            let mut names = vec![format!("{} [held at exit]", sanitized(&group.comm))];
+            if group.stack.is_empty() {
+                names.push("[no stack]".to_string());
+            }
+            names.extend(group.stack.iter().rev().map(frame_name));
+            format!("{} {}", names.join(";"), group.descriptors)
+        }))
         .collect()
 }
 

@@ -8,18 +8,23 @@ use super::{
     resolver::{Resolver, frames_of},
     seconds,
 };
-use crate::{aggregator::Process, model::StackRef};
+use crate::{
+    aggregator::Process,
+    model::{StackRef, recent_per_minute},
+};
 
-/// Descriptors grouped by the stack that created them, most numerous first.
+/// Live descriptors grouped by the stack that created them, most numerous first; those held
+/// at exit (listed with `--at-exit-descriptors`) are in the report's `at_exit_stacks`.
 pub(super) fn group_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
-    let mut groups = tally_by_stack(descriptors);
-    set_growth(&mut groups, descriptors);
+    let live: Vec<&DescriptorEntry> = descriptors.iter().filter(|d| !d.at_exit).collect();
+    let mut groups = tally_by_stack(&live);
+    set_growth(&mut groups, &live);
     rank(&mut groups);
     groups
 }
 
 /// One group per stack, with its counts, kinds, openers, ages and holders.
-fn tally_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
+fn tally_by_stack(descriptors: &[&DescriptorEntry]) -> Vec<StackGroup> {
     let mut groups: Vec<StackGroup> = Vec::new();
     // Descriptors without a stack are told apart by how we learned of them.
     let mut index: HashMap<(Option<u32>, Option<LearnedBy>), usize> = HashMap::new();
@@ -54,23 +59,23 @@ fn tally_by_stack(descriptors: &[DescriptorEntry]) -> Vec<StackGroup> {
     groups
 }
 
-/// Growth counts what was created while traced (several of them: one has no rate), over the
-/// time since the oldest of those.
-fn set_growth(groups: &mut [StackGroup], descriptors: &[DescriptorEntry]) {
-    let mut created: HashMap<Option<u32>, (u64, f64)> = HashMap::new();
+/// Growth counts what was created while traced and is still open (several of them: one has
+/// no rate) at a recent rate: each counts e^(-age / 1 min) (see `model::rate`).
+fn set_growth(groups: &mut [StackGroup], descriptors: &[&DescriptorEntry]) {
+    let mut created: HashMap<Option<u32>, (u64, Vec<f64>)> = HashMap::new();
     // Only descriptors with a stack: those learned from /proc have neither a stack nor an
     // exact birth time to measure growth by.
     for d in descriptors
         .iter()
         .filter(|d| d.stack_id.is_some() && d.opened_by != OpenedBy::PreExisting)
     {
-        let (count, oldest) = created.entry(d.stack_id).or_insert((0, 0.0));
+        let (count, ages) = created.entry(d.stack_id).or_insert((0, Vec::new()));
         *count += 1;
-        *oldest = oldest.max(d.age_s);
+        ages.push(d.age_s);
     }
     for group in groups {
         group.per_minute = match created.get(&group.stack_id) {
-            Some(&(count, oldest)) if count > 1 => per_minute(count, oldest),
+            Some((count, ages)) if *count > 1 => recent_per_minute(ages.iter().copied()),
             _ => 0.0,
         };
     }
@@ -109,13 +114,16 @@ pub(super) fn group_threads(
             let oldest = seconds(now_ns.saturating_sub(*starts.iter().min().unwrap_or(&now_ns)));
             let newest = seconds(now_ns.saturating_sub(*starts.iter().max().unwrap_or(&now_ns)));
             let live = starts.len() as u64;
+            let ages = starts
+                .iter()
+                .map(|&start| seconds(now_ns.saturating_sub(start)));
             groups.push(ThreadStackGroup {
                 pid: process.pid,
                 live,
                 stack_id,
                 oldest_age_s: oldest,
                 newest_age_s: newest,
-                per_minute: per_minute(live, oldest),
+                per_minute: recent_per_minute(ages),
                 stack: frames_of(stack, resolver),
             });
         }
@@ -161,9 +169,4 @@ pub(super) fn group_zombies(
     }
     groups.sort_by_key(|g| std::cmp::Reverse(g.count));
     groups
-}
-
-/// `count` over `seconds`, per minute; over less than a second it is counted as one second.
-fn per_minute(count: u64, seconds: f64) -> f64 {
-    (count as f64 * 60.0 / seconds.max(1.0) * 10.0).round() / 10.0
 }

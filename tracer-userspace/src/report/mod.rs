@@ -4,6 +4,7 @@
 //! [`text`] renders the report for people, serde for
 //! scripts, [`flamegraph`] as an SVG.
 
+mod at_exit;
 mod build;
 mod contract;
 mod deleted;

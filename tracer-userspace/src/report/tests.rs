@@ -137,8 +137,8 @@ fn groups_by_stack() {
     let top = &report.stacks[0];
     assert_eq!((top.stack_id, top.open_count), (Some(7), 5));
     assert_eq!((top.oldest_age_s, top.newest_age_s), (4.0, 4.0));
-    // Five in the four seconds since the oldest opened.
-    assert_eq!(top.per_minute, 75.0);
+    // Five opened four seconds ago, each weighing e^(-4 s / 1 min): 4.7/min lately.
+    assert_eq!(top.per_minute, 4.7);
     assert_eq!(top.kinds[&DescriptorKind::Socket], 5);
     assert_eq!(top.opened_by[&OpenedBy::Syscall(Syscall::Accept4)], 5);
     assert_eq!(top.stack[0].symbol.as_deref(), Some("fn_7"));
@@ -257,7 +257,8 @@ fn groups_live_threads() {
     let group = &report.thread_stacks[0];
     assert_eq!((group.pid, group.live, group.stack_id), (1, 3, Some(11)));
     assert_eq!((group.oldest_age_s, group.newest_age_s), (4.0, 2.0));
-    assert_eq!(group.per_minute, 45.0);
+    // Started 4, 3 and 2 s ago: e^(-4/60) + e^(-3/60) + e^(-2/60) per minute.
+    assert_eq!(group.per_minute, 2.9);
 }
 
 /// Descriptors /proc shows closed are dropped and counted as reconciled.
@@ -408,4 +409,73 @@ fn group_opened_by_keys_in_name_order() {
         ),
         "{json}"
     );
+}
+
+/// 300 short-lived children that each exit holding two descriptors, next to a live leak of
+/// five: the live group is `stacks` (and #1 in the text), the exits are one `at_exit_stacks`
+/// group of 300 processes and 600 descriptors, `open_descriptors` lists none of them unless
+/// asked, and the text names at most three of the pids.
+#[test]
+fn held_at_exit_is_aggregated_apart_from_live() {
+    let children = 100..400u32;
+    for keep in [false, true] {
+        let mut agg = if keep {
+            Aggregator::keeping_at_exit_descriptors()
+        } else {
+            Aggregator::new()
+        };
+        for fd in 4..9 {
+            agg.apply(&accept(fd, 7, 1_000_000_000));
+        }
+        for child in children.clone() {
+            agg.apply(&task(1, child, 0, 3, 2_000_000_000));
+            for fd in [10, 11] {
+                let mut opened = accept(fd, 9, 2_000_000_000);
+                opened.header.tgid = child;
+                opened.header.tid = child;
+                agg.apply(&opened);
+            }
+            agg.apply(&Event {
+                header: Header {
+                    tgid: child,
+                    tid: child,
+                    timestamp_ns: 3_000_000_000,
+                    ..header()
+                },
+                body: EventBody::TaskExited(TaskExited {
+                    group_dead: Some(true),
+                }),
+            });
+        }
+        let report = build(&agg, &facts(), &mut FakeResolver { closed: vec![] });
+        assert_eq!(report.stacks.len(), 1, "keep {keep}");
+        assert_eq!(
+            (report.stacks[0].stack_id, report.stacks[0].open_count),
+            (Some(7), 5)
+        );
+        let group = &report.at_exit_stacks[0];
+        assert_eq!(report.at_exit_stacks.len(), 1);
+        assert_eq!(
+            (group.stack_id, group.processes, group.descriptors),
+            (Some(9), 300, 600)
+        );
+        assert_eq!((group.per_process.median, group.grew), (2, false));
+        assert!(group.pids.len() <= 6, "{:?}", group.pids);
+        assert_eq!(group.examples.len(), 5);
+        assert!(group.examples.iter().all(|d| d.at_exit && d.age_s == 1.0));
+        let at_exit = report.open_descriptors.iter().filter(|d| d.at_exit).count();
+        assert_eq!(at_exit, if keep { 600 } else { 0 });
+        assert_eq!(report.process_counts.exited, 300);
+
+        let text = text::render_top(&report, 10);
+        let live_at = text.find("\n#1  5 sockets").expect(&text);
+        let exits_at = text.find("\n#E1  600 sockets").expect(&text);
+        assert!(live_at < exits_at, "{text}");
+        let line = text[exits_at..].lines().nth(1).unwrap();
+        assert!(
+            line.contains("held at exit by 300 processes (100, 101, 102, ...)"),
+            "{line}"
+        );
+        assert!(!text.contains("still open in 300"), "{text}");
+    }
 }

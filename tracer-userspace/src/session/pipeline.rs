@@ -55,10 +55,14 @@ pub(super) struct State<'p> {
 }
 
 impl<'p> State<'p> {
-    pub(super) fn new(probes: &'p Probes) -> Self {
+    pub(super) fn new(probes: &'p Probes, at_exit_descriptors: bool) -> Self {
         Self {
             probes,
-            agg: Aggregator::new(),
+            agg: if at_exit_descriptors {
+                Aggregator::keeping_at_exit_descriptors()
+            } else {
+                Aggregator::new()
+            },
             stacks: StackStore::new(),
             tcp: TcpTracker::new(),
             records: RecordCounts::default(),
@@ -85,6 +89,7 @@ impl<'p> State<'p> {
         // Events after the stop are not applied: nothing is read while listing.
         let listings = reconcile::list_tables(&self.agg, self.probes.lost().total(), || {});
         reconcile::apply_listings(&mut self.agg, &listings);
+        reconcile::forget_reaped(&mut self.agg);
         log::info!(
             "stopped: {stop:?}; applied the last events in {:.3}s",
             (monotonic_ns() - stopped_ns) as f64 / 1e9
@@ -122,6 +127,7 @@ impl<'p> State<'p> {
             }
         }
         reconcile::apply_listings(&mut self.agg, &listings);
+        reconcile::forget_reaped(&mut self.agg);
         self.reconciler.finished(began, lost);
     }
 

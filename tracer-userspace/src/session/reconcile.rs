@@ -115,6 +115,20 @@ pub(super) fn apply_listings(agg: &mut Aggregator, listings: &Listings) -> Recon
     total
 }
 
+/// Forgets the exited processes /proc no longer shows (reaped): the tables keep what is live,
+/// zombies, and one group per stack of what exited processes held, however many came and
+/// went. A pid now naming a later process (another start time) is gone too.
+pub(super) fn forget_reaped(agg: &mut Aggregator) {
+    let forgotten = agg.forget_reaped(|p| match (procfs::start_time(p.pid), p.start_time) {
+        (Some(now), Some(then)) => now == then,
+        (now, None) => now.is_some(),
+        (None, Some(_)) => false,
+    });
+    if forgotten > 0 {
+        log::debug!("forgot {forgotten} reaped processes");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

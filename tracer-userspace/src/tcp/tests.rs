@@ -128,17 +128,20 @@ fn close_wait_then_app_closes() {
 }
 
 /// A client closing first N times to the same server port makes one group keyed by its local
-/// IP and the server's IP:port, with the rate over first-to-now; a span under one second
-/// counts as one second.
+/// IP and the server's IP:port, with a recent rate (each close weighs e^(-age / 1 min)): a
+/// burst is never stretched into a rate over a shorter span than a minute.
 #[test]
 fn client_time_wait_group() {
     for (closes, every_ns, now_ns, per_minute, newest_age_s) in [
-        // 30 per 60 s = 30.0/min; the newest closed at 58 s + 12 ns.
-        (30, 2 * SEC, 60 * SEC, 30.0, 2.0),
-        // The same over 90 s: 20.0/min.
-        (30, 2 * SEC, 90 * SEC, 20.0, 32.0),
-        // 3 within 2 µs, half a second ago: 3 per (at least) one second.
-        (3, 1000, SEC / 2, 180.0, 0.5),
+        // 30 in the last 60 s, weighted by age: 18.6/min; the newest closed at 58 s + 12 ns.
+        (30, 2 * SEC, 60 * SEC, 18.6, 2.0),
+        // The same seen 30 s later has faded: 11.3/min.
+        (30, 2 * SEC, 90 * SEC, 11.3, 32.0),
+        // 3 within 2 µs, half a second ago: 3/min, not 3 per second.
+        (3, 1000, SEC / 2, 3.0, 0.5),
+        // A burst of 500 in 0.1 s, right after it: 499.6/min; 30 s later: 303.5/min.
+        (500, SEC / 10 / 500, SEC / 10, 499.6, 0.0),
+        (500, SEC / 10 / 500, 30 * SEC, 303.5, 29.9),
     ] {
         let mut t = TcpTracker::new();
         for i in 0..closes {

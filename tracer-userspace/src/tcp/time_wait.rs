@@ -11,6 +11,7 @@ use super::{
     LISTEN, MAX_KNOWN_LISTENERS, MAX_TIME_WAIT_GROUPS, MAX_TIME_WAIT_PAIRS, Side, Sock,
     TcpTransition,
 };
+use crate::model::DecayingRate;
 
 /// Connections one process left in `TIME_WAIT` towards one endpoint while traced.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -25,8 +26,7 @@ pub(crate) struct TimeWaitGroup {
     pub remote: String,
     /// Connections that entered TIME_WAIT while traced.
     pub count: u64,
-    /// Per minute, over the span from the first one to now (a span under 1 s counts as 1 s);
-    /// one decimal.
+    /// Per minute, recently: each counts e^(-age / 1 min) (see `model::rate`); one decimal.
     pub per_minute: f64,
     /// Age of the newest, seconds, millisecond precision.
     pub newest_age_s: f64,
@@ -59,7 +59,7 @@ struct GroupKey {
 #[derive(Clone, Copy, Debug)]
 struct GroupStats {
     count: u64,
-    first_ns: u64,
+    rate: DecayingRate,
     last_ns: u64,
 }
 
@@ -96,14 +96,18 @@ impl TimeWaits {
         let key = self.group_key(t, sock);
         if let Some(stats) = self.groups.get_mut(&key) {
             stats.count += 1;
-            stats.first_ns = stats.first_ns.min(t.at_ns);
+            stats.rate.record(t.at_ns);
             stats.last_ns = stats.last_ns.max(t.at_ns);
         } else if self.groups.len() < MAX_TIME_WAIT_GROUPS {
             self.groups.insert(
                 key,
                 GroupStats {
                     count: 1,
-                    first_ns: t.at_ns,
+                    rate: {
+                        let mut rate = DecayingRate::default();
+                        rate.record(t.at_ns);
+                        rate
+                    },
                     last_ns: t.at_ns,
                 },
             );
@@ -153,15 +157,13 @@ impl TimeWaits {
             .groups
             .iter()
             .map(|(key, stats)| {
-                let span_s = (now_ns.saturating_sub(stats.first_ns) as f64 / 1e9).max(1.0);
-                let per_minute = stats.count as f64 * 60.0 / span_s;
                 let age_s = now_ns.saturating_sub(stats.last_ns) as f64 / 1e9;
                 TimeWaitGroup {
                     pid: key.pid,
                     local: key.local.render(),
                     remote: key.remote.render(),
                     count: stats.count,
-                    per_minute: (per_minute * 10.0).round() / 10.0,
+                    per_minute: stats.rate.per_minute(now_ns),
                     newest_age_s: (age_s * 1000.0).round() / 1000.0,
                 }
             })

@@ -189,7 +189,7 @@ pub(crate) fn memory(
 }
 
 /// Polls the tracer's peak resident size until it exits: its last value covers the report.
-fn watch_peak(pid: u32) -> thread::JoinHandle<Option<u64>> {
+pub(crate) fn watch_peak(pid: u32) -> thread::JoinHandle<Option<u64>> {
     thread::spawn(move || {
         let mut peak = None;
         while let Ok(kib) = status_kib(pid, "VmHWM") {
@@ -202,7 +202,7 @@ fn watch_peak(pid: u32) -> thread::JoinHandle<Option<u64>> {
 
 /// Waits until the tracer has used less than 20 ms of CPU in half a second (it has caught
 /// up with the events).
-fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_until_idle(pid: u32, timeout: Duration) -> Result<()> {
     let started = Instant::now();
     let mut last = cpu_ticks(pid)?;
     // Clock ticks are 10 ms on Linux's usual USER_HZ of 100.

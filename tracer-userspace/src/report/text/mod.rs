@@ -1,11 +1,13 @@
 //! The report for people: the biggest groups first, each headed by one sentence that names
 //! the guilty code, then its stack and a few of its descriptors.
 
+mod at_exit;
 mod stack;
 mod summary;
 
 use std::fmt::Write as _;
 
+use at_exit::at_exit_section;
 use stack::{application_frames, call_site, stack_lines};
 use summary::summary;
 use tracer_common::Syscall;
@@ -17,20 +19,25 @@ use crate::model::DescriptorKind;
 pub(crate) const GROUPS_SHOWN: usize = 10;
 /// Descriptors listed under each group.
 const DESCRIPTORS_SHOWN: usize = 5;
+/// Pids named in a headline; the rest are counted.
+const PIDS_SHOWN: usize = 3;
 
 /// The report with the `top` largest descriptor groups in full (`--top N`).
 pub(crate) fn render_top(report: &Report, top: usize) -> String {
     let mut out = String::new();
     summary(report, &mut out);
-    let (live, at_exit): (Vec<&DescriptorEntry>, Vec<&DescriptorEntry>) =
-        report.open_descriptors.iter().partition(|d| !d.at_exit);
+    let live: Vec<&DescriptorEntry> = report
+        .open_descriptors
+        .iter()
+        .filter(|d| !d.at_exit)
+        .collect();
     if live.is_empty() {
         let _ = writeln!(out, "\nNo descriptors open in the followed processes.");
     }
     for (rank, group) in report.stacks.iter().take(top).enumerate() {
-        let members: Vec<&DescriptorEntry> = report
-            .open_descriptors
+        let members: Vec<&DescriptorEntry> = live
             .iter()
+            .copied()
             .filter(|d| d.stack_id == group.stack_id)
             .collect();
         render_group(rank + 1, group, &members, report, &mut out);
@@ -47,13 +54,7 @@ pub(crate) fn render_top(report: &Report, top: usize) -> String {
             "\n... {more} with {rest} descriptors (--top N shows more, --json all)"
         );
     }
-    if !at_exit.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n{} descriptors were still held by processes when they exited (created by them, never closed).",
-            at_exit.len()
-        );
-    }
+    at_exit_section(report, top, &mut out);
     zombies(report, &mut out);
     time_wait(report, &mut out);
     threads(report, &mut out);
@@ -185,14 +186,7 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
         }
         None => String::new(),
     };
-    let holders: Vec<String> = group
-        .pids
-        .iter()
-        .map(|pid| {
-            let comm = comm_of(report, *pid);
-            format!("pid {pid} ({comm})")
-        })
-        .collect();
+    let holders = holders(group, report);
     let all_at_exit = members.iter().all(|d| d.at_exit);
     let state = if all_at_exit {
         "held at exit by"
@@ -206,11 +200,45 @@ fn headline(group: &StackGroup, members: &[&DescriptorEntry], report: &Report) -
         String::new()
     };
     format!(
-        "{} {how}, {state} {}, oldest {}{growth}",
+        "{} {how}, {state} {holders}, oldest {}{growth}",
         kinds.join(" + "),
-        holders.join(", "),
         age(group.oldest_age_s)
     )
+}
+
+/// "pid 7 (server)", "pid 7 (server), pid 9 (worker)", or past [`PIDS_SHOWN`] processes
+/// "2417 processes (server: 7, 9, 12, ...)".
+fn holders(group: &StackGroup, report: &Report) -> String {
+    if group.pids.len() <= PIDS_SHOWN.min(2) {
+        let named: Vec<String> = group
+            .pids
+            .iter()
+            .map(|pid| format!("pid {pid} ({})", comm_of(report, *pid)))
+            .collect();
+        return named.join(", ");
+    }
+    let comm = comm_of(report, group.pids[0]);
+    format!(
+        "{} ({})",
+        count(group.pids.len() as u64, "process", "processes"),
+        pid_list(comm, &group.pids, group.pids.len() as u64)
+    )
+}
+
+/// "worker: 18807, 18808, 18809, ..." naming at most [`PIDS_SHOWN`] of `total` processes.
+fn pid_list(comm: &str, pids: &[u32], total: u64) -> String {
+    let shown: Vec<String> = pids.iter().take(PIDS_SHOWN).map(u32::to_string).collect();
+    let more = if total > shown.len() as u64 {
+        ", ..."
+    } else {
+        ""
+    };
+    let lead = if comm.is_empty() || comm == "?" {
+        String::new()
+    } else {
+        format!("{comm}: ")
+    };
+    format!("{lead}{}{more}", shown.join(", "))
 }
 
 /// What the headline says was done to the group's descriptors, by its first `opened_by`.
@@ -225,8 +253,7 @@ fn verb(opened_by: OpenedBy) -> &'static str {
 }
 
 fn processes(report: &Report, out: &mut String) {
-    let live = report.processes.iter().filter(|p| !p.exited).count();
-    let exited = report.processes.len() - live;
+    let (live, exited) = (report.process_counts.live, report.process_counts.exited);
     let _ = writeln!(
         out,
         "\nProcesses: {live} live, {exited} exited while traced"
@@ -296,8 +323,8 @@ mod tests {
         assert!(all.contains("\n#2  ") && !all.contains("more groups"));
         assert!(one.contains("\n#1  ") && !one.contains("\n#2  "));
         assert!(one.contains(&format!("... {} more groups", report.stacks.len() - 1)));
-        // The largest group grows: five sockets in four seconds.
-        assert!(one.contains("75/min"), "{one}");
+        // The largest group grows: five sockets in the last four seconds.
+        assert!(one.contains("4.7/min"), "{one}");
     }
 
     /// The headline's verb follows the first way the group's descriptors were opened; only

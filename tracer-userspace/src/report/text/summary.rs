@@ -46,7 +46,7 @@ fn event_lines(report: &Report, out: &mut String) {
         if report.events.unverified_at_exit > 0 {
             let _ = writeln!(
                 out,
-                "WARNING: {} held at exit by processes that exited after the loss could not be checked against /proc; they are listed under unverified_at_exit, not as leaks",
+                "WARNING: {} held at exit by processes that exited after the loss could not be checked against /proc; they are counted apart (at_exit_stacks with verified false; listed under unverified_at_exit with --at-exit-descriptors)",
                 count(
                     report.events.unverified_at_exit,
                     "descriptor",
