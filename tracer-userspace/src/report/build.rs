@@ -91,6 +91,7 @@ pub(crate) fn build(
         stacks,
         thread_stacks,
         tcp,
+        bad_closes: super::bad_closes::bad_closes(agg, facts.now_ns, resolver),
     }
 }
 
@@ -154,7 +155,7 @@ pub(super) fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> Des
 
 /// A descriptor open before attach stays `pre-existing` in the children that inherit it; one
 /// that came into a parent while traced is `inherited` in its children.
-fn opened_by(origin: Origin, inherited: bool) -> OpenedBy {
+pub(super) fn opened_by(origin: Origin, inherited: bool) -> OpenedBy {
     match (origin, inherited) {
         (Origin::PreExisting, _) => OpenedBy::PreExisting,
         (_, true) => OpenedBy::Inherited,

@@ -34,6 +34,8 @@ pub(crate) struct Report {
     /// TCP sockets of the followed processes by state: those held by descriptors, plus
     /// TIME_WAIT connections they left that are still in TIME_WAIT.
     pub tcp: BTreeMap<String, u64>,
+    /// Closes, dup2s and dup3s of descriptors that were not open (EBADF), by closing stack.
+    pub bad_closes: Vec<super::BadCloseGroupEntry>,
 }
 
 #[derive(Clone, Debug, Serialize)]

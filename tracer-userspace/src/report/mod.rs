@@ -4,6 +4,7 @@
 //! [`text`] renders the report for people, serde for
 //! scripts, [`flamegraph`] as an SVG.
 
+mod bad_closes;
 mod build;
 mod contract;
 pub(crate) mod flamegraph;
@@ -11,6 +12,7 @@ mod group;
 mod resolver;
 pub(crate) mod text;
 
+pub(crate) use bad_closes::{BadCloseEntry, BadCloseGroupEntry, LifeEntry};
 pub(crate) use build::{SessionFacts, build};
 pub(crate) use contract::*;
 pub(crate) use resolver::Resolver;

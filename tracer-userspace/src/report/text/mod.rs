@@ -1,6 +1,7 @@
 //! The report for people: the biggest groups first, each headed by one sentence that names
 //! the guilty code, then its stack and a few of its descriptors.
 
+mod bad_closes;
 mod stack;
 mod summary;
 
@@ -57,6 +58,7 @@ pub(crate) fn render_top(report: &Report, top: usize) -> String {
     zombies(report, &mut out);
     time_wait(report, &mut out);
     threads(report, &mut out);
+    bad_closes::bad_closes(report, &mut out);
     processes(report, &mut out);
     out
 }
