@@ -33,6 +33,7 @@ pub const FIXTURES: &[&str] = &[
     "fd_families",
     "stack_leak",
     "stack_base",
+    "bad_close",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.

@@ -160,7 +160,8 @@ fn decodes_failed_closes() {
             _pad: 0,
         },
     };
-    let close = decode(&with_stack(&event(Syscall::Close, u64::MAX), &[1; 16])).unwrap();
+    let record = with_stack(&event(Syscall::Close, u64::MAX), &[1; 16]);
+    let close = decode(&record).unwrap();
     assert_eq!(
         close.event.body,
         EventBody::CloseFailed(CloseFailed {
@@ -170,7 +171,8 @@ fn decodes_failed_closes() {
         })
     );
     assert_eq!(close.stack_top.map(|t| t.bytes.len()), Some(16));
-    let dup2 = decode(&with_stack(&event(Syscall::Dup2, 5), &[1; 16])).unwrap();
+    let record = with_stack(&event(Syscall::Dup2, 5), &[1; 16]);
+    let dup2 = decode(&record).unwrap();
     assert_eq!(
         dup2.event.body,
         EventBody::CloseFailed(CloseFailed {
