@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    ATTACH_TIMEOUT, Fixture, Report, Tracer, build_fixture, fd_count, frames_symbols,
-    require_root, symbol_is,
+    ATTACH_TIMEOUT, Fixture, Report, Tracer, build_fixture, fd_count, frames_symbols, require_root,
+    symbol_is,
 };
 
 /// Runs `bad_close MODE` under the tracer until its DONE line; returns the line's words, the
@@ -68,7 +68,11 @@ fn double_close_from_two_functions() {
     let (done, fixture, report, _) = run("double");
     let ctx = report.context();
     let pid = fixture.pid();
-    assert_eq!(field(&done, "errno"), 9, "the second close must fail with EBADF");
+    assert_eq!(
+        field(&done, "errno"),
+        9,
+        "the second close must fail with EBADF"
+    );
     let fd = field(&done, "fd");
 
     let groups = groups_of(&report, pid);
@@ -101,7 +105,11 @@ fn stale_close_of_a_reused_number_names_both_stacks() {
     require_root();
     let (done, fixture, report, _) = run("stale");
     let ctx = report.context();
-    assert_eq!(field(&done, "reused"), 1, "the victim must reuse the number");
+    assert_eq!(
+        field(&done, "reused"),
+        1,
+        "the victim must reuse the number"
+    );
     assert_eq!(field(&done, "stale_ret"), 0, "the stale close must succeed");
     assert_eq!(field(&done, "errno"), 9, "the victim's close must fail");
     let (fd, culprit, victim) = (

@@ -70,7 +70,14 @@ pub(super) fn emit_close_failed(
     target: i32,
 ) {
     let args = [target as i64 as u64, 0, 0];
-    emit(Some(ctx), caller, EventKind::CloseFailed, fd, syscall as u32, args);
+    emit(
+        Some(ctx),
+        caller,
+        EventKind::CloseFailed,
+        fd,
+        syscall as u32,
+        args,
+    );
 }
 
 /// Emits one [`EventKind::FdChanged`] [`FdEvent`]: no stack, since the report never shows

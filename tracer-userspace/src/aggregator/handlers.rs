@@ -2,8 +2,7 @@
 //! dispatches here, in ring buffer order.
 
 use tracer_common::{
-    CLONE_FILES, CLONE_THREAD,
-    Syscall,
+    CLONE_FILES, CLONE_THREAD, Syscall,
     abi::{CLOSE_RANGE_CLOEXEC, CLOSE_RANGE_UNSHARE},
 };
 

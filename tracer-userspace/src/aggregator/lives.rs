@@ -71,7 +71,10 @@ impl Lives {
 
     /// The remembered lives of number `fd`, newest first.
     pub(crate) fn of(&self, fd: i32) -> impl Iterator<Item = &Life> {
-        self.ring.iter().rev().filter(move |l| l.descriptor.fd == fd)
+        self.ring
+            .iter()
+            .rev()
+            .filter(move |l| l.descriptor.fd == fd)
     }
 
     #[cfg(test)]

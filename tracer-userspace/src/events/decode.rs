@@ -11,8 +11,8 @@ use tracer_common::{
 };
 
 use super::{
-    CloexecSet, CloseFailed, Decoded, Event, EventBody, FdClosed, FdCreated, FileOpened, Header, RangeClosed,
-    StackTop, TaskCreated, TaskExited, TcpState,
+    CloexecSet, CloseFailed, Decoded, Event, EventBody, FdClosed, FdCreated, FileOpened, Header,
+    RangeClosed, StackTop, TaskCreated, TaskExited, TcpState,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -4,8 +4,7 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExitEvent, FdEvent, FileOpenEvent,
-    ForkEvent,
-    GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
+    ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
 };
 
 use super::{decode::DecodeError, *};

@@ -6,9 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::{
-    FrameEntry, OpenedBy, build::opened_by, resolver::Resolver, seconds,
-};
+use super::{FrameEntry, OpenedBy, build::opened_by, resolver::Resolver, seconds};
 use crate::{
     aggregator::{Aggregator, BadClose, Life},
     model::{DescriptorKind, StackRef},
@@ -107,7 +105,11 @@ pub(super) fn bad_closes(
     let mut groups: Vec<BadCloseGroupEntry> = by_stack
         .into_values()
         .map(|mut g| {
-            g.pids = pids.remove(&g.stack_id).unwrap_or_default().into_iter().collect();
+            g.pids = pids
+                .remove(&g.stack_id)
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
             g
         })
         .collect();
@@ -173,5 +175,103 @@ fn life_entry<R: Resolver>(life: &Life, now_ns: u64, frames: &mut Frames<'_, R>)
         lived_s: seconds(life.closed_at_ns.saturating_sub(d.opened_at_ns)),
         stack_id: d.stack.map(|s| s.id),
         stack: frames.of(d.stack),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_common::Syscall;
+
+    use super::*;
+    use crate::{
+        aggregator::tests::header,
+        events::{CloseFailed, Event, EventBody, FdClosed, FileOpened},
+        model::Frame,
+        report::{SessionFacts, build, text},
+    };
+
+    /// Names every stack `fn_ID`.
+    struct Named;
+
+    impl Resolver for Named {
+        fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
+            vec![Frame {
+                symbol: Some(format!("fn_{}", stack.id)),
+                module: Some("/srv/app".into()),
+                ..Frame::unknown(0x1000 + u64::from(stack.id))
+            }]
+        }
+        fn refresh(
+            &mut self,
+            _pid: u32,
+            _descriptors: &mut [super::super::DescriptorEntry],
+        ) -> Vec<i32> {
+            Vec::new()
+        }
+        fn is_zombie(&mut self, _pid: u32, _ppid: u32) -> bool {
+            false
+        }
+    }
+
+    /// Two failed closes of one number from one stack, in two processes' worth of one
+    /// group: counted together, each kept with the opening stack of the number's last life;
+    /// the text has the section, the closing function and the opening one.
+    #[test]
+    fn groups_by_closing_stack() {
+        let mut agg = Aggregator::new();
+        let ms = 1_000_000;
+        for pid in [10, 20] {
+            agg.apply(&Event {
+                header: header(pid, pid, ms, Some(1)),
+                body: EventBody::FileOpened(FileOpened {
+                    fd: 3,
+                    syscall: Syscall::Openat,
+                    dirfd: -100,
+                    flags: 0,
+                    path: Some(b"/etc/app.conf".to_vec()),
+                    path_truncated: false,
+                }),
+            });
+            agg.apply(&Event {
+                header: header(pid, pid, 2 * ms, None),
+                body: EventBody::FdClosed(FdClosed { fd: 3 }),
+            });
+            agg.apply(&Event {
+                header: header(pid, pid, 3 * ms, Some(2)),
+                body: EventBody::CloseFailed(CloseFailed {
+                    fd: 3,
+                    syscall: Syscall::Close,
+                    target: None,
+                }),
+            });
+        }
+        let facts = SessionFacts {
+            now_ns: 1_000 * ms,
+            ..SessionFacts::default()
+        };
+        let report = build(&agg, &facts, &mut Named);
+        assert_eq!(report.bad_closes.len(), 1);
+        let group = &report.bad_closes[0];
+        assert_eq!((group.stack_id, group.count), (Some(2), 2));
+        assert_eq!(group.pids, vec![10, 20]);
+        assert_eq!(group.closes.len(), 2);
+        let life = &group.closes[0].previous_lives[0];
+        assert_eq!(
+            (life.detail.as_str(), life.stack_id),
+            ("/etc/app.conf", Some(1))
+        );
+        assert_eq!((life.lived_s, life.closed_by), (0.001, "close"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["bad_closes"][0]["syscalls"]["close"], 2);
+        let text = text::render_top(&report, 10);
+        assert!(
+            text.contains("Closes of descriptors that were not open (EBADF): 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("2 failed closes (close ×2) in `fn_2`"),
+            "{text}"
+        );
+        assert!(text.contains("in `fn_1`"), "{text}");
     }
 }

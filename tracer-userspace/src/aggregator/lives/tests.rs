@@ -114,7 +114,11 @@ fn stale_close_of_a_reused_number() {
     assert_eq!((g.count, g.suspected_stale), (1, 1));
     let example = &g.examples[0];
     assert!(example.suspected_stale);
-    let stacks: Vec<_> = example.lives.iter().map(|l| l.descriptor.stack.map(|s| s.id)).collect();
+    let stacks: Vec<_> = example
+        .lives
+        .iter()
+        .map(|l| l.descriptor.stack.map(|s| s.id))
+        .collect();
     assert_eq!(stacks, vec![Some(2), Some(1)]);
     let tids: Vec<_> = example
         .lives

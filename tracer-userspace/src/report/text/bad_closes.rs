@@ -3,7 +3,10 @@
 
 use std::fmt::Write as _;
 
-use super::{GROUPS_SHOWN, age, comm_of, count, stack::call_site, stack::stack_lines};
+use super::{
+    GROUPS_SHOWN, age, comm_of, count,
+    stack::{call_site, stack_lines},
+};
 use crate::report::{BadCloseEntry, LifeEntry, Report};
 
 /// Failed closes shown per group.
@@ -94,7 +97,7 @@ fn close_lines(close: &BadCloseEntry, out: &mut String) {
             close.fd,
             life.opener_tid,
             life.closer_tid,
-            age(life.lived_s),
+            lifetime(life.lived_s),
             close.tid
         );
     }
@@ -108,7 +111,7 @@ fn life_lines(fd: i32, i: usize, life: &LifeEntry, out: &mut String) {
     let site = call_site(&life.stack, " in ");
     let _ = writeln!(
         out,
-        "      {when}: fd {fd} was {} {}, opened by {} (tid {}){site} {} ago, closed by {} (tid {}) {} ago",
+        "      {when}: fd {fd} was {} {}, opened by {} (tid {}){site} {} ago, closed by {} (tid {}) {} later",
         life.kind.as_str(),
         life.detail,
         life.opened_by.name(),
@@ -116,6 +119,30 @@ fn life_lines(fd: i32, i: usize, life: &LifeEntry, out: &mut String) {
         age(life.opened_age_s),
         life.closed_by,
         life.closer_tid,
-        age(life.closed_age_s)
+        lifetime(life.lived_s)
     );
+}
+
+/// How long a descriptor lived: often well under a second, where `age` would say 0.0s.
+fn lifetime(seconds: f64) -> String {
+    if seconds >= 1.0 {
+        age(seconds)
+    } else if seconds >= 0.001 {
+        format!("{:.0}ms", seconds * 1e3)
+    } else {
+        "<1ms".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Short lives read in milliseconds, long ones like ages.
+    #[test]
+    fn lifetimes() {
+        assert_eq!(lifetime(0.0), "<1ms");
+        assert_eq!(lifetime(0.25), "250ms");
+        assert_eq!(lifetime(3.25), "3.2s");
+    }
 }
