@@ -27,8 +27,7 @@ pub(super) fn bad_closes(report: &Report, out: &mut String) {
     if stale > 0 {
         let _ = write!(
             out,
-            "; {} after another thread closed the number's descriptor (suspected stale close)",
-            count(stale, "came", "came")
+            "; {stale} after another thread closed the number's descriptor (suspected stale close)"
         );
     }
     out.push('\n');
@@ -45,7 +44,7 @@ pub(super) fn bad_closes(report: &Report, out: &mut String) {
             .collect();
         let _ = writeln!(
             out,
-            "\n!{}  {} ({}){} in {}, last {} ago",
+            "\n!{}  {} ({}){}, {}, last {} ago",
             rank + 1,
             count(group.count, "failed close", "failed closes"),
             calls.join(", "),
