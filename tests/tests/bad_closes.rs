@@ -61,7 +61,8 @@ fn has_frame(stack: &Value, name: &str) -> bool {
 
 /// open_config opens, release_config closes, shutdown_config closes again and gets EBADF:
 /// one failed close, from shutdown_config's stack (not release_config's), whose number's
-/// previous life is the /dev/null that open_config opened and this thread closed.
+/// previous life is the /dev/null that open_config opened and this thread closed. Then
+/// redirect_config's dup2 from that number fails too: a second group, with the same life.
 #[test]
 fn double_close_from_two_functions() {
     require_root();
@@ -73,15 +74,30 @@ fn double_close_from_two_functions() {
         9,
         "the second close must fail with EBADF"
     );
+    assert_eq!(
+        field(&done, "dup2_errno"),
+        9,
+        "the dup2 must fail with EBADF"
+    );
     let fd = field(&done, "fd");
 
     let groups = groups_of(&report, pid);
-    assert_eq!(groups.len(), 1, "one closing stack\n{ctx}");
-    let group = groups[0];
+    assert_eq!(groups.len(), 2, "the close and the dup2\n{ctx}");
+    let dup2 = groups
+        .iter()
+        .find(|g| has_frame(&g["stack"], "redirect_config"))
+        .unwrap_or_else(|| panic!("no group from redirect_config\n{ctx}"));
+    assert_eq!(dup2["syscalls"]["dup2"].as_u64(), Some(1), "{ctx}");
+    assert_eq!(dup2["closes"][0]["fd"].as_i64(), Some(fd), "{ctx}");
+    let dup2_life = &dup2["closes"][0]["previous_lives"][0];
+    assert!(has_frame(&dup2_life["stack"], "open_config"), "{ctx}");
+    let group = groups
+        .iter()
+        .find(|g| has_frame(&g["stack"], "shutdown_config"))
+        .unwrap_or_else(|| panic!("no group from shutdown_config\n{ctx}"));
     assert_eq!(group["count"].as_u64(), Some(1), "{ctx}");
     assert_eq!(group["syscalls"]["close"].as_u64(), Some(1), "{ctx}");
     assert_eq!(group["suspected_stale"].as_u64(), Some(0), "{ctx}");
-    assert!(has_frame(&group["stack"], "shutdown_config"), "{ctx}");
     assert!(!has_frame(&group["stack"], "release_config"), "{ctx}");
 
     let close = &group["closes"][0];

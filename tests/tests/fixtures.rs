@@ -82,7 +82,7 @@ fn busy_churn_closes_everything() {
 fn bad_close_fails_where_it_says() {
     let bin = build_fixture("bad_close", &[]);
     for (mode, expected) in [
-        ("double", "errno 9"),
+        ("double", "errno 9 dup2_errno 9"),
         ("stale", "reused 1 stale_ret 0 errno 9"),
         ("range", "ret 0"),
     ] {
