@@ -84,8 +84,9 @@ mod tests {
     #[test]
     fn floor_covers_every_tracepoint_with_empty_actions() {
         let script = empty_floor(Micro::Connect);
-        assert_eq!(script.lines().count(), 4);
+        assert_eq!(script.lines().count(), 5);
         assert!(script.contains("tracepoint:sock:inet_sock_set_state /pid == cpid/ {}"));
+        assert!(script.contains("tracepoint:syscalls:sys_exit_close /pid == cpid/ {}"));
         assert!(script.lines().all(|line| line.ends_with("{}")));
     }
 
