@@ -34,6 +34,7 @@ pub const FIXTURES: &[&str] = &[
     "stack_leak",
     "stack_base",
     "exit_workers",
+    "bad_close",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.

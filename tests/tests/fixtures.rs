@@ -75,6 +75,30 @@ fn busy_churn_closes_everything() {
     assert!(status.success(), "{status}");
 }
 
+/// bad_close: the double close fails with EBADF; in the stale mode the victim reuses the
+/// culprit's number, the culprit's second close succeeds and the victim's fails; close_range
+/// over holes succeeds and leaves what the fixture had before; each exits 0 on EOF.
+#[test]
+fn bad_close_fails_where_it_says() {
+    let bin = build_fixture("bad_close", &[]);
+    for (mode, expected) in [
+        ("double", "errno 9 dup2_errno 9"),
+        ("stale", "reused 1 stale_ret 0 errno 9"),
+        ("range", "ret 0"),
+    ] {
+        let mut f = Fixture::spawn(&bin, &[mode]);
+        f.wait_for_line("READY", Duration::from_secs(10));
+        let before = fd_count(f.pid()).unwrap();
+        f.send_line("go");
+        let done = f.wait_for_line("DONE ", Duration::from_secs(10));
+        assert!(done.ends_with(expected), "{mode}: {done}");
+        assert_eq!(fd_count(f.pid()).unwrap(), before, "{mode}: {done}");
+        f.close_stdin();
+        let status = f.wait_exit(Duration::from_secs(10)).expect("exit on EOF");
+        assert!(status.success(), "{mode}: {status}");
+    }
+}
+
 /// leak_and_exit opens its path twice and exits 0.
 #[test]
 fn leak_and_exit_exits_zero() {

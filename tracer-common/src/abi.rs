@@ -27,6 +27,10 @@ pub const F_DUPFD_CLOEXEC: u64 = 1030;
 /// `FD_CLOEXEC` (asm-generic/fcntl.h): the descriptor flag F_SETFD sets.
 pub const FD_CLOEXEC: u64 = 1;
 
+/// `EBADF` (asm-generic/errno-base.h): a syscall was given a descriptor that is not open.
+/// close, dup2 and dup3 return `-EBADF` for it; the kernel side reports those calls.
+pub const EBADF: i64 = 9;
+
 /// `CLONE_FILES` (linux/sched.h): the new task shares the caller's descriptor table; with
 /// unshare(2), the caller takes a private copy of it.
 pub const CLONE_FILES: u64 = 0x0000_0400;

@@ -77,6 +77,10 @@ abi_enum! {
         /// A process changed its working directory (chdir, fchdir): [`ExecEvent`]'s layout
         /// (header only); userspace reads the new one from /proc.
         CwdChanged = 9,
+        /// A close(2), or a dup2/dup3, failed with EBADF: the descriptor it named was not
+        /// open. [`FdEvent`] with `fd` the number closed (dup2/dup3: the old descriptor),
+        /// `syscall` which call, and the user stack.
+        CloseFailed = 10,
     }
 }
 

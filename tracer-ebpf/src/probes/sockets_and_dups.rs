@@ -3,11 +3,11 @@
 //! Kernel: net/socket.c __sys_socket(), __sys_accept4(); fs/file.c ksys_dup(), ksys_dup3().
 
 use aya_ebpf::programs::TracePointContext;
-use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall};
+use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall, abi::EBADF};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
-    emit::{Caller, capture_stack},
+    emit::{Caller, SyscallRegs, capture_stack},
     maps::{FD_SCRATCH, output_with_stack},
 };
 
@@ -29,6 +29,12 @@ pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
     };
     let fd = syscall_result(ctx);
     if fd < 0 {
+        // dup2/dup3 onto a number, from an old descriptor that is not open (or onto a number
+        // past the limit: userspace tells which from its table).
+        if fd == -EBADF && matches!(syscall, Syscall::Dup2 | Syscall::Dup3) {
+            let new_fd = SyscallRegs::current().map_or(-1, |regs| regs.args[1] as u32 as i32);
+            emit_close_failed(ctx, caller, args.arg0 as u32 as i32, syscall, new_fd);
+        }
         return;
     }
     emit_fd_event(
@@ -50,6 +56,28 @@ pub(super) fn emit_fd_event(
     args: [u64; 3],
 ) {
     emit(Some(ctx), caller, EventKind::FdCreated, fd, syscall, args);
+}
+
+/// Emits one [`EventKind::CloseFailed`] [`FdEvent`] with the caller's user stack: `fd` was
+/// not open when `syscall` named it (for dup2/dup3, `target` is the number it was copied onto,
+/// -1 for close).
+#[inline(always)]
+pub(super) fn emit_close_failed(
+    ctx: &TracePointContext,
+    caller: Caller,
+    fd: i32,
+    syscall: Syscall,
+    target: i32,
+) {
+    let args = [target as i64 as u64, 0, 0];
+    emit(
+        Some(ctx),
+        caller,
+        EventKind::CloseFailed,
+        fd,
+        syscall as u32,
+        args,
+    );
 }
 
 /// Emits one [`EventKind::FdChanged`] [`FdEvent`]: no stack, since the report never shows

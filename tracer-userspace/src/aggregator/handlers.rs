@@ -2,11 +2,13 @@
 //! dispatches here, in ring buffer order.
 
 use tracer_common::{
-    CLONE_FILES, CLONE_THREAD,
+    CLONE_FILES, CLONE_THREAD, Syscall,
     abi::{CLOSE_RANGE_CLOEXEC, CLOSE_RANGE_UNSHARE},
 };
 
-use super::{Aggregator, Descriptor, LiveThread, Origin, Process, births, copy_of, exit_process};
+use super::{
+    Aggregator, Descriptor, Life, LiveThread, Origin, Process, births, copy_of, exit_process,
+};
 use crate::{
     events::{
         CloexecSet, FdClosed, FdCreated, FileOpened, Header, RangeClosed, TaskCreated, TaskExited,
@@ -54,17 +56,24 @@ impl Aggregator {
             return;
         };
         // dup2/dup3 onto an open fd close what it held: insert replaces it.
-        process
+        let replaced = process
             .fds
             .insert(fd, Descriptor::born(header, fd, syscall, birth));
+        if let Some(descriptor) = replaced {
+            self.remember_closed(header.tgid, descriptor, header, syscall);
+        }
     }
 
     /// close(fd) leaves the table it was in (shared or not).
     pub(super) fn on_fd_closed(&mut self, header: &Header, closed: &FdClosed) {
         // Closing an fd we never saw (or EBADF) is harmless.
         let owner = self.table_owner(header.tgid);
-        if let Some(process) = self.processes.get_mut(&owner) {
-            process.fds.remove(&closed.fd);
+        let removed = self
+            .processes
+            .get_mut(&owner)
+            .and_then(|process| process.fds.remove(&closed.fd));
+        if let Some(descriptor) = removed {
+            self.remember_closed(owner, descriptor, header, Syscall::Close);
         }
     }
 
@@ -81,12 +90,7 @@ impl Aggregator {
         if range.flags & CLOSE_RANGE_UNSHARE != 0 && header.tid == header.tgid {
             self.unshare_table(header.tgid);
         }
-        close_range(
-            self.table(header.tgid),
-            range.first,
-            range.last,
-            range.flags,
-        );
+        close_range(self.table(header.tgid), header, range);
     }
 
     /// unshare(CLONE_FILES): the process leaves the table it shared with others.
@@ -209,7 +213,8 @@ impl Aggregator {
 /// flags) change nothing. `CLOSE_RANGE_UNSHARE` gives the caller a private copy of the table
 /// first, which for a single-threaded process (the usual case: before exec) changes nothing
 /// we track.
-fn close_range(process: &mut Process, first: u32, last: u32, flags: u32) {
+fn close_range(process: &mut Process, header: &Header, range: &RangeClosed) {
+    let RangeClosed { first, last, flags } = *range;
     if first > last || flags & !(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC) != 0 {
         return;
     }
@@ -219,6 +224,18 @@ fn close_range(process: &mut Process, first: u32, last: u32, flags: u32) {
             d.cloexec = true;
         }
     } else {
-        process.fds.retain(|&fd, _| !in_range(fd));
+        let closed: Vec<Descriptor> = process
+            .fds
+            .extract_if(|&fd, _| in_range(fd))
+            .map(|(_, d)| d)
+            .collect();
+        for descriptor in closed {
+            process.lives.push(Life {
+                descriptor,
+                closer_tid: header.tid,
+                closed_at_ns: header.timestamp_ns,
+                closed_by: Syscall::CloseRange,
+            });
+        }
     }
 }

@@ -12,11 +12,13 @@ use foldhash::HashMap;
 mod at_exit;
 mod births;
 mod handlers;
+mod lives;
 mod reconcile;
 mod sharing;
 mod types;
 
 pub(crate) use at_exit::{AtExitGroup, COUNT_WINDOW};
+pub(crate) use lives::{BadClose, Life};
 pub(crate) use reconcile::Reconciled;
 pub(crate) use types::{Descriptor, LiveThread, Origin, Process, ProcessSnapshot, SnapshotFd};
 
@@ -45,6 +47,8 @@ pub(crate) struct Aggregator {
     pub lost_so_far: u64,
     /// Processes using another's descriptor table (CLONE_FILES), to the table's owner.
     shared_with: HashMap<u32, u32>,
+    /// Closes, dup2s and dup3s that failed with EBADF, by process and closing stack.
+    bad_closes: lives::BadCloses,
 }
 
 impl Aggregator {
@@ -211,6 +215,7 @@ impl Aggregator {
             EventBody::FileOpened(opened) => self.on_file_opened(header, opened),
             EventBody::FdCreated(created) => self.on_fd_created(header, created),
             EventBody::FdClosed(closed) => self.on_fd_closed(header, closed),
+            EventBody::CloseFailed(failed) => self.on_close_failed(header, failed),
             EventBody::CloexecSet(set) => self.on_cloexec_set(header, set),
             EventBody::RangeClosed(range) => self.on_range_closed(header, range),
             EventBody::FilesUnshared => self.on_files_unshared(header),
@@ -246,6 +251,7 @@ fn exit_process(process: &mut Process, now_ns: u64, lost_so_far: u64) {
     process.held_at_exit_unverified = lost_so_far > process.lost_when_checked;
     process.threads.live = 0;
     process.new_threads.clear();
+    process.lives = lives::Lives::default();
     let mut held: Vec<Descriptor> = process
         .fds
         .drain()

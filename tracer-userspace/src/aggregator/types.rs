@@ -4,7 +4,7 @@
 use foldhash::{HashMap, HashMapExt as _};
 use tracer_common::Syscall;
 
-use super::{births::Birth, reconcile::Sighting};
+use super::{births::Birth, lives::Lives, reconcile::Sighting};
 use crate::{
     events::Header,
     model::{DescriptorKind, StackRef},
@@ -134,6 +134,8 @@ pub(crate) struct Process {
     pub start_time: Option<u64>,
     /// Descriptors /proc showed that the table lacks, awaiting a second look.
     pub(super) pending: HashMap<i32, Sighting>,
+    /// The table's last closed descriptors, to explain a close that fails with EBADF.
+    pub(super) lives: Lives,
 }
 
 impl Process {
@@ -157,6 +159,7 @@ impl Process {
             cwd: None,
             start_time: None,
             pending: HashMap::new(),
+            lives: Lives::default(),
         }
     }
 

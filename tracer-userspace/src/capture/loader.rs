@@ -45,7 +45,7 @@ const fn probe(category: &'static str, name: &'static str, required: bool) -> Pr
 /// Every program in the object. Optional ones are missing on some architectures (arm64 has
 /// no open, creat, pipe, dup2) or older kernels (openat2). Exit probes read the syscall's
 /// arguments from the saved user registers, so only close and close_range, which act as they
-/// start, have enter probes; fork and clone are seen through sched_process_fork.
+/// start, have enter probes (close also has an exit probe, for closes that fail with EBADF); fork and clone are seen through sched_process_fork.
 const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_open", false),
     probe("syscalls", "sys_exit_openat", true),
@@ -61,6 +61,7 @@ const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_pipe2", true),
     probe("syscalls", "sys_exit_socketpair", true),
     probe("syscalls", "sys_enter_close", true),
+    probe("syscalls", "sys_exit_close", false),
     probe("syscalls", "sys_exit_eventfd", false),
     probe("syscalls", "sys_exit_epoll_create", false),
     probe("syscalls", "sys_exit_pidfd_open", false),
@@ -309,6 +310,9 @@ fn without(name: &str) -> String {
                                      (descriptors are checked against /proc before they are \
                                      reported)"
             .to_owned(),
+        ("sys_exit_close", _) => {
+            "closes of descriptors that were not open (EBADF) are not reported".to_owned()
+        }
         (_, Some("fcntl")) => {
             "copies made with fcntl(F_DUPFD) are not tracked, nor close-on-exec set with F_SETFD"
                 .to_owned()
@@ -468,5 +472,6 @@ mod tests {
         assert!(without("inet_sock_set_state").contains("TCP states"));
         assert!(without("sys_enter_close_range").starts_with("closes by close_range()"));
         assert!(without("sys_exit_fchdir").contains("relative paths"));
+        assert!(without("sys_exit_close").contains("EBADF"));
     }
 }

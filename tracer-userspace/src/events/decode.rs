@@ -11,8 +11,8 @@ use tracer_common::{
 };
 
 use super::{
-    CloexecSet, Decoded, Event, EventBody, FdClosed, FdCreated, FileOpened, Header, RangeClosed,
-    StackTop, TaskCreated, TaskExited, TcpState,
+    CloexecSet, CloseFailed, Decoded, Event, EventBody, FdClosed, FdCreated, FileOpened, Header,
+    RangeClosed, StackTop, TaskCreated, TaskExited, TcpState,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -33,6 +33,7 @@ pub(crate) fn decode(record: &[u8]) -> Result<Decoded<'_>, DecodeError> {
     let (body, stack_top) = match kind {
         EventKind::FileOpened => file_opened(record)?,
         EventKind::FdCreated => fd_created(record)?,
+        EventKind::CloseFailed => close_failed(record)?,
         EventKind::TaskCreated => task_created(record)?,
         EventKind::FdChanged => (fd_changed(record)?, None),
         EventKind::CwdChanged => (cwd_changed(record)?, None),
@@ -118,6 +119,19 @@ fn fd_created(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
         arg0: raw.arg0,
         arg1: raw.arg1,
         arg2: raw.arg2,
+    });
+    Ok((body, stack_top))
+}
+
+/// [`FdEvent`] of a close, dup2 or dup3 that failed with EBADF; `arg0` is dup's target.
+fn close_failed(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
+    let raw: FdEvent = read(record)?;
+    let stack_top = stack_top(&raw.stack, record, size_of::<FdEvent>())?;
+    let syscall = syscall(raw.syscall)?;
+    let body = EventBody::CloseFailed(CloseFailed {
+        fd: raw.fd,
+        syscall,
+        target: (syscall != Syscall::Close).then_some(raw.arg0 as i64 as i32),
     });
     Ok((body, stack_top))
 }

@@ -67,6 +67,7 @@ pub(crate) enum EventBody {
     FileOpened(FileOpened),
     FdCreated(FdCreated),
     FdClosed(FdClosed),
+    CloseFailed(CloseFailed),
     TaskCreated(TaskCreated),
     TaskExited(TaskExited),
     Exec,
@@ -107,6 +108,16 @@ pub(crate) struct FdCreated {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FdClosed {
     pub fd: i32,
+}
+
+/// close(fd), dup2(fd, target) or dup3(fd, target, ..) failed with EBADF: `fd` was not
+/// open (or, for dup2/dup3, `target` was past the descriptor limit). Carries a stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CloseFailed {
+    pub fd: i32,
+    pub syscall: Syscall,
+    /// The number dup2/dup3 copied onto; `None` for close.
+    pub target: Option<i32>,
 }
 
 /// A task was created (fork, vfork, clone, clone3, or the kernel by itself).

@@ -3,8 +3,8 @@
 use std::mem::size_of;
 
 use tracer_common::{
-    CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExitEvent, FileOpenEvent, ForkEvent,
-    GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
+    CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExitEvent, FdEvent, FileOpenEvent,
+    ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
 };
 
 use super::{decode::DecodeError, *};
@@ -138,4 +138,46 @@ fn decodes_task_events() {
         decode(&as_bytes(&exit)).unwrap().event.body,
         EventBody::TaskExited(TaskExited { group_dead: None })
     ));
+}
+
+/// A failed close carries the number it named and its stack; a failed dup2 also the number
+/// it copied onto, sign-extended as the kernel wrote it.
+#[test]
+fn decodes_failed_closes() {
+    let event = |syscall: Syscall, arg0: u64| FdEvent {
+        header: raw_header(EventKind::CloseFailed, 4),
+        fd: 9,
+        syscall: syscall as u32,
+        arg0,
+        arg1: 0,
+        arg2: 0,
+        stack: StackRegs {
+            sp: 0x7ff0,
+            bp: 0,
+            ip: 0x1234,
+            len: 16,
+            _pad: 0,
+        },
+    };
+    let record = with_stack(&event(Syscall::Close, u64::MAX), &[1; 16]);
+    let close = decode(&record).unwrap();
+    assert_eq!(
+        close.event.body,
+        EventBody::CloseFailed(CloseFailed {
+            fd: 9,
+            syscall: Syscall::Close,
+            target: None,
+        })
+    );
+    assert_eq!(close.stack_top.map(|t| t.bytes.len()), Some(16));
+    let record = with_stack(&event(Syscall::Dup2, 5), &[1; 16]);
+    let dup2 = decode(&record).unwrap();
+    assert_eq!(
+        dup2.event.body,
+        EventBody::CloseFailed(CloseFailed {
+            fd: 9,
+            syscall: Syscall::Dup2,
+            target: Some(5),
+        })
+    );
 }

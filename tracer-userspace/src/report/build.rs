@@ -108,6 +108,7 @@ pub(crate) fn build(
         thread_stacks,
         tcp,
         deleted_files,
+        bad_closes: super::bad_closes::bad_closes(agg, facts.now_ns, resolver),
     }
 }
 

@@ -44,6 +44,8 @@ pub(crate) struct Report {
     /// Files unlinked while live processes still hold them open: their disk space is freed
     /// only when the last descriptor closes. Largest first.
     pub deleted_files: Vec<DeletedFileEntry>,
+    /// Closes, dup2s and dup3s of descriptors that were not open (EBADF), by closing stack.
+    pub bad_closes: Vec<super::BadCloseGroupEntry>,
 }
 
 /// One deleted file still held open by live followed processes.

@@ -5,6 +5,7 @@
 //! scripts, [`flamegraph`] as an SVG.
 
 mod at_exit;
+mod bad_closes;
 mod build;
 mod contract;
 mod deleted;
@@ -13,6 +14,7 @@ mod group;
 mod resolver;
 pub(crate) mod text;
 
+pub(crate) use bad_closes::{BadCloseEntry, BadCloseGroupEntry, LifeEntry};
 pub(crate) use build::{SessionFacts, build};
 pub(crate) use contract::*;
 pub(crate) use resolver::Resolver;

@@ -2,6 +2,7 @@
 //! the guilty code, then its stack and a few of its descriptors.
 
 mod at_exit;
+mod bad_closes;
 mod stack;
 mod summary;
 
@@ -58,6 +59,7 @@ pub(crate) fn render_top(report: &Report, top: usize) -> String {
     zombies(report, &mut out);
     time_wait(report, &mut out);
     threads(report, &mut out);
+    bad_closes::bad_closes(report, &mut out);
     processes(report, &mut out);
     out
 }

@@ -1,0 +1,178 @@
+//! Closes of descriptors that were not open (`bad_closes`): a double close from two
+//! functions, a stale close of a number another thread reused (both threads' stacks named),
+//! and close_range over holes, which is not an error. The kernel's word is the errno the
+//! fixture's close got.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tracer_tests::{
+    ATTACH_TIMEOUT, Fixture, Report, Tracer, build_fixture, fd_count, frames_symbols, require_root,
+    symbol_is,
+};
+
+/// Runs `bad_close MODE` under the tracer until its DONE line; returns the line's words, the
+/// fixture (still alive) and the report.
+#[track_caller]
+fn run(mode: &str) -> (Vec<String>, Fixture, Report, usize) {
+    let bin = build_fixture("bad_close", &[]);
+    let mut fixture = Fixture::spawn(&bin, &[mode]);
+    fixture.wait_for_line("READY", Duration::from_secs(10));
+    let mut tracer = Tracer::attach(fixture.pid(), &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    fixture.send_line("go");
+    let done = fixture.wait_for_line("DONE ", Duration::from_secs(30));
+    let open_now = fd_count(fixture.pid()).expect("the fixture's /proc/PID/fd");
+    let report = tracer.stop();
+    let words = done.split_whitespace().map(str::to_owned).collect();
+    (words, fixture, report, open_now)
+}
+
+/// The value after `key` on the DONE line.
+#[track_caller]
+fn field(words: &[String], key: &str) -> i64 {
+    let at = words
+        .iter()
+        .position(|w| w == key)
+        .unwrap_or_else(|| panic!("no {key} in {words:?}"));
+    words[at + 1].parse().expect("a number")
+}
+
+/// The `bad_closes` groups of `pid`.
+#[track_caller]
+fn groups_of(report: &Report, pid: u32) -> Vec<&Value> {
+    let ctx = report.context();
+    report.json["bad_closes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no bad_closes array\n{ctx}"))
+        .iter()
+        .filter(|g| {
+            g["pids"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p.as_u64() == Some(u64::from(pid))))
+        })
+        .collect()
+}
+
+#[track_caller]
+fn has_frame(stack: &Value, name: &str) -> bool {
+    frames_symbols(stack).iter().any(|s| symbol_is(s, name))
+}
+
+/// open_config opens, release_config closes, shutdown_config closes again and gets EBADF:
+/// one failed close, from shutdown_config's stack (not release_config's), whose number's
+/// previous life is the /dev/null that open_config opened and this thread closed. Then
+/// redirect_config's dup2 from that number fails too: a second group, with the same life.
+#[test]
+fn double_close_from_two_functions() {
+    require_root();
+    let (done, fixture, report, _) = run("double");
+    let ctx = report.context();
+    let pid = fixture.pid();
+    assert_eq!(
+        field(&done, "errno"),
+        9,
+        "the second close must fail with EBADF"
+    );
+    assert_eq!(
+        field(&done, "dup2_errno"),
+        9,
+        "the dup2 must fail with EBADF"
+    );
+    let fd = field(&done, "fd");
+
+    let groups = groups_of(&report, pid);
+    assert_eq!(groups.len(), 2, "the close and the dup2\n{ctx}");
+    let dup2 = groups
+        .iter()
+        .find(|g| has_frame(&g["stack"], "redirect_config"))
+        .unwrap_or_else(|| panic!("no group from redirect_config\n{ctx}"));
+    assert_eq!(dup2["syscalls"]["dup2"].as_u64(), Some(1), "{ctx}");
+    assert_eq!(dup2["closes"][0]["fd"].as_i64(), Some(fd), "{ctx}");
+    let dup2_life = &dup2["closes"][0]["previous_lives"][0];
+    assert!(has_frame(&dup2_life["stack"], "open_config"), "{ctx}");
+    let group = groups
+        .iter()
+        .find(|g| has_frame(&g["stack"], "shutdown_config"))
+        .unwrap_or_else(|| panic!("no group from shutdown_config\n{ctx}"));
+    assert_eq!(group["count"].as_u64(), Some(1), "{ctx}");
+    assert_eq!(group["syscalls"]["close"].as_u64(), Some(1), "{ctx}");
+    assert_eq!(group["suspected_stale"].as_u64(), Some(0), "{ctx}");
+    assert!(!has_frame(&group["stack"], "release_config"), "{ctx}");
+
+    let close = &group["closes"][0];
+    assert_eq!(close["fd"].as_i64(), Some(fd), "{ctx}");
+    assert_eq!(close["tid"].as_u64(), Some(u64::from(pid)), "{ctx}");
+    let life = &close["previous_lives"][0];
+    assert_eq!(life["detail"].as_str(), Some("/dev/null"), "{ctx}");
+    assert_eq!(life["opened_by"].as_str(), Some("openat"), "{ctx}");
+    assert_eq!(life["closed_by"].as_str(), Some("close"), "{ctx}");
+    assert_eq!(life["closer_tid"].as_u64(), Some(u64::from(pid)), "{ctx}");
+    assert!(has_frame(&life["stack"], "open_config"), "{ctx}");
+}
+
+/// The culprit thread closes its number twice; in between the victim thread got that number
+/// (the fixture checks it did). The culprit's stale close succeeds, so it is not a failed
+/// close; the victim's own close fails and is reported from victim_close, suspected stale,
+/// with the number's two previous lives: the victim's (opened in victim_open, closed by the
+/// culprit) and before it the culprit's (opened in culprit_open).
+#[test]
+fn stale_close_of_a_reused_number_names_both_stacks() {
+    require_root();
+    let (done, fixture, report, _) = run("stale");
+    let ctx = report.context();
+    assert_eq!(
+        field(&done, "reused"),
+        1,
+        "the victim must reuse the number"
+    );
+    assert_eq!(field(&done, "stale_ret"), 0, "the stale close must succeed");
+    assert_eq!(field(&done, "errno"), 9, "the victim's close must fail");
+    let (fd, culprit, victim) = (
+        field(&done, "fd"),
+        field(&done, "culprit_tid"),
+        field(&done, "victim_tid"),
+    );
+
+    let groups = groups_of(&report, fixture.pid());
+    assert_eq!(groups.len(), 1, "only the victim's close failed\n{ctx}");
+    let group = groups[0];
+    assert!(has_frame(&group["stack"], "victim_close"), "{ctx}");
+    assert_eq!(group["count"].as_u64(), Some(1), "{ctx}");
+    assert_eq!(group["suspected_stale"].as_u64(), Some(1), "{ctx}");
+
+    let close = &group["closes"][0];
+    assert_eq!(close["fd"].as_i64(), Some(fd), "{ctx}");
+    assert_eq!(close["tid"].as_i64(), Some(victim), "{ctx}");
+    assert_eq!(close["suspected_stale"].as_bool(), Some(true), "{ctx}");
+    let lives = close["previous_lives"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no previous_lives\n{ctx}"));
+    assert_eq!(lives.len(), 2, "{ctx}");
+    let (victims, culprits) = (&lives[0], &lives[1]);
+    assert_eq!(victims["detail"].as_str(), Some("/tmp"), "{ctx}");
+    assert_eq!(victims["opener_tid"].as_i64(), Some(victim), "{ctx}");
+    assert_eq!(victims["closer_tid"].as_i64(), Some(culprit), "{ctx}");
+    assert!(has_frame(&victims["stack"], "victim_open"), "{ctx}");
+    assert_eq!(culprits["detail"].as_str(), Some("/dev/null"), "{ctx}");
+    assert_eq!(culprits["opener_tid"].as_i64(), Some(culprit), "{ctx}");
+    assert_eq!(culprits["closer_tid"].as_i64(), Some(culprit), "{ctx}");
+    assert!(has_frame(&culprits["stack"], "culprit_open"), "{ctx}");
+}
+
+/// close_range over a block with holes, and past its end, fails nothing: no failed close is
+/// reported, and what the report holds open is what /proc lists.
+#[test]
+fn close_range_over_holes_is_not_a_failed_close() {
+    require_root();
+    let (done, fixture, report, open_now) = run("range");
+    let ctx = report.context();
+    assert_eq!(field(&done, "ret"), 0);
+    assert!(groups_of(&report, fixture.pid()).is_empty(), "{ctx}");
+    let held = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| d.pid() == fixture.pid())
+        .count();
+    assert_eq!(held, open_now, "{ctx}");
+}
