@@ -214,6 +214,17 @@ static void open_many(long count, double per_s) {
     }
 }
 
+/* Blocks SIGUSR1 (go) and SIGTERM (stop) and waits for one: both are taken with sigwait, so
+ * none can slip in between a check and a wait. Fills the set for later waits; false on stop. */
+static int wait_for_go(sigset_t *signals, int *sig) {
+    sigemptyset(signals);
+    sigaddset(signals, SIGUSR1);
+    sigaddset(signals, SIGTERM);
+    sigprocmask(SIG_BLOCK, signals, NULL);
+    if (sigwait(signals, sig) != 0) die("sigwait");
+    return *sig != SIGTERM;
+}
+
 /* A process may hold no more descriptors than its hard RLIMIT_NOFILE, which only
  * CAP_SYS_RESOURCE may raise (containers often lack it). The count is then spread over as
  * many child processes as needed, forked after SIGUSR1 so that a tracer attached to this
@@ -231,15 +242,9 @@ static int hold(long count, double per_s, const char *result) {
         return 1;
     }
     long procs = (count + per_proc - 1) / per_proc;
-    /* Both signals are taken with sigwait, so none can slip in between a check and a wait. */
     sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGUSR1);
-    sigaddset(&signals, SIGTERM);
-    sigprocmask(SIG_BLOCK, &signals, NULL);
     int sig;
-    if (sigwait(&signals, &sig) != 0) die("sigwait");
-    if (sig == SIGTERM) return 0;
+    if (!wait_for_go(&signals, &sig)) return 0;
     double start = now_s();
     pid_t *children = calloc((size_t)procs, sizeof *children);
     if (!children) die("calloc");
@@ -295,13 +300,8 @@ static __attribute__((noinline)) void child_open(void) {
 
 static int forks(long count, const char *result) {
     sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGUSR1);
-    sigaddset(&signals, SIGTERM);
-    sigprocmask(SIG_BLOCK, &signals, NULL);
     int sig;
-    if (sigwait(&signals, &sig) != 0) die("sigwait");
-    if (sig == SIGTERM) return 0;
+    if (!wait_for_go(&signals, &sig)) return 0;
     double start = now_s();
     for (long i = 0; i < count; i++) {
         pid_t pid = fork();
