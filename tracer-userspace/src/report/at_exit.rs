@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     AtExitStackGroup, PerProcessCounts,
-    build::{entry, opened_by},
+    entry::{entry, opened_by},
     resolver::{Resolver, frames_of},
     seconds,
 };

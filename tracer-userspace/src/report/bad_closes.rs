@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use super::{FrameEntry, OpenedBy, build::opened_by, resolver::Resolver, seconds};
+use super::{FrameEntry, OpenedBy, entry::opened_by, resolver::Resolver, seconds};
 use crate::{
     aggregator::{Aggregator, BadClose, Life},
     model::{DescriptorKind, StackRef},

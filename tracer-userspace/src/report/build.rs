@@ -7,16 +7,16 @@ use std::{
 };
 
 use super::{
-    DescriptorEntry, EventCounts, FrameEntry, LearnedBy, OpenedBy, ProcessCounts, ProcessEntry,
-    REPORT_VERSION, Report, Target, ThreadCountsEntry,
+    DescriptorEntry, EventCounts, FrameEntry, ProcessCounts, ProcessEntry, REPORT_VERSION, Report,
+    Target, ThreadCountsEntry,
     at_exit::at_exit_stacks,
     deleted::deleted_files,
+    entry::entry,
     group::{group_by_stack, group_threads, group_zombies},
     resolver::{Resolver, frames_of},
-    seconds,
 };
 use crate::{
-    aggregator::{Aggregator, Descriptor, Origin, Process},
+    aggregator::{Aggregator, Descriptor, Process},
     model::StackRef,
     tcp::TimeWaitGroup,
 };
@@ -146,49 +146,6 @@ fn held(processes: &[&Process], facts: &SessionFacts, resolver: &mut impl Resolv
             .extend(entries.into_iter().filter(|e| e.age_s >= facts.min_age_s));
     }
     all
-}
-
-pub(super) fn entry(pid: u32, d: &Descriptor, now_ns: u64, at_exit: bool) -> DescriptorEntry {
-    DescriptorEntry {
-        pid,
-        fd: d.fd,
-        kind: d.kind,
-        detail: d.detail.clone(),
-        tcp_state: d.tcp_state.clone(),
-        tcp_state_age_s: None,
-        deleted: d.deleted,
-        opened_by: opened_by(d.origin, d.inherited),
-        learned_by: learned_by(d.origin),
-        tid: d.tid,
-        age_s: seconds(now_ns.saturating_sub(d.opened_at_ns)),
-        at_exit,
-        stack_id: d.stack.map(|s| s.id),
-        stack: Arc::default(),
-        path_truncated: d.path_truncated,
-        cloexec: d.cloexec,
-        size_bytes: None,
-        held_file: None,
-        stack_ref: d.stack,
-    }
-}
-
-/// A descriptor open before attach stays `pre-existing` in the children that inherit it; one
-/// that came into a parent while traced is `inherited` in its children.
-pub(super) fn opened_by(origin: Origin, inherited: bool) -> OpenedBy {
-    match (origin, inherited) {
-        (Origin::PreExisting, _) => OpenedBy::PreExisting,
-        (_, true) => OpenedBy::Inherited,
-        (Origin::Reconciled, false) => OpenedBy::Unknown,
-        (Origin::Syscall(syscall), false) => OpenedBy::Syscall(syscall),
-    }
-}
-
-fn learned_by(origin: Origin) -> LearnedBy {
-    match origin {
-        Origin::Syscall(_) => LearnedBy::Event,
-        Origin::PreExisting => LearnedBy::Attach,
-        Origin::Reconciled => LearnedBy::Reconciliation,
-    }
 }
 
 /// Symbolizes each distinct stack once and attaches its frames to every descriptor from it.

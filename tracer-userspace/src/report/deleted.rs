@@ -45,7 +45,7 @@ mod tests {
     use crate::{
         aggregator::{Descriptor, Origin},
         model::DescriptorKind,
-        report::{HeldFile, build::entry},
+        report::{HeldFile, entry::entry},
     };
 
     fn held(

@@ -360,7 +360,7 @@ fn opened_by_json_values() {
         (Origin::Reconciled, true, "inherited", "reconciliation"),
     ] {
         let d = descriptor(origin, inherited);
-        let json = serde_json::to_value(build::entry(1, &d, 0, false)).unwrap();
+        let json = serde_json::to_value(entry::entry(1, &d, 0, false)).unwrap();
         let case = format!("{origin:?} inherited={inherited}");
         assert_eq!(json["opened_by"], opened_by, "{case}");
         assert_eq!(json["learned_by"], learned_by, "{case}");
@@ -373,7 +373,7 @@ fn opened_by_json_values() {
     assert!(syscalls.len() > 40, "{syscalls:?}");
     for syscall in syscalls {
         let d = descriptor(Origin::Syscall(syscall), false);
-        let json = serde_json::to_value(build::entry(1, &d, 0, false)).unwrap();
+        let json = serde_json::to_value(entry::entry(1, &d, 0, false)).unwrap();
         assert_eq!(json["opened_by"], syscall.name());
         assert_eq!(json["opened_by"], d.opened_by());
     }
