@@ -69,6 +69,11 @@ impl Lives {
         self.ring.push_back(life);
     }
 
+    /// Every remembered life, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Life> {
+        self.ring.iter()
+    }
+
     /// The remembered lives of number `fd`, newest first.
     pub(crate) fn of(&self, fd: i32) -> impl Iterator<Item = &Life> {
         self.ring

@@ -22,7 +22,10 @@ pub(crate) use lives::{BadClose, Life};
 pub(crate) use reconcile::Reconciled;
 pub(crate) use types::{Descriptor, LiveThread, Origin, Process, ProcessSnapshot, SnapshotFd};
 
-use crate::events::{Event, EventBody};
+use crate::{
+    events::{Event, EventBody},
+    model::StackRef,
+};
 
 /// The descriptor tables of every followed process, and what happened to those that ended.
 #[derive(Debug, Default)]
@@ -73,24 +76,67 @@ impl Aggregator {
     /// Forgets exited processes that were forked while traced, are no longer there (reaped:
     /// `still_there` says no) and use no shared table: what they held is in the groups
     /// already. A zombie stays (the report names it), and so do the processes found at
-    /// attach (the target); with `--at-exit-descriptors` everything stays. Returns how many
-    /// were forgotten.
-    pub(crate) fn forget_reaped(&mut self, mut still_there: impl FnMut(&Process) -> bool) -> u64 {
+    /// attach (the target); with `--at-exit-descriptors` everything stays. Returns the pids
+    /// forgotten.
+    pub(crate) fn forget_reaped(
+        &mut self,
+        mut still_there: impl FnMut(&Process) -> bool,
+    ) -> Vec<u32> {
         if self.keep_at_exit_descriptors {
-            return 0;
+            return Vec::new();
         }
         let shared = &self.shared_with;
-        let before = self.processes.len();
-        self.processes.retain(|pid, p| {
-            !p.exited()
+        let mut forgotten = Vec::new();
+        self.processes.retain(|&pid, p| {
+            let keep = !p.exited()
                 || !p.forked_while_traced
-                || shared.contains_key(pid)
-                || shared.values().any(|owner| owner == pid)
-                || still_there(p)
+                || shared.contains_key(&pid)
+                || shared.values().any(|&owner| owner == pid)
+                || still_there(p);
+            if !keep {
+                forgotten.push(pid);
+            }
+            keep
         });
-        let forgotten = (before - self.processes.len()) as u64;
-        self.exited_forgotten += forgotten;
+        // A burst of short-lived processes must not leave its high-water mark behind.
+        if self.processes.capacity() > 4 * self.processes.len().max(64) {
+            self.processes.shrink_to_fit();
+        }
+        self.exited_forgotten += forgotten.len() as u64;
         forgotten
+    }
+
+    /// Every stack something kept still refers to, which must stay symbolizable: those of
+    /// the tables (live descriptors, inherited ones with their parent's stack, what exited
+    /// processes still listed hold), of threads and forks, of the tables' previous lives, of
+    /// failed closes and of the groups of what exited processes held. Walks all of them.
+    pub(crate) fn stacks_in_use(&self) -> impl Iterator<Item = StackRef> + '_ {
+        let of_processes = self.processes().flat_map(|p| {
+            let descriptors = p
+                .fds
+                .values()
+                .chain(&p.held_at_exit)
+                .chain(p.lives.iter().map(|life| &life.descriptor));
+            descriptors
+                .filter_map(|d| d.stack)
+                .chain(p.new_threads.values().filter_map(|t| t.stack))
+                .chain(p.fork_stack)
+        });
+        let of_groups = self.at_exit.iter().flat_map(|g| {
+            g.stack
+                .into_iter()
+                .chain(g.samples.iter().filter_map(|(_, _, d)| d.stack))
+        });
+        let of_bad_closes = self.bad_closes.iter().flat_map(|((_, stack), group)| {
+            stack.iter().copied().chain(
+                group
+                    .examples
+                    .iter()
+                    .flat_map(|c| &c.lives)
+                    .filter_map(|life| life.descriptor.stack),
+            )
+        });
+        of_processes.chain(of_groups).chain(of_bad_closes)
     }
 
     /// Folds what process `pid` held at its exit into the per-stack groups; the descriptors

@@ -89,7 +89,13 @@ impl<'p> State<'p> {
         // Events after the stop are not applied: nothing is read while listing.
         let listings = reconcile::list_tables(&self.agg, self.probes.lost().total(), || {});
         reconcile::apply_listings(&mut self.agg, &listings);
-        reconcile::forget_reaped(&mut self.agg);
+        reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
+        log::debug!(
+            "kept: processes {}, stacks: {}, tcp: {}",
+            self.agg.processes().count(),
+            self.stacks.sizes(),
+            self.tcp.sizes()
+        );
         log::info!(
             "stopped: {stop:?}; applied the last events in {:.3}s",
             (monotonic_ns() - stopped_ns) as f64 / 1e9
@@ -127,7 +133,7 @@ impl<'p> State<'p> {
             }
         }
         reconcile::apply_listings(&mut self.agg, &listings);
-        reconcile::forget_reaped(&mut self.agg);
+        reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
         self.reconciler.finished(began, lost);
     }
 

@@ -7,13 +7,17 @@
 //! with a million descriptors takes about a second to list), and sooner after events were
 //! lost, but never so soon that passes themselves make the ring overflow.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use crate::{
     aggregator::{Aggregator, Reconciled},
     clock::monotonic_ns,
     model::ListedFd,
     procfs,
+    stacks::StackStore,
 };
 
 /// Shortest time between two passes.
@@ -117,16 +121,24 @@ pub(super) fn apply_listings(agg: &mut Aggregator, listings: &Listings) -> Recon
 
 /// Forgets the exited processes /proc no longer shows (reaped): the tables keep what is live,
 /// zombies, and one group per stack of what exited processes held, however many came and
-/// went. A pid now naming a later process (another start time) is gone too.
-pub(super) fn forget_reaped(agg: &mut Aggregator) {
+/// went. A pid now naming a later process (another start time) is gone too. The stack store
+/// forgets their maps once no stack kept refers to them.
+pub(super) fn forget_reaped(agg: &mut Aggregator, stacks: &mut StackStore) {
     let forgotten = agg.forget_reaped(|p| match (procfs::start_time(p.pid), p.start_time) {
         (Some(now), Some(then)) => now == then,
         (now, None) => now.is_some(),
         (None, Some(_)) => false,
     });
-    if forgotten > 0 {
-        log::debug!("forgot {forgotten} reaped processes");
+    if !forgotten.is_empty() {
+        log::debug!("forgot {} reaped processes", forgotten.len());
     }
+    if forgotten.is_empty() && !stacks.has_pinned() {
+        return;
+    }
+    let in_use: HashSet<(u32, u32)> = agg.stacks_in_use().map(|s| (s.pid, s.generation)).collect();
+    stacks.forget(&forgotten, |pid, generation| {
+        in_use.contains(&(pid, generation))
+    });
 }
 
 #[cfg(test)]

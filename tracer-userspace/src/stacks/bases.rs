@@ -51,6 +51,11 @@ impl StackBases {
         }
     }
 
+    /// Threads with a learned base.
+    pub(super) fn len(&self) -> usize {
+        self.known.len()
+    }
+
     /// The changes to make to the kernel's map since the last call.
     pub(super) fn take_updates(&mut self) -> Vec<(u32, Option<u64>)> {
         std::mem::take(&mut self.pending)

@@ -34,18 +34,18 @@ pub(crate) struct StackStore {
     /// Current exec generation of each process (0 until its first exec while traced).
     generations: HashMap<u32, u32>,
     /// Executable mappings by (pid, generation); a forked child shares its parent's until it
-    /// execs.
+    /// execs. Entries of processes that exited and were reaped go once no stack still
+    /// refers to them (see [`Self::forget`]).
     modules: HashMap<(u32, u32), Arc<ModuleMap>>,
+    /// (pid, generation) of reaped processes kept because a stack still referred to them.
+    pinned: Vec<(u32, u32)>,
     /// Kernel stacks by id: an id's entry never changes once the kernel has written it.
     kernel_stacks: HashMap<u32, Arc<[u64]>>,
-    /// (pid, generation, stack id) whose unmapped addresses already caused a re-read of
-    /// /proc/PID/maps: JIT code stays unmapped, and must not cost a read per event.
-    refreshed: HashSet<(u32, u32, u32)>,
-    /// Unwinders by module map (its address; the map is kept alive next to it, so the
-    /// address is never reused): forked children that share their parent's image share its
-    /// unwinder, and a re-read map gets a new one. Each caches its rules by address, so the
-    /// CFI is read once per call site, not per event.
-    unwinders: HashMap<usize, (Arc<ModuleMap>, ProcessUnwinder)>,
+    /// What is known of each module map in use, by its address (the map is kept alive in
+    /// it, so the address is not reused while it is there): forked children that share their
+    /// parent's map share its unwinder and what it re-read. Dropped with the last process
+    /// using the map.
+    versions: HashMap<usize, Version>,
     /// Repaired stacks, interned: the report's stack ids index `stacks`. Two kernel stacks
     /// that differ only in the garbage a broken frame-pointer walk collected are one stack.
     stacks: Vec<Arc<[u64]>>,
@@ -55,6 +55,28 @@ pub(crate) struct StackStore {
     bases: StackBases,
     files: ModuleFiles,
     symbolizer: StackSymbolizer,
+}
+
+/// One module map (a process image, as read at one time) and what was derived from it.
+struct Version {
+    map: Arc<ModuleMap>,
+    /// Caches its rules by address, so the CFI is read once per call site, not per event.
+    /// Made at the first walk.
+    unwinder: Option<ProcessUnwinder>,
+    /// Kernel stack ids (u32::MAX: events without one) whose unmapped addresses already
+    /// caused a re-read of /proc/PID/maps: JIT code stays unmapped, and must not cost a read
+    /// per event, nor a read per forked child that runs the same code.
+    refreshed: HashSet<u32>,
+}
+
+impl Version {
+    fn of(map: &Arc<ModuleMap>) -> Self {
+        Self {
+            map: map.clone(),
+            unwinder: None,
+            refreshed: HashSet::default(),
+        }
+    }
 }
 
 impl StackStore {
@@ -113,6 +135,68 @@ impl StackStore {
         );
     }
 
+    /// How many entries each table holds, for a debug log: what grows with the run.
+    pub(crate) fn sizes(&self) -> String {
+        format!(
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}",
+            self.generations.len(),
+            self.modules.len(),
+            self.pinned.len(),
+            self.versions.len(),
+            self.versions
+                .values()
+                .filter(|v| v.unwinder.is_some())
+                .count(),
+            self.kernel_stacks.len(),
+            self.stacks.len(),
+            self.bases.len(),
+        )
+    }
+
+    /// Forgets processes that exited and were reaped (`gone`): their exec generation at
+    /// once, their module maps once no stack refers to them. `in_use` says whether something
+    /// kept (a group of what exited processes held, a live child's inherited descriptor or
+    /// fork stack) still refers to a (pid, generation); those are kept, and asked about again
+    /// at the next call. Memory then follows what is live plus what the report will name,
+    /// not every process that ever lived.
+    pub(crate) fn forget(&mut self, gone: &[u32], in_use: impl Fn(u32, u32) -> bool) {
+        let mut candidates = std::mem::take(&mut self.pinned);
+        // A pid a later process has taken since names that process's maps now.
+        candidates.retain(|(pid, _)| !self.generations.contains_key(pid));
+        for &pid in gone {
+            let last = self.generations.remove(&pid).unwrap_or(0);
+            candidates.extend((0..=last).map(|generation| (pid, generation)));
+        }
+        for key in candidates {
+            if !self.modules.contains_key(&key) {
+                continue;
+            }
+            if in_use(key.0, key.1) {
+                self.pinned.push(key);
+            } else if let Some(map) = self.modules.remove(&key) {
+                self.release(map);
+            }
+        }
+    }
+
+    /// Whether maps of reaped processes are kept for stacks that referred to them.
+    pub(crate) fn has_pinned(&self) -> bool {
+        !self.pinned.is_empty()
+    }
+
+    /// Drops what was derived from a module map no process uses any more.
+    fn release(&mut self, map: Arc<ModuleMap>) {
+        let key = Arc::as_ptr(&map) as usize;
+        drop(map);
+        if self
+            .versions
+            .get(&key)
+            .is_some_and(|v| Arc::strong_count(&v.map) == 1)
+        {
+            self.versions.remove(&key);
+        }
+    }
+
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
     pub(crate) fn take_stack_base_updates(&mut self) -> Vec<(u32, Option<u64>)> {
         self.bases.take_updates()
@@ -138,10 +222,13 @@ impl StackStore {
         let modules = self.modules_covering(pid, generation, kernel_id, &probe);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
-                let (_, unwinder) = self
-                    .unwinders
+                let sections = &mut self.sections;
+                let unwinder = self
+                    .versions
                     .entry(Arc::as_ptr(&modules) as usize)
-                    .or_insert_with(|| (modules.clone(), self.sections.unwinder_for(&modules)));
+                    .or_insert_with(|| Version::of(&modules))
+                    .unwinder
+                    .get_or_insert_with(|| sections.unwinder_for(&modules));
                 let stack = CopiedStack {
                     ip,
                     sp: top.sp,
@@ -222,10 +309,14 @@ impl StackStore {
         ips: &[u64],
     ) -> Arc<ModuleMap> {
         let known = self.modules_of(pid, generation);
+        let stack_id = stack_id.unwrap_or(u32::MAX);
         if ips.iter().all(|&ip| known.find(ip).is_some())
             || !self
+                .versions
+                .entry(Arc::as_ptr(&known) as usize)
+                .or_insert_with(|| Version::of(&known))
                 .refreshed
-                .insert((pid, generation, stack_id.unwrap_or(u32::MAX)))
+                .insert(stack_id)
         {
             return known;
         }
@@ -235,7 +326,15 @@ impl StackStore {
                 // part of its mappings, or none, as its memory is torn down (and events are
                 // read after the short-lived ones have exited).
                 let fresh = Arc::new(fresh.over(&known));
+                if *fresh == *known {
+                    // Nothing new: keep the map (and its unwinder) the process shares.
+                    return known;
+                }
+                let mut version = Version::of(&fresh);
+                version.refreshed.insert(stack_id);
+                self.versions.insert(Arc::as_ptr(&fresh) as usize, version);
                 self.modules.insert((pid, generation), fresh.clone());
+                self.release(known);
                 fresh
             }
             Err(_) => known,
@@ -303,128 +402,4 @@ fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cut(frames: &[u64]) -> Unwound {
-        Unwound {
-            frames: frames.to_vec(),
-            complete: false,
-            reached_root: false,
-            stack_used: 0,
-        }
-    }
-
-    fn modules() -> ModuleMap {
-        ModuleMap::parse(
-            "1000-2000 r-xp 00000000 08:01 1 /srv/app\n\
-             7000-8000 r-xp 00000000 08:01 2 /lib/libc.so.6\n",
-        )
-    }
-
-    /// Without unwound frames the kernel's stack is kept up to its first unmapped address.
-    #[test]
-    fn cuts_at_first_unmapped_address() {
-        let kept = [0x7100, 0x1100, 0x1200];
-        assert_eq!(spliced(&cut(&[]), &kept, &modules()), kept);
-        assert_eq!(
-            spliced(
-                &cut(&[0x7100]),
-                &[0x7100, 0x1100, 0xdead, 0x1200],
-                &modules()
-            ),
-            vec![0x7100, 0x1100]
-        );
-    }
-
-    /// Unwound frames that do not meet the kernel's walk are followed by its second frame
-    /// on; the walk is cut at the first unmapped address.
-    #[test]
-    fn inserts_unwound_caller_and_cuts_garbage() {
-        let kernel = [0x7100, 0x1200, 0x6567_7261_742f_6e69, 0x1300];
-        assert_eq!(
-            spliced(&cut(&[0x7100, 0x1100]), &kernel, &modules()),
-            vec![0x7100, 0x1100, 0x1200]
-        );
-    }
-
-    /// Where the last unwound frame meets the kernel's walk, the walk continues after it,
-    /// without repeating it; where they part ways before that, the unwound frames stand alone,
-    /// as they do when a long walk has nothing in common with the kernel's.
-    #[test]
-    fn continues_with_the_kernel_walk_where_they_meet() {
-        let kernel = [0x7100, 0x1300, 0x1400];
-        assert_eq!(
-            spliced(&cut(&[0x7100, 0x7200, 0x1200, 0x1300]), &kernel, &modules()),
-            vec![0x7100, 0x7200, 0x1200, 0x1300, 0x1400]
-        );
-        let astray = [0x7100, 0x1200, 0x1f00, 0x1e00];
-        assert_eq!(
-            spliced(&cut(&[0x7100, 0x1100, 0x1200, 0x1300]), &astray, &modules()),
-            vec![0x7100, 0x1100, 0x1200, 0x1300]
-        );
-        assert_eq!(
-            spliced(
-                &cut(&[0x7100, 0x1100, 0x1300]),
-                &[0x7100, 0x1f00],
-                &modules()
-            ),
-            vec![0x7100, 0x1100, 0x1300]
-        );
-    }
-
-    /// A process that exited keeps the mappings seen while it lived, even when an address
-    /// no mapping holds makes the store list its mappings again, now that /proc shows none
-    /// (a zombie's maps file is empty).
-    #[test]
-    fn mappings_outlive_the_process() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .expect("sleep");
-        let pid = child.id();
-        let mut store = StackStore::new();
-        // Until exec and the dynamic loader are done the child may still be the test binary,
-        // or sleep without its libraries: wait for sleep's libc.
-        let mut tries = 0;
-        while !std::fs::read_to_string(format!("/proc/{pid}/maps"))
-            .is_ok_and(|maps| maps.contains("/sleep") && maps.contains("/libc.so"))
-        {
-            tries += 1;
-            assert!(tries < 500, "sleep never started");
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        store.capture(pid);
-        let seen = store.modules_of(pid, 0);
-        assert!(!seen.mappings().is_empty());
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-        while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| stat.contains(") Z "))
-        {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        let after = store.modules_covering(pid, 0, Some(1), &[0x10]);
-        child.wait().expect("reap");
-        assert_eq!(after.mappings(), seen.mappings());
-    }
-
-    /// A walk that reached the root of the stack is the stack: the kernel's walk adds
-    /// nothing. Without a kernel stack the unwound frames alone are kept.
-    #[test]
-    fn complete_walk_stands_alone() {
-        let complete = Unwound {
-            frames: vec![0x7100, 0x1100, 0x1200],
-            complete: true,
-            reached_root: true,
-            stack_used: 64,
-        };
-        let kernel = [0x7100, 0x1200, 0x1300];
-        assert_eq!(spliced(&complete, &kernel, &modules()), complete.frames);
-        assert_eq!(spliced(&cut(&[0x7100]), &[], &modules()), vec![0x7100]);
-        assert_eq!(
-            spliced(&cut(&[0x7100, 0x1100]), &[], &modules()),
-            vec![0x7100, 0x1100]
-        );
-    }
-}
+mod tests;

@@ -109,6 +109,16 @@ impl TcpTracker {
         Self::default()
     }
 
+    /// How many entries each table holds, for a debug log.
+    pub(crate) fn sizes(&self) -> String {
+        format!(
+            "live {}, tuples {}, {}",
+            self.live.len(),
+            self.by_tuple.len(),
+            self.time_wait.sizes()
+        )
+    }
+
     /// Applies one transition (O(1)).
     pub(crate) fn apply(&mut self, t: &TcpTransition) {
         self.time_wait.remember_listener(t);

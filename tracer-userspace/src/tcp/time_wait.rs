@@ -77,6 +77,16 @@ pub(super) struct TimeWaits {
 }
 
 impl TimeWaits {
+    /// How many entries each table holds, for a debug log.
+    pub(super) fn sizes(&self) -> String {
+        format!(
+            "listeners {}, time-wait groups {}, pairs {}",
+            self.listen_ports.len(),
+            self.groups.len(),
+            self.pairs.len()
+        )
+    }
+
     /// Remembers the `(owner, port)` of a socket going `LISTEN`, for [`Self::record`] to tell
     /// the side of a socket it knows nothing else of.
     pub(super) fn remember_listener(&mut self, t: &TcpTransition) {
