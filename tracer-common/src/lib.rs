@@ -49,6 +49,8 @@ pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 /// Name of the global (u64) holding how many bytes of user stack to copy at most per event
 /// (`--stack-copy-kib`; at most [`STACK_TOP_BYTES`], or [`TASK_STACK_TOP_BYTES`] for tasks).
 pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
+/// Name of the global that carries [`KernelOffsets`] into the eBPF object.
+pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
@@ -379,11 +381,43 @@ impl TracepointOffsets {
     }
 }
 
+/// Byte offsets of the kernel struct fields sys_enter_close reads to tell whether the
+/// descriptor it is given is open (`current->files->fdt->fd[fd]`), from this kernel's BTF
+/// (/sys/kernel/btf/vmlinux) at load time; [`FIELD_ABSENT`] when the BTF lacks one, which
+/// turns the check (and so the report of closes of descriptors that were not open) off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct task_struct`: `files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `struct files_struct`: `fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `struct fdtable`: `max_fds` (`unsigned int`).
+    pub fdt_max_fds: u32,
+    /// `struct fdtable`: `fd` (`struct file **`).
+    pub fdt_fd: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 4 * 4);
+
+impl KernelOffsets {
+    /// All fields absent; what the object holds until userspace fills it in.
+    pub const fn absent() -> Self {
+        Self {
+            task_files: FIELD_ABSENT,
+            files_fdt: FIELD_ABSENT,
+            fdt_max_fds: FIELD_ABSENT,
+            fdt_fd: FIELD_ABSENT,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: repr(C), made of integers only, with explicit padding.
     unsafe impl aya::Pod for TracepointOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EventHeader {}
 }

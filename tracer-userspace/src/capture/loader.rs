@@ -11,9 +11,13 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
-use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
+use tracer_common::{
+    KERNEL_OFFSETS_GLOBAL, KernelOffsets, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL,
+    map_names,
+};
 
 use super::{
+    btf,
     kernel_log::{KernelLog, kernel_log_level},
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
@@ -45,7 +49,9 @@ const fn probe(category: &'static str, name: &'static str, required: bool) -> Pr
 /// Every program in the object. Optional ones are missing on some architectures (arm64 has
 /// no open, creat, pipe, dup2) or older kernels (openat2). Exit probes read the syscall's
 /// arguments from the saved user registers, so only close and close_range, which act as they
-/// start, have enter probes (close also has an exit probe, for closes that fail with EBADF); fork and clone are seen through sched_process_fork.
+/// start, have enter probes (close's tells there whether its descriptor is open, so a close
+/// that will fail with EBADF needs no exit probe); fork and clone are seen through
+/// sched_process_fork.
 const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_open", false),
     probe("syscalls", "sys_exit_openat", true),
@@ -61,7 +67,6 @@ const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_pipe2", true),
     probe("syscalls", "sys_exit_socketpair", true),
     probe("syscalls", "sys_enter_close", true),
-    probe("syscalls", "sys_exit_close", false),
     probe("syscalls", "sys_exit_eventfd", false),
     probe("syscalls", "sys_exit_epoll_create", false),
     probe("syscalls", "sys_exit_pidfd_open", false),
@@ -185,13 +190,32 @@ pub(crate) fn preflight() -> Result<PathBuf, LoadError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }
-    let btf = std::env::var_os("TRACER_BTF_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF));
+    let btf = btf_path();
     if !btf.is_file() {
         return Err(LoadError::NoBtf(btf));
     }
     Ok(tracefs::ensure_mounted()?)
+}
+
+fn btf_path() -> PathBuf {
+    std::env::var_os("TRACER_BTF_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF))
+}
+
+/// Where sys_enter_close finds the calling task's descriptor table, from this kernel's BTF;
+/// without them, closes of descriptors that were not open go unreported (said once).
+fn kernel_offsets() -> KernelOffsets {
+    match btf::kernel_offsets(&btf_path()) {
+        Ok(offsets) => offsets,
+        Err(err) => {
+            log::warn!(
+                "cannot find the descriptor table's layout in this kernel's BTF ({err}): \
+                 closes of descriptors that were not open (EBADF) are not reported"
+            );
+            KernelOffsets::absent()
+        }
+    }
 }
 
 /// The ring buffer userspace reads events from.
@@ -215,12 +239,15 @@ pub(crate) fn load(
     }
     let offsets = formats.offsets()?;
     log::debug!("tracepoint offsets: {offsets:?}");
+    let kernel_offsets = kernel_offsets();
+    log::debug!("kernel struct offsets: {kernel_offsets:?}");
 
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
@@ -310,9 +337,6 @@ fn without(name: &str) -> String {
                                      (descriptors are checked against /proc before they are \
                                      reported)"
             .to_owned(),
-        ("sys_exit_close", _) => {
-            "closes of descriptors that were not open (EBADF) are not reported".to_owned()
-        }
         (_, Some("fcntl")) => {
             "copies made with fcntl(F_DUPFD) are not tracked, nor close-on-exec set with F_SETFD"
                 .to_owned()
@@ -472,6 +496,5 @@ mod tests {
         assert!(without("inet_sock_set_state").contains("TCP states"));
         assert!(without("sys_enter_close_range").starts_with("closes by close_range()"));
         assert!(without("sys_exit_fchdir").contains("relative paths"));
-        assert!(without("sys_exit_close").contains("EBADF"));
     }
 }

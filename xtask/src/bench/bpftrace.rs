@@ -3,7 +3,7 @@
 //! The floor ("an empty BPF program on the same tracepoints") is bpftrace with empty
 //! actions on exactly the tracepoints whose programs run for that workload in the tracer
 //! (see the PROBES list in tracer-userspace/src/loader.rs: exit programs, which read the
-//! arguments from the saved registers, and close's enter and exit programs),
+//! arguments from the saved registers, and close's enter program),
 //! filtered to the workload's pid as the tracer filters to followed pids. bpftrace attaches
 //! them the same way the tracer does (perf-event tracepoint links), so what remains is the
 //! kernel's cost of running any program there: the floor no tracer on these tracepoints can
@@ -19,21 +19,12 @@ use super::workload::Micro;
 /// Tracepoints the tracer runs a program on during one iteration of `micro`.
 fn tracepoints(micro: Micro) -> &'static [&'static str] {
     match micro {
-        Micro::Open => &[
-            "syscalls:sys_exit_openat",
-            "syscalls:sys_enter_close",
-            "syscalls:sys_exit_close",
-        ],
-        Micro::Socket => &[
-            "syscalls:sys_exit_socket",
-            "syscalls:sys_enter_close",
-            "syscalls:sys_exit_close",
-        ],
+        Micro::Open => &["syscalls:sys_exit_openat", "syscalls:sys_enter_close"],
+        Micro::Socket => &["syscalls:sys_exit_socket", "syscalls:sys_enter_close"],
         Micro::Connect => &[
             "syscalls:sys_exit_socket",
             "syscalls:sys_exit_accept4",
             "syscalls:sys_enter_close",
-            "syscalls:sys_exit_close",
             "sock:inet_sock_set_state",
         ],
     }
@@ -84,9 +75,9 @@ mod tests {
     #[test]
     fn floor_covers_every_tracepoint_with_empty_actions() {
         let script = empty_floor(Micro::Connect);
-        assert_eq!(script.lines().count(), 5);
+        assert_eq!(script.lines().count(), 4);
         assert!(script.contains("tracepoint:sock:inet_sock_set_state /pid == cpid/ {}"));
-        assert!(script.contains("tracepoint:syscalls:sys_exit_close /pid == cpid/ {}"));
+        assert!(script.contains("tracepoint:syscalls:sys_enter_close /pid == cpid/ {}"));
         assert!(script.lines().all(|line| line.ends_with("{}")));
     }
 
