@@ -8,9 +8,10 @@ use serde_json::json;
 
 use crate::{
     bench::{
-        budgets::{self, Verdict},
+        budgets::{self, Measured, Verdict},
         capacity::{self, MemoryResult, RateStep},
         forks,
+        load::{self, Load},
         micro::{self, MicroResult, Settings},
         nginx::{self, NginxResult},
         print, procstat,
@@ -39,17 +40,23 @@ use crate::{
 /// `cargo xtask test` or CI: benchmarks are not tests.
 #[derive(Args)]
 pub(crate) struct Options {
-    /// Fewer runs (3), shorter loops, 250 000 held descriptors instead of 1 000 000
+    /// Fewer runs (5), shorter loops, 250 000 held descriptors instead of 1 000 000
     #[arg(long)]
     pub quick: bool,
 
-    /// Runs of each case (default 5, 3 with --quick)
+    /// Runs of each case, interleaved (default 7, 5 with --quick)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: Option<u32>,
 
     /// Only these parts (comma-separated); all by default
     #[arg(long, value_enum, value_delimiter = ',', value_name = "PARTS")]
     pub only: Vec<Part>,
+
+    /// Another tracer binary (e.g. one built from an earlier commit) measured beside this
+    /// one in the same runs: micro, nginx and profile get its rows, for before/after numbers
+    /// on a machine whose load drifts
+    #[arg(long, value_name = "PATH")]
+    pub baseline_tracer: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,8 +73,28 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
         bail!("the bench needs root (it loads eBPF programs): run `cargo xtask bench` as root");
     }
     let started = Instant::now();
+    let load_at_start = load::now();
+    if let Some(baseline) = &options.baseline_tracer
+        && !baseline.is_file()
+    {
+        bail!("--baseline-tracer {}: no such file", baseline.display());
+    }
     let mut setup = set_up(&options)?;
-    let parts = collect(&options, &mut setup)?;
+    let mut parts = collect(&options, &mut setup)?;
+    let load = Load {
+        cpus: load::cpus(),
+        at_start: load_at_start,
+        at_end: load::now(),
+    };
+    parts.verdicts = budgets::check(&Measured {
+        micros: &parts.micros,
+        nginx: parts
+            .nginx
+            .as_ref()
+            .and_then(|n| n.ratio.map(|r| (r, n.best_ratio))),
+        too_busy: load.too_busy(),
+    });
+    parts.load = Some(load);
     let path = write_json(&options, &setup, &parts, started)?;
     print_tables(&setup, &parts);
     println!();
@@ -121,7 +148,7 @@ fn set_up(options: &Options) -> Result<Setup> {
     if let Some(problem) = &bpftrace_problem {
         eprintln!("bpftrace cannot attach on this kernel ({problem}); its rows say so");
     }
-    let runs = options.runs.unwrap_or(if options.quick { 3 } else { 5 }) as usize;
+    let runs = options.runs.unwrap_or(if options.quick { 5 } else { 7 }) as usize;
     Ok(Setup {
         tracer,
         out_dir,
@@ -145,6 +172,8 @@ struct Parts {
     /// Time to `attached` over the micro and nginx runs.
     attach: Option<Summary>,
     verdicts: Vec<Verdict>,
+    /// The load average at the bench's start and end.
+    load: Option<Load>,
 }
 
 /// Runs the parts the options ask for, in order.
@@ -157,6 +186,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         runs,
         scale: if options.quick { 0.4 } else { 1.0 },
         bpftrace_problem: setup.bpftrace_problem.clone(),
+        baseline: options.baseline_tracer.as_deref(),
     };
 
     let mut micros = Vec::new();
@@ -169,7 +199,14 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
     let nginx = if wants(Part::Nginx) {
         let seconds = if options.quick { 3 } else { 5 };
         eprintln!("==> nginx under wrk ({runs} runs of {seconds}s each, untraced and traced)");
-        Some(nginx::run(tracer, &setup.out_dir, runs, seconds)?)
+        Some(nginx::run(
+            tracer,
+            options.baseline_tracer.as_deref(),
+            &setup.out_dir,
+            runs,
+            seconds,
+            setup.bpftrace_problem.clone(),
+        )?)
     } else {
         None
     };
@@ -188,6 +225,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         eprintln!("==> BPF program run time (kernel.bpf_stats_enabled)");
         Some(profile::run(
             tracer,
+            options.baseline_tracer.as_deref(),
             workload,
             setup.bpftrace_problem.is_none(),
         )?)
@@ -214,7 +252,6 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         attach_times.extend(&nginx.attach_times_s);
     }
     let attach = Summary::of(&attach_times);
-    let verdicts = budgets::check(&micros, nginx.as_ref().and_then(|n| n.ratio));
     Ok(Parts {
         micros,
         nginx,
@@ -223,7 +260,8 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         bpf_profile,
         forks,
         attach,
-        verdicts,
+        verdicts: Vec::new(),
+        load: None,
     })
 }
 
@@ -251,6 +289,7 @@ fn write_json(
         "bpf_profile": parts.bpf_profile,
         "forks": parts.forks,
         "budgets": parts.verdicts,
+        "load": parts.load,
         "total_s": started.elapsed().as_secs_f64(),
     });
     let path = setup.out_dir.join("results.json");
@@ -280,6 +319,9 @@ fn print_tables(setup: &Setup, parts: &Parts) {
     }
     if let Some(results) = &parts.forks {
         forks::print(results);
+    }
+    if let Some(load) = &parts.load {
+        print::load(load);
     }
     if !parts.verdicts.is_empty() {
         print::budgets(&parts.verdicts);

@@ -5,6 +5,7 @@ pub(crate) mod budgets;
 pub(crate) mod capacity;
 pub(crate) mod child;
 pub(crate) mod forks;
+pub(crate) mod load;
 pub(crate) mod micro;
 pub(crate) mod nginx;
 pub(crate) mod print;
