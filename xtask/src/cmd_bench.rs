@@ -73,13 +73,14 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
         bail!("the bench needs root (it loads eBPF programs): run `cargo xtask bench` as root");
     }
     let started = Instant::now();
-    let load_at_start = load::now();
     if let Some(baseline) = &options.baseline_tracer
         && !baseline.is_file()
     {
         bail!("--baseline-tracer {}: no such file", baseline.display());
     }
     let mut setup = set_up(&options)?;
+    // After the build, which would otherwise count as load.
+    let load_at_start = load::now();
     let mut parts = collect(&options, &mut setup)?;
     let load = Load {
         cpus: load::cpus(),

@@ -15,8 +15,7 @@
 //! (`nsecs`), or the user stack (`ustack`) as the tracer records one.
 
 use std::{
-    fs,
-    thread,
+    fs, thread,
     time::{Duration, Instant},
 };
 
@@ -119,7 +118,9 @@ pub(crate) fn wait_attached(pid: u32, probes: usize, timeout: Duration) -> Resul
             return Ok(());
         }
         if started.elapsed() > timeout {
-            bail!("bpftrace attached {perf_events} perf events of {probes} probes + {cpus} CPUs in {timeout:?}");
+            bail!(
+                "bpftrace attached {perf_events} perf events of {probes} probes + {cpus} CPUs in {timeout:?}"
+            );
         }
         thread::sleep(Duration::from_millis(100));
     }

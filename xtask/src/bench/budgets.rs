@@ -74,6 +74,7 @@ fn unfollowed_over_floor_by(result: &MicroResult, reading: Reading) -> Option<f6
 /// A verdict on `value` (by median) against `met`, noting when the minimums disagree.
 fn judged(
     budget: String,
+    missing: &str,
     by_median: Option<f64>,
     by_min: Option<f64>,
     met: impl Fn(f64) -> bool,
@@ -82,7 +83,7 @@ fn judged(
     let Some(value) = by_median else {
         return Verdict {
             budget,
-            measured: "not measured".to_owned(),
+            measured: missing.to_owned(),
             met: None,
             note: None,
         };
@@ -116,6 +117,7 @@ pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
         let name = result.description;
         verdicts.push(judged(
             format!("{name}: followed overhead within 1.25x of the empty-program floor's"),
+            "floor not measured, or not above untraced (noise)",
             floor_multiple_by(result, Reading::Median),
             floor_multiple_by(result, Reading::Min),
             |m| m <= 1.25,
@@ -123,6 +125,7 @@ pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
         ));
         verdicts.push(judged(
             format!("{name}: unfollowed processes within 5% of the floor"),
+            "not measured",
             unfollowed_over_floor_by(result, Reading::Median),
             unfollowed_over_floor_by(result, Reading::Min),
             |r| r <= 1.05,
@@ -145,6 +148,7 @@ pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
     }
     verdicts.push(judged(
         "nginx: traced req/s at least 0.95x untraced".to_owned(),
+        "not measured",
         measured.nginx.map(|(median, _)| median),
         measured.nginx.and_then(|(_, best)| best),
         |r| r >= 0.95,
@@ -153,7 +157,7 @@ pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
     if let Some(why) = &measured.too_busy {
         for verdict in &mut verdicts {
             if verdict.met.is_some() {
-                let busy = format!("too noisy to judge ({why})");
+                let busy = format!("machine too busy to judge ({why})");
                 verdict.note = Some(match verdict.note.take() {
                     Some(note) => format!("{note}; {busy}"),
                     None => busy,
@@ -238,7 +242,10 @@ mod tests {
         assert_eq!(verdicts[0].met, Some(false));
         assert!(verdicts[0].note.as_deref().unwrap().contains("1.17x"));
         // Unfollowed: 4100 / 4000 = +2.5% by medians, met either way.
-        assert_eq!((verdicts[1].met, verdicts[1].note.is_none()), (Some(true), true));
+        assert_eq!(
+            (verdicts[1].met, verdicts[1].note.is_none()),
+            (Some(true), true)
+        );
         let nginx = verdicts.last().unwrap();
         assert_eq!(nginx.met, Some(false));
         assert!(nginx.note.as_deref().unwrap().contains("0.970x"));
@@ -246,7 +253,13 @@ mod tests {
             too_busy: Some("load 6".to_owned()),
             ..measured
         });
-        assert!(busy[1].note.as_deref().unwrap().contains("too noisy to judge (load 6)"));
+        assert!(
+            busy[1]
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("too busy to judge (load 6)")
+        );
         assert!(busy[2].note.is_none());
     }
 }

@@ -26,10 +26,14 @@ impl Load {
     /// Why the machine was too busy to judge a budget, if it was: more runnable work than
     /// CPUs at the start or the end (the bench itself keeps about one CPU busy).
     pub(crate) fn too_busy(&self) -> Option<String> {
-        let busiest = self.at_start.into_iter().chain(self.at_end).fold(0.0, f64::max);
+        let busiest = self
+            .at_start
+            .into_iter()
+            .chain(self.at_end)
+            .fold(0.0, f64::max);
         (busiest > self.cpus as f64).then(|| {
             format!(
-                "load average {} at start, {} at end on {} CPUs: other work competed with the runs",
+                "load average {} at start, {} at end on {} CPUs",
                 show(self.at_start),
                 show(self.at_end),
                 self.cpus

@@ -168,8 +168,7 @@ fn traced(
     runs: &mut TracedRuns,
 ) -> Result<f64> {
     let attached = Attached::start(tracer_bin, nginx, &["--json"])?;
-    runs.attach_times_s
-        .push(attached.attach_time.as_secs_f64());
+    runs.attach_times_s.push(attached.attach_time.as_secs_f64());
     let ticks_before = cpu_ticks(attached.pid())?;
     let wrk_started = Instant::now();
     let measured = wrk(url, seconds);

@@ -191,7 +191,7 @@ pub(crate) fn load(load: &Load) {
         show(load.at_end),
         load.cpus,
         if load.too_busy().is_some() {
-            ": too busy to judge the budgets (their notes say so)"
+            ": busier than its CPUs, too noisy to judge the budgets (their notes say so)"
         } else {
             ""
         }
