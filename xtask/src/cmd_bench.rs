@@ -15,6 +15,7 @@ use crate::{
         nginx::{self, NginxResult},
         print, procstat,
         profile::{self, ProfileResult},
+        soak::{self, SoakResult},
         stats::Summary,
         tools,
         workload::{Micro, Workload},
@@ -50,6 +51,11 @@ pub(crate) struct Options {
     /// Only these parts (comma-separated); all by default
     #[arg(long, value_enum, value_delimiter = ',', value_name = "PARTS")]
     pub only: Vec<Part>,
+
+    /// Workers the soak part runs through (default 200 000, 50 000 with --quick; about
+    /// 4 000 a second here, so a million takes some 5 minutes)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..))]
+    pub soak_children: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +65,7 @@ pub(crate) enum Part {
     Capacity,
     Profile,
     Forks,
+    Soak,
 }
 
 pub(crate) fn run(options: Options) -> Result<ExitCode> {
@@ -142,6 +149,7 @@ struct Parts {
     memory: Option<MemoryResult>,
     bpf_profile: Option<ProfileResult>,
     forks: Option<Vec<forks::ForksResult>>,
+    soak: Option<SoakResult>,
     /// Time to `attached` over the micro and nginx runs.
     attach: Option<Summary>,
     verdicts: Vec<Verdict>,
@@ -206,6 +214,16 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         None
     };
 
+    let soak = if wants(Part::Soak) {
+        let children = options
+            .soak_children
+            .unwrap_or(if options.quick { 50_000 } else { 200_000 });
+        eprintln!("==> soak: {children} short-lived workers, snapshots every few seconds");
+        Some(soak::run(tracer, workload, children, &setup.out_dir)?)
+    } else {
+        None
+    };
+
     let mut attach_times: Vec<f64> = micros
         .iter()
         .flat_map(|m| m.attach_times_s.iter().copied())
@@ -222,6 +240,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         memory,
         bpf_profile,
         forks,
+        soak,
         attach,
         verdicts,
     })
@@ -250,6 +269,7 @@ fn write_json(
         },
         "bpf_profile": parts.bpf_profile,
         "forks": parts.forks,
+        "soak": parts.soak,
         "budgets": parts.verdicts,
         "total_s": started.elapsed().as_secs_f64(),
     });
@@ -280,6 +300,9 @@ fn print_tables(setup: &Setup, parts: &Parts) {
     }
     if let Some(results) = &parts.forks {
         forks::print(results);
+    }
+    if let Some(result) = &parts.soak {
+        soak::print(result);
     }
     if !parts.verdicts.is_empty() {
         print::budgets(&parts.verdicts);
