@@ -3,9 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use tracer_tests::{
-    ATTACH_TIMEOUT, Fixture, build_fixture, require_root, tracer_bin, wait_until,
-};
+use tracer_tests::{ATTACH_TIMEOUT, Fixture, build_fixture, require_root, tracer_bin, wait_until};
 
 /// Our own tmux server, apart from any session a user has.
 const SOCKET: &str = "tracer-tests";
@@ -19,7 +17,15 @@ impl Session {
     fn start(command: &str) -> Self {
         let name = format!("tracer-live-{}", std::process::id());
         tmux(&[
-            "new-session", "-d", "-s", &name, "-x", "200", "-y", "50", command,
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "200",
+            "-y",
+            "50",
+            command,
         ]);
         Self(name)
     }
@@ -104,5 +110,8 @@ fn live_view_in_tmux() {
         all.contains("7 files opened in `leak_one` ← `leak_batch`, still open in pid"),
         "the final report follows the live view:\n{all}"
     );
-    assert!(!group_row(&all), "the live view is gone from the terminal:\n{all}");
+    assert!(
+        !group_row(&all),
+        "the live view is gone from the terminal:\n{all}"
+    );
 }

@@ -51,7 +51,9 @@ fn snapshots(dir: &Path) -> Vec<(u64, Report)> {
 fn leaked(report: &Report) -> u64 {
     let groups = report.stacks_with_frame("leak_one");
     assert!(groups.len() <= 1, "{}", report.context());
-    groups.first().map_or(0, |g| g["open_count"].as_u64().unwrap())
+    groups
+        .first()
+        .map_or(0, |g| g["open_count"].as_u64().unwrap())
 }
 
 /// The snapshot's growth entry for the leaking group: (then, now).
@@ -125,7 +127,11 @@ fn sigusr1_snapshots_show_growth() {
     });
     let (total, open) = leak(&mut fixture, 5);
     assert_eq!(total, 8);
-    assert_eq!(fd_count(pid).unwrap() as u64, open, "the fixture's own count");
+    assert_eq!(
+        fd_count(pid).unwrap() as u64,
+        open,
+        "the fixture's own count"
+    );
     signal(tracer.pid() as i32, libc::SIGUSR1);
     wait_until(SNAPSHOT_TIMEOUT, "the second snapshot", || {
         snapshots(&dir).len() == 2
@@ -250,15 +256,17 @@ fn nofile_trigger_fires_once() {
     });
     let (total, _) = leak(&mut fixture, 4);
     // Two interval snapshots that saw the last batch: at least one check ran after it.
-    wait_until(SNAPSHOT_TIMEOUT, "two snapshots after the last batch", || {
-        snapshots(&dir)
-            .iter()
-            .filter(|(_, s)| {
-                s.json["snapshot"]["reason"] == "interval" && leaked(s) == total
-            })
-            .count()
-            >= 2
-    });
+    wait_until(
+        SNAPSHOT_TIMEOUT,
+        "two snapshots after the last batch",
+        || {
+            snapshots(&dir)
+                .iter()
+                .filter(|(_, s)| s.json["snapshot"]["reason"] == "interval" && leaked(s) == total)
+                .count()
+                >= 2
+        },
+    );
     let stderr = tracer.stderr();
     tracer.stop();
 

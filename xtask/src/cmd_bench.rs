@@ -215,9 +215,10 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
     };
 
     let soak = if wants(Part::Soak) {
-        let children = options
-            .soak_children
-            .unwrap_or(if options.quick { 50_000 } else { 200_000 });
+        let children =
+            options
+                .soak_children
+                .unwrap_or(if options.quick { 50_000 } else { 200_000 });
         eprintln!("==> soak: {children} short-lived workers, snapshots every few seconds");
         Some(soak::run(tracer, workload, children, &setup.out_dir)?)
     } else {

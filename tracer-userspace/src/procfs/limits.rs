@@ -44,10 +44,15 @@ mod tests {
                       Max open files            40                   524288               files     \n";
         assert_eq!(parse_nofile(limits), Some(40));
         assert_eq!(
-            parse_nofile("Max open files            unlimited            unlimited            files"),
+            parse_nofile(
+                "Max open files            unlimited            unlimited            files"
+            ),
             None
         );
-        assert_eq!(parse_file_nr("2816\t0\t9223372036854775807\n"), Some((2816, 9223372036854775807)));
+        assert_eq!(
+            parse_file_nr("2816\t0\t9223372036854775807\n"),
+            Some((2816, 9223372036854775807))
+        );
         assert_eq!(parse_file_nr("x"), None);
     }
 

@@ -26,9 +26,10 @@ impl Counts {
     pub(crate) fn of(agg: &Aggregator) -> Self {
         let mut counts = Self::default();
         for process in agg.live_processes() {
-            counts
-                .processes
-                .insert(process.pid, (process.comm.clone(), process.fds.len() as u64));
+            counts.processes.insert(
+                process.pid,
+                (process.comm.clone(), process.fds.len() as u64),
+            );
             for d in process.fds.values() {
                 *counts.stacks.entry(d.stack.map(|s| s.id)).or_insert(0) += 1;
                 if let Some(stack) = d.stack {
@@ -184,7 +185,11 @@ pub(crate) fn growth_section(info: &SnapshotInfo) -> String {
         );
     }
     if g.processes.len() > SHOWN {
-        let _ = writeln!(out, "  ... {} more processes grew", g.processes.len() - SHOWN);
+        let _ = writeln!(
+            out,
+            "  ... {} more processes grew",
+            g.processes.len() - SHOWN
+        );
     }
     out
 }
@@ -207,7 +212,10 @@ mod tests {
     /// Only what holds more than before is listed, most grown first; new ones start at 0.
     #[test]
     fn lists_what_grew() {
-        let then = counts(&[(Some(1), 5), (Some(2), 3), (None, 4)], &[(10, 12), (11, 2)]);
+        let then = counts(
+            &[(Some(1), 5), (Some(2), 3), (None, 4)],
+            &[(10, 12), (11, 2)],
+        );
         let now = counts(
             &[(Some(1), 9), (Some(2), 3), (Some(3), 1), (None, 2)],
             &[(10, 17), (12, 1)],

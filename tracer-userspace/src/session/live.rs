@@ -52,7 +52,8 @@ impl Live {
                     code, modifiers, ..
                 }) = event
                     && (matches!(code, KeyCode::Char('q') | KeyCode::Esc)
-                        || (code == KeyCode::Char('c') && modifiers.contains(KeyModifiers::CONTROL)))
+                        || (code == KeyCode::Char('c')
+                            && modifiers.contains(KeyModifiers::CONTROL)))
                 {
                     flag.store(true, Ordering::Relaxed);
                     break;
@@ -96,11 +97,12 @@ impl Live {
                 "tracer --live   {} processes, {open} descriptors open   q: stop and report",
                 counts.processes.len()
             ),
-            format!(
-                "events: {per_s:.0}/s, {received} received   lost: {lost} ({lost_per_s:.0}/s)"
-            ),
+            format!("events: {per_s:.0}/s, {received} received   lost: {lost} ({lost_per_s:.0}/s)"),
             String::new(),
-            format!("{:>9} {:>9}  GROWING FASTEST (gained in the last minute)", "OPEN", "+/MIN"),
+            format!(
+                "{:>9} {:>9}  GROWING FASTEST (gained in the last minute)",
+                "OPEN", "+/MIN"
+            ),
         ];
         if self.labels.len() > LABELS_KEPT {
             self.labels.clear();

@@ -194,11 +194,20 @@ impl Snapshots {
             sequence: self.sequence,
             reason: reason.to_string(),
             trigger,
-            taken_at: taken.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64(),
+            taken_at: taken
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
             growth,
         });
         self.previous = now;
         self.previous_at = Instant::now();
+        log::debug!(
+            "snapshot {}: kept processes {}, stacks: {}",
+            self.sequence,
+            state.agg.processes().count(),
+            state.stacks.sizes()
+        );
         match self.settings.report_dir.clone() {
             Some(dir) => self.write_files(&report, &dir, taken),
             None if self.live.is_some() => Ok(()),

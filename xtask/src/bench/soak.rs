@@ -155,7 +155,9 @@ pub(crate) fn print(r: &SoakResult) {
     println!(
         "| workers | forked in | RSS attached | 1/4 | 1/2 | 3/4 | end | caught up | peak | snapshots | events | lost |"
     );
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     println!(
         "| {} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
         r.children,
