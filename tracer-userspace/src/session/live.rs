@@ -94,8 +94,13 @@ impl Live {
         let (width, height) = terminal::size().unwrap_or((80, 24));
         let mut lines = vec![
             format!(
-                "tracer --live   {} processes, {open} descriptors open   q: stop and report",
-                counts.processes.len()
+                "tracer --live   {} {}, {open} descriptors open   q: stop and report",
+                counts.processes.len(),
+                if counts.processes.len() == 1 {
+                    "process"
+                } else {
+                    "processes"
+                }
             ),
             format!("events: {per_s:.0}/s, {received} received   lost: {lost} ({lost_per_s:.0}/s)"),
             String::new(),
