@@ -33,7 +33,9 @@ use crate::{
 /// empty BPF programs on the same tracepoints (the floor), under bpftrace keeping an
 /// open-descriptor map (with and without ustack) and under strace -f. Macro: nginx on
 /// 127.0.0.1 under wrk, untraced and traced. Capacity: zero-loss event rate, what happens
-/// above it, memory with a million open descriptors, time to attach.
+/// above it, memory with a million open descriptors, time to attach. Forks and soak: the
+/// tracer's memory while short-lived workers come and go (soak: with snapshots every 5 s,
+/// RSS at start, middle and end).
 ///
 /// Installs what it uses when missing (apt-get: gcc, strace, bpftrace, bpftool, nginx,
 /// wrk). Takes about 5 minutes on 2 cores (2.5 with --quick). Needs root. Not part of
