@@ -140,6 +140,7 @@ impl<'p> State<'p> {
         }
         reconcile::apply_listings(&mut self.agg, &listings);
         reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
+        reconcile::drop_unused_stacks(&mut self.reconciler, &self.agg, &mut self.stacks);
         self.reconciler.finished(began, lost);
     }
 

@@ -8,6 +8,7 @@ use foldhash::{HashMap, HashSet};
 
 mod bases;
 mod modules;
+mod sweep;
 mod symbolize;
 mod unwind;
 
@@ -138,7 +139,7 @@ impl StackStore {
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}, symbolized {}",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -148,6 +149,7 @@ impl StackStore {
                 .filter(|v| v.unwinder.is_some())
                 .count(),
             self.kernel_stacks.len(),
+            self.stack_ids.len(),
             self.stacks.len(),
             self.bases.len(),
             self.symbolizer.cached(),

@@ -47,6 +47,11 @@ impl StackSymbolizer {
         self.cache.len()
     }
 
+    /// Keeps the cached frames of the stacks `keep` accepts.
+    pub(super) fn retain(&mut self, keep: impl Fn(&StackRef) -> bool) {
+        self.cache.retain(|stack, _| keep(stack));
+    }
+
     /// Drops the frames cached for stacks of processes that are gone: a session that builds
     /// reports while it runs (snapshots) would otherwise keep one entry per process ever
     /// named in one (a child's inherited descriptors, its fork stack).
