@@ -324,8 +324,8 @@ fn report_dir_keeps_the_newest() {
     assert_eq!(names.iter().filter(|n| n.ends_with(".txt")).count(), 3);
 }
 
-/// A --report-dir that cannot be written and a zero --interval: one line, non-zero exit,
-/// before anything is attached.
+/// A --report-dir that cannot be written, a zero --interval, --live without a terminal: one
+/// line, non-zero exit, before anything is attached.
 #[test]
 fn bad_snapshot_options_fail_before_attaching() {
     require_root();
@@ -342,5 +342,12 @@ fn bad_snapshot_options_fail_before_attaching() {
         Duration::from_secs(30),
     );
     out.assert_clean_failure(&["--interval", "not a positive number"]);
+    assert!(!out.stderr.contains("attached"), "{}", out.context());
+    // The harness's stdout is a pipe.
+    let out = run_with_timeout(
+        tracer_command(&["--pid", &pid, "--live"]),
+        Duration::from_secs(30),
+    );
+    out.assert_clean_failure(&["--live needs a terminal"]);
     assert!(!out.stderr.contains("attached"), "{}", out.context());
 }

@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use child::PausedChild;
 use pipeline::{State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
-use snapshots::{ReportFacts, Snapshots, check_report_dir};
+use snapshots::{ReportFacts, Snapshots, check_settings};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -56,8 +56,8 @@ pub fn run(config: &Config) -> Result<()> {
                 .with_context(|| format!("cannot create {}", path.display()))
         })
         .transpose()?;
-    // So is a snapshot directory.
-    check_report_dir(&config.snapshots)?;
+    // So are a snapshot directory that cannot be written and --live without a terminal.
+    check_settings(&config.snapshots)?;
     let existing = match &config.target {
         Target::Pid(pid) => Some(process_of(*pid)?),
         Target::Command(_) => None,

@@ -142,9 +142,15 @@ impl Snapshots {
                     self.rates.update(Counts::of(&state.agg), now);
                 }
                 let rates = (self.triggers.wants_counts()).then_some(&self.rates);
+                // A plain run keeps its one report on stdout (the contract's --json): there, a
+                // trigger only says so on stderr.
+                let long_running =
+                    self.settings.report_dir.is_some() || self.settings.interval.is_some();
                 for Fired { reason, what } in self.triggers.check(&state.agg, rates, now) {
                     eprintln!("tracer: trigger {reason}: {what}");
-                    self.take(state, ring, reason, Some(what))?;
+                    if long_running {
+                        self.take(state, ring, reason, Some(what))?;
+                    }
                 }
                 if let Some(live) = &mut self.live {
                     if live.quit_asked() {
@@ -237,8 +243,12 @@ impl Snapshots {
     }
 }
 
-/// Refuses a --report-dir that cannot be written, before anything is attached.
-pub(super) fn check_report_dir(config: &SnapshotConfig) -> Result<()> {
+/// Refuses a --report-dir that cannot be written, and --live without a terminal, before
+/// anything is attached.
+pub(super) fn check_settings(config: &SnapshotConfig) -> Result<()> {
+    if config.live && !io::IsTerminal::is_terminal(&io::stdout()) {
+        anyhow::bail!("--live needs a terminal on stdout");
+    }
     let Some(dir) = &config.report_dir else {
         return Ok(());
     };
