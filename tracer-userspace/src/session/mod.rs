@@ -25,7 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use child::PausedChild;
 use pipeline::{State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
-use snapshots::{ReportFacts, Snapshots, check_settings};
+use snapshots::{ReportFacts, Snapshots, check_settings, handle_sigusr1};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -73,6 +73,7 @@ pub fn run(config: &Config) -> Result<()> {
         .context("cannot start the event loop")?;
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
+    let sigusr1 = handle_sigusr1()?;
 
     let (mut probes, ring) =
         capture::load(&tracefs_root, config.ring_bytes, config.stack_copy_bytes)
@@ -82,7 +83,6 @@ pub fn run(config: &Config) -> Result<()> {
     let descendants = tree.followed.len() - 1;
     let mut state = State::new(&probes, config.at_exit_descriptors);
     tree.seed(&mut state, started_ns);
-    // SIGUSR1 is handled before `attached` is printed (its default action would kill us).
     let mut snapshots = Snapshots::new(
         ReportFacts {
             config: config.clone(),
@@ -90,6 +90,7 @@ pub fn run(config: &Config) -> Result<()> {
             command: command.clone(),
             started_ns,
         },
+        sigusr1,
         Counts::of(&state.agg),
     )?;
     announce(

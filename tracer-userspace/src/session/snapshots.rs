@@ -70,9 +70,9 @@ pub(super) struct Snapshots {
 }
 
 impl Snapshots {
-    /// Installs the SIGUSR1 handler (needs the Tokio runtime). `attached` holds what the
-    /// tables held at attach: the first snapshot's growth is counted from there.
-    pub(super) fn new(facts: ReportFacts, attached: Counts) -> Result<Self> {
+    /// `sigusr1` is [`handle_sigusr1`]'s. `attached` holds what the tables held at attach:
+    /// the first snapshot's growth is counted from there.
+    pub(super) fn new(facts: ReportFacts, sigusr1: Signal, attached: Counts) -> Result<Self> {
         let settings = facts.config.snapshots.clone();
         let mut check = interval(CHECK_EVERY);
         check.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -87,7 +87,7 @@ impl Snapshots {
             live: None,
             settings,
             facts,
-            sigusr1: signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")?,
+            sigusr1,
             interval,
             check,
             rates: Rates::default(),
@@ -241,6 +241,13 @@ impl Snapshots {
         prune(dir, self.settings.keep);
         Ok(())
     }
+}
+
+/// Catches SIGUSR1 (needs the Tokio runtime), before the slow loading of the programs: its
+/// default action would end the tracer, and a snapshot asked for then is written once
+/// tracing has begun.
+pub(super) fn handle_sigusr1() -> Result<Signal> {
+    signal(SignalKind::user_defined1()).context("cannot handle SIGUSR1")
 }
 
 /// Refuses a --report-dir that cannot be written, and --live without a terminal, before
