@@ -32,6 +32,7 @@ pub const FIXTURES: &[&str] = &[
     "tw_client",
     "fd_families",
     "stack_leak",
+    "steady_leak",
     "stack_base",
     "exit_workers",
     "bad_close",

@@ -19,5 +19,5 @@ mod session;
 mod stacks;
 mod tcp;
 
-pub use cli::{Config, ConfigError, Options, Target};
+pub use cli::{Config, ConfigError, Options, SnapshotConfig, Target};
 pub use session::run;

@@ -16,6 +16,7 @@ use crate::{
         nginx::{self, NginxResult},
         print, procstat,
         profile::{self, ProfileResult},
+        soak::{self, SoakResult},
         stats::Summary,
         tools,
         workload::{Micro, Workload},
@@ -33,7 +34,9 @@ use crate::{
 /// empty BPF programs on the same tracepoints (the floor), under bpftrace keeping an
 /// open-descriptor map (with and without ustack) and under strace -f. Macro: nginx on
 /// 127.0.0.1 under wrk, untraced and traced. Capacity: zero-loss event rate, what happens
-/// above it, memory with a million open descriptors, time to attach.
+/// above it, memory with a million open descriptors, time to attach. Forks and soak: the
+/// tracer's memory while short-lived workers come and go (soak: with snapshots every 5 s,
+/// RSS at start, middle and end).
 ///
 /// Installs what it uses when missing (apt-get: gcc, strace, bpftrace, bpftool, nginx,
 /// wrk). Takes about 5 minutes on 2 cores (2.5 with --quick). Needs root. Not part of
@@ -57,6 +60,10 @@ pub(crate) struct Options {
     /// on a machine whose load drifts
     #[arg(long, value_name = "PATH")]
     pub baseline_tracer: Option<PathBuf>,
+    /// Workers the soak part runs through (default 200 000, 50 000 with --quick; about
+    /// 4 000 a second here, so a million takes some 5 minutes)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..))]
+    pub soak_children: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -66,6 +73,7 @@ pub(crate) enum Part {
     Capacity,
     Profile,
     Forks,
+    Soak,
 }
 
 pub(crate) fn run(options: Options) -> Result<ExitCode> {
@@ -170,6 +178,7 @@ struct Parts {
     memory: Option<MemoryResult>,
     bpf_profile: Option<ProfileResult>,
     forks: Option<Vec<forks::ForksResult>>,
+    soak: Option<SoakResult>,
     /// Time to `attached` over the micro and nginx runs.
     attach: Option<Summary>,
     verdicts: Vec<Verdict>,
@@ -245,6 +254,17 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         None
     };
 
+    let soak = if wants(Part::Soak) {
+        let children =
+            options
+                .soak_children
+                .unwrap_or(if options.quick { 50_000 } else { 200_000 });
+        eprintln!("==> soak: {children} short-lived workers, snapshots every few seconds");
+        Some(soak::run(tracer, workload, children, &setup.out_dir)?)
+    } else {
+        None
+    };
+
     let mut attach_times: Vec<f64> = micros
         .iter()
         .flat_map(|m| m.attach_times_s.iter().copied())
@@ -260,6 +280,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         memory,
         bpf_profile,
         forks,
+        soak,
         attach,
         verdicts: Vec::new(),
         load: None,
@@ -289,6 +310,7 @@ fn write_json(
         },
         "bpf_profile": parts.bpf_profile,
         "forks": parts.forks,
+        "soak": parts.soak,
         "budgets": parts.verdicts,
         "load": parts.load,
         "total_s": started.elapsed().as_secs_f64(),
@@ -323,6 +345,9 @@ fn print_tables(setup: &Setup, parts: &Parts) {
     }
     if let Some(load) = &parts.load {
         print::load(load);
+    }
+    if let Some(result) = &parts.soak {
+        soak::print(result);
     }
     if !parts.verdicts.is_empty() {
         print::budgets(&parts.verdicts);

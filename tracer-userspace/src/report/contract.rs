@@ -46,6 +46,10 @@ pub(crate) struct Report {
     pub deleted_files: Vec<DeletedFileEntry>,
     /// Closes, dup2s and dup3s of descriptors that were not open (EBADF), by closing stack.
     pub bad_closes: Vec<super::BadCloseGroupEntry>,
+    /// Present in snapshots taken while tracing goes on (SIGUSR1, --interval, triggers):
+    /// which one, why, and what grew since the previous one. Absent from the final report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<super::growth::SnapshotInfo>,
 }
 
 /// One deleted file still held open by live followed processes.

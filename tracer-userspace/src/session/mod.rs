@@ -8,9 +8,12 @@
 
 mod attach;
 mod child;
+mod live;
 mod pipeline;
 mod reconcile;
 mod resolver;
+mod snapshots;
+mod triggers;
 
 use std::{
     fs::File,
@@ -22,6 +25,7 @@ use anyhow::{Context as _, Result, bail};
 use child::PausedChild;
 use pipeline::{State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
+use snapshots::{ReportFacts, Snapshots, check_settings, handle_sigusr1};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -29,7 +33,7 @@ use crate::{
     cli::{Config, Target},
     clock::monotonic_ns,
     procfs,
-    report::{self, Report, SessionFacts},
+    report::{self, Report, SessionFacts, growth::Counts},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,8 @@ pub fn run(config: &Config) -> Result<()> {
                 .with_context(|| format!("cannot create {}", path.display()))
         })
         .transpose()?;
+    // So are a snapshot directory that cannot be written and --live without a terminal.
+    check_settings(&config.snapshots)?;
     let existing = match &config.target {
         Target::Pid(pid) => Some(process_of(*pid)?),
         Target::Command(_) => None,
@@ -67,6 +73,7 @@ pub fn run(config: &Config) -> Result<()> {
         .context("cannot start the event loop")?;
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
+    let sigusr1 = handle_sigusr1()?;
 
     let (mut probes, ring) =
         capture::load(&tracefs_root, config.ring_bytes, config.stack_copy_bytes)
@@ -76,6 +83,16 @@ pub fn run(config: &Config) -> Result<()> {
     let descendants = tree.followed.len() - 1;
     let mut state = State::new(&probes, config.at_exit_descriptors);
     tree.seed(&mut state, started_ns);
+    let mut snapshots = Snapshots::new(
+        ReportFacts {
+            config: config.clone(),
+            target,
+            command: command.clone(),
+            started_ns,
+        },
+        sigusr1,
+        Counts::of(&state.agg),
+    )?;
     announce(
         &state,
         probes.attached.len(),
@@ -86,6 +103,7 @@ pub fn run(config: &Config) -> Result<()> {
     if let Some(child) = &mut child {
         child.release(&command[0])?;
     }
+    snapshots.start_live()?;
 
     // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
     // owns the ring) is dropped, as register() requires.
@@ -97,8 +115,10 @@ pub fn run(config: &Config) -> Result<()> {
         &mut state,
         child.as_mut(),
         config.duration,
+        &mut snapshots,
         stop_signals,
     ))?;
+    snapshots.end_live();
     let ring_capacity = config.ring_bytes as usize;
     state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
 

@@ -15,6 +15,7 @@ use tracer_common::CLONE_THREAD;
 use super::{
     child::PausedChild,
     reconcile::{self, Reconciler},
+    snapshots::Snapshots,
 };
 use crate::{
     aggregator::Aggregator,
@@ -68,6 +69,11 @@ impl<'p> State<'p> {
             records: RecordCounts::default(),
             reconciler: Reconciler::new(),
         }
+    }
+
+    /// The loaded programs (their maps and lost-event counters).
+    pub(super) fn probes(&self) -> &'p Probes {
+        self.probes
     }
 
     /// Applies what the kernel emitted before the stop (what a busy target does after that
@@ -134,13 +140,14 @@ impl<'p> State<'p> {
         }
         reconcile::apply_listings(&mut self.agg, &listings);
         reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
+        reconcile::drop_unused_stacks(&mut self.reconciler, &self.agg, &mut self.stacks);
         self.reconciler.finished(began, lost);
     }
 
     /// Applies up to `budget` waiting events; true when the ring buffer was emptied. The
     /// budget keeps a process that produces events faster than we apply them from starving
     /// signals, the deadline and housekeeping.
-    fn drain(&mut self, ring: &mut EventRing, budget: usize) -> bool {
+    pub(super) fn drain(&mut self, ring: &mut EventRing, budget: usize) -> bool {
         self.drain_until(ring, budget, u64::MAX)
     }
 
@@ -259,6 +266,7 @@ pub(super) async fn event_loop(
     state: &mut State<'_>,
     mut child: Option<&mut PausedChild>,
     duration: Option<f64>,
+    snapshots: &mut Snapshots,
     StopSignals {
         mut sigint,
         mut sigterm,
@@ -281,6 +289,11 @@ pub(super) async fn event_loop(
             }
             _ = drain_timer.tick() => {
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
+            }
+            tick = snapshots.next() => {
+                if let Some(stop) = snapshots.handle(tick, state, ring.get_mut())? {
+                    return Ok(stop);
+                }
             }
             _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),

@@ -8,6 +8,7 @@ use foldhash::{HashMap, HashSet};
 
 mod bases;
 mod modules;
+mod sweep;
 mod symbolize;
 mod unwind;
 
@@ -138,7 +139,7 @@ impl StackStore {
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -148,8 +149,10 @@ impl StackStore {
                 .filter(|v| v.unwinder.is_some())
                 .count(),
             self.kernel_stacks.len(),
+            self.stack_ids.len(),
             self.stacks.len(),
             self.bases.len(),
+            self.symbolizer.cached(),
         )
     }
 
@@ -160,6 +163,7 @@ impl StackStore {
     /// at the next call. Memory then follows what is live plus what the report will name,
     /// not every process that ever lived.
     pub(crate) fn forget(&mut self, gone: &[u32], in_use: impl Fn(u32, u32) -> bool) {
+        self.symbolizer.forget(gone);
         let mut candidates = std::mem::take(&mut self.pinned);
         // A pid a later process has taken since names that process's maps now.
         candidates.retain(|(pid, _)| !self.generations.contains_key(pid));

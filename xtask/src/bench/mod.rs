@@ -11,6 +11,7 @@ pub(crate) mod nginx;
 pub(crate) mod print;
 pub(crate) mod procstat;
 pub(crate) mod profile;
+pub(crate) mod soak;
 pub(crate) mod stats;
 pub(crate) mod table;
 pub(crate) mod tools;

@@ -26,6 +26,10 @@ pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
         "builds its Rust fixture with rustc at run time; the guest has no Rust toolchain",
     ),
     (
+        "live_view_in_tmux",
+        "drives the live view in tmux; the guest has no tmux",
+    ),
+    (
         "python_script",
         "runs a Python fixture; the guest has no Python interpreter",
     ),

@@ -49,7 +49,7 @@ pub(super) fn call_site(stack: &[FrameEntry], lead: &str) -> String {
     }
 }
 
-pub(super) fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
+pub(crate) fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
     stack
         .iter()
         .filter(|f| !is_library_frame(f))
