@@ -93,12 +93,8 @@ async fn respond<B>(
     }
     match request.uri().path() {
         "/metrics" => {
-            let format = Format::from_accept(
-                request
-                    .headers()
-                    .get(ACCEPT)
-                    .and_then(|v| v.to_str().ok()),
-            );
+            let format =
+                Format::from_accept(request.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
             // Every descriptor counts, whatever --min-age says: process_open_fds is what
             // /proc/PID/fd lists.
             let Some(report) = report_now(requests, Some(0.0)).await else {

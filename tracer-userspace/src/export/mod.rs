@@ -55,7 +55,9 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
             io::ErrorKind::PermissionDenied => {
                 "permission denied (a port below 1024 needs CAP_NET_BIND_SERVICE)".to_owned()
             }
-            io::ErrorKind::AddrNotAvailable => "no interface of this host has that address".to_owned(),
+            io::ErrorKind::AddrNotAvailable => {
+                "no interface of this host has that address".to_owned()
+            }
             _ => err.to_string(),
         };
         anyhow!("cannot serve on {addr}: {why}")

@@ -14,9 +14,7 @@ use std::{
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
-use super::profile_proto::{
-    Function, Label, Line, Location, Mapping, Profile, Sample, ValueType,
-};
+use super::profile_proto::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use crate::report::{DescriptorEntry, FrameEntry, Report};
 
 /// The function a descriptor without a stack is charged to (open before the tracer attached,
@@ -71,6 +69,13 @@ pub(super) fn build(report: &Report, now: SystemTime) -> Profile {
     out.profile.time_nanos = now
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    // Readers take the first mapping for the main executable (pprof names a saved profile
+    // after it): the module of a stack's outermost frame, `_start`, comes first.
+    for (first, _, _) in groups.values() {
+        if let Some(outermost) = first.stack.last() {
+            out.mapping(outermost.module.as_deref());
+        }
+    }
     for (key, (first, count, ages)) in groups {
         let location_id = out.locations(&first.stack);
         let mut label = vec![
@@ -183,7 +188,11 @@ impl Builder {
                 .symbol
                 .clone()
                 .unwrap_or_else(|| format!("{:#x}", frame.addr));
-            let file = frame.file.as_deref().or(frame.module.as_deref()).unwrap_or("");
+            let file = frame
+                .file
+                .as_deref()
+                .or(frame.module.as_deref())
+                .unwrap_or("");
             let function_id = self.function(&name, file);
             lines.push((function_id, frame.line.map_or(0, i64::from)));
             if !frame.inlined {

@@ -50,7 +50,9 @@ fn metrics_count_what_the_report_holds() {
     // 5 * 0.935 + 0.951.
     let growth = text
         .lines()
-        .find_map(|l| l.strip_prefix(r#"tracer_open_fds_growth_per_minute{pid="1",comm="server"} "#))
+        .find_map(|l| {
+            l.strip_prefix(r#"tracer_open_fds_growth_per_minute{pid="1",comm="server"} "#)
+        })
         .expect("a growth line");
     assert_eq!(growth.parse::<f64>().unwrap(), 5.6, "{text}");
     assert!(!text.contains("# EOF"), "{text}");
@@ -65,8 +67,14 @@ fn openmetrics_when_asked() {
     assert_eq!(Format::from_accept(None), Format::Prometheus);
     let text = metrics::encode(&sample_report(), &host(), Format::OpenMetrics);
     assert!(text.ends_with("# EOF\n"), "{text}");
-    assert!(text.contains("# TYPE tracer_events_received counter\n"), "{text}");
-    assert!(text.contains("\ntracer_events_received_total 0\n"), "{text}");
+    assert!(
+        text.contains("# TYPE tracer_events_received counter\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\ntracer_events_received_total 0\n"),
+        "{text}"
+    );
 }
 
 /// A process that exited is not a followed process any more; no limit read, no line.
@@ -137,7 +145,9 @@ fn profile_has_one_sample_per_stack_and_labels() {
         (l["pid"], l["comm"], l["kind"], l["tcp_state"]),
         ("1", "server", "socket", "ESTABLISHED")
     );
-    let file = (0..3).find(|&i| functions(&profile, i) == ["fn_8"]).unwrap();
+    let file = (0..3)
+        .find(|&i| functions(&profile, i) == ["fn_8"])
+        .unwrap();
     assert_eq!(profile.sample[file].value, [1, 3]);
     assert!(!labels(&profile, file).contains_key("tcp_state"));
     let before = (0..3)
@@ -164,7 +174,11 @@ fn inlined_frames_share_a_location() {
         frame(0x20, "read_config", 10, true),
         frame(0x20, "main", 20, false),
     ]);
-    for d in report.open_descriptors.iter_mut().filter(|d| d.stack_id == Some(8)) {
+    for d in report
+        .open_descriptors
+        .iter_mut()
+        .filter(|d| d.stack_id == Some(8))
+    {
         d.stack = Arc::clone(&stack);
     }
     let profile = pprof::build(&report, UNIX_EPOCH);
@@ -193,7 +207,10 @@ fn inlined_frames_share_a_location() {
 /// The time is the wall clock's, in ns since the epoch.
 #[test]
 fn profile_is_stamped() {
-    let profile: Profile = pprof::build(&sample_report(), UNIX_EPOCH + std::time::Duration::from_secs(2));
+    let profile: Profile = pprof::build(
+        &sample_report(),
+        UNIX_EPOCH + std::time::Duration::from_secs(2),
+    );
     assert_eq!(profile.time_nanos, 2_000_000_000);
     let _: &Report = &sample_report();
 }

@@ -44,7 +44,8 @@ mod tests {
                       Max open files            1024                 524288               files     \n\
                       Max locked memory         8388608              8388608              bytes     \n";
         assert_eq!(parse_max_open_files(limits), Some(1024));
-        let unlimited = "Max open files            unlimited            unlimited            files     \n";
+        let unlimited =
+            "Max open files            unlimited            unlimited            files     \n";
         assert_eq!(parse_max_open_files(unlimited), None);
         assert_eq!(parse_max_open_files(""), None);
     }
@@ -55,9 +56,15 @@ mod tests {
         let pid = std::process::id();
         let limit = max_open_files(pid).expect("our own limit");
         // SAFETY: getrlimit writes the struct we pass and nothing else.
-        let mut rlimit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: as above.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit) }, 0);
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit) },
+            0
+        );
         assert_eq!(limit, rlimit.rlim_cur);
         assert!(own_resident_bytes().is_some_and(|b| b > 0));
     }

@@ -87,9 +87,7 @@ pub fn run(config: &Config) -> Result<()> {
         descendants,
     );
     if let Some((addr, _)) = &serving {
-        eprintln!(
-            "tracer: serving http://{addr}/metrics, /debug/pprof/open_fds and /report"
-        );
+        eprintln!("tracer: serving http://{addr}/metrics, /debug/pprof/open_fds and /report");
     }
     if let Some(child) = &mut child {
         child.release(&command[0])?;
@@ -103,7 +101,14 @@ pub fn run(config: &Config) -> Result<()> {
     // --serve: the event loop answers with the report of the tables as they stand.
     let report_now = |state: &mut State<'_>, min_age_s: Option<f64>| {
         let min_age_s = min_age_s.unwrap_or(config.min_age_s);
-        build_report(state, &probes, min_age_s, target, command.clone(), started_ns)
+        build_report(
+            state,
+            &probes,
+            min_age_s,
+            target,
+            command.clone(),
+            started_ns,
+        )
     };
     let requests = serving.map(|(_, receiver)| ReportRequests {
         receiver,
