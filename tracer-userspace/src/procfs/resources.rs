@@ -55,16 +55,13 @@ mod tests {
     fn reads_our_own_limit_and_memory() {
         let pid = std::process::id();
         let limit = max_open_files(pid).expect("our own limit");
-        // SAFETY: getrlimit writes the struct we pass and nothing else.
         let mut rlimit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
         };
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit) },
-            0
-        );
+        // SAFETY: getrlimit writes the struct we pass and nothing else.
+        let status = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit) };
+        assert_eq!(status, 0);
         assert_eq!(limit, rlimit.rlim_cur);
         assert!(own_resident_bytes().is_some_and(|b| b > 0));
     }
