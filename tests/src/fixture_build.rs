@@ -36,6 +36,7 @@ pub const FIXTURES: &[&str] = &[
     "stack_base",
     "exit_workers",
     "bad_close",
+    "serve_leak",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.

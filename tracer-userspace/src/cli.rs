@@ -2,7 +2,7 @@
 //! as clap parses them ([`Options`]), and the checked settings a session runs with
 //! ([`Config`]), as ripgrep separates its low-level and high-level arguments.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
@@ -100,6 +100,11 @@ pub struct Options {
     /// growing fastest. q or Ctrl-C stops and prints the final report.
     #[arg(long)]
     pub live: bool,
+    /// Serve /metrics (Prometheus), /debug/pprof/open_fds (a pprof profile of the open
+    /// descriptors by creating stack) and /report (the JSON report) over HTTP on ADDR, an
+    /// IP:PORT such as 127.0.0.1:9464 or [::]:9464, while tracing.
+    #[arg(long, value_name = "ADDR", value_parser = listen_address)]
+    pub serve: Option<SocketAddr>,
 
     /// Start COMMAND with its arguments and follow it from its first syscall.
     #[arg(last = true, value_name = "COMMAND")]
@@ -132,6 +137,8 @@ pub struct Config {
     pub at_exit_descriptors: bool,
     /// Snapshots while tracing goes on, their triggers, and the live view.
     pub snapshots: SnapshotConfig,
+    /// Where to serve the metrics, the profile and the report.
+    pub serve: Option<SocketAddr>,
 }
 
 /// When to write snapshots while tracing, and where.
@@ -185,6 +192,7 @@ impl Options {
                 growth_per_minute: self.growth_trigger,
                 live: self.live,
             },
+            serve: self.serve,
         })
     }
 }
@@ -208,6 +216,11 @@ fn non_negative_seconds(text: &str) -> Result<f64, String> {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
         _ => Err(format!("`{text}` is not a number of seconds")),
     }
+}
+
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IP:PORT address such as 127.0.0.1:9464"))
 }
 
 fn ring_buffer_mib(text: &str) -> Result<u32, String> {
@@ -234,7 +247,9 @@ mod tests {
             Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
                 .unwrap();
         assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
-        assert_eq!((opts.top, opts.flamegraph), (10, None));
+        assert_eq!((opts.top, opts.flamegraph, opts.serve), (10, None, None));
+        let opts = Options::try_parse_from(["tracer", "--serve", "[::1]:9464", "--", "x"]).unwrap();
+        assert_eq!(opts.serve, Some("[::1]:9464".parse().unwrap()));
         let opts =
             Options::try_parse_from(["tracer", "--top", "3", "--flamegraph", "fds.svg", "--", "x"])
                 .unwrap();
@@ -280,6 +295,9 @@ mod tests {
             ["--keep", "0"],
             ["--nofile-trigger", "101"],
             ["--growth-trigger", "-1"],
+            ["--serve", "localhost"],
+            ["--serve", "127.0.0.1"],
+            ["--serve", "127.0.0.1:99999"],
         ] {
             assert!(
                 Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(),

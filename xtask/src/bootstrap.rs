@@ -27,14 +27,18 @@ pub(crate) struct Needs {
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 
 /// The real servers and clients the integration tests start (`tests/tests/servers.rs`):
-/// PostgreSQL and pgbench, Redis and redis-benchmark, `ss` to compare TCP states with, and
-/// tmux, the terminal the `--live` test drives (`tests/tests/live.rs`).
+/// PostgreSQL and pgbench, Redis and redis-benchmark, `ss` to compare TCP states with,
+/// tmux, the terminal the `--live` test drives (`tests/tests/live.rs`), and for `--serve`
+/// (`tests/tests/serve.rs`): Prometheus and promtool, Go's `go tool pprof`, curl.
 const SERVER_PACKAGES: &[&str] = &[
     "postgresql",
     "redis-server",
     "redis-tools",
     "iproute2",
     "tmux",
+    "prometheus",
+    "golang-go",
+    "curl",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

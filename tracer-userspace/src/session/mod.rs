@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use child::PausedChild;
-use pipeline::{State, StopSignals};
+use pipeline::{ReportRequests, State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
 use snapshots::{ReportFacts, Snapshots, check_settings, handle_sigusr1};
 use tokio::io::{Interest, unix::AsyncFd};
@@ -32,7 +32,7 @@ use crate::{
     capture::{self, Probes},
     cli::{Config, Target},
     clock::monotonic_ns,
-    procfs,
+    export, procfs,
     report::{self, Report, SessionFacts, growth::Counts},
 };
 
@@ -58,6 +58,8 @@ pub fn run(config: &Config) -> Result<()> {
         .transpose()?;
     // So are a snapshot directory that cannot be written and --live without a terminal.
     check_settings(&config.snapshots)?;
+    // So is an address the endpoint cannot listen on.
+    let listener = config.serve.map(export::bind).transpose()?;
     let existing = match &config.target {
         Target::Pid(pid) => Some(process_of(*pid)?),
         Target::Command(_) => None,
@@ -74,6 +76,7 @@ pub fn run(config: &Config) -> Result<()> {
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
     let sigusr1 = handle_sigusr1()?;
+    let serving = listener.map(export::start).transpose()?;
 
     let (mut probes, ring) =
         capture::load(&tracefs_root, config.ring_bytes, config.stack_copy_bytes)
@@ -100,6 +103,9 @@ pub fn run(config: &Config) -> Result<()> {
         target,
         descendants,
     );
+    if let Some((addr, _)) = &serving {
+        eprintln!("tracer: serving http://{addr}/metrics, /debug/pprof/open_fds and /report");
+    }
     if let Some(child) = &mut child {
         child.release(&command[0])?;
     }
@@ -110,6 +116,22 @@ pub fn run(config: &Config) -> Result<()> {
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("cannot poll the ring buffer")?;
+    // --serve: the event loop answers with the report of the tables as they stand.
+    let report_now = |state: &mut State<'_>, min_age_s: Option<f64>| {
+        let min_age_s = min_age_s.unwrap_or(config.min_age_s);
+        build_report(
+            state,
+            &probes,
+            min_age_s,
+            target,
+            command.clone(),
+            started_ns,
+        )
+    };
+    let requests = serving.map(|(_, receiver)| ReportRequests {
+        receiver,
+        build: &report_now,
+    });
     let stop = runtime.block_on(pipeline::event_loop(
         &mut ring,
         &mut state,
@@ -117,12 +139,20 @@ pub fn run(config: &Config) -> Result<()> {
         config.duration,
         &mut snapshots,
         stop_signals,
+        requests,
     ))?;
     snapshots.end_live();
     let ring_capacity = config.ring_bytes as usize;
     state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
 
-    let report = build_report(&mut state, &probes, config, target, command, started_ns);
+    let report = build_report(
+        &mut state,
+        &probes,
+        config.min_age_s,
+        target,
+        command,
+        started_ns,
+    );
     print_report(&report, config.json, config.top)?;
     if let Some((path, file)) = flamegraph {
         write_flamegraph(&report, &path, file)?;
@@ -190,7 +220,7 @@ fn process_of(pid: u32) -> Result<u32> {
 fn build_report(
     state: &mut State<'_>,
     probes: &Probes,
-    config: &Config,
+    min_age_s: f64,
     target: u32,
     command: Vec<String>,
     started_ns: u64,
@@ -207,7 +237,7 @@ fn build_report(
         lost_ring_full: lost.ring_full,
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
-        min_age_s: config.min_age_s,
+        min_age_s,
         time_wait: state.tcp.time_wait_groups(now_ns),
         time_wait_now: still_in_time_wait(&state.tcp, target),
     };

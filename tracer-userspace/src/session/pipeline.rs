@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
     time::{Instant, interval, sleep_until},
 };
 use tracer_common::CLONE_THREAD;
@@ -22,7 +23,9 @@ use crate::{
     capture::{EventRing, Probes},
     clock::monotonic_ns,
     events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
+    export::ReportRequest,
     procfs,
+    report::Report,
     stacks::{KernelStacks, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
@@ -271,6 +274,7 @@ pub(super) async fn event_loop(
         mut sigint,
         mut sigterm,
     }: StopSignals,
+    mut requests: Option<ReportRequests<'_>>,
 ) -> Result<StopReason> {
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let deadline = duration.map_or(far_future, |secs| {
@@ -298,6 +302,14 @@ pub(super) async fn event_loop(
             _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),
             _ = sleep_until(deadline) => return Ok(StopReason::Duration),
+            request = next_request(&mut requests) => {
+                // What is waiting in the ring goes in first, so the answer includes it.
+                state.drain(ring.get_mut(), DRAIN_BUDGET);
+                if let Some(requests) = &requests {
+                    let report = (requests.build)(state, request.min_age_s());
+                    request.answer(report);
+                }
+            }
             _ = housekeeping.tick() => {
                 if let Some(child) = child.as_deref_mut() {
                     child.try_reap();
@@ -316,6 +328,23 @@ pub(super) async fn event_loop(
             }
         }
     }
+}
+
+/// Requests for the report of the tables as they stand (`--serve`), answered between reads of
+/// the ring buffer by `build`, the session's report builder.
+pub(super) struct ReportRequests<'a> {
+    pub(super) receiver: mpsc::Receiver<ReportRequest>,
+    pub(super) build: &'a dyn Fn(&mut State<'_>, Option<f64>) -> Report,
+}
+
+/// The next request, or never when there is no server (or it is gone).
+async fn next_request(requests: &mut Option<ReportRequests<'_>>) -> ReportRequest {
+    if let Some(requests) = requests
+        && let Some(request) = requests.receiver.recv().await
+    {
+        return request;
+    }
+    std::future::pending().await
 }
 
 /// Records read and records that could not be decoded.

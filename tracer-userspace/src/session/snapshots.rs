@@ -177,7 +177,7 @@ impl Snapshots {
         let mut report = build_report(
             state,
             probes,
-            &f.config,
+            f.config.min_age_s,
             f.target,
             f.command.clone(),
             f.started_ns,
