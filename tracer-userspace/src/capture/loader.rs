@@ -11,7 +11,10 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
-use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
+use tracer_common::{
+    FSBASE_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names,
+    python::PyProcConfig,
+};
 
 use super::{
     kernel_log::{KernelLog, kernel_log_level},
@@ -149,6 +152,8 @@ pub(crate) struct Probes {
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
+    /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
+    python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
@@ -185,13 +190,17 @@ pub(crate) fn preflight() -> Result<PathBuf, LoadError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }
-    let btf = std::env::var_os("TRACER_BTF_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF));
+    let btf = btf_path();
     if !btf.is_file() {
         return Err(LoadError::NoBtf(btf));
     }
     Ok(tracefs::ensure_mounted()?)
+}
+
+fn btf_path() -> PathBuf {
+    std::env::var_os("TRACER_BTF_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF))
 }
 
 /// The ring buffer userspace reads events from.
@@ -219,10 +228,13 @@ pub(crate) fn load(
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
+    let fsbase_offset = super::btf::task_fsbase_offset(&btf_path()).unwrap_or(u64::MAX);
+    log::debug!("task_struct thread.fsbase at {fsbase_offset:#x}");
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(FSBASE_GLOBAL, &fsbase_offset, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
@@ -252,6 +264,10 @@ pub(crate) fn load(
             .map_err(map_error(map_names::FOLLOWED))?,
         listen_ports: HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
             .map_err(map_error(map_names::LISTEN_PORTS))?,
+        python: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
+                .map_err(map_error(map_names::PY_PROCS))?,
+        ),
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
         stack_bases: RefCell::new(
@@ -352,6 +368,14 @@ impl Probes {
         };
         if let Err(err) = result {
             log::debug!("cannot update the stack base of thread {tid}: {err}");
+        }
+    }
+
+    /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks
+    /// carry Python frames. A failure costs only those frames, so it is logged.
+    pub(crate) fn set_python(&self, tgid: u32, config: &PyProcConfig) {
+        if let Err(err) = self.python.borrow_mut().insert(tgid, *config, 0) {
+            log::warn!("pid {tgid}: cannot configure Python frames: {err}");
         }
     }
 

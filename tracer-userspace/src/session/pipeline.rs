@@ -102,6 +102,13 @@ impl<'p> State<'p> {
         );
     }
 
+    /// Writes the interpreter layouts found since the last call into the kernel's map.
+    pub(super) fn configure_python(&mut self) {
+        for (tgid, config) in self.stacks.take_python_updates() {
+            self.probes.set_python(tgid, &config);
+        }
+    }
+
     /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
     fn reconcile_if_due(&mut self, ring: &mut EventRing) {
         let lost = self.probes.lost().total();
@@ -342,7 +349,15 @@ fn prepare(
         let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
         *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
+    if let EventBody::PythonStack(walk) = &event.body {
+        // Kept for the thread's next event, which the kernel sent right after it.
+        stacks.python_walked(event.header.tgid, event.header.tid, walk);
+        return None;
+    }
     stacks.annotate(&mut event, stack_top, probes);
+    for (tgid, config) in stacks.take_python_updates() {
+        probes.set_python(tgid, &config);
+    }
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }

@@ -50,6 +50,7 @@ impl StackSymbolizer {
         stack: StackRef,
         ips: &[u64],
         modules: &ModuleMap,
+        python: impl Fn(u64) -> Option<Frame>,
     ) -> Vec<Frame> {
         if let Some(frames) = self.cache.get(&stack) {
             return frames.clone();
@@ -58,6 +59,9 @@ impl StackSymbolizer {
             .iter()
             .enumerate()
             .flat_map(|(i, &ip)| {
+                if let Some(frame) = python(ip) {
+                    return vec![frame];
+                }
                 // Every frame but the innermost holds a return address, which points after
                 // the call; the byte before it is the call itself (right function and line
                 // even when the call ends its function).
@@ -101,6 +105,7 @@ impl StackSymbolizer {
                             file,
                             line,
                             inlined: true,
+                            python: false,
                         }
                     })
                     .collect();
@@ -112,6 +117,7 @@ impl StackSymbolizer {
                     file,
                     line,
                     inlined: false,
+                    python: false,
                 });
                 frames
             }

@@ -1,0 +1,224 @@
+//! CPython frames in the stacks: which processes run an interpreter the kernel can walk
+//! (`detect`, `layout`), the frames the kernel sent named as they arrive (`resolve`,
+//! `lines`), and merged into the native stack where `_PyEval_EvalFrameDefault` ran them
+//! (`merge`). Python frames live in the interned stacks as tagged addresses (see [`tag`]),
+//! so stack ids, grouping and the report's stacks carry them like any frame.
+
+mod detect;
+mod layout;
+mod lines;
+mod mem;
+mod merge;
+mod resolve;
+
+use std::sync::Arc;
+
+use foldhash::HashMap;
+use tracer_common::python::{PY_NO_THREAD, PY_READ_FAILED, PY_TRUNCATED, PyProcConfig, frame_kind};
+
+use self::{detect::Found, resolve::CodeCache};
+pub(crate) use self::{detect::Interpreter, merge::merge, resolve::PyFrame};
+use super::modules::ModuleMap;
+use crate::{events::PythonStack, model::Frame};
+
+/// Python frames are kept in stacks as `TAG | index`: no user address has these bits set.
+const TAG: u64 = 0xffff_f000_0000_0000;
+const TAG_MASK: u64 = 0xffff_f000_0000_0000;
+
+/// A process's interpreter, as far as known.
+enum State {
+    /// Looked at this module map (by its address) and found no interpreter, or one the
+    /// tracer cannot walk.
+    Not(usize),
+    /// CPython before its first interpreter exists: looked at again at its next event.
+    NotReady,
+    Python(Arc<Interpreter>, CodeCache),
+}
+
+/// The frames of the calling thread's last Python walk, named, with what ends each eval
+/// call's run of frames, waiting for the event the kernel sent them with.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Pending {
+    /// Innermost first: (tagged frame, whether the frame is the first one its
+    /// `_PyEval_EvalFrameDefault` call ran).
+    pub frames: Vec<(u64, bool)>,
+    /// The tagged "cut" marker, when the walk stopped at its limit or a failed read.
+    pub cut: Option<u64>,
+    pub pid: u32,
+}
+
+#[derive(Default)]
+pub(crate) struct Python {
+    procs: HashMap<u32, State>,
+    /// By tid; taken by the thread's next event.
+    pending: HashMap<u32, Pending>,
+    names: Vec<PyFrame>,
+    ids: HashMap<PyFrame, u64>,
+    /// Layouts to write into the kernel's map.
+    updates: Vec<(u32, PyProcConfig)>,
+}
+
+impl Python {
+    /// Looks for an interpreter in `pid`'s modules, unless this module map was looked at.
+    pub(crate) fn observe(&mut self, pid: u32, modules: &Arc<ModuleMap>) {
+        let key = Arc::as_ptr(modules) as usize;
+        match self.procs.get(&pid) {
+            Some(State::Python(..)) => return,
+            Some(State::Not(seen)) if *seen == key => return,
+            _ => {}
+        }
+        let state = match detect::find(pid, modules) {
+            Found::NotPython => State::Not(key),
+            Found::NotReady => State::NotReady,
+            Found::Unsupported(why) => {
+                log::warn!("pid {pid}: Python frames are not captured: {why}");
+                State::Not(key)
+            }
+            Found::Python(interp) => {
+                log::info!(
+                    "pid {pid}: CPython 3.{} in {}: Python frames captured",
+                    interp.layout.minor,
+                    interp.module
+                );
+                let mut config = interp.layout.kernel;
+                config.runtime = interp.runtime;
+                config.none = interp.none;
+                self.updates.push((pid, config));
+                State::Python(Arc::from(interp), CodeCache::default())
+            }
+        };
+        self.procs.insert(pid, state);
+    }
+
+    /// A forked child runs its parent's interpreter (the kernel copied its layout).
+    pub(crate) fn forked(&mut self, parent: u32, child: u32) {
+        if let Some(State::Python(interp, _)) = self.procs.get(&parent) {
+            let interp = interp.clone();
+            self.procs
+                .insert(child, State::Python(interp, CodeCache::default()));
+        }
+    }
+
+    /// Exec or exit: the interpreter is gone (the kernel forgot its layout too).
+    pub(crate) fn forget(&mut self, pid: u32) {
+        self.procs.remove(&pid);
+    }
+
+    pub(crate) fn thread_exited(&mut self, tid: u32) {
+        self.pending.remove(&tid);
+    }
+
+    /// Layouts found since the last call, for the kernel's map.
+    pub(crate) fn take_updates(&mut self) -> Vec<(u32, PyProcConfig)> {
+        std::mem::take(&mut self.updates)
+    }
+
+    /// Names the frames of a walk the kernel sent, now, while their code objects live, and
+    /// keeps them for the thread's next event.
+    pub(crate) fn walked(&mut self, pid: u32, tid: u32, stack: &PythonStack) {
+        let Some(State::Python(interp, codes)) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        let interp = interp.clone();
+        let kernel = &interp.layout.kernel;
+        let mut named: Vec<(PyFrame, bool)> = Vec::new();
+        for record in &stack.frames {
+            let marker = record.flags as u8;
+            let shim = kernel.kind == frame_kind::V312
+                && (marker == kernel.cstack_owner
+                    || record.code == interp.none
+                    || record.code == 0);
+            if shim {
+                if let Some(last) = named.last_mut() {
+                    last.1 = true;
+                }
+                continue;
+            }
+            let entry = match kernel.kind {
+                frame_kind::V310 => true,
+                frame_kind::V311 => marker != 0,
+                _ => false,
+            };
+            named.push((codes.frame(pid, &interp, record), entry));
+        }
+        let frames = named
+            .into_iter()
+            .map(|(frame, entry)| (self.intern(frame), entry))
+            .collect();
+        let cut = if stack.flags & (PY_TRUNCATED | PY_READ_FAILED) != 0 {
+            let why = if stack.flags & PY_TRUNCATED != 0 {
+                format!(
+                    "[Python stack cut: deeper than {} frames]",
+                    tracer_common::python::MAX_PY_FRAMES
+                )
+            } else {
+                "[Python stack cut: interpreter memory not readable]".to_owned()
+            };
+            Some(self.intern(PyFrame {
+                function: Some(why),
+                file: None,
+                line: None,
+            }))
+        } else {
+            None
+        };
+        if stack.flags & PY_NO_THREAD != 0 {
+            log::trace!("tid {tid}: no Python thread state");
+        }
+        self.pending.insert(tid, Pending { frames, cut, pid });
+    }
+
+    /// The Python frames for the thread's event that just arrived, if its walk came first.
+    pub(crate) fn take(&mut self, tid: u32) -> Option<(Pending, Arc<Interpreter>)> {
+        let pending = self.pending.remove(&tid)?;
+        match self.procs.get(&pending.pid) {
+            Some(State::Python(interp, _)) => Some((pending, interp.clone())),
+            _ => None,
+        }
+    }
+
+    fn intern(&mut self, frame: PyFrame) -> u64 {
+        if let Some(&tag) = self.ids.get(&frame) {
+            return tag;
+        }
+        let tag = TAG | self.names.len() as u64;
+        self.names.push(frame.clone());
+        self.ids.insert(frame, tag);
+        tag
+    }
+
+    /// The report's frame for a tagged address, or None for a native address.
+    pub(crate) fn frame(&self, addr: u64) -> Option<Frame> {
+        if addr & TAG_MASK != TAG {
+            return None;
+        }
+        let name = self.names.get((addr & !TAG_MASK) as usize)?;
+        Some(Frame {
+            addr: 0,
+            symbol: Some(
+                name.function
+                    .clone()
+                    .unwrap_or_else(|| "[unknown Python code]".into()),
+            ),
+            module: None,
+            file: name.file.clone(),
+            line: name.line,
+            inlined: false,
+            python: true,
+        })
+    }
+
+    pub(crate) fn sizes(&self) -> String {
+        format!(
+            "python processes {}, pending {}, names {}",
+            self.procs.len(),
+            self.pending.len(),
+            self.names.len()
+        )
+    }
+}
+
+/// Whether `addr` is a Python frame's tag.
+pub(crate) fn is_tag(addr: u64) -> bool {
+    addr & TAG_MASK == TAG
+}
