@@ -95,10 +95,7 @@ fn walk(config: &PyProcConfig) -> u32 {
     match thread_state(config, tid) {
         None => flags |= PY_NO_THREAD,
         Some(tstate) => {
-            let mut frame = read_u64(tstate + config.tstate_frame as u64).unwrap_or(0);
-            if config.cframe_current != u32::MAX && frame != 0 {
-                frame = read_u64(frame + config.cframe_current as u64).unwrap_or(0);
-            }
+            let mut frame = top_frame(config, tstate);
             // One record per frame, entry shims (3.12+) included: userspace tells them
             // apart from the raw marker byte. The loop index is the only counter, so the
             // verifier has one number to track per turn.
@@ -185,8 +182,21 @@ fn fingerprint(firstlineno: u32, filename: u64, name: u64) -> u64 {
     ((firstlineno as u64) << 32) | ((filename ^ (name >> 4)) & 0xffff_ffff)
 }
 
+/// The innermost frame of a thread state, or 0.
+#[inline(always)]
+fn top_frame(config: &PyProcConfig, tstate: u64) -> u64 {
+    let frame = read_u64(tstate + config.tstate_frame as u64).unwrap_or(0);
+    if config.cframe_current == u32::MAX || frame == 0 {
+        return frame;
+    }
+    read_u64(frame + config.cframe_current as u64).unwrap_or(0)
+}
+
 /// The calling thread's `PyThreadState`: the cached one if its `thread_id` is still this
-/// thread's, else the one the interpreters' thread lists hold for it.
+/// thread's, else the one the interpreters' thread lists hold for it. A thread starting
+/// another gives the new thread's state its own `thread_id` until the new thread runs
+/// (3.10, 3.11: `new_threadstate`), so a match without frames is only taken, and not
+/// cached, when no match has frames.
 #[inline(always)]
 fn thread_state(config: &PyProcConfig, tid: u32) -> Option<u64> {
     // SAFETY: a plain read of a load-time constant.
@@ -211,20 +221,26 @@ fn thread_state(config: &PyProcConfig, tid: u32) -> Option<u64> {
     }
     let mut interp = read_u64(config.runtime + config.interpreters_head as u64)?;
     let mut tstate = read_u64(interp + config.interp_threads_head as u64).unwrap_or(0);
+    let mut without_frames = 0;
     for _ in 0..MAX_PY_THREADS {
         if tstate == 0 {
             interp = read_u64(interp + config.interp_next as u64).unwrap_or(0);
             if interp == 0 {
-                return None;
+                break;
             }
             tstate = read_u64(interp + config.interp_threads_head as u64).unwrap_or(0);
             continue;
         }
         if read_u64(tstate + thread_id) == Some(fsbase) {
-            let _ = PY_TSTATES.insert(&tid, &tstate, 0);
-            return Some(tstate);
+            if top_frame(config, tstate) != 0 {
+                let _ = PY_TSTATES.insert(&tid, &tstate, 0);
+                return Some(tstate);
+            }
+            if without_frames == 0 {
+                without_frames = tstate;
+            }
         }
         tstate = read_u64(tstate + config.tstate_next as u64).unwrap_or(0);
     }
-    None
+    (without_frames != 0).then_some(without_frames)
 }

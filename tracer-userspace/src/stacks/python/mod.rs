@@ -14,7 +14,7 @@ mod resolve;
 use std::sync::Arc;
 
 use foldhash::HashMap;
-use tracer_common::python::{PY_NO_THREAD, PY_READ_FAILED, PY_TRUNCATED, PyProcConfig, frame_kind};
+use tracer_common::python::{PY_READ_FAILED, PY_TRUNCATED, PyProcConfig, frame_kind};
 
 use self::{detect::Found, resolve::CodeCache};
 pub(crate) use self::{detect::Interpreter, merge::merge, resolve::PyFrame};
@@ -162,9 +162,11 @@ impl Python {
         } else {
             None
         };
-        if stack.flags & PY_NO_THREAD != 0 {
-            log::trace!("tid {tid}: no Python thread state");
-        }
+        log::trace!(
+            "tid {tid}: {} Python frames (flags {:#x})",
+            stack.frames.len(),
+            stack.flags
+        );
         self.pending.insert(tid, Pending { frames, cut, pid });
     }
 
