@@ -42,6 +42,7 @@ pub mod map_names {
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const STACK_BASES: &str = "STACK_BASES";
     pub const PY_PROCS: &str = "PY_PROCS";
+    pub const PY_TSTATES: &str = "PY_TSTATES";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.

@@ -5,8 +5,9 @@
 //! Only processes userspace found to run CPython have an entry in PY_PROCS: every other
 //! process pays one lookup that misses. The thread's `PyThreadState` is found by its
 //! `thread_id` (pthread_self(), which is the task's fsbase on x86-64), in a per-thread cache
-//! checked on every use, else by walking the interpreters' thread lists: the "current" thread
-//! state is empty while a thread is blocked in a syscall with the GIL released.
+//! checked on every use (userspace seeds it), else by walking the first [`MAX_PY_THREADS`] of
+//! each interpreter's thread list, where new threads are added: the "current" thread state is
+//! empty while a thread is blocked in a syscall with the GIL released.
 
 use aya_ebpf::{
     helpers::{
@@ -32,6 +33,8 @@ use crate::maps::{EVENTS, LOST_RING_FULL, count_lost, submit_flags};
 pub(crate) static PY_PROCS: HashMap<u32, PyProcConfig> = HashMap::with_max_entries(MAX_PY_PROCS, 0);
 
 /// tid -> its `PyThreadState` address, checked against the thread's fsbase at each use.
+/// Userspace seeds it with the threads a process has when its interpreter is found (and
+/// again when a walk found no thread state); the kernel adds what its short walk finds.
 #[map]
 static PY_TSTATES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PY_TSTATES, 0);
 

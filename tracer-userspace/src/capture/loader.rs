@@ -154,6 +154,8 @@ pub(crate) struct Probes {
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
     /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
     python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
+    /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
+    python_threads: RefCell<HashMap<MapData, u32, u64>>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
@@ -268,6 +270,10 @@ pub(crate) fn load(
             HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
                 .map_err(map_error(map_names::PY_PROCS))?,
         ),
+        python_threads: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_TSTATES)?)
+                .map_err(map_error(map_names::PY_TSTATES))?,
+        ),
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
         stack_bases: RefCell::new(
@@ -376,6 +382,13 @@ impl Probes {
     pub(crate) fn set_python(&self, tgid: u32, config: &PyProcConfig) {
         if let Err(err) = self.python.borrow_mut().insert(tgid, *config, 0) {
             log::warn!("pid {tgid}: cannot configure Python frames: {err}");
+        }
+    }
+
+    /// Tells the kernel which `PyThreadState` a thread has (it checks it at each use).
+    pub(crate) fn set_python_thread(&self, tid: u32, tstate: u64) {
+        if let Err(err) = self.python_threads.borrow_mut().insert(tid, tstate, 0) {
+            log::debug!("thread {tid}: cannot seed its Python thread state: {err}");
         }
     }
 

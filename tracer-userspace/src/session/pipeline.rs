@@ -22,7 +22,7 @@ use crate::{
     clock::monotonic_ns,
     events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
     procfs,
-    stacks::{KernelStacks, StackStore},
+    stacks::{KernelStacks, PythonUpdates, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
 
@@ -104,9 +104,7 @@ impl<'p> State<'p> {
 
     /// Writes the interpreter layouts found since the last call into the kernel's map.
     pub(super) fn configure_python(&mut self) {
-        for (tgid, config) in self.stacks.take_python_updates() {
-            self.probes.set_python(tgid, &config);
-        }
+        apply_python_updates(self.probes, self.stacks.take_python_updates());
     }
 
     /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
@@ -355,13 +353,21 @@ fn prepare(
         return None;
     }
     stacks.annotate(&mut event, stack_top, probes);
-    for (tgid, config) in stacks.take_python_updates() {
-        probes.set_python(tgid, &config);
-    }
+    apply_python_updates(probes, stacks.take_python_updates());
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }
     Some(event)
+}
+
+/// Writes interpreter layouts and thread states into the kernel's maps.
+fn apply_python_updates(probes: &Probes, updates: PythonUpdates) {
+    for (tgid, config) in updates.procs {
+        probes.set_python(tgid, &config);
+    }
+    for (tid, tstate) in updates.threads {
+        probes.set_python_thread(tid, tstate);
+    }
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.

@@ -14,6 +14,7 @@ mod unwind;
 
 use bases::StackBases;
 use modules::{ModuleFiles, ModuleMap};
+pub(crate) use python::Updates as PythonUpdates;
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
 
@@ -102,9 +103,7 @@ impl StackStore {
 
     /// Interpreter layouts found since the last call, for the kernel (see
     /// tracer-ebpf/src/python.rs).
-    pub(crate) fn take_python_updates(
-        &mut self,
-    ) -> Vec<(u32, tracer_common::python::PyProcConfig)> {
+    pub(crate) fn take_python_updates(&mut self) -> python::Updates {
         self.python.take_updates()
     }
 

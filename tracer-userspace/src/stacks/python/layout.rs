@@ -29,6 +29,8 @@ pub(crate) struct Layout {
     pub code: CodeLayout,
     /// `PyThreadState.interp`, to check the thread list against its interpreter.
     pub tstate_interp: u64,
+    /// `PyThreadState.native_thread_id` (3.11+).
+    pub native_thread_id: Option<u64>,
 }
 
 /// The layout of CPython 3.`minor`, for 3.10 to 3.12 (3.13 comes from [`from_debug_offsets`]).
@@ -128,6 +130,7 @@ pub(super) fn builtin(minor: u32) -> Option<Layout> {
         kernel,
         code,
         tstate_interp: 16,
+        native_thread_id: (minor >= 11).then(|| u64::from(kernel.tstate_thread_id) + 8),
     })
 }
 
@@ -188,5 +191,6 @@ pub(super) fn from_debug_offsets(bytes: &[u8]) -> Option<Layout> {
             compact_data: 56,
         },
         tstate_interp: word(22)?,
+        native_thread_id: Some(word(25)?),
     })
 }

@@ -10,11 +10,15 @@ mod lines;
 mod mem;
 mod merge;
 mod resolve;
+mod threads;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use foldhash::HashMap;
-use tracer_common::python::{PY_READ_FAILED, PY_TRUNCATED, PyProcConfig, frame_kind};
+use tracer_common::python::{PY_NO_THREAD, PY_READ_FAILED, PY_TRUNCATED, PyProcConfig, frame_kind};
 
 use self::{detect::Found, resolve::CodeCache};
 pub(crate) use self::{detect::Interpreter, merge::merge, resolve::PyFrame};
@@ -32,7 +36,20 @@ enum State {
     Not(usize),
     /// CPython before its first interpreter exists: looked at again at its next event.
     NotReady,
-    Python(Arc<Interpreter>, CodeCache),
+    Python(Arc<Interpreter>, CodeCache, Instant),
+}
+
+/// How often at most a process's thread lists are read again after the kernel found no
+/// thread state for a thread (a thread C code started may never have one).
+const RESEED_EVERY: Duration = Duration::from_secs(1);
+
+/// What the kernel must be told.
+#[derive(Default)]
+pub(crate) struct Updates {
+    /// Interpreter layouts, by tgid.
+    pub procs: Vec<(u32, PyProcConfig)>,
+    /// Thread states, by tid.
+    pub threads: Vec<(u32, u64)>,
 }
 
 /// The frames of the calling thread's last Python walk, named, with what ends each eval
@@ -54,8 +71,7 @@ pub(crate) struct Python {
     pending: HashMap<u32, Pending>,
     names: Vec<PyFrame>,
     ids: HashMap<PyFrame, u64>,
-    /// Layouts to write into the kernel's map.
-    updates: Vec<(u32, PyProcConfig)>,
+    updates: Updates,
 }
 
 impl Python {
@@ -83,8 +99,9 @@ impl Python {
                 let mut config = interp.layout.kernel;
                 config.runtime = interp.runtime;
                 config.none = interp.none;
-                self.updates.push((pid, config));
-                State::Python(Arc::from(interp), CodeCache::default())
+                self.updates.procs.push((pid, config));
+                self.updates.threads.extend(threads::seed(pid, &interp));
+                State::Python(Arc::from(interp), CodeCache::default(), Instant::now())
             }
         };
         self.procs.insert(pid, state);
@@ -92,10 +109,10 @@ impl Python {
 
     /// A forked child runs its parent's interpreter (the kernel copied its layout).
     pub(crate) fn forked(&mut self, parent: u32, child: u32) {
-        if let Some(State::Python(interp, _)) = self.procs.get(&parent) {
+        if let Some(State::Python(interp, ..)) = self.procs.get(&parent) {
             let interp = interp.clone();
-            self.procs
-                .insert(child, State::Python(interp, CodeCache::default()));
+            let state = State::Python(interp, CodeCache::default(), Instant::now());
+            self.procs.insert(child, state);
         }
     }
 
@@ -108,18 +125,22 @@ impl Python {
         self.pending.remove(&tid);
     }
 
-    /// Layouts found since the last call, for the kernel's map.
-    pub(crate) fn take_updates(&mut self) -> Vec<(u32, PyProcConfig)> {
+    /// Layouts and thread states found since the last call, for the kernel's maps.
+    pub(crate) fn take_updates(&mut self) -> Updates {
         std::mem::take(&mut self.updates)
     }
 
     /// Names the frames of a walk the kernel sent, now, while their code objects live, and
     /// keeps them for the thread's next event.
     pub(crate) fn walked(&mut self, pid: u32, tid: u32, stack: &PythonStack) {
-        let Some(State::Python(interp, codes)) = self.procs.get_mut(&pid) else {
+        let Some(State::Python(interp, codes, seeded)) = self.procs.get_mut(&pid) else {
             return;
         };
         let interp = interp.clone();
+        if stack.flags & PY_NO_THREAD != 0 && seeded.elapsed() >= RESEED_EVERY {
+            *seeded = Instant::now();
+            self.updates.threads.extend(threads::seed(pid, &interp));
+        }
         let kernel = &interp.layout.kernel;
         let mut named: Vec<(PyFrame, bool)> = Vec::new();
         for record in &stack.frames {
@@ -174,7 +195,7 @@ impl Python {
     pub(crate) fn take(&mut self, tid: u32) -> Option<(Pending, Arc<Interpreter>)> {
         let pending = self.pending.remove(&tid)?;
         match self.procs.get(&pending.pid) {
-            Some(State::Python(interp, _)) => Some((pending, interp.clone())),
+            Some(State::Python(interp, ..)) => Some((pending, interp.clone())),
             _ => None,
         }
     }
