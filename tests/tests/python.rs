@@ -125,7 +125,7 @@ fn python_frames(stack: &Value) -> Vec<PyFrame> {
 }
 
 /// The stacks of the descriptors of `path` held by `pid`.
-fn stacks_of<'r>(run: &'r Run, pid: u32) -> Vec<&'r Value> {
+fn stacks_of(run: &Run, pid: u32) -> Vec<&Value> {
     run.report
         .open_descriptors()
         .into_iter()

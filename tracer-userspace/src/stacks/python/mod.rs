@@ -245,3 +245,6 @@ impl Python {
 pub(crate) fn is_tag(addr: u64) -> bool {
     addr & TAG_MASK == TAG
 }
+
+#[cfg(test)]
+mod tests;
