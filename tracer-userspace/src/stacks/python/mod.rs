@@ -43,6 +43,12 @@ enum State {
 /// thread state for a thread (a thread C code started may never have one).
 const RESEED_EVERY: Duration = Duration::from_secs(1);
 
+/// A walked frame: already named (its tag), or named now.
+enum Named {
+    Tag(u64),
+    New((u64, u64, u64), PyFrame),
+}
+
 /// What the kernel must be told.
 #[derive(Default)]
 pub(crate) struct Updates {
@@ -72,6 +78,8 @@ pub(crate) struct Python {
     names: Vec<PyFrame>,
     ids: HashMap<PyFrame, u64>,
     updates: Updates,
+    /// Processes already said to be Python the tracer cannot walk (said once each).
+    warned: foldhash::HashSet<u32>,
 }
 
 impl Python {
@@ -84,10 +92,21 @@ impl Python {
             _ => {}
         }
         let state = match detect::find(pid, modules) {
-            Found::NotPython => State::Not(key),
-            Found::NotReady => State::NotReady,
+            Found::NotPython => {
+                log::trace!(
+                    "pid {pid}: no CPython in {} mappings",
+                    modules.mappings().len()
+                );
+                State::Not(key)
+            }
+            Found::NotReady => {
+                log::debug!("pid {pid}: CPython has no interpreter yet");
+                State::NotReady
+            }
             Found::Unsupported(why) => {
-                log::warn!("pid {pid}: Python frames are not captured: {why}");
+                if self.warned.insert(pid) {
+                    log::warn!("pid {pid}: Python frames are not captured: {why}");
+                }
                 State::Not(key)
             }
             Found::Python(interp) => {
@@ -119,6 +138,7 @@ impl Python {
     /// Exec or exit: the interpreter is gone (the kernel forgot its layout too).
     pub(crate) fn forget(&mut self, pid: u32) {
         self.procs.remove(&pid);
+        self.warned.remove(&pid);
     }
 
     pub(crate) fn thread_exited(&mut self, tid: u32) {
@@ -142,7 +162,7 @@ impl Python {
             self.updates.threads.extend(threads::seed(pid, &interp));
         }
         let kernel = &interp.layout.kernel;
-        let mut named: Vec<(PyFrame, bool)> = Vec::new();
+        let mut named: Vec<(Named, bool)> = Vec::new();
         for record in &stack.frames {
             let marker = record.flags as u8;
             let shim = kernel.kind == frame_kind::V312
@@ -160,11 +180,26 @@ impl Python {
                 frame_kind::V311 => marker != 0,
                 _ => false,
             };
-            named.push((codes.frame(pid, &interp, record), entry));
+            // A code object at one instruction is one frame: named once.
+            let key = (record.code, record.fingerprint, record.instr);
+            let frame = match codes.tag(key) {
+                Some(tag) => Named::Tag(tag),
+                None => Named::New(key, codes.frame(pid, &interp, record)),
+            };
+            named.push((frame, entry));
         }
         let frames = named
             .into_iter()
-            .map(|(frame, entry)| (self.intern(frame), entry))
+            .map(|(frame, entry)| match frame {
+                Named::Tag(tag) => (tag, entry),
+                Named::New(key, frame) => {
+                    let tag = self.intern(frame);
+                    if let Some(State::Python(_, codes, _)) = self.procs.get_mut(&pid) {
+                        codes.remember(key, tag);
+                    }
+                    (tag, entry)
+                }
+            })
             .collect();
         let cut = if stack.flags & (PY_TRUNCATED | PY_READ_FAILED) != 0 {
             let why = if stack.flags & PY_TRUNCATED != 0 {

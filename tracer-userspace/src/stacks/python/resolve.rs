@@ -33,13 +33,26 @@ const MAX_CODES: usize = 8192;
 const MAX_STRING: usize = 4096;
 const MAX_LINETABLE: usize = 64 << 10;
 
-/// One process's code objects, by (address, fingerprint).
+/// One process's code objects, by (address, fingerprint), and the frames already named, by
+/// (address, fingerprint, instruction).
 #[derive(Default)]
 pub(crate) struct CodeCache {
     codes: HashMap<(u64, u64), Option<Code>>,
+    tags: HashMap<(u64, u64, u64), u64>,
 }
 
 impl CodeCache {
+    pub(crate) fn tag(&self, key: (u64, u64, u64)) -> Option<u64> {
+        self.tags.get(&key).copied()
+    }
+
+    pub(crate) fn remember(&mut self, key: (u64, u64, u64), tag: u64) {
+        if self.tags.len() >= MAX_CODES * 4 {
+            self.tags.clear();
+        }
+        self.tags.insert(key, tag);
+    }
+
     pub(crate) fn frame(
         &mut self,
         pid: u32,
