@@ -12,8 +12,8 @@ use aya::{
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
-    KERNEL_OFFSETS_GLOBAL, KernelOffsets, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL,
-    map_names,
+    FSBASE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, OFFSETS_GLOBAL, STACK_COPY_GLOBAL,
+    WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
@@ -154,6 +154,10 @@ pub(crate) struct Probes {
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
+    /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
+    python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
+    /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
+    python_threads: RefCell<HashMap<MapData, u32, u64>>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
@@ -245,11 +249,14 @@ pub(crate) fn load(
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
+    let fsbase_offset = super::btf::task_fsbase_offset(&btf_path()).unwrap_or(u64::MAX);
+    log::debug!("task_struct thread.fsbase at {fsbase_offset:#x}");
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(FSBASE_GLOBAL, &fsbase_offset, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
@@ -279,6 +286,14 @@ pub(crate) fn load(
             .map_err(map_error(map_names::FOLLOWED))?,
         listen_ports: HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
             .map_err(map_error(map_names::LISTEN_PORTS))?,
+        python: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
+                .map_err(map_error(map_names::PY_PROCS))?,
+        ),
+        python_threads: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_TSTATES)?)
+                .map_err(map_error(map_names::PY_TSTATES))?,
+        ),
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
         stack_bases: RefCell::new(
@@ -376,6 +391,21 @@ impl Probes {
         };
         if let Err(err) = result {
             log::debug!("cannot update the stack base of thread {tid}: {err}");
+        }
+    }
+
+    /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks
+    /// carry Python frames. A failure costs only those frames, so it is logged.
+    pub(crate) fn set_python(&self, tgid: u32, config: &PyProcConfig) {
+        if let Err(err) = self.python.borrow_mut().insert(tgid, *config, 0) {
+            log::warn!("pid {tgid}: cannot configure Python frames: {err}");
+        }
+    }
+
+    /// Tells the kernel which `PyThreadState` a thread has (it checks it at each use).
+    pub(crate) fn set_python_thread(&self, tid: u32, tstate: u64) {
+        if let Err(err) = self.python_threads.borrow_mut().insert(tid, tstate, 0) {
+            log::debug!("thread {tid}: cannot seed its Python thread state: {err}");
         }
     }
 

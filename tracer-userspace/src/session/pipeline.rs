@@ -26,7 +26,7 @@ use crate::{
     export::ReportRequest,
     procfs,
     report::Report,
-    stacks::{KernelStacks, StackStore},
+    stacks::{KernelStacks, PythonUpdates, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
 
@@ -109,6 +109,11 @@ impl<'p> State<'p> {
             "stopped: {stop:?}; applied the last events in {:.3}s",
             (monotonic_ns() - stopped_ns) as f64 / 1e9
         );
+    }
+
+    /// Writes the interpreter layouts found since the last call into the kernel's map.
+    pub(super) fn configure_python(&mut self) {
+        apply_python_updates(self.probes, self.stacks.take_python_updates());
     }
 
     /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
@@ -384,11 +389,27 @@ fn prepare(
         let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
         *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
+    if let EventBody::PythonStack(walk) = &event.body {
+        // Kept for the thread's next event, which the kernel sent right after it.
+        stacks.python_walked(event.header.tgid, event.header.tid, walk);
+        return None;
+    }
     stacks.annotate(&mut event, stack_top, probes);
+    apply_python_updates(probes, stacks.take_python_updates());
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }
     Some(event)
+}
+
+/// Writes interpreter layouts and thread states into the kernel's maps.
+fn apply_python_updates(probes: &Probes, updates: PythonUpdates) {
+    for (tgid, config) in updates.procs {
+        probes.set_python(tgid, &config);
+    }
+    for (tid, tstate) in updates.threads {
+        probes.set_python_thread(tid, tstate);
+    }
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.

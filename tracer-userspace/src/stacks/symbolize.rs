@@ -71,6 +71,7 @@ impl StackSymbolizer {
         stack: StackRef,
         ips: &[u64],
         modules: &ModuleMap,
+        python: impl Fn(u64) -> Option<Frame>,
     ) -> Vec<Frame> {
         if let Some(frames) = self.cache.get(&stack) {
             return frames.clone();
@@ -79,6 +80,9 @@ impl StackSymbolizer {
             .iter()
             .enumerate()
             .flat_map(|(i, &ip)| {
+                if let Some(frame) = python(ip) {
+                    return vec![frame];
+                }
                 // Every frame but the innermost holds a return address, which points after
                 // the call; the byte before it is the call itself (right function and line
                 // even when the call ends its function).
@@ -122,6 +126,7 @@ impl StackSymbolizer {
                             file,
                             line,
                             inlined: true,
+                            python: false,
                         }
                     })
                     .collect();
@@ -133,6 +138,7 @@ impl StackSymbolizer {
                     file,
                     line,
                     inlined: false,
+                    python: false,
                 });
                 frames
             }
