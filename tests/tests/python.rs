@@ -255,3 +255,115 @@ fn deeper_than_the_limit_says_it_was_cut() {
         );
     }
 }
+
+/// Line number (1-based) of the first line of `file` containing `needle`.
+fn line_of(file: &Path, needle: &str) -> u64 {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} is not in {}", file.display())) as u64
+        + 1
+}
+
+/// Kills a process group when dropped.
+struct Group(std::process::Child);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        tracer_tests::signal(-(self.0.id() as i32), libc::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+/// uWSGI (Debian's uwsgi-core and its python3 plugin: libpython3.11.so embedded in an
+/// executable that is not called python) with 2 pre-forked workers: the files the WSGI
+/// application leaks carry its Python frames in the workers.
+#[test]
+fn uwsgi_embedded_interpreter() {
+    use std::io::{Read, Write};
+    require_root();
+    let uwsgi = Path::new("/usr/bin/uwsgi-core");
+    if !uwsgi.exists() || !Path::new("/usr/lib/uwsgi/plugins/python3_plugin.so").exists() {
+        eprintln!(
+            "[python] skipping uWSGI: uwsgi-core or uwsgi-plugin-python3 is not installed \
+             (`cargo xtask test` installs them)"
+        );
+        return;
+    }
+    let app = workspace_dir().join("tests/fixtures/uwsgi_app.py");
+    let path = unique_dir(None, "python-uwsgi").join("static.bin");
+    std::fs::write(&path, "x").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let master = {
+        use std::os::unix::process::CommandExt as _;
+        std::process::Command::new(uwsgi)
+            .args([
+                "--plugin",
+                "python3",
+                "--http-socket",
+                &address,
+                "--wsgi-file",
+            ])
+            .arg(&app)
+            .args(["--master", "--processes", "2", "--disable-logging", "--env"])
+            .arg(format!("LEAK_PATH={}", path.display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("uwsgi-core starts")
+    };
+    let master = Group(master);
+    let request = || -> Option<String> {
+        let mut stream = std::net::TcpStream::connect(&address).ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut reply = String::new();
+        stream.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+    // Both workers up and serving (this request's file is open before attach: not counted).
+    let deadline = std::time::Instant::now() + STEP;
+    while tracer_tests::children_of(master.0.id()).len() < 2 || request().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uWSGI did not start serving"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut tracer = Tracer::attach(master.0.id(), &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    for _ in 0..6 {
+        assert!(request().is_some(), "a request failed");
+    }
+    let report = tracer.stop();
+    let ctx = report.context();
+    let leak_line = line_of(&app, "f = open(path");
+    let call_line = line_of(&app, "body = static_file(");
+    let path = path.to_str().unwrap();
+    let stacks: Vec<&Value> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| d.detail() == Some(path) && d.v["learned_by"] == "event")
+        .map(|d| &d.v["stack"])
+        .collect();
+    assert_eq!(stacks.len(), 6, "the 6 requests' files\n{ctx}");
+    for stack in stacks {
+        let frames = python_frames(stack);
+        let app_file = app.to_str().unwrap().to_owned();
+        assert_eq!(
+            frames,
+            [
+                ("static_file".to_owned(), app_file.clone(), leak_line),
+                ("application".to_owned(), app_file, call_line)
+            ],
+            "uWSGI: the Python frames of a leaked file\n{ctx}"
+        );
+    }
+}
