@@ -119,7 +119,9 @@ fn leak_and_exit_exits_zero() {
 #[test]
 fn serve_leak_keeps_each_batch() {
     let bin = build_fixture("serve_leak", &[]);
-    let mut fixture = Fixture::spawn(&bin, &["777", "/etc/hostname"]);
+    let file = unique_dir(None, "serve-leak-fixture").join("leaked.conf");
+    std::fs::write(&file, "x=1\n").unwrap();
+    let mut fixture = Fixture::spawn(&bin, &["777", file.to_str().unwrap()]);
     fixture.wait_for_line("READY", Duration::from_secs(10));
     let pid = fixture.pid();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();

@@ -197,6 +197,8 @@ fn inlined_frames_share_a_location() {
         inlined.line.iter().map(|l| l.line).collect::<Vec<_>>(),
         [10, 20]
     );
+    // Only the executable's module here, so it is the first mapping, as readers expect.
+    assert_eq!(inlined.mapping_id, 1);
     let mapping = &profile.mapping[inlined.mapping_id as usize - 1];
     assert_eq!(profile.string_table[mapping.filename as usize], "/srv/app");
     assert!(mapping.has_functions && mapping.has_line_numbers && mapping.has_inline_frames);
