@@ -21,6 +21,28 @@ pub const MAX_PY_PROCS: u32 = 4_096;
 /// Threads whose `PyThreadState` address the kernel caches (LRU).
 pub const MAX_PY_TSTATES: u32 = 65_536;
 
+/// The frame walk is one program, `python_walk`, which the programs that capture a stack
+/// reach by a tail call through the `PY_PROGRAMS` program array and which tail-calls back
+/// to them once it has sent the frames: the verifier then checks the walk once, not once
+/// per program (it multiplied loading time by ten, beyond a minute in an emulated VM).
+/// Slot of the walker in `PY_PROGRAMS`.
+pub const PY_WALK_SLOT: u32 = 0;
+/// Slot the fork program resumes at; a syscall's programs resume at [`py_resume_slot`].
+pub const PY_FORK_SLOT: u32 = 63;
+/// Slots in `PY_PROGRAMS`.
+pub const PY_SLOTS: u32 = 64;
+/// Name of the walker program (loaded, never attached).
+pub const PY_WALK_PROGRAM: &str = "python_walk";
+/// Name of the fork program, which resumes at [`PY_FORK_SLOT`].
+pub const PY_FORK_PROGRAM: &str = "sched_process_fork";
+
+/// The slot at which the programs of `syscall` (its exit program; close's enter program)
+/// resume after the walk.
+pub const fn py_resume_slot(syscall: crate::Syscall) -> u32 {
+    syscall as u32
+}
+const _: () = assert!(crate::Syscall::Recvmsg as u32 + 1 < PY_FORK_SLOT);
+
 /// How the frame chain starts and what a frame holds, per interpreter version.
 pub mod frame_kind {
     /// 3.10: `tstate->frame` is a `PyFrameObject`; `f_lasti` is an int index in code units.

@@ -12,26 +12,36 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{CloseEvent, EventKind, FIELD_ABSENT, NO_STACK, Syscall};
+use tracer_common::{
+    CloseEvent, EventKind, FIELD_ABSENT, NO_STACK, Syscall, python::py_resume_slot,
+};
 
 use super::sockets_and_dups::emit_close_failed;
 use crate::{
     emit::{Caller, read_u64},
     maps::{KERNEL_OFFSETS, offset, output},
+    python::{self, Frames},
 };
 
 #[tracepoint]
 pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
         let fd = read_u64(&ctx, offset!(close_fd)) as u32;
+        let not_open = is_open(fd) == Some(false);
+        if not_open {
+            // Before anything is sent: the program runs again from here once the walker
+            // has sent the Python frames.
+            let slot = py_resume_slot(Syscall::Close);
+            python::capture(&ctx, caller, Frames::Walk { slot });
+        }
         let event = CloseEvent {
             header: caller.header(EventKind::FdClosed, NO_STACK),
             fd: fd as i32,
             _pad: 0,
         };
         output(&event);
-        if is_open(fd) == Some(false) {
-            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1);
+        if not_open {
+            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1, Frames::Skip);
         }
     }
     0
