@@ -13,8 +13,8 @@ use core::mem::size_of;
 pub const MAX_PY_FRAMES: usize = 64;
 /// Thread states the kernel looks at per walk at most, from the head of the lists, where new
 /// threads are added: the threads a process had when its interpreter was found are seeded by
-/// userspace into the per-thread cache. (Each turn of this loop is verified in every program
-/// that walks: 256 turns made loading the programs take 10 s longer, 16 take 0.5 s.)
+/// userspace into the per-thread cache. (The verifier checks each turn of this loop: 256
+/// turns made loading take seconds longer when the walk was in every program.)
 pub const MAX_PY_THREADS: u32 = 16;
 /// Python processes followed at once.
 pub const MAX_PY_PROCS: u32 = 4_096;

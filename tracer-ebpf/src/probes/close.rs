@@ -20,19 +20,20 @@ use super::sockets_and_dups::emit_close_failed;
 use crate::{
     emit::{Caller, read_u64},
     maps::{KERNEL_OFFSETS, offset, output},
-    python::{self, Frames},
+    python::Frames,
 };
 
 #[tracepoint]
 pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
         let fd = read_u64(&ctx, offset!(close_fd)) as u32;
-        let not_open = is_open(fd) == Some(false);
-        if not_open {
-            // Before anything is sent: the program runs again from here once the walker
-            // has sent the Python frames.
-            let slot = py_resume_slot(Syscall::Close);
-            python::capture(&ctx, caller, Frames::Walk { slot });
+        if is_open(fd) == Some(false) {
+            // Before the close itself: the Python frames (which make the program run again
+            // from its start) go to the thread's next event, which must be this one.
+            let frames = Frames::Walk {
+                slot: py_resume_slot(Syscall::Close),
+            };
+            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1, frames);
         }
         let event = CloseEvent {
             header: caller.header(EventKind::FdClosed, NO_STACK),
@@ -40,9 +41,6 @@ pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
             _pad: 0,
         };
         output(&event);
-        if not_open {
-            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1, Frames::Skip);
-        }
     }
     0
 }
