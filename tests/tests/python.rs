@@ -74,6 +74,12 @@ struct Run {
 /// Runs py_frames.py MODE under `python`, attaches, lets it do MODE and reports.
 #[track_caller]
 fn run(python: &Path, mode: &str) -> Run {
+    run_with(python, mode, &[])
+}
+
+/// `run`, with these tracer options.
+#[track_caller]
+fn run_with(python: &Path, mode: &str, options: &[&str]) -> Run {
     let script = workspace_dir().join("tests/fixtures/py_frames.py");
     let path = unique_dir(None, &format!("python-{mode}")).join("cache.bin");
     std::fs::write(&path, "x").unwrap();
@@ -82,7 +88,7 @@ fn run(python: &Path, mode: &str) -> Run {
         &[script.to_str().unwrap(), mode, path.to_str().unwrap()],
     );
     fixture.wait_for_line("READY", STEP);
-    let mut tracer = Tracer::attach(fixture.pid(), &[]);
+    let mut tracer = Tracer::attach(fixture.pid(), options);
     tracer.wait_attached(ATTACH_TIMEOUT);
     fixture.send_line("go");
     fixture.wait_for_line("DONE", STEP);
@@ -174,6 +180,33 @@ fn leaking_function_and_caller_with_file_and_line() {
         assert_frames_match(&label, &run, run.pid, 3);
         let names: Vec<&str> = run.frames.iter().map(|f| f.0.as_str()).collect();
         assert_eq!(names[..2], ["open_cache_file", "warm_caches"], "{label}");
+    }
+}
+
+/// `--no-python-frames`: the same leak keeps its native stack, without a Python frame.
+#[test]
+fn no_python_frames_leaves_native_stacks() {
+    require_root();
+    for (label, python) in interpreters() {
+        let run = run_with(&python, "leak", &["--no-python-frames"]);
+        let ctx = run.report.context();
+        let stacks = stacks_of(&run, run.pid);
+        assert_eq!(
+            stacks.len(),
+            3,
+            "{label}: descriptors of {}\n{ctx}",
+            run.path
+        );
+        for stack in stacks {
+            assert!(
+                python_frames(stack).is_empty(),
+                "{label}: a Python frame despite --no-python-frames\n{ctx}"
+            );
+            assert!(
+                stack[0]["symbol"].is_string(),
+                "{label}: no native leaf\n{ctx}"
+            );
+        }
     }
 }
 

@@ -57,6 +57,12 @@ pub struct Options {
     )]
     pub stack_copy_kib: u32,
 
+    /// Do not capture CPython frames: Python processes get native stacks only, and pay what
+    /// any other process does (one map lookup per event with a stack) instead of the walk of
+    /// the interpreter's frames.
+    #[arg(long)]
+    pub no_python_frames: bool,
+
     /// Show the N largest groups of descriptors (by creating stack) in full in the text
     /// report; the JSON report always has every group.
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -130,6 +136,8 @@ pub struct Config {
     pub min_age_s: f64,
     pub ring_bytes: u32,
     pub stack_copy_bytes: u64,
+    /// Capture CPython frames in Python processes (off with --no-python-frames).
+    pub python_frames: bool,
     /// Groups shown in full in the text report.
     pub top: usize,
     pub flamegraph: Option<PathBuf>,
@@ -180,6 +188,7 @@ impl Options {
             min_age_s: self.min_age,
             ring_bytes: self.ring_buffer_mib << 20,
             stack_copy_bytes: u64::from(self.stack_copy_kib) * 1024,
+            python_frames: !self.no_python_frames,
             top: self.top as usize,
             flamegraph: self.flamegraph,
             at_exit_descriptors: self.at_exit_descriptors,
@@ -270,13 +279,21 @@ mod tests {
         assert_eq!(config.target, Target::Command(vec!["x".into(), "y".into()]));
         assert_eq!(config.ring_bytes, 2 << 20);
         assert_eq!(config.stack_copy_bytes, 8192);
-        let config = Options::try_parse_from(["tracer", "--pid", "7", "--stack-copy-kib", "1"])
-            .unwrap()
-            .into_config()
-            .unwrap();
+        assert!(config.python_frames);
+        let config = Options::try_parse_from([
+            "tracer",
+            "--pid",
+            "7",
+            "--stack-copy-kib",
+            "1",
+            "--no-python-frames",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
         assert_eq!(
-            (config.target, config.stack_copy_bytes),
-            (Target::Pid(7), 1024)
+            (config.target, config.stack_copy_bytes, config.python_frames),
+            (Target::Pid(7), 1024, false)
         );
     }
 

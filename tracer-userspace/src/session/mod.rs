@@ -84,7 +84,7 @@ pub fn run(config: &Config) -> Result<()> {
     let started_ns = monotonic_ns();
     let tree = attach::follow_tree(&mut probes, target)?;
     let descendants = tree.followed.len() - 1;
-    let mut state = State::new(&probes, config.at_exit_descriptors);
+    let mut state = State::new(&probes, config.at_exit_descriptors, config.python_frames);
     tree.seed(&mut state, started_ns);
     let mut snapshots = Snapshots::new(
         ReportFacts {

@@ -59,7 +59,11 @@ pub(super) struct State<'p> {
 }
 
 impl<'p> State<'p> {
-    pub(super) fn new(probes: &'p Probes, at_exit_descriptors: bool) -> Self {
+    pub(super) fn new(probes: &'p Probes, at_exit_descriptors: bool, python_frames: bool) -> Self {
+        let mut stacks = StackStore::new();
+        if !python_frames {
+            stacks.without_python_frames();
+        }
         Self {
             probes,
             agg: if at_exit_descriptors {
@@ -67,7 +71,7 @@ impl<'p> State<'p> {
             } else {
                 Aggregator::new()
             },
-            stacks: StackStore::new(),
+            stacks,
             tcp: TcpTracker::new(),
             records: RecordCounts::default(),
             reconciler: Reconciler::new(),

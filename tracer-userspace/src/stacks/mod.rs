@@ -89,6 +89,12 @@ impl StackStore {
         Self::default()
     }
 
+    /// No CPython frames (`--no-python-frames`): interpreters are not looked for, so the
+    /// kernel never walks their frames.
+    pub(crate) fn without_python_frames(&mut self) {
+        self.python.turn_off();
+    }
+
     /// Records the mappings of a process seen at attach.
     pub(crate) fn capture(&mut self, pid: u32) {
         let generation = self.generation(pid);

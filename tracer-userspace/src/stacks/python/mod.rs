@@ -80,11 +80,21 @@ pub(crate) struct Python {
     updates: Updates,
     /// Processes already said to be Python the tracer cannot walk (said once each).
     warned: foldhash::HashSet<u32>,
+    /// `--no-python-frames`: no process is looked at.
+    off: bool,
 }
 
 impl Python {
+    /// Never looks for an interpreter: the kernel is told of none, so it walks no frames.
+    pub(crate) fn turn_off(&mut self) {
+        self.off = true;
+    }
+
     /// Looks for an interpreter in `pid`'s modules, unless this module map was looked at.
     pub(crate) fn observe(&mut self, pid: u32, modules: &Arc<ModuleMap>) {
+        if self.off {
+            return;
+        }
         let key = Arc::as_ptr(modules) as usize;
         match self.procs.get(&pid) {
             Some(State::Python(..)) => return,
