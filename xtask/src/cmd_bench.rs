@@ -16,6 +16,7 @@ use crate::{
         nginx::{self, NginxResult},
         print, procstat,
         profile::{self, ProfileResult},
+        python::{self, PythonResult},
         soak::{self, SoakResult},
         stats::Summary,
         tools,
@@ -36,7 +37,9 @@ use crate::{
 /// 127.0.0.1 under wrk, untraced and traced. Capacity: zero-loss event rate, what happens
 /// above it, memory with a million open descriptors, time to attach. Forks and soak: the
 /// tracer's memory while short-lived workers come and go (soak: with snapshots every 5 s,
-/// RSS at start, middle and end).
+/// RSS at start, middle and end). Python: a CPython loop of `os.close(os.open(...))` five
+/// frames deep, and the C loop, untraced, under the tracer and under `--no-python-frames`:
+/// what the frame walk adds per open+close (loop time, bpf_stats run time, tracer CPU).
 ///
 /// Installs what it uses when missing (apt-get: gcc, strace, bpftrace, bpftool, nginx,
 /// wrk). Takes about 5 minutes on 2 cores (2.5 with --quick). Needs root. Not part of
@@ -72,6 +75,9 @@ pub(crate) enum Part {
     Nginx,
     Capacity,
     Profile,
+    /// A Python loop of open+close five frames deep, and C's, under the tracer with and
+    /// without Python frames (bpf_stats, tracer CPU)
+    Python,
     Forks,
     Soak,
 }
@@ -177,6 +183,7 @@ struct Parts {
     rates: Option<Vec<RateStep>>,
     memory: Option<MemoryResult>,
     bpf_profile: Option<ProfileResult>,
+    python: Option<PythonResult>,
     forks: Option<Vec<forks::ForksResult>>,
     soak: Option<SoakResult>,
     /// Time to `attached` over the micro and nginx runs.
@@ -243,6 +250,23 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         None
     };
 
+    let python = if wants(Part::Python) {
+        eprintln!(
+            "==> Python and C open+close, with and without Python frames ({runs} runs, interleaved, bpf_stats on)"
+        );
+        Some(python::run(
+            &python::Settings {
+                tracer,
+                baseline: options.baseline_tracer.as_deref(),
+                runs,
+                scale: settings.scale,
+            },
+            workload,
+        )?)
+    } else {
+        None
+    };
+
     let forks = if wants(Part::Forks) {
         let mut results = Vec::new();
         for children in [1_000, if options.quick { 20_000 } else { 100_000 }] {
@@ -279,6 +303,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         rates,
         memory,
         bpf_profile,
+        python,
         forks,
         soak,
         attach,
@@ -309,6 +334,7 @@ fn write_json(
             "attach_s": parts.attach,
         },
         "bpf_profile": parts.bpf_profile,
+        "python": parts.python,
         "forks": parts.forks,
         "soak": parts.soak,
         "budgets": parts.verdicts,
@@ -339,6 +365,9 @@ fn print_tables(setup: &Setup, parts: &Parts) {
     }
     if let Some(profile) = &parts.bpf_profile {
         print::profile(profile);
+    }
+    if let Some(result) = &parts.python {
+        print::python(result);
     }
     if let Some(results) = &parts.forks {
         forks::print(results);

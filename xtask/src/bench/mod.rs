@@ -11,6 +11,8 @@ pub(crate) mod nginx;
 pub(crate) mod print;
 pub(crate) mod procstat;
 pub(crate) mod profile;
+pub(crate) mod python;
+pub(crate) mod script;
 pub(crate) mod soak;
 pub(crate) mod stats;
 pub(crate) mod table;

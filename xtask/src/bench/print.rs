@@ -8,6 +8,7 @@ use super::{
     micro::MicroResult,
     nginx::NginxResult,
     profile::ProfileResult,
+    python::{self, PythonResult},
     stats::Summary,
     table::{self, Table},
 };
@@ -204,4 +205,62 @@ pub(crate) fn budgets(verdicts: &[Verdict]) {
     println!("Budgets");
     println!();
     print!("{}", table::budgets(verdicts));
+}
+
+/// The Python part: per loop and case, the loop's time, the BPF run time per run of the
+/// programs an open+close runs, and the tracer's CPU, per open+close.
+pub(crate) fn python(result: &PythonResult) {
+    println!();
+    println!(
+        "Python: open+close of /dev/null five Python frames deep ({}, {} iterations) and in C ({} iterations), bpf_stats on in every case",
+        result.interpreter.as_deref().unwrap_or("no interpreter"),
+        result.python_iterations,
+        result.c_iterations
+    );
+    if let Some(why) = &result.skipped {
+        println!("the Python loop was skipped: {why}");
+    }
+    println!();
+    let mut header = vec!["loop", "case", "µs/iter (median, ±, min)", "+µs"];
+    let columns: Vec<String> = python::PROGRAMS
+        .iter()
+        .map(|p| format!("{p} ns/run"))
+        .collect();
+    header.extend(columns.iter().map(String::as_str));
+    header.extend(["all BPF µs/iter", "tracer CPU µs/iter", "lost"]);
+    let mut t = Table::new(&header);
+    let dash = || "-".to_owned();
+    for case in &result.cases {
+        let mut row = vec![
+            case.program.to_owned(),
+            case.label.to_owned(),
+            case.ns_per_iter
+                .as_ref()
+                .map_or_else(dash, |s| table::median_spread(s, 1e-3, 2)),
+            case.added_ns_per_iter
+                .map_or_else(dash, |ns| format!("{:+.2}", ns / 1000.0)),
+        ];
+        for program in python::PROGRAMS {
+            row.push(case.bpf_ns_per_run.get(program).map_or_else(dash, |s| {
+                let runs = case.bpf_runs_per_iter.get(program).copied().unwrap_or(0.0);
+                format!("{} ({runs:.2}/iter)", table::median_spread(s, 1.0, 0))
+            }));
+        }
+        row.push(
+            case.bpf_ns_per_iter
+                .as_ref()
+                .map_or_else(dash, |s| table::median_spread(s, 1e-3, 2)),
+        );
+        row.push(
+            case.tracer_cpu_ns_per_iter
+                .as_ref()
+                .map_or_else(dash, |s| table::median_spread(s, 1e-3, 2)),
+        );
+        row.push(case.lost_events.map_or_else(dash, |l| l.to_string()));
+        t.row(row);
+    }
+    print!("{}", t.render());
+    println!(
+        "runs count every process's calls (unfollowed ones return early); the tracer's CPU is its user+sys time (10 ms ticks) over the timed loop"
+    );
 }

@@ -48,9 +48,9 @@ const NS_PER_TICK: u64 = 10_000_000;
 
 /// Counters of one program at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Counters {
-    run_time_ns: u64,
-    run_cnt: u64,
+pub(crate) struct Counters {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
 }
 
 /// Runs both profiles with the stats switched on, and switches them back.
@@ -60,9 +60,7 @@ pub(crate) fn run(
     workload: &mut Workload,
     with_bpftrace: bool,
 ) -> Result<ProfileResult> {
-    let before = fs::read_to_string(STATS_SWITCH).unwrap_or_else(|_| "0".to_owned());
-    fs::write(STATS_SWITCH, "1").with_context(|| format!("cannot write {STATS_SWITCH}"))?;
-    let result = (|| {
+    with_bpf_stats(|| {
         eprintln!("  BPF run time: tracer following open+close");
         let result = workload.result_path();
         let argv = workload.rate_args(0, 5, 1, &result);
@@ -106,7 +104,14 @@ pub(crate) fn run(
             empty_floor,
             tracer_process_ns_per_open,
         })
-    })();
+    })
+}
+
+/// Runs `measure` with `kernel.bpf_stats_enabled` on, and puts the switch back after.
+pub(crate) fn with_bpf_stats<T>(measure: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = fs::read_to_string(STATS_SWITCH).unwrap_or_else(|_| "0".to_owned());
+    fs::write(STATS_SWITCH, "1").with_context(|| format!("cannot write {STATS_SWITCH}"))?;
+    let result = measure();
     let _ = fs::write(STATS_SWITCH, before.trim());
     result
 }
@@ -150,7 +155,7 @@ fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Window> {
 }
 
 /// Counters of every BPF program `pid` holds a descriptor of, by program id.
-fn snapshot(pid: u32) -> Result<HashMap<u32, Counters>> {
+pub(crate) fn snapshot(pid: u32) -> Result<HashMap<u32, Counters>> {
     let dir = format!("/proc/{pid}/fd");
     let mut programs = HashMap::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
@@ -184,7 +189,7 @@ fn parse_fdinfo(text: &str) -> Option<(u32, Counters)> {
 }
 
 /// The program's name from bpftool, or its id when bpftool cannot say.
-fn program_name(id: u32) -> String {
+pub(crate) fn program_name(id: u32) -> String {
     let output = Command::new(path_of("bpftool"))
         .args(["prog", "show", "id", &id.to_string(), "--json"])
         .output();
