@@ -261,6 +261,17 @@ pub(crate) fn python(result: &PythonResult) {
     }
     print!("{}", t.render());
     println!(
-        "runs count every process's calls (unfollowed ones return early); the tracer's CPU is its user+sys time (10 ms ticks) over the timed loop"
+        "runs count every process's calls (unfollowed ones return early); python_walk, reached by tail call, runs inside sys_exit_openat's accounting; the tracer's CPU is its user+sys time (10 ms ticks) over the timed loop"
     );
+    let show = |ns: Option<f64>| ns.map_or("-".to_owned(), |ns| format!("{:+.2} µs", ns / 1000.0));
+    for cost in &result.frames_cost {
+        println!(
+            "{}: Python frames over --no-python-frames, per open+close: loop {}, sys_exit_openat {} per run, all BPF {}, tracer CPU {}",
+            cost.program,
+            show(Some(cost.loop_ns)),
+            show(cost.sys_exit_openat_ns),
+            show(cost.bpf_ns_per_iter),
+            show(cost.tracer_cpu_ns_per_iter)
+        );
+    }
 }
