@@ -202,7 +202,9 @@ pub(crate) fn run(settings: &Settings, workload: &mut Workload) -> Result<Python
     profile::with_bpf_stats(|| {
         for run in 0..settings.runs {
             eprintln!("  python/C open+close run {}/{}", run + 1, settings.runs);
-            for (&(lang, watch), samples) in cases.iter().zip(&mut samples) {
+            // The order rotates from run to run, so no case always follows the same one.
+            for index in (0..cases.len()).map(|i| (i + run) % cases.len()) {
+                let ((lang, watch), samples) = (cases[index], &mut samples[index]);
                 let n = if lang == Lang::Python { py_n } else { c_n };
                 let result = workload.result_path();
                 let argv = match lang {
