@@ -266,9 +266,10 @@ pub(crate) fn python(result: &PythonResult) {
     let show = |ns: Option<f64>| ns.map_or("-".to_owned(), |ns| format!("{:+.2} µs", ns / 1000.0));
     for cost in &result.frames_cost {
         println!(
-            "{}: Python frames over --no-python-frames, per open+close: loop {}, sys_exit_openat {} per run, all BPF {}, tracer CPU {}",
+            "{}: Python frames over --no-python-frames, per open+close: loop {} (fastest runs {}), sys_exit_openat {} per run, all BPF {}, tracer CPU {}",
             cost.program,
             show(Some(cost.loop_ns)),
+            show(cost.loop_min_ns),
             show(cost.sys_exit_openat_ns),
             show(cost.bpf_ns_per_iter),
             show(cost.tracer_cpu_ns_per_iter)

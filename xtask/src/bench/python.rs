@@ -113,6 +113,8 @@ pub(crate) struct PythonResult {
 pub(crate) struct FramesCost {
     pub program: &'static str,
     pub loop_ns: f64,
+    /// The same over the two cases' fastest runs, the least disturbed on a busy machine.
+    pub loop_min_ns: Option<f64>,
     /// `sys_exit_openat` per run (the walk runs inside it).
     pub sys_exit_openat_ns: Option<f64>,
     pub bpf_ns_per_iter: Option<f64>,
@@ -127,6 +129,7 @@ fn frames_costs(cases: &[CaseResult]) -> Vec<FramesCost> {
             .find(|c| c.program == program && c.case == case.key())
     };
     let median = |s: &Option<Summary>| s.as_ref().map(|s| s.median);
+    let min = |s: &Option<Summary>| s.as_ref().map(|s| s.min);
     let minus = |a: Option<f64>, b: Option<f64>| Some(a? - b?);
     ["python", "c"]
         .into_iter()
@@ -139,6 +142,7 @@ fn frames_costs(cases: &[CaseResult]) -> Vec<FramesCost> {
             Some(FramesCost {
                 program,
                 loop_ns: minus(median(&on.ns_per_iter), median(&off.ns_per_iter))?,
+                loop_min_ns: minus(min(&on.ns_per_iter), min(&off.ns_per_iter)),
                 sys_exit_openat_ns: minus(openat(on), openat(off)),
                 bpf_ns_per_iter: minus(median(&on.bpf_ns_per_iter), median(&off.bpf_ns_per_iter)),
                 tracer_cpu_ns_per_iter: minus(
@@ -445,6 +449,7 @@ mod tests {
             vec![FramesCost {
                 program: "c",
                 loop_ns: 1000.0,
+                loop_min_ns: Some(800.0),
                 sys_exit_openat_ns: Some(500.0),
                 bpf_ns_per_iter: Some(500.0),
                 tracer_cpu_ns_per_iter: Some(150.0),
