@@ -8,6 +8,7 @@ use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
     FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
     abi::{AF_INET, FD_CLOEXEC},
+    time_wait,
 };
 
 use super::{
@@ -204,6 +205,11 @@ fn tcp_state(record: &[u8]) -> Result<EventBody, DecodeError> {
         new: raw.newstate,
         local: socket_addr(raw.family, raw.saddr, raw.sport),
         remote: socket_addr(raw.family, raw.daddr, raw.dport),
+        time_wait: match raw.time_wait {
+            time_wait::TAKEN_OVER => Some(true),
+            time_wait::NONE => Some(false),
+            _ => None,
+        },
     }))
 }
 

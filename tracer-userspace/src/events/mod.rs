@@ -160,6 +160,9 @@ pub(crate) struct TcpState {
     pub new: u8,
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
+    /// For a close from `FIN_WAIT*`/`CLOSING`: whether a `TIME_WAIT` socket took the
+    /// connection over, as the kernel's table said (`None`: not looked).
+    pub time_wait: Option<bool>,
 }
 
 #[cfg(test)]

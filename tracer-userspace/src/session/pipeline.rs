@@ -197,6 +197,7 @@ impl<'p> State<'p> {
             new,
             local,
             remote,
+            time_wait,
         }) = &event.body
         {
             self.tcp.apply(&TcpTransition {
@@ -207,6 +208,7 @@ impl<'p> State<'p> {
                 local: *local,
                 remote: *remote,
                 at_ns: header.timestamp_ns,
+                time_wait: *time_wait,
             });
         }
         self.agg.apply(&event);
