@@ -32,7 +32,8 @@ use std::{collections::HashMap, net::SocketAddr};
 pub(crate) use time_wait::TimeWaitGroup;
 use time_wait::TimeWaits;
 use tracer_common::abi::tcp_state::{
-    CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
+    CLOSE, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT,
+    TIME_WAIT,
 };
 
 /// Most live sockets tracked at once; further new sockets are ignored and counted in
@@ -143,6 +144,10 @@ impl TcpTracker {
 
         if enters_time_wait(t.old, t.new) && t.time_wait != Some(false) {
             self.time_wait.record(t, sock);
+        }
+        // Both ports are known once a connection is accepted or established.
+        if matches!((t.old, t.new), (LISTEN, SYN_RECV) | (SYN_SENT, ESTABLISHED)) {
+            self.time_wait.reused(t.local, t.remote, t.at_ns);
         }
     }
 

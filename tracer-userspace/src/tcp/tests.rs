@@ -117,6 +117,34 @@ fn close_without_time_wait_socket_is_not_counted() {
     assert_eq!(t.live(), 1, "the closed ones are forgotten alike");
 }
 
+/// A server closes first three connections from ports 40000-40002; the client then connects
+/// again from 40000 within the 60 s (the server's TIME_WAIT socket accepts the SYN and is
+/// dropped: `ss` no longer shows it) and from 40001 a minute later (that one had expired):
+/// one of the three ended early. Observed with pgbench -C, whose ports come back in a second.
+#[test]
+fn new_connection_on_the_same_ports_ends_time_wait() {
+    let mut t = TcpTracker::new();
+    let l = "127.0.0.1:5432";
+    t.apply(&tr(10, 0x100, CLOSE, LISTEN, l, "0.0.0.0:0", 0));
+    for i in 0..3u64 {
+        let (sk, r) = (0x200 + i, format!("127.0.0.1:{}", 40000 + i));
+        accept(&mut t, 11, sk, l, &r, SEC);
+        active_close(&mut t, 11, sk, l, &r, 2 * SEC);
+    }
+    accept(&mut t, 12, 0x300, l, "127.0.0.1:40000", 3 * SEC);
+    accept(&mut t, 12, 0x301, l, "127.0.0.1:40001", 63 * SEC);
+    let groups = t.time_wait_groups(64 * SEC);
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(
+        (groups[0].count, groups[0].ended_early),
+        (3, 1),
+        "{groups:?}"
+    );
+    // Reuse is counted once per TIME_WAIT.
+    accept(&mut t, 12, 0x302, l, "127.0.0.1:40000", 4 * SEC);
+    assert_eq!(t.time_wait_groups(64 * SEC)[0].ended_early, 1);
+}
+
 /// SYN_SENT proves the connecting side; SYN_RECV, LISTEN and NEW_SYN_RECV the accepting one;
 /// other changes prove nothing.
 #[test]
@@ -186,6 +214,7 @@ fn client_time_wait_group() {
                 local: "127.0.0.1".into(),
                 remote: "127.0.0.1:8080".into(),
                 count: closes,
+                ended_early: 0,
                 per_minute,
                 newest_age_s,
             }],
