@@ -8,6 +8,7 @@
 
 mod attach;
 mod child;
+mod deferral;
 mod pipeline;
 mod reconcile;
 mod resolver;
@@ -175,6 +176,8 @@ fn build_report(
     command: Vec<String>,
     started_ns: u64,
 ) -> Report {
+    // Stacks whose unwinding was deferred are unwound now if their descriptors are open.
+    state.settle_stacks(u64::MAX);
     let now_ns = monotonic_ns();
     let lost = probes.lost();
     let facts = SessionFacts {

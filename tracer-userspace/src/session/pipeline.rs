@@ -14,6 +14,7 @@ use tracer_common::CLONE_THREAD;
 
 use super::{
     child::PausedChild,
+    deferral::Settle,
     reconcile::{self, Reconciler},
 };
 use crate::{
@@ -22,7 +23,7 @@ use crate::{
     clock::monotonic_ns,
     events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
     procfs,
-    stacks::{KernelStacks, StackStore},
+    stacks::{DeferredStack, KernelStacks, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
 
@@ -102,6 +103,28 @@ impl<'p> State<'p> {
         );
     }
 
+    /// The tables and stacks, to settle deferred stacks against (see `session/deferral.rs`).
+    fn settle(&mut self) -> Settle<'_, Probes> {
+        Settle {
+            agg: &mut self.agg,
+            stacks: &mut self.stacks,
+            kernel: self.probes,
+        }
+    }
+
+    /// Unwinds the deferred stacks whose window has passed at `now_ns`, or all of them
+    /// (u64::MAX): the tables then hold only final stacks, as a report needs.
+    pub(super) fn settle_stacks(&mut self, now_ns: u64) {
+        self.settle().due(now_ns);
+        send_stack_bases(&mut self.stacks, self.probes);
+    }
+
+    /// A process gone without its exit event: its table's pending stacks are unwound first.
+    fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
+        self.settle().table(pid);
+        self.agg.mark_vanished(pid, now_ns);
+    }
+
     /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
     fn reconcile_if_due(&mut self, ring: &mut EventRing) {
         let lost = self.probes.lost().total();
@@ -163,14 +186,16 @@ impl<'p> State<'p> {
 
     /// Decodes and applies one ring buffer record; returns its timestamp.
     fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
-        let event = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
-        let at = event.header.timestamp_ns;
-        self.apply_event(event);
+        let prepared = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
+        let at = prepared.event.header.timestamp_ns;
+        self.apply_event(prepared);
         Some(at)
     }
 
-    /// Applies a [`prepare`]d event to the tables.
-    fn apply_event(&mut self, event: Event) {
+    /// Applies a [`prepare`]d event to the tables, and settles the deferred stacks whose
+    /// window has passed by its time.
+    fn apply_event(&mut self, Prepared { event, deferred }: Prepared) {
+        self.settle().before(&event);
         let header = &event.header;
         if let EventBody::TaskCreated(TaskCreated {
             child_tid,
@@ -223,6 +248,8 @@ impl<'p> State<'p> {
             }
             _ => {}
         }
+        self.settle().after(deferred, event.header.timestamp_ns);
+        send_stack_bases(&mut self.stacks, self.probes);
     }
 
     /// A fork created `pid` while we still think an earlier process with that pid lives (its
@@ -236,7 +263,7 @@ impl<'p> State<'p> {
         if let Some(start_time) = earlier
             && procfs::start_time(pid) != Some(start_time)
         {
-            self.agg.mark_vanished(pid, now_ns);
+            self.mark_vanished(pid, now_ns);
         }
     }
 
@@ -281,6 +308,7 @@ pub(super) async fn event_loop(
             }
             _ = drain_timer.tick() => {
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
+                state.settle_stacks(monotonic_ns());
             }
             _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),
@@ -294,7 +322,7 @@ pub(super) async fn event_loop(
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
                 let now = monotonic_ns();
                 for pid in vanished {
-                    state.agg.mark_vanished(pid, now);
+                    state.mark_vanished(pid, now);
                 }
                 state.reconcile_if_due(ring.get_mut());
                 if state.agg.live_processes().next().is_none() {
@@ -312,16 +340,24 @@ pub(super) struct RecordCounts {
     pub(super) undecodable: u64,
 }
 
+/// A decoded event ready for the tables, and its stack's raw copy when its unwinding is
+/// deferred (queued once the event is applied).
+struct Prepared {
+    event: Event,
+    deferred: Option<DeferredStack>,
+}
+
 /// Decodes a record and does what needs no descriptor table, so that it can also run while
 /// the tables are being listed: tells whether a task the kernel created by itself is a
-/// thread, and replaces the stack (registers and copied bytes, which are not kept) with the
-/// id of the unwound one. The event is then applied with `State::apply_event`.
+/// thread, and replaces the stack (registers and copied bytes) with the id of the unwound
+/// one, or with a pending id and a copy of the bytes (see `stacks/deferred.rs`). The event
+/// is then applied with `State::apply_event`.
 fn prepare(
     stacks: &mut StackStore,
     probes: &Probes,
     records: &mut RecordCounts,
     record: &[u8],
-) -> Option<Event> {
+) -> Option<Prepared> {
     records.received += 1;
     let Decoded {
         mut event,
@@ -342,11 +378,16 @@ fn prepare(
         let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
         *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
-    stacks.annotate(&mut event, stack_top, probes);
+    let deferred = stacks.annotate(&mut event, stack_top, probes);
+    send_stack_bases(stacks, probes);
+    Some(Prepared { event, deferred })
+}
+
+/// Tells the kernel the stack bases learned or unlearned by the last walks.
+fn send_stack_bases(stacks: &mut StackStore, probes: &Probes) {
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }
-    Some(event)
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.

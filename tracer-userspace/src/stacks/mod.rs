@@ -7,11 +7,16 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashSet};
 
 mod bases;
+mod deferred;
 mod modules;
 mod symbolize;
 mod unwind;
 
 use bases::StackBases;
+pub(crate) use deferred::DeferredStack;
+use deferred::Pending;
+#[cfg(test)]
+pub(crate) use deferred::WINDOW_NS;
 use modules::{ModuleFiles, ModuleMap};
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
@@ -55,6 +60,11 @@ pub(crate) struct StackStore {
     bases: StackBases,
     files: ModuleFiles,
     symbolizer: StackSymbolizer,
+    /// Births' stacks waiting to be unwound (`deferred.rs`), and for how long (0: never).
+    pending: Pending,
+    defer_window_ns: u64,
+    /// Stacks repaired (unwound or taken from the kernel's walk), for the debug log.
+    repaired: u64,
 }
 
 /// One module map (a process image, as read at one time) and what was derived from it.
@@ -81,7 +91,16 @@ impl Version {
 
 impl StackStore {
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self::with_defer_window(deferred::WINDOW_NS)
+    }
+
+    /// A store whose births' stacks wait `window_ns` before they are unwound (0: unwound at
+    /// once, as every other stack is).
+    pub(crate) fn with_defer_window(window_ns: u64) -> Self {
+        Self {
+            defer_window_ns: window_ns,
+            ..Self::default()
+        }
     }
 
     /// Records the mappings of a process seen at attach.
@@ -92,13 +111,16 @@ impl StackStore {
 
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
     /// of the repaired stack (a frameless innermost function's caller put back, frame-pointer
-    /// garbage cut); tracks fork and exec. Call before the aggregator sees the event.
+    /// garbage cut); tracks fork and exec. Call before the aggregator sees the event. A
+    /// descriptor birth's stack may be deferred instead (see `deferred.rs`): the event then
+    /// carries a pending id, and the raw copy returned must be queued with
+    /// [`Self::queue_deferred`] once the event is in the tables.
     pub(crate) fn annotate(
         &mut self,
         event: &mut Event,
         stack_top: Option<StackTop>,
         kernel: &impl KernelStacks,
-    ) {
+    ) -> Option<DeferredStack> {
         let header = &mut event.header;
         match &event.body {
             EventBody::TaskCreated(TaskCreated {
@@ -126,19 +148,28 @@ impl StackStore {
             _ => {}
         }
         header.generation = self.generation(header.tgid);
+        if let Some(top) = &stack_top
+            && let Some(deferred) = self.defer(event, top, kernel)
+        {
+            event.header.stack_id = Some(deferred.stack.id);
+            return Some(deferred);
+        }
+        let header = &mut event.header;
         header.stack_id = self.repair(
             header.stack_id,
             (header.tgid, header.tid),
             header.generation,
             stack_top.as_ref(),
             kernel,
+            None,
         );
+        None
     }
 
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}, deferred {}; {} stacks repaired, {} deferred ({} dropped unwound)",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -150,6 +181,10 @@ impl StackStore {
             self.kernel_stacks.len(),
             self.stacks.len(),
             self.bases.len(),
+            self.pending.len(),
+            self.repaired,
+            self.pending.deferred,
+            self.pending.dropped,
         )
     }
 
@@ -204,7 +239,9 @@ impl StackStore {
 
     /// The interned id of the event's stack: frames unwound from CFI through the stack copied
     /// at the event, continued by the kernel's frame-pointer walk (`kernel_id`) where the two
-    /// meet. Either alone will do; None when there is neither.
+    /// meet. Either alone will do; None when there is neither. The one place stacks are
+    /// unwound, whether at once or deferred (`deferred_epoch`: the thread's stretch of walks
+    /// at the event, see `StackBases::observe_deferred`).
     fn repair(
         &mut self,
         kernel_id: Option<u32>,
@@ -212,7 +249,13 @@ impl StackStore {
         generation: u32,
         top: Option<&StackTop>,
         kernel: &impl KernelStacks,
+        deferred_epoch: Option<u64>,
     ) -> Option<u32> {
+        if kernel_id.is_none() && top.is_none() {
+            // An event without a stack (a close): nothing to unwind or look up.
+            return None;
+        }
+        self.repaired += 1;
         let ips = match kernel_id {
             Some(id) => self.kernel_stack(id, kernel).unwrap_or_default(),
             None => Arc::default(),
@@ -236,7 +279,14 @@ impl StackStore {
                     bytes: top.bytes,
                 };
                 let unwound = unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES);
-                self.bases.observe(tid, top.sp, top.bytes.len(), &unwound);
+                let copied = top.bytes.len();
+                match deferred_epoch {
+                    None => self.bases.observe(tid, top.sp, copied, &unwound),
+                    Some(epoch) => {
+                        self.bases
+                            .observe_deferred(tid, epoch, top.sp, copied, &unwound);
+                    }
+                }
                 unwound
             }
             _ => Unwound::default(),
@@ -276,6 +326,15 @@ impl StackStore {
             .cloned()
             .unwrap_or_default();
         self.symbolizer.frames(stack, &ips, &modules)
+    }
+
+    /// The addresses of interned stack `id`, and how many stacks were repaired (unwound).
+    #[cfg(test)]
+    pub(crate) fn interned(&self, id: u32) -> (Option<Vec<u64>>, u64) {
+        (
+            self.stacks.get(id as usize).map(|ips| ips.to_vec()),
+            self.repaired,
+        )
     }
 
     fn generation(&self, pid: u32) -> u32 {

@@ -1,0 +1,267 @@
+//! Deferred stacks. A descriptor closed again within moments is the common case on a busy
+//! server, and it can never be a leak: unwinding and interning its birth's stack would be
+//! most of the tracer's work for nothing. So the stack of a descriptor birth is kept raw (the
+//! registers and the stack bytes the kernel copied) in a bounded queue for [`WINDOW_NS`], and
+//! the tables get a pending stack id in its place ([`crate::model::PENDING_STACK`]). When the
+//! window has passed the session (`session/deferral.rs`) asks the tables whether the
+//! descriptor is still open: if it is, the stack is unwound and interned then, by the same
+//! [`StackStore::repair`] eager stacks go through, and its id replaces the pending one; if
+//! not, the copy is dropped without being unwound. The session also resolves pending stacks
+//! before anything copies, folds or explains a table (fork, exit, exec, a failed close, a
+//! report), so no pending id ever leaves the table it was born in.
+//!
+//! What a deferred stack is unwound against is what it would have been unwound against at
+//! once: the process's module map of the event's exec generation, which stays until the
+//! process is reaped and forgotten (its table is settled at its exit, before that); and the
+//! stack is deferred only when the known mappings already hold its innermost address (and
+//! the kernel's frame-pointer walk, if it made one), so unwinding it later never needs to
+//! read the mappings of a process that may be gone by then.
+//!
+//! Only births of threads whose stack has been walked before are deferred: the first walk of
+//! a thread teaches the kernel where its stack ends (`bases.rs`), which cuts every later copy
+//! to what the stack holds. When the queue reaches [`BUDGET_BYTES`] its oldest stacks are
+//! settled early (unwound if still open, else dropped), and a birth that finds it full is
+//! unwound at once: memory stays bounded, and no stack of an open descriptor is lost.
+
+use std::{collections::VecDeque, mem::size_of};
+
+use super::{KernelStacks, StackStore};
+use crate::{
+    events::{Event, EventBody, OwnedStackTop, StackTop},
+    model::{PENDING_STACK, StackRef},
+};
+
+/// How long a birth's stack waits before it is unwound, if its descriptor is still open.
+/// Descriptors that live only as long as a request (a file read for a response, a
+/// connection-per-request socket, a pipe to a helper) are closed well within it on a server
+/// that answers in milliseconds; one still open after 100 ms is more likely to be held by a
+/// connection or for the process's life. 100 ms of births at nginx's rate here (about 15 000
+/// requests/s with a 3.5 KiB stack copy each) is about 5 MiB: within the budget.
+pub(crate) const WINDOW_NS: u64 = 100_000_000;
+
+/// The most memory the waiting stacks may take (stack bytes and queue slots): at higher
+/// birth rates the oldest are settled sooner than [`WINDOW_NS`].
+pub(crate) const BUDGET_BYTES: usize = 1 << 20;
+
+/// Over this much the oldest waiting stacks are settled early: a margin under the budget, so
+/// that births keep finding room (a birth that finds none is unwound at once).
+const SETTLE_ABOVE_BYTES: usize = BUDGET_BYTES - BUDGET_BYTES / 8;
+
+/// Spare stack buffers kept for reuse, so that a deferred birth costs no allocation.
+const SPARE_BUFFERS: usize = 64;
+
+/// A descriptor birth's stack, kept raw until its descriptor outlives the window.
+#[derive(Debug)]
+pub(crate) struct DeferredStack {
+    seq: u64,
+    /// The pending stack, as the event and the tables name it.
+    pub(crate) stack: StackRef,
+    /// The descriptor born with it, in the table of `stack.pid`.
+    pub(crate) fd: i32,
+    tid: u32,
+    born_ns: u64,
+    /// The kernel's frame-pointer walk, when it made one.
+    kernel_id: Option<u32>,
+    /// The thread's stretch of walks (`StackBases::walked`) at the event.
+    epoch: u64,
+    top: OwnedStackTop,
+}
+
+struct Slot {
+    seq: u64,
+    /// None once taken out of turn (resolved for a fork, an exit, a failed close).
+    deferred: Option<DeferredStack>,
+}
+
+const SLOT_BYTES: usize = size_of::<Slot>();
+
+/// The waiting stacks, oldest first.
+#[derive(Default)]
+pub(super) struct Pending {
+    queue: VecDeque<Slot>,
+    next_seq: u64,
+    /// Stack buffers of every deferred stack not yet recycled (queued, or prepared and not
+    /// yet queued), and the queue's slots.
+    bytes: usize,
+    spare: Vec<Vec<u8>>,
+    /// Stacks deferred, and dropped without being unwound, for the debug log.
+    pub(super) deferred: u64,
+    pub(super) dropped: u64,
+}
+
+/// The pending id of sequence number `seq`: its low 31 bits, with [`PENDING_STACK`] set.
+fn pending_id(seq: u64) -> u32 {
+    PENDING_STACK | (seq as u32 & !PENDING_STACK)
+}
+
+impl Pending {
+    pub(super) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn recycle(&mut self, deferred: DeferredStack) {
+        let buffer = deferred.top.bytes;
+        self.bytes = self.bytes.saturating_sub(buffer.capacity());
+        if self.spare.len() < SPARE_BUFFERS {
+            self.spare.push(buffer);
+        }
+    }
+
+    /// Removes the front slot.
+    fn pop_front(&mut self) -> Option<Option<DeferredStack>> {
+        let slot = self.queue.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(SLOT_BYTES);
+        Some(slot.deferred)
+    }
+}
+
+impl StackStore {
+    /// Whether the event's stack is deferred, and if so its raw copy, named by a pending id
+    /// (see the module). Call while the stack bytes are still in the ring buffer.
+    pub(super) fn defer(
+        &mut self,
+        event: &Event,
+        top: &StackTop,
+        kernel: &impl KernelStacks,
+    ) -> Option<DeferredStack> {
+        let fd = match &event.body {
+            EventBody::FileOpened(opened) => opened.fd,
+            EventBody::FdCreated(created) => created.fd,
+            _ => return None,
+        };
+        let header = &event.header;
+        if self.defer_window_ns == 0 || top.ip == 0 {
+            return None;
+        }
+        let epoch = self.bases.walked(header.tid)?;
+        let pending = &self.pending;
+        if pending.bytes + top.bytes.len() + SLOT_BYTES > BUDGET_BYTES {
+            return None;
+        }
+        let kernel_ips = match header.stack_id {
+            Some(id) => Some(self.kernel_stack(id, kernel)?),
+            None => None,
+        };
+        let modules = self.modules.get(&(header.tgid, header.generation))?;
+        let kernel_ips = kernel_ips.as_deref().unwrap_or_default();
+        let covered = |ip: &u64| modules.find(*ip).is_some();
+        if !covered(&top.ip) || !kernel_ips.iter().all(covered) {
+            return None;
+        }
+        let pending = &mut self.pending;
+        let seq = pending.next_seq;
+        pending.next_seq += 1;
+        pending.deferred += 1;
+        let top = top.copy_into(pending.spare.pop().unwrap_or_default());
+        pending.bytes += top.bytes.capacity();
+        Some(DeferredStack {
+            seq,
+            stack: StackRef {
+                id: pending_id(seq),
+                pid: header.tgid,
+                generation: header.generation,
+            },
+            fd,
+            tid: header.tid,
+            born_ns: header.timestamp_ns,
+            kernel_id: header.stack_id,
+            epoch,
+            top,
+        })
+    }
+
+    /// Queues a deferred stack once its event is in the tables (so that whether its
+    /// descriptor is still open can be asked): in the order they were deferred.
+    pub(crate) fn queue_deferred(&mut self, deferred: DeferredStack) {
+        self.pending.bytes += SLOT_BYTES;
+        self.pending.queue.push_back(Slot {
+            seq: deferred.seq,
+            deferred: Some(deferred),
+        });
+    }
+
+    /// The oldest queued stack, if its window has passed at `now_ns` (CLOCK_MONOTONIC) or
+    /// the queue is nearly full: the caller resolves it if its descriptor is still open,
+    /// and drops it otherwise.
+    pub(crate) fn next_due(&mut self, now_ns: u64) -> Option<DeferredStack> {
+        loop {
+            let front = self.pending.queue.front()?;
+            let due = match &front.deferred {
+                None => true,
+                Some(d) => {
+                    d.born_ns.saturating_add(self.defer_window_ns) <= now_ns
+                        || self.pending.bytes > SETTLE_ABOVE_BYTES
+                }
+            };
+            if !due {
+                return None;
+            }
+            if let Some(deferred) = self.pending.pop_front().flatten() {
+                return Some(deferred);
+            }
+        }
+    }
+
+    /// A deferred stack whose descriptor was closed: dropped without being unwound.
+    pub(crate) fn drop_deferred(&mut self, deferred: DeferredStack) {
+        self.pending.dropped += 1;
+        self.pending.recycle(deferred);
+    }
+
+    /// Unwinds and interns a deferred stack now: the same repair as an eager one, against
+    /// the module map of the event's process and exec generation.
+    pub(crate) fn resolve_deferred(
+        &mut self,
+        deferred: DeferredStack,
+        kernel: &impl KernelStacks,
+    ) -> Option<StackRef> {
+        let StackRef {
+            pid, generation, ..
+        } = deferred.stack;
+        let id = self.repair(
+            deferred.kernel_id,
+            (pid, deferred.tid),
+            generation,
+            Some(&deferred.top.as_top()),
+            kernel,
+            Some(deferred.epoch),
+        );
+        self.pending.recycle(deferred);
+        id.map(|id| StackRef {
+            id,
+            pid,
+            generation,
+        })
+    }
+
+    /// The stack a pending id stands for, unwound now (out of turn: a fork, an exit or a
+    /// failed close needs it); None when its copy was dropped already (its descriptor was
+    /// closed and the window passed) or it unwinds to nothing.
+    pub(crate) fn resolve_pending(
+        &mut self,
+        stack: StackRef,
+        kernel: &impl KernelStacks,
+    ) -> Option<StackRef> {
+        let deferred = self.take_pending(stack)?;
+        self.resolve_deferred(deferred, kernel)
+    }
+
+    /// Takes the queued copy a pending id names out of the queue.
+    fn take_pending(&mut self, stack: StackRef) -> Option<DeferredStack> {
+        let queue = &mut self.pending.queue;
+        let first = queue.front()?.seq;
+        // Sequence numbers grow by one; the id holds the low 31 bits of one.
+        let ahead = (stack.id & !PENDING_STACK).wrapping_sub(first as u32) & !PENDING_STACK;
+        let seq = first + u64::from(ahead);
+        let at = queue.binary_search_by_key(&seq, |slot| slot.seq).ok()?;
+        let slot = &mut queue[at];
+        if slot.deferred.as_ref().is_some_and(|d| d.stack == stack) {
+            slot.deferred.take()
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
