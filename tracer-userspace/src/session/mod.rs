@@ -10,6 +10,7 @@ mod attach;
 mod child;
 mod deferral;
 mod pipeline;
+mod prepare;
 mod reconcile;
 mod resolver;
 

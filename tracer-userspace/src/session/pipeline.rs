@@ -15,15 +15,16 @@ use tracer_common::CLONE_THREAD;
 use super::{
     child::PausedChild,
     deferral::Settle,
+    prepare::{Prepared, RecordCounts, prepare, send_stack_bases},
     reconcile::{self, Reconciler},
 };
 use crate::{
     aggregator::Aggregator,
     capture::{EventRing, Probes},
     clock::monotonic_ns,
-    events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
+    events::{EventBody, TaskCreated, TcpState},
     procfs,
-    stacks::{DeferredStack, KernelStacks, StackStore},
+    stacks::{KernelStacks, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
 
@@ -330,63 +331,6 @@ pub(super) async fn event_loop(
                 }
             }
         }
-    }
-}
-
-/// Records read and records that could not be decoded.
-#[derive(Default)]
-pub(super) struct RecordCounts {
-    pub(super) received: u64,
-    pub(super) undecodable: u64,
-}
-
-/// A decoded event ready for the tables, and its stack's raw copy when its unwinding is
-/// deferred (queued once the event is applied).
-struct Prepared {
-    event: Event,
-    deferred: Option<DeferredStack>,
-}
-
-/// Decodes a record and does what needs no descriptor table, so that it can also run while
-/// the tables are being listed: tells whether a task the kernel created by itself is a
-/// thread, and replaces the stack (registers and copied bytes) with the id of the unwound
-/// one, or with a pending id and a copy of the bytes (see `stacks/deferred.rs`). The event
-/// is then applied with `State::apply_event`.
-fn prepare(
-    stacks: &mut StackStore,
-    probes: &Probes,
-    records: &mut RecordCounts,
-    record: &[u8],
-) -> Option<Prepared> {
-    records.received += 1;
-    let Decoded {
-        mut event,
-        stack_top,
-    } = events::decode(record)
-        .map_err(|err| {
-            records.undecodable += 1;
-            log::warn!("undecodable event: {err}");
-        })
-        .ok()?;
-    if let EventBody::TaskCreated(TaskCreated {
-        child_tid,
-        clone_flags: clone_flags @ None,
-        ..
-    }) = &mut event.body
-    {
-        // Created inside the kernel (no clone call seen): /proc says if it is a thread.
-        let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
-        *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
-    }
-    let deferred = stacks.annotate(&mut event, stack_top, probes);
-    send_stack_bases(stacks, probes);
-    Some(Prepared { event, deferred })
-}
-
-/// Tells the kernel the stack bases learned or unlearned by the last walks.
-fn send_stack_bases(stacks: &mut StackStore, probes: &Probes) {
-    for (tid, base) in stacks.take_stack_base_updates() {
-        probes.set_stack_base(tid, base);
     }
 }
 
