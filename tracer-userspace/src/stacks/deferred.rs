@@ -148,8 +148,18 @@ impl StackStore {
         let modules = self.modules.get(&(header.tgid, header.generation))?;
         let kernel_ips = kernel_ips.as_deref().unwrap_or_default();
         let covered = |ip: &u64| modules.find(*ip).is_some();
-        if !covered(&top.ip) || !kernel_ips.iter().all(covered) {
+        if !covered(&top.ip) {
             return None;
+        }
+        if !kernel_ips.iter().all(covered) {
+            // Read the mappings again now, as the eager path would, while the process
+            // lives (at most once per kernel stack: a frame-pointer walk often ends in
+            // garbage, which no re-read maps).
+            let probe: Vec<u64> = std::iter::once(top.ip)
+                .chain(kernel_ips.iter().copied())
+                .collect();
+            let (pid, generation) = (header.tgid, header.generation);
+            self.modules_covering(pid, generation, header.stack_id, &probe);
         }
         let pending = &mut self.pending;
         let seq = pending.next_seq;

@@ -231,3 +231,42 @@ fn a_full_queue_settles_early_and_unwinds_at_once() {
     assert!(store.pending.bytes <= SETTLE_ABOVE_BYTES);
     assert!(store.pending.len() < queued);
 }
+
+/// Kernel stacks from a table.
+struct Table(Vec<u64>);
+
+impl KernelStacks for Table {
+    fn stack(&self, _: u32) -> Option<Vec<u64>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A kernel frame-pointer walk that wandered into garbage (as it does through frameless
+/// code) does not keep a stack from being deferred, and the deferred stack is the one an
+/// eager store makes of the same event: cut where the garbage starts.
+#[test]
+fn kernel_walk_with_garbage_is_deferred_and_cut_alike() {
+    let me = std::process::id();
+    let (ip, caller, bytes) = stack_bytes();
+    let kernel = Table(vec![ip, 0x696c_7274_6567_006c]);
+    let mut eager = StackStore::with_defer_window(0);
+    let mut store = StackStore::new();
+    eager.capture(me);
+    store.capture(me);
+    let with_walk = |fd, t| {
+        let mut event = opened(me, fd, t);
+        event.header.stack_id = Some(9);
+        event
+    };
+    store.annotate(&mut with_walk(3, 1), Some(top(ip, &bytes)), &kernel);
+    let mut event = with_walk(4, 2);
+    let deferred = store
+        .annotate(&mut event, Some(top(ip, &bytes)), &kernel)
+        .expect("deferred despite the garbage");
+    let mut same = with_walk(4, 2);
+    eager.annotate(&mut same, Some(top(ip, &bytes)), &kernel);
+    let expected = eager.interned(same.header.stack_id.expect("eager")).0;
+    let resolved = store.resolve_deferred(deferred, &kernel).expect("a stack");
+    assert_eq!(store.interned(resolved.id).0, expected);
+    assert_eq!(expected, Some(vec![ip, caller]));
+}
