@@ -7,7 +7,7 @@ use crate::{
     capture::Probes,
     events::{self, Decoded, Event, EventBody, TaskCreated},
     procfs,
-    stacks::{DeferredStack, StackStore},
+    stacks::{DeferredStack, PythonUpdates, StackStore},
 };
 
 /// Records read and records that could not be decoded.
@@ -55,9 +55,25 @@ pub(super) fn prepare(
         let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
         *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
+    if let EventBody::PythonStack(walk) = &event.body {
+        // Kept for the thread's next event, which the kernel sent right after it.
+        stacks.python_walked(event.header.tgid, event.header.tid, walk);
+        return None;
+    }
     let deferred = stacks.annotate(&mut event, stack_top, probes);
+    apply_python_updates(probes, stacks.take_python_updates());
     send_stack_bases(stacks, probes);
     Some(Prepared { event, deferred })
+}
+
+/// Writes interpreter layouts and thread states into the kernel's maps.
+pub(super) fn apply_python_updates(probes: &Probes, updates: PythonUpdates) {
+    for (tgid, config) in updates.procs {
+        probes.set_python(tgid, &config);
+    }
+    for (tid, tstate) in updates.threads {
+        probes.set_python_thread(tid, tstate);
+    }
 }
 
 /// Tells the kernel the stack bases learned or unlearned by the last walks.

@@ -25,7 +25,7 @@
 
 use std::{collections::VecDeque, mem::size_of};
 
-use super::{KernelStacks, StackStore};
+use super::{KernelStacks, PythonWalk, StackStore};
 use crate::{
     events::{Event, EventBody, OwnedStackTop, StackTop},
     model::{PENDING_STACK, StackRef},
@@ -68,6 +68,23 @@ pub(crate) struct DeferredStack {
     /// The thread's stretch of walks (`StackBases::walked`) at the event.
     epoch: u64,
     top: OwnedStackTop,
+    /// The thread's Python walk that came with the event (its frames named already), merged
+    /// in when the stack is unwound, as it would have been at once.
+    python: Option<PythonWalk>,
+}
+
+impl DeferredStack {
+    /// What it holds that counts against the budget: the stack bytes and the Python frames.
+    fn held_bytes(&self) -> usize {
+        self.top.bytes.capacity() + python_bytes(self.python.as_ref())
+    }
+}
+
+/// The memory a Python walk holds (its frames; the interpreter is shared with its process).
+fn python_bytes(walk: Option<&PythonWalk>) -> usize {
+    walk.map_or(0, |(pending, _)| {
+        pending.frames.capacity() * size_of::<(u64, bool)>()
+    })
 }
 
 struct Slot {
@@ -83,8 +100,8 @@ const SLOT_BYTES: usize = size_of::<Slot>();
 pub(super) struct Pending {
     queue: VecDeque<Slot>,
     next_seq: u64,
-    /// Stack buffers of every deferred stack not yet recycled (queued, or prepared and not
-    /// yet queued), and the queue's slots.
+    /// Stack buffers and Python frames of every deferred stack not yet recycled (queued, or
+    /// prepared and not yet queued), and the queue's slots.
     bytes: usize,
     spare: Vec<Vec<u8>>,
     /// Stacks deferred, and dropped without being unwound, for the debug log.
@@ -102,9 +119,14 @@ impl Pending {
         self.queue.len()
     }
 
+    /// The memory the waiting stacks take, for the debug log.
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn recycle(&mut self, deferred: DeferredStack) {
+        self.bytes = self.bytes.saturating_sub(deferred.held_bytes());
         let buffer = deferred.top.bytes;
-        self.bytes = self.bytes.saturating_sub(buffer.capacity());
         if self.spare.len() < SPARE_BUFFERS {
             self.spare.push(buffer);
         }
@@ -120,36 +142,47 @@ impl Pending {
 
 impl StackStore {
     /// Whether the event's stack is deferred, and if so its raw copy, named by a pending id
-    /// (see the module). Call while the stack bytes are still in the ring buffer.
+    /// (see the module), which keeps the event's Python walk (`python`); if not, the walk is
+    /// given back for the stack's repair now. Call while the stack bytes are still in the
+    /// ring buffer.
     pub(super) fn defer(
         &mut self,
         event: &Event,
         top: &StackTop,
         kernel: &impl KernelStacks,
-    ) -> Option<DeferredStack> {
+        python: Option<PythonWalk>,
+    ) -> Result<DeferredStack, Option<PythonWalk>> {
         let fd = match &event.body {
             EventBody::FileOpened(opened) => opened.fd,
             EventBody::FdCreated(created) => created.fd,
-            _ => return None,
+            _ => return Err(python),
         };
         let header = &event.header;
         if self.defer_window_ns == 0 || top.ip == 0 {
-            return None;
+            return Err(python);
         }
-        let epoch = self.bases.walked(header.tid)?;
-        let pending = &self.pending;
-        if pending.bytes + top.bytes.len() + SLOT_BYTES > BUDGET_BYTES {
-            return None;
+        let Some(epoch) = self.bases.walked(header.tid) else {
+            return Err(python);
+        };
+        let held = top.bytes.len() + python_bytes(python.as_ref());
+        if self.pending.bytes + held + SLOT_BYTES > BUDGET_BYTES {
+            return Err(python);
         }
         let kernel_ips = match header.stack_id {
-            Some(id) => Some(self.kernel_stack(id, kernel)?),
+            Some(id) => match self.kernel_stack(id, kernel) {
+                Some(ips) => Some(ips),
+                None => return Err(python),
+            },
             None => None,
         };
-        let modules = self.modules.get(&(header.tgid, header.generation))?;
+        let (pid, generation) = (header.tgid, header.generation);
+        let Some(modules) = self.modules.get(&(pid, generation)) else {
+            return Err(python);
+        };
         let kernel_ips = kernel_ips.as_deref().unwrap_or_default();
         let covered = |ip: &u64| modules.find(*ip).is_some();
         if !covered(&top.ip) {
-            return None;
+            return Err(python);
         }
         if !kernel_ips.iter().all(covered) {
             // Read the mappings again now, as the eager path would, while the process
@@ -158,16 +191,19 @@ impl StackStore {
             let probe: Vec<u64> = std::iter::once(top.ip)
                 .chain(kernel_ips.iter().copied())
                 .collect();
-            let (pid, generation) = (header.tgid, header.generation);
             self.modules_covering(pid, generation, header.stack_id, &probe);
+        }
+        // Look for an interpreter as the eager repair does at every stack (a process whose
+        // CPython was not ready at its last look is looked at again).
+        if let Some(modules) = self.modules.get(&(pid, generation)) {
+            self.python.observe(pid, modules);
         }
         let pending = &mut self.pending;
         let seq = pending.next_seq;
         pending.next_seq += 1;
         pending.deferred += 1;
         let top = top.copy_into(pending.spare.pop().unwrap_or_default());
-        pending.bytes += top.bytes.capacity();
-        Some(DeferredStack {
+        let deferred = DeferredStack {
             seq,
             stack: StackRef {
                 id: pending_id(seq),
@@ -180,7 +216,10 @@ impl StackStore {
             kernel_id: header.stack_id,
             epoch,
             top,
-        })
+            python,
+        };
+        pending.bytes += deferred.held_bytes();
+        Ok(deferred)
     }
 
     /// Queues a deferred stack once its event is in the tables (so that whether its
@@ -233,10 +272,10 @@ impl StackStore {
         } = deferred.stack;
         let id = self.repair(
             deferred.kernel_id,
-            (pid, deferred.tid),
-            generation,
+            (pid, deferred.tid, generation),
             Some(&deferred.top.as_top()),
             kernel,
+            deferred.python.as_ref(),
             Some(deferred.epoch),
         );
         self.pending.recycle(deferred);

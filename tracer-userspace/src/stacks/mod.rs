@@ -9,7 +9,9 @@ use foldhash::{HashMap, HashSet};
 mod bases;
 mod deferred;
 mod modules;
+mod python;
 mod splice;
+mod sweep;
 mod symbolize;
 mod unwind;
 
@@ -19,12 +21,13 @@ use deferred::Pending;
 #[cfg(test)]
 pub(crate) use deferred::WINDOW_NS;
 use modules::{ModuleFiles, ModuleMap};
+pub(crate) use python::Updates as PythonUpdates;
 use splice::{MAX_FRAMES, spliced};
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
 
 use crate::{
-    events::{Event, EventBody, StackTop, TaskCreated},
+    events::{Event, EventBody, PythonStack, StackTop, TaskCreated},
     model::{Frame, StackRef},
 };
 
@@ -62,12 +65,18 @@ pub(crate) struct StackStore {
     bases: StackBases,
     files: ModuleFiles,
     symbolizer: StackSymbolizer,
+    /// CPython processes, the Python frames waiting for their event, and their names.
+    python: python::Python,
     /// Births' stacks waiting to be unwound (`deferred.rs`), and for how long (0: never).
     pending: Pending,
     defer_window_ns: u64,
     /// Stacks repaired (unwound or taken from the kernel's walk), for the debug log.
     repaired: u64,
 }
+
+/// A thread's Python walk, named, and the interpreter that ran it (to merge it into the
+/// native stack).
+type PythonWalk = (python::Pending, Arc<python::Interpreter>);
 
 /// One module map (a process image, as read at one time) and what was derived from it.
 struct Version {
@@ -108,7 +117,20 @@ impl StackStore {
     /// Records the mappings of a process seen at attach.
     pub(crate) fn capture(&mut self, pid: u32) {
         let generation = self.generation(pid);
-        self.modules_of(pid, generation);
+        let modules = self.modules_of(pid, generation);
+        self.python.observe(pid, &modules);
+    }
+
+    /// Names the Python frames the kernel walked for the thread's next event, while their
+    /// code objects still live.
+    pub(crate) fn python_walked(&mut self, pid: u32, tid: u32, stack: &PythonStack) {
+        self.python.walked(pid, tid, stack);
+    }
+
+    /// Interpreter layouts found since the last call, for the kernel (see
+    /// tracer-ebpf/src/python.rs).
+    pub(crate) fn take_python_updates(&mut self) -> python::Updates {
+        self.python.take_updates()
     }
 
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
@@ -137,9 +159,14 @@ impl StackStore {
                     self.generations.insert(*child_tid, 0);
                     self.modules.insert((*child_tid, 0), modules);
                 }
+                self.python.forked(header.tgid, *child_tid);
             }
-            EventBody::TaskExited(_) => self.bases.forget(header.tid),
+            EventBody::TaskExited(_) => {
+                self.bases.forget(header.tid);
+                self.python.thread_exited(header.tid);
+            }
             EventBody::Exec => {
+                self.python.forget(header.tgid);
                 self.bases.forget(header.tid);
                 self.bases.forget(header.tgid);
                 let generation = self.generation(header.tgid) + 1;
@@ -150,19 +177,25 @@ impl StackStore {
             _ => {}
         }
         header.generation = self.generation(header.tgid);
-        if let Some(top) = &stack_top
-            && let Some(deferred) = self.defer(event, top, kernel)
-        {
-            event.header.stack_id = Some(deferred.stack.id);
-            return Some(deferred);
-        }
+        // The thread's Python walk, if the kernel sent one, came right before this event.
+        let python = self.python.take(header.tid);
+        let python = match &stack_top {
+            Some(top) => match self.defer(event, top, kernel, python) {
+                Ok(deferred) => {
+                    event.header.stack_id = Some(deferred.stack.id);
+                    return Some(deferred);
+                }
+                Err(python) => python,
+            },
+            None => python,
+        };
         let header = &mut event.header;
         header.stack_id = self.repair(
             header.stack_id,
-            (header.tgid, header.tid),
-            header.generation,
+            (header.tgid, header.tid, header.generation),
             stack_top.as_ref(),
             kernel,
+            python.as_ref(),
             None,
         );
         None
@@ -171,7 +204,7 @@ impl StackStore {
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}, deferred {}; {} stacks repaired, {} deferred ({} dropped unwound)",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}, deferred {} ({} bytes); {} stacks repaired, {} deferred ({} dropped unwound)",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -181,13 +214,17 @@ impl StackStore {
                 .filter(|v| v.unwinder.is_some())
                 .count(),
             self.kernel_stacks.len(),
+            self.stack_ids.len(),
             self.stacks.len(),
             self.bases.len(),
+            self.symbolizer.cached(),
             self.pending.len(),
+            self.pending.bytes(),
             self.repaired,
             self.pending.deferred,
             self.pending.dropped,
-        )
+        ) + ", "
+            + &self.python.sizes()
     }
 
     /// Forgets processes that exited and were reaped (`gone`): their exec generation at
@@ -197,10 +234,12 @@ impl StackStore {
     /// at the next call. Memory then follows what is live plus what the report will name,
     /// not every process that ever lived.
     pub(crate) fn forget(&mut self, gone: &[u32], in_use: impl Fn(u32, u32) -> bool) {
+        self.symbolizer.forget(gone);
         let mut candidates = std::mem::take(&mut self.pinned);
         // A pid a later process has taken since names that process's maps now.
         candidates.retain(|(pid, _)| !self.generations.contains_key(pid));
         for &pid in gone {
+            self.python.forget(pid);
             let last = self.generations.remove(&pid).unwrap_or(0);
             candidates.extend((0..=last).map(|generation| (pid, generation)));
         }
@@ -247,14 +286,19 @@ impl StackStore {
     fn repair(
         &mut self,
         kernel_id: Option<u32>,
-        (pid, tid): (u32, u32),
-        generation: u32,
+        (pid, tid, generation): (u32, u32, u32),
         top: Option<&StackTop>,
         kernel: &impl KernelStacks,
+        python: Option<&PythonWalk>,
         deferred_epoch: Option<u64>,
     ) -> Option<u32> {
-        if kernel_id.is_none() && top.is_none() {
-            // An event without a stack (a close): nothing to unwind or look up.
+        if kernel_id.is_none() && top.is_none() && python.is_none() {
+            // An event without a stack (a close): nothing to unwind or look up, but a process
+            // whose interpreter was not ready is looked at again, as at every event.
+            if !self.python.decided(pid) {
+                let modules = self.modules_of(pid, generation);
+                self.python.observe(pid, &modules);
+            }
             return None;
         }
         self.repaired += 1;
@@ -265,6 +309,7 @@ impl StackStore {
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
         let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
         let modules = self.modules_covering(pid, generation, kernel_id, &probe);
+        self.python.observe(pid, &modules);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
                 let sections = &mut self.sections;
@@ -293,7 +338,11 @@ impl StackStore {
             }
             _ => Unwound::default(),
         };
-        let repaired: Arc<[u64]> = spliced(&unwound, &ips, &modules).into();
+        let native = spliced(&unwound, &ips, &modules);
+        let repaired: Arc<[u64]> = match python {
+            Some((pending, interp)) => python::merge(&native, pending, interp).into(),
+            None => native.into(),
+        };
         log::trace!(
             "pid {pid}: unwound {:x?} (complete: {}, {} of {} bytes), kernel {:x?} -> {:x?}",
             unwound.frames,
@@ -327,7 +376,8 @@ impl StackStore {
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
-        self.symbolizer.frames(stack, &ips, &modules)
+        self.symbolizer
+            .frames(stack, &ips, &modules, |addr| self.python.frame(addr))
     }
 
     /// The addresses of interned stack `id`, and how many stacks were repaired (unwound).

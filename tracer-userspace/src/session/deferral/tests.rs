@@ -157,7 +157,7 @@ fn closed_within_the_window_is_never_unwound() {
     assert!(
         p.stacks
             .sizes()
-            .contains("deferred 0; 1 stacks repaired, 100 deferred (100 dropped"),
+            .contains("deferred 0 (0 bytes); 1 stacks repaired, 100 deferred (100 dropped"),
         "{}",
         p.stacks.sizes()
     );
