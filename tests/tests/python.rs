@@ -273,6 +273,68 @@ fn deeper_than_the_limit_says_it_was_cut() {
     }
 }
 
+/// Descriptors born from other calls than open, and a failed close, carry the Python frames
+/// of the function that made them: both ends of a pipe and of a socketpair (the kernel
+/// walks once per call and sends the frames again for the second end), a socket, and the
+/// second close of a number (whose frames are walked before the close is sent).
+#[test]
+fn pipes_sockets_and_failed_closes_have_python_frames() {
+    require_root();
+    let script = workspace_dir().join("tests/fixtures/py_frames.py");
+    let line = |needle: &str| line_of(&script, needle);
+    for (label, python) in interpreters() {
+        let run = run(&python, "kinds");
+        let ctx = run.report.context();
+        let made_by = |function: &str, at: u64| {
+            run.report
+                .open_descriptors()
+                .into_iter()
+                .filter(|d| d.pid() == run.pid)
+                .filter(|d| {
+                    python_frames(&d.v["stack"])
+                        .iter()
+                        .any(|f| f.0 == function && f.2 == at && f.1.ends_with("py_frames.py"))
+                })
+                .map(|d| d.kind().to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            made_by("make_pipe", line("# PIPE")),
+            ["pipe", "pipe"],
+            "{label}: both ends of the pipe\n{ctx}"
+        );
+        assert_eq!(
+            made_by("make_socket", line("# SOCKET")),
+            ["socket"],
+            "{label}: the socket\n{ctx}"
+        );
+        assert_eq!(
+            made_by("make_pair", line("# PAIR")),
+            ["socket", "socket"],
+            "{label}: both ends of the socketpair\n{ctx}"
+        );
+        let closes: Vec<Vec<PyFrame>> = run.report.json["bad_closes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| {
+                g["pids"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|p| p.as_u64() == Some(u64::from(run.pid))))
+            })
+            .map(|g| python_frames(&g["stack"]))
+            .collect();
+        let again = line("# CLOSE AGAIN");
+        assert!(
+            closes.iter().any(|frames| frames
+                .first()
+                .is_some_and(|f| f.0 == "close_twice" && f.2 == again)),
+            "{label}: the failed close's Python frames {closes:?} do not start at close_twice, \
+             line {again}\n{ctx}"
+        );
+    }
+}
+
 /// Line number (1-based) of the first line of `file` containing `needle`.
 fn line_of(file: &Path, needle: &str) -> u64 {
     let text = std::fs::read_to_string(file).unwrap();

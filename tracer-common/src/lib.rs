@@ -43,6 +43,7 @@ pub mod map_names {
     pub const STACK_BASES: &str = "STACK_BASES";
     pub const PY_PROCS: &str = "PY_PROCS";
     pub const PY_TSTATES: &str = "PY_TSTATES";
+    pub const PY_PROGRAMS: &str = "PY_PROGRAMS";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.

@@ -13,13 +13,35 @@ use core::mem::size_of;
 pub const MAX_PY_FRAMES: usize = 64;
 /// Thread states the kernel looks at per walk at most, from the head of the lists, where new
 /// threads are added: the threads a process had when its interpreter was found are seeded by
-/// userspace into the per-thread cache. (Each turn of this loop is verified in every program
-/// that walks: 256 turns made loading the programs take 10 s longer, 16 take 0.5 s.)
+/// userspace into the per-thread cache. (The verifier checks each turn of this loop: 256
+/// turns made loading take seconds longer when the walk was in every program.)
 pub const MAX_PY_THREADS: u32 = 16;
 /// Python processes followed at once.
 pub const MAX_PY_PROCS: u32 = 4_096;
 /// Threads whose `PyThreadState` address the kernel caches (LRU).
 pub const MAX_PY_TSTATES: u32 = 65_536;
+
+/// The frame walk is one program, `python_walk`, which the programs that capture a stack
+/// reach by a tail call through the `PY_PROGRAMS` program array and which tail-calls back
+/// to them once it has sent the frames: the verifier then checks the walk once, not once
+/// per program (it multiplied loading time by ten, beyond a minute in an emulated VM).
+/// Slot of the walker in `PY_PROGRAMS`.
+pub const PY_WALK_SLOT: u32 = 0;
+/// Slot the fork program resumes at; a syscall's programs resume at [`py_resume_slot`].
+pub const PY_FORK_SLOT: u32 = 63;
+/// Slots in `PY_PROGRAMS`.
+pub const PY_SLOTS: u32 = 64;
+/// Name of the walker program (loaded, never attached).
+pub const PY_WALK_PROGRAM: &str = "python_walk";
+/// Name of the fork program, which resumes at [`PY_FORK_SLOT`].
+pub const PY_FORK_PROGRAM: &str = "sched_process_fork";
+
+/// The slot at which the programs of `syscall` (its exit program; close's enter program)
+/// resume after the walk.
+pub const fn py_resume_slot(syscall: crate::Syscall) -> u32 {
+    syscall as u32
+}
+const _: () = assert!(crate::Syscall::Recvmsg as u32 + 1 < PY_FORK_SLOT);
 
 /// How the frame chain starts and what a frame holds, per interpreter version.
 pub mod frame_kind {

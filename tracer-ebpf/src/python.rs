@@ -14,18 +14,22 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::bpf_get_current_task,
     },
-    macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::{map, tracepoint},
+    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    programs::TracePointContext,
 };
 use tracer_common::{
     EventHeader, EventKind, NO_STACK,
     python::{
         MAX_PY_FRAMES, MAX_PY_PROCS, MAX_PY_THREADS, MAX_PY_TSTATES, PY_NO_THREAD, PY_READ_FAILED,
-        PY_TRUNCATED, PyFrameRecord, PyProcConfig, PyStackEvent,
+        PY_SLOTS, PY_TRUNCATED, PY_WALK_SLOT, PyFrameRecord, PyProcConfig, PyStackEvent,
     },
 };
 
-use crate::maps::{EVENTS, LOST_RING_FULL, count_lost, submit_flags};
+use crate::{
+    emit::Caller,
+    maps::{EVENTS, LOST_IN_FLIGHT, LOST_RING_FULL, count_lost, submit_flags},
+};
 
 /// Interpreter layouts of the CPython processes, by tgid (userspace fills it; a forked child
 /// gets its parent's; exec and exit remove it).
@@ -37,6 +41,25 @@ pub(crate) static PY_PROCS: HashMap<u32, PyProcConfig> = HashMap::with_max_entri
 /// again when a walk found no thread state); the kernel adds what its short walk finds.
 #[map]
 static PY_TSTATES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PY_TSTATES, 0);
+
+/// The walker at [`PY_WALK_SLOT`]; each program that captures a stack at the slot it
+/// resumes at (userspace installs them all before attaching any).
+#[map]
+static PY_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(PY_SLOTS, 0);
+
+/// Where the walk a capture site asked for stands, on this CPU: asked by `tid` for the
+/// program at `slot`, and done once `walked` is set.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct PyResume {
+    tid: u32,
+    slot: u32,
+    walked: u32,
+    _pad: u32,
+}
+
+#[map]
+static PY_RESUME: PerCpuArray<PyResume> = PerCpuArray::with_max_entries(1, 0);
 
 #[repr(C)]
 pub(crate) struct PyStackScratch {
@@ -58,14 +81,99 @@ fn read_u64(addr: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }
 
-/// Sends the calling thread's Python frames if its process runs a configured interpreter.
+/// What a capture site does about Python frames.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Frames {
+    /// Nothing (the frames were sent already, or the event needs none).
+    Skip,
+    /// Have the walker send them first; the program restarts from its beginning once they
+    /// are sent, and then goes on past this point. `slot` is where the program resumes.
+    Walk { slot: u32 },
+    /// Send again the frames this program's run already sent: its second event (pipes).
+    Resend,
+}
+
+/// Sends the calling thread's Python frames before its event, if its process runs a
+/// configured interpreter (every other process pays one lookup that misses).
+///
+/// With [`Frames::Walk`] this does not return the first time: it tail-calls the walker,
+/// which sends the frames and tail-calls the program again from its start, and this
+/// returns then. Everything before a capture site must therefore be safe to run twice (no
+/// event sent, no counter bumped): the sites are the first thing a program does once it
+/// knows it will send an event with a stack.
 #[inline(always)]
-pub(crate) fn capture(tgid: u32) {
+pub(crate) fn capture(ctx: &TracePointContext, caller: Caller, frames: Frames) {
+    let slot = match frames {
+        Frames::Skip => return,
+        Frames::Resend => return resend(caller.tid),
+        Frames::Walk { slot } => slot,
+    };
+    // SAFETY: only presence matters here.
+    if unsafe { PY_PROCS.get(&caller.tgid) }.is_none() {
+        return;
+    }
+    let Some(resume) = PY_RESUME.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's record; programs do not preempt each other on a CPU.
+    let resume = unsafe { &mut *resume };
+    if resume.walked != 0 && resume.tid == caller.tid && resume.slot == slot {
+        // Back from the walker: the frames are in the ring, right before this event.
+        *resume = PyResume::default();
+        return;
+    }
+    *resume = PyResume {
+        tid: caller.tid,
+        slot,
+        walked: 0,
+        _pad: 0,
+    };
+    // SAFETY: a tail call; it returns only when the walker is not installed.
+    unsafe { PY_PROGRAMS.tail_call(ctx, PY_WALK_SLOT) };
+    *resume = PyResume::default();
+}
+
+/// Sends the last frames walked on this CPU again, if they are the calling thread's.
+#[inline(always)]
+fn resend(tid: u32) {
+    let Some(scratch) = PY_SCRATCH.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch record, whose sent part the walker wrote in this run.
+    let scratch = unsafe { &*scratch };
+    if scratch.event.header.tid == tid && scratch.event.header.kind == EventKind::PythonStack as u32
+    {
+        send(scratch);
+    }
+}
+
+/// The walker: reached by a tail call from a program that captures a stack (see
+/// [`capture`]), it sends the calling thread's frames and tail-calls that program back.
+/// Loaded once and never attached, so the verifier checks the walk once.
+#[tracepoint]
+pub(crate) fn python_walk(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(resume) = PY_RESUME.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's record; programs do not preempt each other on a CPU.
+    let resume = unsafe { &mut *resume };
+    if resume.walked != 0 || resume.tid != pid_tgid as u32 {
+        // Not reached by a capture site of this thread: nothing to resume.
+        return 0;
+    }
     // SAFETY: the value is copied out by the callee before the map can change under it
     // (entries are only replaced whole, by userspace or the fork probe).
-    if let Some(config) = unsafe { PY_PROCS.get(&tgid) } {
+    if let Some(config) = unsafe { PY_PROCS.get(&((pid_tgid >> 32) as u32)) } {
         walk(config);
     }
+    resume.walked = 1;
+    // SAFETY: a tail call back to the program that called; it returns only if that program
+    // is not installed at its slot, and then its event is lost (and counted).
+    unsafe { PY_PROGRAMS.tail_call(&ctx, resume.slot) };
+    *resume = PyResume::default();
+    count_lost(LOST_IN_FLIGHT);
+    0
 }
 
 /// Copies a parent's interpreter layout to a forked child, which runs the same image.
@@ -84,11 +192,12 @@ pub(crate) fn forget(tgid: u32) {
     let _ = PY_PROCS.remove(&tgid);
 }
 
-#[inline(never)]
-fn walk(config: &PyProcConfig) -> u32 {
+/// Walks the calling thread's frames into this CPU's scratch record and sends them.
+#[inline(always)]
+fn walk(config: &PyProcConfig) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
-        return 0;
+        return;
     };
     // SAFETY: this CPU's scratch record; only the frames written are sent.
     let scratch = unsafe { &mut *scratch };
@@ -159,6 +268,13 @@ fn walk(config: &PyProcConfig) -> u32 {
         count: count as u32,
         flags,
     };
+    send(scratch);
+}
+
+/// Sends the walked part of a scratch record.
+#[inline(always)]
+fn send(scratch: &PyStackScratch) {
+    let count = scratch.event.count as usize;
     let count = if count > MAX_PY_FRAMES {
         MAX_PY_FRAMES
     } else {
@@ -175,7 +291,6 @@ fn walk(config: &PyProcConfig) -> u32 {
     {
         count_lost(LOST_RING_FULL);
     }
-    0
 }
 
 /// What userspace recomputes from the code object to tell that the address still holds the

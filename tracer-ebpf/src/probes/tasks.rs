@@ -9,7 +9,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use aya_log_ebpf::debug;
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, GROUP_DEAD_UNKNOWN,
-    NO_STACK, Syscall,
+    NO_STACK, Syscall, python::PY_FORK_SLOT,
 };
 
 use crate::{
@@ -18,7 +18,7 @@ use crate::{
         EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
         output_with_stack,
     },
-    python,
+    python::{self, Frames},
 };
 
 /// SIGCHLD: what fork(2) passes as clone flags.
@@ -91,6 +91,8 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     };
     let (syscall, clone_flags) = creating_call(&ctx, parent);
     let is_thread = clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_THREAD != 0;
+    // Everything above is safe to run twice, as the walker's return makes it.
+    python::capture(&ctx, parent, Frames::Walk { slot: PY_FORK_SLOT });
     if !is_thread {
         if FOLLOWED.insert(&child_tid, &1, 0).is_err() {
             count_lost(LOST_FOLLOW_FULL);
@@ -104,7 +106,6 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // and the stack bytes that are sent.
     unsafe {
         let event = &raw mut (*scratch).event;
-        python::capture(parent.tgid);
         let (copied, stack_id) = capture_stack(
             &ctx,
             parent.tid,

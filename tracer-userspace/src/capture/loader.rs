@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
@@ -19,6 +19,7 @@ use tracer_common::{
 use super::{
     btf,
     kernel_log::{KernelLog, kernel_log_level},
+    python_walk,
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
 };
@@ -133,7 +134,8 @@ pub(crate) enum LoadError {
 pub(crate) struct LostCounts {
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
-    /// Syscalls whose arguments could not be stashed (too many in flight).
+    /// Events lost in flight: a program the Python frame walker could not resume (see
+    /// python_walk.rs; the loader installs every one, so this stays 0 unless that breaks).
     pub in_flight_full: u64,
     /// Children that could not be followed (followed-process map full).
     pub follow_full: u64,
@@ -158,6 +160,8 @@ pub(crate) struct Probes {
     python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
     /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
     python_threads: RefCell<HashMap<MapData, u32, u64>>,
+    /// The frame walker and the programs it returns to; held so the kernel keeps them.
+    _python_programs: ProgramArray<MapData>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
@@ -278,6 +282,8 @@ pub(crate) fn load(
         links.push(attach(&mut ebpf, probe)?);
         attached.push(probe.name);
     }
+    // No Python process is configured yet, so no program asks for the walker before this.
+    let python_programs = python_walk::install(&mut ebpf, &attached)?;
 
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
@@ -300,6 +306,7 @@ pub(crate) fn load(
             HashMap::try_from(take_map(&mut ebpf, map_names::STACK_BASES)?)
                 .map_err(map_error(map_names::STACK_BASES))?,
         ),
+        _python_programs: python_programs,
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
             .map_err(map_error(map_names::LOST))?,
         attached,
@@ -494,6 +501,8 @@ mod tests {
                     .is_some_and(is_program_section)
             })
             .map(|symbol| symbol.name().expect("program names are UTF-8"))
+            // Reached by tail calls, never attached (see python_walk.rs).
+            .filter(|name| *name != tracer_common::python::PY_WALK_PROGRAM)
             .collect();
         in_object.sort_unstable();
         let mut listed: Vec<&str> = PROBES.iter().map(|probe| probe.name).collect();
