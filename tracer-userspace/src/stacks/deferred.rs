@@ -70,20 +70,20 @@ pub(crate) struct DeferredStack {
     top: OwnedStackTop,
     /// The thread's Python walk that came with the event (its frames named already), merged
     /// in when the stack is unwound, as it would have been at once.
-    python: Option<PythonWalk>,
+    python: Option<Box<PythonWalk>>,
 }
 
 impl DeferredStack {
     /// What it holds that counts against the budget: the stack bytes and the Python frames.
     fn held_bytes(&self) -> usize {
-        self.top.bytes.capacity() + python_bytes(self.python.as_ref())
+        self.top.bytes.capacity() + python_bytes(self.python.as_deref())
     }
 }
 
 /// The memory a Python walk holds (its frames; the interpreter is shared with its process).
 fn python_bytes(walk: Option<&PythonWalk>) -> usize {
     walk.map_or(0, |(pending, _)| {
-        pending.frames.capacity() * size_of::<(u64, bool)>()
+        size_of::<PythonWalk>() + pending.frames.capacity() * size_of::<(u64, bool)>()
     })
 }
 
@@ -216,7 +216,8 @@ impl StackStore {
             kernel_id: header.stack_id,
             epoch,
             top,
-            python,
+            // Boxed: most births have none, and the stack moves through the pipeline.
+            python: python.map(Box::new),
         };
         pending.bytes += deferred.held_bytes();
         Ok(deferred)
@@ -275,7 +276,7 @@ impl StackStore {
             (pid, deferred.tid, generation),
             Some(&deferred.top.as_top()),
             kernel,
-            deferred.python.as_ref(),
+            deferred.python.as_deref(),
             Some(deferred.epoch),
         );
         self.pending.recycle(deferred);

@@ -139,6 +139,7 @@ impl StackStore {
     /// descriptor birth's stack may be deferred instead (see `deferred.rs`): the event then
     /// carries a pending id, and the raw copy returned must be queued with
     /// [`Self::queue_deferred`] once the event is in the tables.
+    #[inline]
     pub(crate) fn annotate(
         &mut self,
         event: &mut Event,

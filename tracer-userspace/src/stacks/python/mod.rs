@@ -237,6 +237,10 @@ impl Python {
 
     /// The Python frames for the thread's event that just arrived, if its walk came first.
     pub(crate) fn take(&mut self, tid: u32) -> Option<(Pending, Arc<Interpreter>)> {
+        if self.pending.is_empty() {
+            // Most events: no Python process, or its walk was taken already.
+            return None;
+        }
         let pending = self.pending.remove(&tid)?;
         match self.procs.get(&pending.pid) {
             Some(State::Python(interp, ..)) => Some((pending, interp.clone())),
