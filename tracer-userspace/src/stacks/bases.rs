@@ -74,6 +74,7 @@ mod tests {
             complete,
             reached_root,
             stack_used,
+            rejected: None,
         }
     }
 

@@ -4,17 +4,21 @@
 
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 mod bases;
 mod modules;
+mod perf_map;
 mod symbolize;
 mod unwind;
+mod versions;
 
 use bases::StackBases;
 use modules::{ModuleFiles, ModuleMap};
+use perf_map::PerfMaps;
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
+use versions::Version;
 
 use crate::{
     events::{Event, EventBody, StackTop, TaskCreated},
@@ -54,29 +58,9 @@ pub(crate) struct StackStore {
     /// Threads' stack bases learned from the walks, for the kernel's stack copy.
     bases: StackBases,
     files: ModuleFiles,
+    /// Names of JIT code, per process, from the perf maps runtimes write.
+    perf_maps: PerfMaps,
     symbolizer: StackSymbolizer,
-}
-
-/// One module map (a process image, as read at one time) and what was derived from it.
-struct Version {
-    map: Arc<ModuleMap>,
-    /// Caches its rules by address, so the CFI is read once per call site, not per event.
-    /// Made at the first walk.
-    unwinder: Option<ProcessUnwinder>,
-    /// Kernel stack ids (u32::MAX: events without one) whose unmapped addresses already
-    /// caused a re-read of /proc/PID/maps: JIT code stays unmapped, and must not cost a read
-    /// per event, nor a read per forked child that runs the same code.
-    refreshed: HashSet<u32>,
-}
-
-impl Version {
-    fn of(map: &Arc<ModuleMap>) -> Self {
-        Self {
-            map: map.clone(),
-            unwinder: None,
-            refreshed: HashSet::default(),
-        }
-    }
 }
 
 impl StackStore {
@@ -138,7 +122,7 @@ impl StackStore {
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}, perf map entries {}",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -150,6 +134,7 @@ impl StackStore {
             self.kernel_stacks.len(),
             self.stacks.len(),
             self.bases.len(),
+            self.perf_maps.len(),
         )
     }
 
@@ -177,24 +162,17 @@ impl StackStore {
                 self.release(map);
             }
         }
+        // JIT names go with the last map of their process that a kept stack refers to.
+        for &pid in gone {
+            if !self.pinned.iter().any(|&(p, _)| p == pid) {
+                self.perf_maps.forget(pid);
+            }
+        }
     }
 
     /// Whether maps of reaped processes are kept for stacks that referred to them.
     pub(crate) fn has_pinned(&self) -> bool {
         !self.pinned.is_empty()
-    }
-
-    /// Drops what was derived from a module map no process uses any more.
-    fn release(&mut self, map: Arc<ModuleMap>) {
-        let key = Arc::as_ptr(&map) as usize;
-        drop(map);
-        if self
-            .versions
-            .get(&key)
-            .is_some_and(|v| Arc::strong_count(&v.map) == 1)
-        {
-            self.versions.remove(&key);
-        }
     }
 
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
@@ -219,29 +197,38 @@ impl StackStore {
         };
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
         let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
-        let modules = self.modules_covering(pid, generation, kernel_id, &probe);
+        let mut modules = self.modules_covering(pid, generation, kernel_id, &probe);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
-                let sections = &mut self.sections;
-                let unwinder = self
-                    .versions
-                    .entry(Arc::as_ptr(&modules) as usize)
-                    .or_insert_with(|| Version::of(&modules))
-                    .unwinder
-                    .get_or_insert_with(|| sections.unwinder_for(&modules));
                 let stack = CopiedStack {
                     ip,
                     sp: top.sp,
                     bp: top.bp,
                     bytes: top.bytes,
                 };
-                let unwound = unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES);
+                let mut unwound = self.unwind(pid, &modules, stack);
+                // A walk that stopped at an address in no known mapping may have reached JIT
+                // code mapped since the mappings were read: read them again (once per such
+                // address) and walk again if they changed.
+                if let Some(at) = unwound.rejected.filter(|&at| !modules.is_code(at)) {
+                    let before = Arc::as_ptr(&modules);
+                    modules = self.modules_refreshed_at(pid, generation, modules, at);
+                    if Arc::as_ptr(&modules) != before {
+                        unwound = self.unwind(pid, &modules, stack);
+                    }
+                }
                 self.bases.observe(tid, top.sp, top.bytes.len(), &unwound);
                 unwound
             }
             _ => Unwound::default(),
         };
         let repaired: Arc<[u64]> = spliced(&unwound, &ips, &modules).into();
+        // Name JIT frames while the process lives (its perf map is read through its /proc).
+        for (i, &ip) in repaired.iter().enumerate() {
+            if modules.is_anonymous_code(ip) {
+                self.perf_maps.name(pid, lookup_address(i, ip));
+            }
+        }
         log::trace!(
             "pid {pid}: unwound {:x?} (complete: {}, {} of {} bytes), kernel {:x?} -> {:x?}",
             unwound.frames,
@@ -265,6 +252,25 @@ impl StackStore {
         })
     }
 
+    /// Walks `stack` of `pid` through its mappings `modules`, with the map's unwinder.
+    fn unwind(&mut self, pid: u32, modules: &Arc<ModuleMap>, stack: CopiedStack) -> Unwound {
+        let sections = &mut self.sections;
+        let unwinder = self
+            .versions
+            .entry(Arc::as_ptr(modules) as usize)
+            .or_insert_with(|| Version::of(modules))
+            .unwinder
+            .get_or_insert_with(|| sections.unwinder_for(modules));
+        let perf_maps = &mut self.perf_maps;
+        let is_trampoline = |lookup: u64| {
+            modules.is_anonymous_code(lookup)
+                && perf_maps
+                    .name(pid, lookup)
+                    .is_some_and(|name| name.starts_with("py::"))
+        };
+        unwinder.unwind(stack, |ip| modules.is_code(ip), is_trampoline, MAX_FRAMES)
+    }
+
     /// The frames of a stack, innermost first.
     pub(crate) fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
         let Some(ips) = self.stacks.get(stack.id as usize).cloned() else {
@@ -275,70 +281,13 @@ impl StackStore {
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
-        self.symbolizer.frames(stack, &ips, &modules)
+        let perf_maps = &self.perf_maps;
+        let jit_name = |addr: u64| perf_maps.known(stack.pid, addr);
+        self.symbolizer.frames(stack, &ips, &modules, jit_name)
     }
 
     fn generation(&self, pid: u32) -> u32 {
         self.generations.get(&pid).copied().unwrap_or(0)
-    }
-
-    /// The mappings of (pid, generation), read from /proc the first time they are needed.
-    /// An empty map is cached for a process already gone, so it is not read again.
-    fn modules_of(&mut self, pid: u32, generation: u32) -> Arc<ModuleMap> {
-        self.modules
-            .entry((pid, generation))
-            .or_insert_with(|| match self.files.read(pid) {
-                Ok(modules) => Arc::new(modules),
-                Err(err) => {
-                    log::debug!("cannot read the mappings of pid {pid}: {err}");
-                    Arc::default()
-                }
-            })
-            .clone()
-    }
-
-    /// Like [`Self::modules_of`], but re-reads /proc when an address of `ips` is in none of
-    /// the known mappings: libraries are mapped after exec (by ld.so) and by dlopen. At most
-    /// once per kernel stack id (or once per image for events without one): JIT code stays
-    /// unmapped, and must not cost a read per event.
-    fn modules_covering(
-        &mut self,
-        pid: u32,
-        generation: u32,
-        stack_id: Option<u32>,
-        ips: &[u64],
-    ) -> Arc<ModuleMap> {
-        let known = self.modules_of(pid, generation);
-        let stack_id = stack_id.unwrap_or(u32::MAX);
-        if ips.iter().all(|&ip| known.find(ip).is_some())
-            || !self
-                .versions
-                .entry(Arc::as_ptr(&known) as usize)
-                .or_insert_with(|| Version::of(&known))
-                .refreshed
-                .insert(stack_id)
-        {
-            return known;
-        }
-        match self.files.read(pid) {
-            Ok(fresh) => {
-                // Known mappings the listing lacks are kept: a process that is exiting shows
-                // part of its mappings, or none, as its memory is torn down (and events are
-                // read after the short-lived ones have exited).
-                let fresh = Arc::new(fresh.over(&known));
-                if *fresh == *known {
-                    // Nothing new: keep the map (and its unwinder) the process shares.
-                    return known;
-                }
-                let mut version = Version::of(&fresh);
-                version.refreshed.insert(stack_id);
-                self.versions.insert(Arc::as_ptr(&fresh) as usize, version);
-                self.modules.insert((pid, generation), fresh.clone());
-                self.release(known);
-                fresh
-            }
-            Err(_) => known,
-        }
     }
 
     fn kernel_stack(&mut self, id: u32, kernel: &impl KernelStacks) -> Option<Arc<[u64]>> {
@@ -354,6 +303,12 @@ impl StackStore {
 /// Frames kept per stack; deeper stacks (deep recursion) keep their innermost frames.
 const MAX_FRAMES: usize = 127;
 
+/// The address to look frame `i` of a stack up by: every frame but the innermost holds a
+/// return address, which points after the call; the byte before it is the call itself.
+fn lookup_address(i: usize, ip: u64) -> u64 {
+    if i == 0 { ip } else { ip.saturating_sub(1) }
+}
+
 /// The stack to report. A walk through the copied stack that reached the stack's root is the
 /// whole answer: it knows the functions without frame pointers, which the kernel's
 /// frame-pointer walk skips or gets wrong. One that ran out of copied stack is continued by
@@ -365,8 +320,8 @@ const MAX_FRAMES: usize = 127;
 /// stack. The result is cut at the first address that lies in no executable mapping: a
 /// frameless function may use %rbp as a scratch register (glibc's open64 and clone3 do),
 /// which sends the kernel's walk into the weeds, and nothing after such an address can be
-/// trusted. (Code in anonymous memory, such as JIT output, ends a stack too; it could not be
-/// symbolized.)
+/// trusted. Anonymous executable memory counts as code (JIT output, named from the perf map
+/// its runtime writes).
 fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
     let frames = &unwound.frames;
     let last = frames.len().saturating_sub(1);
@@ -395,7 +350,7 @@ fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
     let mapped = ips
         .iter()
         .skip(1)
-        .position(|&ip| modules.find(ip).is_none())
+        .position(|&ip| !modules.is_code(ip))
         .map_or(ips.len(), |i| i + 1);
     ips.truncate(mapped);
     ips

@@ -1,0 +1,165 @@
+//! JIT frames named from the perf map the runtime writes (`/tmp/perf-PID.map`): CPython 3.12+
+//! run with `-X perf` puts a trampoline per Python function in anonymous executable memory
+//! and names it `py::FUNCTION:FILE` there. The stack of a file leaked by `open_cache_file` <-
+//! `warm_caches` <- `main` must name those three from the map, in that order, also when the
+//! process has its own pid and mount namespaces (the map is then only in its `/tmp`). Every
+//! pyenv interpreter of 3.12 or later is tried; without one the tests say so and do nothing.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde_json::Value;
+use tracer_tests::{
+    Fixture, Report, STOP_TIMEOUT, Tracer, require_root, signal, unique_dir, workspace_dir,
+};
+
+/// Descriptors the fixture leaks.
+const LEAKED: usize = 4;
+const LINE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// pyenv's interpreters that have `-X perf` (3.12 and later), under `$PYENV_ROOT` (else
+/// `~/.pyenv`), as (version, path).
+fn pyenv_pythons() -> Vec<(String, PathBuf)> {
+    let root = std::env::var_os("PYENV_ROOT")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pyenv")))
+        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
+    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(root.join("versions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_string_lossy().into_owned();
+            let mut parts = version.split('.');
+            let major: u32 = parts.next()?.parse().ok()?;
+            let minor: u32 = parts.next()?.parse().ok()?;
+            let python = entry.path().join(format!("bin/python{major}.{minor}"));
+            (major == 3 && minor >= 12 && python.exists()).then_some((version, python))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        eprintln!(
+            "SKIPPED: no pyenv CPython 3.12 or later under {}/versions (`-X perf` needs 3.12)",
+            root.display()
+        );
+    }
+    found
+}
+
+/// The symbol of each frame named from a perf map, innermost first.
+fn perf_map_symbols(stack: &Value) -> Vec<String> {
+    stack
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|frame| frame["module"] == "[perf-map]")
+        .filter_map(|frame| frame["symbol"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Runs `program args` (which ends up running the fixture with `PATH LEAKED`) under a tracer
+/// attached once it is ready, lets it leak, and returns the report.
+fn trace(program: &str, args: &[&str]) -> Report {
+    let mut fixture = Fixture::spawn(program, args);
+    fixture.wait_for_line("READY", LINE_TIMEOUT);
+    let mut tracer = Tracer::attach(fixture.pid(), &[]);
+    tracer.wait_attached(tracer_tests::ATTACH_TIMEOUT);
+    fixture.send_line("go");
+    fixture.wait_for_line("DONE ", LINE_TIMEOUT);
+    signal(tracer.pid() as i32, libc::SIGINT);
+    let out = tracer.wait_output(STOP_TIMEOUT);
+    assert!(out.status.success(), "{}", out.context());
+    out.report()
+}
+
+/// Each leaked descriptor of `path` names open_cache_file <- warm_caches <- main from the perf
+/// map; returns the pid that holds them.
+#[track_caller]
+fn assert_named_from_perf_map(report: &Report, path: &Path, script: &Path, python: &str) -> u32 {
+    let ctx = report.context();
+    let leaked: Vec<_> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| d.detail() == path.to_str())
+        .collect();
+    assert_eq!(leaked.len(), LEAKED, "{python}: the leaked files\n{ctx}");
+    let script = script.display();
+    let expected: Vec<String> = ["open_cache_file", "warm_caches", "main"]
+        .iter()
+        .map(|function| format!("py::{function}:{script}"))
+        .collect();
+    for descriptor in &leaked {
+        let named = perf_map_symbols(&descriptor.v["stack"]);
+        let found: Vec<&String> = named.iter().filter(|s| expected.contains(s)).collect();
+        assert_eq!(
+            found,
+            expected.iter().collect::<Vec<_>>(),
+            "{python}: the Python functions named from the perf map, innermost first (all: {named:?})\n{ctx}"
+        );
+    }
+    leaked[0].pid()
+}
+
+/// A Python process run with `-X perf`: its functions are named from /tmp/perf-PID.map.
+#[test]
+fn python_perf_trampolines_are_named() {
+    require_root();
+    let script = workspace_dir().join("tests/fixtures/py_perf_leak.py");
+    for (version, python) in pyenv_pythons() {
+        let path = unique_dir(None, "jit-perf-map").join("cache.bin");
+        std::fs::write(&path, "x").unwrap();
+        let count = LEAKED.to_string();
+        let report = trace(
+            python.to_str().unwrap(),
+            &[
+                "-X",
+                "perf",
+                script.to_str().unwrap(),
+                path.to_str().unwrap(),
+                &count,
+            ],
+        );
+        let pid = assert_named_from_perf_map(&report, &path, &script, &version);
+        let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
+    }
+}
+
+/// The same in its own pid and mount namespaces, with a private /tmp: the map is
+/// /tmp/perf-1.map in there and exists nowhere the tracer would see it by its own paths.
+#[test]
+fn perf_map_in_the_process_namespaces() {
+    require_root();
+    let script = workspace_dir().join("tests/fixtures/py_perf_leak.py");
+    for (version, python) in pyenv_pythons() {
+        let path = unique_dir(None, "jit-perf-map-ns").join("cache.bin");
+        std::fs::write(&path, "x").unwrap();
+        let inside = format!(
+            "mount -t tmpfs tracer-perf-map /tmp && exec {} -X perf {} {} {LEAKED}",
+            python.display(),
+            script.display(),
+            path.display()
+        );
+        let report = trace(
+            "unshare",
+            &[
+                "--pid",
+                "--fork",
+                "--mount",
+                "--mount-proc",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &inside,
+            ],
+        );
+        let pid = assert_named_from_perf_map(&report, &path, &script, &version);
+        assert!(
+            !Path::new(&format!("/tmp/perf-{pid}.map")).exists(),
+            "{version}: the map must be only in the namespace's /tmp"
+        );
+    }
+}
