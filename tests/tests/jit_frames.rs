@@ -134,13 +134,17 @@ fn perf_map_in_the_process_namespaces() {
     require_root();
     let script = workspace_dir().join("tests/fixtures/py_perf_leak.py");
     for (version, python) in pyenv_pythons() {
-        let path = unique_dir(None, "jit-perf-map-ns").join("cache.bin");
-        std::fs::write(&path, "x").unwrap();
+        // Made inside, after the private /tmp is mounted: the scratch directory may be
+        // under /tmp (in the test VM it is).
+        let dir = unique_dir(None, "jit-perf-map-ns");
+        let path = dir.join("cache.bin");
         let inside = format!(
-            "mount -t tmpfs tracer-perf-map /tmp && exec {} -X perf {} {} {LEAKED}",
-            python.display(),
-            script.display(),
-            path.display()
+            "mount -t tmpfs tracer-perf-map /tmp && mkdir -p {dir} && echo x > {path} && \
+             exec {python} -X perf {script} {path} {LEAKED}",
+            dir = dir.display(),
+            path = path.display(),
+            python = python.display(),
+            script = script.display(),
         );
         let report = trace(
             "unshare",

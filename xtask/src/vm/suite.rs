@@ -26,10 +26,6 @@ pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
         "builds its Rust fixture with rustc at run time; the guest has no Rust toolchain",
     ),
     (
-        "python_script",
-        "runs a Python fixture; the guest has no Python interpreter",
-    ),
-    (
         "postgres_pgbench_time_wait_and_stacks",
         "starts Debian's PostgreSQL and pgbench; the guest has neither",
     ),
