@@ -4,6 +4,8 @@
 //! `warm_caches` <- `main` must name those three from the map, in that order, also when the
 //! process has its own pid and mount namespaces (the map is then only in its `/tmp`). Every
 //! pyenv interpreter of 3.12 or later is tried; without one the tests say so and do nothing.
+//! Node (Debian's `nodejs`, which `cargo xtask test` installs) with `--perf-basic-prof` names
+//! its JavaScript functions the same way.
 
 use std::{
     path::{Path, PathBuf},
@@ -60,6 +62,28 @@ fn perf_map_symbols(stack: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The frames named from a perf map of each leaked descriptor of `path`, which must be
+/// [`LEAKED`]; the pid that holds them.
+#[track_caller]
+fn named_frames_of_leak(report: &Report, path: &Path, runtime: &str) -> (u32, Vec<Vec<String>>) {
+    let leaked: Vec<_> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| d.detail() == path.to_str())
+        .collect();
+    assert_eq!(
+        leaked.len(),
+        LEAKED,
+        "{runtime}: the leaked files\n{}",
+        report.context()
+    );
+    let named = leaked
+        .iter()
+        .map(|d| perf_map_symbols(&d.v["stack"]))
+        .collect();
+    (leaked[0].pid(), named)
+}
+
 /// Runs `program args` (which ends up running the fixture with `PATH LEAKED`) under a tracer
 /// attached once it is ready, lets it leak, and returns the report.
 fn trace(program: &str, args: &[&str]) -> Report {
@@ -79,28 +103,22 @@ fn trace(program: &str, args: &[&str]) -> Report {
 /// map; returns the pid that holds them.
 #[track_caller]
 fn assert_named_from_perf_map(report: &Report, path: &Path, script: &Path, python: &str) -> u32 {
-    let ctx = report.context();
-    let leaked: Vec<_> = report
-        .open_descriptors()
-        .into_iter()
-        .filter(|d| d.detail() == path.to_str())
-        .collect();
-    assert_eq!(leaked.len(), LEAKED, "{python}: the leaked files\n{ctx}");
+    let (pid, named) = named_frames_of_leak(report, path, python);
     let script = script.display();
     let expected: Vec<String> = ["open_cache_file", "warm_caches", "main"]
         .iter()
         .map(|function| format!("py::{function}:{script}"))
         .collect();
-    for descriptor in &leaked {
-        let named = perf_map_symbols(&descriptor.v["stack"]);
+    for named in named {
         let found: Vec<&String> = named.iter().filter(|s| expected.contains(s)).collect();
         assert_eq!(
             found,
             expected.iter().collect::<Vec<_>>(),
-            "{python}: the Python functions named from the perf map, innermost first (all: {named:?})\n{ctx}"
+            "{python}: the Python functions named from the perf map, innermost first (all: {named:?})\n{}",
+            report.context()
         );
     }
-    leaked[0].pid()
+    pid
 }
 
 /// A Python process run with `-X perf`: its functions are named from /tmp/perf-PID.map.
@@ -166,4 +184,50 @@ fn perf_map_in_the_process_namespaces() {
             "{version}: the map must be only in the namespace's /tmp"
         );
     }
+}
+
+/// Node with `--perf-basic-prof`: the JavaScript functions `openCacheFile` <- `warmCaches` of
+/// the fixture are named from its map (`JS:~openCacheFile /path/node_leak.js:16:23`; the
+/// form of the name is V8's), in that order, between Node's native frames.
+#[test]
+fn node_functions_are_named() {
+    require_root();
+    let node = ["/usr/bin/node", "/usr/bin/nodejs"]
+        .into_iter()
+        .find(|node| Path::new(node).exists())
+        .expect("no /usr/bin/node: `cargo xtask test` installs Debian's nodejs");
+    let script = workspace_dir().join("tests/fixtures/node_leak.js");
+    let dir = unique_dir(None, "jit-perf-map-node");
+    let path = dir.join("cache.bin");
+    std::fs::write(&path, "x").unwrap();
+    let count = LEAKED.to_string();
+    // --perf-basic-prof also writes V8's log, by default into the working directory.
+    let logfile = format!("--logfile={}", dir.join("v8.log").display());
+    let report = trace(
+        node,
+        &[
+            "--perf-basic-prof",
+            "--interpreted-frames-native-stack",
+            &logfile,
+            "--no-logfile-per-isolate",
+            script.to_str().unwrap(),
+            path.to_str().unwrap(),
+            &count,
+        ],
+    );
+    let (pid, named) = named_frames_of_leak(&report, &path, "node");
+    let script = script.display().to_string();
+    let function = |name: &str, symbol: &str| {
+        symbol.contains(&script) && symbol.split([' ', '~', '*', ':']).any(|word| word == name)
+    };
+    for named in named {
+        let open = named.iter().position(|s| function("openCacheFile", s));
+        let warm = named.iter().position(|s| function("warmCaches", s));
+        assert!(
+            matches!((open, warm), (Some(open), Some(warm)) if open < warm),
+            "node: openCacheFile then warmCaches, named from the perf map (all: {named:?})\n{}",
+            report.context()
+        );
+    }
+    let _ = std::fs::remove_file(format!("/tmp/perf-{pid}.map"));
 }

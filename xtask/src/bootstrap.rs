@@ -27,8 +27,15 @@ pub(crate) struct Needs {
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 
 /// The real servers and clients the integration tests start (`tests/tests/servers.rs`):
-/// PostgreSQL and pgbench, Redis and redis-benchmark, and `ss` to compare TCP states with.
-const SERVER_PACKAGES: &[&str] = &["postgresql", "redis-server", "redis-tools", "iproute2"];
+/// PostgreSQL and pgbench, Redis and redis-benchmark, and `ss` to compare TCP states with;
+/// and Node, whose JIT frames `tests/tests/jit_frames.rs` names from its perf map.
+const SERVER_PACKAGES: &[&str] = &[
+    "postgresql",
+    "redis-server",
+    "redis-tools",
+    "iproute2",
+    "nodejs",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker links against LLVM; these are Debian's LLVM 22 development files and the
