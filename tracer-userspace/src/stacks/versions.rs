@@ -9,6 +9,9 @@ use foldhash::HashSet;
 
 use super::{ModuleMap, ProcessUnwinder, StackStore};
 
+/// Reads of /proc/PID/maps per map version for walks that stopped at unmapped addresses.
+const MAX_REREADS_AT: usize = 64;
+
 /// One module map (a process image, as read at one time) and what was derived from it.
 pub(super) struct Version {
     pub(super) map: Arc<ModuleMap>,
@@ -102,13 +105,15 @@ impl StackStore {
         known: Arc<ModuleMap>,
         at: u64,
     ) -> Arc<ModuleMap> {
-        let first = self
+        let refreshed_at = &mut self
             .versions
             .entry(Arc::as_ptr(&known) as usize)
             .or_insert_with(|| Version::of(&known))
-            .refreshed_at
-            .insert(at);
-        if !first {
+            .refreshed_at;
+        // Garbage a frame-pointer walk read (code with neither CFI nor frame pointer) must
+        // not cost a read per distinct value: a map that new addresses did not change stops
+        // being read for them after a while.
+        if refreshed_at.len() >= MAX_REREADS_AT || !refreshed_at.insert(at) {
             return known;
         }
         self.reread(pid, generation, known, |version| {
