@@ -32,9 +32,11 @@ pub const FIXTURES: &[&str] = &[
     "tw_client",
     "fd_families",
     "stack_leak",
+    "steady_leak",
     "stack_base",
     "exit_workers",
     "bad_close",
+    "serve_leak",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.

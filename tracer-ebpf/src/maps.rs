@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, MAX_EXITING, MAX_FOLLOWED,
-    MAX_LISTEN_PORTS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
-    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, KernelOffsets, MAX_EXITING,
+    MAX_FOLLOWED, MAX_LISTEN_PORTS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES,
+    STACK_TOP_BYTES, TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -63,19 +63,26 @@ pub(crate) static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_
     PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: events dropped because the ring buffer was full, per CPU.
-/// Index 1: syscalls whose arguments could not be stashed: unused since exit probes read the
-/// arguments from the saved registers (kept so the report's `lost_in_flight_full` stays).
+/// Index 1: events lost in flight: since exit probes read the arguments from the saved
+/// registers, only an event whose program the Python walker could not resume (its slot
+/// empty, which the loader prevents); the report's `lost_in_flight_full`.
 /// Index 2: children that could not be followed (FOLLOWED full), per CPU.
 #[map]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 pub(crate) const LOST_RING_FULL: u32 = 0;
+pub(crate) const LOST_IN_FLIGHT: u32 = 1;
 pub(crate) const LOST_FOLLOW_FULL: u32 = 2;
 
 /// Field offsets of this kernel's tracepoints, written by userspace before loading (it lands
 /// in .rodata, so the verifier sees the values as constants).
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
+
+/// Where the calling task's descriptor table is (struct field offsets from this kernel's BTF,
+/// written by userspace before loading, like [`OFFSETS`]); sys_enter_close reads it.
+#[unsafe(no_mangle)]
+pub(crate) static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::absent();
 
 /// An eighth of the ring buffer (set by userspace from the ring size): a producer wakes the
 /// reader when its record makes the unread bytes cross a multiple of it. Below that, events

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! session                      wires everything; imported by main only
-//! cli                          command-line options
+//! cli, export                  command-line options; --serve's HTTP endpoint and formats
 //! report                       the report contract, built from the tables; text, flame graph
 //! aggregator, tcp              descriptor tables, TCP connections (pure: no I/O)
 //! stacks                       unwinding and symbolizing user stacks
@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["stacks"],
     &["aggregator", "tcp"],
     &["report"],
-    &["cli"],
+    &["cli", "export"],
     &["session"],
 ];
 

@@ -10,6 +10,7 @@ mod capture;
 mod cli;
 mod clock;
 mod events;
+mod export;
 #[cfg(test)]
 mod layers;
 mod model;
@@ -19,5 +20,5 @@ mod session;
 mod stacks;
 mod tcp;
 
-pub use cli::{Config, ConfigError, Options, Target};
+pub use cli::{Config, ConfigError, Options, SnapshotConfig, Target};
 pub use session::run;

@@ -2,8 +2,10 @@
 //! (with the offsets tracefs gives for this kernel), and handles on the maps the programs share
 //! with us.
 
+mod btf;
 mod kernel_log;
 mod loader;
+mod python_walk;
 mod tracefs;
 mod verifier;
 

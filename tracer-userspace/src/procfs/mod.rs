@@ -15,12 +15,16 @@
 //! re-exported here, so callers write `procfs::describe_fd`.
 
 mod fds;
+mod limits;
 mod process;
+mod resources;
 mod sockets;
 #[cfg(test)]
 mod test_support;
 mod unix_diag;
 
 pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
+pub(crate) use limits::{file_handles, nofile_limit};
 pub(crate) use process::{cwd, descendants, process_exists, process_info, start_time, threads};
+pub(crate) use resources::own_resident_bytes;
 pub(crate) use sockets::{Direction, SocketTable};

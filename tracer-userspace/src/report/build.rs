@@ -109,6 +109,7 @@ pub(crate) fn build(
         tcp,
         deleted_files,
         bad_closes: super::bad_closes::bad_closes(agg, facts.now_ns, resolver),
+        snapshot: None,
     }
 }
 

@@ -13,6 +13,7 @@ mod deleted;
 mod entry;
 pub(crate) mod flamegraph;
 mod group;
+pub(crate) mod growth;
 mod resolver;
 pub(crate) mod text;
 

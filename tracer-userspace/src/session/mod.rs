@@ -8,9 +8,12 @@
 
 mod attach;
 mod child;
+mod live;
 mod pipeline;
 mod reconcile;
 mod resolver;
+mod snapshots;
+mod triggers;
 
 use std::{
     fs::File,
@@ -20,16 +23,17 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use child::PausedChild;
-use pipeline::{State, StopSignals};
+use pipeline::{ReportRequests, State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
+use snapshots::{ReportFacts, Snapshots, check_settings, handle_sigusr1};
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
     capture::{self, Probes},
     cli::{Config, Target},
     clock::monotonic_ns,
-    procfs,
-    report::{self, Report, SessionFacts},
+    export, procfs,
+    report::{self, Report, SessionFacts, growth::Counts},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,10 @@ pub fn run(config: &Config) -> Result<()> {
                 .with_context(|| format!("cannot create {}", path.display()))
         })
         .transpose()?;
+    // So are a snapshot directory that cannot be written and --live without a terminal.
+    check_settings(&config.snapshots)?;
+    // So is an address the endpoint cannot listen on.
+    let listener = config.serve.map(export::bind).transpose()?;
     let existing = match &config.target {
         Target::Pid(pid) => Some(process_of(*pid)?),
         Target::Command(_) => None,
@@ -67,6 +75,8 @@ pub fn run(config: &Config) -> Result<()> {
         .context("cannot start the event loop")?;
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
+    let sigusr1 = handle_sigusr1()?;
+    let serving = listener.map(export::start).transpose()?;
 
     let (mut probes, ring) =
         capture::load(&tracefs_root, config.ring_bytes, config.stack_copy_bytes)
@@ -76,6 +86,16 @@ pub fn run(config: &Config) -> Result<()> {
     let descendants = tree.followed.len() - 1;
     let mut state = State::new(&probes, config.at_exit_descriptors);
     tree.seed(&mut state, started_ns);
+    let mut snapshots = Snapshots::new(
+        ReportFacts {
+            config: config.clone(),
+            target,
+            command: command.clone(),
+            started_ns,
+        },
+        sigusr1,
+        Counts::of(&state.agg),
+    )?;
     announce(
         &state,
         probes.attached.len(),
@@ -83,26 +103,56 @@ pub fn run(config: &Config) -> Result<()> {
         target,
         descendants,
     );
+    if let Some((addr, _)) = &serving {
+        eprintln!("tracer: serving http://{addr}/metrics, /debug/pprof/open_fds and /report");
+    }
     if let Some(child) = &mut child {
         child.release(&command[0])?;
     }
+    snapshots.start_live()?;
 
     // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
     // owns the ring) is dropped, as register() requires.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("cannot poll the ring buffer")?;
+    // --serve: the event loop answers with the report of the tables as they stand.
+    let report_now = |state: &mut State<'_>, min_age_s: Option<f64>| {
+        let min_age_s = min_age_s.unwrap_or(config.min_age_s);
+        build_report(
+            state,
+            &probes,
+            min_age_s,
+            target,
+            command.clone(),
+            started_ns,
+        )
+    };
+    let requests = serving.map(|(_, receiver)| ReportRequests {
+        receiver,
+        build: &report_now,
+    });
     let stop = runtime.block_on(pipeline::event_loop(
         &mut ring,
         &mut state,
         child.as_mut(),
         config.duration,
+        &mut snapshots,
         stop_signals,
+        requests,
     ))?;
+    snapshots.end_live();
     let ring_capacity = config.ring_bytes as usize;
     state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
 
-    let report = build_report(&mut state, &probes, config, target, command, started_ns);
+    let report = build_report(
+        &mut state,
+        &probes,
+        config.min_age_s,
+        target,
+        command,
+        started_ns,
+    );
     print_report(&report, config.json, config.top)?;
     if let Some((path, file)) = flamegraph {
         write_flamegraph(&report, &path, file)?;
@@ -170,7 +220,7 @@ fn process_of(pid: u32) -> Result<u32> {
 fn build_report(
     state: &mut State<'_>,
     probes: &Probes,
-    config: &Config,
+    min_age_s: f64,
     target: u32,
     command: Vec<String>,
     started_ns: u64,
@@ -187,7 +237,7 @@ fn build_report(
         lost_ring_full: lost.ring_full,
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
-        min_age_s: config.min_age_s,
+        min_age_s,
         time_wait: state.tcp.time_wait_groups(now_ns),
         time_wait_now: still_in_time_wait(&state.tcp, target),
     };

@@ -31,12 +31,28 @@ pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
          checked in the guest by the Python -X perf tests)",
     ),
     (
+        "live_view_in_tmux",
+        "drives the live view in tmux; the guest has no tmux",
+    ),
+    (
         "postgres_pgbench_time_wait_and_stacks",
         "starts Debian's PostgreSQL and pgbench; the guest has neither",
     ),
     (
         "redis_time_wait_is_its_own",
         "starts Debian's redis-server and redis-benchmark; the guest has neither",
+    ),
+    (
+        "metrics_pass_promtool_and_count_what_proc_lists",
+        "reads --serve with curl and Debian's promtool; the guest has neither",
+    ),
+    (
+        "prometheus_scrapes_the_open_fds_series",
+        "starts Debian's Prometheus server; the guest has none",
+    ),
+    (
+        "pprof_reads_the_open_fds_profile",
+        "reads --serve's profile with Debian's go tool pprof; the guest has no Go",
     ),
 ];
 
