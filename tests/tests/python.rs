@@ -275,8 +275,9 @@ fn deeper_than_the_limit_says_it_was_cut() {
 
 /// Descriptors born from other calls than open, and a failed close, carry the Python frames
 /// of the function that made them: both ends of a pipe and of a socketpair (the kernel
-/// walks once per call and sends the frames again for the second end), a socket, and the
-/// second close of a number (whose frames are walked before the close is sent).
+/// walks once per call and sends the frames again for the second end), a socket, a
+/// descriptor received over a unix socket, and the second close of a number (whose frames
+/// are walked before the close is sent).
 #[test]
 fn pipes_sockets_and_failed_closes_have_python_frames() {
     require_root();
@@ -312,6 +313,11 @@ fn pipes_sockets_and_failed_closes_have_python_frames() {
             made_by("make_pair", line("# PAIR")),
             ["socket", "socket"],
             "{label}: both ends of the socketpair\n{ctx}"
+        );
+        assert_eq!(
+            made_by("receive_fd", line("# RECEIVE")).len(),
+            1,
+            "{label}: the descriptor received over a unix socket\n{ctx}"
         );
         let closes: Vec<Vec<PyFrame>> = run.report.json["bad_closes"]
             .as_array()

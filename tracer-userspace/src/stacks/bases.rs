@@ -109,6 +109,7 @@ mod tests {
             complete,
             reached_root,
             stack_used,
+            rejected: None,
         }
     }
 

@@ -179,6 +179,11 @@ impl StackStore {
         let Some(modules) = self.modules.get(&(pid, generation)) else {
             return Err(python);
         };
+        if modules.has_anonymous_code() {
+            // A process with JIT code: its frames are named from its perf map, and walks
+            // through it read the mappings again, while the process lives. Unwound at once.
+            return Err(python);
+        }
         let kernel_ips = kernel_ips.as_deref().unwrap_or_default();
         let covered = |ip: &u64| modules.find(*ip).is_some();
         if !covered(&top.ip) {

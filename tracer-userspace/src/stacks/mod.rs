@@ -4,16 +4,18 @@
 
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 mod bases;
 mod deferred;
 mod modules;
+mod perf_map;
 mod python;
 mod splice;
 mod sweep;
 mod symbolize;
 mod unwind;
+mod versions;
 
 use bases::StackBases;
 pub(crate) use deferred::DeferredStack;
@@ -21,10 +23,12 @@ use deferred::Pending;
 #[cfg(test)]
 pub(crate) use deferred::WINDOW_NS;
 use modules::{ModuleFiles, ModuleMap};
+use perf_map::PerfMaps;
 pub(crate) use python::Updates as PythonUpdates;
 use splice::{MAX_FRAMES, spliced};
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
+use versions::Version;
 
 use crate::{
     events::{Event, EventBody, PythonStack, StackTop, TaskCreated},
@@ -64,6 +68,8 @@ pub(crate) struct StackStore {
     /// Threads' stack bases learned from the walks, for the kernel's stack copy.
     bases: StackBases,
     files: ModuleFiles,
+    /// Names of JIT code, per process, from the perf maps runtimes write.
+    perf_maps: PerfMaps,
     symbolizer: StackSymbolizer,
     /// CPython processes, the Python frames waiting for their event, and their names.
     python: python::Python,
@@ -77,28 +83,6 @@ pub(crate) struct StackStore {
 /// A thread's Python walk, named, and the interpreter that ran it (to merge it into the
 /// native stack).
 type PythonWalk = (python::Pending, Arc<python::Interpreter>);
-
-/// One module map (a process image, as read at one time) and what was derived from it.
-struct Version {
-    map: Arc<ModuleMap>,
-    /// Caches its rules by address, so the CFI is read once per call site, not per event.
-    /// Made at the first walk.
-    unwinder: Option<ProcessUnwinder>,
-    /// Kernel stack ids (u32::MAX: events without one) whose unmapped addresses already
-    /// caused a re-read of /proc/PID/maps: JIT code stays unmapped, and must not cost a read
-    /// per event, nor a read per forked child that runs the same code.
-    refreshed: HashSet<u32>,
-}
-
-impl Version {
-    fn of(map: &Arc<ModuleMap>) -> Self {
-        Self {
-            map: map.clone(),
-            unwinder: None,
-            refreshed: HashSet::default(),
-        }
-    }
-}
 
 impl StackStore {
     pub(crate) fn new() -> Self {
@@ -205,7 +189,7 @@ impl StackStore {
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}, deferred {} ({} bytes); {} stacks repaired, {} deferred ({} dropped unwound)",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}, perf map entries {}, deferred {} ({} bytes); {} stacks repaired, {} deferred ({} dropped unwound)",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -219,6 +203,7 @@ impl StackStore {
             self.stacks.len(),
             self.bases.len(),
             self.symbolizer.cached(),
+            self.perf_maps.len(),
             self.pending.len(),
             self.pending.bytes(),
             self.repaired,
@@ -254,24 +239,17 @@ impl StackStore {
                 self.release(map);
             }
         }
+        // JIT names go with the last map of their process that a kept stack refers to.
+        for &pid in gone {
+            if !self.pinned.iter().any(|&(p, _)| p == pid) {
+                self.perf_maps.forget(pid);
+            }
+        }
     }
 
     /// Whether maps of reaped processes are kept for stacks that referred to them.
     pub(crate) fn has_pinned(&self) -> bool {
         !self.pinned.is_empty()
-    }
-
-    /// Drops what was derived from a module map no process uses any more.
-    fn release(&mut self, map: Arc<ModuleMap>) {
-        let key = Arc::as_ptr(&map) as usize;
-        drop(map);
-        if self
-            .versions
-            .get(&key)
-            .is_some_and(|v| Arc::strong_count(&v.map) == 1)
-        {
-            self.versions.remove(&key);
-        }
     }
 
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
@@ -309,24 +287,27 @@ impl StackStore {
         };
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
         let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
-        let modules = self.modules_covering(pid, generation, kernel_id, &probe);
+        let mut modules = self.modules_covering(pid, generation, kernel_id, &probe);
         self.python.observe(pid, &modules);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
-                let sections = &mut self.sections;
-                let unwinder = self
-                    .versions
-                    .entry(Arc::as_ptr(&modules) as usize)
-                    .or_insert_with(|| Version::of(&modules))
-                    .unwinder
-                    .get_or_insert_with(|| sections.unwinder_for(&modules));
                 let stack = CopiedStack {
                     ip,
                     sp: top.sp,
                     bp: top.bp,
                     bytes: top.bytes,
                 };
-                let unwound = unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES);
+                let mut unwound = self.unwind(pid, &modules, stack);
+                // A walk that stopped at an address in no known mapping may have reached JIT
+                // code mapped since the mappings were read: read them again (once per such
+                // address) and walk again if they changed.
+                if let Some(at) = unwound.rejected.filter(|&at| !modules.is_code(at)) {
+                    let before = Arc::as_ptr(&modules);
+                    modules = self.modules_refreshed_at(pid, generation, modules, at);
+                    if Arc::as_ptr(&modules) != before {
+                        unwound = self.unwind(pid, &modules, stack);
+                    }
+                }
                 let copied = top.bytes.len();
                 match deferred_epoch {
                     None => self.bases.observe(tid, top.sp, copied, &unwound),
@@ -340,6 +321,12 @@ impl StackStore {
             _ => Unwound::default(),
         };
         let native = spliced(&unwound, &ips, &modules);
+        // Name JIT frames while the process lives (its perf map is read through its /proc).
+        for (i, &ip) in native.iter().enumerate() {
+            if modules.is_anonymous_code(ip) {
+                self.perf_maps.name(pid, lookup_address(i, ip));
+            }
+        }
         let repaired: Arc<[u64]> = match python {
             Some((pending, interp)) => python::merge(&native, pending, interp).into(),
             None => native.into(),
@@ -367,6 +354,25 @@ impl StackStore {
         })
     }
 
+    /// Walks `stack` of `pid` through its mappings `modules`, with the map's unwinder.
+    fn unwind(&mut self, pid: u32, modules: &Arc<ModuleMap>, stack: CopiedStack) -> Unwound {
+        let sections = &mut self.sections;
+        let unwinder = self
+            .versions
+            .entry(Arc::as_ptr(modules) as usize)
+            .or_insert_with(|| Version::of(modules))
+            .unwinder
+            .get_or_insert_with(|| sections.unwinder_for(modules));
+        let perf_maps = &mut self.perf_maps;
+        let is_trampoline = |lookup: u64| {
+            modules.is_anonymous_code(lookup)
+                && perf_maps
+                    .name(pid, lookup)
+                    .is_some_and(|name| name.starts_with("py::"))
+        };
+        unwinder.unwind(stack, |ip| modules.is_code(ip), is_trampoline, MAX_FRAMES)
+    }
+
     /// The frames of a stack, innermost first.
     pub(crate) fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
         let Some(ips) = self.stacks.get(stack.id as usize).cloned() else {
@@ -377,8 +383,11 @@ impl StackStore {
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
+        let perf_maps = &self.perf_maps;
+        let jit_name = |addr: u64| perf_maps.known(stack.pid, addr);
+        let python = &self.python;
         self.symbolizer
-            .frames(stack, &ips, &modules, |addr| self.python.frame(addr))
+            .frames(stack, &ips, &modules, |addr| python.frame(addr), jit_name)
     }
 
     /// The addresses of interned stack `id`, and how many stacks were repaired (unwound).
@@ -394,65 +403,6 @@ impl StackStore {
         self.generations.get(&pid).copied().unwrap_or(0)
     }
 
-    /// The mappings of (pid, generation), read from /proc the first time they are needed.
-    /// An empty map is cached for a process already gone, so it is not read again.
-    fn modules_of(&mut self, pid: u32, generation: u32) -> Arc<ModuleMap> {
-        self.modules
-            .entry((pid, generation))
-            .or_insert_with(|| match self.files.read(pid) {
-                Ok(modules) => Arc::new(modules),
-                Err(err) => {
-                    log::debug!("cannot read the mappings of pid {pid}: {err}");
-                    Arc::default()
-                }
-            })
-            .clone()
-    }
-
-    /// Like [`Self::modules_of`], but re-reads /proc when an address of `ips` is in none of
-    /// the known mappings: libraries are mapped after exec (by ld.so) and by dlopen. At most
-    /// once per kernel stack id (or once per image for events without one): JIT code stays
-    /// unmapped, and must not cost a read per event.
-    fn modules_covering(
-        &mut self,
-        pid: u32,
-        generation: u32,
-        stack_id: Option<u32>,
-        ips: &[u64],
-    ) -> Arc<ModuleMap> {
-        let known = self.modules_of(pid, generation);
-        let stack_id = stack_id.unwrap_or(u32::MAX);
-        if ips.iter().all(|&ip| known.find(ip).is_some())
-            || !self
-                .versions
-                .entry(Arc::as_ptr(&known) as usize)
-                .or_insert_with(|| Version::of(&known))
-                .refreshed
-                .insert(stack_id)
-        {
-            return known;
-        }
-        match self.files.read(pid) {
-            Ok(fresh) => {
-                // Known mappings the listing lacks are kept: a process that is exiting shows
-                // part of its mappings, or none, as its memory is torn down (and events are
-                // read after the short-lived ones have exited).
-                let fresh = Arc::new(fresh.over(&known));
-                if *fresh == *known {
-                    // Nothing new: keep the map (and its unwinder) the process shares.
-                    return known;
-                }
-                let mut version = Version::of(&fresh);
-                version.refreshed.insert(stack_id);
-                self.versions.insert(Arc::as_ptr(&fresh) as usize, version);
-                self.modules.insert((pid, generation), fresh.clone());
-                self.release(known);
-                fresh
-            }
-            Err(_) => known,
-        }
-    }
-
     fn kernel_stack(&mut self, id: u32, kernel: &impl KernelStacks) -> Option<Arc<[u64]>> {
         if let Some(ips) = self.kernel_stacks.get(&id) {
             return Some(ips.clone());
@@ -461,6 +411,12 @@ impl StackStore {
         self.kernel_stacks.insert(id, ips.clone());
         Some(ips)
     }
+}
+
+/// The address to look frame `i` of a stack up by: every frame but the innermost holds a
+/// return address, which points after the call; the byte before it is the call itself.
+fn lookup_address(i: usize, ip: u64) -> u64 {
+    if i == 0 { ip } else { ip.saturating_sub(1) }
 }
 
 #[cfg(test)]

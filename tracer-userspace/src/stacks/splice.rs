@@ -16,8 +16,8 @@ pub(super) const MAX_FRAMES: usize = 127;
 /// stack. The result is cut at the first address that lies in no executable mapping: a
 /// frameless function may use %rbp as a scratch register (glibc's open64 and clone3 do),
 /// which sends the kernel's walk into the weeds, and nothing after such an address can be
-/// trusted. (Code in anonymous memory, such as JIT output, ends a stack too; it could not be
-/// symbolized.)
+/// trusted. Anonymous executable memory counts as code (JIT output, named from the perf map
+/// its runtime writes).
 pub(super) fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
     let frames = &unwound.frames;
     let last = frames.len().saturating_sub(1);
@@ -46,7 +46,7 @@ pub(super) fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) ->
     let mapped = ips
         .iter()
         .skip(1)
-        .position(|&ip| modules.find(ip).is_none())
+        .position(|&ip| !modules.is_code(ip))
         .map_or(ips.len(), |i| i + 1);
     ips.truncate(mapped);
     ips
