@@ -9,6 +9,7 @@ use core::mem::size_of;
 
 pub mod abi;
 mod abi_enum;
+pub mod python;
 pub mod time_wait;
 
 /// Kept at the crate root, where both sides have always imported them from.
@@ -42,6 +43,9 @@ pub mod map_names {
     pub const LOST: &str = "LOST";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const STACK_BASES: &str = "STACK_BASES";
+    pub const PY_PROCS: &str = "PY_PROCS";
+    pub const PY_TSTATES: &str = "PY_TSTATES";
+    pub const PY_PROGRAMS: &str = "PY_PROGRAMS";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
@@ -53,6 +57,9 @@ pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
 /// Name of the global that carries [`KernelOffsets`] into the eBPF object.
 pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
+/// Name of the global (u64) holding the offset of `thread.fsbase` in `task_struct` (from
+/// the kernel's BTF), or u64::MAX when unknown: Python frames are then not captured.
+pub const FSBASE_GLOBAL: &str = "TASK_FSBASE_OFFSET";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
@@ -85,6 +92,9 @@ abi_enum! {
         /// open. [`FdEvent`] with `fd` the number closed (dup2/dup3: the old descriptor),
         /// `syscall` which call, and the user stack.
         CloseFailed = 10,
+        /// The Python frames of the calling thread, sent right before its next event with a
+        /// stack: [`python::PyStackEvent`].
+        PythonStack = 11,
     }
 }
 

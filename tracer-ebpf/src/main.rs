@@ -12,6 +12,8 @@ mod emit;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod python;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -63,13 +63,15 @@ pub(crate) static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_
     PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: events dropped because the ring buffer was full, per CPU.
-/// Index 1: syscalls whose arguments could not be stashed: unused since exit probes read the
-/// arguments from the saved registers (kept so the report's `lost_in_flight_full` stays).
+/// Index 1: events lost in flight: since exit probes read the arguments from the saved
+/// registers, only an event whose program the Python walker could not resume (its slot
+/// empty, which the loader prevents); the report's `lost_in_flight_full`.
 /// Index 2: children that could not be followed (FOLLOWED full), per CPU.
 #[map]
 pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
 
 pub(crate) const LOST_RING_FULL: u32 = 0;
+pub(crate) const LOST_IN_FLIGHT: u32 = 1;
 pub(crate) const LOST_FOLLOW_FULL: u32 = 2;
 
 /// Field offsets of this kernel's tracepoints, written by userspace before loading (it lands

@@ -12,27 +12,35 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::{CloseEvent, EventKind, FIELD_ABSENT, NO_STACK, Syscall};
+use tracer_common::{
+    CloseEvent, EventKind, FIELD_ABSENT, NO_STACK, Syscall, python::py_resume_slot,
+};
 
 use super::sockets_and_dups::emit_close_failed;
 use crate::{
     emit::{Caller, read_u64},
     maps::{kernel_offset, offset, output},
+    python::Frames,
 };
 
 #[tracepoint]
 pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
         let fd = read_u64(&ctx, offset!(close_fd)) as u32;
+        if is_open(fd) == Some(false) {
+            // Before the close itself: the Python frames (which make the program run again
+            // from its start) go to the thread's next event, which must be this one.
+            let frames = Frames::Walk {
+                slot: py_resume_slot(Syscall::Close),
+            };
+            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1, frames);
+        }
         let event = CloseEvent {
             header: caller.header(EventKind::FdClosed, NO_STACK),
             fd: fd as i32,
             _pad: 0,
         };
         output(&event);
-        if is_open(fd) == Some(false) {
-            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1);
-        }
     }
     0
 }

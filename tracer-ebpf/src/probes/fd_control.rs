@@ -8,6 +8,7 @@ use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
     Syscall,
     abi::{CLONE_FILES, F_DUPFD, F_DUPFD_CLOEXEC, F_SETFD},
+    python::py_resume_slot,
 };
 
 use super::{
@@ -17,6 +18,7 @@ use super::{
 use crate::{
     emit::{Caller, read_u64},
     maps::offset,
+    python::Frames,
 };
 
 /// Without a stash there is nothing to report: the command was one we ignore, or the call
@@ -41,6 +43,9 @@ pub(crate) fn sys_exit_fcntl(ctx: TracePointContext) -> u32 {
             result as i32,
             args.syscall,
             [old_fd as u64, cmd, arg],
+            Frames::Walk {
+                slot: py_resume_slot(Syscall::Fcntl),
+            },
         );
     }
     0

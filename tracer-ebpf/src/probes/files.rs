@@ -8,12 +8,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall};
+use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall, python::py_resume_slot};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
     emit::{Caller, capture_stack},
     maps::{FILE_OPEN_SCRATCH, output_with_stack},
+    python::{self, Frames},
 };
 
 exit_probes!(
@@ -41,6 +42,14 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         return;
     };
     let user_path = args.arg1 as *const u8;
+    // The Python frames go first, so that userspace has them when the event arrives.
+    python::capture(
+        ctx,
+        caller,
+        Frames::Walk {
+            slot: py_resume_slot(syscall),
+        },
+    );
     // SAFETY: `scratch` is this CPU's scratch record; every field of the event is written
     // before it is sent (the path buffer only up to `path_len`, which is all userspace
     // reads). The string read is bounded by PATH_CAP.

@@ -4,10 +4,10 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, programs::TracePointContext};
 use aya_log_ebpf::debug;
-use tracer_common::{ARG_UNKNOWN, Syscall};
+use tracer_common::{ARG_UNKNOWN, Syscall, python::py_resume_slot};
 
 use super::{args_at_exit, exit_probes, sockets_and_dups::emit_fd_event, syscall_result};
-use crate::emit::Caller;
+use crate::{emit::Caller, python::Frames};
 
 exit_probes!(
     emit_pair:
@@ -42,18 +42,24 @@ fn emit_pair(ctx: &TracePointContext, syscall: Syscall) {
             return;
         }
     };
+    let first = Frames::Walk {
+        slot: py_resume_slot(syscall),
+    };
     emit_fd_event(
         ctx,
         caller,
         fds[0],
         args.syscall,
         [fds[1] as u64, args.arg1, args.arg2],
+        first,
     );
+    // The same frames again: the walker runs once per program run.
     emit_fd_event(
         ctx,
         caller,
         fds[1],
         args.syscall,
         [fds[0] as u64, args.arg1, args.arg2],
+        Frames::Resend,
     );
 }

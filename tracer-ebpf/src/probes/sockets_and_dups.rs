@@ -3,12 +3,13 @@
 //! Kernel: net/socket.c __sys_socket(), __sys_accept4(); fs/file.c ksys_dup(), ksys_dup3().
 
 use aya_ebpf::programs::TracePointContext;
-use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall, abi::EBADF};
+use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall, abi::EBADF, python::py_resume_slot};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
     emit::{Caller, SyscallRegs, capture_stack},
     maps::{FD_SCRATCH, output_with_stack},
+    python::{self, Frames},
 };
 
 exit_probes!(
@@ -33,7 +34,17 @@ pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
         // past the limit: userspace tells which from its table).
         if fd == -EBADF && matches!(syscall, Syscall::Dup2 | Syscall::Dup3) {
             let new_fd = SyscallRegs::current().map_or(-1, |regs| regs.args[1] as u32 as i32);
-            emit_close_failed(ctx, caller, args.arg0 as u32 as i32, syscall, new_fd);
+            let frames = Frames::Walk {
+                slot: py_resume_slot(syscall),
+            };
+            emit_close_failed(
+                ctx,
+                caller,
+                args.arg0 as u32 as i32,
+                syscall,
+                new_fd,
+                frames,
+            );
         }
         return;
     }
@@ -43,10 +54,14 @@ pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
         fd as i32,
         args.syscall,
         [args.arg0, args.arg1, args.arg2],
+        Frames::Walk {
+            slot: py_resume_slot(syscall),
+        },
     );
 }
 
-/// Emits one [`EventKind::FdCreated`] [`FdEvent`] with the caller's user stack.
+/// Emits one [`EventKind::FdCreated`] [`FdEvent`] with the caller's user stack, and the
+/// Python frames as `frames` says.
 #[inline(always)]
 pub(super) fn emit_fd_event(
     ctx: &TracePointContext,
@@ -54,8 +69,16 @@ pub(super) fn emit_fd_event(
     fd: i32,
     syscall: u32,
     args: [u64; 3],
+    frames: Frames,
 ) {
-    emit(Some(ctx), caller, EventKind::FdCreated, fd, syscall, args);
+    emit(
+        Some((ctx, frames)),
+        caller,
+        EventKind::FdCreated,
+        fd,
+        syscall,
+        args,
+    );
 }
 
 /// Emits one [`EventKind::CloseFailed`] [`FdEvent`] with the caller's user stack: `fd` was
@@ -68,10 +91,11 @@ pub(super) fn emit_close_failed(
     fd: i32,
     syscall: Syscall,
     target: i32,
+    frames: Frames,
 ) {
     let args = [target as i64 as u64, 0, 0];
     emit(
-        Some(ctx),
+        Some((ctx, frames)),
         caller,
         EventKind::CloseFailed,
         fd,
@@ -88,10 +112,10 @@ pub(super) fn emit_fd_changed(caller: Caller, fd: i32, syscall: u32, args: [u64;
 }
 
 /// Writes one [`FdEvent`] into the ring; with `birth` (the tracepoint's context), the user
-/// stack too.
+/// stack too, and the Python frames before it as its [`Frames`] say.
 #[inline(always)]
 fn emit(
-    birth: Option<&TracePointContext>,
+    birth: Option<(&TracePointContext, Frames)>,
     caller: Caller,
     kind: EventKind,
     fd: i32,
@@ -101,13 +125,16 @@ fn emit(
     let Some(scratch) = FD_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    if let Some((ctx, frames)) = birth {
+        python::capture(ctx, caller, frames);
+    }
     // SAFETY: `scratch` is this CPU's scratch record; every field of the event is written
     // (the stack marked absent, sp = 0 and len = 0, when not taken), and the stack bytes
     // that are sent.
     unsafe {
         let event = &raw mut (*scratch).event;
         let (copied, stack_id) = match birth {
-            Some(ctx) => capture_stack(
+            Some((ctx, _)) => capture_stack(
                 ctx,
                 caller.tid,
                 &raw mut (*event).stack,

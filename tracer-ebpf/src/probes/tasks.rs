@@ -9,7 +9,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use aya_log_ebpf::debug;
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, GROUP_DEAD_UNKNOWN,
-    NO_STACK, Syscall,
+    NO_STACK, Syscall, python::PY_FORK_SLOT,
 };
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
         EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
         output_with_stack,
     },
+    python::{self, Frames},
 };
 
 /// SIGCHLD: what fork(2) passes as clone flags.
@@ -90,8 +91,13 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     };
     let (syscall, clone_flags) = creating_call(&ctx, parent);
     let is_thread = clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_THREAD != 0;
-    if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
-        count_lost(LOST_FOLLOW_FULL);
+    // Everything above is safe to run twice, as the walker's return makes it.
+    python::capture(&ctx, parent, Frames::Walk { slot: PY_FORK_SLOT });
+    if !is_thread {
+        if FOLLOWED.insert(&child_tid, &1, 0).is_err() {
+            count_lost(LOST_FOLLOW_FULL);
+        }
+        python::inherit(parent.tgid, child_tid);
     }
     let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -134,6 +140,7 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
         group_dead == 1 || (group_dead == GROUP_DEAD_UNKNOWN && task.tid == task.tgid);
     if process_gone {
         let _ = FOLLOWED.remove(&task.tgid);
+        python::forget(task.tgid);
     } else if task.tid != task.tgid {
         // Drops the key a kernel-created thread may have been given at fork (see above).
         let _ = FOLLOWED.remove(&task.tid);
@@ -153,6 +160,7 @@ pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         // The new program has a new stack. (A thread that execs takes the process's tid.)
         let _ = STACK_BASES.remove(&task.tid);
         let _ = STACK_BASES.remove(&task.tgid);
+        python::forget(task.tgid);
         let event = ExecEvent {
             header: task.header(EventKind::Exec, NO_STACK),
         };

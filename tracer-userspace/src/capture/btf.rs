@@ -1,6 +1,8 @@
 //! Field offsets of kernel structs, from the kernel's BTF (/sys/kernel/btf/vmlinux), for the
-//! few fields the programs read without CO-RE: enough of the BTF format (linux/btf.h) to find
-//! a struct by name and a member's byte offset in it, through anonymous structs and unions.
+//! few fields the programs read without CO-RE (the descriptor table sys_enter_close checks, and
+//! `thread.fsbase`, by which the Python frame walk finds the calling thread's pthread): enough
+//! of the BTF format (linux/btf.h) to find a struct by name and a member's byte offset in it,
+//! through anonymous structs and unions.
 
 use std::{fs, path::Path};
 
@@ -228,6 +230,16 @@ pub(crate) fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     Ok(offsets)
 }
 
+/// Byte offset of `thread.fsbase` in `task_struct`, or None when this kernel's BTF has no
+/// such field (not x86-64) or cannot be read: Python frames are then not captured.
+pub(crate) fn task_fsbase_offset(path: &Path) -> Option<u64> {
+    let data = fs::read(path).ok()?;
+    let btf = Btf::parse(&data).ok()?;
+    let thread = btf.offset("task_struct", "thread").ok()?;
+    let fsbase = btf.offset("thread_struct", "fsbase").ok()?;
+    Some(u64::from(thread + fsbase))
+}
+
 fn fd_table(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     Ok(KernelOffsets {
         task_files: btf.offset("task_struct", "files")?,
@@ -351,5 +363,15 @@ mod tests {
             assert!(field < 136, "sock_common is 136 bytes: {tw:?}");
         }
         assert!(tw.net_hashinfo > 0 && tw.net_hashinfo < 65536, "{tw:?}");
+    }
+
+    /// This kernel's BTF (every kernel the tracer runs on has one: it is checked at start)
+    /// places fsbase inside task_struct, after the scheduler's fields.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn finds_fsbase_in_this_kernels_task_struct() {
+        let offset = task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"))
+            .expect("thread.fsbase in task_struct");
+        assert!(offset > 1000 && offset < 16384, "offset {offset}");
     }
 }

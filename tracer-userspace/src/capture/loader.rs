@@ -8,17 +8,18 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
-    KERNEL_OFFSETS_GLOBAL, KernelOffsets, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL,
-    map_names,
+    FSBASE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, OFFSETS_GLOBAL, STACK_COPY_GLOBAL,
+    WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
     btf,
     kernel_log::{KernelLog, kernel_log_level},
+    python_walk,
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
 };
@@ -133,7 +134,8 @@ pub(crate) enum LoadError {
 pub(crate) struct LostCounts {
     /// Events dropped because the ring buffer was full.
     pub ring_full: u64,
-    /// Syscalls whose arguments could not be stashed (too many in flight).
+    /// Events lost in flight: a program the Python frame walker could not resume (see
+    /// python_walk.rs; the loader installs every one, so this stays 0 unless that breaks).
     pub in_flight_full: u64,
     /// Children that could not be followed (followed-process map full).
     pub follow_full: u64,
@@ -154,6 +156,12 @@ pub(crate) struct Probes {
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
+    /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
+    python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
+    /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
+    python_threads: RefCell<HashMap<MapData, u32, u64>>,
+    /// The frame walker and the programs it returns to; held so the kernel keeps them.
+    _python_programs: ProgramArray<MapData>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
@@ -248,11 +256,14 @@ pub(crate) fn load(
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
+    let fsbase_offset = super::btf::task_fsbase_offset(&btf_path()).unwrap_or(u64::MAX);
+    log::debug!("task_struct thread.fsbase at {fsbase_offset:#x}");
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(FSBASE_GLOBAL, &fsbase_offset, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
@@ -274,6 +285,8 @@ pub(crate) fn load(
         links.push(attach(&mut ebpf, probe)?);
         attached.push(probe.name);
     }
+    // No Python process is configured yet, so no program asks for the walker before this.
+    let python_programs = python_walk::install(&mut ebpf, &attached)?;
 
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
@@ -282,12 +295,21 @@ pub(crate) fn load(
             .map_err(map_error(map_names::FOLLOWED))?,
         listen_ports: HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
             .map_err(map_error(map_names::LISTEN_PORTS))?,
+        python: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
+                .map_err(map_error(map_names::PY_PROCS))?,
+        ),
+        python_threads: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_TSTATES)?)
+                .map_err(map_error(map_names::PY_TSTATES))?,
+        ),
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
         stack_bases: RefCell::new(
             HashMap::try_from(take_map(&mut ebpf, map_names::STACK_BASES)?)
                 .map_err(map_error(map_names::STACK_BASES))?,
         ),
+        _python_programs: python_programs,
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
             .map_err(map_error(map_names::LOST))?,
         attached,
@@ -382,6 +404,21 @@ impl Probes {
         }
     }
 
+    /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks
+    /// carry Python frames. A failure costs only those frames, so it is logged.
+    pub(crate) fn set_python(&self, tgid: u32, config: &PyProcConfig) {
+        if let Err(err) = self.python.borrow_mut().insert(tgid, *config, 0) {
+            log::warn!("pid {tgid}: cannot configure Python frames: {err}");
+        }
+    }
+
+    /// Tells the kernel which `PyThreadState` a thread has (it checks it at each use).
+    pub(crate) fn set_python_thread(&self, tid: u32, tstate: u64) {
+        if let Err(err) = self.python_threads.borrow_mut().insert(tid, tstate, 0) {
+            log::debug!("thread {tid}: cannot seed its Python thread state: {err}");
+        }
+    }
+
     pub(crate) fn lost(&self) -> LostCounts {
         let sum = |index: u32| -> u64 {
             self.lost
@@ -467,6 +504,8 @@ mod tests {
                     .is_some_and(is_program_section)
             })
             .map(|symbol| symbol.name().expect("program names are UTF-8"))
+            // Reached by tail calls, never attached (see python_walk.rs).
+            .filter(|name| *name != tracer_common::python::PY_WALK_PROGRAM)
             .collect();
         in_object.sort_unstable();
         let mut listed: Vec<&str> = PROBES.iter().map(|probe| probe.name).collect();

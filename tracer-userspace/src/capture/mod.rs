@@ -5,6 +5,7 @@
 mod btf;
 mod kernel_log;
 mod loader;
+mod python_walk;
 mod tracefs;
 mod verifier;
 

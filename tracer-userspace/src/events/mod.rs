@@ -10,8 +10,8 @@ use tracer_common::Syscall;
 use crate::model::StackRef;
 
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
-/// creation event, borrowed from the ring buffer record: they are unwound at once and never
-/// kept, so they are not copied.
+/// creation event, borrowed from the ring buffer record: unwound at once, or copied
+/// ([`OwnedStackTop`]) when the unwinding is deferred.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StackTop<'r> {
     pub sp: u64,
@@ -20,6 +20,40 @@ pub(crate) struct StackTop<'r> {
     pub ip: u64,
     /// The stack memory from `sp` up (as much as the kernel could copy).
     pub bytes: &'r [u8],
+}
+
+impl StackTop<'_> {
+    /// A copy that outlives the record, for a stack whose unwinding is deferred.
+    pub(crate) fn copy_into(self, mut buffer: Vec<u8>) -> OwnedStackTop {
+        buffer.clear();
+        buffer.extend_from_slice(self.bytes);
+        OwnedStackTop {
+            sp: self.sp,
+            bp: self.bp,
+            ip: self.ip,
+            bytes: buffer,
+        }
+    }
+}
+
+/// A [`StackTop`] copied out of the ring buffer: kept while its unwinding is deferred.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OwnedStackTop {
+    pub sp: u64,
+    pub bp: u64,
+    pub ip: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl OwnedStackTop {
+    pub(crate) fn as_top(&self) -> StackTop<'_> {
+        StackTop {
+            sp: self.sp,
+            bp: self.bp,
+            ip: self.ip,
+            bytes: &self.bytes,
+        }
+    }
 }
 
 /// A decoded record: the event, and the stack copied with it, if any.
@@ -79,6 +113,17 @@ pub(crate) enum EventBody {
     /// (unshare(CLONE_FILES)).
     FilesUnshared,
     TcpState(TcpState),
+    /// The calling thread's Python frames, for its next event with a stack (the kernel
+    /// sends them right before it). Consumed by the stack store; never applied.
+    PythonStack(PythonStack),
+}
+
+/// The Python frames the kernel walked, innermost first, and the walk's
+/// `tracer_common::python::PY_*` flags (cut, no thread state, a failed read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PythonStack {
+    pub flags: u32,
+    pub frames: Vec<tracer_common::python::PyFrameRecord>,
 }
 
 /// A descriptor created from a path (open, openat, openat2, creat) or by memfd_create.

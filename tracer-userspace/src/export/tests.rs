@@ -168,6 +168,7 @@ fn inlined_frames_share_a_location() {
         file: Some("app.rs".to_owned()),
         line: Some(line),
         inlined,
+        runtime: None,
     };
     let stack: Arc<[FrameEntry]> = Arc::from(vec![
         frame(0x10, "open_file", 3, false),

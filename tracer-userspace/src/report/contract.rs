@@ -130,6 +130,10 @@ pub(crate) struct FrameEntry {
     /// Inlined into the next frame (same address); absent when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inlined: bool,
+    /// `"python"` on a frame of Python code (`symbol` is its qualified name, `file` and
+    /// `line` where it is); absent on native frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
 }
 
 fn hex_addr<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -145,6 +149,7 @@ impl From<Frame> for FrameEntry {
             file: frame.file,
             line: frame.line,
             inlined: frame.inlined,
+            runtime: frame.python.then_some("python"),
         }
     }
 }

@@ -35,7 +35,7 @@ fn event_lines(report: &Report, out: &mut String) {
     if report.events.lost > 0 {
         let _ = writeln!(
             out,
-            "WARNING: {} events were lost (ring buffer full: {}, in-flight table full: {}, children not followed: {}); descriptors were checked against /proc: {} closes and {} births recovered",
+            "WARNING: {} events were lost (ring buffer full: {}, lost in flight: {}, children not followed: {}); descriptors were checked against /proc: {} closes and {} births recovered",
             report.events.lost,
             report.events.lost_ring_buffer_full,
             report.events.lost_in_flight_full,
