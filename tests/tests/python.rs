@@ -4,8 +4,10 @@
 //! prints them: qualified name, file and line, innermost first), for a function called from
 //! a known caller, in a thread started by `threading.Thread(...).start()` (whose creation
 //! stack names the starting function), in a forked worker from its first event, and for a
-//! stack deeper than the kernel's frame limit (the stack says it was cut). A build that is
-//! absent is skipped with a printed reason.
+//! stack deeper than the kernel's frame limit (the stack says it was cut), and for a file kept
+//! open past the tracer's deferral window while the process keeps opening and closing others
+//! (its stack is unwound late, and must carry the Python frames that came with its open). A
+//! build that is absent is skipped with a printed reason.
 
 use std::{
     path::{Path, PathBuf},
@@ -258,6 +260,21 @@ fn forked_worker_has_python_frames_from_its_first_event() {
     }
 }
 
+/// A file kept open while the process opens and closes the same file every millisecond for
+/// half a second: its open is not the thread's first walk, so its stack waits (with its Python
+/// frames) until the descriptor outlives the deferral window, and is unwound then, among
+/// births that are dropped unwound. It must name the interpreter's frames all the same.
+#[test]
+fn kept_past_the_deferral_window_keeps_its_python_frames() {
+    require_root();
+    for (label, python) in interpreters() {
+        let run = run(&python, "churn");
+        assert_frames_match(&label, &run, run.pid, 1);
+        let names: Vec<&str> = run.frames.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names[..2], ["open_cache_file", "main"], "{label}");
+    }
+}
+
 /// Deeper than the kernel walks: the innermost frames are there, and the stack says it was
 /// cut.
 #[test]
@@ -291,8 +308,9 @@ fn deeper_than_the_limit_says_it_was_cut() {
 
 /// Descriptors born from other calls than open, and a failed close, carry the Python frames
 /// of the function that made them: both ends of a pipe and of a socketpair (the kernel
-/// walks once per call and sends the frames again for the second end), a socket, and the
-/// second close of a number (whose frames are walked before the close is sent).
+/// walks once per call and sends the frames again for the second end), a socket, a
+/// descriptor received over a unix socket, and the second close of a number (whose frames
+/// are walked before the close is sent).
 #[test]
 fn pipes_sockets_and_failed_closes_have_python_frames() {
     require_root();
@@ -328,6 +346,11 @@ fn pipes_sockets_and_failed_closes_have_python_frames() {
             made_by("make_pair", line("# PAIR")),
             ["socket", "socket"],
             "{label}: both ends of the socketpair\n{ctx}"
+        );
+        assert_eq!(
+            made_by("receive_fd", line("# RECEIVE")).len(),
+            1,
+            "{label}: the descriptor received over a unix socket\n{ctx}"
         );
         let closes: Vec<Vec<PyFrame>> = run.report.json["bad_closes"]
             .as_array()

@@ -10,10 +10,12 @@ use core::mem::size_of;
 pub mod abi;
 mod abi_enum;
 pub mod python;
+pub mod time_wait;
 
 /// Kept at the crate root, where both sides have always imported them from.
 pub use abi::{CLONE_FILES, CLONE_THREAD};
 use abi_enum::abi_enum;
+pub use time_wait::TimeWaitOffsets;
 
 /// Bytes of a path captured at open time; longer paths are truncated and flagged.
 pub const PATH_CAP: usize = 256;
@@ -325,8 +327,12 @@ pub struct TcpStateEvent {
     /// IPv4 addresses in the first 4 bytes, or IPv6 addresses: network byte order.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
+    /// For a change to `CLOSE` from `FIN_WAIT1`, `FIN_WAIT2` or `CLOSING`: whether a
+    /// `TIME_WAIT` socket took the connection over ([`time_wait`]).
+    pub time_wait: u8,
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<TcpStateEvent>() == 24 + 8 + 8 + 32);
+const _: () = assert!(size_of::<TcpStateEvent>() == 24 + 8 + 8 + 32 + 8);
 
 /// Offset of a field that the running kernel's tracepoint does not have.
 pub const FIELD_ABSENT: u32 = u32::MAX;
@@ -391,10 +397,11 @@ impl TracepointOffsets {
     }
 }
 
-/// Byte offsets of the kernel struct fields sys_enter_close reads to tell whether the
-/// descriptor it is given is open (`current->files->fdt->fd[fd]`), from this kernel's BTF
-/// (/sys/kernel/btf/vmlinux) at load time; [`FIELD_ABSENT`] when the BTF lacks one, which
-/// turns the check (and so the report of closes of descriptors that were not open) off.
+/// Byte offsets of the kernel struct fields the programs read without CO-RE, from this
+/// kernel's BTF (/sys/kernel/btf/vmlinux) at load time: sys_enter_close's, to tell whether the
+/// descriptor it is given is open (`current->files->fdt->fd[fd]`), and inet_sock_set_state's
+/// ([`TimeWaitOffsets`]). [`FIELD_ABSENT`] when the BTF lacks one, which turns that check off
+/// (for close, the report of closes of descriptors that were not open).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -406,8 +413,11 @@ pub struct KernelOffsets {
     pub fdt_max_fds: u32,
     /// `struct fdtable`: `fd` (`struct file **`).
     pub fdt_fd: u32,
+    /// Where inet_sock_set_state looks for the `TIME_WAIT` socket that took a closing
+    /// connection over ([`time_wait`]); absent as a group.
+    pub tw: TimeWaitOffsets,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 4 * 4);
+const _: () = assert!(size_of::<KernelOffsets>() == 4 * 4 + size_of::<TimeWaitOffsets>());
 
 impl KernelOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -417,6 +427,7 @@ impl KernelOffsets {
             files_fdt: FIELD_ABSENT,
             fdt_max_fds: FIELD_ABSENT,
             fdt_fd: FIELD_ABSENT,
+            tw: TimeWaitOffsets::absent(),
         }
     }
 }

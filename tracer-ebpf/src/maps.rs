@@ -166,6 +166,18 @@ macro_rules! offset {
 }
 pub(crate) use offset;
 
+/// Reads one field of [`KERNEL_OFFSETS`] (`tw.field` for [`TimeWaitOffsets`]); volatile so the
+/// placeholder is not folded.
+///
+/// [`TimeWaitOffsets`]: tracer_common::TimeWaitOffsets
+macro_rules! kernel_offset {
+    ($($field:ident).+) => {
+        // SAFETY: a plain read of a load-time constant.
+        unsafe { core::ptr::read_volatile(&raw const $crate::maps::KERNEL_OFFSETS.$($field).+) }
+    };
+}
+pub(crate) use kernel_offset;
+
 /// Adds one to a per-CPU loss counter.
 #[inline(always)]
 pub(crate) fn count_lost(which: u32) {

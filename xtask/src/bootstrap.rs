@@ -30,7 +30,8 @@ const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 /// PostgreSQL and pgbench, Redis and redis-benchmark, `ss` to compare TCP states with,
 /// tmux, the terminal the `--live` test drives (`tests/tests/live.rs`), and for `--serve`
 /// (`tests/tests/serve.rs`): Prometheus and promtool, Go's `go tool pprof`, curl; uWSGI with
-/// its Python 3 plugin (`tests/tests/python.rs`: an embedded interpreter).
+/// its Python 3 plugin (`tests/tests/python.rs`: an embedded interpreter); and Node, whose
+/// JIT frames `tests/tests/jit_frames.rs` names from its perf map.
 const SERVER_PACKAGES: &[&str] = &[
     "postgresql",
     "redis-server",
@@ -42,6 +43,7 @@ const SERVER_PACKAGES: &[&str] = &[
     "curl",
     "uwsgi-core",
     "uwsgi-plugin-python3",
+    "nodejs",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -19,7 +19,7 @@ use tracer_common::{
 use super::sockets_and_dups::emit_close_failed;
 use crate::{
     emit::{Caller, read_u64},
-    maps::{KERNEL_OFFSETS, offset, output},
+    maps::{kernel_offset, offset, output},
     python::Frames,
 };
 
@@ -43,14 +43,6 @@ pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
         output(&event);
     }
     0
-}
-
-/// Reads one field of [`KERNEL_OFFSETS`] (volatile, so the placeholder is not folded).
-macro_rules! kernel_offset {
-    ($field:ident) => {
-        // SAFETY: a plain read of a load-time constant.
-        unsafe { core::ptr::read_volatile(&raw const KERNEL_OFFSETS.$field) }
-    };
 }
 
 /// Whether `fd` is open in the calling task's descriptor table, as close_fd() will find it

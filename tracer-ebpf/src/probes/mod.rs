@@ -12,6 +12,7 @@ pub(crate) mod sockets_and_dups;
 pub(crate) mod special_fds;
 pub(crate) mod tasks;
 pub(crate) mod tcp;
+pub(crate) mod time_wait;
 
 use aya_ebpf::programs::TracePointContext;
 use aya_log_ebpf::debug;

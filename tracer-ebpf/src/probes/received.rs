@@ -8,10 +8,10 @@
 
 use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::debug;
-use tracer_common::Syscall;
+use tracer_common::{Syscall, python::py_resume_slot};
 
-use super::{Args, call_at_exit, sockets_and_dups::emit_received_fd_event};
-use crate::emit::Caller;
+use super::{Args, call_at_exit, sockets_and_dups::emit_fd_event};
+use crate::{emit::Caller, python::Frames};
 
 const MAX_CMSGS: usize = 2;
 const MAX_FDS: usize = 8;
@@ -61,6 +61,12 @@ fn emit_received(
         let Some(length) = read_user(msg.add(MSG_CONTROLLEN).cast::<u64>(), failed) else {
             return;
         };
+        // The first descriptor's capture site has the walker send the Python frames (the
+        // program then runs again from its start: nothing was sent before it); the others
+        // send the same frames again.
+        let mut frames = Frames::Walk {
+            slot: py_resume_slot(Syscall::Recvmsg),
+        };
         let mut at: u64 = 0;
         for _ in 0..MAX_CMSGS {
             if at + CMSG_HEADER > length {
@@ -89,7 +95,8 @@ fn emit_received(
                     let Some(fd) = read_user(slot, failed) else {
                         break;
                     };
-                    emit_received_fd_event(ctx, caller, fd, args.syscall, [args.arg1, 0, 0]);
+                    emit_fd_event(ctx, caller, fd, args.syscall, [args.arg1, 0, 0], frames);
+                    frames = Frames::Resend;
                 }
             }
             // CMSG_NXTHDR: the next header starts at the 8-byte aligned end of this one.

@@ -81,26 +81,6 @@ pub(super) fn emit_fd_event(
     );
 }
 
-/// Like [`emit_fd_event`], without the Python frames: for the descriptors recvmsg received,
-/// emitted in a loop in which the frame walk does not fit the verifier's budget.
-#[inline(always)]
-pub(super) fn emit_received_fd_event(
-    ctx: &TracePointContext,
-    caller: Caller,
-    fd: i32,
-    syscall: u32,
-    args: [u64; 3],
-) {
-    emit(
-        Some((ctx, Frames::Skip)),
-        caller,
-        EventKind::FdCreated,
-        fd,
-        syscall,
-        args,
-    );
-}
-
 /// Emits one [`EventKind::CloseFailed`] [`FdEvent`] with the caller's user stack: `fd` was
 /// not open when `syscall` named it (for dup2/dup3, `target` is the number it was copied onto,
 /// -1 for close).

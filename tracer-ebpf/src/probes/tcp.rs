@@ -9,7 +9,8 @@
 //! therefore belongs to the followed process that last changed its state itself (or that
 //! listens on its local port, for sockets it is about to accept), remembered by its
 //! `struct sock` address until it closes; a change made on behalf of another task never
-//! makes the socket anyone's.
+//! makes the socket anyone's. A close from `FIN_WAIT*`/`CLOSING` says whether a `TIME_WAIT`
+//! socket took the connection over ([`super::time_wait`]).
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use tracer_common::{
@@ -114,8 +115,22 @@ pub(crate) fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             let _ = LISTEN_PORTS.insert(&sport, &owner, 0);
         }
     }
-    emit(&ctx, current, owner, skaddr, old, new, sport);
+    let time_wait = if new == close && closes_into_time_wait(old) {
+        super::time_wait::taken_over(skaddr, sport)
+    } else {
+        tracer_common::time_wait::UNKNOWN
+    };
+    emit(&ctx, current, owner, skaddr, (old, new), sport, time_wait);
     0
+}
+
+/// The states tcp_time_wait() hands a connection over from (net/ipv4/tcp_input.c,
+/// tcp_minisocks.c): `FIN_WAIT2`, `CLOSING`, and `FIN_WAIT1` on an ACK that also carries FIN.
+#[inline(always)]
+fn closes_into_time_wait(old: u32) -> bool {
+    old == state(tcp_state::FIN_WAIT2)
+        || old == state(tcp_state::CLOSING)
+        || old == state(tcp_state::FIN_WAIT1)
 }
 
 #[inline(always)]
@@ -124,9 +139,9 @@ fn emit(
     current: Caller,
     owner: u32,
     skaddr: u64,
-    old: u32,
-    new: u32,
+    (old, new): (u32, u32),
     sport: u16,
+    time_wait: u8,
 ) {
     let Some(mut entry) = EVENTS.reserve::<TcpStateEvent>(0) else {
         count_lost(LOST_RING_FULL);
@@ -159,6 +174,8 @@ fn emit(
         (*event).dport = dport;
         (*event).saddr = saddr;
         (*event).daddr = daddr;
+        (*event).time_wait = time_wait;
+        (*event)._pad = [0; 7];
     }
     entry.submit(submit_flags(core::mem::size_of::<TcpStateEvent>() as u64));
 }

@@ -20,7 +20,16 @@ impl Aggregator {
     /// A descriptor opened from a path (or memfd_create's name), described from the path
     /// as resolved against the working directory or `dirfd` at open time.
     pub(super) fn on_file_opened(&mut self, header: &Header, opened: &FileOpened) {
-        let cwd = self.caller(header.tgid).cwd.clone();
+        // Only a relative path needs the working directory (most opens are absolute).
+        let relative = opened
+            .path
+            .as_deref()
+            .is_some_and(|p| p.first() != Some(&b'/'));
+        let cwd = if relative {
+            self.caller(header.tgid).cwd.clone()
+        } else {
+            None
+        };
         let process = self.table(header.tgid);
         let birth = births::from_path(
             opened.syscall,

@@ -82,6 +82,14 @@ impl Lives {
             .filter(move |l| l.descriptor.fd == fd)
     }
 
+    /// Like [`Self::of`], to change them.
+    pub(crate) fn of_mut(&mut self, fd: i32) -> impl Iterator<Item = &mut Life> {
+        self.ring
+            .iter_mut()
+            .rev()
+            .filter(move |l| l.descriptor.fd == fd)
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.ring.len()

@@ -5,7 +5,8 @@
 //! Files: this one (the tables, snapshots in, queries out, and `apply`), handlers.rs (one
 //! handler per event kind), types.rs (what is kept), births.rs (what a new descriptor is),
 //! sharing.rs (CLONE_FILES tables), reconcile.rs (comparison with /proc), at_exit.rs (what
-//! processes held when they exited, folded per stack).
+//! processes held when they exited, folded per stack), lives.rs (closed descriptors, failed
+//! closes), pending.rs (stacks whose unwinding was deferred).
 
 use foldhash::HashMap;
 
@@ -13,6 +14,7 @@ mod at_exit;
 mod births;
 mod handlers;
 mod lives;
+mod pending;
 mod reconcile;
 mod sharing;
 mod types;

@@ -6,7 +6,7 @@
 
 use std::{fs, path::Path};
 
-use tracer_common::KernelOffsets;
+use tracer_common::{KernelOffsets, TimeWaitOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BtfError {
@@ -21,6 +21,8 @@ pub(crate) enum BtfError {
     NoStruct(String),
     #[error("the BTF's struct {0} has no member {1}")]
     NoMember(String, String),
+    #[error("the BTF's struct {0} holds {1} through a pointer")]
+    NotEmbedded(String, String),
 }
 
 const MAGIC: u16 = 0xEB9F;
@@ -141,8 +143,9 @@ impl<'a> Btf<'a> {
         None
     }
 
-    /// Byte offset of member `member` in `ty`, looking into anonymous structs and unions.
-    fn member_offset(&self, ty: Type, member: &str, depth: u32) -> Option<u32> {
+    /// Byte offset and type id of member `member` in `ty`, looking into anonymous structs and
+    /// unions.
+    fn member_offset(&self, ty: Type, member: &str, depth: u32) -> Option<(u32, u32)> {
         if depth > 8 {
             return None;
         }
@@ -161,32 +164,70 @@ impl<'a> Btf<'a> {
             };
             let name = self.name(name_off);
             if name == member.as_bytes() {
-                return Some(bits / 8);
+                return Some((bits / 8, type_id));
             }
             if name.is_empty()
                 && let Some(inner) = self.resolved(type_id)
                 && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
-                && let Some(found) = self.member_offset(inner, member, depth + 1)
+                && let Some((found, found_type)) = self.member_offset(inner, member, depth + 1)
             {
-                return Some(bits / 8 + found);
+                return Some((bits / 8 + found, found_type));
             }
         }
         None
     }
 
     fn offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        self.member(strukt, member).map(|(offset, _)| offset)
+    }
+
+    fn member(&self, strukt: &str, member: &str) -> Result<(u32, u32), BtfError> {
         self.member_offset(self.struct_named(strukt)?, member, 0)
             .ok_or_else(|| BtfError::NoMember(strukt.to_owned(), member.to_owned()))
     }
+
+    /// Byte offset of `member`, a struct held in `strukt` itself (not a pointer to one).
+    fn embedded(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        let (offset, type_id) = self.member(strukt, member)?;
+        match self.resolved(type_id) {
+            Some(ty) if ty.kind == KIND_STRUCT => Ok(offset),
+            _ => Err(BtfError::NotEmbedded(strukt.to_owned(), member.to_owned())),
+        }
+    }
+
+    /// Size in bytes of the struct called `name`.
+    fn size(&self, name: &str) -> Result<u32, BtfError> {
+        Ok(self.struct_named(name)?.size_or_type)
+    }
 }
 
-/// The offsets sys_enter_close needs, from the BTF at `path`.
+/// The offsets sys_enter_close and inet_sock_set_state need, from the BTF at `path`. A group
+/// the BTF lacks a field of is left absent, which turns its check off (said once, here).
 pub(crate) fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
     let data = fs::read(path).map_err(|source| BtfError::Read {
         path: path.display().to_string(),
         source,
     })?;
-    offsets_in(&data)
+    let btf = Btf::parse(&data)?;
+    let mut offsets = match fd_table(&btf) {
+        Ok(offsets) => offsets,
+        Err(err) => {
+            log::warn!(
+                "cannot find the descriptor table's layout in this kernel's BTF ({err}): \
+                 closes of descriptors that were not open (EBADF) are not reported"
+            );
+            KernelOffsets::absent()
+        }
+    };
+    offsets.tw = time_wait(&btf).unwrap_or_else(|err| {
+        log::warn!(
+            "cannot find the TCP connection table's layout in this kernel's BTF ({err}): a \
+             connection closed without a TIME_WAIT socket (net.ipv4.tcp_max_tw_buckets \
+             reached, or reset) is counted as TIME_WAIT"
+        );
+        TimeWaitOffsets::absent()
+    });
+    Ok(offsets)
 }
 
 /// Byte offset of `thread.fsbase` in `task_struct`, or None when this kernel's BTF has no
@@ -199,13 +240,34 @@ pub(crate) fn task_fsbase_offset(path: &Path) -> Option<u64> {
     Some(u64::from(thread + fsbase))
 }
 
-fn offsets_in(data: &[u8]) -> Result<KernelOffsets, BtfError> {
-    let btf = Btf::parse(data)?;
+fn fd_table(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     Ok(KernelOffsets {
         task_files: btf.offset("task_struct", "files")?,
         files_fdt: btf.offset("files_struct", "fdt")?,
         fdt_max_fds: btf.offset("fdtable", "max_fds")?,
         fdt_fd: btf.offset("fdtable", "fd")?,
+        tw: TimeWaitOffsets::absent(),
+    })
+}
+
+/// See [`TimeWaitOffsets`]: `net->ipv4.tcp_death_row` is embedded since Linux 6.1, which
+/// also gave it `hashinfo` (the per-namespace table, or the global one).
+fn time_wait(btf: &Btf) -> Result<TimeWaitOffsets, BtfError> {
+    Ok(TimeWaitOffsets {
+        skc_hash: btf.offset("sock_common", "skc_hash")?,
+        skc_portpair: btf.offset("sock_common", "skc_portpair")?,
+        skc_state: btf.offset("sock_common", "skc_state")?,
+        skc_net: btf.offset("sock_common", "skc_net")?,
+        skc_nulls_node: btf.offset("sock_common", "skc_nulls_node")?,
+        nulls_next: btf.offset("hlist_nulls_node", "next")?,
+        net_hashinfo: btf.embedded("net", "ipv4")?
+            + btf.embedded("netns_ipv4", "tcp_death_row")?
+            + btf.offset("inet_timewait_death_row", "hashinfo")?,
+        hashinfo_ehash: btf.offset("inet_hashinfo", "ehash")?,
+        hashinfo_ehash_mask: btf.offset("inet_hashinfo", "ehash_mask")?,
+        bucket_size: btf.size("inet_ehash_bucket")?,
+        bucket_first: btf.embedded("inet_ehash_bucket", "chain")?
+            + btf.offset("hlist_nulls_head", "first")?,
     })
 }
 
@@ -279,6 +341,28 @@ mod tests {
         assert_eq!((offsets.fdt_max_fds, offsets.fdt_fd), (0, 8));
         assert!(offsets.task_files > 0 && offsets.task_files < 16384);
         assert!(offsets.files_fdt > 0 && offsets.files_fdt < 256);
+    }
+
+    /// On the running kernel: a hash bucket is one `hlist_nulls_head` (a pointer), whose
+    /// `first` and a node's `next` come first (include/linux/list_nulls.h); the connection
+    /// table's fields are all found, inside `struct sock_common` and `struct net`.
+    #[test]
+    fn reads_this_kernels_connection_table_layout() {
+        let tw = kernel_offsets(Path::new("/sys/kernel/btf/vmlinux"))
+            .unwrap()
+            .tw;
+        assert_eq!((tw.bucket_size, tw.bucket_first, tw.nulls_next), (8, 0, 0));
+        assert_eq!(tw.hashinfo_ehash, 0);
+        for field in [
+            tw.skc_hash,
+            tw.skc_portpair,
+            tw.skc_state,
+            tw.skc_net,
+            tw.skc_nulls_node,
+        ] {
+            assert!(field < 136, "sock_common is 136 bytes: {tw:?}");
+        }
+        assert!(tw.net_hashinfo > 0 && tw.net_hashinfo < 65536, "{tw:?}");
     }
 
     /// This kernel's BTF (every kernel the tracer runs on has one: it is checked at start)

@@ -211,15 +211,18 @@ fn btf_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(SYSFS_BTF))
 }
 
-/// Where sys_enter_close finds the calling task's descriptor table, from this kernel's BTF;
-/// without them, closes of descriptors that were not open go unreported (said once).
+/// Where sys_enter_close finds the calling task's descriptor table and inet_sock_set_state a
+/// connection's TIME_WAIT socket, from this kernel's BTF; without them, closes of descriptors
+/// that were not open go unreported and every close from FIN_WAIT counts as TIME_WAIT (said
+/// once).
 fn kernel_offsets() -> KernelOffsets {
     match btf::kernel_offsets(&btf_path()) {
         Ok(offsets) => offsets,
         Err(err) => {
             log::warn!(
-                "cannot find the descriptor table's layout in this kernel's BTF ({err}): \
-                 closes of descriptors that were not open (EBADF) are not reported"
+                "cannot read this kernel's BTF ({err}): closes of descriptors that were not \
+                 open (EBADF) are not reported, and connections closed without a TIME_WAIT \
+                 socket are counted as TIME_WAIT"
             );
             KernelOffsets::absent()
         }

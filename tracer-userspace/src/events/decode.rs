@@ -9,6 +9,7 @@ use tracer_common::{
     FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
     abi::{AF_INET, FD_CLOEXEC},
     python::{PyFrameRecord, PyStackEvent},
+    time_wait,
 };
 
 use super::{
@@ -95,18 +96,36 @@ fn syscall(raw: u32) -> Result<Syscall, DecodeError> {
 /// An event with the stack copied after its fixed part.
 type WithStack<'r> = (EventBody, Option<StackTop<'r>>);
 
-/// [`FileOpenEvent`]: the path is cut at `path_len`.
+/// A `T` at `offset` of `record`.
+fn read_at<T: Copy>(record: &[u8], offset: usize) -> Result<T, DecodeError> {
+    read(
+        record
+            .get(offset..)
+            .ok_or(DecodeError::TooShort(record.len()))?,
+    )
+}
+
+/// [`FileOpenEvent`]: the path is cut at `path_len`. Its fields are read one by one, so
+/// that the unused end of the path buffer is never read.
 fn file_opened(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
-    let raw: FileOpenEvent = read(record)?;
-    let len = usize::from(raw.path_len).min(PATH_CAP);
-    let stack_top = stack_top(&raw.stack, record, size_of::<FileOpenEvent>())?;
+    use std::mem::offset_of;
+    type E = FileOpenEvent;
+    if record.len() < size_of::<E>() {
+        return Err(DecodeError::TooShort(record.len()));
+    }
+    let len = usize::from(read_at::<u16>(record, offset_of!(E, path_len))?).min(PATH_CAP);
+    let path_unknown: u8 = read_at(record, offset_of!(E, path_unknown))?;
+    let path_truncated: u8 = read_at(record, offset_of!(E, path_truncated))?;
+    let regs: StackRegs = read_at(record, offset_of!(E, stack))?;
+    let stack_top = stack_top(&regs, record, size_of::<E>())?;
+    let path_at = offset_of!(E, path);
     let body = EventBody::FileOpened(FileOpened {
-        fd: raw.fd,
-        syscall: syscall(raw.syscall)?,
-        dirfd: raw.dirfd,
-        flags: raw.flags,
-        path: (raw.path_unknown == 0).then(|| raw.path[..len].to_vec()),
-        path_truncated: raw.path_truncated != 0,
+        fd: read_at(record, offset_of!(E, fd))?,
+        syscall: syscall(read_at(record, offset_of!(E, syscall))?)?,
+        dirfd: read_at(record, offset_of!(E, dirfd))?,
+        flags: read_at(record, offset_of!(E, flags))?,
+        path: (path_unknown == 0).then(|| record[path_at..path_at + len].to_vec()),
+        path_truncated: path_truncated != 0,
     });
     Ok((body, stack_top))
 }
@@ -222,6 +241,11 @@ fn tcp_state(record: &[u8]) -> Result<EventBody, DecodeError> {
         new: raw.newstate,
         local: socket_addr(raw.family, raw.saddr, raw.sport),
         remote: socket_addr(raw.family, raw.daddr, raw.dport),
+        time_wait: match raw.time_wait {
+            time_wait::TAKEN_OVER => Some(true),
+            time_wait::NONE => Some(false),
+            _ => None,
+        },
     }))
 }
 

@@ -10,8 +10,8 @@ use tracer_common::Syscall;
 use crate::model::StackRef;
 
 /// The user stack and frame pointers and the stack bytes above the stack pointer at a
-/// creation event, borrowed from the ring buffer record: they are unwound at once and never
-/// kept, so they are not copied.
+/// creation event, borrowed from the ring buffer record: unwound at once, or copied
+/// ([`OwnedStackTop`]) when the unwinding is deferred.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StackTop<'r> {
     pub sp: u64,
@@ -20,6 +20,40 @@ pub(crate) struct StackTop<'r> {
     pub ip: u64,
     /// The stack memory from `sp` up (as much as the kernel could copy).
     pub bytes: &'r [u8],
+}
+
+impl StackTop<'_> {
+    /// A copy that outlives the record, for a stack whose unwinding is deferred.
+    pub(crate) fn copy_into(self, mut buffer: Vec<u8>) -> OwnedStackTop {
+        buffer.clear();
+        buffer.extend_from_slice(self.bytes);
+        OwnedStackTop {
+            sp: self.sp,
+            bp: self.bp,
+            ip: self.ip,
+            bytes: buffer,
+        }
+    }
+}
+
+/// A [`StackTop`] copied out of the ring buffer: kept while its unwinding is deferred.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OwnedStackTop {
+    pub sp: u64,
+    pub bp: u64,
+    pub ip: u64,
+    pub bytes: Vec<u8>,
+}
+
+impl OwnedStackTop {
+    pub(crate) fn as_top(&self) -> StackTop<'_> {
+        StackTop {
+            sp: self.sp,
+            bp: self.bp,
+            ip: self.ip,
+            bytes: &self.bytes,
+        }
+    }
 }
 
 /// A decoded record: the event, and the stack copied with it, if any.
@@ -171,6 +205,9 @@ pub(crate) struct TcpState {
     pub new: u8,
     pub local: std::net::SocketAddr,
     pub remote: std::net::SocketAddr,
+    /// For a close from `FIN_WAIT*`/`CLOSING`: whether a `TIME_WAIT` socket took the
+    /// connection over, as the kernel's table said (`None`: not looked).
+    pub time_wait: Option<bool>,
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 
 /// UTF-8 text as is; each invalid byte as `\xNN`.
 pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return text.to_owned();
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         out.push_str(chunk.valid());

@@ -13,4 +13,4 @@ pub(crate) use frame::Frame;
 pub(crate) use kind::DescriptorKind;
 pub(crate) use listed_fd::ListedFd;
 pub(crate) use rate::{DecayingRate, recent_per_minute};
-pub(crate) use stack_ref::StackRef;
+pub(crate) use stack_ref::{PENDING_STACK, StackRef};

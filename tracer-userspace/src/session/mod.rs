@@ -8,8 +8,10 @@
 
 mod attach;
 mod child;
+mod deferral;
 mod live;
 mod pipeline;
+mod prepare;
 mod reconcile;
 mod resolver;
 mod snapshots;
@@ -225,6 +227,8 @@ fn build_report(
     command: Vec<String>,
     started_ns: u64,
 ) -> Report {
+    // Stacks whose unwinding was deferred are unwound now if their descriptors are open.
+    state.settle_stacks(u64::MAX);
     let now_ns = monotonic_ns();
     let lost = probes.lost();
     let facts = SessionFacts {

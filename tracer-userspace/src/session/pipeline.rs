@@ -15,6 +15,8 @@ use tracer_common::CLONE_THREAD;
 
 use super::{
     child::PausedChild,
+    deferral::Settle,
+    prepare::{Prepared, RecordCounts, apply_python_updates, prepare, send_stack_bases},
     reconcile::{self, Reconciler},
     snapshots::Snapshots,
 };
@@ -22,11 +24,11 @@ use crate::{
     aggregator::Aggregator,
     capture::{EventRing, Probes},
     clock::monotonic_ns,
-    events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
+    events::{EventBody, TaskCreated, TcpState},
     export::ReportRequest,
     procfs,
     report::Report,
-    stacks::{KernelStacks, PythonUpdates, StackStore},
+    stacks::{KernelStacks, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
 
@@ -115,6 +117,28 @@ impl<'p> State<'p> {
         );
     }
 
+    /// The tables and stacks, to settle deferred stacks against (see `session/deferral.rs`).
+    fn settle(&mut self) -> Settle<'_, Probes> {
+        Settle {
+            agg: &mut self.agg,
+            stacks: &mut self.stacks,
+            kernel: self.probes,
+        }
+    }
+
+    /// Unwinds the deferred stacks whose window has passed at `now_ns`, or all of them
+    /// (u64::MAX): the tables then hold only final stacks, as a report needs.
+    pub(super) fn settle_stacks(&mut self, now_ns: u64) {
+        self.settle().due(now_ns);
+        send_stack_bases(&mut self.stacks, self.probes);
+    }
+
+    /// A process gone without its exit event: its table's pending stacks are unwound first.
+    fn mark_vanished(&mut self, pid: u32, now_ns: u64) {
+        self.settle().table(pid);
+        self.agg.mark_vanished(pid, now_ns);
+    }
+
     /// Writes the interpreter layouts found since the last call into the kernel's map.
     pub(super) fn configure_python(&mut self) {
         apply_python_updates(self.probes, self.stacks.take_python_updates());
@@ -182,14 +206,16 @@ impl<'p> State<'p> {
 
     /// Decodes and applies one ring buffer record; returns its timestamp.
     fn apply_record(&mut self, record: &[u8]) -> Option<u64> {
-        let event = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
-        let at = event.header.timestamp_ns;
-        self.apply_event(event);
+        let prepared = prepare(&mut self.stacks, self.probes, &mut self.records, record)?;
+        let at = prepared.event.header.timestamp_ns;
+        self.apply_event(prepared);
         Some(at)
     }
 
-    /// Applies a [`prepare`]d event to the tables.
-    fn apply_event(&mut self, event: Event) {
+    /// Applies a [`prepare`]d event to the tables, and settles the deferred stacks whose
+    /// window has passed by its time.
+    fn apply_event(&mut self, Prepared { event, deferred }: Prepared) {
+        self.settle().before(&event);
         let header = &event.header;
         if let EventBody::TaskCreated(TaskCreated {
             child_tid,
@@ -206,6 +232,7 @@ impl<'p> State<'p> {
             new,
             local,
             remote,
+            time_wait,
         }) = &event.body
         {
             self.tcp.apply(&TcpTransition {
@@ -216,6 +243,7 @@ impl<'p> State<'p> {
                 local: *local,
                 remote: *remote,
                 at_ns: header.timestamp_ns,
+                time_wait: *time_wait,
             });
         }
         self.agg.apply(&event);
@@ -242,6 +270,8 @@ impl<'p> State<'p> {
             }
             _ => {}
         }
+        self.settle().after(deferred, event.header.timestamp_ns);
+        send_stack_bases(&mut self.stacks, self.probes);
     }
 
     /// A fork created `pid` while we still think an earlier process with that pid lives (its
@@ -255,7 +285,7 @@ impl<'p> State<'p> {
         if let Some(start_time) = earlier
             && procfs::start_time(pid) != Some(start_time)
         {
-            self.agg.mark_vanished(pid, now_ns);
+            self.mark_vanished(pid, now_ns);
         }
     }
 
@@ -302,6 +332,7 @@ pub(super) async fn event_loop(
             }
             _ = drain_timer.tick() => {
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
+                state.settle_stacks(monotonic_ns());
             }
             tick = snapshots.next() => {
                 if let Some(stop) = snapshots.handle(tick, state, ring.get_mut())? {
@@ -328,7 +359,7 @@ pub(super) async fn event_loop(
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
                 let now = monotonic_ns();
                 for pid in vanished {
-                    state.agg.mark_vanished(pid, now);
+                    state.mark_vanished(pid, now);
                 }
                 state.reconcile_if_due(ring.get_mut());
                 if state.agg.live_processes().next().is_none() {
@@ -354,66 +385,6 @@ async fn next_request(requests: &mut Option<ReportRequests<'_>>) -> ReportReques
         return request;
     }
     std::future::pending().await
-}
-
-/// Records read and records that could not be decoded.
-#[derive(Default)]
-pub(super) struct RecordCounts {
-    pub(super) received: u64,
-    pub(super) undecodable: u64,
-}
-
-/// Decodes a record and does what needs no descriptor table, so that it can also run while
-/// the tables are being listed: tells whether a task the kernel created by itself is a
-/// thread, and replaces the stack (registers and copied bytes, which are not kept) with the
-/// id of the unwound one. The event is then applied with `State::apply_event`.
-fn prepare(
-    stacks: &mut StackStore,
-    probes: &Probes,
-    records: &mut RecordCounts,
-    record: &[u8],
-) -> Option<Event> {
-    records.received += 1;
-    let Decoded {
-        mut event,
-        stack_top,
-    } = events::decode(record)
-        .map_err(|err| {
-            records.undecodable += 1;
-            log::warn!("undecodable event: {err}");
-        })
-        .ok()?;
-    if let EventBody::TaskCreated(TaskCreated {
-        child_tid,
-        clone_flags: clone_flags @ None,
-        ..
-    }) = &mut event.body
-    {
-        // Created inside the kernel (no clone call seen): /proc says if it is a thread.
-        let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
-        *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
-    }
-    if let EventBody::PythonStack(walk) = &event.body {
-        // Kept for the thread's next event, which the kernel sent right after it.
-        stacks.python_walked(event.header.tgid, event.header.tid, walk);
-        return None;
-    }
-    stacks.annotate(&mut event, stack_top, probes);
-    apply_python_updates(probes, stacks.take_python_updates());
-    for (tid, base) in stacks.take_stack_base_updates() {
-        probes.set_stack_base(tid, base);
-    }
-    Some(event)
-}
-
-/// Writes interpreter layouts and thread states into the kernel's maps.
-fn apply_python_updates(probes: &Probes, updates: PythonUpdates) {
-    for (tgid, config) in updates.procs {
-        probes.set_python(tgid, &config);
-    }
-    for (tid, tstate) in updates.threads {
-        probes.set_python_thread(tid, tstate);
-    }
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.

@@ -139,6 +139,8 @@ impl Snapshots {
             Tick::Check => {
                 let now = Instant::now();
                 if self.triggers.wants_counts() || self.live.is_some() {
+                    // Counted per final stack: the deferred ones are unwound (or dropped) now.
+                    state.settle_stacks(u64::MAX);
                     self.rates.update(Counts::of(&state.agg), now);
                 }
                 let rates = (self.triggers.wants_counts()).then_some(&self.rates);

@@ -10,7 +10,7 @@
 //! stacks, or the base was learned from a walk that ended early) unlearns it, so the next
 //! event copies in full again.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use super::unwind::Unwound;
 
@@ -20,11 +20,22 @@ pub(super) struct StackBases {
     known: HashMap<u32, u64>,
     /// Changes for the kernel's map, in order: Some(base) to set, None to delete.
     pending: Vec<(u32, Option<u64>)>,
+    /// Threads walked at least once since their base was last forgotten (or since they
+    /// started), with a number that tells this stretch from a later one of the same tid: their
+    /// later stacks may be deferred (`deferred.rs`), since their walk has already taught the
+    /// base if it could.
+    walked: HashMap<u32, u64>,
+    epochs: u64,
 }
 
 impl StackBases {
     /// Learns from the walk of one event's stack: `copied` bytes were copied from `sp` up.
     pub(super) fn observe(&mut self, tid: u32, sp: u64, copied: usize, unwound: &Unwound) {
+        let epochs = &mut self.epochs;
+        self.walked.entry(tid).or_insert_with(|| {
+            *epochs += 1;
+            *epochs
+        });
         let known = self.known.get(&tid).copied();
         if unwound.reached_root && unwound.stack_used > 0 {
             let base = sp + unwound.stack_used as u64;
@@ -46,9 +57,33 @@ impl StackBases {
     /// The thread exited or its process exec'd: the kernel has dropped its base, and must not
     /// get it back from an event read late.
     pub(super) fn forget(&mut self, tid: u32) {
+        self.walked.remove(&tid);
         if self.known.remove(&tid).is_some() {
             self.pending.push((tid, None));
         }
+    }
+
+    /// Like [`Self::observe`], for a walk deferred since the event: learns only if the thread
+    /// is still in the stretch (`epoch`, from [`Self::walked`]) the event was in, so a thread
+    /// that exited, exec'd or unlearned its base meanwhile (or a new thread with its tid) does
+    /// not get a base from an old stack.
+    pub(super) fn observe_deferred(
+        &mut self,
+        tid: u32,
+        epoch: u64,
+        sp: u64,
+        copied: usize,
+        unwound: &Unwound,
+    ) {
+        if self.walked.get(&tid) == Some(&epoch) {
+            self.observe(tid, sp, copied, unwound);
+        }
+    }
+
+    /// Whether the thread's stacks have been walked since its base was last forgotten, and
+    /// the stretch's number.
+    pub(super) fn walked(&self, tid: u32) -> Option<u64> {
+        self.walked.get(&tid).copied()
     }
 
     /// Threads with a learned base.
@@ -74,6 +109,7 @@ mod tests {
             complete,
             reached_root,
             stack_used,
+            rejected: None,
         }
     }
 

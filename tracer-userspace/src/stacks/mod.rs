@@ -4,20 +4,31 @@
 
 use std::sync::Arc;
 
-use foldhash::{HashMap, HashSet};
+use foldhash::HashMap;
 
 mod bases;
+mod deferred;
 mod modules;
+mod perf_map;
 mod python;
+mod splice;
 mod sweep;
 mod symbolize;
 mod unwind;
+mod versions;
 
 use bases::StackBases;
+pub(crate) use deferred::DeferredStack;
+use deferred::Pending;
+#[cfg(test)]
+pub(crate) use deferred::WINDOW_NS;
 use modules::{ModuleFiles, ModuleMap};
+use perf_map::PerfMaps;
 pub(crate) use python::Updates as PythonUpdates;
+use splice::{MAX_FRAMES, spliced};
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
+use versions::Version;
 
 use crate::{
     events::{Event, EventBody, PythonStack, StackTop, TaskCreated},
@@ -57,36 +68,34 @@ pub(crate) struct StackStore {
     /// Threads' stack bases learned from the walks, for the kernel's stack copy.
     bases: StackBases,
     files: ModuleFiles,
+    /// Names of JIT code, per process, from the perf maps runtimes write.
+    perf_maps: PerfMaps,
     symbolizer: StackSymbolizer,
     /// CPython processes, the Python frames waiting for their event, and their names.
     python: python::Python,
+    /// Births' stacks waiting to be unwound (`deferred.rs`), and for how long (0: never).
+    pending: Pending,
+    defer_window_ns: u64,
+    /// Stacks repaired (unwound or taken from the kernel's walk), for the debug log.
+    repaired: u64,
 }
 
-/// One module map (a process image, as read at one time) and what was derived from it.
-struct Version {
-    map: Arc<ModuleMap>,
-    /// Caches its rules by address, so the CFI is read once per call site, not per event.
-    /// Made at the first walk.
-    unwinder: Option<ProcessUnwinder>,
-    /// Kernel stack ids (u32::MAX: events without one) whose unmapped addresses already
-    /// caused a re-read of /proc/PID/maps: JIT code stays unmapped, and must not cost a read
-    /// per event, nor a read per forked child that runs the same code.
-    refreshed: HashSet<u32>,
-}
-
-impl Version {
-    fn of(map: &Arc<ModuleMap>) -> Self {
-        Self {
-            map: map.clone(),
-            unwinder: None,
-            refreshed: HashSet::default(),
-        }
-    }
-}
+/// A thread's Python walk, named, and the interpreter that ran it (to merge it into the
+/// native stack).
+type PythonWalk = (python::Pending, Arc<python::Interpreter>);
 
 impl StackStore {
     pub(crate) fn new() -> Self {
-        Self::default()
+        Self::with_defer_window(deferred::WINDOW_NS)
+    }
+
+    /// A store whose births' stacks wait `window_ns` before they are unwound (0: unwound at
+    /// once, as every other stack is).
+    pub(crate) fn with_defer_window(window_ns: u64) -> Self {
+        Self {
+            defer_window_ns: window_ns,
+            ..Self::default()
+        }
     }
 
     /// No CPython frames (`--no-python-frames`): interpreters are not looked for, so the
@@ -116,13 +125,17 @@ impl StackStore {
 
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
     /// of the repaired stack (a frameless innermost function's caller put back, frame-pointer
-    /// garbage cut); tracks fork and exec. Call before the aggregator sees the event.
+    /// garbage cut); tracks fork and exec. Call before the aggregator sees the event. A
+    /// descriptor birth's stack may be deferred instead (see `deferred.rs`): the event then
+    /// carries a pending id, and the raw copy returned must be queued with
+    /// [`Self::queue_deferred`] once the event is in the tables.
+    #[inline]
     pub(crate) fn annotate(
         &mut self,
         event: &mut Event,
         stack_top: Option<StackTop>,
         kernel: &impl KernelStacks,
-    ) {
+    ) -> Option<DeferredStack> {
         let header = &mut event.header;
         match &event.body {
             EventBody::TaskCreated(TaskCreated {
@@ -157,20 +170,32 @@ impl StackStore {
         header.generation = self.generation(header.tgid);
         // The thread's Python walk, if the kernel sent one, came right before this event.
         let python = self.python.take(header.tid);
+        let python = match &stack_top {
+            Some(top) => match self.defer(event, top, kernel, python) {
+                Ok(deferred) => {
+                    event.header.stack_id = Some(deferred.stack.id);
+                    return Some(deferred);
+                }
+                Err(python) => python,
+            },
+            None => python,
+        };
+        let header = &mut event.header;
         header.stack_id = self.repair(
             header.stack_id,
-            (header.tgid, header.tid),
-            header.generation,
+            (header.tgid, header.tid, header.generation),
             stack_top.as_ref(),
             kernel,
-            python,
+            python.as_ref(),
+            None,
         );
+        None
     }
 
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}, perf map entries {}, deferred {} ({} bytes); {} stacks repaired, {} deferred ({} dropped unwound)",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -184,6 +209,12 @@ impl StackStore {
             self.stacks.len(),
             self.bases.len(),
             self.symbolizer.cached(),
+            self.perf_maps.len(),
+            self.pending.len(),
+            self.pending.bytes(),
+            self.repaired,
+            self.pending.deferred,
+            self.pending.dropped,
         ) + ", "
             + &self.python.sizes()
     }
@@ -214,24 +245,17 @@ impl StackStore {
                 self.release(map);
             }
         }
+        // JIT names go with the last map of their process that a kept stack refers to.
+        for &pid in gone {
+            if !self.pinned.iter().any(|&(p, _)| p == pid) {
+                self.perf_maps.forget(pid);
+            }
+        }
     }
 
     /// Whether maps of reaped processes are kept for stacks that referred to them.
     pub(crate) fn has_pinned(&self) -> bool {
         !self.pinned.is_empty()
-    }
-
-    /// Drops what was derived from a module map no process uses any more.
-    fn release(&mut self, map: Arc<ModuleMap>) {
-        let key = Arc::as_ptr(&map) as usize;
-        drop(map);
-        if self
-            .versions
-            .get(&key)
-            .is_some_and(|v| Arc::strong_count(&v.map) == 1)
-        {
-            self.versions.remove(&key);
-        }
     }
 
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
@@ -241,47 +265,75 @@ impl StackStore {
 
     /// The interned id of the event's stack: frames unwound from CFI through the stack copied
     /// at the event, continued by the kernel's frame-pointer walk (`kernel_id`) where the two
-    /// meet. Either alone will do; None when there is neither.
+    /// meet. Either alone will do; None when there is neither. The one place stacks are
+    /// unwound, whether at once or deferred (`deferred_epoch`: the thread's stretch of walks
+    /// at the event, see `StackBases::observe_deferred`).
     fn repair(
         &mut self,
         kernel_id: Option<u32>,
-        (pid, tid): (u32, u32),
-        generation: u32,
+        (pid, tid, generation): (u32, u32, u32),
         top: Option<&StackTop>,
         kernel: &impl KernelStacks,
-        python: Option<(python::Pending, Arc<python::Interpreter>)>,
+        python: Option<&PythonWalk>,
+        deferred_epoch: Option<u64>,
     ) -> Option<u32> {
+        if kernel_id.is_none() && top.is_none() && python.is_none() {
+            // An event without a stack (a close): nothing to unwind or look up, but a process
+            // whose interpreter was not ready is looked at again, as at every event.
+            if !self.python.decided(pid) {
+                let modules = self.modules_of(pid, generation);
+                self.python.observe(pid, &modules);
+            }
+            return None;
+        }
+        self.repaired += 1;
         let ips = match kernel_id {
             Some(id) => self.kernel_stack(id, kernel).unwrap_or_default(),
             None => Arc::default(),
         };
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
         let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
-        let modules = self.modules_covering(pid, generation, kernel_id, &probe);
+        let mut modules = self.modules_covering(pid, generation, kernel_id, &probe);
         self.python.observe(pid, &modules);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
-                let sections = &mut self.sections;
-                let unwinder = self
-                    .versions
-                    .entry(Arc::as_ptr(&modules) as usize)
-                    .or_insert_with(|| Version::of(&modules))
-                    .unwinder
-                    .get_or_insert_with(|| sections.unwinder_for(&modules));
                 let stack = CopiedStack {
                     ip,
                     sp: top.sp,
                     bp: top.bp,
                     bytes: top.bytes,
                 };
-                let unwound = unwinder.unwind(stack, |ip| modules.find(ip).is_some(), MAX_FRAMES);
-                self.bases.observe(tid, top.sp, top.bytes.len(), &unwound);
+                let mut unwound = self.unwind(pid, &modules, stack);
+                // A walk that stopped at an address in no known mapping may have reached JIT
+                // code mapped since the mappings were read: read them again (once per such
+                // address) and walk again if they changed.
+                if let Some(at) = unwound.rejected.filter(|&at| !modules.is_code(at)) {
+                    let before = Arc::as_ptr(&modules);
+                    modules = self.modules_refreshed_at(pid, generation, modules, at);
+                    if Arc::as_ptr(&modules) != before {
+                        unwound = self.unwind(pid, &modules, stack);
+                    }
+                }
+                let copied = top.bytes.len();
+                match deferred_epoch {
+                    None => self.bases.observe(tid, top.sp, copied, &unwound),
+                    Some(epoch) => {
+                        self.bases
+                            .observe_deferred(tid, epoch, top.sp, copied, &unwound);
+                    }
+                }
                 unwound
             }
             _ => Unwound::default(),
         };
         let native = spliced(&unwound, &ips, &modules);
-        let repaired: Arc<[u64]> = match &python {
+        // Name JIT frames while the process lives (its perf map is read through its /proc).
+        for (i, &ip) in native.iter().enumerate() {
+            if modules.is_anonymous_code(ip) {
+                self.perf_maps.name(pid, lookup_address(i, ip));
+            }
+        }
+        let repaired: Arc<[u64]> = match python {
             Some((pending, interp)) => python::merge(&native, pending, interp).into(),
             None => native.into(),
         };
@@ -308,6 +360,25 @@ impl StackStore {
         })
     }
 
+    /// Walks `stack` of `pid` through its mappings `modules`, with the map's unwinder.
+    fn unwind(&mut self, pid: u32, modules: &Arc<ModuleMap>, stack: CopiedStack) -> Unwound {
+        let sections = &mut self.sections;
+        let unwinder = self
+            .versions
+            .entry(Arc::as_ptr(modules) as usize)
+            .or_insert_with(|| Version::of(modules))
+            .unwinder
+            .get_or_insert_with(|| sections.unwinder_for(modules));
+        let perf_maps = &mut self.perf_maps;
+        let is_trampoline = |lookup: u64| {
+            modules.is_anonymous_code(lookup)
+                && perf_maps
+                    .name(pid, lookup)
+                    .is_some_and(|name| name.starts_with("py::"))
+        };
+        unwinder.unwind(stack, |ip| modules.is_code(ip), is_trampoline, MAX_FRAMES)
+    }
+
     /// The frames of a stack, innermost first.
     pub(crate) fn frames(&mut self, stack: StackRef) -> Vec<Frame> {
         let Some(ips) = self.stacks.get(stack.id as usize).cloned() else {
@@ -318,71 +389,24 @@ impl StackStore {
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
+        let perf_maps = &self.perf_maps;
+        let jit_name = |addr: u64| perf_maps.known(stack.pid, addr);
+        let python = &self.python;
         self.symbolizer
-            .frames(stack, &ips, &modules, |addr| self.python.frame(addr))
+            .frames(stack, &ips, &modules, |addr| python.frame(addr), jit_name)
+    }
+
+    /// The addresses of interned stack `id`, and how many stacks were repaired (unwound).
+    #[cfg(test)]
+    pub(crate) fn interned(&self, id: u32) -> (Option<Vec<u64>>, u64) {
+        (
+            self.stacks.get(id as usize).map(|ips| ips.to_vec()),
+            self.repaired,
+        )
     }
 
     fn generation(&self, pid: u32) -> u32 {
         self.generations.get(&pid).copied().unwrap_or(0)
-    }
-
-    /// The mappings of (pid, generation), read from /proc the first time they are needed.
-    /// An empty map is cached for a process already gone, so it is not read again.
-    fn modules_of(&mut self, pid: u32, generation: u32) -> Arc<ModuleMap> {
-        self.modules
-            .entry((pid, generation))
-            .or_insert_with(|| match self.files.read(pid) {
-                Ok(modules) => Arc::new(modules),
-                Err(err) => {
-                    log::debug!("cannot read the mappings of pid {pid}: {err}");
-                    Arc::default()
-                }
-            })
-            .clone()
-    }
-
-    /// Like [`Self::modules_of`], but re-reads /proc when an address of `ips` is in none of
-    /// the known mappings: libraries are mapped after exec (by ld.so) and by dlopen. At most
-    /// once per kernel stack id (or once per image for events without one): JIT code stays
-    /// unmapped, and must not cost a read per event.
-    fn modules_covering(
-        &mut self,
-        pid: u32,
-        generation: u32,
-        stack_id: Option<u32>,
-        ips: &[u64],
-    ) -> Arc<ModuleMap> {
-        let known = self.modules_of(pid, generation);
-        let stack_id = stack_id.unwrap_or(u32::MAX);
-        if ips.iter().all(|&ip| known.find(ip).is_some())
-            || !self
-                .versions
-                .entry(Arc::as_ptr(&known) as usize)
-                .or_insert_with(|| Version::of(&known))
-                .refreshed
-                .insert(stack_id)
-        {
-            return known;
-        }
-        match self.files.read(pid) {
-            Ok(fresh) => {
-                // Known mappings the listing lacks are kept: a process that is exiting shows
-                // part of its mappings, or none, as its memory is torn down (and events are
-                // read after the short-lived ones have exited).
-                let fresh = Arc::new(fresh.over(&known));
-                if *fresh == *known {
-                    // Nothing new: keep the map (and its unwinder) the process shares.
-                    return known;
-                }
-                let mut version = Version::of(&fresh);
-                version.refreshed.insert(stack_id);
-                self.versions.insert(Arc::as_ptr(&fresh) as usize, version);
-                self.modules.insert((pid, generation), fresh.clone());
-                self.release(known);
-                fresh
-            }
-            Err(_) => known,
-        }
     }
 
     fn kernel_stack(&mut self, id: u32, kernel: &impl KernelStacks) -> Option<Arc<[u64]>> {
@@ -395,54 +419,10 @@ impl StackStore {
     }
 }
 
-/// Frames kept per stack; deeper stacks (deep recursion) keep their innermost frames.
-const MAX_FRAMES: usize = 127;
-
-/// The stack to report. A walk through the copied stack that reached the stack's root is the
-/// whole answer: it knows the functions without frame pointers, which the kernel's
-/// frame-pointer walk skips or gets wrong. One that ran out of copied stack is continued by
-/// the kernel's walk if the walk also found its last frame, from there on. When the two part
-/// ways earlier, the kernel's walk went astray (a function without a frame pointer) and adds
-/// nothing. A walk of just the innermost frame and its caller (a short copy) is continued by
-/// the kernel's walk from its second frame: that is the caller's caller when the innermost
-/// function is a frameless libc wrapper. Without unwound frames the kernel's walk is the
-/// stack. The result is cut at the first address that lies in no executable mapping: a
-/// frameless function may use %rbp as a scratch register (glibc's open64 and clone3 do),
-/// which sends the kernel's walk into the weeds, and nothing after such an address can be
-/// trusted. (Code in anonymous memory, such as JIT output, ends a stack too; it could not be
-/// symbolized.)
-fn spliced(unwound: &Unwound, kernel: &[u64], modules: &ModuleMap) -> Vec<u64> {
-    let frames = &unwound.frames;
-    let last = frames.len().saturating_sub(1);
-    // Where the kernel's walk holds the deepest unwound frame.
-    let meeting = frames.iter().enumerate().skip(1).rev().find_map(|(i, ip)| {
-        let j = kernel.iter().skip(1).position(|k| k == ip)? + 1;
-        Some((i, j))
-    });
-    let mut ips: Vec<u64> = if frames.len() <= 1 {
-        if kernel.is_empty() {
-            frames.clone()
-        } else {
-            kernel.to_vec()
-        }
-    } else if unwound.complete {
-        frames.clone()
-    } else {
-        let theirs = match meeting {
-            Some((i, j)) if i == last => kernel.get(j + 1..).unwrap_or_default(),
-            Some(_) => &[],
-            None if frames.len() == 2 => kernel.get(1..).unwrap_or_default(),
-            None => &[],
-        };
-        frames.iter().chain(theirs).copied().collect()
-    };
-    let mapped = ips
-        .iter()
-        .skip(1)
-        .position(|&ip| modules.find(ip).is_none())
-        .map_or(ips.len(), |i| i + 1);
-    ips.truncate(mapped);
-    ips
+/// The address to look frame `i` of a stack up by: every frame but the innermost holds a
+/// return address, which points after the call; the byte before it is the call itself.
+fn lookup_address(i: usize, ip: u64) -> u64 {
+    if i == 0 { ip } else { ip.saturating_sub(1) }
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ impl Mapping {
 pub(super) struct ModuleMap {
     /// Sorted by `start`; mappings never overlap.
     mappings: Vec<Mapping>,
+    /// Anonymous executable mappings (JIT code), as (start, end), sorted by start.
+    anonymous: Vec<(u64, u64)>,
 }
 
 impl ModuleMap {
@@ -49,8 +51,9 @@ impl ModuleMap {
     }
 
     /// Parses the text of a `/proc/PID/maps` file, keeping the mappings with `x` permission
-    /// whose path starts with `/` (so not `[vdso]`, anonymous memory, ...). A trailing
-    /// ` (deleted)` is stripped from the path. Malformed lines are skipped.
+    /// whose path starts with `/` (so not `[vdso]`, ...), and apart from them those without a
+    /// path (anonymous memory: JIT code). A trailing ` (deleted)` is stripped from the path.
+    /// Malformed lines are skipped.
     #[cfg(test)]
     pub(super) fn parse(text: &str) -> Self {
         Self::parse_bytes(text.as_bytes())
@@ -58,12 +61,21 @@ impl ModuleMap {
 
     /// [`ModuleMap::parse`] on raw bytes: paths need not be UTF-8.
     fn parse_bytes(bytes: &[u8]) -> Self {
-        let mut mappings: Vec<Mapping> = bytes
-            .split(|&b| b == b'\n')
-            .filter_map(parse_maps_line)
-            .collect();
+        let mut mappings = Vec::new();
+        let mut anonymous = Vec::new();
+        for line in bytes.split(|&b| b == b'\n') {
+            match parse_maps_line(line) {
+                Some(Parsed::File(mapping)) => mappings.push(mapping),
+                Some(Parsed::Anonymous(start, end)) => anonymous.push((start, end)),
+                None => {}
+            }
+        }
         mappings.sort_by_key(|m| m.start);
-        Self { mappings }
+        anonymous.sort_unstable();
+        Self {
+            mappings,
+            anonymous,
+        }
     }
 
     /// The mappings, sorted by start address.
@@ -73,7 +85,25 @@ impl ModuleMap {
 
     #[cfg(test)]
     pub(super) fn is_empty(&self) -> bool {
-        self.mappings.is_empty()
+        self.mappings.is_empty() && self.anonymous.is_empty()
+    }
+
+    /// Whether the process has anonymous executable memory (JIT code) at all.
+    pub(super) fn has_anonymous_code(&self) -> bool {
+        !self.anonymous.is_empty()
+    }
+
+    /// Whether `addr` is in anonymous executable memory (JIT code).
+    pub(super) fn is_anonymous_code(&self, addr: u64) -> bool {
+        let after = self.anonymous.partition_point(|&(start, _)| start <= addr);
+        after
+            .checked_sub(1)
+            .is_some_and(|i| addr < self.anonymous[i].1)
+    }
+
+    /// Whether `addr` is code: in an executable file mapping or anonymous executable memory.
+    pub(super) fn is_code(&self, addr: u64) -> bool {
+        self.find(addr).is_some() || self.is_anonymous_code(addr)
     }
 
     /// These mappings, plus those of `older` that overlap none of them: a later listing of
@@ -91,6 +121,19 @@ impl ModuleMap {
         if !kept.is_empty() {
             self.mappings.extend(kept);
             self.mappings.sort_by_key(|m| m.start);
+        }
+        let kept: Vec<(u64, u64)> = older
+            .anonymous
+            .iter()
+            .filter(|&&(start, end)| {
+                let after = self.anonymous.partition_point(|&(s, _)| s < end);
+                after == 0 || self.anonymous[after - 1].1 <= start
+            })
+            .copied()
+            .collect();
+        if !kept.is_empty() {
+            self.anonymous.extend(kept);
+            self.anonymous.sort_unstable();
         }
         self
     }
@@ -127,9 +170,16 @@ fn parse_hex(field: &[u8]) -> Option<u64> {
     u64::from_str_radix(std::str::from_utf8(field).ok()?, 16).ok()
 }
 
+/// An executable mapping of `/proc/PID/maps`.
+enum Parsed {
+    File(Mapping),
+    /// Anonymous memory (no path): (start, end).
+    Anonymous(u64, u64),
+}
+
 /// One line of `/proc/PID/maps`: `START-END PERMS OFFSET DEV INODE   PATH`, where `PATH` may
-/// hold spaces and is padded on the left.
-fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
+/// hold spaces and is padded on the left (and is absent for anonymous memory).
+fn parse_maps_line(line: &[u8]) -> Option<Parsed> {
     let mut rest = line;
     let range = next_field(&mut rest)?;
     let perms = next_field(&mut rest)?;
@@ -139,7 +189,15 @@ fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
     if perms.get(2) != Some(&b'x') {
         return None;
     }
-    let start_path = rest.iter().position(|&b| b != b' ')?;
+    let dash = range.iter().position(|&b| b == b'-')?;
+    let start = parse_hex(&range[..dash])?;
+    let end = parse_hex(&range[dash + 1..])?;
+    if end <= start {
+        return None;
+    }
+    let Some(start_path) = rest.iter().position(|&b| b != b' ') else {
+        return Some(Parsed::Anonymous(start, end));
+    };
     let mut path = &rest[start_path..];
     if path.first() != Some(&b'/') {
         return None;
@@ -147,15 +205,9 @@ fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
     if let Some(stripped) = path.strip_suffix(b" (deleted)") {
         path = stripped;
     }
-    let dash = range.iter().position(|&b| b == b'-')?;
-    let start = parse_hex(&range[..dash])?;
-    let end = parse_hex(&range[dash + 1..])?;
-    if end <= start {
-        return None;
-    }
     let colon = dev.iter().position(|&b| b == b':')?;
     let (major, minor) = (parse_hex(&dev[..colon])?, parse_hex(&dev[colon + 1..])?);
-    Some(Mapping {
+    Some(Parsed::File(Mapping {
         start,
         end,
         file_offset: parse_hex(offset)?,
@@ -163,7 +215,7 @@ fn parse_maps_line(line: &[u8]) -> Option<Mapping> {
         dev: libc::makedev(u32::try_from(major).ok()?, u32::try_from(minor).ok()?),
         inode: std::str::from_utf8(inode).ok()?.parse().ok()?,
         open_path: None,
-    })
+    }))
 }
 
 /// Keeps the tracer able to open every module it has seen: a module whose path here is not
@@ -295,6 +347,17 @@ garbage line
         assert_eq!(maps.find(0x55d0c0a02000), None);
         assert_eq!(maps.find(0x7ffd5a1f0000), None);
         assert_eq!(maps.find(0), None);
+        // The anonymous executable mapping (JIT code) is kept apart.
+        assert!(maps.is_anonymous_code(0x7f1c2a700000));
+        assert!(maps.is_anonymous_code(0x7f1c2a700fff));
+        assert!(!maps.is_anonymous_code(0x7f1c2a701000));
+        assert!(!maps.is_anonymous_code(0x7f1c2a600000), "not executable");
+        assert!(
+            !maps.is_anonymous_code(0x7ffd5a1f0000),
+            "[vdso] is not anonymous"
+        );
+        assert!(maps.is_code(0x7f1c2a700010) && maps.is_code(0x55d0c0a01000));
+        assert!(!maps.is_code(0x7ffd5a1f0000));
         let (libc, offset) = maps.file_offset(0x7f1c2a228123).unwrap();
         assert_eq!(libc.path, Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6"));
         assert_eq!(offset, 0x28123);

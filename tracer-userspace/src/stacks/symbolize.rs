@@ -64,14 +64,16 @@ impl StackSymbolizer {
     }
 
     /// Frames for the instruction pointers `ips` (innermost first) of `stack`, looked up in
-    /// `modules`. Addresses outside any file-backed mapping, or in files without symbols,
-    /// keep just their address.
-    pub(super) fn frames(
+    /// `modules`; code in anonymous memory by `jit_name` (the process's perf map), as module
+    /// [`PERF_MAP_MODULE`]. Other addresses outside any file-backed mapping, or in files
+    /// without symbols, keep just their address.
+    pub(super) fn frames<'n>(
         &mut self,
         stack: StackRef,
         ips: &[u64],
         modules: &ModuleMap,
         python: impl Fn(u64) -> Option<Frame>,
+        jit_name: impl Fn(u64) -> Option<&'n str>,
     ) -> Vec<Frame> {
         if let Some(frames) = self.cache.get(&stack) {
             return frames.clone();
@@ -86,7 +88,10 @@ impl StackSymbolizer {
                 // Every frame but the innermost holds a return address, which points after
                 // the call; the byte before it is the call itself (right function and line
                 // even when the call ends its function).
-                let lookup = if i == 0 { ip } else { ip.saturating_sub(1) };
+                let lookup = super::lookup_address(i, ip);
+                if modules.is_anonymous_code(lookup) {
+                    return vec![jit_frame(ip, jit_name(lookup))];
+                }
                 self.resolve(ip, lookup, modules)
             })
             .collect();
@@ -148,6 +153,22 @@ impl StackSymbolizer {
                 vec![unknown()]
             }
         }
+    }
+}
+
+/// The module JSON frames of JIT code named from a perf map carry (`"module": "[perf-map]"`),
+/// in the style of `[vdso]` in /proc/PID/maps.
+pub(crate) const PERF_MAP_MODULE: &str = "[perf-map]";
+
+/// A frame in anonymous executable memory: named from the perf map when it names the code.
+fn jit_frame(ip: u64, name: Option<&str>) -> Frame {
+    match name {
+        Some(name) => Frame {
+            symbol: Some(name.to_owned()),
+            module: Some(PERF_MAP_MODULE.to_owned()),
+            ..Frame::unknown(ip)
+        },
+        None => Frame::unknown(ip),
     }
 }
 

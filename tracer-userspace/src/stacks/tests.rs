@@ -9,6 +9,7 @@ fn cut(frames: &[u64]) -> Unwound {
         complete: false,
         reached_root: false,
         stack_used: 0,
+        rejected: None,
     }
 }
 
@@ -115,6 +116,7 @@ fn complete_walk_stands_alone() {
         complete: true,
         reached_root: true,
         stack_used: 64,
+        rejected: None,
     };
     let kernel = [0x7100, 0x1200, 0x1300];
     assert_eq!(spliced(&complete, &kernel, &modules()), complete.frames);

@@ -233,6 +233,8 @@ pub(super) struct Unwound {
     pub reached_root: bool,
     /// Bytes of the copy, from `sp` up, that the walk needed (read up to).
     pub stack_used: usize,
+    /// The return address `is_code` rejected, where the walk stopped at one.
+    pub rejected: Option<u64>,
 }
 
 /// The registers at the event and the stack memory copied from `sp` up.
@@ -247,11 +249,14 @@ pub(super) struct CopiedStack<'a> {
 impl ProcessUnwinder {
     /// The frames of `stack`, innermost first (the first is `ip`, the rest return
     /// addresses). Stops where the copy ends (a frame's data lies beyond it), at the root
-    /// of the stack, at a return address `is_code` rejects, or after `max_frames`.
+    /// of the stack, at a return address `is_code` rejects, or after `max_frames`. Frames
+    /// `is_trampoline` accepts are CPython's perf trampolines (see [`trampoline_rule`]);
+    /// other code without CFI is unwound by its frame pointer.
     pub(super) fn unwind(
         &mut self,
         stack: CopiedStack,
         is_code: impl Fn(u64) -> bool,
+        mut is_trampoline: impl FnMut(u64) -> bool,
         max_frames: usize,
     ) -> Unwound {
         let mut stack_used = 0;
@@ -268,12 +273,16 @@ impl ProcessUnwinder {
         let mut frames = vec![stack.ip];
         let mut complete = true;
         let mut reached_root = false;
+        let mut rejected = None;
         while frames.len() < max_frames {
-            let cache = &mut self.caches[cache_for(frame.address_for_lookup())];
-            match self
-                .unwinder
-                .unwind_frame(frame, &mut regs, cache, &mut read_stack)
-            {
+            let step = if is_trampoline(frame.address_for_lookup()) {
+                trampoline_rule(&mut regs, &mut read_stack)
+            } else {
+                let cache = &mut self.caches[cache_for(frame.address_for_lookup())];
+                self.unwinder
+                    .unwind_frame(frame, &mut regs, cache, &mut read_stack)
+            };
+            match step {
                 Ok(Some(return_address)) => {
                     match FrameAddress::from_return_address(return_address) {
                         Some(next) if is_code(return_address) => {
@@ -281,6 +290,7 @@ impl ProcessUnwinder {
                             frame = next;
                         }
                         _ => {
+                            rejected = Some(return_address);
                             complete = false;
                             break;
                         }
@@ -302,8 +312,33 @@ impl ProcessUnwinder {
             complete,
             reached_root,
             stack_used,
+            rejected,
         }
     }
+}
+
+/// Unwinds a frame of CPython's perf trampoline (`-X perf`, 3.12+), a copy per Python
+/// function of `Python/asm_trampoline.S`, which has no CFI. At its return address the
+/// trampoline has either padded the stack (`sub $8, %rsp; call *%rcx`: %rbp untouched) or
+/// saved the frame pointer (`push %rbp; mov %rsp, %rbp; call *%rcx`: %rbp == %rsp); in both
+/// the return address is at %rsp + 8 and the caller's %rsp is %rsp + 16.
+fn trampoline_rule(
+    regs: &mut UnwindRegsX86_64,
+    read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
+) -> Result<Option<u64>, framehop::Error> {
+    let sp = regs.sp();
+    let at = |offset: u64| {
+        sp.checked_add(offset)
+            .ok_or(framehop::Error::IntegerOverflow)
+    };
+    let slot = at(8)?;
+    let return_address = read_stack(slot).map_err(|()| framehop::Error::CouldNotReadStack(slot))?;
+    if regs.bp() == sp {
+        let saved_bp = read_stack(sp).map_err(|()| framehop::Error::CouldNotReadStack(sp))?;
+        regs.set_bp(saved_bp);
+    }
+    regs.set_sp(at(16)?);
+    Ok(Some(return_address))
 }
 
 #[cfg(test)]

@@ -15,6 +15,9 @@
 //! passive close `ESTABLISHED→CLOSE_WAIT→LAST_ACK→CLOSE`. The full socket never reports
 //! `TIME_WAIT`: it is handed to a `TIME_WAIT` minisock and reported as going to `CLOSE` from
 //! `FIN_WAIT2`/`CLOSING` (or `FIN_WAIT1`). A kernel that reports `→TIME_WAIT` directly counts too.
+//! The same change without a `TIME_WAIT` socket (`net.ipv4.tcp_max_tw_buckets` reached, or a
+//! reset) is not counted: the probe looks in the kernel's connection table
+//! ([`TcpTransition::time_wait`]).
 //! `CLOSE` means the socket is gone; its kernel address (`skaddr`) may be reused by a new one.
 //!
 //! Memory is bounded: at most [`MAX_LIVE`] live sockets, [`MAX_TIME_WAIT_PAIRS`] remembered
@@ -29,7 +32,8 @@ use std::{collections::HashMap, net::SocketAddr};
 pub(crate) use time_wait::TimeWaitGroup;
 use time_wait::TimeWaits;
 use tracer_common::abi::tcp_state::{
-    CLOSE, CLOSING, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT, TIME_WAIT,
+    CLOSE, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LISTEN, NEW_SYN_RECV, SYN_RECV, SYN_SENT,
+    TIME_WAIT,
 };
 
 /// Most live sockets tracked at once; further new sockets are ignored and counted in
@@ -61,6 +65,10 @@ pub(crate) struct TcpTransition {
     pub remote: SocketAddr,
     /// When it happened, `CLOCK_MONOTONIC` nanoseconds.
     pub at_ns: u64,
+    /// For a close from `FIN_WAIT*`/`CLOSING`: whether the kernel found a `TIME_WAIT` socket
+    /// in the connection's place (`Some(false)`: closed without one, as when
+    /// `net.ipv4.tcp_max_tw_buckets` were taken, or by a reset); `None` when not looked.
+    pub time_wait: Option<bool>,
 }
 
 /// Whether this transition means the connection now sits in `TIME_WAIT`: the full socket goes
@@ -134,8 +142,12 @@ impl TcpTracker {
             self.update(t).or_else(|| self.track(t))
         };
 
-        if enters_time_wait(t.old, t.new) {
+        if enters_time_wait(t.old, t.new) && t.time_wait != Some(false) {
             self.time_wait.record(t, sock);
+        }
+        // Both ports are known once a connection is accepted or established.
+        if matches!((t.old, t.new), (LISTEN, SYN_RECV) | (SYN_SENT, ESTABLISHED)) {
+            self.time_wait.reused(t.local, t.remote, t.at_ns);
         }
     }
 

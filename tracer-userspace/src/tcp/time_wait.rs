@@ -13,6 +13,9 @@ use super::{
 };
 use crate::model::DecayingRate;
 
+/// How long a connection stays in `TIME_WAIT` (include/net/tcp.h `TCP_TIMEWAIT_LEN`).
+const TIME_WAIT_NS: u64 = 60_000_000_000;
+
 /// Connections one process left in `TIME_WAIT` towards one endpoint while traced.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub(crate) struct TimeWaitGroup {
@@ -26,6 +29,10 @@ pub(crate) struct TimeWaitGroup {
     pub remote: String,
     /// Connections that entered TIME_WAIT while traced.
     pub count: u64,
+    /// Of those, the ones a new connection with the same addresses and ports ended before
+    /// their 60 s were up (a SYN the TIME_WAIT socket accepted, or a connect reusing the
+    /// port: the kernel then drops it): `count - ended_early` is what `ss` can still show.
+    pub ended_early: u64,
     /// Per minute, recently: each counts e^(-age / 1 min) (see `model::rate`); one decimal.
     pub per_minute: f64,
     /// Age of the newest, seconds, millisecond precision.
@@ -59,6 +66,7 @@ struct GroupKey {
 #[derive(Clone, Copy, Debug)]
 struct GroupStats {
     count: u64,
+    ended_early: u64,
     rate: DecayingRate,
     last_ns: u64,
 }
@@ -70,8 +78,10 @@ pub(super) struct TimeWaits {
     /// `(owner, port)` that went `LISTEN` while traced.
     listen_ports: HashSet<(u32, u16)>,
     groups: HashMap<GroupKey, GroupStats>,
-    /// Pairs that entered `TIME_WAIT`, oldest first.
-    pairs: VecDeque<(SocketAddr, SocketAddr)>,
+    /// Pairs that entered `TIME_WAIT`, oldest first, and when.
+    pairs: VecDeque<(SocketAddr, SocketAddr, u64)>,
+    /// The group and time of the pairs in `pairs` that may still be in `TIME_WAIT`.
+    open: HashMap<(SocketAddr, SocketAddr), (GroupKey, u64)>,
     /// Entries not grouped because [`MAX_TIME_WAIT_GROUPS`] groups existed.
     dropped: u64,
 }
@@ -80,10 +90,11 @@ impl TimeWaits {
     /// How many entries each table holds, for a debug log.
     pub(super) fn sizes(&self) -> String {
         format!(
-            "listeners {}, time-wait groups {}, pairs {}",
+            "listeners {}, time-wait groups {}, pairs {}, open {}",
             self.listen_ports.len(),
             self.groups.len(),
-            self.pairs.len()
+            self.pairs.len(),
+            self.open.len()
         )
     }
 
@@ -98,12 +109,19 @@ impl TimeWaits {
     /// Counts one connection entering `TIME_WAIT`. `sock` is what we knew of it before (or
     /// after) this transition, if anything; the transition's addresses are the latest.
     pub(super) fn record(&mut self, t: &TcpTransition, sock: Option<Sock>) {
-        if self.pairs.len() >= MAX_TIME_WAIT_PAIRS {
-            self.pairs.pop_front();
+        if self.pairs.len() >= MAX_TIME_WAIT_PAIRS
+            && let Some((local, remote, at_ns)) = self.pairs.pop_front()
+            && self
+                .open
+                .get(&(local, remote))
+                .is_some_and(|&(_, at)| at == at_ns)
+        {
+            self.open.remove(&(local, remote));
         }
-        self.pairs.push_back((t.local, t.remote));
+        self.pairs.push_back((t.local, t.remote, t.at_ns));
 
         let key = self.group_key(t, sock);
+        self.open.insert((t.local, t.remote), (key, t.at_ns));
         if let Some(stats) = self.groups.get_mut(&key) {
             stats.count += 1;
             stats.rate.record(t.at_ns);
@@ -113,6 +131,7 @@ impl TimeWaits {
                 key,
                 GroupStats {
                     count: 1,
+                    ended_early: 0,
                     rate: {
                         let mut rate = DecayingRate::default();
                         rate.record(t.at_ns);
@@ -123,6 +142,19 @@ impl TimeWaits {
             );
         } else {
             self.dropped += 1;
+        }
+    }
+
+    /// A new connection has `local` and `remote` at `at_ns`: a `TIME_WAIT` socket with the same
+    /// four, if one entered less than [`TIME_WAIT_NS`] before, is gone (the kernel's table
+    /// holds one socket per address pair: the SYN it accepted, or the connect that reused the
+    /// port, dropped it).
+    pub(super) fn reused(&mut self, local: SocketAddr, remote: SocketAddr, at_ns: u64) {
+        if let Some((key, since)) = self.open.remove(&(local, remote))
+            && at_ns.saturating_sub(since) < TIME_WAIT_NS
+            && let Some(stats) = self.groups.get_mut(&key)
+        {
+            stats.ended_early += 1;
         }
     }
 
@@ -173,6 +205,7 @@ impl TimeWaits {
                     local: key.local.render(),
                     remote: key.remote.render(),
                     count: stats.count,
+                    ended_early: stats.ended_early,
                     per_minute: stats.rate.per_minute(now_ns),
                     newest_age_s: (age_s * 1000.0).round() / 1000.0,
                 }
@@ -189,6 +222,6 @@ impl TimeWaits {
     }
 
     pub(super) fn pairs(&self) -> impl Iterator<Item = (SocketAddr, SocketAddr)> + '_ {
-        self.pairs.iter().copied()
+        self.pairs.iter().map(|&(local, remote, _)| (local, remote))
     }
 }

@@ -169,6 +169,12 @@ pub(crate) fn profile(profile: &ProfileResult) {
             ns / 1000.0
         );
     }
+    if let Some(ns) = profile.baseline_process_ns_per_open {
+        println!(
+            "the baseline tracer process used {:.2} µs of CPU per followed open+close",
+            ns / 1000.0
+        );
+    }
 }
 
 /// How long the tracer took from start to `attached`.

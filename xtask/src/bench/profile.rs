@@ -35,12 +35,26 @@ pub(crate) struct ProfileResult {
     /// CPU the tracer process itself (reading, decoding, stacks, tables) used per run of
     /// `sys_exit_openat` in the same window: its userspace cost of one followed open+close.
     pub tracer_process_ns_per_open: Option<f64>,
+    /// The same for `--baseline-tracer`, in its window.
+    pub baseline_process_ns_per_open: Option<f64>,
 }
 
 /// One measurement window: the programs' costs and the CPU the loading process used.
 struct Window {
     costs: Vec<ProgramCost>,
     process_cpu_ns: u64,
+}
+
+impl Window {
+    /// The loading process's CPU per run of `sys_exit_openat` (one followed open+close).
+    fn process_ns_per_open(&self) -> Option<f64> {
+        let opens = self
+            .costs
+            .iter()
+            .find(|cost| cost.program == "sys_exit_openat")
+            .map_or(0, |cost| cost.runs);
+        (opens > 0).then(|| self.process_cpu_ns as f64 / opens as f64)
+    }
 }
 
 /// USER_HZ, the unit of /proc/PID/stat's CPU times.
@@ -67,13 +81,7 @@ pub(crate) fn run(
         let mut cmd = Command::new(tracer_bin);
         cmd.arg("--json").arg("--").args(&argv);
         let tracer = profile_window(&mut cmd, true)?;
-        let opens = tracer
-            .costs
-            .iter()
-            .find(|cost| cost.program == "sys_exit_openat")
-            .map_or(0, |cost| cost.runs);
-        let tracer_process_ns_per_open =
-            (opens > 0).then(|| tracer.process_cpu_ns as f64 / opens as f64);
+        let tracer_process_ns_per_open = tracer.process_ns_per_open();
         let baseline = match baseline {
             Some(bin) => {
                 eprintln!("  BPF run time: baseline tracer following open+close");
@@ -81,10 +89,12 @@ pub(crate) fn run(
                 let argv = workload.rate_args(0, 5, 1, &result);
                 let mut cmd = Command::new(bin);
                 cmd.arg("--json").arg("--").args(&argv);
-                Some(profile_window(&mut cmd, true)?.costs)
+                Some(profile_window(&mut cmd, true)?)
             }
             None => None,
         };
+        let baseline_process_ns_per_open = baseline.as_ref().and_then(Window::process_ns_per_open);
+        let baseline = baseline.map(|window| window.costs);
         let empty_floor = if with_bpftrace {
             eprintln!("  BPF run time: empty floor programs");
             let result = workload.result_path();
@@ -103,6 +113,7 @@ pub(crate) fn run(
             baseline,
             empty_floor,
             tracer_process_ns_per_open,
+            baseline_process_ns_per_open,
         })
     })
 }

@@ -1,6 +1,7 @@
 //! The test VM's initramfs: the integration test binaries, the tracer, the C fixtures,
-//! busybox and the few host tools the tests call, each with the shared libraries `ldd`
-//! names, packed with an init script and the suite file it reads.
+//! busybox, the few host tools the tests call and the Python interpreters (`python.rs`),
+//! each with the shared libraries `ldd` names, packed with an init script and the suite file
+//! it reads.
 //! The kernels we boot have no 9p or virtio-fs to share the host's files, so everything
 //! travels in the initramfs.
 
@@ -11,6 +12,7 @@ use anyhow::{Context as _, Result};
 use super::{
     cpio::Archive,
     elf::add_elf,
+    python,
     suite::{GUEST_SKIPS, Suite},
 };
 use crate::process;
@@ -70,12 +72,29 @@ pub(super) fn pack_initramfs(plan: &GuestPlan, out: &Path) -> Result<()> {
             Some(&format!("{GUEST_DIR}/fixtures/{name}")),
         )?;
     }
+    let (pyenv_root, pythons) = python::add_pythons(&mut archive)?;
+    python::add_scripts(&mut archive)?;
+    let listed: Vec<String> = pythons
+        .iter()
+        .map(|python| python.program.display().to_string())
+        .collect();
+    eprintln!(
+        "Python in the guest: {}",
+        if listed.is_empty() {
+            "none found on the host (the tests that need it skip, and say so)".to_owned()
+        } else {
+            listed.join(", ")
+        }
+    );
+    let mut suite = suite_script(plan);
+    if let Some(root) = pyenv_root {
+        suite.push_str(&format!(
+            "export PYENV_ROOT={}\n",
+            shell_quote(&root.to_string_lossy())
+        ));
+    }
     archive.bytes("init", INIT_SCRIPT.as_bytes().to_vec(), 0o755)?;
-    archive.bytes(
-        &format!("{GUEST_DIR}/suite"),
-        suite_script(plan).into_bytes(),
-        0o644,
-    )?;
+    archive.bytes(&format!("{GUEST_DIR}/suite"), suite.into_bytes(), 0o644)?;
 
     let file = fs::File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
     let mut writer = BufWriter::new(file);

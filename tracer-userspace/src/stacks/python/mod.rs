@@ -136,6 +136,15 @@ impl Python {
         self.procs.insert(pid, state);
     }
 
+    /// Whether `pid` was looked at and needs no other look while its module map stays the
+    /// same (it has an interpreter, or none the tracer can walk).
+    pub(crate) fn decided(&self, pid: u32) -> bool {
+        matches!(
+            self.procs.get(&pid),
+            Some(State::Python(..) | State::Not(_))
+        )
+    }
+
     /// A forked child runs its parent's interpreter (the kernel copied its layout).
     pub(crate) fn forked(&mut self, parent: u32, child: u32) {
         if let Some(State::Python(interp, ..)) = self.procs.get(&parent) {
@@ -238,6 +247,10 @@ impl Python {
 
     /// The Python frames for the thread's event that just arrived, if its walk came first.
     pub(crate) fn take(&mut self, tid: u32) -> Option<(Pending, Arc<Interpreter>)> {
+        if self.pending.is_empty() {
+            // Most events: no Python process, or its walk was taken already.
+            return None;
+        }
         let pending = self.pending.remove(&tid)?;
         match self.procs.get(&pending.pid) {
             Some(State::Python(interp, ..)) => Some((pending, interp.clone())),

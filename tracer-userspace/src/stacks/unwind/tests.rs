@@ -58,7 +58,7 @@ fn unwind(maps: &ModuleMap, ip: u64, bp: u64, bytes: &[u8]) -> Vec<u64> {
         bytes,
     };
     unwinder
-        .unwind(stack, |ip| maps.find(ip).is_some(), 2)
+        .unwind(stack, |ip| maps.find(ip).is_some(), |_| false, 2)
         .frames
 }
 
@@ -186,4 +186,55 @@ fn stops_at_non_code() {
     );
     assert_eq!(unwind(&missing, 0x1000, 0, &words(&[0x1100])), vec![0x1000]);
     assert_eq!(unwind(&ModuleMap::default(), 0x10, 0, &[]), vec![0x10]);
+}
+
+/// Through a CPython perf trampoline (`-X perf`: anonymous code without CFI, between two
+/// frames of the interpreter) in both of its shapes: padded (%rbp untouched, here the frame
+/// pointer of the function below) and frame-pointer saving (%rbp == %rsp at the call). The
+/// frame-pointer fallback framehop would apply gets the padded one wrong.
+#[test]
+fn through_a_cpython_perf_trampoline() {
+    // SAFETY: a fresh anonymous mapping, never executed; unmapped below.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    let maps = own_maps();
+    // SAFETY: the mapping made above.
+    unsafe { libc::munmap(page, 4096) };
+    let trampoline = page as u64 + 0x40;
+    assert!(maps.is_anonymous_code(trampoline));
+    let accept4 = libc_function(c"accept4");
+    // Returns into the trampoline after its `call *%rcx`, and into the frame-pointer function
+    // (at its `popq %rbp`, where CFA = %rbp + 16).
+    let in_trampoline = trampoline + 6;
+    let in_fp = tracer_unwind_test_fp as *const () as u64 + 6;
+    let walk = |bp: u64, second: u64, is_trampoline: bool| {
+        let stack = words(&[in_trampoline, second, in_fp, 0, accept4 + 1]);
+        let mut unwinder = UnwindSections::default().unwinder_for(&maps);
+        let stack = CopiedStack {
+            ip: accept4,
+            sp: SP,
+            bp,
+            bytes: &stack,
+        };
+        let in_it = |ip: u64| is_trampoline && (trampoline..trampoline + 11).contains(&ip);
+        unwinder
+            .unwind(stack, |ip| maps.is_code(ip), in_it, 4)
+            .frames
+    };
+    let expected = vec![accept4, in_trampoline, in_fp, accept4 + 1];
+    // Padded: %rbp is the function's below, pointing at its saved %rbp (SP + 24).
+    assert_eq!(walk(SP + 24, 0xdead, true), expected);
+    // Saving: %rbp is the trampoline's own frame (SP + 8), holding the function's %rbp.
+    assert_eq!(walk(SP + 8, SP + 24, true), expected);
+    // Unwound by frame pointer instead, the padded one skips the function below.
+    assert_ne!(walk(SP + 24, 0xdead, false), expected);
 }
