@@ -35,6 +35,7 @@ pub const FIXTURES: &[&str] = &[
     "stack_base",
     "exit_workers",
     "bad_close",
+    "slow_leak",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.

@@ -29,6 +29,11 @@ pub const MAX_LISTEN_PORTS: u32 = 4_096;
 pub const MAX_EXITING: u32 = 4_096;
 /// Threads whose stack base userspace has learned (LRU: a forgotten one costs a full copy).
 pub const MAX_STACK_BASES: u32 = 65_536;
+/// Process names (`--comm`) whose processes are followed from their exec.
+pub const MAX_MATCH_COMMS: u32 = 64;
+/// cgroup v2 ids (`--cgroup`, `--container`, and their sub-cgroups) whose processes are
+/// followed from their exec.
+pub const MAX_MATCH_CGROUPS: u32 = 4_096;
 /// Default ring buffer size; must be a power of two multiple of the page size.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -40,6 +45,8 @@ pub mod map_names {
     pub const LOST: &str = "LOST";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const STACK_BASES: &str = "STACK_BASES";
+    pub const MATCH_COMMS: &str = "MATCH_COMMS";
+    pub const MATCH_CGROUPS: &str = "MATCH_CGROUPS";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
@@ -49,6 +56,11 @@ pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 /// Name of the global (u64) holding how many bytes of user stack to copy at most per event
 /// (`--stack-copy-kib`; at most [`STACK_TOP_BYTES`], or [`TASK_STACK_TOP_BYTES`] for tasks).
 pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
+
+/// Name of the global (u64, 0 or 1) that makes exec look a process up in MATCH_COMMS and
+/// MATCH_CGROUPS (`--comm`, `--cgroup`, `--container`): off, exec costs unfollowed
+/// processes nothing more.
+pub const MATCH_TARGETS_GLOBAL: &str = "MATCH_TARGETS";
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;

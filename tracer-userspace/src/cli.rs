@@ -15,9 +15,25 @@ const STACK_COPY_MAX_KIB: u32 = (tracer_common::STACK_TOP_BYTES / 1024) as u32;
 #[command(name = "tracer", version, arg_required_else_help = true)]
 pub struct Options {
     /// Attach to this running process, its threads, its current descendants and every process
-    /// it forks from then on.
+    /// it forks from then on. Repeat it to follow several.
     #[arg(long, short, value_name = "PID", conflicts_with = "command")]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
+
+    /// Follow every process named NAME (its comm: at most 15 bytes), those running now and
+    /// those that exec it later, each from its exec, with their descendants. Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "command")]
+    pub comm: Vec<String>,
+
+    /// Follow every process in this cgroup v2 directory (under /sys/fs/cgroup, or relative
+    /// to it, as /proc/PID/cgroup shows it) and below it: those in it now, and those that
+    /// exec or move into it later. Repeatable.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    pub cgroup: Vec<PathBuf>,
+
+    /// Follow the processes of a container (docker, containerd, podman): its cgroup is the
+    /// one whose name contains ID. Repeatable.
+    #[arg(long, value_name = "ID", conflicts_with = "command")]
+    pub container: Vec<String>,
 
     /// Stop after SECS seconds and print the report (default: on Ctrl-C or SIGTERM, or when
     /// every followed process has exited).
@@ -79,6 +95,17 @@ pub enum Target {
     Pid(u32),
     /// A command to start, with its arguments (never empty).
     Command(Vec<String>),
+    /// Several processes, or processes chosen by name or cgroup, now and later.
+    Select(Selection),
+}
+
+/// Processes chosen by pid, name, cgroup or container (at least one of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub cgroups: Vec<PathBuf>,
+    pub containers: Vec<String>,
 }
 
 /// The settings of a session, checked and in the units the session uses.
@@ -101,18 +128,46 @@ pub struct Config {
 /// Options clap accepts but a session cannot run with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("say what to trace: --pid PID, or -- COMMAND [ARGS...]")]
+    #[error(
+        "say what to trace: --pid PID, --comm NAME, --cgroup PATH, --container ID, or -- COMMAND [ARGS...]"
+    )]
     NoTarget,
+    #[error("--comm {0}: a process name cannot be empty")]
+    EmptyComm(String),
 }
 
 impl Options {
     /// Checks what clap cannot express (exactly one of --pid and COMMAND) and converts the
     /// sizes to the units the session uses.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let target = match (self.pid, self.command.is_empty()) {
-            (Some(pid), _) => Target::Pid(pid),
-            (None, false) => Target::Command(self.command),
-            (None, true) => return Err(ConfigError::NoTarget),
+        if let Some(empty) = self.comm.iter().find(|c| c.is_empty()) {
+            return Err(ConfigError::EmptyComm(empty.clone()));
+        }
+        let selection = Selection {
+            pids: self.pid,
+            comms: self.comm,
+            cgroups: self.cgroup,
+            containers: self.container,
+        };
+        let target = match (selection, self.command.is_empty()) {
+            (
+                Selection {
+                    pids,
+                    comms,
+                    cgroups,
+                    containers,
+                },
+                _,
+            ) if pids.len() == 1
+                && comms.is_empty()
+                && cgroups.is_empty()
+                && containers.is_empty() =>
+            {
+                Target::Pid(pids[0])
+            }
+            (selection, _) if selection != Selection::default() => Target::Select(selection),
+            (_, false) => Target::Command(self.command),
+            (_, true) => return Err(ConfigError::NoTarget),
         };
         Ok(Config {
             target,
@@ -160,7 +215,7 @@ mod tests {
             Options::try_parse_from(["tracer", "--pid", "7", "--json", "--duration", "2"]).unwrap();
         assert_eq!(
             (opts.pid, opts.json, opts.duration),
-            (Some(7), true, Some(2.0))
+            (vec![7], true, Some(2.0))
         );
         let opts =
             Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
@@ -216,5 +271,49 @@ mod tests {
         }
         let opts = Options::try_parse_from(["tracer", "--json"]).unwrap();
         assert_eq!(opts.into_config(), Err(ConfigError::NoTarget));
+        for bad in [["--comm", "x"], ["--cgroup", "/x"], ["--container", "abc"]] {
+            assert!(
+                Options::try_parse_from(["tracer", bad[0], bad[1], "--", "cmd"]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let opts = Options::try_parse_from(["tracer", "--comm", ""]).unwrap();
+        assert!(matches!(opts.into_config(), Err(ConfigError::EmptyComm(_))));
+    }
+
+    /// Repeated --pid, and --comm, --cgroup and --container, select processes together; a
+    /// single --pid stays what it was.
+    #[test]
+    fn selects_several_targets() {
+        let config = Options::try_parse_from([
+            "tracer",
+            "--pid",
+            "7",
+            "--pid",
+            "8",
+            "--comm",
+            "nginx",
+            "--cgroup",
+            "/a/b",
+            "--container",
+            "4f1e",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            config.target,
+            Target::Select(Selection {
+                pids: vec![7, 8],
+                comms: vec!["nginx".into()],
+                cgroups: vec![PathBuf::from("/a/b")],
+                containers: vec!["4f1e".into()],
+            })
+        );
+        let config = Options::try_parse_from(["tracer", "--comm", "sleep"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert!(matches!(config.target, Target::Select(_)));
     }
 }

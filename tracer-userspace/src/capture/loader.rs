@@ -11,10 +11,13 @@ use aya::{
     maps::{HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
-use tracer_common::{OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names};
+use tracer_common::{
+    MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names,
+};
 
 use super::{
     kernel_log::{KernelLog, kernel_log_level},
+    targets::TargetMaps,
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
 };
@@ -142,8 +145,12 @@ impl LostCounts {
 
 /// The loaded and attached programs and the maps userspace uses. Dropping it detaches all.
 pub(crate) struct Probes {
-    followed: HashMap<MapData, u32, u8>,
-    listen_ports: HashMap<MapData, u16, u32>,
+    /// Written while events are applied (processes adopted later), through a shared
+    /// reference.
+    followed: RefCell<HashMap<MapData, u32, u8>>,
+    /// The names and cgroups followed from their exec (`--comm`, `--cgroup`).
+    pub(crate) targets: RefCell<TargetMaps>,
+    listen_ports: RefCell<HashMap<MapData, u16, u32>>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
@@ -198,12 +205,14 @@ pub(crate) fn preflight() -> Result<PathBuf, LoadError> {
 pub(crate) type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
-/// `stack_copy_bytes` caps the user stack copied per event. Runs inside the session's tokio
+/// `stack_copy_bytes` caps the user stack copied per event; `match_targets` makes exec look
+/// processes up by name and cgroup (see [`TargetMaps`]). Runs inside the session's tokio
 /// runtime, whose event loop forwards the programs' log records (see [`KernelLog`]).
 pub(crate) fn load(
     tracefs_root: &Path,
     ring_bytes: u32,
     stack_copy_bytes: u64,
+    match_targets: bool,
 ) -> Result<(Probes, EventRing), LoadError> {
     let names: Vec<(&str, &str)> = PROBES.iter().map(|p| (p.category, p.name)).collect();
     let formats = Formats::read(tracefs_root, &names)?;
@@ -219,10 +228,12 @@ pub(crate) fn load(
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
+    let match_targets = u64::from(match_targets);
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(MATCH_TARGETS_GLOBAL, &match_targets, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
@@ -248,10 +259,15 @@ pub(crate) fn load(
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
     let probes = Probes {
-        followed: HashMap::try_from(take_map(&mut ebpf, map_names::FOLLOWED)?)
-            .map_err(map_error(map_names::FOLLOWED))?,
-        listen_ports: HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
-            .map_err(map_error(map_names::LISTEN_PORTS))?,
+        followed: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::FOLLOWED)?)
+                .map_err(map_error(map_names::FOLLOWED))?,
+        ),
+        targets: RefCell::new(TargetMaps::take(&mut ebpf)?),
+        listen_ports: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
+                .map_err(map_error(map_names::LISTEN_PORTS))?,
+        ),
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
         stack_bases: RefCell::new(
@@ -268,11 +284,11 @@ pub(crate) fn load(
     Ok((probes, events))
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::MissingInObject(name))
 }
 
-fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+pub(super) fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { map, source }
 }
 
@@ -328,16 +344,18 @@ fn without(name: &str) -> String {
 
 impl Probes {
     /// Follows a process from now on; its children are then followed by the kernel itself.
-    pub(crate) fn follow(&mut self, tgid: u32) -> Result<(), LoadError> {
+    pub(crate) fn follow(&self, tgid: u32) -> Result<(), LoadError> {
         self.followed
+            .borrow_mut()
             .insert(tgid, 1, 0)
             .map_err(map_error(map_names::FOLLOWED))
     }
 
     /// Tells the kernel side that `pid` listens on TCP `port`, so the sockets it accepts are
     /// tracked from their handshake on (the kernel adds ports that start listening later).
-    pub(crate) fn listening(&mut self, port: u16, pid: u32) -> Result<(), LoadError> {
+    pub(crate) fn listening(&self, port: u16, pid: u32) -> Result<(), LoadError> {
         self.listen_ports
+            .borrow_mut()
             .insert(port, pid, 0)
             .map_err(map_error(map_names::LISTEN_PORTS))
     }

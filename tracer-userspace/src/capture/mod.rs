@@ -4,7 +4,9 @@
 
 mod kernel_log;
 mod loader;
+mod targets;
 mod tracefs;
 mod verifier;
 
 pub(crate) use loader::{EventRing, LoadError, Probes, load, preflight};
+pub(crate) use targets::COMM_LEN;

@@ -14,6 +14,7 @@
 //! (with the unix peers from `unix_diag`), `fds` a process's descriptors; their items are
 //! re-exported here, so callers write `procfs::describe_fd`.
 
+mod cgroups;
 mod fds;
 mod process;
 mod sockets;
@@ -21,6 +22,12 @@ mod sockets;
 mod test_support;
 mod unix_diag;
 
+pub(crate) use cgroups::{
+    cgroup_dir, cgroup_procs, cgroup_root, cgroup_tree, container_cgroup, container_id, nspid,
+    process_cgroup,
+};
 pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
-pub(crate) use process::{cwd, descendants, process_exists, process_info, start_time, threads};
+pub(crate) use process::{
+    all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
+};
 pub(crate) use sockets::{Direction, SocketTable};

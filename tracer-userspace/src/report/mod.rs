@@ -19,7 +19,7 @@ pub(crate) mod text;
 pub(crate) use bad_closes::{BadCloseEntry, BadCloseGroupEntry, LifeEntry};
 pub(crate) use build::{SessionFacts, build};
 pub(crate) use contract::*;
-pub(crate) use resolver::Resolver;
+pub(crate) use resolver::{Placement, Resolver};
 
 #[cfg(test)]
 pub(crate) mod tests;

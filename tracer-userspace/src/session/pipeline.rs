@@ -13,8 +13,10 @@ use tokio::{
 use tracer_common::CLONE_THREAD;
 
 use super::{
+    attach,
     child::PausedChild,
     reconcile::{self, Reconciler},
+    targets::Roots,
 };
 use crate::{
     aggregator::Aggregator,
@@ -46,7 +48,9 @@ const MIN_EVENT_BYTES: usize = 32;
 
 /// Userspace state the event loop updates.
 pub(super) struct State<'p> {
-    probes: &'p Probes,
+    pub(super) probes: &'p Probes,
+    /// The processes followed as targets, and what chooses more of them.
+    pub(super) roots: Roots,
     pub(super) agg: Aggregator,
     pub(super) stacks: StackStore,
     pub(super) tcp: TcpTracker,
@@ -58,6 +62,7 @@ impl<'p> State<'p> {
     pub(super) fn new(probes: &'p Probes, at_exit_descriptors: bool) -> Self {
         Self {
             probes,
+            roots: Roots::default(),
             agg: if at_exit_descriptors {
                 Aggregator::keeping_at_exit_descriptors()
             } else {
@@ -172,6 +177,16 @@ impl<'p> State<'p> {
     /// Applies a [`prepare`]d event to the tables.
     fn apply_event(&mut self, event: Event) {
         let header = &event.header;
+        if matches!(event.body, EventBody::Exec)
+            && self.roots.watches()
+            && self.agg.process(header.tgid).is_none_or(|p| p.exited())
+        {
+            // The kernel followed it at its exec (a name or cgroup asked for): its table is
+            // read now, as it stands after the exec.
+            let why = self.roots.why(header.tgid);
+            attach::adopt(self, header.tgid, why, header.timestamp_ns);
+            return;
+        }
         if let EventBody::TaskCreated(TaskCreated {
             child_tid,
             clone_flags: Some(flags),
@@ -222,6 +237,17 @@ impl<'p> State<'p> {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Follows the processes that moved into a watched cgroup without an exec.
+    fn adopt_new_targets(&mut self) {
+        if !self.roots.watches() {
+            return;
+        }
+        let now = monotonic_ns();
+        for (pid, why) in self.roots.matching_now(self.probes, false) {
+            attach::adopt(self, pid, why, now);
         }
     }
 
@@ -297,7 +323,8 @@ pub(super) async fn event_loop(
                     state.agg.mark_vanished(pid, now);
                 }
                 state.reconcile_if_due(ring.get_mut());
-                if state.agg.live_processes().next().is_none() {
+                state.adopt_new_targets();
+                if !state.roots.watches() && state.agg.live_processes().next().is_none() {
                     return Ok(StopReason::AllExited);
                 }
             }
