@@ -13,6 +13,19 @@ use crate::{
     maps::{offset, output},
 };
 
+/// `--all`: a close that succeeded in a process nobody follows is counted (see `host.rs`);
+/// without `--all`, this returns before the lookup.
+#[inline(always)]
+fn count_close_if_unfollowed() {
+    if !crate::host::host_wide() {
+        return;
+    }
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        crate::host::count_close(caller.tgid);
+    }
+}
+
 #[tracepoint]
 pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if let Some(caller) = Caller::followed() {
@@ -32,7 +45,11 @@ pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
 /// saved registers (for the fd) and capture a stack.
 #[tracepoint]
 pub(crate) fn sys_exit_close(ctx: TracePointContext) -> u32 {
-    if syscall_result(&ctx) != -EBADF {
+    let result = syscall_result(&ctx);
+    if result != -EBADF {
+        if result == 0 {
+            count_close_if_unfollowed();
+        }
         return 0;
     }
     if let Some(caller) = Caller::followed() {

@@ -123,6 +123,15 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(task) = Caller::followed() else {
+        if crate::host::host_wide() {
+            // `--all`: a process that is gone takes its counts along.
+            let task = Caller::current();
+            let process_gone = read_u8(&ctx, offset!(exit_group_dead))
+                .map_or(task.tid == task.tgid, |dead| dead != 0);
+            if process_gone {
+                crate::host::forget(task.tgid);
+            }
+        }
         return 0;
     };
     // Its tid may come back as another thread's, with another stack.
