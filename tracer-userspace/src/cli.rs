@@ -35,6 +35,20 @@ pub struct Options {
     #[arg(long, value_name = "ID", conflicts_with = "command")]
     pub container: Vec<String>,
 
+    /// Watch every process on the host: count what each creates and closes in the kernel (no
+    /// events, no stacks), rank them by how fast their descriptors, threads, zombies and
+    /// CLOSE_WAIT sockets grow, and name those leaking now. Prints a line every few seconds.
+    #[arg(
+        long,
+        conflicts_with_all = ["pid", "comm", "cgroup", "container", "command"]
+    )]
+    pub all: bool,
+
+    /// With --all: follow the N fastest growers with full tracing (stacks) once they are seen
+    /// leaking, as --pid would, without restarting anything.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub follow_top: Option<u32>,
+
     /// Stop after SECS seconds and print the report (default: on Ctrl-C or SIGTERM, or when
     /// every followed process has exited).
     #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
@@ -97,6 +111,8 @@ pub enum Target {
     Command(Vec<String>),
     /// Several processes, or processes chosen by name or cgroup, now and later.
     Select(Selection),
+    /// Every process on the host (`--all`), following the `follow_top` fastest growers.
+    All { follow_top: usize },
 }
 
 /// Processes chosen by pid, name, cgroup or container (at least one of them).
@@ -134,12 +150,17 @@ pub enum ConfigError {
     NoTarget,
     #[error("--comm {0}: a process name cannot be empty")]
     EmptyComm(String),
+    #[error("--follow-top needs --all: it follows the fastest growers of the host-wide watch")]
+    FollowTopWithoutAll,
 }
 
 impl Options {
     /// Checks what clap cannot express (exactly one of --pid and COMMAND) and converts the
     /// sizes to the units the session uses.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        if self.follow_top.is_some() && !self.all {
+            return Err(ConfigError::FollowTopWithoutAll);
+        }
         if let Some(empty) = self.comm.iter().find(|c| c.is_empty()) {
             return Err(ConfigError::EmptyComm(empty.clone()));
         }
@@ -150,6 +171,9 @@ impl Options {
             containers: self.container,
         };
         let target = match (selection, self.command.is_empty()) {
+            _ if self.all => Target::All {
+                follow_top: self.follow_top.unwrap_or(0) as usize,
+            },
             (
                 Selection {
                     pids,
@@ -279,6 +303,30 @@ mod tests {
         }
         let opts = Options::try_parse_from(["tracer", "--comm", ""]).unwrap();
         assert!(matches!(opts.into_config(), Err(ConfigError::EmptyComm(_))));
+    }
+
+    /// --all stands alone: with a pid, name, cgroup, container or command it is refused;
+    /// --follow-top needs it.
+    #[test]
+    fn all_stands_alone() {
+        let config = Options::try_parse_from(["tracer", "--all", "--follow-top", "2"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.target, Target::All { follow_top: 2 });
+        for bad in [
+            &["--all", "--pid", "1"][..],
+            &["--all", "--comm", "x"],
+            &["--all", "--cgroup", "/x"],
+            &["--all", "--container", "x"],
+            &["--all", "--", "cmd"],
+            &["--all", "--follow-top", "0"],
+        ] {
+            let args = std::iter::once("tracer").chain(bad.iter().copied());
+            assert!(Options::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let opts = Options::try_parse_from(["tracer", "--follow-top", "1", "--pid", "1"]).unwrap();
+        assert_eq!(opts.into_config(), Err(ConfigError::FollowTopWithoutAll));
     }
 
     /// Repeated --pid, and --comm, --cgroup and --container, select processes together; a

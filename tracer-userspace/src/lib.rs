@@ -10,6 +10,7 @@ mod capture;
 mod cli;
 mod clock;
 mod events;
+mod host;
 #[cfg(test)]
 mod layers;
 mod model;

@@ -12,10 +12,12 @@ use aya::{
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
-    MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names,
+    HOST_WIDE_GLOBAL, MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL,
+    map_names,
 };
 
 use super::{
+    host::HostCountsMap,
     kernel_log::{KernelLog, kernel_log_level},
     targets::TargetMaps,
     tracefs::{self, Formats, TracefsError},
@@ -150,6 +152,8 @@ pub(crate) struct Probes {
     followed: RefCell<HashMap<MapData, u32, u8>>,
     /// The names and cgroups followed from their exec (`--comm`, `--cgroup`).
     pub(crate) targets: RefCell<TargetMaps>,
+    /// `--all`: what unfollowed processes created and closed.
+    pub(crate) host_counts: HostCountsMap,
     listen_ports: RefCell<HashMap<MapData, u16, u32>>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
@@ -206,13 +210,15 @@ pub(crate) type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
 /// `stack_copy_bytes` caps the user stack copied per event; `match_targets` makes exec look
-/// processes up by name and cgroup (see [`TargetMaps`]). Runs inside the session's tokio
+/// processes up by name and cgroup (see [`TargetMaps`]); `host_wide` makes the probes count
+/// what unfollowed processes create and close (`--all`, see [`HostCountsMap`]). Runs inside the session's tokio
 /// runtime, whose event loop forwards the programs' log records (see [`KernelLog`]).
 pub(crate) fn load(
     tracefs_root: &Path,
     ring_bytes: u32,
     stack_copy_bytes: u64,
     match_targets: bool,
+    host_wide: bool,
 ) -> Result<(Probes, EventRing), LoadError> {
     let names: Vec<(&str, &str)> = PROBES.iter().map(|p| (p.category, p.name)).collect();
     let formats = Formats::read(tracefs_root, &names)?;
@@ -229,11 +235,13 @@ pub(crate) fn load(
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
     let match_targets = u64::from(match_targets);
+    let host_wide = u64::from(host_wide);
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
         .override_global(MATCH_TARGETS_GLOBAL, &match_targets, true)
+        .override_global(HOST_WIDE_GLOBAL, &host_wide, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
@@ -264,6 +272,7 @@ pub(crate) fn load(
                 .map_err(map_error(map_names::FOLLOWED))?,
         ),
         targets: RefCell::new(TargetMaps::take(&mut ebpf)?),
+        host_counts: HostCountsMap::take(&mut ebpf)?,
         listen_ports: RefCell::new(
             HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
                 .map_err(map_error(map_names::LISTEN_PORTS))?,

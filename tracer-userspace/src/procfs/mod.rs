@@ -16,6 +16,7 @@
 
 mod cgroups;
 mod fds;
+mod host;
 mod process;
 mod sockets;
 #[cfg(test)]
@@ -27,6 +28,9 @@ pub(crate) use cgroups::{
     process_cgroup,
 };
 pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
+pub(crate) use host::{
+    TCP_CLOSE_WAIT, all_stats, file_nr, nofile_limit, open_fd_count, socket_inodes, tcp_states,
+};
 pub(crate) use process::{
     all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
 };

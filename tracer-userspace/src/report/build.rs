@@ -28,6 +28,8 @@ pub(crate) struct SessionFacts {
     pub command: Vec<String>,
     /// Every root followed, `target` first.
     pub targets: Vec<TargetEntry>,
+    /// `--all`'s watch of the host.
+    pub host: Option<super::HostSection>,
     pub duration_s: f64,
     pub now_ns: u64,
     pub received: u64,
@@ -112,6 +114,7 @@ pub(crate) fn build(
         tcp,
         deleted_files,
         bad_closes: super::bad_closes::bad_closes(agg, facts.now_ns, resolver),
+        host: facts.host.clone(),
     }
 }
 

@@ -49,6 +49,9 @@ pub(crate) struct Report {
     pub deleted_files: Vec<DeletedFileEntry>,
     /// Closes, dup2s and dup3s of descriptors that were not open (EBADF), by closing stack.
     pub bad_closes: Vec<super::BadCloseGroupEntry>,
+    /// `--all`: every process on the host, ranked by how fast it grows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<super::HostSection>,
 }
 
 /// One deleted file still held open by live followed processes.

@@ -13,12 +13,14 @@ mod deleted;
 mod entry;
 pub(crate) mod flamegraph;
 mod group;
+mod host;
 mod resolver;
 pub(crate) mod text;
 
 pub(crate) use bad_closes::{BadCloseEntry, BadCloseGroupEntry, LifeEntry};
 pub(crate) use build::{SessionFacts, build};
 pub(crate) use contract::*;
+pub(crate) use host::{HostProcess, HostSection};
 pub(crate) use resolver::{Placement, Resolver};
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 mod attach;
 mod child;
+mod host;
 mod pipeline;
 mod reconcile;
 mod resolver;
@@ -57,7 +58,7 @@ pub fn run(config: &Config) -> Result<()> {
     let (mut roots, given_pids) = match &config.target {
         Target::Pid(pid) => (Roots::default(), vec![process_of(*pid)?]),
         Target::Select(selection) => Roots::resolve(selection)?,
-        Target::Command(_) => (Roots::default(), Vec::new()),
+        Target::Command(_) | Target::All { .. } => (Roots::default(), Vec::new()),
     };
     let tracefs_root = capture::preflight()?;
     let mut child = match &config.target {
@@ -79,6 +80,7 @@ pub fn run(config: &Config) -> Result<()> {
         config.ring_bytes,
         config.stack_copy_bytes,
         roots.watches(),
+        matches!(config.target, Target::All { .. }),
     )
     .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
@@ -102,6 +104,9 @@ pub fn run(config: &Config) -> Result<()> {
     let descendants = tree.followed.len() - roots.pids().len().min(tree.followed.len());
     let mut state = State::new(&probes, config.at_exit_descriptors);
     state.roots = roots;
+    if let Target::All { follow_top } = config.target {
+        state.host = Some(host::HostSession::new(follow_top, started_ns));
+    }
     tree.seed(&mut state, started_ns);
     announce(&state, probes.attached.len(), &config.target, descendants);
     if let (Some(child), Target::Command(command)) = (&mut child, &config.target) {
@@ -150,6 +155,16 @@ fn announce(state: &State<'_>, probes: usize, target: &Target, descendants: usiz
             format!("pid {pid} ({comm})")
         })
         .collect();
+    if let (Target::All { follow_top }, true) = (target, named.is_empty()) {
+        let follow = match follow_top {
+            0 => String::new(),
+            n => format!(", and following the {n} fastest growers with stacks once they leak"),
+        };
+        eprintln!(
+            "tracer: attached {probes} probes; watching every process on the host{follow}. Ctrl-C to stop and report."
+        );
+        return;
+    }
     if named.is_empty() {
         eprintln!(
             "tracer: attached {probes} probes; no process matches yet: waiting for {}. Ctrl-C to stop and report.",
@@ -203,6 +218,10 @@ fn build_report(
         target,
         command,
         targets: state.roots.entries(started_ns),
+        host: state
+            .host
+            .as_mut()
+            .map(|host| host::section(host, probes, started_ns)),
         duration_s: (now_ns - started_ns) as f64 / 1e9,
         now_ns,
         received: state.records.received,

@@ -15,6 +15,7 @@ use tracer_common::CLONE_THREAD;
 use super::{
     attach,
     child::PausedChild,
+    host::{self, HostSession},
     reconcile::{self, Reconciler},
     targets::Roots,
 };
@@ -51,6 +52,8 @@ pub(super) struct State<'p> {
     pub(super) probes: &'p Probes,
     /// The processes followed as targets, and what chooses more of them.
     pub(super) roots: Roots,
+    /// `--all`: every process on the host.
+    pub(super) host: Option<HostSession>,
     pub(super) agg: Aggregator,
     pub(super) stacks: StackStore,
     pub(super) tcp: TcpTracker,
@@ -63,6 +66,7 @@ impl<'p> State<'p> {
         Self {
             probes,
             roots: Roots::default(),
+            host: None,
             agg: if at_exit_descriptors {
                 Aggregator::keeping_at_exit_descriptors()
             } else {
@@ -324,7 +328,9 @@ pub(super) async fn event_loop(
                 }
                 state.reconcile_if_due(ring.get_mut());
                 state.adopt_new_targets();
-                if !state.roots.watches() && state.agg.live_processes().next().is_none() {
+                host::tick(state);
+                let open_ended = state.roots.watches() || state.host.is_some();
+                if !open_ended && state.agg.live_processes().next().is_none() {
                     return Ok(StopReason::AllExited);
                 }
             }

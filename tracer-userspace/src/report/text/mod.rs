@@ -27,6 +27,12 @@ const PIDS_SHOWN: usize = 3;
 pub(crate) fn render_top(report: &Report, top: usize) -> String {
     let mut out = String::new();
     summary(report, &mut out);
+    if let Some(host) = &report.host {
+        crate::report::host::render(host, top, &mut out);
+        if report.targets.is_empty() {
+            return out;
+        }
+    }
     let live: Vec<&DescriptorEntry> = report
         .open_descriptors
         .iter()
