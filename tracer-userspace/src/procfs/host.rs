@@ -90,28 +90,42 @@ fn parse_file_nr(text: &str) -> Option<(u64, u64)> {
     }
 }
 
+/// TCP connections in TIME_WAIT in the tracer's network namespace, IPv4 and IPv6 together
+/// (`tw` in /proc/net/sockstat: a counter, not a walk of the table).
+pub(crate) fn time_wait_count() -> Option<u64> {
+    parse_sockstat_tw(&fs::read_to_string("/proc/net/sockstat").ok()?)
+}
+
+fn parse_sockstat_tw(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "tw" {
+            return words.next()?.parse().ok();
+        }
+    }
+    None
+}
+
 /// TCP state numbers of include/net/tcp_states.h.
-pub(crate) const TCP_TIME_WAIT: u8 = 6;
+const TCP_TIME_WAIT: u8 = 6;
 pub(crate) const TCP_CLOSE_WAIT: u8 = 8;
 
-/// The TCP sockets of `pid`'s network namespace (IPv4 and IPv6): socket inode -> state,
-/// and how many are in TIME_WAIT (which no descriptor holds: inode 0).
-pub(crate) fn tcp_states(pid: u32) -> (HashMap<u64, u8>, u64) {
+/// The TCP sockets of `pid`'s network namespace (IPv4 and IPv6) that a descriptor holds:
+/// socket inode -> state.
+pub(crate) fn tcp_states(pid: u32) -> HashMap<u64, u8> {
     let mut states = HashMap::new();
-    let mut time_wait = 0;
     for table in ["tcp", "tcp6"] {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
             continue;
         };
         for (inode, state) in text.lines().skip(1).filter_map(parse_tcp_line) {
-            if state == TCP_TIME_WAIT {
-                time_wait += 1;
-            } else if inode != 0 {
+            if state != TCP_TIME_WAIT && inode != 0 {
                 states.insert(inode, state);
             }
         }
     }
-    (states, time_wait)
+    states
 }
 
 fn parse_tcp_line(line: &str) -> Option<(u64, u8)> {
@@ -185,6 +199,15 @@ mod tests {
         );
         assert_eq!(parse_file_nr("10 2 100"), Some((8, 100)));
         assert_eq!(parse_file_nr("x"), None);
+    }
+
+    /// TIME_WAIT is the `tw` of the TCP line of sockstat.
+    #[test]
+    fn sockstat_tw() {
+        let text =
+            "sockets: used 120\nTCP: inuse 5 orphan 0 tw 17 alloc 9 mem 1\nUDP: inuse 1 mem 0\n";
+        assert_eq!(parse_sockstat_tw(text), Some(17));
+        assert_eq!(parse_sockstat_tw("UDP: inuse 1\n"), None);
     }
 
     /// A /proc/net/tcp line gives the state and the inode.

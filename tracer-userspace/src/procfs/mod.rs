@@ -30,6 +30,7 @@ pub(crate) use cgroups::{
 pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
 pub(crate) use host::{
     TCP_CLOSE_WAIT, all_stats, file_nr, nofile_limit, open_fd_count, socket_inodes, tcp_states,
+    time_wait_count,
 };
 pub(crate) use process::{
     all_pids, cwd, descendants, process_exists, process_info, start_time, threads,

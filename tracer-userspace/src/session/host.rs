@@ -121,17 +121,20 @@ fn look(host: &mut HostSession, probes: &crate::capture::Probes, now: u64) {
     }
     close_wait_of_top(&mut host.watch, now);
     host.watch.file_nr = procfs::file_nr();
-    let (_, time_wait) = procfs::tcp_states(1);
-    host.watch.time_wait.set(time_wait, now);
+    if let Some(time_wait) = procfs::time_wait_count() {
+        host.watch.time_wait.set(time_wait, now);
+    }
 }
 
-/// CLOSE_WAIT sockets of the fastest growers: their socket inodes against their network
-/// namespace's TCP table (read once per namespace).
+/// CLOSE_WAIT sockets of the fastest growers that grow: their socket inodes against their
+/// network namespace's TCP table (read once per namespace, and not at all while nothing
+/// grows: a table of many connections is not cheap to read).
 fn close_wait_of_top(watch: &mut HostWatch, now: u64) {
     let top: Vec<u32> = watch
         .ranked(now)
         .iter()
         .take(CLOSE_WAIT_OF_TOP)
+        .filter(|w| w.score(now) > 0.0 || w.value(Level::CloseWait).is_some_and(|n| n > 0))
         .map(|w| w.pid)
         .collect();
     let mut tables: HashMap<u64, HashMap<u64, u8>> = HashMap::new();
@@ -141,7 +144,7 @@ fn close_wait_of_top(watch: &mut HostWatch, now: u64) {
         };
         let states = tables
             .entry(std::os::unix::fs::MetadataExt::ino(&netns))
-            .or_insert_with(|| procfs::tcp_states(pid).0);
+            .or_insert_with(|| procfs::tcp_states(pid));
         let close_wait = procfs::socket_inodes(pid)
             .iter()
             .filter(|inode| states.get(inode) == Some(&procfs::TCP_CLOSE_WAIT))

@@ -27,6 +27,8 @@ pub(crate) enum Case {
     FollowedFramePointers,
     /// The tracer follows an idle process: what everyone else pays.
     OtherProcess,
+    /// `tracer --all`: the benchmark is one of the host's processes, counted, not followed.
+    HostWide,
     /// Empty programs on the same tracepoints.
     EmptyFloor,
     BpftraceMap,
@@ -35,11 +37,12 @@ pub(crate) enum Case {
 }
 
 impl Case {
-    pub(crate) const ALL: [Case; 8] = [
+    pub(crate) const ALL: [Case; 9] = [
         Case::Untraced,
         Case::Followed,
         Case::FollowedFramePointers,
         Case::OtherProcess,
+        Case::HostWide,
         Case::EmptyFloor,
         Case::BpftraceMap,
         Case::BpftraceMapUstack,
@@ -53,6 +56,7 @@ impl Case {
             Case::Followed => "tracer_followed",
             Case::FollowedFramePointers => "tracer_followed_frame_pointers",
             Case::OtherProcess => "tracer_other_process",
+            Case::HostWide => "tracer_all",
             Case::EmptyFloor => "empty_bpf_floor",
             Case::BpftraceMap => "bpftrace_map",
             Case::BpftraceMapUstack => "bpftrace_map_ustack",
@@ -67,6 +71,7 @@ impl Case {
             Case::Followed => "tracer, following the benchmark",
             Case::FollowedFramePointers => "same, frame pointers only (--stack-copy-kib 0)",
             Case::OtherProcess => "tracer, following another process",
+            Case::HostWide => "tracer --all (counted, not followed)",
             Case::EmptyFloor => "empty BPF programs, same tracepoints (floor)",
             Case::BpftraceMap => "bpftrace open-fd map",
             Case::BpftraceMapUstack => "bpftrace open-fd map + ustack",
@@ -243,6 +248,18 @@ fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> R
         Case::OtherProcess => {
             let idle = Idle::start()?;
             let attached = Attached::start(settings.tracer, idle.pid(), &["--json"])?;
+            let attach_s = attached.attach_time.as_secs_f64();
+            let ran =
+                Watched::spawn(&mut command(argv)).and_then(|mut w| w.wait_success(RUN_TIMEOUT));
+            attached.stop()?;
+            ran?;
+            Ok(Observed {
+                facts: None,
+                attach_s: Some(attach_s),
+            })
+        }
+        Case::HostWide => {
+            let attached = Attached::start_args(settings.tracer, &["--all", "--json"])?;
             let attach_s = attached.attach_time.as_secs_f64();
             let ran =
                 Watched::spawn(&mut command(argv)).and_then(|mut w| w.wait_success(RUN_TIMEOUT));
