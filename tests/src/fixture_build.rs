@@ -32,10 +32,12 @@ pub const FIXTURES: &[&str] = &[
     "tw_client",
     "fd_families",
     "stack_leak",
+    "steady_leak",
     "stack_base",
     "exit_workers",
     "bad_close",
     "slow_leak",
+    "serve_leak",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.

@@ -141,3 +141,33 @@ fn slow_leak_holds_what_it_says() {
             .is_some_and(|s| s.success())
     );
 }
+
+/// serve_leak sets its soft descriptor limit, and holds N more descriptors after each "go N".
+#[test]
+fn serve_leak_keeps_each_batch() {
+    let bin = build_fixture("serve_leak", &[]);
+    let file = unique_dir(None, "serve-leak-fixture").join("leaked.conf");
+    std::fs::write(&file, "x=1\n").unwrap();
+    let mut fixture = Fixture::spawn(&bin, &["777", file.to_str().unwrap()]);
+    fixture.wait_for_line("READY", Duration::from_secs(10));
+    let pid = fixture.pid();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let soft = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap();
+    assert_eq!(soft, "777", "{limits}");
+    let before = fd_count(pid).unwrap();
+    fixture.send_line("go 4");
+    assert_eq!(
+        fixture.wait_for_line("DONE ", Duration::from_secs(10)),
+        "DONE 4"
+    );
+    fixture.send_line("go 3");
+    assert_eq!(
+        fixture.wait_for_line("DONE ", Duration::from_secs(10)),
+        "DONE 7"
+    );
+    assert_eq!(fd_count(pid).unwrap(), before + 7);
+}

@@ -150,6 +150,17 @@ fn assert_c_stack(report: &Report, path: &Path, label: &str) {
     );
     let (_, rate) = measure(label, group);
     assert_eq!(rate, 1.0, "{label}: every frame has a symbol\n{ctx}");
+    // A program that is not Python has native frames only.
+    let runtimes: Vec<&Value> = group["stack"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.get("runtime"))
+        .collect();
+    assert!(
+        runtimes.is_empty(),
+        "{label}: frames with a runtime {runtimes:?}\n{ctx}"
+    );
 }
 
 /// With frame pointers at -O0, the leaking function and its caller are on the stack.
@@ -331,7 +342,7 @@ fn python() -> String {
 
 /// A Python script leaking files from a function: the interpreter's native frames, from
 /// open's wrapper through the call machinery and the evaluation loop to main, are on the
-/// stack. (Python function names would need the interpreter's frame objects; not read.)
+/// stack (the Python frames merged among them are checked in python.rs).
 #[test]
 fn python_script() {
     require_root();

@@ -77,9 +77,9 @@ mod tests {
             assert_eq!(syscall as u32, i as u32 + 1, "{syscall:?}");
             assert_eq!(Syscall::try_from(syscall as u32), Ok(syscall));
         }
-        assert_eq!(EventKind::ALL.len(), 10);
+        assert_eq!(EventKind::ALL.len(), 11);
         assert_eq!(Syscall::ALL.len(), 41);
-        for raw in [0, 11, u32::MAX] {
+        for raw in [0, 12, u32::MAX] {
             assert_eq!(EventKind::try_from(raw), Err(raw));
         }
         for raw in [0, 42, u32::MAX] {

@@ -9,6 +9,7 @@ use core::mem::size_of;
 
 pub mod abi;
 mod abi_enum;
+pub mod python;
 
 /// Kept at the crate root, where both sides have always imported them from.
 pub use abi::{CLONE_FILES, CLONE_THREAD};
@@ -51,6 +52,8 @@ pub mod map_names {
     pub const MATCH_COMMS: &str = "MATCH_COMMS";
     pub const MATCH_CGROUPS: &str = "MATCH_CGROUPS";
     pub const HOST_COUNTS: &str = "HOST_COUNTS";
+    pub const PY_PROCS: &str = "PY_PROCS";
+    pub const PY_TSTATES: &str = "PY_TSTATES";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
@@ -60,6 +63,11 @@ pub const WAKEUP_GLOBAL: &str = "WAKEUP_BYTES";
 /// Name of the global (u64) holding how many bytes of user stack to copy at most per event
 /// (`--stack-copy-kib`; at most [`STACK_TOP_BYTES`], or [`TASK_STACK_TOP_BYTES`] for tasks).
 pub const STACK_COPY_GLOBAL: &str = "STACK_COPY_BYTES";
+/// Name of the global that carries [`KernelOffsets`] into the eBPF object.
+pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
+/// Name of the global (u64) holding the offset of `thread.fsbase` in `task_struct` (from
+/// the kernel's BTF), or u64::MAX when unknown: Python frames are then not captured.
+pub const FSBASE_GLOBAL: &str = "TASK_FSBASE_OFFSET";
 
 /// Name of the global (u64, 0 or 1) that makes exec look a process up in MATCH_COMMS and
 /// MATCH_CGROUPS (`--comm`, `--cgroup`, `--container`): off, exec costs unfollowed
@@ -113,6 +121,9 @@ abi_enum! {
         /// open. [`FdEvent`] with `fd` the number closed (dup2/dup3: the old descriptor),
         /// `syscall` which call, and the user stack.
         CloseFailed = 10,
+        /// The Python frames of the calling thread, sent right before its next event with a
+        /// stack: [`python::PyStackEvent`].
+        PythonStack = 11,
     }
 }
 
@@ -411,11 +422,43 @@ impl TracepointOffsets {
     }
 }
 
+/// Byte offsets of the kernel struct fields sys_enter_close reads to tell whether the
+/// descriptor it is given is open (`current->files->fdt->fd[fd]`), from this kernel's BTF
+/// (/sys/kernel/btf/vmlinux) at load time; [`FIELD_ABSENT`] when the BTF lacks one, which
+/// turns the check (and so the report of closes of descriptors that were not open) off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `struct task_struct`: `files` (`struct files_struct *`).
+    pub task_files: u32,
+    /// `struct files_struct`: `fdt` (`struct fdtable *`).
+    pub files_fdt: u32,
+    /// `struct fdtable`: `max_fds` (`unsigned int`).
+    pub fdt_max_fds: u32,
+    /// `struct fdtable`: `fd` (`struct file **`).
+    pub fdt_fd: u32,
+}
+const _: () = assert!(size_of::<KernelOffsets>() == 4 * 4);
+
+impl KernelOffsets {
+    /// All fields absent; what the object holds until userspace fills it in.
+    pub const fn absent() -> Self {
+        Self {
+            task_files: FIELD_ABSENT,
+            files_fdt: FIELD_ABSENT,
+            fdt_max_fds: FIELD_ABSENT,
+            fdt_fd: FIELD_ABSENT,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: repr(C), made of integers only, with explicit padding.
     unsafe impl aya::Pod for TracepointOffsets {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.

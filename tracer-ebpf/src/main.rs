@@ -14,6 +14,8 @@ mod host;
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod probes;
+#[cfg(target_arch = "bpf")]
+mod python;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

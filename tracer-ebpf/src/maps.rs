@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts, MAX_EXITING, MAX_FOLLOWED,
-    MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES,
-    MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, TASK_STACK_TOP_BYTES, TracepointOffsets,
-    WithStack,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts, KernelOffsets,
+    MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS,
+    MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
+    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -94,6 +94,11 @@ pub(crate) const LOST_FOLLOW_FULL: u32 = 2;
 /// in .rodata, so the verifier sees the values as constants).
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: TracepointOffsets = TracepointOffsets::absent();
+
+/// Where the calling task's descriptor table is (struct field offsets from this kernel's BTF,
+/// written by userspace before loading, like [`OFFSETS`]); sys_enter_close reads it.
+#[unsafe(no_mangle)]
+pub(crate) static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::absent();
 
 /// An eighth of the ring buffer (set by userspace from the ring size): a producer wakes the
 /// reader when its record makes the unread bytes cross a multiple of it. Below that, events

@@ -2,7 +2,7 @@
 //! as clap parses them ([`Options`]), and the checked settings a session runs with
 //! ([`Config`]), as ripgrep separates its low-level and high-level arguments.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::Parser;
 
@@ -97,6 +97,45 @@ pub struct Options {
     #[arg(long, value_name = "FILE")]
     pub flamegraph: Option<PathBuf>,
 
+    /// Write a snapshot (the full report, and what grew since the previous one) every SECS
+    /// seconds while tracing goes on; `kill -USR1` writes one at any time.
+    #[arg(long, value_name = "SECS", value_parser = positive_seconds)]
+    pub interval: Option<f64>,
+
+    /// Write each snapshot into DIR, as a text and a JSON file named by the time it was
+    /// taken, instead of to stdout; the newest --keep are kept.
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+
+    /// How many snapshots --report-dir keeps (the oldest go first).
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+
+    /// Write a snapshot when a followed process holds PERCENT of its descriptor limit
+    /// (RLIMIT_NOFILE, re-read from /proc/PID/limits); 0 turns this trigger off.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub nofile_trigger: u32,
+
+    /// Write a snapshot when the system's open file handles reach PERCENT of fs.file-max
+    /// (/proc/sys/fs/file-nr); 0 turns this trigger off.
+    #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub file_max_trigger: u32,
+
+    /// Write a snapshot when a group of descriptors (by creating stack) grows faster than
+    /// RATE per minute, over the last minute (off by default).
+    #[arg(long, value_name = "RATE", value_parser = positive_rate)]
+    pub growth_trigger: Option<f64>,
+
+    /// Show a live view, refreshed every second: events/s, lost events and the groups
+    /// growing fastest. q or Ctrl-C stops and prints the final report.
+    #[arg(long)]
+    pub live: bool,
+    /// Serve /metrics (Prometheus), /debug/pprof/open_fds (a pprof profile of the open
+    /// descriptors by creating stack) and /report (the JSON report) over HTTP on ADDR, an
+    /// IP:PORT such as 127.0.0.1:9464 or [::]:9464, while tracing.
+    #[arg(long, value_name = "ADDR", value_parser = listen_address)]
+    pub serve: Option<SocketAddr>,
+
     /// Start COMMAND with its arguments and follow it from its first syscall.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -139,6 +178,26 @@ pub struct Config {
     pub flamegraph: Option<PathBuf>,
     /// List every descriptor held at exit, and keep every exited process, for the report.
     pub at_exit_descriptors: bool,
+    /// Snapshots while tracing goes on, their triggers, and the live view.
+    pub snapshots: SnapshotConfig,
+    /// Where to serve the metrics, the profile and the report.
+    pub serve: Option<SocketAddr>,
+}
+
+/// When to write snapshots while tracing, and where.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SnapshotConfig {
+    /// Seconds between periodic snapshots.
+    pub interval: Option<f64>,
+    pub report_dir: Option<PathBuf>,
+    /// Snapshots kept in `report_dir`.
+    pub keep: usize,
+    /// Fractions (0 to 1; 0 = off) of RLIMIT_NOFILE and fs.file-max that trigger a snapshot.
+    pub nofile_fraction: f64,
+    pub file_max_fraction: f64,
+    /// Descriptors per minute that one stack group must gain to trigger a snapshot.
+    pub growth_per_minute: Option<f64>,
+    pub live: bool,
 }
 
 /// Options clap accepts but a session cannot run with.
@@ -203,6 +262,16 @@ impl Options {
             top: self.top as usize,
             flamegraph: self.flamegraph,
             at_exit_descriptors: self.at_exit_descriptors,
+            snapshots: SnapshotConfig {
+                interval: self.interval,
+                report_dir: self.report_dir,
+                keep: self.keep as usize,
+                nofile_fraction: f64::from(self.nofile_trigger) / 100.0,
+                file_max_fraction: f64::from(self.file_max_trigger) / 100.0,
+                growth_per_minute: self.growth_trigger,
+                live: self.live,
+            },
+            serve: self.serve,
         })
     }
 }
@@ -214,11 +283,23 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        _ => Err(format!("`{text}` is not a positive number per minute")),
+    }
+}
+
 fn non_negative_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs >= 0.0 => Ok(secs),
         _ => Err(format!("`{text}` is not a number of seconds")),
     }
+}
+
+fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IP:PORT address such as 127.0.0.1:9464"))
 }
 
 fn ring_buffer_mib(text: &str) -> Result<u32, String> {
@@ -245,7 +326,9 @@ mod tests {
             Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
                 .unwrap();
         assert_eq!(opts.command, vec!["./srv", "--port", "80"]);
-        assert_eq!((opts.top, opts.flamegraph), (10, None));
+        assert_eq!((opts.top, opts.flamegraph, opts.serve), (10, None, None));
+        let opts = Options::try_parse_from(["tracer", "--serve", "[::1]:9464", "--", "x"]).unwrap();
+        assert_eq!(opts.serve, Some("[::1]:9464".parse().unwrap()));
         let opts =
             Options::try_parse_from(["tracer", "--top", "3", "--flamegraph", "fds.svg", "--", "x"])
                 .unwrap();
@@ -287,6 +370,13 @@ mod tests {
             ["--top", "0"],
             ["--stack-copy-kib", "9"],
             ["--top", "x"],
+            ["--interval", "0"],
+            ["--keep", "0"],
+            ["--nofile-trigger", "101"],
+            ["--growth-trigger", "-1"],
+            ["--serve", "localhost"],
+            ["--serve", "127.0.0.1"],
+            ["--serve", "127.0.0.1:99999"],
         ] {
             assert!(
                 Options::try_parse_from(["tracer", bad[0], bad[1]]).is_err(),

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! session                      wires everything; imported by main only
-//! cli                          command-line options
+//! cli, export                  command-line options; --serve's HTTP endpoint and formats
 //! report                       the report contract, built from the tables; text, flame graph
 //! aggregator, tcp, host        descriptor tables, TCP connections, --all's growth (pure)
 //! stacks                       unwinding and symbolizing user stacks
@@ -18,7 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["stacks"],
     &["aggregator", "tcp", "host"],
     &["report"],
-    &["cli"],
+    &["cli", "export"],
     &["session"],
 ];
 

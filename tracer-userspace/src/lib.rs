@@ -10,6 +10,7 @@ mod capture;
 mod cli;
 mod clock;
 mod events;
+mod export;
 mod host;
 #[cfg(test)]
 mod layers;
@@ -20,5 +21,5 @@ mod session;
 mod stacks;
 mod tcp;
 
-pub use cli::{Config, ConfigError, Options, Target};
+pub use cli::{Config, ConfigError, Options, SnapshotConfig, Target};
 pub use session::run;

@@ -27,8 +27,22 @@ pub(crate) struct Needs {
 const VM_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "binutils"];
 
 /// The real servers and clients the integration tests start (`tests/tests/servers.rs`):
-/// PostgreSQL and pgbench, Redis and redis-benchmark, and `ss` to compare TCP states with.
-const SERVER_PACKAGES: &[&str] = &["postgresql", "redis-server", "redis-tools", "iproute2"];
+/// PostgreSQL and pgbench, Redis and redis-benchmark, `ss` to compare TCP states with,
+/// tmux, the terminal the `--live` test drives (`tests/tests/live.rs`), and for `--serve`
+/// (`tests/tests/serve.rs`): Prometheus and promtool, Go's `go tool pprof`, curl; uWSGI with
+/// its Python 3 plugin (`tests/tests/python.rs`: an embedded interpreter).
+const SERVER_PACKAGES: &[&str] = &[
+    "postgresql",
+    "redis-server",
+    "redis-tools",
+    "iproute2",
+    "tmux",
+    "prometheus",
+    "golang-go",
+    "curl",
+    "uwsgi-core",
+    "uwsgi-plugin-python3",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// bpf-linker links against LLVM; these are Debian's LLVM 22 development files and the

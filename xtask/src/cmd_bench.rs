@@ -8,13 +8,15 @@ use serde_json::json;
 
 use crate::{
     bench::{
-        budgets::{self, Verdict},
+        budgets::{self, Measured, Verdict},
         capacity::{self, MemoryResult, RateStep},
         forks,
+        load::{self, Load},
         micro::{self, MicroResult, Settings},
         nginx::{self, NginxResult},
         print, procstat,
         profile::{self, ProfileResult},
+        soak::{self, SoakResult},
         stats::Summary,
         tools,
         workload::{Micro, Workload},
@@ -32,24 +34,36 @@ use crate::{
 /// empty BPF programs on the same tracepoints (the floor), under bpftrace keeping an
 /// open-descriptor map (with and without ustack) and under strace -f. Macro: nginx on
 /// 127.0.0.1 under wrk, untraced and traced. Capacity: zero-loss event rate, what happens
-/// above it, memory with a million open descriptors, time to attach.
+/// above it, memory with a million open descriptors, time to attach. Forks and soak: the
+/// tracer's memory while short-lived workers come and go (soak: with snapshots every 5 s,
+/// RSS at start, middle and end).
 ///
 /// Installs what it uses when missing (apt-get: gcc, strace, bpftrace, bpftool, nginx,
 /// wrk). Takes about 5 minutes on 2 cores (2.5 with --quick). Needs root. Not part of
 /// `cargo xtask test` or CI: benchmarks are not tests.
 #[derive(Args)]
 pub(crate) struct Options {
-    /// Fewer runs (3), shorter loops, 250 000 held descriptors instead of 1 000 000
+    /// Fewer runs (5), shorter loops, 250 000 held descriptors instead of 1 000 000
     #[arg(long)]
     pub quick: bool,
 
-    /// Runs of each case (default 5, 3 with --quick)
+    /// Runs of each case, interleaved (default 7, 5 with --quick)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub runs: Option<u32>,
 
     /// Only these parts (comma-separated); all by default
     #[arg(long, value_enum, value_delimiter = ',', value_name = "PARTS")]
     pub only: Vec<Part>,
+
+    /// Another tracer binary (e.g. one built from an earlier commit) measured beside this
+    /// one in the same runs: micro, nginx and profile get its rows, for before/after numbers
+    /// on a machine whose load drifts
+    #[arg(long, value_name = "PATH")]
+    pub baseline_tracer: Option<PathBuf>,
+    /// Workers the soak part runs through (default 200 000, 50 000 with --quick; about
+    /// 4 000 a second here, so a million takes some 5 minutes)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..))]
+    pub soak_children: Option<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +73,7 @@ pub(crate) enum Part {
     Capacity,
     Profile,
     Forks,
+    Soak,
 }
 
 pub(crate) fn run(options: Options) -> Result<ExitCode> {
@@ -66,8 +81,29 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
         bail!("the bench needs root (it loads eBPF programs): run `cargo xtask bench` as root");
     }
     let started = Instant::now();
+    if let Some(baseline) = &options.baseline_tracer
+        && !baseline.is_file()
+    {
+        bail!("--baseline-tracer {}: no such file", baseline.display());
+    }
     let mut setup = set_up(&options)?;
-    let parts = collect(&options, &mut setup)?;
+    // After the build, which would otherwise count as load.
+    let load_at_start = load::now();
+    let mut parts = collect(&options, &mut setup)?;
+    let load = Load {
+        cpus: load::cpus(),
+        at_start: load_at_start,
+        at_end: load::now(),
+    };
+    parts.verdicts = budgets::check(&Measured {
+        micros: &parts.micros,
+        nginx: parts
+            .nginx
+            .as_ref()
+            .and_then(|n| n.ratio.map(|r| (r, n.best_ratio))),
+        too_busy: load.too_busy(),
+    });
+    parts.load = Some(load);
     let path = write_json(&options, &setup, &parts, started)?;
     print_tables(&setup, &parts);
     println!();
@@ -121,7 +157,7 @@ fn set_up(options: &Options) -> Result<Setup> {
     if let Some(problem) = &bpftrace_problem {
         eprintln!("bpftrace cannot attach on this kernel ({problem}); its rows say so");
     }
-    let runs = options.runs.unwrap_or(if options.quick { 3 } else { 5 }) as usize;
+    let runs = options.runs.unwrap_or(if options.quick { 5 } else { 7 }) as usize;
     Ok(Setup {
         tracer,
         out_dir,
@@ -142,9 +178,12 @@ struct Parts {
     memory: Option<MemoryResult>,
     bpf_profile: Option<ProfileResult>,
     forks: Option<Vec<forks::ForksResult>>,
+    soak: Option<SoakResult>,
     /// Time to `attached` over the micro and nginx runs.
     attach: Option<Summary>,
     verdicts: Vec<Verdict>,
+    /// The load average at the bench's start and end.
+    load: Option<Load>,
 }
 
 /// Runs the parts the options ask for, in order.
@@ -157,6 +196,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         runs,
         scale: if options.quick { 0.4 } else { 1.0 },
         bpftrace_problem: setup.bpftrace_problem.clone(),
+        baseline: options.baseline_tracer.as_deref(),
     };
 
     let mut micros = Vec::new();
@@ -169,7 +209,14 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
     let nginx = if wants(Part::Nginx) {
         let seconds = if options.quick { 3 } else { 5 };
         eprintln!("==> nginx under wrk ({runs} runs of {seconds}s each, untraced and traced)");
-        Some(nginx::run(tracer, &setup.out_dir, runs, seconds)?)
+        Some(nginx::run(
+            tracer,
+            options.baseline_tracer.as_deref(),
+            &setup.out_dir,
+            runs,
+            seconds,
+            setup.bpftrace_problem.clone(),
+        )?)
     } else {
         None
     };
@@ -188,6 +235,7 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         eprintln!("==> BPF program run time (kernel.bpf_stats_enabled)");
         Some(profile::run(
             tracer,
+            options.baseline_tracer.as_deref(),
             workload,
             setup.bpftrace_problem.is_none(),
         )?)
@@ -206,6 +254,17 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         None
     };
 
+    let soak = if wants(Part::Soak) {
+        let children =
+            options
+                .soak_children
+                .unwrap_or(if options.quick { 50_000 } else { 200_000 });
+        eprintln!("==> soak: {children} short-lived workers, snapshots every few seconds");
+        Some(soak::run(tracer, workload, children, &setup.out_dir)?)
+    } else {
+        None
+    };
+
     let mut attach_times: Vec<f64> = micros
         .iter()
         .flat_map(|m| m.attach_times_s.iter().copied())
@@ -214,7 +273,6 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         attach_times.extend(&nginx.attach_times_s);
     }
     let attach = Summary::of(&attach_times);
-    let verdicts = budgets::check(&micros, nginx.as_ref().and_then(|n| n.ratio));
     Ok(Parts {
         micros,
         nginx,
@@ -222,8 +280,10 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         memory,
         bpf_profile,
         forks,
+        soak,
         attach,
-        verdicts,
+        verdicts: Vec::new(),
+        load: None,
     })
 }
 
@@ -250,7 +310,9 @@ fn write_json(
         },
         "bpf_profile": parts.bpf_profile,
         "forks": parts.forks,
+        "soak": parts.soak,
         "budgets": parts.verdicts,
+        "load": parts.load,
         "total_s": started.elapsed().as_secs_f64(),
     });
     let path = setup.out_dir.join("results.json");
@@ -280,6 +342,12 @@ fn print_tables(setup: &Setup, parts: &Parts) {
     }
     if let Some(results) = &parts.forks {
         forks::print(results);
+    }
+    if let Some(load) = &parts.load {
+        print::load(load);
+    }
+    if let Some(result) = &parts.soak {
+        soak::print(result);
     }
     if !parts.verdicts.is_empty() {
         print::budgets(&parts.verdicts);

@@ -46,6 +46,8 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     // reads). The string read is bounded by PATH_CAP.
     unsafe {
         let event = &raw mut (*scratch).event;
+        // The Python frames go first, so that userspace has them when the event arrives.
+        crate::python::capture(caller.tgid);
         let (copied, stack_id) = capture_stack(
             ctx,
             caller.tid,

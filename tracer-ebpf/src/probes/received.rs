@@ -10,7 +10,7 @@ use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::Trace
 use aya_log_ebpf::debug;
 use tracer_common::Syscall;
 
-use super::{Args, call_at_exit, sockets_and_dups::emit_fd_event};
+use super::{Args, call_at_exit, sockets_and_dups::emit_received_fd_event};
 use crate::emit::Caller;
 
 const MAX_CMSGS: usize = 2;
@@ -89,7 +89,7 @@ fn emit_received(
                     let Some(fd) = read_user(slot, failed) else {
                         break;
                     };
-                    emit_fd_event(ctx, caller, fd, args.syscall, [args.arg1, 0, 0]);
+                    emit_received_fd_event(ctx, caller, fd, args.syscall, [args.arg1, 0, 0]);
                 }
             }
             // CMSG_NXTHDR: the next header starts at the 8-byte aligned end of this one.

@@ -55,7 +55,34 @@ pub(super) fn emit_fd_event(
     syscall: u32,
     args: [u64; 3],
 ) {
-    emit(Some(ctx), caller, EventKind::FdCreated, fd, syscall, args);
+    emit(
+        Some((ctx, true)),
+        caller,
+        EventKind::FdCreated,
+        fd,
+        syscall,
+        args,
+    );
+}
+
+/// Like [`emit_fd_event`], without the Python frames: for the descriptors recvmsg received,
+/// emitted in a loop in which the frame walk does not fit the verifier's budget.
+#[inline(always)]
+pub(super) fn emit_received_fd_event(
+    ctx: &TracePointContext,
+    caller: Caller,
+    fd: i32,
+    syscall: u32,
+    args: [u64; 3],
+) {
+    emit(
+        Some((ctx, false)),
+        caller,
+        EventKind::FdCreated,
+        fd,
+        syscall,
+        args,
+    );
 }
 
 /// Emits one [`EventKind::CloseFailed`] [`FdEvent`] with the caller's user stack: `fd` was
@@ -71,7 +98,7 @@ pub(super) fn emit_close_failed(
 ) {
     let args = [target as i64 as u64, 0, 0];
     emit(
-        Some(ctx),
+        Some((ctx, true)),
         caller,
         EventKind::CloseFailed,
         fd,
@@ -88,10 +115,10 @@ pub(super) fn emit_fd_changed(caller: Caller, fd: i32, syscall: u32, args: [u64;
 }
 
 /// Writes one [`FdEvent`] into the ring; with `birth` (the tracepoint's context), the user
-/// stack too.
+/// stack too, and with `(ctx, true)` the Python frames before it.
 #[inline(always)]
 fn emit(
-    birth: Option<&TracePointContext>,
+    birth: Option<(&TracePointContext, bool)>,
     caller: Caller,
     kind: EventKind,
     fd: i32,
@@ -107,12 +134,17 @@ fn emit(
     unsafe {
         let event = &raw mut (*scratch).event;
         let (copied, stack_id) = match birth {
-            Some(ctx) => capture_stack(
-                ctx,
-                caller.tid,
-                &raw mut (*event).stack,
-                &raw mut (*scratch).bytes,
-            ),
+            Some((ctx, python)) => {
+                if python {
+                    crate::python::capture(caller.tgid);
+                }
+                capture_stack(
+                    ctx,
+                    caller.tid,
+                    &raw mut (*event).stack,
+                    &raw mut (*scratch).bytes,
+                )
+            }
             None => {
                 (*event).stack = StackRegs::default();
                 (0, NO_STACK)

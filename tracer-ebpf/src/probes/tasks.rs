@@ -22,6 +22,7 @@ use crate::{
         EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, MATCH_CGROUPS, MATCH_COMMS,
         MATCH_TARGETS, STACK_BASES, count_lost, offset, output, output_with_stack,
     },
+    python,
 };
 
 /// SIGCHLD: what fork(2) passes as clone flags.
@@ -94,8 +95,11 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     };
     let (syscall, clone_flags) = creating_call(&ctx, parent);
     let is_thread = clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_THREAD != 0;
-    if !is_thread && FOLLOWED.insert(&child_tid, &1, 0).is_err() {
-        count_lost(LOST_FOLLOW_FULL);
+    if !is_thread {
+        if FOLLOWED.insert(&child_tid, &1, 0).is_err() {
+            count_lost(LOST_FOLLOW_FULL);
+        }
+        python::inherit(parent.tgid, child_tid);
     }
     let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -104,6 +108,7 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // and the stack bytes that are sent.
     unsafe {
         let event = &raw mut (*scratch).event;
+        python::capture(parent.tgid);
         let (copied, stack_id) = capture_stack(
             &ctx,
             parent.tid,
@@ -147,6 +152,7 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
         group_dead == 1 || (group_dead == GROUP_DEAD_UNKNOWN && task.tid == task.tgid);
     if process_gone {
         let _ = FOLLOWED.remove(&task.tgid);
+        python::forget(task.tgid);
     } else if task.tid != task.tgid {
         // Drops the key a kernel-created thread may have been given at fork (see above).
         let _ = FOLLOWED.remove(&task.tid);
@@ -171,6 +177,7 @@ pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         // The new program has a new stack. (A thread that execs takes the process's tid.)
         let _ = STACK_BASES.remove(&task.tid);
         let _ = STACK_BASES.remove(&task.tgid);
+        python::forget(task.tgid);
         let event = ExecEvent {
             header: task.header(EventKind::Exec, NO_STACK),
         };

@@ -286,7 +286,7 @@ impl Aggregator {
             // The session reads the new directory from /proc and calls `set_cwd`.
             EventBody::CwdChanged => {}
             // TCP state belongs to the session's tracker, not to descriptor tables.
-            EventBody::TcpState(_) => {}
+            EventBody::TcpState(_) | EventBody::PythonStack(_) => {}
         }
     }
 }

@@ -12,11 +12,12 @@ use aya::{
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
-    HOST_WIDE_GLOBAL, MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL,
-    map_names,
+    FSBASE_GLOBAL, HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL,
+    OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
+    btf,
     host::HostCountsMap,
     kernel_log::{KernelLog, kernel_log_level},
     targets::TargetMaps,
@@ -50,7 +51,9 @@ const fn probe(category: &'static str, name: &'static str, required: bool) -> Pr
 /// Every program in the object. Optional ones are missing on some architectures (arm64 has
 /// no open, creat, pipe, dup2) or older kernels (openat2). Exit probes read the syscall's
 /// arguments from the saved user registers, so only close and close_range, which act as they
-/// start, have enter probes (close also has an exit probe, for closes that fail with EBADF); fork and clone are seen through sched_process_fork.
+/// start, have enter probes (close's tells there whether its descriptor is open, so a close
+/// that will fail with EBADF needs no exit probe); fork and clone are seen through
+/// sched_process_fork.
 const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_open", false),
     probe("syscalls", "sys_exit_openat", true),
@@ -66,7 +69,6 @@ const PROBES: &[Probe] = &[
     probe("syscalls", "sys_exit_pipe2", true),
     probe("syscalls", "sys_exit_socketpair", true),
     probe("syscalls", "sys_enter_close", true),
-    probe("syscalls", "sys_exit_close", false),
     probe("syscalls", "sys_exit_eventfd", false),
     probe("syscalls", "sys_exit_epoll_create", false),
     probe("syscalls", "sys_exit_pidfd_open", false),
@@ -160,6 +162,10 @@ pub(crate) struct Probes {
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
+    /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
+    python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
+    /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
+    python_threads: RefCell<HashMap<MapData, u32, u64>>,
     /// Tracepoints attached (this kernel may lack optional ones: see `without`).
     pub(crate) attached: Vec<&'static str>,
     /// One per attached program; dropping one detaches it (see `Drop`).
@@ -196,13 +202,32 @@ pub(crate) fn preflight() -> Result<PathBuf, LoadError> {
     if unsafe { libc::geteuid() } != 0 {
         return Err(LoadError::NotRoot);
     }
-    let btf = std::env::var_os("TRACER_BTF_PATH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF));
+    let btf = btf_path();
     if !btf.is_file() {
         return Err(LoadError::NoBtf(btf));
     }
     Ok(tracefs::ensure_mounted()?)
+}
+
+fn btf_path() -> PathBuf {
+    std::env::var_os("TRACER_BTF_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSFS_BTF))
+}
+
+/// Where sys_enter_close finds the calling task's descriptor table, from this kernel's BTF;
+/// without them, closes of descriptors that were not open go unreported (said once).
+fn kernel_offsets() -> KernelOffsets {
+    match btf::kernel_offsets(&btf_path()) {
+        Ok(offsets) => offsets,
+        Err(err) => {
+            log::warn!(
+                "cannot find the descriptor table's layout in this kernel's BTF ({err}): \
+                 closes of descriptors that were not open (EBADF) are not reported"
+            );
+            KernelOffsets::absent()
+        }
+    }
 }
 
 /// The ring buffer userspace reads events from.
@@ -230,18 +255,24 @@ pub(crate) fn load(
     }
     let offsets = formats.offsets()?;
     log::debug!("tracepoint offsets: {offsets:?}");
+    let kernel_offsets = kernel_offsets();
+    log::debug!("kernel struct offsets: {kernel_offsets:?}");
 
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
     let match_targets = u64::from(match_targets);
     let host_wide = u64::from(host_wide);
+    let fsbase_offset = super::btf::task_fsbase_offset(&btf_path()).unwrap_or(u64::MAX);
+    log::debug!("task_struct thread.fsbase at {fsbase_offset:#x}");
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
         .override_global(MATCH_TARGETS_GLOBAL, &match_targets, true)
         .override_global(HOST_WIDE_GLOBAL, &host_wide, true)
+        .override_global(FSBASE_GLOBAL, &fsbase_offset, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
         .load(EBPF_OBJECT)?;
@@ -276,6 +307,14 @@ pub(crate) fn load(
         listen_ports: RefCell::new(
             HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
                 .map_err(map_error(map_names::LISTEN_PORTS))?,
+        ),
+        python: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
+                .map_err(map_error(map_names::PY_PROCS))?,
+        ),
+        python_threads: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::PY_TSTATES)?)
+                .map_err(map_error(map_names::PY_TSTATES))?,
         ),
         stacks: StackTraceMap::try_from(take_map(&mut ebpf, map_names::STACKS)?)
             .map_err(map_error(map_names::STACKS))?,
@@ -335,9 +374,6 @@ fn without(name: &str) -> String {
                                      (descriptors are checked against /proc before they are \
                                      reported)"
             .to_owned(),
-        ("sys_exit_close", _) => {
-            "closes of descriptors that were not open (EBADF) are not reported".to_owned()
-        }
         (_, Some("fcntl")) => {
             "copies made with fcntl(F_DUPFD) are not tracked, nor close-on-exec set with F_SETFD"
                 .to_owned()
@@ -379,6 +415,21 @@ impl Probes {
         };
         if let Err(err) = result {
             log::debug!("cannot update the stack base of thread {tid}: {err}");
+        }
+    }
+
+    /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks
+    /// carry Python frames. A failure costs only those frames, so it is logged.
+    pub(crate) fn set_python(&self, tgid: u32, config: &PyProcConfig) {
+        if let Err(err) = self.python.borrow_mut().insert(tgid, *config, 0) {
+            log::warn!("pid {tgid}: cannot configure Python frames: {err}");
+        }
+    }
+
+    /// Tells the kernel which `PyThreadState` a thread has (it checks it at each use).
+    pub(crate) fn set_python_thread(&self, tid: u32, tstate: u64) {
+        if let Err(err) = self.python_threads.borrow_mut().insert(tid, tstate, 0) {
+            log::debug!("thread {tid}: cannot seed its Python thread state: {err}");
         }
     }
 
@@ -499,6 +550,5 @@ mod tests {
         assert!(without("inet_sock_set_state").contains("TCP states"));
         assert!(without("sys_enter_close_range").starts_with("closes by close_range()"));
         assert!(without("sys_exit_fchdir").contains("relative paths"));
-        assert!(without("sys_exit_close").contains("EBADF"));
     }
 }

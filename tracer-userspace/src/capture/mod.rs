@@ -2,6 +2,7 @@
 //! (with the offsets tracefs gives for this kernel), and handles on the maps the programs share
 //! with us.
 
+mod btf;
 mod host;
 mod kernel_log;
 mod loader;

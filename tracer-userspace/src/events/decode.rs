@@ -8,11 +8,12 @@ use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FdEvent,
     FileOpenEvent, ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall, TcpStateEvent,
     abi::{AF_INET, FD_CLOEXEC},
+    python::{PyFrameRecord, PyStackEvent},
 };
 
 use super::{
     CloexecSet, CloseFailed, Decoded, Event, EventBody, FdClosed, FdCreated, FileOpened, Header,
-    RangeClosed, StackTop, TaskCreated, TaskExited, TcpState,
+    PythonStack, RangeClosed, StackTop, TaskCreated, TaskExited, TcpState,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -41,6 +42,7 @@ pub(crate) fn decode(record: &[u8]) -> Result<Decoded<'_>, DecodeError> {
         EventKind::TaskExited => (task_exited(record)?, None),
         EventKind::Exec => (exec(record)?, None),
         EventKind::TcpState => (tcp_state(record)?, None),
+        EventKind::PythonStack => (python_stack(record)?, None),
     };
     let header = header(&raw_header);
     Ok(Decoded {
@@ -193,6 +195,22 @@ fn task_exited(record: &[u8]) -> Result<EventBody, DecodeError> {
 fn exec(record: &[u8]) -> Result<EventBody, DecodeError> {
     let _: ExecEvent = read(record)?;
     Ok(EventBody::Exec)
+}
+
+/// [`PyStackEvent`] and the frames that follow it.
+fn python_stack(record: &[u8]) -> Result<EventBody, DecodeError> {
+    let raw: PyStackEvent = read(record)?;
+    let fixed = size_of::<PyStackEvent>();
+    let frames = (0..raw.count as usize)
+        .map(|i| {
+            let at = fixed + i * size_of::<PyFrameRecord>();
+            read::<PyFrameRecord>(record.get(at..).unwrap_or_default())
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(EventBody::PythonStack(PythonStack {
+        flags: raw.flags,
+        frames,
+    }))
 }
 
 /// [`TcpStateEvent`].

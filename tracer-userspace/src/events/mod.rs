@@ -79,6 +79,17 @@ pub(crate) enum EventBody {
     /// (unshare(CLONE_FILES)).
     FilesUnshared,
     TcpState(TcpState),
+    /// The calling thread's Python frames, for its next event with a stack (the kernel
+    /// sends them right before it). Consumed by the stack store; never applied.
+    PythonStack(PythonStack),
+}
+
+/// The Python frames the kernel walked, innermost first, and the walk's
+/// `tracer_common::python::PY_*` flags (cut, no thread state, a failed read).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PythonStack {
+    pub flags: u32,
+    pub frames: Vec<tracer_common::python::PyFrameRecord>,
 }
 
 /// A descriptor created from a path (open, openat, openat2, creat) or by memfd_create.

@@ -181,3 +181,35 @@ fn decodes_failed_closes() {
         })
     );
 }
+
+/// A Python walk decodes to its frames, innermost first; a record shorter than its count
+/// says is an error.
+#[test]
+fn decodes_python_stacks() {
+    use tracer_common::python::{PY_TRUNCATED, PyFrameRecord, PyStackEvent};
+    let raw = PyStackEvent {
+        header: raw_header(EventKind::PythonStack, -1),
+        count: 2,
+        flags: PY_TRUNCATED,
+    };
+    let frame = |code| PyFrameRecord {
+        code,
+        instr: code + 8,
+        fingerprint: 7,
+        flags: 3,
+        _pad: 0,
+    };
+    let mut record = as_bytes(&raw);
+    record.extend(as_bytes(&frame(0x100)));
+    record.extend(as_bytes(&frame(0x200)));
+    let decoded = decode(&record).unwrap();
+    assert_eq!(
+        decoded.event.body,
+        EventBody::PythonStack(PythonStack {
+            flags: PY_TRUNCATED,
+            frames: vec![frame(0x100), frame(0x200)],
+        })
+    );
+    assert!(decoded.stack_top.is_none());
+    assert!(decode(&record[..record.len() - 1]).is_err());
+}

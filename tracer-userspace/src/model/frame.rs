@@ -10,6 +10,9 @@ pub(crate) struct Frame {
     pub line: Option<u32>,
     /// The function was inlined into the next frame, which holds the same address.
     pub inlined: bool,
+    /// A frame of Python code (function, file and line from the interpreter's code object),
+    /// not a native one.
+    pub python: bool,
 }
 
 impl Frame {
@@ -21,6 +24,7 @@ impl Frame {
             file: None,
             line: None,
             inlined: false,
+            python: false,
         }
     }
 }

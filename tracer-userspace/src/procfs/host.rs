@@ -59,21 +59,6 @@ pub(crate) fn open_fd_count(pid: u32) -> io::Result<u64> {
     Ok(fs::read_dir(&dir)?.count() as u64)
 }
 
-/// The soft RLIMIT_NOFILE of `pid` ("Max open files" in /proc/PID/limits); `None` when
-/// unlimited or unreadable.
-pub(crate) fn nofile_limit(pid: u32) -> Option<u64> {
-    parse_nofile_limit(&fs::read_to_string(format!("/proc/{pid}/limits")).ok()?)
-}
-
-fn parse_nofile_limit(limits: &str) -> Option<u64> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
 /// The host's open files and its limit: /proc/sys/fs/file-nr (allocated, free, max).
 pub(crate) fn file_nr() -> Option<(u64, u64)> {
     parse_file_nr(&fs::read_to_string("/proc/sys/fs/file-nr").ok()?)
@@ -173,21 +158,6 @@ mod tests {
             }
         );
         assert_eq!(parse_proc_stat(b"42 (x"), None);
-    }
-
-    /// The soft limit of open files, and none when unlimited.
-    #[test]
-    fn nofile_limits() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max processes             63432                63432                processes \n\
-                      Max open files            1024                 524288               files     \n";
-        assert_eq!(parse_nofile_limit(limits), Some(1024));
-        assert_eq!(
-            parse_nofile_limit(
-                "Max open files            unlimited            unlimited            files\n"
-            ),
-            None
-        );
     }
 
     /// file-nr is allocated, free, max: open files are the first less the second.

@@ -17,7 +17,9 @@
 mod cgroups;
 mod fds;
 mod host;
+mod limits;
 mod process;
+mod resources;
 mod sockets;
 #[cfg(test)]
 mod test_support;
@@ -29,10 +31,11 @@ pub(crate) use cgroups::{
 };
 pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
 pub(crate) use host::{
-    TCP_CLOSE_WAIT, all_stats, file_nr, nofile_limit, open_fd_count, socket_inodes, tcp_states,
-    time_wait_count,
+    TCP_CLOSE_WAIT, all_stats, file_nr, open_fd_count, socket_inodes, tcp_states, time_wait_count,
 };
+pub(crate) use limits::{file_handles, nofile_limit};
 pub(crate) use process::{
     all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
 };
+pub(crate) use resources::{max_open_files, own_resident_bytes};
 pub(crate) use sockets::{Direction, SocketTable};

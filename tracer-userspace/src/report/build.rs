@@ -115,6 +115,7 @@ pub(crate) fn build(
         deleted_files,
         bad_closes: super::bad_closes::bad_closes(agg, facts.now_ns, resolver),
         host: facts.host.clone(),
+        snapshot: None,
     }
 }
 

@@ -52,6 +52,10 @@ pub(crate) struct Report {
     /// `--all`: every process on the host, ranked by how fast it grows.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<super::HostSection>,
+    /// Present in snapshots taken while tracing goes on (SIGUSR1, --interval, triggers):
+    /// which one, why, and what grew since the previous one. Absent from the final report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<super::growth::SnapshotInfo>,
 }
 
 /// One deleted file still held open by live followed processes.
@@ -158,6 +162,10 @@ pub(crate) struct FrameEntry {
     /// Inlined into the next frame (same address); absent when false.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub inlined: bool,
+    /// `"python"` on a frame of Python code (`symbol` is its qualified name, `file` and
+    /// `line` where it is); absent on native frames.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<&'static str>,
 }
 
 fn hex_addr<S: Serializer>(addr: &u64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -173,6 +181,7 @@ impl From<Frame> for FrameEntry {
             file: frame.file,
             line: frame.line,
             inlined: frame.inlined,
+            runtime: frame.python.then_some("python"),
         }
     }
 }

@@ -14,6 +14,7 @@ mod entry;
 pub(crate) mod flamegraph;
 mod group;
 mod host;
+pub(crate) mod growth;
 mod resolver;
 pub(crate) mod text;
 

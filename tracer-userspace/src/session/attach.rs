@@ -56,6 +56,7 @@ impl Tree {
         for &pid in &self.followed {
             state.stacks.capture(pid);
         }
+        state.configure_python();
     }
 }
 

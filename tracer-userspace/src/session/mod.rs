@@ -9,10 +9,13 @@
 mod attach;
 mod child;
 mod host;
+mod live;
 mod pipeline;
 mod reconcile;
 mod resolver;
+mod snapshots;
 mod targets;
+mod triggers;
 
 use std::{
     fs::File,
@@ -22,8 +25,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use child::PausedChild;
-use pipeline::{State, StopSignals};
+use pipeline::{ReportRequests, State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
+use snapshots::{ReportFacts, Snapshots, check_settings, handle_sigusr1};
 use targets::Roots;
 use tokio::io::{Interest, unix::AsyncFd};
 
@@ -31,8 +35,8 @@ use crate::{
     capture::{self, Probes},
     cli::{Config, Target},
     clock::monotonic_ns,
-    procfs,
-    report::{self, Report, SessionFacts},
+    export, procfs,
+    report::{self, Report, SessionFacts, growth::Counts},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +59,10 @@ pub fn run(config: &Config) -> Result<()> {
                 .with_context(|| format!("cannot create {}", path.display()))
         })
         .transpose()?;
+    // So are a snapshot directory that cannot be written and --live without a terminal.
+    check_settings(&config.snapshots)?;
+    // So is an address the endpoint cannot listen on.
+    let listener = config.serve.map(export::bind).transpose()?;
     let (mut roots, given_pids) = match &config.target {
         Target::Pid(pid) => (Roots::default(), vec![process_of(*pid)?]),
         Target::Select(selection) => Roots::resolve(selection)?,
@@ -74,6 +82,8 @@ pub fn run(config: &Config) -> Result<()> {
         .context("cannot start the event loop")?;
     let _runtime_context = runtime.enter();
     let stop_signals = StopSignals::install()?;
+    let sigusr1 = handle_sigusr1()?;
+    let serving = listener.map(export::start).transpose()?;
 
     let (probes, ring) = capture::load(
         &tracefs_root,
@@ -108,27 +118,51 @@ pub fn run(config: &Config) -> Result<()> {
         state.host = Some(host::HostSession::new(follow_top, started_ns));
     }
     tree.seed(&mut state, started_ns);
+    let mut snapshots = Snapshots::new(
+        ReportFacts {
+            config: config.clone(),
+            started_ns,
+        },
+        sigusr1,
+        Counts::of(&state.agg),
+    )?;
     announce(&state, probes.attached.len(), &config.target, descendants);
+    if let Some((addr, _)) = &serving {
+        eprintln!("tracer: serving http://{addr}/metrics, /debug/pprof/open_fds and /report");
+    }
     if let (Some(child), Target::Command(command)) = (&mut child, &config.target) {
         child.release(&command[0])?;
     }
+    snapshots.start_live()?;
 
     // SAFETY: the ring buffer owns its descriptor and keeps it open until the AsyncFd (which
     // owns the ring) is dropped, as register() requires.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|err| err.into_parts().1)
         .context("cannot poll the ring buffer")?;
+    // --serve: the event loop answers with the report of the tables as they stand.
+    let report_now = |state: &mut State<'_>, min_age_s: Option<f64>| {
+        let min_age_s = min_age_s.unwrap_or(config.min_age_s);
+        build_report(state, &probes, min_age_s, started_ns)
+    };
+    let requests = serving.map(|(_, receiver)| ReportRequests {
+        receiver,
+        build: &report_now,
+    });
     let stop = runtime.block_on(pipeline::event_loop(
         &mut ring,
         &mut state,
         child.as_mut(),
         config.duration,
+        &mut snapshots,
         stop_signals,
+        requests,
     ))?;
+    snapshots.end_live();
     let ring_capacity = config.ring_bytes as usize;
     state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
 
-    let report = build_report(&mut state, &probes, config, started_ns);
+    let report = build_report(&mut state, &probes, config.min_age_s, started_ns);
     print_report(&report, config.json, config.top)?;
     if let Some((path, file)) = flamegraph {
         write_flamegraph(&report, &path, file)?;
@@ -204,7 +238,7 @@ pub(super) fn process_of(pid: u32) -> Result<u32> {
 fn build_report(
     state: &mut State<'_>,
     probes: &Probes,
-    config: &Config,
+    min_age_s: f64,
     started_ns: u64,
 ) -> Report {
     let now_ns = monotonic_ns();
@@ -229,7 +263,7 @@ fn build_report(
         lost_ring_full: lost.ring_full,
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
-        min_age_s: config.min_age_s,
+        min_age_s,
         time_wait: state.tcp.time_wait_groups(now_ns),
         time_wait_now: still_in_time_wait(&state.tcp, &state.roots.pids()),
     };

@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{Signal, SignalKind, signal},
+    sync::mpsc,
     time::{Instant, interval, sleep_until},
 };
 use tracer_common::CLONE_THREAD;
@@ -18,14 +19,17 @@ use super::{
     host::{self, HostSession},
     reconcile::{self, Reconciler},
     targets::Roots,
+    snapshots::Snapshots,
 };
 use crate::{
     aggregator::Aggregator,
     capture::{EventRing, Probes},
     clock::monotonic_ns,
     events::{self, Decoded, Event, EventBody, TaskCreated, TcpState},
+    export::ReportRequest,
     procfs,
-    stacks::{KernelStacks, StackStore},
+    report::Report,
+    stacks::{KernelStacks, PythonUpdates, StackStore},
     tcp::{TcpTracker, TcpTransition},
 };
 
@@ -79,6 +83,11 @@ impl<'p> State<'p> {
         }
     }
 
+    /// The loaded programs (their maps and lost-event counters).
+    pub(super) fn probes(&self) -> &'p Probes {
+        self.probes
+    }
+
     /// Applies what the kernel emitted before the stop (what a busy target does after that
     /// does not count), then compares the tables with /proc one last time.
     pub(super) fn finish(
@@ -109,6 +118,11 @@ impl<'p> State<'p> {
             "stopped: {stop:?}; applied the last events in {:.3}s",
             (monotonic_ns() - stopped_ns) as f64 / 1e9
         );
+    }
+
+    /// Writes the interpreter layouts found since the last call into the kernel's map.
+    pub(super) fn configure_python(&mut self) {
+        apply_python_updates(self.probes, self.stacks.take_python_updates());
     }
 
     /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
@@ -143,13 +157,14 @@ impl<'p> State<'p> {
         }
         reconcile::apply_listings(&mut self.agg, &listings);
         reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
+        reconcile::drop_unused_stacks(&mut self.reconciler, &self.agg, &mut self.stacks);
         self.reconciler.finished(began, lost);
     }
 
     /// Applies up to `budget` waiting events; true when the ring buffer was emptied. The
     /// budget keeps a process that produces events faster than we apply them from starving
     /// signals, the deadline and housekeeping.
-    fn drain(&mut self, ring: &mut EventRing, budget: usize) -> bool {
+    pub(super) fn drain(&mut self, ring: &mut EventRing, budget: usize) -> bool {
         self.drain_until(ring, budget, u64::MAX)
     }
 
@@ -289,10 +304,12 @@ pub(super) async fn event_loop(
     state: &mut State<'_>,
     mut child: Option<&mut PausedChild>,
     duration: Option<f64>,
+    snapshots: &mut Snapshots,
     StopSignals {
         mut sigint,
         mut sigterm,
     }: StopSignals,
+    mut requests: Option<ReportRequests<'_>>,
 ) -> Result<StopReason> {
     let far_future = Instant::now() + Duration::from_secs(100 * 365 * 86_400);
     let deadline = duration.map_or(far_future, |secs| {
@@ -312,9 +329,22 @@ pub(super) async fn event_loop(
             _ = drain_timer.tick() => {
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
             }
+            tick = snapshots.next() => {
+                if let Some(stop) = snapshots.handle(tick, state, ring.get_mut())? {
+                    return Ok(stop);
+                }
+            }
             _ = sigint.recv() => return Ok(StopReason::Signal("SIGINT")),
             _ = sigterm.recv() => return Ok(StopReason::Signal("SIGTERM")),
             _ = sleep_until(deadline) => return Ok(StopReason::Duration),
+            request = next_request(&mut requests) => {
+                // What is waiting in the ring goes in first, so the answer includes it.
+                state.drain(ring.get_mut(), DRAIN_BUDGET);
+                if let Some(requests) = &requests {
+                    let report = (requests.build)(state, request.min_age_s());
+                    request.answer(report);
+                }
+            }
             _ = housekeeping.tick() => {
                 if let Some(child) = child.as_deref_mut() {
                     child.try_reap();
@@ -336,6 +366,23 @@ pub(super) async fn event_loop(
             }
         }
     }
+}
+
+/// Requests for the report of the tables as they stand (`--serve`), answered between reads of
+/// the ring buffer by `build`, the session's report builder.
+pub(super) struct ReportRequests<'a> {
+    pub(super) receiver: mpsc::Receiver<ReportRequest>,
+    pub(super) build: &'a dyn Fn(&mut State<'_>, Option<f64>) -> Report,
+}
+
+/// The next request, or never when there is no server (or it is gone).
+async fn next_request(requests: &mut Option<ReportRequests<'_>>) -> ReportRequest {
+    if let Some(requests) = requests
+        && let Some(request) = requests.receiver.recv().await
+    {
+        return request;
+    }
+    std::future::pending().await
 }
 
 /// Records read and records that could not be decoded.
@@ -375,11 +422,27 @@ fn prepare(
         let is_thread = procfs::process_info(*child_tid).is_ok_and(|i| i.tgid == event.header.tgid);
         *clone_flags = Some(if is_thread { CLONE_THREAD } else { 0 });
     }
+    if let EventBody::PythonStack(walk) = &event.body {
+        // Kept for the thread's next event, which the kernel sent right after it.
+        stacks.python_walked(event.header.tgid, event.header.tid, walk);
+        return None;
+    }
     stacks.annotate(&mut event, stack_top, probes);
+    apply_python_updates(probes, stacks.take_python_updates());
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }
     Some(event)
+}
+
+/// Writes interpreter layouts and thread states into the kernel's maps.
+fn apply_python_updates(probes: &Probes, updates: PythonUpdates) {
+    for (tgid, config) in updates.procs {
+        probes.set_python(tgid, &config);
+    }
+    for (tid, tstate) in updates.threads {
+        probes.set_python_thread(tid, tstate);
+    }
 }
 
 /// SIGINT and SIGTERM, caught: both stop the session and print the report.

@@ -27,8 +27,14 @@ const COST_SHARE: u32 = 50;
 /// Shortest time between passes triggered by lost events, which can be lost continuously.
 const MIN_PERIOD_AFTER_LOSS: Duration = Duration::from_secs(1);
 
+/// How often interned stacks nothing refers to any more are dropped (a walk of everything
+/// kept; see `stacks/sweep.rs`).
+const STACK_SWEEP_EVERY: Duration = Duration::from_secs(600);
+
 /// When the next pass is due.
 pub(super) struct Reconciler {
+    /// When unused stacks are next dropped.
+    sweep_at: Instant,
     next_at: Instant,
     /// Earliest time for a pass called for by lost events.
     next_after_loss_at: Instant,
@@ -53,6 +59,7 @@ impl Reconciler {
     pub(super) fn new() -> Self {
         let now = Instant::now();
         Self {
+            sweep_at: now + STACK_SWEEP_EVERY,
             next_at: now + MIN_PERIOD,
             next_after_loss_at: now + MIN_PERIOD_AFTER_LOSS,
             lost_seen: 0,
@@ -123,6 +130,25 @@ pub(super) fn apply_listings(agg: &mut Aggregator, listings: &Listings) -> Recon
 /// zombies, and one group per stack of what exited processes held, however many came and
 /// went. A pid now naming a later process (another start time) is gone too. The stack store
 /// forgets their maps once no stack kept refers to them.
+/// Drops the interned stacks nothing kept refers to, every [`STACK_SWEEP_EVERY`].
+pub(super) fn drop_unused_stacks(
+    reconciler: &mut Reconciler,
+    agg: &Aggregator,
+    stacks: &mut StackStore,
+) {
+    let now = Instant::now();
+    if now < reconciler.sweep_at {
+        return;
+    }
+    reconciler.sweep_at = now + STACK_SWEEP_EVERY;
+    let in_use: HashSet<u32> = agg.stacks_in_use().map(|s| s.id).collect();
+    let dropped = stacks.drop_unused(&in_use);
+    log::debug!(
+        "dropped {dropped} stacks no longer used; kept {}",
+        stacks.sizes()
+    );
+}
+
 pub(super) fn forget_reaped(agg: &mut Aggregator, stacks: &mut StackStore) {
     let forgotten = agg.forget_reaped(|p| match (procfs::start_time(p.pid), p.start_time) {
         (Some(now), Some(then)) => now == then,

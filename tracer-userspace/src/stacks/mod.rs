@@ -8,16 +8,19 @@ use foldhash::{HashMap, HashSet};
 
 mod bases;
 mod modules;
+mod python;
+mod sweep;
 mod symbolize;
 mod unwind;
 
 use bases::StackBases;
 use modules::{ModuleFiles, ModuleMap};
+pub(crate) use python::Updates as PythonUpdates;
 use symbolize::StackSymbolizer;
 use unwind::{CopiedStack, ProcessUnwinder, UnwindSections, Unwound};
 
 use crate::{
-    events::{Event, EventBody, StackTop, TaskCreated},
+    events::{Event, EventBody, PythonStack, StackTop, TaskCreated},
     model::{Frame, StackRef},
 };
 
@@ -55,6 +58,8 @@ pub(crate) struct StackStore {
     bases: StackBases,
     files: ModuleFiles,
     symbolizer: StackSymbolizer,
+    /// CPython processes, the Python frames waiting for their event, and their names.
+    python: python::Python,
 }
 
 /// One module map (a process image, as read at one time) and what was derived from it.
@@ -87,7 +92,20 @@ impl StackStore {
     /// Records the mappings of a process seen at attach.
     pub(crate) fn capture(&mut self, pid: u32) {
         let generation = self.generation(pid);
-        self.modules_of(pid, generation);
+        let modules = self.modules_of(pid, generation);
+        self.python.observe(pid, &modules);
+    }
+
+    /// Names the Python frames the kernel walked for the thread's next event, while their
+    /// code objects still live.
+    pub(crate) fn python_walked(&mut self, pid: u32, tid: u32, stack: &PythonStack) {
+        self.python.walked(pid, tid, stack);
+    }
+
+    /// Interpreter layouts found since the last call, for the kernel (see
+    /// tracer-ebpf/src/python.rs).
+    pub(crate) fn take_python_updates(&mut self) -> python::Updates {
+        self.python.take_updates()
     }
 
     /// Stamps an event with its program image and replaces the kernel's stack id with the id
@@ -113,9 +131,14 @@ impl StackStore {
                     self.generations.insert(*child_tid, 0);
                     self.modules.insert((*child_tid, 0), modules);
                 }
+                self.python.forked(header.tgid, *child_tid);
             }
-            EventBody::TaskExited(_) => self.bases.forget(header.tid),
+            EventBody::TaskExited(_) => {
+                self.bases.forget(header.tid);
+                self.python.thread_exited(header.tid);
+            }
             EventBody::Exec => {
+                self.python.forget(header.tgid);
                 self.bases.forget(header.tid);
                 self.bases.forget(header.tgid);
                 let generation = self.generation(header.tgid) + 1;
@@ -126,19 +149,22 @@ impl StackStore {
             _ => {}
         }
         header.generation = self.generation(header.tgid);
+        // The thread's Python walk, if the kernel sent one, came right before this event.
+        let python = self.python.take(header.tid);
         header.stack_id = self.repair(
             header.stack_id,
             (header.tgid, header.tid),
             header.generation,
             stack_top.as_ref(),
             kernel,
+            python,
         );
     }
 
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {}, bases {}",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -148,9 +174,12 @@ impl StackStore {
                 .filter(|v| v.unwinder.is_some())
                 .count(),
             self.kernel_stacks.len(),
+            self.stack_ids.len(),
             self.stacks.len(),
             self.bases.len(),
-        )
+            self.symbolizer.cached(),
+        ) + ", "
+            + &self.python.sizes()
     }
 
     /// Forgets processes that exited and were reaped (`gone`): their exec generation at
@@ -160,10 +189,12 @@ impl StackStore {
     /// at the next call. Memory then follows what is live plus what the report will name,
     /// not every process that ever lived.
     pub(crate) fn forget(&mut self, gone: &[u32], in_use: impl Fn(u32, u32) -> bool) {
+        self.symbolizer.forget(gone);
         let mut candidates = std::mem::take(&mut self.pinned);
         // A pid a later process has taken since names that process's maps now.
         candidates.retain(|(pid, _)| !self.generations.contains_key(pid));
         for &pid in gone {
+            self.python.forget(pid);
             let last = self.generations.remove(&pid).unwrap_or(0);
             candidates.extend((0..=last).map(|generation| (pid, generation)));
         }
@@ -212,6 +243,7 @@ impl StackStore {
         generation: u32,
         top: Option<&StackTop>,
         kernel: &impl KernelStacks,
+        python: Option<(python::Pending, Arc<python::Interpreter>)>,
     ) -> Option<u32> {
         let ips = match kernel_id {
             Some(id) => self.kernel_stack(id, kernel).unwrap_or_default(),
@@ -220,6 +252,7 @@ impl StackStore {
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
         let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
         let modules = self.modules_covering(pid, generation, kernel_id, &probe);
+        self.python.observe(pid, &modules);
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
                 let sections = &mut self.sections;
@@ -241,7 +274,11 @@ impl StackStore {
             }
             _ => Unwound::default(),
         };
-        let repaired: Arc<[u64]> = spliced(&unwound, &ips, &modules).into();
+        let native = spliced(&unwound, &ips, &modules);
+        let repaired: Arc<[u64]> = match &python {
+            Some((pending, interp)) => python::merge(&native, pending, interp).into(),
+            None => native.into(),
+        };
         log::trace!(
             "pid {pid}: unwound {:x?} (complete: {}, {} of {} bytes), kernel {:x?} -> {:x?}",
             unwound.frames,
@@ -275,7 +312,8 @@ impl StackStore {
             .get(&(stack.pid, stack.generation))
             .cloned()
             .unwrap_or_default();
-        self.symbolizer.frames(stack, &ips, &modules)
+        self.symbolizer
+            .frames(stack, &ips, &modules, |addr| self.python.frame(addr))
     }
 
     fn generation(&self, pid: u32) -> u32 {

@@ -42,6 +42,27 @@ impl StackSymbolizer {
         }
     }
 
+    /// Stacks whose frames are cached, for the debug log of table sizes.
+    pub(super) fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Keeps the cached frames of the stacks `keep` accepts.
+    pub(super) fn retain(&mut self, keep: impl Fn(&StackRef) -> bool) {
+        self.cache.retain(|stack, _| keep(stack));
+    }
+
+    /// Drops the frames cached for stacks of processes that are gone: a session that builds
+    /// reports while it runs (snapshots) would otherwise keep one entry per process ever
+    /// named in one (a child's inherited descriptors, its fork stack).
+    pub(super) fn forget(&mut self, gone: &[u32]) {
+        if gone.is_empty() {
+            return;
+        }
+        let gone: std::collections::HashSet<u32> = gone.iter().copied().collect();
+        self.cache.retain(|stack, _| !gone.contains(&stack.pid));
+    }
+
     /// Frames for the instruction pointers `ips` (innermost first) of `stack`, looked up in
     /// `modules`. Addresses outside any file-backed mapping, or in files without symbols,
     /// keep just their address.
@@ -50,6 +71,7 @@ impl StackSymbolizer {
         stack: StackRef,
         ips: &[u64],
         modules: &ModuleMap,
+        python: impl Fn(u64) -> Option<Frame>,
     ) -> Vec<Frame> {
         if let Some(frames) = self.cache.get(&stack) {
             return frames.clone();
@@ -58,6 +80,9 @@ impl StackSymbolizer {
             .iter()
             .enumerate()
             .flat_map(|(i, &ip)| {
+                if let Some(frame) = python(ip) {
+                    return vec![frame];
+                }
                 // Every frame but the innermost holds a return address, which points after
                 // the call; the byte before it is the call itself (right function and line
                 // even when the call ends its function).
@@ -101,6 +126,7 @@ impl StackSymbolizer {
                             file,
                             line,
                             inlined: true,
+                            python: false,
                         }
                     })
                     .collect();
@@ -112,6 +138,7 @@ impl StackSymbolizer {
                     file,
                     line,
                     inlined: false,
+                    python: false,
                 });
                 frames
             }

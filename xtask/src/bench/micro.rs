@@ -34,6 +34,10 @@ pub(crate) enum Case {
     BpftraceMap,
     BpftraceMapUstack,
     Strace,
+    /// `--baseline-tracer` following the benchmark: before/after in one run.
+    BaselineFollowed,
+    /// `--baseline-tracer` following another process.
+    BaselineOtherProcess,
 }
 
 impl Case {
@@ -49,6 +53,15 @@ impl Case {
         Case::Strace,
     ];
 
+    /// The cases of a bench, with the baseline tracer's when there is one.
+    fn all(with_baseline: bool) -> Vec<Case> {
+        let mut cases = Case::ALL.to_vec();
+        if with_baseline {
+            cases.extend([Case::BaselineFollowed, Case::BaselineOtherProcess]);
+        }
+        cases
+    }
+
     /// The key in the JSON.
     pub(crate) fn key(self) -> &'static str {
         match self {
@@ -61,6 +74,8 @@ impl Case {
             Case::BpftraceMap => "bpftrace_map",
             Case::BpftraceMapUstack => "bpftrace_map_ustack",
             Case::Strace => "strace_f",
+            Case::BaselineFollowed => "baseline_tracer_followed",
+            Case::BaselineOtherProcess => "baseline_tracer_other_process",
         }
     }
 
@@ -76,6 +91,8 @@ impl Case {
             Case::BpftraceMap => "bpftrace open-fd map",
             Case::BpftraceMapUstack => "bpftrace open-fd map + ustack",
             Case::Strace => "strace -f",
+            Case::BaselineFollowed => "baseline tracer, following the benchmark",
+            Case::BaselineOtherProcess => "baseline tracer, following another process",
         }
     }
 
@@ -132,6 +149,8 @@ pub(crate) struct Settings<'a> {
     pub scale: f64,
     /// Why bpftrace cannot be used, if it cannot.
     pub bpftrace_problem: Option<String>,
+    /// Another tracer binary measured beside this one (`--baseline-tracer`).
+    pub baseline: Option<&'a std::path::Path>,
 }
 
 /// The longest one run may take before the bench gives up on it.
@@ -143,8 +162,9 @@ pub(crate) fn run(
     workload: &mut Workload,
     micro: Micro,
 ) -> Result<MicroResult> {
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); Case::ALL.len()];
-    let mut unavailable: Vec<Option<String>> = Case::ALL
+    let all = Case::all(settings.baseline.is_some());
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    let mut unavailable: Vec<Option<String>> = all
         .iter()
         .map(|case| {
             case.uses_bpftrace()
@@ -152,12 +172,12 @@ pub(crate) fn run(
                 .flatten()
         })
         .collect();
-    let mut lost = vec![0u64; Case::ALL.len()];
-    let mut false_leaks = vec![0u64; Case::ALL.len()];
+    let mut lost = vec![0u64; all.len()];
+    let mut false_leaks = vec![0u64; all.len()];
     let mut attach_times_s = Vec::new();
     for run in 0..settings.runs {
         eprintln!("  {} run {}/{}", micro.describe(), run + 1, settings.runs);
-        for (index, &case) in Case::ALL.iter().enumerate() {
+        for (index, &case) in all.iter().enumerate() {
             if unavailable[index].is_some() {
                 continue;
             }
@@ -173,7 +193,9 @@ pub(crate) fn run(
                         lost[index] += facts.lost;
                         false_leaks[index] += facts.false_leaks;
                     }
-                    attach_times_s.extend(observed.attach_s);
+                    if case != Case::BaselineOtherProcess {
+                        attach_times_s.extend(observed.attach_s);
+                    }
                 }
                 Err(err) if case.uses_bpftrace() => {
                     // An optional comparison: say why in the table, keep going.
@@ -186,17 +208,20 @@ pub(crate) fn run(
             }
         }
     }
-    let untraced_index = Case::ALL
+    let untraced_index = all
         .iter()
         .position(|&case| case == Case::Untraced)
-        .expect("Case::ALL has Untraced");
+        .expect("every bench has Untraced");
     let untraced = Summary::of(&samples[untraced_index]).map(|s| s.median);
-    let cases = Case::ALL
+    let cases = all
         .iter()
         .enumerate()
         .map(|(index, &case)| {
             let summary = Summary::of(&samples[index]);
-            let followed = matches!(case, Case::Followed | Case::FollowedFramePointers);
+            let followed = matches!(
+                case,
+                Case::Followed | Case::FollowedFramePointers | Case::BaselineFollowed
+            );
             CaseResult {
                 case: case.key(),
                 label: case.label(),
@@ -233,21 +258,29 @@ fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> R
             Watched::spawn(&mut command(argv))?.wait_success(RUN_TIMEOUT)?;
             Ok(Observed::default())
         }
-        Case::Followed | Case::FollowedFramePointers => {
-            let extra: &[&str] = if case == Case::Followed {
-                &[]
-            } else {
+        Case::Followed | Case::FollowedFramePointers | Case::BaselineFollowed => {
+            let extra: &[&str] = if case == Case::FollowedFramePointers {
                 &["--stack-copy-kib", "0"]
+            } else {
+                &[]
             };
-            let facts = tracer::follow(settings.tracer, extra, argv, RUN_TIMEOUT)?;
+            let bin = match case {
+                Case::BaselineFollowed => settings.baseline.unwrap_or(settings.tracer),
+                _ => settings.tracer,
+            };
+            let facts = tracer::follow(bin, extra, argv, RUN_TIMEOUT)?;
             Ok(Observed {
                 facts: Some(facts),
                 attach_s: None,
             })
         }
-        Case::OtherProcess => {
+        Case::OtherProcess | Case::BaselineOtherProcess => {
+            let bin = match case {
+                Case::BaselineOtherProcess => settings.baseline.unwrap_or(settings.tracer),
+                _ => settings.tracer,
+            };
             let idle = Idle::start()?;
-            let attached = Attached::start(settings.tracer, idle.pid(), &["--json"])?;
+            let attached = Attached::start(bin, idle.pid(), &["--json"])?;
             let attach_s = attached.attach_time.as_secs_f64();
             let ran =
                 Watched::spawn(&mut command(argv)).and_then(|mut w| w.wait_success(RUN_TIMEOUT));

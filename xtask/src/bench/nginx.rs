@@ -18,6 +18,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
+    bpftrace,
     child::Watched,
     procstat::cpu_ticks,
     stats::{Summary, ratio},
@@ -31,65 +32,178 @@ pub(crate) struct NginxResult {
     pub connections: u32,
     pub untraced_rps: Summary,
     pub traced_rps: Summary,
+    /// Empty BPF programs on every tracepoint the tracer uses, filtered to nginx's processes:
+    /// what any syscall-tracepoint tool must pay here.
+    pub floor_rps: Option<Summary>,
+    /// `--baseline-tracer` attached instead (before/after comparisons in one run).
+    pub baseline_rps: Option<Summary>,
     /// Traced median over untraced median.
     pub ratio: Option<f64>,
+    /// Traced best run over untraced best run: the ratio least disturbed by other work.
+    pub best_ratio: Option<f64>,
+    /// Floor median over untraced median.
+    pub floor_ratio: Option<f64>,
+    /// Baseline tracer's median over untraced median.
+    pub baseline_ratio: Option<f64>,
     pub lost_events: u64,
     /// CPU the tracer itself used while wrk ran, in cores (1.0 = one core busy).
     pub tracer_cores: Summary,
     pub attach_times_s: Vec<f64>,
+    /// Why the floor was not measured, if it was not.
+    pub floor_unavailable: Option<String>,
 }
 
 const CONNECTIONS: u32 = 32;
 /// USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on every Linux architecture's ABI.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-pub(crate) fn run(tracer_bin: &Path, dir: &Path, runs: usize, seconds: u64) -> Result<NginxResult> {
+/// One way of running nginx, measured in turn with the others in every run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Case {
+    Untraced,
+    Traced,
+    Floor,
+    Baseline,
+}
+
+/// What the traced runs add up to besides their rates.
+#[derive(Default)]
+struct TracedRuns {
+    lost: u64,
+    attach_times_s: Vec<f64>,
+    cores: Vec<f64>,
+}
+
+pub(crate) fn run(
+    tracer_bin: &Path,
+    baseline: Option<&Path>,
+    dir: &Path,
+    runs: usize,
+    seconds: u64,
+    floor_problem: Option<String>,
+) -> Result<NginxResult> {
     let root = prepare(dir)?;
     let port = free_port()?;
     let mut nginx = start(&root, port)?;
     let url = format!("http://127.0.0.1:{port}/index.html");
-    let mut untraced = Vec::new();
-    let mut traced = Vec::new();
-    let mut lost = 0;
-    let mut attach_times_s = Vec::new();
-    let mut tracer_cores = Vec::new();
+    let mut cases = vec![Case::Untraced, Case::Traced];
+    if floor_problem.is_none() {
+        cases.push(Case::Floor);
+    }
+    if baseline.is_some() {
+        cases.push(Case::Baseline);
+    }
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut traced_runs = TracedRuns::default();
+    let mut floor_unavailable = floor_problem;
     // A short warm-up, so the first measured run does not pay for cold caches.
     wrk(&url, 1)?;
     for run in 0..runs {
         eprintln!("  nginx run {}/{runs}", run + 1);
-        // Alternate which goes first, so a drift in machine load does not favour one.
-        for traced_now in [run % 2 == 1, run % 2 == 0] {
-            if traced_now {
-                let attached = Attached::start(tracer_bin, nginx.pid(), &["--json"])?;
-                attach_times_s.push(attached.attach_time.as_secs_f64());
-                let ticks_before = cpu_ticks(attached.pid())?;
-                let wrk_started = Instant::now();
-                let measured = wrk(&url, seconds);
-                let ticks = cpu_ticks(attached.pid())?.saturating_sub(ticks_before);
-                tracer_cores
-                    .push(ticks as f64 / TICKS_PER_SECOND / wrk_started.elapsed().as_secs_f64());
-                let ended = attached.stop()?;
-                traced.push(measured?);
-                lost += tracer::facts(&ended.stdout)?.lost;
-            } else {
-                untraced.push(wrk(&url, seconds)?);
-            }
+        // Rotate which goes first, so a drift in machine load does not favour one.
+        for turn in 0..cases.len() {
+            let index = (turn + run) % cases.len();
+            let measured = match cases[index] {
+                Case::Untraced => wrk(&url, seconds),
+                Case::Traced => traced(tracer_bin, nginx.pid(), &url, seconds, &mut traced_runs),
+                Case::Baseline => traced(
+                    baseline.unwrap_or(tracer_bin),
+                    nginx.pid(),
+                    &url,
+                    seconds,
+                    &mut TracedRuns::default(),
+                ),
+                Case::Floor if floor_unavailable.is_some() => continue,
+                Case::Floor => match under_floor(nginx.pid(), &url, seconds) {
+                    Err(err) => {
+                        floor_unavailable = Some(format!("{err:#}"));
+                        continue;
+                    }
+                    ok => ok,
+                },
+            };
+            rates[index].push(measured?);
         }
     }
     nginx.signal(libc::SIGTERM);
     nginx.wait(Duration::from_secs(10))?;
-    let untraced_rps = Summary::of(&untraced).context("no nginx runs")?;
-    let traced_rps = Summary::of(&traced).context("no nginx runs")?;
+    let summary = |case: Case| {
+        cases
+            .iter()
+            .position(|&c| c == case)
+            .and_then(|index| Summary::of(&rates[index]))
+    };
+    let untraced_rps = summary(Case::Untraced).context("no nginx runs")?;
+    let traced_rps = summary(Case::Traced).context("no nginx runs")?;
+    let floor_rps = summary(Case::Floor);
+    let baseline_rps = summary(Case::Baseline);
+    let over_untraced = |s: &Option<Summary>| {
+        s.as_ref()
+            .and_then(|s| ratio(s.median, untraced_rps.median))
+    };
     Ok(NginxResult {
         seconds_per_run: seconds,
         connections: CONNECTIONS,
         ratio: ratio(traced_rps.median, untraced_rps.median),
+        best_ratio: ratio(traced_rps.max, untraced_rps.max),
+        floor_ratio: over_untraced(&floor_rps),
+        baseline_ratio: over_untraced(&baseline_rps),
         untraced_rps,
         traced_rps,
-        lost_events: lost,
-        tracer_cores: Summary::of(&tracer_cores).context("no nginx runs")?,
-        attach_times_s,
+        floor_rps,
+        baseline_rps,
+        lost_events: traced_runs.lost,
+        tracer_cores: Summary::of(&traced_runs.cores).context("no nginx runs")?,
+        attach_times_s: traced_runs.attach_times_s,
+        floor_unavailable,
     })
+}
+
+/// One wrk run with `tracer_bin` attached to nginx's master (and so to its worker).
+fn traced(
+    tracer_bin: &Path,
+    nginx: u32,
+    url: &str,
+    seconds: u64,
+    runs: &mut TracedRuns,
+) -> Result<f64> {
+    let attached = Attached::start(tracer_bin, nginx, &["--json"])?;
+    runs.attach_times_s.push(attached.attach_time.as_secs_f64());
+    let ticks_before = cpu_ticks(attached.pid())?;
+    let wrk_started = Instant::now();
+    let measured = wrk(url, seconds);
+    let ticks = cpu_ticks(attached.pid())?.saturating_sub(ticks_before);
+    runs.cores
+        .push(ticks as f64 / TICKS_PER_SECOND / wrk_started.elapsed().as_secs_f64());
+    let ended = attached.stop()?;
+    runs.lost += tracer::facts(&ended.stdout)?.lost;
+    measured
+}
+
+/// One wrk run with empty programs on all the tracer's tracepoints, filtered to nginx's
+/// master and its workers.
+fn under_floor(master: u32, url: &str, seconds: u64) -> Result<f64> {
+    let mut pids = vec![master];
+    pids.extend(children(master));
+    let events = Path::new("/sys/kernel/tracing/events");
+    let (script, probes) = bpftrace::all_floor(&pids, |tracepoint| {
+        events.join(tracepoint.replace(':', "/")).is_dir()
+    });
+    let mut floor = Watched::spawn(Command::new(path_of("bpftrace")).arg("-e").arg(&script))?;
+    let attached = bpftrace::wait_attached(floor.pid(), probes, Duration::from_secs(60));
+    let measured = attached.and_then(|()| wrk(url, seconds));
+    floor.signal(libc::SIGINT);
+    floor.wait(Duration::from_secs(60))?;
+    measured
+}
+
+/// The children of `pid` (nginx's workers), from /proc.
+fn children(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 /// Writes the configuration and the page under `dir/nginx`; returns that directory.

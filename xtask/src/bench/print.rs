@@ -4,6 +4,7 @@
 use super::{
     budgets::Verdict,
     capacity::{self, MemoryResult, RateStep},
+    load::Load,
     micro::MicroResult,
     nginx::NginxResult,
     profile::ProfileResult,
@@ -72,7 +73,8 @@ pub(crate) fn nginx(nginx: &NginxResult) {
         nginx.connections, nginx.seconds_per_run
     );
     println!();
-    let mut t = Table::new(&["", "requests/s", "× untraced"]);
+    let mut t = Table::new(&["", "requests/s (median, ±half range, min)", "× untraced"]);
+    let show = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.3}"));
     t.row(vec![
         "untraced".to_owned(),
         table::median_spread(&nginx.untraced_rps, 1.0, 0),
@@ -81,9 +83,35 @@ pub(crate) fn nginx(nginx: &NginxResult) {
     t.row(vec![
         "tracer attached".to_owned(),
         table::median_spread(&nginx.traced_rps, 1.0, 0),
-        nginx.ratio.map_or("-".to_owned(), |r| format!("{r:.3}")),
+        show(nginx.ratio),
     ]);
+    match (&nginx.floor_rps, &nginx.floor_unavailable) {
+        (Some(floor), _) => t.row(vec![
+            "empty BPF programs, same tracepoints (floor)".to_owned(),
+            table::median_spread(floor, 1.0, 0),
+            show(nginx.floor_ratio),
+        ]),
+        (None, why) => t.row(vec![
+            "empty BPF programs, same tracepoints (floor)".to_owned(),
+            format!(
+                "unavailable: {}",
+                table::shorten(why.as_deref().unwrap_or("not run"), 60)
+            ),
+            "-".to_owned(),
+        ]),
+    }
+    if let Some(baseline) = &nginx.baseline_rps {
+        t.row(vec![
+            "baseline tracer attached".to_owned(),
+            table::median_spread(baseline, 1.0, 0),
+            show(nginx.baseline_ratio),
+        ]);
+    }
     print!("{}", t.render());
+    println!(
+        "tracer/untraced by each side's best run: {}",
+        show(nginx.best_ratio)
+    );
     println!(
         "tracer lost {} events over the traced runs; the tracer process itself used {:.2} cores (median) while wrk ran",
         nginx.lost_events, nginx.tracer_cores.median
@@ -150,6 +178,23 @@ pub(crate) fn attach(attach: &Summary) {
         attach.min,
         attach.max,
         attach.runs.len()
+    );
+}
+
+/// The load average at the bench's start and end, and whether that was too busy.
+pub(crate) fn load(load: &Load) {
+    let show = |l: Option<f64>| l.map_or("unknown".to_owned(), |l| format!("{l:.2}"));
+    println!();
+    println!(
+        "load average (1 min): {} at start, {} at end, on {} CPUs{}",
+        show(load.at_start),
+        show(load.at_end),
+        load.cpus,
+        if load.too_busy().is_some() {
+            ": busier than its CPUs, too noisy to judge the budgets (their notes say so)"
+        } else {
+            ""
+        }
     );
 }
 

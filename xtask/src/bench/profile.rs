@@ -29,6 +29,8 @@ pub(crate) struct ProgramCost {
 #[derive(Debug, Serialize)]
 pub(crate) struct ProfileResult {
     pub tracer: Vec<ProgramCost>,
+    /// The same window under `--baseline-tracer`, measured right after.
+    pub baseline: Option<Vec<ProgramCost>>,
     pub empty_floor: Option<Vec<ProgramCost>>,
     /// CPU the tracer process itself (reading, decoding, stacks, tables) used per run of
     /// `sys_exit_openat` in the same window: its userspace cost of one followed open+close.
@@ -54,6 +56,7 @@ struct Counters {
 /// Runs both profiles with the stats switched on, and switches them back.
 pub(crate) fn run(
     tracer_bin: &Path,
+    baseline: Option<&Path>,
     workload: &mut Workload,
     with_bpftrace: bool,
 ) -> Result<ProfileResult> {
@@ -73,6 +76,17 @@ pub(crate) fn run(
             .map_or(0, |cost| cost.runs);
         let tracer_process_ns_per_open =
             (opens > 0).then(|| tracer.process_cpu_ns as f64 / opens as f64);
+        let baseline = match baseline {
+            Some(bin) => {
+                eprintln!("  BPF run time: baseline tracer following open+close");
+                let result = workload.result_path();
+                let argv = workload.rate_args(0, 5, 1, &result);
+                let mut cmd = Command::new(bin);
+                cmd.arg("--json").arg("--").args(&argv);
+                Some(profile_window(&mut cmd, true)?.costs)
+            }
+            None => None,
+        };
         let empty_floor = if with_bpftrace {
             eprintln!("  BPF run time: empty floor programs");
             let result = workload.result_path();
@@ -88,6 +102,7 @@ pub(crate) fn run(
         };
         Ok(ProfileResult {
             tracer: tracer.costs,
+            baseline,
             empty_floor,
             tracer_process_ns_per_open,
         })

@@ -1,7 +1,10 @@
 //! The printed tables: plain aligned text, also pasted into README.md.
 
 use super::{
-    budgets::Verdict, capacity::RateStep, micro::MicroResult, profile::ProfileResult,
+    budgets::Verdict,
+    capacity::RateStep,
+    micro::MicroResult,
+    profile::{ProfileResult, ProgramCost},
     stats::Summary,
 };
 
@@ -53,12 +56,14 @@ impl Table {
     }
 }
 
-/// `median (±spread%)` in the unit given by `scale`.
+/// `median (±spread%, min X)` in the unit given by `scale`: the minimum is the run least
+/// disturbed by other work on a shared machine.
 pub(crate) fn median_spread(summary: &Summary, scale: f64, decimals: usize) -> String {
     format!(
-        "{:.decimals$} (±{:.0}%)",
+        "{:.decimals$} (±{:.0}%, min {:.decimals$})",
         summary.median * scale,
-        summary.spread_percent()
+        summary.spread_percent(),
+        summary.min * scale
     )
 }
 
@@ -147,19 +152,43 @@ pub(crate) fn rates(steps: &[RateStep]) -> String {
 
 /// One row per tracer program, with the floor's program on the same tracepoint.
 pub(crate) fn profile(profile: &ProfileResult) -> String {
-    let mut table = Table::new(&["program", "runs", "tracer ns/run", "empty floor ns/run"]);
-    for cost in &profile.tracer {
+    let mut table = Table::new(&[
+        "program",
+        "runs",
+        "tracer ns/run",
+        "baseline ns/run",
+        "empty floor ns/run",
+    ]);
+    let mut programs: Vec<&str> = profile.tracer.iter().map(|c| c.program.as_str()).collect();
+    for cost in profile.baseline.iter().flatten() {
+        if !programs.contains(&cost.program.as_str()) {
+            programs.push(&cost.program);
+        }
+    }
+    let ns = |costs: Option<&Vec<ProgramCost>>, program: &str| {
+        costs
+            .and_then(|costs| costs.iter().find(|c| c.program == program))
+            .map_or("-".to_owned(), |c| format!("{:.0}", c.ns_per_run))
+    };
+    for program in programs {
+        let runs = profile
+            .tracer
+            .iter()
+            .chain(profile.baseline.iter().flatten())
+            .find(|c| c.program == program)
+            .map_or(0, |c| c.runs);
         let floor = profile.empty_floor.as_ref().and_then(|floor| {
             // bpftrace names its programs after the probe, e.g. `sys_enter_openat` within
             // `tracepoint_syscalls_sys_enter_openat`, cut to 15 characters by the kernel.
             floor
                 .iter()
-                .find(|f| f.program == cost.program || cost.program.starts_with(&f.program))
+                .find(|f| f.program == program || program.starts_with(&f.program))
         });
         table.row(vec![
-            cost.program.clone(),
-            cost.runs.to_string(),
-            format!("{:.0}", cost.ns_per_run),
+            program.to_owned(),
+            runs.to_string(),
+            ns(Some(&profile.tracer), program),
+            ns(profile.baseline.as_ref(), program),
             floor.map_or("-".to_owned(), |f| format!("{:.0}", f.ns_per_run)),
         ]);
     }
@@ -172,6 +201,7 @@ pub(crate) fn profile(profile: &ProfileResult) -> String {
             "(floor programs)".to_owned(),
             String::new(),
             String::new(),
+            String::new(),
             names.join(", "),
         ]);
     }
@@ -180,7 +210,7 @@ pub(crate) fn profile(profile: &ProfileResult) -> String {
 
 /// The budgets and whether each was met.
 pub(crate) fn budgets(verdicts: &[Verdict]) -> String {
-    let mut table = Table::new(&["budget", "measured", "met"]);
+    let mut table = Table::new(&["budget", "measured", "met", "note"]);
     for verdict in verdicts {
         table.row(vec![
             verdict.budget.clone(),
@@ -191,6 +221,7 @@ pub(crate) fn budgets(verdicts: &[Verdict]) -> String {
                 None => "-",
             }
             .to_owned(),
+            verdict.note.clone().unwrap_or_default(),
         ]);
     }
     table.render()
@@ -215,7 +246,7 @@ mod tests {
     #[test]
     fn formats_median_and_spread() {
         let summary = Summary::of(&[3400.0, 3500.0, 3600.0]).unwrap();
-        assert_eq!(median_spread(&summary, 1e-3, 2), "3.50 (±3%)");
+        assert_eq!(median_spread(&summary, 1e-3, 2), "3.50 (±3%, min 3.40)");
     }
 
     /// Long reasons are cut to fit a cell.

@@ -26,6 +26,10 @@ pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
         "builds its Rust fixture with rustc at run time; the guest has no Rust toolchain",
     ),
     (
+        "live_view_in_tmux",
+        "drives the live view in tmux; the guest has no tmux",
+    ),
+    (
         "python_script",
         "runs a Python fixture; the guest has no Python interpreter",
     ),
@@ -36,6 +40,18 @@ pub(super) const GUEST_SKIPS: &[(&str, &str)] = &[
     (
         "redis_time_wait_is_its_own",
         "starts Debian's redis-server and redis-benchmark; the guest has neither",
+    ),
+    (
+        "metrics_pass_promtool_and_count_what_proc_lists",
+        "reads --serve with curl and Debian's promtool; the guest has neither",
+    ),
+    (
+        "prometheus_scrapes_the_open_fds_series",
+        "starts Debian's Prometheus server; the guest has none",
+    ),
+    (
+        "pprof_reads_the_open_fds_profile",
+        "reads --serve's profile with Debian's go tool pprof; the guest has no Go",
     ),
 ];
 

@@ -9,7 +9,8 @@ mod summary;
 use std::fmt::Write as _;
 
 use at_exit::at_exit_section;
-use stack::{application_frames, call_site, stack_lines};
+pub(crate) use stack::application_frames;
+use stack::{call_site, stack_lines};
 use summary::summary;
 use tracer_common::Syscall;
 

@@ -12,10 +12,18 @@ const FRAMES_SHOWN: usize = 12;
 /// The stack, innermost first: the first frame (the libc wrapper), then the application's
 /// frames. Runs of library frames between them (libc, libstdc++, Rust's std) shrink to one
 /// line, so the frames that matter fit in [`FRAMES_SHOWN`] lines.
+///
+/// In a stack with Python frames, the interpreter's own native frames fold the same way,
+/// except the C leaf: the first native frame past the libc wrapper (`_io_FileIO___init___impl`,
+/// `sock_accept`), which says what the Python code called.
 pub(super) fn stack_lines(stack: &[FrameEntry], out: &mut String) {
-    let last_app = stack.iter().rposition(|f| !is_library_frame(f));
+    let plumbing = plumbing(stack);
+    let library = |i: usize, frame: &FrameEntry| is_library_frame(frame) || plumbing(i, frame);
+    let last_app = stack.iter().enumerate().rposition(|(i, f)| !library(i, f));
+    // Interpreter plumbing folds outside the application's frames too (the interpreter's
+    // main loop and startup under the module's code).
     let folded = |i: usize, frame: &FrameEntry| {
-        i > 0 && is_library_frame(frame) && last_app.is_some_and(|last| i < last)
+        i > 0 && (plumbing(i, frame) || library(i, frame) && last_app.is_some_and(|last| i < last))
     };
     let (mut shown, mut skipped, mut consumed) = (0, 0u64, 0);
     for (i, frame) in stack.iter().enumerate() {
@@ -49,10 +57,13 @@ pub(super) fn call_site(stack: &[FrameEntry], lead: &str) -> String {
     }
 }
 
-pub(super) fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
+pub(crate) fn application_frames(stack: &[FrameEntry]) -> Vec<String> {
+    let python = stack.iter().any(is_python);
     stack
         .iter()
         .filter(|f| !is_library_frame(f))
+        // A Python frame is an application frame; the interpreter's are not.
+        .filter(|f| !python || !is_interpreter_frame(f))
         .filter_map(|f| f.symbol.as_deref())
         .take(2)
         .map(|s| format!("`{s}`"))
@@ -74,6 +85,28 @@ fn is_library_frame(frame: &FrameEntry) -> bool {
             .iter()
             .any(|prefix| s.starts_with(prefix))
         })
+}
+
+fn is_python(frame: &FrameEntry) -> bool {
+    frame.runtime.is_some()
+}
+
+/// A native frame of the interpreter (libpython, a python executable, the C extension
+/// modules of the standard library: `_socket.cpython-311-x86_64-linux-gnu.so`).
+fn is_interpreter_frame(frame: &FrameEntry) -> bool {
+    !is_python(frame)
+        && frame
+            .module
+            .as_deref()
+            .is_some_and(|m| file_name(m).contains("python"))
+}
+
+/// Which frames of `stack` are interpreter plumbing: none unless the stack has Python
+/// frames; then every native interpreter frame but the C leaf.
+fn plumbing(stack: &[FrameEntry]) -> impl Fn(usize, &FrameEntry) -> bool {
+    let python = stack.iter().any(is_python);
+    let leaf = stack.iter().position(|f| !is_library_frame(f));
+    move |i, frame| python && Some(i) != leaf && is_interpreter_frame(frame)
 }
 
 fn file_name(path: &str) -> &str {
@@ -102,6 +135,9 @@ fn frame_line(frame: &FrameEntry) -> String {
         (Some(file), None) => file.to_string(),
         _ => frame.module.clone().unwrap_or_default(),
     };
+    if is_python(frame) {
+        return format!("{:>14}  {symbol:<32} {place}", "[python]");
+    }
     format!("{:#014x}  {symbol:<32} {place}", frame.addr)
 }
 
@@ -117,6 +153,7 @@ mod tests {
             file: None,
             line: None,
             inlined: false,
+            runtime: None,
         }
     }
 

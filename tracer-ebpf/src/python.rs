@@ -1,0 +1,249 @@
+//! CPython frames at the moments a stack is captured: the calling thread's interpreter frame
+//! chain, walked in the kernel (the frames and code objects may be gone by the time
+//! userspace reads the event), sent as a [`PyStackEvent`] right before the event itself.
+//!
+//! Only processes userspace found to run CPython have an entry in PY_PROCS: every other
+//! process pays one lookup that misses. The thread's `PyThreadState` is found by its
+//! `thread_id` (pthread_self(), which is the task's fsbase on x86-64), in a per-thread cache
+//! checked on every use (userspace seeds it), else by walking the first [`MAX_PY_THREADS`] of
+//! each interpreter's thread list, where new threads are added: the "current" thread state is
+//! empty while a thread is blocked in a syscall with the GIL released.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::bpf_get_current_task,
+    },
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray},
+};
+use tracer_common::{
+    EventHeader, EventKind, NO_STACK,
+    python::{
+        MAX_PY_FRAMES, MAX_PY_PROCS, MAX_PY_THREADS, MAX_PY_TSTATES, PY_NO_THREAD, PY_READ_FAILED,
+        PY_TRUNCATED, PyFrameRecord, PyProcConfig, PyStackEvent,
+    },
+};
+
+use crate::maps::{EVENTS, LOST_RING_FULL, count_lost, submit_flags};
+
+/// Interpreter layouts of the CPython processes, by tgid (userspace fills it; a forked child
+/// gets its parent's; exec and exit remove it).
+#[map]
+pub(crate) static PY_PROCS: HashMap<u32, PyProcConfig> = HashMap::with_max_entries(MAX_PY_PROCS, 0);
+
+/// tid -> its `PyThreadState` address, checked against the thread's fsbase at each use.
+/// Userspace seeds it with the threads a process has when its interpreter is found (and
+/// again when a walk found no thread state); the kernel adds what its short walk finds.
+#[map]
+static PY_TSTATES: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_PY_TSTATES, 0);
+
+#[repr(C)]
+pub(crate) struct PyStackScratch {
+    event: PyStackEvent,
+    frames: [PyFrameRecord; MAX_PY_FRAMES],
+}
+
+#[map]
+static PY_SCRATCH: PerCpuArray<PyStackScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Offset of `thread.fsbase` in `struct task_struct`, from the kernel's BTF (set by
+/// userspace), or u64::MAX when it is not known.
+#[unsafe(no_mangle)]
+static TASK_FSBASE_OFFSET: u64 = u64::MAX;
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: a checked read of the caller's memory, which may fail.
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Sends the calling thread's Python frames if its process runs a configured interpreter.
+#[inline(always)]
+pub(crate) fn capture(tgid: u32) {
+    // SAFETY: the value is copied out by the callee before the map can change under it
+    // (entries are only replaced whole, by userspace or the fork probe).
+    if let Some(config) = unsafe { PY_PROCS.get(&tgid) } {
+        walk(config);
+    }
+}
+
+/// Copies a parent's interpreter layout to a forked child, which runs the same image.
+#[inline(always)]
+pub(crate) fn inherit(parent: u32, child: u32) {
+    // SAFETY: copied at once.
+    if let Some(config) = unsafe { PY_PROCS.get(&parent) } {
+        let config = *config;
+        let _ = PY_PROCS.insert(&child, &config, 0);
+    }
+}
+
+/// Forgets a process's layout (exec, exit).
+#[inline(always)]
+pub(crate) fn forget(tgid: u32) {
+    let _ = PY_PROCS.remove(&tgid);
+}
+
+#[inline(never)]
+fn walk(config: &PyProcConfig) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(scratch) = PY_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch record; only the frames written are sent.
+    let scratch = unsafe { &mut *scratch };
+    let tid = pid_tgid as u32;
+    let mut flags = 0;
+    let mut count: usize = 0;
+    match thread_state(config, tid) {
+        None => flags |= PY_NO_THREAD,
+        Some(tstate) => {
+            let mut frame = top_frame(config, tstate);
+            // One record per frame, entry shims (3.12+) included: userspace tells them
+            // apart from the raw marker byte. The loop index is the only counter, so the
+            // verifier has one number to track per turn.
+            for i in 0..MAX_PY_FRAMES {
+                if frame == 0 {
+                    break;
+                }
+                let Some(slot) = scratch.frames.get_mut(i) else {
+                    break;
+                };
+                let (Some(code), Some(back), Some(instr)) = (
+                    read_u64(frame + config.frame_code as u64),
+                    read_u64(frame + config.frame_back as u64),
+                    read_u64(frame + config.frame_instr as u64),
+                ) else {
+                    flags |= PY_READ_FAILED;
+                    break;
+                };
+                let marker = if config.frame_flag == u32::MAX {
+                    0
+                } else {
+                    // SAFETY: as read_u64.
+                    unsafe { bpf_probe_read_user((frame + config.frame_flag as u64) as *const u8) }
+                        .unwrap_or(0)
+                };
+                // SAFETY: as read_u64.
+                let first = unsafe {
+                    bpf_probe_read_user((code + config.code_firstlineno as u64) as *const u32)
+                }
+                .unwrap_or(0);
+                // SAFETY: as read_u64.
+                let pair = unsafe {
+                    bpf_probe_read_user((code + config.code_filename as u64) as *const [u64; 2])
+                }
+                .unwrap_or([0, 0]);
+                slot.code = code;
+                slot.instr = instr;
+                slot.fingerprint = fingerprint(first, pair[0], pair[1]);
+                slot.flags = marker as u32;
+                slot._pad = 0;
+                count = i + 1;
+                frame = back;
+            }
+            if frame != 0 && flags & PY_READ_FAILED == 0 {
+                flags |= PY_TRUNCATED;
+            }
+        }
+    }
+    scratch.event = PyStackEvent {
+        header: EventHeader {
+            kind: EventKind::PythonStack as u32,
+            tgid: (pid_tgid >> 32) as u32,
+            tid,
+            stack_id: NO_STACK,
+            // SAFETY: plain helper call.
+            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        count: count as u32,
+        flags,
+    };
+    let count = if count > MAX_PY_FRAMES {
+        MAX_PY_FRAMES
+    } else {
+        count
+    };
+    let size = core::mem::size_of::<PyStackEvent>() + count * core::mem::size_of::<PyFrameRecord>();
+    // SAFETY: `size` is within the scratch record, whose used bytes were all written.
+    let record = unsafe {
+        core::slice::from_raw_parts((scratch as *const PyStackScratch).cast::<u8>(), size)
+    };
+    if EVENTS
+        .output::<[u8]>(record, submit_flags(size as u64))
+        .is_err()
+    {
+        count_lost(LOST_RING_FULL);
+    }
+    0
+}
+
+/// What userspace recomputes from the code object to tell that the address still holds the
+/// code the kernel saw.
+#[inline(always)]
+fn fingerprint(firstlineno: u32, filename: u64, name: u64) -> u64 {
+    ((firstlineno as u64) << 32) | ((filename ^ (name >> 4)) & 0xffff_ffff)
+}
+
+/// The innermost frame of a thread state, or 0.
+#[inline(always)]
+fn top_frame(config: &PyProcConfig, tstate: u64) -> u64 {
+    let frame = read_u64(tstate + config.tstate_frame as u64).unwrap_or(0);
+    if config.cframe_current == u32::MAX || frame == 0 {
+        return frame;
+    }
+    read_u64(frame + config.cframe_current as u64).unwrap_or(0)
+}
+
+/// The calling thread's `PyThreadState`: the cached one if its `thread_id` is still this
+/// thread's, else the one the interpreters' thread lists hold for it. A thread starting
+/// another gives the new thread's state its own `thread_id` until the new thread runs
+/// (3.10, 3.11: `new_threadstate`), so a match without frames is only taken, and not
+/// cached, when no match has frames.
+#[inline(always)]
+fn thread_state(config: &PyProcConfig, tid: u32) -> Option<u64> {
+    // SAFETY: a plain read of a load-time constant.
+    let fsbase_offset = unsafe { core::ptr::read_volatile(&raw const TASK_FSBASE_OFFSET) };
+    if fsbase_offset == u64::MAX {
+        return None;
+    }
+    // SAFETY: the current task, read at the offset its BTF gives.
+    let fsbase = unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        bpf_probe_read_kernel(task.add(fsbase_offset as usize).cast::<u64>()).ok()?
+    };
+    if fsbase == 0 {
+        return None;
+    }
+    let thread_id = config.tstate_thread_id as u64;
+    // SAFETY: the value is copied at once.
+    if let Some(&cached) = unsafe { PY_TSTATES.get(&tid) }
+        && read_u64(cached + thread_id) == Some(fsbase)
+    {
+        return Some(cached);
+    }
+    let mut interp = read_u64(config.runtime + config.interpreters_head as u64)?;
+    let mut tstate = read_u64(interp + config.interp_threads_head as u64).unwrap_or(0);
+    let mut without_frames = 0;
+    for _ in 0..MAX_PY_THREADS {
+        if tstate == 0 {
+            interp = read_u64(interp + config.interp_next as u64).unwrap_or(0);
+            if interp == 0 {
+                break;
+            }
+            tstate = read_u64(interp + config.interp_threads_head as u64).unwrap_or(0);
+            continue;
+        }
+        if read_u64(tstate + thread_id) == Some(fsbase) {
+            if top_frame(config, tstate) != 0 {
+                let _ = PY_TSTATES.insert(&tid, &tstate, 0);
+                return Some(tstate);
+            }
+            if without_frames == 0 {
+                without_frames = tstate;
+            }
+        }
+        tstate = read_u64(tstate + config.tstate_next as u64).unwrap_or(0);
+    }
+    (without_frames != 0).then_some(without_frames)
+}

@@ -1,0 +1,293 @@
+//! Field offsets of kernel structs, from the kernel's BTF (/sys/kernel/btf/vmlinux), for the
+//! few fields the programs read without CO-RE (the descriptor table sys_enter_close checks, and
+//! `thread.fsbase`, by which the Python frame walk finds the calling thread's pthread): enough
+//! of the BTF format (linux/btf.h) to find a struct by name and a member's byte offset in it,
+//! through anonymous structs and unions.
+
+use std::{fs, path::Path};
+
+use tracer_common::KernelOffsets;
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BtfError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not BTF, or cut short: {0}")]
+    Malformed(&'static str),
+    #[error("the BTF has no struct {0}")]
+    NoStruct(String),
+    #[error("the BTF's struct {0} has no member {1}")]
+    NoMember(String, String),
+}
+
+const MAGIC: u16 = 0xEB9F;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+/// Kinds that only qualify or rename another type: typedef, volatile, const, restrict,
+/// type_tag.
+const KINDS_QUALIFYING: [u32; 5] = [8, 9, 10, 11, 18];
+
+/// One type's header and where its kind-specific data starts in the type section.
+#[derive(Clone, Copy)]
+struct Type {
+    name_off: u32,
+    kind: u32,
+    vlen: u32,
+    kflag: bool,
+    /// The size of a struct, or the type a qualifier or pointer refers to.
+    size_or_type: u32,
+    extra: usize,
+}
+
+struct Btf<'a> {
+    types: Vec<Type>,
+    section: &'a [u8],
+    strings: &'a [u8],
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+impl<'a> Btf<'a> {
+    fn parse(data: &'a [u8]) -> Result<Self, BtfError> {
+        let short = BtfError::Malformed;
+        let magic = u16::from_ne_bytes(
+            data.get(0..2)
+                .ok_or(short("header"))?
+                .try_into()
+                .unwrap_or_default(),
+        );
+        if magic != MAGIC {
+            return Err(short("wrong magic number"));
+        }
+        let header = |at| u32_at(data, at).map(|v| v as usize).ok_or(short("header"));
+        let (hdr_len, type_off, type_len) = (header(4)?, header(8)?, header(12)?);
+        let (str_off, str_len) = (header(16)?, header(20)?);
+        let section = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .ok_or(short("type section"))?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(short("string section"))?;
+        // Type ids start at 1; id 0 is void.
+        let mut types = vec![Type {
+            name_off: 0,
+            kind: 0,
+            vlen: 0,
+            kflag: false,
+            size_or_type: 0,
+            extra: 0,
+        }];
+        let mut at = 0;
+        while at < section.len() {
+            let word = |i: usize| u32_at(section, at + 4 * i).ok_or(short("type"));
+            let info = word(1)?;
+            let ty = Type {
+                name_off: word(0)?,
+                kind: (info >> 24) & 0x1f,
+                vlen: info & 0xffff,
+                kflag: info >> 31 == 1,
+                size_or_type: word(2)?,
+                extra: at + 12,
+            };
+            let vlen = ty.vlen as usize;
+            let extra = match ty.kind {
+                1 | 14 | 17 => 4,
+                3 => 12,
+                KIND_STRUCT | KIND_UNION | 15 | 19 => 12 * vlen,
+                6 | 13 => 8 * vlen,
+                2 | 7..=12 | 16 | 18 => 0,
+                _ => return Err(short("unknown type kind")),
+            };
+            types.push(ty);
+            at += 12 + extra;
+        }
+        Ok(Self {
+            types,
+            section,
+            strings,
+        })
+    }
+
+    fn name(&self, offset: u32) -> &[u8] {
+        let rest = self.strings.get(offset as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    /// The struct called `name` (a definition, not a forward declaration).
+    fn struct_named(&self, name: &str) -> Result<Type, BtfError> {
+        self.types
+            .iter()
+            .find(|t| {
+                t.kind == KIND_STRUCT && t.vlen > 0 && self.name(t.name_off) == name.as_bytes()
+            })
+            .copied()
+            .ok_or_else(|| BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// The type `id` refers to once typedefs and qualifiers are looked through.
+    fn resolved(&self, mut id: u32) -> Option<Type> {
+        for _ in 0..32 {
+            let ty = *self.types.get(id as usize)?;
+            if !KINDS_QUALIFYING.contains(&ty.kind) {
+                return Some(ty);
+            }
+            id = ty.size_or_type;
+        }
+        None
+    }
+
+    /// Byte offset of member `member` in `ty`, looking into anonymous structs and unions.
+    fn member_offset(&self, ty: Type, member: &str, depth: u32) -> Option<u32> {
+        if depth > 8 {
+            return None;
+        }
+        for i in 0..ty.vlen as usize {
+            let at = ty.extra + 12 * i;
+            let (name_off, type_id, offset) = (
+                u32_at(self.section, at)?,
+                u32_at(self.section, at + 4)?,
+                u32_at(self.section, at + 8)?,
+            );
+            // With kflag, the top 8 bits hold a bitfield's size.
+            let bits = if ty.kflag {
+                offset & 0x00ff_ffff
+            } else {
+                offset
+            };
+            let name = self.name(name_off);
+            if name == member.as_bytes() {
+                return Some(bits / 8);
+            }
+            if name.is_empty()
+                && let Some(inner) = self.resolved(type_id)
+                && matches!(inner.kind, KIND_STRUCT | KIND_UNION)
+                && let Some(found) = self.member_offset(inner, member, depth + 1)
+            {
+                return Some(bits / 8 + found);
+            }
+        }
+        None
+    }
+
+    fn offset(&self, strukt: &str, member: &str) -> Result<u32, BtfError> {
+        self.member_offset(self.struct_named(strukt)?, member, 0)
+            .ok_or_else(|| BtfError::NoMember(strukt.to_owned(), member.to_owned()))
+    }
+}
+
+/// The offsets sys_enter_close needs, from the BTF at `path`.
+pub(crate) fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+    let data = fs::read(path).map_err(|source| BtfError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    offsets_in(&data)
+}
+
+/// Byte offset of `thread.fsbase` in `task_struct`, or None when this kernel's BTF has no
+/// such field (not x86-64) or cannot be read: Python frames are then not captured.
+pub(crate) fn task_fsbase_offset(path: &Path) -> Option<u64> {
+    let data = fs::read(path).ok()?;
+    let btf = Btf::parse(&data).ok()?;
+    let thread = btf.offset("task_struct", "thread").ok()?;
+    let fsbase = btf.offset("thread_struct", "fsbase").ok()?;
+    Some(u64::from(thread + fsbase))
+}
+
+fn offsets_in(data: &[u8]) -> Result<KernelOffsets, BtfError> {
+    let btf = Btf::parse(data)?;
+    Ok(KernelOffsets {
+        task_files: btf.offset("task_struct", "files")?,
+        files_fdt: btf.offset("files_struct", "fdt")?,
+        fdt_max_fds: btf.offset("fdtable", "max_fds")?,
+        fdt_fd: btf.offset("fdtable", "fd")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A BTF blob with `struct outer { int a; union { int x; int wanted; }; }`, the union
+    /// anonymous at byte 8, `wanted` at byte 4 of it (not real C layout, but what BTF says).
+    fn synthetic() -> Vec<u8> {
+        let strings = b"\0outer\0a\0wanted\0x\0int\0";
+        let (outer, a, wanted, x, int) = (1u32, 7, 9, 16, 18);
+        let mut types: Vec<u32> = Vec::new();
+        // [1] int, 4 bytes.
+        types.extend([int, 1 << 24, 4, 32]);
+        // [2] anonymous union, 2 members, kflag set (bitfield sizes in the top bits).
+        types.extend([0, (1 << 31) | (KIND_UNION << 24) | 2, 4]);
+        types.extend([x, 1, 0, wanted, 1, (3 << 24) | 32]);
+        // [3] struct outer, 2 members.
+        types.extend([outer, (KIND_STRUCT << 24) | 2, 16]);
+        types.extend([a, 1, 0, 0, 2, 64]);
+        let type_bytes: Vec<u8> = types.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let mut data = Vec::new();
+        data.extend(MAGIC.to_ne_bytes());
+        data.extend([1u8, 0]);
+        for word in [
+            24u32,
+            0,
+            type_bytes.len() as u32,
+            type_bytes.len() as u32,
+            strings.len() as u32,
+        ] {
+            data.extend(word.to_ne_bytes());
+        }
+        data.extend(type_bytes);
+        data.extend(strings);
+        data
+    }
+
+    /// Members are found directly and through an anonymous union, whose offset is added.
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let data = synthetic();
+        let btf = Btf::parse(&data).unwrap();
+        assert_eq!(btf.offset("outer", "a").unwrap(), 0);
+        assert_eq!(btf.offset("outer", "wanted").unwrap(), 8 + 4);
+        assert!(matches!(
+            btf.offset("outer", "nope"),
+            Err(BtfError::NoMember(..))
+        ));
+        assert!(matches!(
+            btf.offset("inner", "a"),
+            Err(BtfError::NoStruct(_))
+        ));
+    }
+
+    /// Garbage and truncated blobs are errors, not panics.
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"hello world, not btf at all").is_err());
+        let data = synthetic();
+        assert!(Btf::parse(&data[..30]).is_err());
+        assert!(Btf::parse(&[]).is_err());
+    }
+
+    /// On the running kernel: `struct fdtable` starts with `unsigned int max_fds` then the
+    /// `fd` array pointer (include/linux/fdtable.h), and `files` lies inside task_struct.
+    #[test]
+    fn reads_this_kernels_fd_table_layout() {
+        let offsets = kernel_offsets(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
+        assert_eq!((offsets.fdt_max_fds, offsets.fdt_fd), (0, 8));
+        assert!(offsets.task_files > 0 && offsets.task_files < 16384);
+        assert!(offsets.files_fdt > 0 && offsets.files_fdt < 256);
+    }
+
+    /// This kernel's BTF (every kernel the tracer runs on has one: it is checked at start)
+    /// places fsbase inside task_struct, after the scheduler's fields.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn finds_fsbase_in_this_kernels_task_struct() {
+        let offset = task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"))
+            .expect("thread.fsbase in task_struct");
+        assert!(offset > 1000 && offset < 16384, "offset {offset}");
+    }
+}
