@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts, KernelOffsets,
-    MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS,
-    MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
-    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts, KernelOffsets, MAX_EXITING,
+    MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS, MAX_MATCH_COMMS,
+    MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, TASK_STACK_TOP_BYTES,
+    TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.

@@ -13,8 +13,8 @@ mod deleted;
 mod entry;
 pub(crate) mod flamegraph;
 mod group;
-mod host;
 pub(crate) mod growth;
+mod host;
 mod resolver;
 pub(crate) mod text;
 

@@ -235,12 +235,7 @@ pub(super) fn process_of(pid: u32) -> Result<u32> {
 }
 
 /// The report of the tables as they stand now, with what the live system adds to them.
-fn build_report(
-    state: &mut State<'_>,
-    probes: &Probes,
-    min_age_s: f64,
-    started_ns: u64,
-) -> Report {
+fn build_report(state: &mut State<'_>, probes: &Probes, min_age_s: f64, started_ns: u64) -> Report {
     let now_ns = monotonic_ns();
     let lost = probes.lost();
     let (target, command) = state

@@ -18,8 +18,8 @@ use super::{
     child::PausedChild,
     host::{self, HostSession},
     reconcile::{self, Reconciler},
-    targets::Roots,
     snapshots::Snapshots,
+    targets::Roots,
 };
 use crate::{
     aggregator::Aggregator,
