@@ -41,8 +41,8 @@ pub(crate) fn count_birth(ctx: &TracePointContext, tgid: u32, syscall: Syscall) 
     add(tgid, created, 0, sockets);
 }
 
-/// Counts a successful close(2) of an unfollowed process (the caller checked
-/// [`host_wide`]).
+/// Counts a close(2) of an unfollowed process that will succeed: sys_enter_close found the
+/// descriptor open in the caller's table (the caller checked [`host_wide`]).
 #[inline(always)]
 pub(crate) fn count_close(tgid: u32) {
     add(tgid, 0, 1, 0);
