@@ -61,6 +61,20 @@ fn server_side_time_wait(port: u16) -> u64 {
         .count() as u64
 }
 
+/// `server_side_time_wait` once two looks 500 ms apart agree (at most 10 s of looking).
+fn settled_time_wait(port: u16) -> u64 {
+    let mut last = server_side_time_wait(port);
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = server_side_time_wait(port);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 /// The report's TIME_WAIT groups.
 fn time_wait_groups(report: &Report) -> Vec<&Value> {
     report.json["time_wait"]
@@ -205,8 +219,10 @@ fn postgres_pgbench_time_wait_and_stacks() {
         );
     }
 
-    // What the kernel says, before the stop.
-    let server_side = server_side_time_wait(pg.port);
+    // What the kernel says, before the stop, once it has settled: a terminated backend (and
+    // pgbench's last ones) may still be exiting, and closing its socket, after its client saw
+    // the error, so its TIME_WAIT can appear after a first look.
+    let server_side = settled_time_wait(pg.port);
     let live: Vec<(u32, BTreeSet<u64>)> = std::iter::once(postmaster)
         .chain(tracer_tests::children_of(postmaster))
         .map(|pid| (pid, proc_fds(pid)))

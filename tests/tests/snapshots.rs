@@ -32,14 +32,18 @@ fn snapshots(dir: &Path) -> Vec<(u64, Report)> {
     files.sort();
     let mut out: Vec<(u64, Report)> = files
         .iter()
-        .map(|p| {
-            let text = fs::read_to_string(p).unwrap();
+        .filter_map(|p| {
+            // While the tracer runs, --keep may prune a file between the listing and the read.
+            let text = match fs::read_to_string(p) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+                other => other.unwrap(),
+            };
             let json: Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("{} is not JSON: {e}", p.display()));
             let seq = json["snapshot"]["sequence"]
                 .as_u64()
                 .unwrap_or_else(|| panic!("{} has no snapshot.sequence", p.display()));
-            (seq, Report::new(json))
+            Some((seq, Report::new(json)))
         })
         .collect();
     out.sort_by_key(|(seq, _)| *seq);

@@ -148,7 +148,7 @@ fn host_facts(report: &crate::report::Report) -> HostFacts {
             .processes
             .iter()
             .filter(|p| !p.exited)
-            .filter_map(|p| Some((p.pid, procfs::max_open_files(p.pid)?)))
+            .filter_map(|p| Some((p.pid, procfs::nofile_limit(p.pid)?)))
             .collect(),
         tracer_rss: procfs::own_resident_bytes(),
     }

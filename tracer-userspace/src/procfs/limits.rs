@@ -62,4 +62,29 @@ mod tests {
         assert!(nofile_limit(std::process::id()).is_some_and(|n| n > 0));
         assert!(file_handles().is_some_and(|(used, max)| used > 0 && max > 0));
     }
+
+    /// The limit read from /proc is the soft limit getrlimit(2) gives.
+    #[test]
+    fn our_limit_is_getrlimits_soft_limit() {
+        let limit = nofile_limit(std::process::id()).expect("our own limit");
+        let mut rlimit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass and nothing else.
+        let status = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit) };
+        assert_eq!(status, 0);
+        assert_eq!(limit, rlimit.rlim_cur);
+    }
+
+    /// A limits file with other rows around it, and an empty one.
+    #[test]
+    fn finds_the_row_among_others() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             127235               127235               processes \n\
+                      Max open files            1024                 524288               files     \n\
+                      Max locked memory         8388608              8388608              bytes     \n";
+        assert_eq!(parse_nofile(limits), Some(1024));
+        assert_eq!(parse_nofile(""), None);
+    }
 }

@@ -37,5 +37,5 @@ pub(crate) use limits::{file_handles, nofile_limit};
 pub(crate) use process::{
     all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
 };
-pub(crate) use resources::{max_open_files, own_resident_bytes};
+pub(crate) use resources::own_resident_bytes;
 pub(crate) use sockets::{Direction, SocketTable};

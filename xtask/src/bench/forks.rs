@@ -3,7 +3,11 @@
 //! show: its peak memory and its JSON report stay about the same, because exited processes
 //! are folded into one group per stack and forgotten once reaped.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -40,17 +44,7 @@ pub(crate) fn run(
     workload: &mut Workload,
     children: u64,
 ) -> Result<ForksResult> {
-    let result = workload.result_path();
-    let argv = vec![
-        workload.binary.display().to_string(),
-        "forks".to_owned(),
-        children.to_string(),
-        result.display().to_string(),
-    ];
-    let mut parent = command(&argv)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("could not start the workload")?;
+    let (mut parent, result) = start_forking(workload, children)?;
     let parent_pid = parent.id() as i32;
     let outcome = (|| {
         let attached = Attached::start(tracer_bin, parent.id(), &["--json"])?;
@@ -108,4 +102,22 @@ pub(crate) fn print(results: &[ForksResult]) {
             r.lost
         );
     }
+}
+
+/// Starts the workload's `forks` mode, which forks `children` short-lived workers once it is
+/// released; returns it and the file its result will be written to. The soak part runs the
+/// same workload.
+pub(crate) fn start_forking(workload: &mut Workload, children: u64) -> Result<(Child, PathBuf)> {
+    let result = workload.result_path();
+    let argv = vec![
+        workload.binary.display().to_string(),
+        "forks".to_owned(),
+        children.to_string(),
+        result.display().to_string(),
+    ];
+    let parent = command(&argv)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("could not start the workload")?;
+    Ok((parent, result))
 }

@@ -6,7 +6,6 @@
 
 use std::{
     path::Path,
-    process::Stdio,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,9 +19,10 @@ use serde::Serialize;
 
 use super::{
     capacity::{wait_until_idle, watch_peak},
+    forks,
     procstat::status_kib,
     tracer::Attached,
-    workload::{self, Workload, command},
+    workload::{self, Workload},
 };
 
 /// Seconds between snapshots during the soak.
@@ -54,17 +54,7 @@ pub(crate) fn run(
 ) -> Result<SoakResult> {
     let snapshots = out_dir.join("soak-snapshots");
     let _ = std::fs::remove_dir_all(&snapshots);
-    let result = workload.result_path();
-    let argv = vec![
-        workload.binary.display().to_string(),
-        "forks".to_owned(),
-        children.to_string(),
-        result.display().to_string(),
-    ];
-    let mut parent = command(&argv)
-        .stdin(Stdio::null())
-        .spawn()
-        .context("could not start the workload")?;
+    let (mut parent, result) = forks::start_forking(workload, children)?;
     let parent_pid = parent.id() as i32;
     let outcome = (|| {
         let dir = snapshots.display().to_string();
