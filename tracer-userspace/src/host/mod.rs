@@ -223,6 +223,30 @@ impl HostWatch {
         }
     }
 
+    /// The live processes followed with full tracing (`--follow-top`); one that exited (or
+    /// whose pid was reused) is not among them.
+    pub(crate) fn followed(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .processes
+            .values()
+            .filter(|w| w.followed_since_ns.is_some())
+            .map(|w| w.pid)
+            .collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The leakers to follow so that `places` live processes are followed: the fastest
+    /// not followed yet. A followed process that exited gives its place to the next one.
+    pub(crate) fn to_follow(&self, places: usize, now_ns: u64) -> Vec<&Watched> {
+        let free = places.saturating_sub(self.followed().len());
+        self.ranked(now_ns)
+            .into_iter()
+            .filter(|w| w.leaking(now_ns) && w.followed_since_ns.is_none())
+            .take(free)
+            .collect()
+    }
+
     #[cfg(test)]
     pub(crate) fn get(&self, pid: u32) -> Option<&Watched> {
         self.processes.get(&pid)

@@ -81,3 +81,33 @@ fn moved_kernel_counts() {
     assert!(watch.kernel_counts(30, (1, 1, 0)));
     assert!(!watch.kernel_counts(31, (5, 0, 0)));
 }
+
+/// `--follow-top 1`: the fastest leaker is followed; while it lives the next one waits,
+/// and once it exits the next leaker takes its place (seen on a shared host: a process
+/// that grew fast for a few seconds while starting, then exited, held the only place).
+#[test]
+fn an_exited_followed_process_gives_its_place() {
+    let mut watch = HostWatch::new();
+    let both = [seen(40, 1), seen(41, 1)];
+    for look in 0..5u64 {
+        let now = (look + 1) * S;
+        watch.look(&both, now);
+        watch.set(40, Level::Descriptors, 10 + 10 * look, now); // starting up, fast
+        watch.set(41, Level::Descriptors, 3 + look, now); // the slow leak
+    }
+    let now = 5 * S;
+    let first: Vec<u32> = watch.to_follow(1, now).iter().map(|w| w.pid).collect();
+    assert_eq!(first, vec![40]);
+    watch.mark_followed(40, now);
+    assert_eq!(watch.followed(), vec![40]);
+    assert!(watch.to_follow(1, now).is_empty());
+    // 40 exits: 41 is followed next, and 40 is not counted any more.
+    watch.look(&[seen(41, 1)], 6 * S);
+    watch.set(41, Level::Descriptors, 8, 6 * S);
+    assert!(watch.followed().is_empty());
+    let next: Vec<u32> = watch.to_follow(1, 6 * S).iter().map(|w| w.pid).collect();
+    assert_eq!(next, vec![41]);
+    watch.mark_followed(41, 6 * S);
+    assert_eq!(watch.followed(), vec![41]);
+    assert!(watch.to_follow(1, 6 * S).is_empty());
+}

@@ -27,7 +27,6 @@ const CLOSE_WAIT_OF_TOP: usize = 10;
 pub(super) struct HostSession {
     pub(super) watch: HostWatch,
     follow_top: usize,
-    followed: Vec<u32>,
     last_look_ns: u64,
     last_print_ns: u64,
     own_pid: u32,
@@ -38,7 +37,6 @@ impl HostSession {
         Self {
             watch: HostWatch::new(),
             follow_top,
-            followed: Vec::new(),
             last_look_ns: 0,
             last_print_ns: started_ns,
             own_pid: std::process::id(),
@@ -64,10 +62,8 @@ pub(super) fn tick(state: &mut State<'_>) {
     }
     let to_follow: Vec<(u32, String)> = host
         .watch
-        .ranked(now)
+        .to_follow(host.follow_top, now)
         .into_iter()
-        .filter(|w| w.leaking(now) && !host.followed.contains(&w.pid))
-        .take(host.follow_top.saturating_sub(host.followed.len()))
         .map(|w| {
             let rate = w.per_minute(Level::Descriptors, now);
             (
@@ -78,7 +74,6 @@ pub(super) fn tick(state: &mut State<'_>) {
         .collect();
     for (pid, why) in to_follow {
         if let Some(host) = state.host.as_mut() {
-            host.followed.push(pid);
             host.watch.mark_followed(pid, now);
         }
         attach::adopt(state, pid, why, now);
@@ -111,7 +106,7 @@ fn look(host: &mut HostSession, probes: &crate::capture::Probes, now: u64) {
         }
     }
     // Followed processes are counted by their events, not in HOST_COUNTS.
-    recount.extend(host.followed.iter().copied());
+    recount.extend(host.watch.followed());
     recount.sort_unstable();
     recount.dedup();
     for pid in recount {
