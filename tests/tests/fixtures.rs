@@ -120,13 +120,17 @@ fn leak_and_exit_exits_zero() {
 #[test]
 fn slow_leak_holds_what_it_says() {
     let bin = build_fixture("slow_leak", &[]);
-    let mut leaker = Fixture::spawn(&bin, &["file", "20", "4"]);
+    // A file of our own: the test VM has no /etc/hostname.
+    let file = unique_dir(None, "slow-leak-fixture").join("leaked.txt");
+    std::fs::write(&file, "x\n").unwrap();
+    let file = std::fs::canonicalize(&file).unwrap();
+    let mut leaker = Fixture::spawn(&bin, &["file", "20", "4", file.to_str().unwrap()]);
     leaker.wait_for_line("READY", Duration::from_secs(10));
     leaker.wait_for_line("DONE 4", Duration::from_secs(10));
     let leaked = std::fs::read_dir(format!("/proc/{}/fd", leaker.pid()))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.as_os_str() == "/etc/hostname")
+        .filter(|target| *target == file)
         .count();
     assert_eq!(leaked, 4);
     let mut steady = Fixture::spawn(&bin, &["steady", "20", "0"]);

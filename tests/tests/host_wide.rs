@@ -12,7 +12,8 @@ use tracer_tests::{
 };
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(20);
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Attach, the run's --duration, then the report: attach may take most of it in the test VM.
+const RUN_TIMEOUT: Duration = ATTACH_TIMEOUT.saturating_add(Duration::from_secs(60));
 
 /// `host.processes[]` entry of `pid`, and its rank.
 #[track_caller]

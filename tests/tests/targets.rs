@@ -51,6 +51,15 @@ fn leaked_on(report: &Report, pid: u32, path: &str) -> usize {
     leaked.len()
 }
 
+/// A file of our own for slow_leak to leak (the test VM has no /etc/hostname), as /proc
+/// names it.
+fn file_to_leak() -> String {
+    let file = unique_dir(None, "slow-leak").join("leaked.txt");
+    fs::write(&file, "x\n").expect("writing the file to leak");
+    let file = fs::canonicalize(&file).expect("canonical path");
+    file.to_str().expect("a UTF-8 scratch path").to_owned()
+}
+
 /// The `targets[]` entry of `pid`.
 #[track_caller]
 fn target_entry(report: &Report, pid: u32) -> &Value {
@@ -76,8 +85,9 @@ fn renamed_fixture(name: &str) -> PathBuf {
 fn repeated_pid_follows_both() {
     require_root();
     let bin = build_fixture("slow_leak", &[]);
-    let mut first = Fixture::spawn(&bin, &["file", "50", "0"]);
-    let mut second = Fixture::spawn(&bin, &["file", "50", "0"]);
+    let file = file_to_leak();
+    let mut first = Fixture::spawn(&bin, &["file", "50", "0", &file]);
+    let mut second = Fixture::spawn(&bin, &["file", "50", "0", &file]);
     first.wait_for_line("READY", LINE_TIMEOUT);
     second.wait_for_line("READY", LINE_TIMEOUT);
     let (a, b) = (first.pid().to_string(), second.pid().to_string());
@@ -87,8 +97,8 @@ fn repeated_pid_follows_both() {
     );
     tracer.wait_attached(ATTACH_TIMEOUT);
     // Leaks made while traced: the next two after what /proc shows now.
-    let first_mark = fds_on(first.pid(), "/etc/hostname") + 2;
-    let second_mark = fds_on(second.pid(), "/etc/hostname") + 2;
+    let first_mark = fds_on(first.pid(), &file) + 2;
+    let second_mark = fds_on(second.pid(), &file) + 2;
     first.wait_for_line(&format!("LEAK {first_mark} "), LINE_TIMEOUT);
     second.wait_for_line(&format!("LEAK {second_mark} "), LINE_TIMEOUT);
     let report = tracer.stop();
@@ -96,7 +106,7 @@ fn repeated_pid_follows_both() {
     for fixture in [&first, &second] {
         assert_eq!(target_entry(&report, fixture.pid())["matched_by"], "pid");
         assert!(
-            leaked_on(&report, fixture.pid(), "/etc/hostname") >= 1,
+            leaked_on(&report, fixture.pid(), &file) >= 1,
             "no leak found in pid {}\n{}",
             fixture.pid(),
             report.context()
@@ -121,9 +131,10 @@ fn comm_follows_a_process_started_after_attach() {
         "the tracer does not say it waits:\n{}",
         tracer.stderr()
     );
-    let mut leaker = Fixture::spawn(&copy, &["file", "50", "5"]);
+    let file = file_to_leak();
+    let mut leaker = Fixture::spawn(&copy, &["file", "50", "5", &file]);
     leaker.wait_for_line("DONE 5", LINE_TIMEOUT);
-    let held = fds_on(leaker.pid(), "/etc/hostname");
+    let held = fds_on(leaker.pid(), &file);
     let report = tracer.stop();
     assert_eq!(held, 5);
     assert_eq!(report.target_pid(), leaker.pid(), "{}", report.context());
@@ -140,7 +151,7 @@ fn comm_follows_a_process_started_after_attach() {
         report.context()
     );
     assert_eq!(
-        leaked_on(&report, leaker.pid(), "/etc/hostname"),
+        leaked_on(&report, leaker.pid(), &file),
         held,
         "{}",
         report.context()
