@@ -96,7 +96,9 @@ fn all_names_the_leaker_and_the_others_steady() {
 fn follow_top_traces_the_leaker_with_stacks() {
     require_root();
     let bin = build_fixture("slow_leak", &[]);
-    let mut leaker = Fixture::spawn(&bin, &["socket", "100", "0"]);
+    // 5 a second: far ahead of anything else, and within the test VM's limit of 1024
+    // descriptors while the tracer attaches there (about a minute).
+    let mut leaker = Fixture::spawn(&bin, &["socket", "200", "0"]);
     leaker.wait_for_line("READY", LINE_TIMEOUT);
     let mut tracer = Tracer::spawn(
         &[

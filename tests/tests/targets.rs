@@ -86,8 +86,10 @@ fn repeated_pid_follows_both() {
     require_root();
     let bin = build_fixture("slow_leak", &[]);
     let file = file_to_leak();
-    let mut first = Fixture::spawn(&bin, &["file", "50", "0", &file]);
-    let mut second = Fixture::spawn(&bin, &["file", "50", "0", &file]);
+    // One leak per 250 ms: the test VM's limit of 1024 descriptors is not reached while the
+    // tracer attaches there (about 50 s).
+    let mut first = Fixture::spawn(&bin, &["file", "250", "0", &file]);
+    let mut second = Fixture::spawn(&bin, &["file", "250", "0", &file]);
     first.wait_for_line("READY", LINE_TIMEOUT);
     second.wait_for_line("READY", LINE_TIMEOUT);
     let (a, b) = (first.pid().to_string(), second.pid().to_string());
