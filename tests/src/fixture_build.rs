@@ -37,6 +37,7 @@ pub const FIXTURES: &[&str] = &[
     "stack_base",
     "exit_workers",
     "bad_close",
+    "slow_leak",
     "serve_leak",
 ];
 

@@ -115,6 +115,37 @@ fn leak_and_exit_exits_zero() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// slow_leak holds one more descriptor per LEAK line it prints and none after DONE; in
+/// steady mode it holds as many as it started with.
+#[test]
+fn slow_leak_holds_what_it_says() {
+    let bin = build_fixture("slow_leak", &[]);
+    // A file of our own: the test VM has no /etc/hostname.
+    let file = unique_dir(None, "slow-leak-fixture").join("leaked.txt");
+    std::fs::write(&file, "x\n").unwrap();
+    let file = std::fs::canonicalize(&file).unwrap();
+    let mut leaker = Fixture::spawn(&bin, &["file", "20", "4", file.to_str().unwrap()]);
+    leaker.wait_for_line("READY", Duration::from_secs(10));
+    leaker.wait_for_line("DONE 4", Duration::from_secs(10));
+    let leaked = std::fs::read_dir(format!("/proc/{}/fd", leaker.pid()))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == file)
+        .count();
+    assert_eq!(leaked, 4);
+    let mut steady = Fixture::spawn(&bin, &["steady", "20", "0"]);
+    steady.wait_for_line("READY", Duration::from_secs(10));
+    let before = fd_count(steady.pid()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(fd_count(steady.pid()).unwrap(), before);
+    leaker.close_stdin();
+    assert!(
+        leaker
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
+
 /// serve_leak sets its soft descriptor limit, and holds N more descriptors after each "go N".
 #[test]
 fn serve_leak_keeps_each_batch() {

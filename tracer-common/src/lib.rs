@@ -32,6 +32,14 @@ pub const MAX_LISTEN_PORTS: u32 = 4_096;
 pub const MAX_EXITING: u32 = 4_096;
 /// Threads whose stack base userspace has learned (LRU: a forgotten one costs a full copy).
 pub const MAX_STACK_BASES: u32 = 65_536;
+/// Process names (`--comm`) whose processes are followed from their exec.
+pub const MAX_MATCH_COMMS: u32 = 64;
+/// cgroup v2 ids (`--cgroup`, `--container`, and their sub-cgroups) whose processes are
+/// followed from their exec.
+pub const MAX_MATCH_CGROUPS: u32 = 4_096;
+/// Processes whose descriptor births and deaths `--all` counts in the kernel at once (LRU:
+/// the least recently active is forgotten first; userspace reads them every few seconds).
+pub const MAX_HOST_PROCESSES: u32 = 32_768;
 /// Default ring buffer size; must be a power of two multiple of the page size.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -43,6 +51,9 @@ pub mod map_names {
     pub const LOST: &str = "LOST";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
     pub const STACK_BASES: &str = "STACK_BASES";
+    pub const MATCH_COMMS: &str = "MATCH_COMMS";
+    pub const MATCH_CGROUPS: &str = "MATCH_CGROUPS";
+    pub const HOST_COUNTS: &str = "HOST_COUNTS";
     pub const PY_PROCS: &str = "PY_PROCS";
     pub const PY_TSTATES: &str = "PY_TSTATES";
     pub const PY_PROGRAMS: &str = "PY_PROGRAMS";
@@ -60,6 +71,27 @@ pub const KERNEL_OFFSETS_GLOBAL: &str = "KERNEL_OFFSETS";
 /// Name of the global (u64) holding the offset of `thread.fsbase` in `task_struct` (from
 /// the kernel's BTF), or u64::MAX when unknown: Python frames are then not captured.
 pub const FSBASE_GLOBAL: &str = "TASK_FSBASE_OFFSET";
+
+/// Name of the global (u64, 0 or 1) that makes exec look a process up in MATCH_COMMS and
+/// MATCH_CGROUPS (`--comm`, `--cgroup`, `--container`): off, exec costs unfollowed
+/// processes nothing more.
+pub const MATCH_TARGETS_GLOBAL: &str = "MATCH_TARGETS";
+
+/// Name of the global (u64, 0 or 1) that makes the probes count descriptor births and deaths
+/// of processes nobody follows in HOST_COUNTS (`--all`): off, they cost nothing more.
+pub const HOST_WIDE_GLOBAL: &str = "HOST_WIDE";
+
+/// What `--all` counts per process (tgid) in the kernel, for processes that are not
+/// followed: descriptors created (sockets among them) and closed by close(2). Totals since
+/// the entry was made; userspace reads differences.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostCounts {
+    pub opened: u64,
+    pub closed: u64,
+    pub sockets: u64,
+}
+const _: () = assert!(size_of::<HostCounts>() == 24);
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
@@ -441,4 +473,6 @@ mod pod {
     unsafe impl aya::Pod for KernelOffsets {}
     // SAFETY: as above.
     unsafe impl aya::Pod for EventHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for HostCounts {}
 }

@@ -5,9 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, KernelOffsets, MAX_EXITING,
-    MAX_FOLLOWED, MAX_LISTEN_PORTS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES,
-    STACK_TOP_BYTES, TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts, KernelOffsets, MAX_EXITING,
+    MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS, MAX_MATCH_COMMS,
+    MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, TASK_STACK_TOP_BYTES,
+    TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -18,6 +19,23 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 
 /// is followed from its first instruction; the exit probe removes a process that died.
 #[map]
 pub(crate) static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+
+/// Process names (the kernel's 16-byte `comm`, NUL padded) to follow from their exec
+/// (`--comm`). Only looked at when [`MATCH_TARGETS`] is set.
+#[map]
+pub(crate) static MATCH_COMMS: HashMap<[u8; 16], u8> =
+    HashMap::with_max_entries(MAX_MATCH_COMMS, 0);
+
+/// cgroup v2 ids to follow the processes of from their exec (`--cgroup`, `--container`):
+/// the cgroup named and its sub-cgroups, which userspace keeps adding as they appear.
+#[map]
+pub(crate) static MATCH_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_MATCH_CGROUPS, 0);
+
+/// `--all`: descriptors created and closed per unfollowed process (tgid), counted by the
+/// probes when [`HOST_WIDE`] is set (see `host.rs`).
+#[map]
+pub(crate) static HOST_COUNTS: LruHashMap<u32, HostCounts> =
+    LruHashMap::with_max_entries(MAX_HOST_PROCESSES, 0);
 
 /// Tasks of followed processes that are exiting (tid -> tgid): the exit probe has removed
 /// their process from FOLLOWED, but the kernel closes their descriptors after it
@@ -90,6 +108,16 @@ pub(crate) static KERNEL_OFFSETS: KernelOffsets = KernelOffsets::absent();
 /// event (a self-IPI) cost more than the rest of a probe.
 #[unsafe(no_mangle)]
 pub(crate) static WAKEUP_BYTES: u64 = 0;
+
+/// 1 when processes are chosen by name or cgroup (set by userspace): exec then looks the
+/// new program up in MATCH_COMMS and MATCH_CGROUPS.
+#[unsafe(no_mangle)]
+pub(crate) static MATCH_TARGETS: u64 = 0;
+
+/// 1 with `--all` (set by userspace): unfollowed processes' births and deaths are counted in
+/// HOST_COUNTS.
+#[unsafe(no_mangle)]
+pub(crate) static HOST_WIDE: u64 = 0;
 
 /// Bytes of user stack to copy at most per event (set by userspace, `--stack-copy-kib`): the
 /// copy is most of a descriptor event's cost, and it can be traded for unwinding depth.

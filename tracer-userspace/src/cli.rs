@@ -15,9 +15,39 @@ const STACK_COPY_MAX_KIB: u32 = (tracer_common::STACK_TOP_BYTES / 1024) as u32;
 #[command(name = "tracer", version, arg_required_else_help = true)]
 pub struct Options {
     /// Attach to this running process, its threads, its current descendants and every process
-    /// it forks from then on.
+    /// it forks from then on. Repeat it to follow several.
     #[arg(long, short, value_name = "PID", conflicts_with = "command")]
-    pub pid: Option<u32>,
+    pub pid: Vec<u32>,
+
+    /// Follow every process named NAME (its comm: at most 15 bytes), those running now and
+    /// those that exec it later, each from its exec, with their descendants. Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "command")]
+    pub comm: Vec<String>,
+
+    /// Follow every process in this cgroup v2 directory (under /sys/fs/cgroup, or relative
+    /// to it, as /proc/PID/cgroup shows it) and below it: those in it now, and those that
+    /// exec or move into it later. Repeatable.
+    #[arg(long, value_name = "PATH", conflicts_with = "command")]
+    pub cgroup: Vec<PathBuf>,
+
+    /// Follow the processes of a container (docker, containerd, podman): its cgroup is the
+    /// one whose name contains ID. Repeatable.
+    #[arg(long, value_name = "ID", conflicts_with = "command")]
+    pub container: Vec<String>,
+
+    /// Watch every process on the host: count what each creates and closes in the kernel (no
+    /// events, no stacks), rank them by how fast their descriptors, threads, zombies and
+    /// CLOSE_WAIT sockets grow, and name those leaking now. Prints a line every few seconds.
+    #[arg(
+        long,
+        conflicts_with_all = ["pid", "comm", "cgroup", "container", "command"]
+    )]
+    pub all: bool,
+
+    /// With --all: follow the N fastest growers with full tracing (stacks) once they are seen
+    /// leaking, as --pid would, without restarting anything.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub follow_top: Option<u32>,
 
     /// Stop after SECS seconds and print the report (default: on Ctrl-C or SIGTERM, or when
     /// every followed process has exited).
@@ -124,6 +154,19 @@ pub enum Target {
     Pid(u32),
     /// A command to start, with its arguments (never empty).
     Command(Vec<String>),
+    /// Several processes, or processes chosen by name or cgroup, now and later.
+    Select(Selection),
+    /// Every process on the host (`--all`), following the `follow_top` fastest growers.
+    All { follow_top: usize },
+}
+
+/// Processes chosen by pid, name, cgroup or container (at least one of them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub cgroups: Vec<PathBuf>,
+    pub containers: Vec<String>,
 }
 
 /// The settings of a session, checked and in the units the session uses.
@@ -168,18 +211,54 @@ pub struct SnapshotConfig {
 /// Options clap accepts but a session cannot run with.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("say what to trace: --pid PID, or -- COMMAND [ARGS...]")]
+    #[error(
+        "say what to trace: --pid PID, --comm NAME, --cgroup PATH, --container ID, or -- COMMAND [ARGS...]"
+    )]
     NoTarget,
+    #[error("--comm {0}: a process name cannot be empty")]
+    EmptyComm(String),
+    #[error("--follow-top needs --all: it follows the fastest growers of the host-wide watch")]
+    FollowTopWithoutAll,
 }
 
 impl Options {
     /// Checks what clap cannot express (exactly one of --pid and COMMAND) and converts the
     /// sizes to the units the session uses.
     pub fn into_config(self) -> Result<Config, ConfigError> {
-        let target = match (self.pid, self.command.is_empty()) {
-            (Some(pid), _) => Target::Pid(pid),
-            (None, false) => Target::Command(self.command),
-            (None, true) => return Err(ConfigError::NoTarget),
+        if self.follow_top.is_some() && !self.all {
+            return Err(ConfigError::FollowTopWithoutAll);
+        }
+        if let Some(empty) = self.comm.iter().find(|c| c.is_empty()) {
+            return Err(ConfigError::EmptyComm(empty.clone()));
+        }
+        let selection = Selection {
+            pids: self.pid,
+            comms: self.comm,
+            cgroups: self.cgroup,
+            containers: self.container,
+        };
+        let target = match (selection, self.command.is_empty()) {
+            _ if self.all => Target::All {
+                follow_top: self.follow_top.unwrap_or(0) as usize,
+            },
+            (
+                Selection {
+                    pids,
+                    comms,
+                    cgroups,
+                    containers,
+                },
+                _,
+            ) if pids.len() == 1
+                && comms.is_empty()
+                && cgroups.is_empty()
+                && containers.is_empty() =>
+            {
+                Target::Pid(pids[0])
+            }
+            (selection, _) if selection != Selection::default() => Target::Select(selection),
+            (_, false) => Target::Command(self.command),
+            (_, true) => return Err(ConfigError::NoTarget),
         };
         Ok(Config {
             target,
@@ -250,7 +329,7 @@ mod tests {
             Options::try_parse_from(["tracer", "--pid", "7", "--json", "--duration", "2"]).unwrap();
         assert_eq!(
             (opts.pid, opts.json, opts.duration),
-            (Some(7), true, Some(2.0))
+            (vec![7], true, Some(2.0))
         );
         let opts =
             Options::try_parse_from(["tracer", "--min-age", "1", "--", "./srv", "--port", "80"])
@@ -323,5 +402,73 @@ mod tests {
         }
         let opts = Options::try_parse_from(["tracer", "--json"]).unwrap();
         assert_eq!(opts.into_config(), Err(ConfigError::NoTarget));
+        for bad in [["--comm", "x"], ["--cgroup", "/x"], ["--container", "abc"]] {
+            assert!(
+                Options::try_parse_from(["tracer", bad[0], bad[1], "--", "cmd"]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let opts = Options::try_parse_from(["tracer", "--comm", ""]).unwrap();
+        assert!(matches!(opts.into_config(), Err(ConfigError::EmptyComm(_))));
+    }
+
+    /// --all stands alone: with a pid, name, cgroup, container or command it is refused;
+    /// --follow-top needs it.
+    #[test]
+    fn all_stands_alone() {
+        let config = Options::try_parse_from(["tracer", "--all", "--follow-top", "2"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.target, Target::All { follow_top: 2 });
+        for bad in [
+            &["--all", "--pid", "1"][..],
+            &["--all", "--comm", "x"],
+            &["--all", "--cgroup", "/x"],
+            &["--all", "--container", "x"],
+            &["--all", "--", "cmd"],
+            &["--all", "--follow-top", "0"],
+        ] {
+            let args = std::iter::once("tracer").chain(bad.iter().copied());
+            assert!(Options::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let opts = Options::try_parse_from(["tracer", "--follow-top", "1", "--pid", "1"]).unwrap();
+        assert_eq!(opts.into_config(), Err(ConfigError::FollowTopWithoutAll));
+    }
+
+    /// Repeated --pid, and --comm, --cgroup and --container, select processes together; a
+    /// single --pid stays what it was.
+    #[test]
+    fn selects_several_targets() {
+        let config = Options::try_parse_from([
+            "tracer",
+            "--pid",
+            "7",
+            "--pid",
+            "8",
+            "--comm",
+            "nginx",
+            "--cgroup",
+            "/a/b",
+            "--container",
+            "4f1e",
+        ])
+        .unwrap()
+        .into_config()
+        .unwrap();
+        assert_eq!(
+            config.target,
+            Target::Select(Selection {
+                pids: vec![7, 8],
+                comms: vec!["nginx".into()],
+                cgroups: vec![PathBuf::from("/a/b")],
+                containers: vec!["4f1e".into()],
+            })
+        );
+        let config = Options::try_parse_from(["tracer", "--comm", "sleep"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert!(matches!(config.target, Target::Select(_)));
     }
 }

@@ -5,7 +5,7 @@
 //! session                      wires everything; imported by main only
 //! cli, export                  command-line options; --serve's HTTP endpoint and formats
 //! report                       the report contract, built from the tables; text, flame graph
-//! aggregator, tcp              descriptor tables, TCP connections (pure: no I/O)
+//! aggregator, tcp, host        descriptor tables, TCP connections, --all's growth (pure)
 //! stacks                       unwinding and symbolizing user stacks
 //! events, capture, procfs      decoded kernel events; the loaded programs; /proc
 //! model, clock                 plain shared types; the one clock
@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["model", "clock"],
     &["events", "capture", "procfs"],
     &["stacks"],
-    &["aggregator", "tcp"],
+    &["aggregator", "tcp", "host"],
     &["report"],
     &["cli", "export"],
     &["session"],

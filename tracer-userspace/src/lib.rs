@@ -11,6 +11,7 @@ mod cli;
 mod clock;
 mod events;
 mod export;
+mod host;
 #[cfg(test)]
 mod layers;
 mod model;

@@ -23,25 +23,42 @@ use crate::{
     python::Frames,
 };
 
+/// `--all`: a close in a process nobody follows is counted (see `host.rs`) when the
+/// descriptor is open in its table, i.e. when the close will succeed; without `--all`, this
+/// returns before reading anything.
+#[inline(always)]
+fn count_close_if_unfollowed(ctx: &TracePointContext, caller: Caller) {
+    if !crate::host::host_wide() {
+        return;
+    }
+    let fd = read_u64(ctx, offset!(close_fd)) as u32;
+    if is_open(fd) == Some(true) {
+        crate::host::count_close(caller.tgid);
+    }
+}
+
 #[tracepoint]
 pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    if let Some(caller) = Caller::followed() {
-        let fd = read_u64(&ctx, offset!(close_fd)) as u32;
-        if is_open(fd) == Some(false) {
-            // Before the close itself: the Python frames (which make the program run again
-            // from its start) go to the thread's next event, which must be this one.
-            let frames = Frames::Walk {
-                slot: py_resume_slot(Syscall::Close),
-            };
-            emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1, frames);
-        }
-        let event = CloseEvent {
-            header: caller.header(EventKind::FdClosed, NO_STACK),
-            fd: fd as i32,
-            _pad: 0,
-        };
-        output(&event);
+    let caller = Caller::current();
+    if !caller.is_followed() {
+        count_close_if_unfollowed(&ctx, caller);
+        return 0;
     }
+    let fd = read_u64(&ctx, offset!(close_fd)) as u32;
+    if is_open(fd) == Some(false) {
+        // Before the close itself: the Python frames (which make the program run again
+        // from its start) go to the thread's next event, which must be this one.
+        let frames = Frames::Walk {
+            slot: py_resume_slot(Syscall::Close),
+        };
+        emit_close_failed(&ctx, caller, fd as i32, Syscall::Close, -1, frames);
+    }
+    let event = CloseEvent {
+        header: caller.header(EventKind::FdClosed, NO_STACK),
+        fd: fd as i32,
+        _pad: 0,
+    };
+    output(&event);
     0
 }
 

@@ -128,8 +128,10 @@ fn read_open_how_flags(ctx: &TracePointContext, address: u64) -> u64 {
 /// [`ARG_UNKNOWN`], which userspace treats like a call whose start it did not see.
 #[inline(always)]
 fn args_at_exit(ctx: &TracePointContext, caller: Caller, syscall: Syscall) -> Option<Args> {
-    // Asked first so that unfollowed processes pay one lookup and nothing else.
+    // Asked first so that unfollowed processes pay one lookup and nothing else (unless
+    // `--all` counts their births).
     if !caller.is_followed() {
+        crate::host::count_birth(ctx, caller.tgid, syscall);
         return None;
     }
     let [arg0, arg1, arg2] = match SyscallRegs::current() {

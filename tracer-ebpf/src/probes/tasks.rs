@@ -5,7 +5,11 @@
 //! kernel/exit.c do_exit() fires sched_process_exit with group_dead (6.x) before exit_files(),
 //! so an exiting task is remembered in EXITING for the sockets its exit closes.
 
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_probe_read_user, generated::bpf_get_current_cgroup_id},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
 use aya_log_ebpf::debug;
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, GROUP_DEAD_UNKNOWN,
@@ -15,8 +19,8 @@ use tracer_common::{
 use crate::{
     emit::{Caller, SyscallRegs, capture_stack, read_u8, read_u32},
     maps::{
-        EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, STACK_BASES, count_lost, offset, output,
-        output_with_stack,
+        EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, MATCH_CGROUPS, MATCH_COMMS,
+        MATCH_TARGETS, STACK_BASES, count_lost, offset, output, output_with_stack,
     },
     python::{self, Frames},
 };
@@ -125,6 +129,15 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let Some(task) = Caller::followed() else {
+        if crate::host::host_wide() {
+            // `--all`: a process that is gone takes its counts along.
+            let task = Caller::current();
+            let process_gone = read_u8(&ctx, offset!(exit_group_dead))
+                .map_or(task.tid == task.tgid, |dead| dead != 0);
+            if process_gone {
+                crate::host::forget(task.tgid);
+            }
+        }
         return 0;
     };
     // Its tid may come back as another thread's, with another stack.
@@ -154,9 +167,14 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Runs in the task that exec'd, with its new comm. A process that is not followed becomes
+/// followed here when its name or cgroup is one asked for (`--comm`, `--cgroup`): the exec
+/// event then tells userspace to read its table, before its new program runs.
 #[tracepoint]
 pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
-    if let Some(task) = Caller::followed() {
+    let caller = Caller::current();
+    if caller.is_followed() || matches_target(caller) {
+        let task = caller;
         // The new program has a new stack. (A thread that execs takes the process's tid.)
         let _ = STACK_BASES.remove(&task.tid);
         let _ = STACK_BASES.remove(&task.tgid);
@@ -167,4 +185,26 @@ pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         output(&event);
     }
     0
+}
+
+/// Whether an unfollowed process that just exec'd is one of the targets chosen by name or
+/// cgroup; if so it is followed from now on.
+#[inline(always)]
+fn matches_target(caller: Caller) -> bool {
+    // SAFETY: a plain read of a load-time constant.
+    if unsafe { core::ptr::read_volatile(&raw const MATCH_TARGETS) } == 0 {
+        return false;
+    }
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: plain helper call; the values are only tested for presence.
+    let wanted = unsafe { MATCH_COMMS.get(&comm).is_some() }
+        || unsafe { MATCH_CGROUPS.get(&bpf_get_current_cgroup_id()).is_some() };
+    if !wanted {
+        return false;
+    }
+    if FOLLOWED.insert(&caller.tgid, &1, 0).is_err() {
+        count_lost(LOST_FOLLOW_FULL);
+        return false;
+    }
+    true
 }

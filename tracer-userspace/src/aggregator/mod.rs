@@ -204,6 +204,21 @@ impl Aggregator {
         }
     }
 
+    /// Makes way for a new process that reuses the pid of one that exited: what the old one
+    /// held is in the groups already; it is kept for the report only when everything is.
+    pub(crate) fn retire_exited(&mut self, pid: u32) {
+        if !self.processes.get(&pid).is_some_and(Process::exited) {
+            return;
+        }
+        if let Some(previous) = self.processes.remove(&pid) {
+            if self.keep_at_exit_descriptors {
+                self.departed.push(previous);
+            } else {
+                self.exited_forgotten += 1;
+            }
+        }
+    }
+
     pub(crate) fn process(&self, pid: u32) -> Option<&Process> {
         self.processes.get(&pid)
     }

@@ -12,14 +12,16 @@ use aya::{
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
-    FSBASE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, OFFSETS_GLOBAL, STACK_COPY_GLOBAL,
-    WAKEUP_GLOBAL, map_names, python::PyProcConfig,
+    FSBASE_GLOBAL, HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL,
+    OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
     btf,
+    host::HostCountsMap,
     kernel_log::{KernelLog, kernel_log_level},
     python_walk,
+    targets::TargetMaps,
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
 };
@@ -149,8 +151,14 @@ impl LostCounts {
 
 /// The loaded and attached programs and the maps userspace uses. Dropping it detaches all.
 pub(crate) struct Probes {
-    followed: HashMap<MapData, u32, u8>,
-    listen_ports: HashMap<MapData, u16, u32>,
+    /// Written while events are applied (processes adopted later), through a shared
+    /// reference.
+    followed: RefCell<HashMap<MapData, u32, u8>>,
+    /// The names and cgroups followed from their exec (`--comm`, `--cgroup`).
+    pub(crate) targets: RefCell<TargetMaps>,
+    /// `--all`: what unfollowed processes created and closed.
+    pub(crate) host_counts: HostCountsMap,
+    listen_ports: RefCell<HashMap<MapData, u16, u32>>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
@@ -233,12 +241,16 @@ fn kernel_offsets() -> KernelOffsets {
 pub(crate) type EventRing = RingBuf<MapData>;
 
 /// Loads the object with this kernel's offsets and attaches every available program.
-/// `stack_copy_bytes` caps the user stack copied per event. Runs inside the session's tokio
+/// `stack_copy_bytes` caps the user stack copied per event; `match_targets` makes exec look
+/// processes up by name and cgroup (see [`TargetMaps`]); `host_wide` makes the probes count
+/// what unfollowed processes create and close (`--all`, see [`HostCountsMap`]). Runs inside the session's tokio
 /// runtime, whose event loop forwards the programs' log records (see [`KernelLog`]).
 pub(crate) fn load(
     tracefs_root: &Path,
     ring_bytes: u32,
     stack_copy_bytes: u64,
+    match_targets: bool,
+    host_wide: bool,
 ) -> Result<(Probes, EventRing), LoadError> {
     let names: Vec<(&str, &str)> = PROBES.iter().map(|p| (p.category, p.name)).collect();
     let formats = Formats::read(tracefs_root, &names)?;
@@ -256,6 +268,8 @@ pub(crate) fn load(
     // Producers wake the reader once an eighth of the ring is waiting; below that the
     // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
+    let match_targets = u64::from(match_targets);
+    let host_wide = u64::from(host_wide);
     let fsbase_offset = super::btf::task_fsbase_offset(&btf_path()).unwrap_or(u64::MAX);
     log::debug!("task_struct thread.fsbase at {fsbase_offset:#x}");
     let mut ebpf = EbpfLoader::new()
@@ -263,6 +277,8 @@ pub(crate) fn load(
         .override_global(KERNEL_OFFSETS_GLOBAL, &kernel_offsets, true)
         .override_global(WAKEUP_GLOBAL, &wakeup_bytes, true)
         .override_global(STACK_COPY_GLOBAL, &stack_copy_bytes, true)
+        .override_global(MATCH_TARGETS_GLOBAL, &match_targets, true)
+        .override_global(HOST_WIDE_GLOBAL, &host_wide, true)
         .override_global(FSBASE_GLOBAL, &fsbase_offset, true)
         .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries(map_names::EVENTS, ring_bytes)
@@ -291,10 +307,16 @@ pub(crate) fn load(
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
     let probes = Probes {
-        followed: HashMap::try_from(take_map(&mut ebpf, map_names::FOLLOWED)?)
-            .map_err(map_error(map_names::FOLLOWED))?,
-        listen_ports: HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
-            .map_err(map_error(map_names::LISTEN_PORTS))?,
+        followed: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::FOLLOWED)?)
+                .map_err(map_error(map_names::FOLLOWED))?,
+        ),
+        targets: RefCell::new(TargetMaps::take(&mut ebpf)?),
+        host_counts: HostCountsMap::take(&mut ebpf)?,
+        listen_ports: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::LISTEN_PORTS)?)
+                .map_err(map_error(map_names::LISTEN_PORTS))?,
+        ),
         python: RefCell::new(
             HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
                 .map_err(map_error(map_names::PY_PROCS))?,
@@ -320,11 +342,11 @@ pub(crate) fn load(
     Ok((probes, events))
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
     ebpf.take_map(name).ok_or(LoadError::MissingInObject(name))
 }
 
-fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
+pub(super) fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { map, source }
 }
 
@@ -377,16 +399,18 @@ fn without(name: &str) -> String {
 
 impl Probes {
     /// Follows a process from now on; its children are then followed by the kernel itself.
-    pub(crate) fn follow(&mut self, tgid: u32) -> Result<(), LoadError> {
+    pub(crate) fn follow(&self, tgid: u32) -> Result<(), LoadError> {
         self.followed
+            .borrow_mut()
             .insert(tgid, 1, 0)
             .map_err(map_error(map_names::FOLLOWED))
     }
 
     /// Tells the kernel side that `pid` listens on TCP `port`, so the sockets it accepts are
     /// tracked from their handshake on (the kernel adds ports that start listening later).
-    pub(crate) fn listening(&mut self, port: u16, pid: u32) -> Result<(), LoadError> {
+    pub(crate) fn listening(&self, port: u16, pid: u32) -> Result<(), LoadError> {
         self.listen_ports
+            .borrow_mut()
             .insert(port, pid, 0)
             .map_err(map_error(map_names::LISTEN_PORTS))
     }

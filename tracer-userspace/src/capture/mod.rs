@@ -3,10 +3,13 @@
 //! with us.
 
 mod btf;
+mod host;
 mod kernel_log;
 mod loader;
 mod python_walk;
+mod targets;
 mod tracefs;
 mod verifier;
 
 pub(crate) use loader::{EventRing, LoadError, Probes, load, preflight};
+pub(crate) use targets::COMM_LEN;

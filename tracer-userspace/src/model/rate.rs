@@ -37,6 +37,16 @@ impl DecayingRate {
         }
     }
 
+    /// Counts `n` events at once at `at_ns` (a level that rose by `n` between two looks).
+    pub(crate) fn record_many(&mut self, at_ns: u64, n: f64) {
+        if at_ns >= self.at_ns {
+            self.weight = self.weight * decay(at_ns - self.at_ns) + n;
+            self.at_ns = at_ns;
+        } else {
+            self.weight += n * decay(self.at_ns - at_ns);
+        }
+    }
+
     /// Events per minute at `now_ns`, one decimal.
     pub(crate) fn per_minute(&self, now_ns: u64) -> f64 {
         round_tenth(self.weight * decay(now_ns.saturating_sub(self.at_ns)) * 60.0 / TIME_CONSTANT_S)
@@ -71,6 +81,20 @@ mod tests {
         let minute_later = rate.per_minute(start + 60 * S);
         assert!((180.0..190.0).contains(&minute_later), "{minute_later}");
         assert!(rate.per_minute(start + 600 * S) < 0.1);
+    }
+
+    /// Counting n at once is counting n one by one at that time.
+    #[test]
+    fn many_at_once_is_many() {
+        let (mut one_by_one, mut at_once) = (DecayingRate::default(), DecayingRate::default());
+        for t in [5 * S, 20 * S] {
+            for _ in 0..7 {
+                one_by_one.record(t);
+            }
+            at_once.record_many(t, 7.0);
+        }
+        assert_eq!(one_by_one.per_minute(40 * S), at_once.per_minute(40 * S));
+        assert!((8.0..9.0).contains(&at_once.per_minute(40 * S)));
     }
 
     /// A steady 10 per minute reads 10/min after a while, however long it has run.

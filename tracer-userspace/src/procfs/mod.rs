@@ -14,7 +14,9 @@
 //! (with the unix peers from `unix_diag`), `fds` a process's descriptors; their items are
 //! re-exported here, so callers write `procfs::describe_fd`.
 
+mod cgroups;
 mod fds;
+mod host;
 mod limits;
 mod process;
 mod resources;
@@ -23,8 +25,17 @@ mod sockets;
 mod test_support;
 mod unix_diag;
 
+pub(crate) use cgroups::{
+    cgroup_dir, cgroup_procs, cgroup_root, cgroup_tree, container_cgroup, container_id, nspid,
+    process_cgroup,
+};
 pub(crate) use fds::{FdTarget, describe_fd, fd_is_cloexec, fd_listing, fd_metadata, list_fds};
+pub(crate) use host::{
+    TCP_CLOSE_WAIT, all_stats, file_nr, open_fd_count, socket_inodes, tcp_states, time_wait_count,
+};
 pub(crate) use limits::{file_handles, nofile_limit};
-pub(crate) use process::{cwd, descendants, process_exists, process_info, start_time, threads};
+pub(crate) use process::{
+    all_pids, cwd, descendants, process_exists, process_info, start_time, threads,
+};
 pub(crate) use resources::own_resident_bytes;
 pub(crate) use sockets::{Direction, SocketTable};

@@ -8,12 +8,12 @@ use std::{
 
 use super::{
     DescriptorEntry, EventCounts, FrameEntry, ProcessCounts, ProcessEntry, REPORT_VERSION, Report,
-    Target, ThreadCountsEntry,
+    Target, TargetEntry, ThreadCountsEntry,
     at_exit::at_exit_stacks,
     deleted::deleted_files,
     entry::entry,
     group::{group_by_stack, group_threads, group_zombies},
-    resolver::{Resolver, frames_of},
+    resolver::{Placement, Resolver, frames_of},
 };
 use crate::{
     aggregator::{Aggregator, Descriptor, Process},
@@ -26,6 +26,10 @@ use crate::{
 pub(crate) struct SessionFacts {
     pub target: u32,
     pub command: Vec<String>,
+    /// Every root followed, `target` first.
+    pub targets: Vec<TargetEntry>,
+    /// `--all`'s watch of the host.
+    pub host: Option<super::HostSection>,
     pub duration_s: f64,
     pub now_ns: u64,
     pub received: u64,
@@ -95,6 +99,7 @@ pub(crate) fn build(
             pid: facts.target,
             command: facts.command.clone(),
         },
+        targets: facts.targets.clone(),
         duration_s: (facts.duration_s * 1e3).round() / 1e3,
         events,
         open_descriptors: descriptors,
@@ -109,6 +114,7 @@ pub(crate) fn build(
         tcp,
         deleted_files,
         bad_closes: super::bad_closes::bad_closes(agg, facts.now_ns, resolver),
+        host: facts.host.clone(),
         snapshot: None,
     }
 }
@@ -169,18 +175,28 @@ fn attach_frames(descriptors: &mut [DescriptorEntry], resolver: &mut impl Resolv
 fn process_entries(processes: &[&Process], resolver: &mut impl Resolver) -> Vec<ProcessEntry> {
     processes
         .iter()
-        .map(|p| ProcessEntry {
-            pid: p.pid,
-            ppid: p.ppid,
-            comm: p.comm.clone(),
-            exited: p.exited(),
-            zombie: p.exited() && resolver.is_zombie(p.pid, p.ppid),
-            fork_stack: p.fork_stack.map(|s| frames_of(Some(s), resolver)),
-            threads: ThreadCountsEntry {
-                live: p.threads.live,
-                created: p.threads.created,
-                exited: p.threads.exited,
-            },
+        .map(|p| {
+            let placement = if p.exited() {
+                Placement::default()
+            } else {
+                resolver.placement(p.pid)
+            };
+            ProcessEntry {
+                pid: p.pid,
+                ppid: p.ppid,
+                comm: p.comm.clone(),
+                exited: p.exited(),
+                zombie: p.exited() && resolver.is_zombie(p.pid, p.ppid),
+                fork_stack: p.fork_stack.map(|s| frames_of(Some(s), resolver)),
+                threads: ThreadCountsEntry {
+                    live: p.threads.live,
+                    created: p.threads.created,
+                    exited: p.threads.exited,
+                },
+                nspid: placement.nspid,
+                container: placement.container,
+                cgroup: placement.cgroup,
+            }
         })
         .collect()
 }

@@ -17,6 +17,9 @@ pub(crate) const REPORT_VERSION: u32 = 1;
 pub(crate) struct Report {
     pub version: u32,
     pub target: Target,
+    /// Every process followed as a target (not as a descendant of one), in the order they
+    /// were found; `target` is the first (or pid 0 when none was found).
+    pub targets: Vec<TargetEntry>,
     pub duration_s: f64,
     pub events: EventCounts,
     pub processes: Vec<ProcessEntry>,
@@ -46,6 +49,9 @@ pub(crate) struct Report {
     pub deleted_files: Vec<DeletedFileEntry>,
     /// Closes, dup2s and dup3s of descriptors that were not open (EBADF), by closing stack.
     pub bad_closes: Vec<super::BadCloseGroupEntry>,
+    /// `--all`: every process on the host, ranked by how fast it grows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<super::HostSection>,
     /// Present in snapshots taken while tracing goes on (SIGUSR1, --interval, triggers):
     /// which one, why, and what grew since the previous one. Absent from the final report.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +85,23 @@ pub(crate) struct HeldFile {
 pub(crate) struct Target {
     pub pid: u32,
     pub command: Vec<String>,
+}
+
+/// A process followed as a target: how it was chosen and when following it began.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct TargetEntry {
+    pub pid: u32,
+    pub command: Vec<String>,
+    /// `pid`, `command`, `comm NAME`, `cgroup PATH` or `container ID`.
+    pub matched_by: String,
+    /// Seconds after the probes were attached (0 for what was found at attach).
+    pub followed_since_s: f64,
+    /// Its pid in its own PID namespace, when that is not the tracer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nspid: Option<u32>,
+    /// The container its cgroup names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -117,6 +140,15 @@ pub(crate) struct ProcessEntry {
     pub zombie: bool,
     pub fork_stack: Option<Vec<FrameEntry>>,
     pub threads: ThreadCountsEntry,
+    /// Its pid in its own PID namespace (a container's), when that is not the tracer's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nspid: Option<u32>,
+    /// The container id its cgroup names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Its cgroup v2 path, when it is not the root cgroup.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

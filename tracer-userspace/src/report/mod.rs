@@ -14,13 +14,15 @@ mod entry;
 pub(crate) mod flamegraph;
 mod group;
 pub(crate) mod growth;
+mod host;
 mod resolver;
 pub(crate) mod text;
 
 pub(crate) use bad_closes::{BadCloseEntry, BadCloseGroupEntry, LifeEntry};
 pub(crate) use build::{SessionFacts, build};
 pub(crate) use contract::*;
-pub(crate) use resolver::Resolver;
+pub(crate) use host::{HostProcess, HostSection};
+pub(crate) use resolver::{Placement, Resolver};
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -15,6 +15,19 @@ pub(crate) trait Resolver {
     fn refresh(&mut self, pid: u32, descriptors: &mut [DescriptorEntry]) -> Vec<i32>;
     /// Whether `pid` is still a zombie child of `ppid` (exited, not reaped).
     fn is_zombie(&mut self, pid: u32, ppid: u32) -> bool;
+    /// Where a live process sits: its pid in its own PID namespace, its cgroup and container.
+    fn placement(&mut self, _pid: u32) -> Placement {
+        Placement::default()
+    }
+}
+
+/// A process's pid in its own PID namespace (when not the tracer's), its cgroup v2 path
+/// (when not the root) and the container that path names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub nspid: Option<u32>,
+    pub cgroup: Option<String>,
+    pub container: Option<String>,
 }
 
 /// The frames of a stack, for the report; none when there is no stack.

@@ -16,11 +16,17 @@ pub(super) struct Tree {
     snapshots: Vec<ProcessSnapshot>,
 }
 
-/// Follows the target and its current descendants and reads their tables. Sockets accepted
-/// on ports the tree already listens on are tracked from their handshake.
-pub(super) fn follow_tree(probes: &mut Probes, target: u32) -> Result<Tree> {
-    let mut followed = vec![target];
-    followed.extend(procfs::descendants(target));
+/// Follows the targets and their current descendants and reads their tables. Sockets
+/// accepted on ports the trees already listen on are tracked from their handshake.
+pub(super) fn follow_tree(probes: &Probes, targets: &[u32]) -> Result<Tree> {
+    let mut followed = Vec::new();
+    for &target in targets {
+        for pid in std::iter::once(target).chain(procfs::descendants(target)) {
+            if !followed.contains(&pid) {
+                followed.push(pid);
+            }
+        }
+    }
     for &pid in &followed {
         probes
             .follow(pid)
@@ -52,6 +58,34 @@ impl Tree {
         }
         state.configure_python();
     }
+}
+
+/// Follows a process found after attach (at its exec, or in a watched cgroup) as a root:
+/// reads its table as `--pid` does at attach. One the session follows already is left alone.
+pub(super) fn adopt(state: &mut State<'_>, pid: u32, matched_by: String, now_ns: u64) {
+    if state.agg.process(pid).is_some_and(|p| !p.exited()) {
+        return;
+    }
+    if let Err(err) = state.probes.follow(pid) {
+        log::warn!("cannot follow pid {pid}: {err}");
+        return;
+    }
+    state.agg.retire_exited(pid);
+    let Some((process, listening)) = snapshot(pid) else {
+        return;
+    };
+    for port in listening {
+        if let Err(err) = state.probes.listening(port, pid) {
+            log::debug!("cannot track TCP port {port}: {err}");
+        }
+    }
+    eprintln!(
+        "tracer: following pid {pid} ({}) from now on: {matched_by}",
+        process.comm
+    );
+    state.agg.add_snapshot(process, now_ns);
+    state.stacks.capture(pid);
+    state.roots.add(pid, matched_by, Some(now_ns));
 }
 
 /// What /proc shows of a process right after it became followed, and the TCP ports it

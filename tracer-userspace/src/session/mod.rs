@@ -9,12 +9,14 @@
 mod attach;
 mod child;
 mod deferral;
+mod host;
 mod live;
 mod pipeline;
 mod prepare;
 mod reconcile;
 mod resolver;
 mod snapshots;
+mod targets;
 mod triggers;
 
 use std::{
@@ -28,6 +30,7 @@ use child::PausedChild;
 use pipeline::{ReportRequests, State, StopSignals};
 use resolver::{LiveResolver, still_in_time_wait};
 use snapshots::{ReportFacts, Snapshots, check_settings, handle_sigusr1};
+use targets::Roots;
 use tokio::io::{Interest, unix::AsyncFd};
 
 use crate::{
@@ -62,12 +65,16 @@ pub fn run(config: &Config) -> Result<()> {
     check_settings(&config.snapshots)?;
     // So is an address the endpoint cannot listen on.
     let listener = config.serve.map(export::bind).transpose()?;
-    let existing = match &config.target {
-        Target::Pid(pid) => Some(process_of(*pid)?),
-        Target::Command(_) => None,
+    let (mut roots, given_pids) = match &config.target {
+        Target::Pid(pid) => (Roots::default(), vec![process_of(*pid)?]),
+        Target::Select(selection) => Roots::resolve(selection)?,
+        Target::Command(_) | Target::All { .. } => (Roots::default(), Vec::new()),
     };
     let tracefs_root = capture::preflight()?;
-    let (mut child, target, command) = start_target(existing, &config.target)?;
+    let mut child = match &config.target {
+        Target::Command(argv) => Some(PausedChild::spawn(argv)?),
+        _ => None,
+    };
 
     // Ctrl-C and SIGTERM must mean "report now" from the moment `attached` is printed, so
     // their handlers go in before anything is attached.
@@ -80,35 +87,52 @@ pub fn run(config: &Config) -> Result<()> {
     let sigusr1 = handle_sigusr1()?;
     let serving = listener.map(export::start).transpose()?;
 
-    let (mut probes, ring) =
-        capture::load(&tracefs_root, config.ring_bytes, config.stack_copy_bytes)
-            .context("cannot attach the probes")?;
+    let (probes, ring) = capture::load(
+        &tracefs_root,
+        config.ring_bytes,
+        config.stack_copy_bytes,
+        roots.watches(),
+        matches!(config.target, Target::All { .. }),
+    )
+    .context("cannot attach the probes")?;
     let started_ns = monotonic_ns();
-    let tree = attach::follow_tree(&mut probes, target)?;
-    let descendants = tree.followed.len() - 1;
+    match (&child, &config.target) {
+        (Some(child), Target::Command(argv)) => {
+            roots.add_with_command(child.pid, argv.clone(), "command".to_owned(), None);
+        }
+        _ => {
+            for &pid in &given_pids {
+                roots.add(pid, "pid".to_owned(), None);
+            }
+        }
+    }
+    roots.arm(&probes)?;
+    for (pid, why) in roots.matching_now(&probes, true) {
+        if !given_pids.contains(&pid) {
+            roots.add(pid, why, None);
+        }
+    }
+    let tree = attach::follow_tree(&probes, &roots.pids())?;
+    let descendants = tree.followed.len() - roots.pids().len().min(tree.followed.len());
     let mut state = State::new(&probes, config.at_exit_descriptors, config.python_frames);
+    state.roots = roots;
+    if let Target::All { follow_top } = config.target {
+        state.host = Some(host::HostSession::new(follow_top, started_ns));
+    }
     tree.seed(&mut state, started_ns);
     let mut snapshots = Snapshots::new(
         ReportFacts {
             config: config.clone(),
-            target,
-            command: command.clone(),
             started_ns,
         },
         sigusr1,
         Counts::of(&state.agg),
     )?;
-    announce(
-        &state,
-        probes.attached.len(),
-        &config.target,
-        target,
-        descendants,
-    );
+    announce(&state, probes.attached.len(), &config.target, descendants);
     if let Some((addr, _)) = &serving {
         eprintln!("tracer: serving http://{addr}/metrics, /debug/pprof/open_fds and /report");
     }
-    if let Some(child) = &mut child {
+    if let (Some(child), Target::Command(command)) = (&mut child, &config.target) {
         child.release(&command[0])?;
     }
     snapshots.start_live()?;
@@ -121,14 +145,7 @@ pub fn run(config: &Config) -> Result<()> {
     // --serve: the event loop answers with the report of the tables as they stand.
     let report_now = |state: &mut State<'_>, min_age_s: Option<f64>| {
         let min_age_s = min_age_s.unwrap_or(config.min_age_s);
-        build_report(
-            state,
-            &probes,
-            min_age_s,
-            target,
-            command.clone(),
-            started_ns,
-        )
+        build_report(state, &probes, min_age_s, started_ns)
     };
     let requests = serving.map(|(_, receiver)| ReportRequests {
         receiver,
@@ -147,14 +164,7 @@ pub fn run(config: &Config) -> Result<()> {
     let ring_capacity = config.ring_bytes as usize;
     state.finish(ring.into_inner(), ring_capacity, stop, child.as_mut());
 
-    let report = build_report(
-        &mut state,
-        &probes,
-        config.min_age_s,
-        target,
-        command,
-        started_ns,
-    );
+    let report = build_report(&mut state, &probes, config.min_age_s, started_ns);
     print_report(&report, config.json, config.top)?;
     if let Some((path, file)) = flamegraph {
         write_flamegraph(&report, &path, file)?;
@@ -162,47 +172,55 @@ pub fn run(config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The process to trace and its command line: the one `--pid` named (`existing`, already
-/// looked up), or a command started now. A command is started before anything is loaded, so
-/// it inherits no BPF descriptors, and held at a gate until it is followed.
-fn start_target(
-    existing: Option<u32>,
-    target: &Target,
-) -> Result<(Option<PausedChild>, u32, Vec<String>)> {
-    match (existing, target) {
-        (Some(pid), _) => {
-            let cmdline = procfs::process_info(pid)
-                .map(|i| i.cmdline)
-                .unwrap_or_default();
-            Ok((None, pid, cmdline))
-        }
-        (None, Target::Command(argv)) => {
-            let child = PausedChild::spawn(argv)?;
-            let pid = child.pid;
-            Ok((Some(child), pid, argv.clone()))
-        }
-        (None, Target::Pid(_)) => unreachable!("a pid target is looked up first"),
-    }
-}
-
 /// The line that says tracing has begun (scripts wait for `attached`).
-fn announce(state: &State<'_>, probes: usize, target: &Target, pid: u32, descendants: usize) {
-    // A started command has not exec'd yet: its comm is still ours, so name the command.
-    let comm = match target {
-        Target::Command(argv) => argv[0].clone(),
-        Target::Pid(_) => state
-            .agg
-            .process(pid)
-            .map(|p| p.comm.clone())
-            .unwrap_or_default(),
+fn announce(state: &State<'_>, probes: usize, target: &Target, descendants: usize) {
+    let roots = state.roots.pids();
+    let named: Vec<String> = roots
+        .iter()
+        .map(|&pid| {
+            // A started command has not exec'd yet: its comm is still ours, so name the
+            // command.
+            let comm = match target {
+                Target::Command(argv) => argv[0].clone(),
+                _ => state
+                    .agg
+                    .process(pid)
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default(),
+            };
+            format!("pid {pid} ({comm})")
+        })
+        .collect();
+    if let (Target::All { follow_top }, true) = (target, named.is_empty()) {
+        let follow = match follow_top {
+            0 => String::new(),
+            n => format!(", and following the {n} fastest growers with stacks once they leak"),
+        };
+        eprintln!(
+            "tracer: attached {probes} probes; watching every process on the host{follow}. Ctrl-C to stop and report."
+        );
+        return;
+    }
+    if named.is_empty() {
+        eprintln!(
+            "tracer: attached {probes} probes; no process matches yet: waiting for {}. Ctrl-C to stop and report.",
+            state.roots.awaited()
+        );
+        return;
+    }
+    let waiting = if state.roots.watches() {
+        format!("; and from now on {}", state.roots.awaited())
+    } else {
+        String::new()
     };
     eprintln!(
-        "tracer: attached {probes} probes; following pid {pid} ({comm}) and {descendants} descendants. Ctrl-C to stop and report."
+        "tracer: attached {probes} probes; following {} and {descendants} descendants{waiting}. Ctrl-C to stop and report.",
+        named.join(", ")
     );
 }
 
 /// The process to follow for `--pid`: the pid itself, or the process a thread id belongs to.
-fn process_of(pid: u32) -> Result<u32> {
+pub(super) fn process_of(pid: u32) -> Result<u32> {
     if !procfs::process_exists(pid) {
         bail!(SessionError::NoSuchProcess(pid));
     }
@@ -219,21 +237,24 @@ fn process_of(pid: u32) -> Result<u32> {
 }
 
 /// The report of the tables as they stand now, with what the live system adds to them.
-fn build_report(
-    state: &mut State<'_>,
-    probes: &Probes,
-    min_age_s: f64,
-    target: u32,
-    command: Vec<String>,
-    started_ns: u64,
-) -> Report {
+fn build_report(state: &mut State<'_>, probes: &Probes, min_age_s: f64, started_ns: u64) -> Report {
     // Stacks whose unwinding was deferred are unwound now if their descriptors are open.
     state.settle_stacks(u64::MAX);
     let now_ns = monotonic_ns();
     let lost = probes.lost();
+    let (target, command) = state
+        .roots
+        .first()
+        .map(|root| (root.pid, root.command.clone()))
+        .unwrap_or_default();
     let facts = SessionFacts {
         target,
         command,
+        targets: state.roots.entries(started_ns),
+        host: state
+            .host
+            .as_mut()
+            .map(|host| host::section(host, probes, started_ns)),
         duration_s: (now_ns - started_ns) as f64 / 1e9,
         now_ns,
         received: state.records.received,
@@ -243,7 +264,7 @@ fn build_report(
         unfollowed_children: lost.follow_full,
         min_age_s,
         time_wait: state.tcp.time_wait_groups(now_ns),
-        time_wait_now: still_in_time_wait(&state.tcp, target),
+        time_wait_now: still_in_time_wait(&state.tcp, &state.roots.pids()),
     };
     let mut resolver = LiveResolver::new(&state.tcp, now_ns, &mut state.stacks);
     let report = report::build(&state.agg, &facts, &mut resolver);

@@ -14,11 +14,14 @@ use tokio::{
 use tracer_common::CLONE_THREAD;
 
 use super::{
+    attach,
     child::PausedChild,
     deferral::Settle,
     prepare::{Prepared, RecordCounts, apply_python_updates, prepare, send_stack_bases},
+    host::{self, HostSession},
     reconcile::{self, Reconciler},
     snapshots::Snapshots,
+    targets::Roots,
 };
 use crate::{
     aggregator::Aggregator,
@@ -52,7 +55,11 @@ const MIN_EVENT_BYTES: usize = 32;
 
 /// Userspace state the event loop updates.
 pub(super) struct State<'p> {
-    probes: &'p Probes,
+    pub(super) probes: &'p Probes,
+    /// The processes followed as targets, and what chooses more of them.
+    pub(super) roots: Roots,
+    /// `--all`: every process on the host.
+    pub(super) host: Option<HostSession>,
     pub(super) agg: Aggregator,
     pub(super) stacks: StackStore,
     pub(super) tcp: TcpTracker,
@@ -68,6 +75,8 @@ impl<'p> State<'p> {
         }
         Self {
             probes,
+            roots: Roots::default(),
+            host: None,
             agg: if at_exit_descriptors {
                 Aggregator::keeping_at_exit_descriptors()
             } else {
@@ -217,6 +226,16 @@ impl<'p> State<'p> {
     fn apply_event(&mut self, Prepared { event, deferred }: Prepared) {
         self.settle().before(&event);
         let header = &event.header;
+        if matches!(event.body, EventBody::Exec)
+            && self.roots.watches()
+            && self.agg.process(header.tgid).is_none_or(|p| p.exited())
+        {
+            // The kernel followed it at its exec (a name or cgroup asked for): its table is
+            // read now, as it stands after the exec.
+            let why = self.roots.why(header.tgid);
+            attach::adopt(self, header.tgid, why, header.timestamp_ns);
+            return;
+        }
         if let EventBody::TaskCreated(TaskCreated {
             child_tid,
             clone_flags: Some(flags),
@@ -272,6 +291,17 @@ impl<'p> State<'p> {
         }
         self.settle().after(deferred, event.header.timestamp_ns);
         send_stack_bases(&mut self.stacks, self.probes);
+    }
+
+    /// Follows the processes that moved into a watched cgroup without an exec.
+    fn adopt_new_targets(&mut self) {
+        if !self.roots.watches() {
+            return;
+        }
+        let now = monotonic_ns();
+        for (pid, why) in self.roots.matching_now(self.probes, false) {
+            attach::adopt(self, pid, why, now);
+        }
     }
 
     /// A fork created `pid` while we still think an earlier process with that pid lives (its
@@ -362,7 +392,10 @@ pub(super) async fn event_loop(
                     state.mark_vanished(pid, now);
                 }
                 state.reconcile_if_due(ring.get_mut());
-                if state.agg.live_processes().next().is_none() {
+                state.adopt_new_targets();
+                host::tick(state);
+                let open_ended = state.roots.watches() || state.host.is_some();
+                if !open_ended && state.agg.live_processes().next().is_none() {
                     return Ok(StopReason::AllExited);
                 }
             }

@@ -12,7 +12,7 @@ use tracer_common::{Syscall, abi::tcp_state};
 use crate::{
     model::{Frame, StackRef},
     procfs::{self, Direction, SocketTable},
-    report::{DescriptorEntry, HeldFile, OpenedBy, Resolver},
+    report::{DescriptorEntry, HeldFile, OpenedBy, Placement, Resolver},
     stacks::StackStore,
     tcp::TcpTracker,
 };
@@ -76,9 +76,24 @@ impl Resolver for LiveResolver<'_> {
         closed
     }
 
+    fn placement(&mut self, pid: u32) -> Placement {
+        placement(pid)
+    }
+
     fn is_zombie(&mut self, pid: u32, ppid: u32) -> bool {
         // The parent check keeps a reused pid from passing for our child.
         procfs::process_info(pid).is_ok_and(|info| info.zombie && info.ppid == ppid)
+    }
+}
+
+/// A live process's pid in its own PID namespace, its cgroup (unless the root) and the
+/// container that names.
+pub(super) fn placement(pid: u32) -> Placement {
+    let cgroup = procfs::process_cgroup(pid).ok().filter(|c| c != "/");
+    Placement {
+        nspid: procfs::nspid(pid),
+        container: cgroup.as_deref().and_then(procfs::container_id),
+        cgroup,
     }
 }
 
@@ -108,13 +123,19 @@ fn tcp_state_age(
 
 /// How many of the connections the followed processes left in TIME_WAIT are still in it,
 /// per /proc/net/tcp of the target's network namespace (TIME_WAIT has no descriptor).
-pub(super) fn still_in_time_wait(tcp: &TcpTracker, target: u32) -> u64 {
+pub(super) fn still_in_time_wait(tcp: &TcpTracker, targets: &[u32]) -> u64 {
     // A connection closed while waiting for the peer's FIN is already a timewait socket, but
     // /proc shows its substate, FIN_WAIT2, until that FIN arrives; it holds its port the same.
-    let in_time_wait: HashSet<_> = SocketTable::load(target)
+    // Targets may sit in different network namespaces (containers): each one's table counts.
+    let in_time_wait: HashSet<_> = targets
         .iter()
-        .filter(|s| matches!(s.tcp_state, Some("TIME_WAIT" | "FIN_WAIT2")))
-        .filter_map(|s| Some((s.local_addr?, s.remote_addr?)))
+        .flat_map(|&target| {
+            SocketTable::load(target)
+                .iter()
+                .filter(|s| matches!(s.tcp_state, Some("TIME_WAIT" | "FIN_WAIT2")))
+                .filter_map(|s| Some((s.local_addr?, s.remote_addr?)))
+                .collect::<Vec<_>>()
+        })
         .collect();
     // A reused address pair is one connection in /proc: count distinct pairs.
     let left: HashSet<_> = tcp.time_wait_pairs().collect();

@@ -50,8 +50,6 @@ pub(super) enum Tick {
 /// The session facts a report needs, kept for the snapshots.
 pub(super) struct ReportFacts {
     pub config: Config,
-    pub target: u32,
-    pub command: Vec<String>,
     pub started_ns: u64,
 }
 
@@ -176,14 +174,7 @@ impl Snapshots {
         state.drain(ring, DRAIN_BEFORE);
         let f = &self.facts;
         let probes = state.probes();
-        let mut report = build_report(
-            state,
-            probes,
-            f.config.min_age_s,
-            f.target,
-            f.command.clone(),
-            f.started_ns,
-        );
+        let mut report = build_report(state, probes, f.config.min_age_s, f.started_ns);
         let now = Counts::of(&state.agg);
         self.sequence += 1;
         let growth = Growth {

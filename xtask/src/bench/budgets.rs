@@ -187,6 +187,7 @@ mod tests {
                     unavailable: None,
                     lost_events: None,
                     false_leaks: None,
+                    tracer_cores: None,
                 })
                 .collect(),
             attach_times_s: Vec::new(),

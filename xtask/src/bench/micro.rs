@@ -2,7 +2,10 @@
 //! each way of watching it. Cases run interleaved (one run of each, then again), so a
 //! machine that gets busier during the bench slows every case alike.
 
-use std::{process::Command, time::Duration};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
@@ -10,6 +13,7 @@ use serde::Serialize;
 use super::{
     bpftrace,
     child::Watched,
+    procstat::{TICKS_PER_SECOND, cpu_ticks},
     stats::{Summary, ratio},
     tools::path_of,
     tracer::{self, Attached, Idle},
@@ -27,6 +31,8 @@ pub(crate) enum Case {
     FollowedFramePointers,
     /// The tracer follows an idle process: what everyone else pays.
     OtherProcess,
+    /// `tracer --all`: the benchmark is one of the host's processes, counted, not followed.
+    HostWide,
     /// Empty programs on the same tracepoints.
     EmptyFloor,
     BpftraceMap,
@@ -39,11 +45,12 @@ pub(crate) enum Case {
 }
 
 impl Case {
-    pub(crate) const ALL: [Case; 8] = [
+    pub(crate) const ALL: [Case; 9] = [
         Case::Untraced,
         Case::Followed,
         Case::FollowedFramePointers,
         Case::OtherProcess,
+        Case::HostWide,
         Case::EmptyFloor,
         Case::BpftraceMap,
         Case::BpftraceMapUstack,
@@ -66,6 +73,7 @@ impl Case {
             Case::Followed => "tracer_followed",
             Case::FollowedFramePointers => "tracer_followed_frame_pointers",
             Case::OtherProcess => "tracer_other_process",
+            Case::HostWide => "tracer_all",
             Case::EmptyFloor => "empty_bpf_floor",
             Case::BpftraceMap => "bpftrace_map",
             Case::BpftraceMapUstack => "bpftrace_map_ustack",
@@ -82,6 +90,7 @@ impl Case {
             Case::Followed => "tracer, following the benchmark",
             Case::FollowedFramePointers => "same, frame pointers only (--stack-copy-kib 0)",
             Case::OtherProcess => "tracer, following another process",
+            Case::HostWide => "tracer --all (counted, not followed)",
             Case::EmptyFloor => "empty BPF programs, same tracepoints (floor)",
             Case::BpftraceMap => "bpftrace open-fd map",
             Case::BpftraceMapUstack => "bpftrace open-fd map + ustack",
@@ -124,6 +133,9 @@ pub(crate) struct CaseResult {
     pub lost_events: Option<u64>,
     /// Descriptors the tracer reported open after the workload closed them all.
     pub false_leaks: Option<u64>,
+    /// CPU the tracer used while the workload ran, in cores (1.0 = one core busy); measured
+    /// for `tracer --all`, whose looks at /proc run whatever the workload does.
+    pub tracer_cores: Option<Summary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -169,6 +181,7 @@ pub(crate) fn run(
         .collect();
     let mut lost = vec![0u64; all.len()];
     let mut false_leaks = vec![0u64; all.len()];
+    let mut tracer_cores: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
     let mut attach_times_s = Vec::new();
     for run in 0..settings.runs {
         eprintln!("  {} run {}/{}", micro.describe(), run + 1, settings.runs);
@@ -188,6 +201,7 @@ pub(crate) fn run(
                         lost[index] += facts.lost;
                         false_leaks[index] += facts.false_leaks;
                     }
+                    tracer_cores[index].extend(observed.tracer_cores);
                     if case != Case::BaselineOtherProcess {
                         attach_times_s.extend(observed.attach_s);
                     }
@@ -228,6 +242,7 @@ pub(crate) fn run(
                 unavailable: unavailable[index].take(),
                 lost_events: followed.then_some(lost[index]),
                 false_leaks: followed.then_some(false_leaks[index]),
+                tracer_cores: Summary::of(&tracer_cores[index]),
             }
         })
         .collect();
@@ -245,6 +260,8 @@ pub(crate) fn run(
 struct Observed {
     facts: Option<tracer::ReportFacts>,
     attach_s: Option<f64>,
+    /// The tracer's CPU while the workload ran, in cores.
+    tracer_cores: Option<f64>,
 }
 
 fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> Result<Observed> {
@@ -266,7 +283,7 @@ fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> R
             let facts = tracer::follow(bin, extra, argv, RUN_TIMEOUT)?;
             Ok(Observed {
                 facts: Some(facts),
-                attach_s: None,
+                ..Observed::default()
             })
         }
         Case::OtherProcess | Case::BaselineOtherProcess => {
@@ -282,8 +299,25 @@ fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> R
             attached.stop()?;
             ran?;
             Ok(Observed {
+                attach_s: Some(attach_s),
+                ..Observed::default()
+            })
+        }
+        Case::HostWide => {
+            let attached = Attached::start_args(settings.tracer, &["--all", "--json"])?;
+            let attach_s = attached.attach_time.as_secs_f64();
+            let ticks_before = cpu_ticks(attached.pid())?;
+            let started = Instant::now();
+            let ran =
+                Watched::spawn(&mut command(argv)).and_then(|mut w| w.wait_success(RUN_TIMEOUT));
+            let ticks = cpu_ticks(attached.pid())?.saturating_sub(ticks_before);
+            let cores = ticks as f64 / TICKS_PER_SECOND / started.elapsed().as_secs_f64();
+            attached.stop()?;
+            ran?;
+            Ok(Observed {
                 facts: None,
                 attach_s: Some(attach_s),
+                tracer_cores: Some(cores),
             })
         }
         Case::EmptyFloor => bpftrace_run(&bpftrace::empty_floor(micro), argv),

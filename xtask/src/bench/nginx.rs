@@ -20,7 +20,7 @@ use serde::Serialize;
 use super::{
     bpftrace,
     child::Watched,
-    procstat::cpu_ticks,
+    procstat::{TICKS_PER_SECOND, cpu_ticks},
     stats::{Summary, ratio},
     tools::path_of,
     tracer::{self, Attached},
@@ -54,8 +54,6 @@ pub(crate) struct NginxResult {
 }
 
 const CONNECTIONS: u32 = 32;
-/// USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on every Linux architecture's ABI.
-const TICKS_PER_SECOND: f64 = 100.0;
 
 /// One way of running nginx, measured in turn with the others in every run.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,21 @@ pub(crate) fn micro(micros: &[MicroResult], runs: usize) {
                 .and_then(|c| c.ns_per_iter.as_ref())
                 .map(|s| s.median)
         };
+        let host_wide = result.cases.iter().find(|c| c.case == "tracer_all");
+        if let (Some(all), Some(floor), Some(cores)) = (
+            median("tracer_all"),
+            median("empty_bpf_floor"),
+            host_wide.and_then(|c| c.tracer_cores.as_ref()),
+        ) {
+            println!(
+                "{}: tracer --all, counting this process without following it: {:+.0} ns per iteration over the floor; the tracer used {:.1}% of a core (median; max {:.1}%) while the loop ran at {:.0} iterations/s",
+                result.description,
+                all - floor,
+                cores.median * 100.0,
+                cores.max * 100.0,
+                1e9 / all
+            );
+        }
         if let (Some(copy), Some(frame_pointers)) = (
             median("tracer_followed"),
             median("tracer_followed_frame_pointers"),

@@ -4,6 +4,9 @@ use std::fs;
 
 use anyhow::{Context as _, Result};
 
+/// USER_HZ, the unit of /proc/PID/stat's CPU times: 100 on every Linux architecture's ABI.
+pub(crate) const TICKS_PER_SECOND: f64 = 100.0;
+
 /// utime + stime of a process, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))

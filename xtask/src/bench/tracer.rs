@@ -72,8 +72,16 @@ pub(crate) struct Attached {
 impl Attached {
     /// Starts `tracer --pid PID [extra]` and waits for `attached`.
     pub(crate) fn start(tracer: &Path, pid: u32, extra: &[&str]) -> Result<Attached> {
+        let pid = pid.to_string();
+        let mut args = vec!["--pid", pid.as_str()];
+        args.extend_from_slice(extra);
+        Self::start_args(tracer, &args)
+    }
+
+    /// Starts `tracer ARGS` and waits for `attached`.
+    pub(crate) fn start_args(tracer: &Path, args: &[&str]) -> Result<Attached> {
         let mut cmd = Command::new(tracer);
-        cmd.arg("--pid").arg(pid.to_string()).args(extra);
+        cmd.args(args);
         let mut tracer = Watched::spawn(&mut cmd)?;
         let attach_time = tracer.wait_for_stderr("attached", ATTACH_TIMEOUT)?;
         Ok(Attached {

@@ -20,8 +20,9 @@ use crate::process;
 /// busybox-static's binary: the guest's shell, mount, ip, poweroff, sleep, cat, timeout.
 pub(super) const BUSYBOX: &str = "/bin/busybox";
 /// Host programs the tests run that busybox lacks or implements differently (busybox's
-/// setpriv has no --reuid).
-const HOST_TOOLS: &[&str] = &["setpriv"];
+/// setpriv has no --reuid; util-linux's unshare is the one the namespace tests run on the
+/// host).
+const HOST_TOOLS: &[&str] = &["setpriv", "unshare"];
 /// PID 1 of the guest.
 const INIT_SCRIPT: &str = include_str!("init.sh");
 /// Where our files go inside the guest.

@@ -27,7 +27,22 @@ const PIDS_SHOWN: usize = 3;
 /// The report with the `top` largest descriptor groups in full (`--top N`).
 pub(crate) fn render_top(report: &Report, top: usize) -> String {
     let mut out = String::new();
+    if let Some(host) = &report.host
+        && report.targets.is_empty()
+    {
+        // `--all` that followed nothing: the host is the whole report.
+        let _ = writeln!(
+            out,
+            "tracer --all: watched the host for {:.1} s",
+            report.duration_s
+        );
+        crate::report::host::render(host, top, &mut out);
+        return out;
+    }
     summary(report, &mut out);
+    if let Some(host) = &report.host {
+        crate::report::host::render(host, top, &mut out);
+    }
     let live: Vec<&DescriptorEntry> = report
         .open_descriptors
         .iter()

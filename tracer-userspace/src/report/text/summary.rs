@@ -23,6 +23,43 @@ pub(super) fn summary(report: &Report, out: &mut String) {
     deleted_files_line(report, out);
 }
 
+/// The roots followed, when there are several or they were chosen by name or cgroup: pid,
+/// comm, how it was chosen, and since when it is followed.
+fn targets_line(report: &Report, out: &mut String) {
+    let chosen =
+        |t: &&crate::report::TargetEntry| !matches!(t.matched_by.as_str(), "pid" | "command");
+    if report.targets.len() < 2 && !report.targets.iter().any(|t| chosen(&t)) {
+        return;
+    }
+    let roots: Vec<String> = report
+        .targets
+        .iter()
+        .map(|t| {
+            let since = if t.followed_since_s > 0.0 {
+                format!(", since {:.1}s", t.followed_since_s)
+            } else {
+                String::new()
+            };
+            let nspid = t
+                .nspid
+                .map(|n| format!(" (pid {n} in its namespace)"))
+                .unwrap_or_default();
+            format!(
+                "pid {}{nspid} ({}) [{}{since}]",
+                t.pid,
+                comm_of(report, t.pid),
+                t.matched_by
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "  {}: {}",
+        count(roots.len() as u64, "target", "targets"),
+        roots.join(", ")
+    );
+}
+
 /// The first line, then a warning when events were lost (or a note when /proc showed births
 /// no event did).
 fn event_lines(report: &Report, out: &mut String) {
@@ -32,6 +69,7 @@ fn event_lines(report: &Report, out: &mut String) {
         "tracer: pid {} ({target}) traced for {:.1} s: {} events, {} lost",
         report.target.pid, report.duration_s, report.events.received, report.events.lost
     );
+    targets_line(report, out);
     if report.events.lost > 0 {
         let _ = writeln!(
             out,
