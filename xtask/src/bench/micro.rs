@@ -185,7 +185,10 @@ pub(crate) fn run(
     let mut attach_times_s = Vec::new();
     for run in 0..settings.runs {
         eprintln!("  {} run {}/{}", micro.describe(), run + 1, settings.runs);
-        for (index, &case) in all.iter().enumerate() {
+        // Rotate which goes first, so a drift in machine load does not favour one case.
+        for turn in 0..all.len() {
+            let index = (turn + run) % all.len();
+            let case = all[index];
             if unavailable[index].is_some() {
                 continue;
             }
