@@ -84,8 +84,6 @@ fn read_u64(addr: u64) -> Option<u64> {
 /// What a capture site does about Python frames.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Frames {
-    /// Nothing (the frames were sent already, or the event needs none).
-    Skip,
     /// Have the walker send them first; the program restarts from its beginning once they
     /// are sent, and then goes on past this point. `slot` is where the program resumes.
     Walk { slot: u32 },
@@ -104,7 +102,6 @@ pub(crate) enum Frames {
 #[inline(always)]
 pub(crate) fn capture(ctx: &TracePointContext, caller: Caller, frames: Frames) {
     let slot = match frames {
-        Frames::Skip => return,
         Frames::Resend => return resend(caller.tid),
         Frames::Walk { slot } => slot,
     };
@@ -159,7 +156,9 @@ pub(crate) fn python_walk(ctx: TracePointContext) -> u32 {
     // SAFETY: this CPU's record; programs do not preempt each other on a CPU.
     let resume = unsafe { &mut *resume };
     if resume.walked != 0 || resume.tid != pid_tgid as u32 {
-        // Not reached by a capture site of this thread: nothing to resume.
+        // Not what the capture site that called left (never seen): it cannot be resumed,
+        // and its event is lost.
+        count_lost(LOST_IN_FLIGHT);
         return 0;
     }
     // SAFETY: the value is copied out by the callee before the map can change under it
