@@ -153,16 +153,20 @@ fn perf_map_in_the_process_namespaces() {
     let script = workspace_dir().join("tests/fixtures/py_perf_leak.py");
     for (version, python) in pyenv_pythons() {
         // Made inside, after the private /tmp is mounted: the scratch directory may be
-        // under /tmp (in the test VM it is).
+        // under /tmp (in the test VM it is), and so may the checkout (a clone under /tmp),
+        // so the script is copied in through a descriptor opened before the mount.
         let dir = unique_dir(None, "jit-perf-map-ns");
         let path = dir.join("cache.bin");
+        let script_inside = dir.join("py_perf_leak.py");
         let inside = format!(
-            "mount -t tmpfs tracer-perf-map /tmp && mkdir -p {dir} && echo x > {path} && \
-             exec {python} -X perf {script} {path} {LEAKED}",
+            "exec 3<{script} && mount -t tmpfs tracer-perf-map /tmp && mkdir -p {dir} && \
+             echo x > {path} && cat <&3 > {copy} && exec 3<&- && \
+             exec {python} -X perf {copy} {path} {LEAKED}",
             dir = dir.display(),
             path = path.display(),
             python = python.display(),
             script = script.display(),
+            copy = script_inside.display(),
         );
         let report = trace(
             "unshare",
@@ -178,7 +182,7 @@ fn perf_map_in_the_process_namespaces() {
                 &inside,
             ],
         );
-        let pid = assert_named_from_perf_map(&report, &path, &script, &version);
+        let pid = assert_named_from_perf_map(&report, &path, &script_inside, &version);
         assert!(
             !Path::new(&format!("/tmp/perf-{pid}.map")).exists(),
             "{version}: the map must be only in the namespace's /tmp"
