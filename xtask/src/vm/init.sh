@@ -13,7 +13,9 @@ export HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# /tmp stays on the initramfs's own root (memory already): a checkout under /tmp (a CI
+# clone may be) has its Python fixtures packed there, at their host paths.
+mkdir -p /tmp && chmod 1777 /tmp
 mount -t tmpfs tmpfs /run
 # The tracer mounts tracefs itself when it is missing; a server usually has it mounted.
 mount -t tracefs tracefs /sys/kernel/tracing
