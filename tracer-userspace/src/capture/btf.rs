@@ -201,9 +201,18 @@ impl<'a> Btf<'a> {
     }
 }
 
-/// The offsets sys_enter_close and inet_sock_set_state need, from the BTF at `path`. A group
-/// the BTF lacks a field of is left absent, which turns its check off (said once, here).
-pub(crate) fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
+/// What the programs need from this kernel's BTF, read in one parse of the file at `path`.
+#[derive(Debug)]
+pub(crate) struct KernelLayout {
+    /// The offsets sys_enter_close and inet_sock_set_state need. A group the BTF lacks a
+    /// field of is left absent, which turns its check off (said once, here).
+    pub(crate) offsets: KernelOffsets,
+    /// Byte offset of `thread.fsbase` in `task_struct`, or None when this kernel has no such
+    /// field (not x86-64): Python frames are then not captured.
+    pub(crate) task_fsbase: Option<u64>,
+}
+
+pub(crate) fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
     let data = fs::read(path).map_err(|source| BtfError::Read {
         path: path.display().to_string(),
         source,
@@ -227,14 +236,13 @@ pub(crate) fn kernel_offsets(path: &Path) -> Result<KernelOffsets, BtfError> {
         );
         TimeWaitOffsets::absent()
     });
-    Ok(offsets)
+    Ok(KernelLayout {
+        offsets,
+        task_fsbase: task_fsbase(&btf),
+    })
 }
 
-/// Byte offset of `thread.fsbase` in `task_struct`, or None when this kernel's BTF has no
-/// such field (not x86-64) or cannot be read: Python frames are then not captured.
-pub(crate) fn task_fsbase_offset(path: &Path) -> Option<u64> {
-    let data = fs::read(path).ok()?;
-    let btf = Btf::parse(&data).ok()?;
+fn task_fsbase(btf: &Btf) -> Option<u64> {
     let thread = btf.offset("task_struct", "thread").ok()?;
     let fsbase = btf.offset("thread_struct", "fsbase").ok()?;
     Some(u64::from(thread + fsbase))
@@ -337,7 +345,9 @@ mod tests {
     /// `fd` array pointer (include/linux/fdtable.h), and `files` lies inside task_struct.
     #[test]
     fn reads_this_kernels_fd_table_layout() {
-        let offsets = kernel_offsets(Path::new("/sys/kernel/btf/vmlinux")).unwrap();
+        let offsets = kernel_layout(Path::new("/sys/kernel/btf/vmlinux"))
+            .unwrap()
+            .offsets;
         assert_eq!((offsets.fdt_max_fds, offsets.fdt_fd), (0, 8));
         assert!(offsets.task_files > 0 && offsets.task_files < 16384);
         assert!(offsets.files_fdt > 0 && offsets.files_fdt < 256);
@@ -348,8 +358,9 @@ mod tests {
     /// table's fields are all found, inside `struct sock_common` and `struct net`.
     #[test]
     fn reads_this_kernels_connection_table_layout() {
-        let tw = kernel_offsets(Path::new("/sys/kernel/btf/vmlinux"))
+        let tw = kernel_layout(Path::new("/sys/kernel/btf/vmlinux"))
             .unwrap()
+            .offsets
             .tw;
         assert_eq!((tw.bucket_size, tw.bucket_first, tw.nulls_next), (8, 0, 0));
         assert_eq!(tw.hashinfo_ehash, 0);
@@ -370,7 +381,9 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn finds_fsbase_in_this_kernels_task_struct() {
-        let offset = task_fsbase_offset(Path::new("/sys/kernel/btf/vmlinux"))
+        let offset = kernel_layout(Path::new("/sys/kernel/btf/vmlinux"))
+            .unwrap()
+            .task_fsbase
             .expect("thread.fsbase in task_struct");
         assert!(offset > 1000 && offset < 16384, "offset {offset}");
     }

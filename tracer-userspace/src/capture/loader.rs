@@ -219,22 +219,22 @@ fn btf_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(SYSFS_BTF))
 }
 
-/// Where sys_enter_close finds the calling task's descriptor table and inet_sock_set_state a
-/// connection's TIME_WAIT socket, from this kernel's BTF; without them, closes of descriptors
-/// that were not open go unreported and every close from FIN_WAIT counts as TIME_WAIT (said
-/// once).
-fn kernel_offsets() -> KernelOffsets {
-    match btf::kernel_offsets(&btf_path()) {
-        Ok(offsets) => offsets,
-        Err(err) => {
-            log::warn!(
-                "cannot read this kernel's BTF ({err}): closes of descriptors that were not \
-                 open (EBADF) are not reported, and connections closed without a TIME_WAIT \
-                 socket are counted as TIME_WAIT"
-            );
-            KernelOffsets::absent()
+/// Where sys_enter_close finds the calling task's descriptor table, inet_sock_set_state a
+/// connection's TIME_WAIT socket and the Python walk a thread's fsbase, from this kernel's
+/// BTF; without them, closes of descriptors that were not open go unreported, every close
+/// from FIN_WAIT counts as TIME_WAIT and Python frames are not captured (said once).
+fn kernel_layout() -> btf::KernelLayout {
+    btf::kernel_layout(&btf_path()).unwrap_or_else(|err| {
+        log::warn!(
+            "cannot read this kernel's BTF ({err}): closes of descriptors that were not \
+             open (EBADF) are not reported, connections closed without a TIME_WAIT \
+             socket are counted as TIME_WAIT, and Python frames are not captured"
+        );
+        btf::KernelLayout {
+            offsets: KernelOffsets::absent(),
+            task_fsbase: None,
         }
-    }
+    })
 }
 
 /// The ring buffer userspace reads events from.
@@ -262,7 +262,8 @@ pub(crate) fn load(
     }
     let offsets = formats.offsets()?;
     log::debug!("tracepoint offsets: {offsets:?}");
-    let kernel_offsets = kernel_offsets();
+    let layout = kernel_layout();
+    let kernel_offsets = layout.offsets;
     log::debug!("kernel struct offsets: {kernel_offsets:?}");
 
     // Producers wake the reader once an eighth of the ring is waiting; below that the
@@ -270,7 +271,7 @@ pub(crate) fn load(
     let wakeup_bytes = u64::from(ring_bytes / 8);
     let match_targets = u64::from(match_targets);
     let host_wide = u64::from(host_wide);
-    let fsbase_offset = super::btf::task_fsbase_offset(&btf_path()).unwrap_or(u64::MAX);
+    let fsbase_offset = layout.task_fsbase.unwrap_or(u64::MAX);
     log::debug!("task_struct thread.fsbase at {fsbase_offset:#x}");
     let mut ebpf = EbpfLoader::new()
         .override_global(OFFSETS_GLOBAL, &offsets, true)
