@@ -14,6 +14,7 @@
 //! - `fixture_build`: compiling the C fixtures (or taking prebuilt ones);
 //! - `procs`: waiting, signals, and what `/proc` says about processes;
 //! - `fixture`: [`Fixture`], a running fixture process;
+//! - `pythons`: the pyenv CPython interpreters the Python tests run;
 //! - `tracer`: [`Tracer`], a running tracer;
 //! - `tracer_output`: [`TracerOutput`], what a finished tracer left, and one-shot runs;
 //! - `report_view`: [`Report`], a typed view of the JSON report, and [`Filter`];
@@ -24,6 +25,7 @@ mod fixture;
 mod fixture_build;
 mod pipes;
 mod procs;
+mod pythons;
 mod report_view;
 mod tracer;
 mod tracer_output;
@@ -34,7 +36,10 @@ pub use fixture_build::{
     FIXTURE_CFLAGS, FIXTURE_VARIANTS, FIXTURES, PREBUILT_FIXTURES_ENV, build_all_fixtures,
     build_fixture, prebuilt_fixtures_dir,
 };
-pub use procs::{children_of, fd_count, pid_exists, signal, unused_pid, wait_child, wait_until};
+pub use procs::{
+    children_of, fd_count, pid_exists, signal, unused_pid, wait_child, wait_stopped, wait_until,
+};
+pub use pythons::{PyenvPython, pyenv_pythons, pyenv_root};
 pub use report_view::{
     Descriptor, Filter, Process, REPORT_EXCERPT, Report, excerpt, frames_symbols, stack_symbols,
     symbol_is,

@@ -49,6 +49,27 @@ pub fn signal(pid: i32, sig: libc::c_int) {
     }
 }
 
+/// Waits until every thread of `pid` is stopped (state `T` in `/proc/PID/task/*/stat`), as
+/// after a SIGSTOP the caller sent: from then on its descriptors stay as they are, so what
+/// /proc shows is what any later look sees. Panics after `timeout`, or when it is gone.
+#[track_caller]
+pub fn wait_stopped(pid: u32, timeout: Duration) {
+    wait_until(timeout, &format!("pid {pid} to stop"), || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap_or_else(|e| panic!("pid {pid} is gone while waiting for it to stop: {e}"));
+        tasks.flatten().all(|task| {
+            std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().next().map(|state| state == "T")
+                })
+                // A thread that exited meanwhile stops nothing.
+                .unwrap_or(true)
+        })
+    });
+}
+
 /// Does a process with this pid exist (zombies included)?
 pub fn pid_exists(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {

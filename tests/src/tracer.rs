@@ -185,6 +185,42 @@ impl Tracer {
         }
     }
 
+    /// Blocks until the tracer's stderr holds a line for which `found` is true, and returns
+    /// that line. Panics with its stderr on timeout, or when its stderr ends first.
+    #[track_caller]
+    pub fn wait_for_stderr(
+        &self,
+        what: &str,
+        timeout: Duration,
+        found: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.stderr;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(line) = st.text.lines().find(|l| found(l)) {
+                return line.to_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if st.eof || left.is_zero() {
+                let why = if st.eof {
+                    "its stderr ended".to_owned()
+                } else {
+                    format!("{timeout:?} passed")
+                };
+                panic!(
+                    "tracer ({}): no stderr line with {what}; {why}. stderr:\n{}",
+                    self.args.join(" "),
+                    st.text
+                );
+            }
+            st = cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
     /// Sends SIGINT (Ctrl-C), waits for the tracer to exit (killing it after
     /// [`STOP_TIMEOUT`]), asserts exit status 0 and returns the parsed report.
     #[track_caller]

@@ -4,12 +4,14 @@
 use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use tracer_tests::{
-    ATTACH_TIMEOUT, Filter, Fixture, Tracer, build_fixture, pid_exists, require_root,
+    ATTACH_TIMEOUT, Filter, Fixture, STOP_TIMEOUT, Tracer, build_fixture, pid_exists, require_root,
     run_with_timeout, tracer_bin, tracer_command, unique_dir, unused_pid,
 };
 
-/// How long a failing tracer may take to give up.
-const FAIL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a failing tracer may take to give up: one may load the probes first (a command
+/// whose exec fails is found out once they are attached), which takes up to a minute in the
+/// test VM's guests.
+const FAIL_TIMEOUT: Duration = ATTACH_TIMEOUT;
 
 /// `--pid` of a process that does not exist: non-zero exit, and the pid with "no such process".
 #[test]
@@ -109,7 +111,8 @@ fn target_exit_ends_the_trace() {
         .expect("cat did not exit after stdin EOF");
     assert!(status.success(), "cat exited with {status}");
 
-    let report = tracer.finish(Duration::from_secs(10));
+    // Noticing the exit and building the report take seconds in the test VM's guests.
+    let report = tracer.finish(STOP_TIMEOUT);
     assert_eq!(report.target_pid(), pid, "target.pid\n{}", report.context());
     let proc = report
         .process(pid)
@@ -133,7 +136,8 @@ fn command_mode_reports_descriptors_open_at_exit() {
         &["--at-exit-descriptors"],
         &[bin.to_str().expect("utf-8 fixture path"), path],
     );
-    let report = tracer.finish(Duration::from_secs(60));
+    // Attaching takes most of it in the test VM's guests.
+    let report = tracer.finish(ATTACH_TIMEOUT.saturating_add(STOP_TIMEOUT));
     let ctx = report.context();
 
     let pid = report.target_pid();

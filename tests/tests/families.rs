@@ -11,6 +11,10 @@ use tracer_tests::{
     unique_dir,
 };
 
+/// How long two periodic /proc passes of the tracer may take: one every 2 s at least, spaced
+/// out to take 2% of the time, and the test VM's guests are 5-20 times slower.
+const RECONCILED_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What the fixture says it holds: fd → (kind, opened_by, detail fragment or "-").
 type Holdings = BTreeMap<u64, (String, String, String)>;
 
@@ -117,7 +121,17 @@ fn run_families(dir: &str) -> FamiliesRun {
     let mut fixture = Fixture::spawn(&bin, &[dir]);
     fixture.wait_for_line("READY", Duration::from_secs(10));
     let parent = fixture.pid();
-    let mut tracer = Tracer::attach(parent, &["--at-exit-descriptors"]);
+    // The reconciliation's log says when /proc taught it a descriptor without an event.
+    let args: Vec<String> = [
+        "--json",
+        "--pid",
+        &parent.to_string(),
+        "--at-exit-descriptors",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut tracer = Tracer::spawn(&args, &[("RUST_LOG", "tracer::session::reconcile=info")]);
     tracer.wait_attached(ATTACH_TIMEOUT);
     fixture.send_line("go");
     let done = fixture.wait_for_line("DONE ", Duration::from_secs(30));
@@ -138,9 +152,15 @@ fn run_families(dir: &str) -> FamiliesRun {
     if !skipped.is_empty() {
         eprintln!("families this kernel refused: {skipped:?}");
     }
-    // The received descriptor has no tracepoint: two /proc listings (one periodic, one at
-    // the end) must agree before it is reported.
-    std::thread::sleep(Duration::from_secs(3));
+    // The descriptor received by recvmmsg has no tracepoint: it is reported once two /proc
+    // listings agree on it (one at the end would do, the periodic ones come every 2 s or
+    // more). Until those of the periodic passes did, in the parent and in the CLONE_FILES
+    // child, which copied the parent's table when it unshared (a fixed sleep was too short
+    // in the test VM, where passes are spaced out by their cost).
+    for pid in [parent, sharer] {
+        let learned = format!("pid {pid}: /proc shows ");
+        tracer.wait_for_stderr(&learned, RECONCILED_TIMEOUT, |line| line.contains(&learned));
+    }
     let parent_truth = proc_fds(parent);
     let exec_child_truth = proc_fds(exec_child);
     let sharer_truth = proc_fds(sharer);

@@ -175,3 +175,45 @@ fn serve_leak_keeps_each_batch() {
     );
     assert_eq!(fd_count(pid).unwrap(), before + 7);
 }
+
+/// py_leak.py: in `wait` mode it holds COUNT more descriptors of PATH after DONE and exits 0
+/// on stdin EOF; in `exit` mode it exits 0 by itself; a bad mode is a usage error.
+#[test]
+fn py_leak_holds_what_it_says_in_both_modes() {
+    let python = "/usr/bin/python3";
+    let script = tracer_tests::workspace_dir().join("tests/fixtures/py_leak.py");
+    let script = script.to_str().unwrap();
+    let file = unique_dir(None, "py-leak-fixture").join("cache.bin");
+    std::fs::write(&file, "x").unwrap();
+    let file = std::fs::canonicalize(&file).unwrap();
+    let path = file.to_str().unwrap();
+    let on_file = |pid: u32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| *target == file)
+            .count()
+    };
+
+    let mut waiting = Fixture::spawn(python, &[script, "wait", path, "3"]);
+    waiting.wait_for_line("READY", Duration::from_secs(30));
+    assert_eq!(on_file(waiting.pid()), 0);
+    waiting.send_line("go");
+    assert_eq!(
+        waiting.wait_for_line("DONE ", Duration::from_secs(30)),
+        "DONE 3"
+    );
+    assert_eq!(on_file(waiting.pid()), 3);
+    waiting.close_stdin();
+    let status = waiting
+        .wait_exit(Duration::from_secs(30))
+        .expect("exit on EOF");
+    assert!(status.success(), "{status}");
+
+    let mut exiting = Fixture::spawn(python, &[script, "exit", path, "3"]);
+    let status = exiting.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status}");
+    let mut bad = Fixture::spawn(python, &[script, "stay", path, "3"]);
+    let status = bad.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(2));
+}

@@ -7,13 +7,24 @@
 use std::time::Duration;
 
 use tracer_tests::{
-    ATTACH_TIMEOUT, Filter, Fixture, Report, Tracer, build_fixture, fd_count, require_root,
-    run_with_timeout, serde_json::Value, signal, tracer_command,
+    ATTACH_TIMEOUT, Filter, Fixture, Report, STOP_TIMEOUT, Tracer, build_fixture, fd_count,
+    require_root, run_with_timeout, serde_json::Value, signal, tracer_command, wait_stopped,
 };
 
 const LINE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Attach, the run's --duration, then the report: attach may take most of it in the test VM.
-const RUN_TIMEOUT: Duration = ATTACH_TIMEOUT.saturating_add(Duration::from_secs(60));
+/// How long after attach the tracer may take to say that a leaker leaks: it must have risen
+/// at 3 of its looks (one a second), and a line naming it comes every 5 s; the test VM's
+/// guests are 5-20 times slower.
+const LEAKING_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many sockets `pid` holds, as /proc shows them.
+fn sockets_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .count()
+}
 
 /// `host.processes[]` entry of `pid`, and its rank.
 #[track_caller]
@@ -25,7 +36,8 @@ fn host_entry(report: &Report, pid: u32) -> (usize, &Value) {
 }
 
 /// The leaker is leaking and ranked ahead of the two steady processes, which are not; its
-/// descriptors are what /proc shows once it is frozen before the end; the host's files and the process's limit are there.
+/// descriptors are what /proc shows once it is frozen before the end; the host's files and the
+/// process's limit are there.
 #[test]
 fn all_names_the_leaker_and_the_others_steady() {
     require_root();
@@ -36,24 +48,22 @@ fn all_names_the_leaker_and_the_others_steady() {
     for f in [&mut leaker, &mut steady, &mut idle] {
         f.wait_for_line("READY", LINE_TIMEOUT);
     }
-    let mut tracer = Tracer::spawn(
-        &[
-            "--json".into(),
-            "--all".into(),
-            "--duration".into(),
-            "8".into(),
-        ],
-        &[],
-    );
+    let mut tracer = Tracer::spawn(&["--json".into(), "--all".into()], &[]);
     tracer.wait_attached(ATTACH_TIMEOUT);
-    // Five leaks seen, then the leaker is frozen, so that what /proc shows is what the
-    // tracer's last looks (once a second, until the end 3 s later) must have counted. Read
-    // after the run instead, the count drifted by the leaks of the tracer's exit, which
-    // takes seconds in the test VM.
-    std::thread::sleep(Duration::from_secs(5));
+    // Until the tracer says the leaker leaks (a line every 5 s names what leaks), then the
+    // leaker is frozen: what /proc shows then is what the tracer's last look, at the report,
+    // counts. (A fixed --duration with a sleep before the freeze raced with the tracer's
+    // looks in the test VM, and a count read after the run drifted by the leaks of the
+    // tracer's exit.)
+    let named = format!("pid {} (slow_leak)", leaker.pid());
+    tracer.wait_for_stderr(&named, LEAKING_TIMEOUT, |line| {
+        line.starts_with("tracer --all:") && line.contains(&named)
+    });
     signal(leaker.pid() as i32, libc::SIGSTOP);
+    wait_stopped(leaker.pid(), LINE_TIMEOUT);
     let held = fd_count(leaker.pid()).unwrap() as u64;
-    let out = tracer.wait_output(RUN_TIMEOUT);
+    signal(tracer.pid() as i32, libc::SIGINT);
+    let out = tracer.wait_output(STOP_TIMEOUT);
     signal(leaker.pid() as i32, libc::SIGCONT);
     assert!(out.status.success(), "{}", out.context());
     let report = out.report();
@@ -114,13 +124,18 @@ fn follow_top_traces_the_leaker_with_stacks() {
             "--all".into(),
             "--follow-top".into(),
             "1".into(),
-            "--duration".into(),
-            "10".into(),
         ],
         &[],
     );
     tracer.wait_attached(ATTACH_TIMEOUT);
-    let report = tracer.finish(RUN_TIMEOUT);
+    // Once the tracer follows it, two more leaks: made after it follows, so traced.
+    let following = format!("following pid {} ", leaker.pid());
+    tracer.wait_for_stderr(&following, LEAKING_TIMEOUT, |line| {
+        line.contains(&following)
+    });
+    let so_far = sockets_of(leaker.pid());
+    leaker.wait_for_line(&format!("LEAK {} ", so_far + 2), LINE_TIMEOUT);
+    let report = tracer.stop();
     let target = report.json["targets"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["pid"] == leaker.pid()))
@@ -176,21 +191,19 @@ fn all_finds_a_leaker_in_its_own_namespaces() {
     let mut leaker = Fixture::spawn("sh", &["-c", &script]);
     let ready = leaker.wait_for_line("READY pid ", LINE_TIMEOUT);
     assert_eq!(ready.trim(), "READY pid 1");
-    let tracer = Tracer::spawn(
-        &[
-            "--json".into(),
-            "--all".into(),
-            "--duration".into(),
-            "6".into(),
-        ],
-        &[],
-    );
-    let report = tracer.finish(RUN_TIMEOUT);
+    let mut tracer = Tracer::spawn(&["--json".into(), "--all".into()], &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
     // unshare (the fixture's host-side parent) forked it: its host pid is unshare's child.
     let host_pid = tracer_tests::children_of(leaker.pid())
         .into_iter()
         .next()
         .expect("unshare's child");
+    // Until a line of the tracer names it leaking (one every 5 s names what leaks).
+    let named = format!("pid {host_pid} (slow_leak)");
+    tracer.wait_for_stderr(&named, LEAKING_TIMEOUT, |line| {
+        line.starts_with("tracer --all:") && line.contains(&named)
+    });
+    let report = tracer.stop();
     let (_, entry) = host_entry(&report, host_pid);
     assert_eq!(entry["comm"], "slow_leak", "{}", report.context());
     assert_eq!(entry["nspid"], 1, "{}", report.context());

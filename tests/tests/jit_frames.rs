@@ -14,39 +14,22 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Fixture, Report, STOP_TIMEOUT, Tracer, require_root, signal, unique_dir, workspace_dir,
+    Fixture, Report, STOP_TIMEOUT, Tracer, pyenv_pythons, require_root, signal, unique_dir,
+    workspace_dir,
 };
 
 /// Descriptors the fixture leaks.
 const LEAKED: usize = 4;
 const LINE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// pyenv's interpreters that have `-X perf` (3.12 and later), under `$PYENV_ROOT` (else
-/// `~/.pyenv`), as (version, path).
-fn pyenv_pythons() -> Vec<(String, PathBuf)> {
-    let root = std::env::var_os("PYENV_ROOT")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".pyenv")))
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"));
-    let mut found: Vec<(String, PathBuf)> = std::fs::read_dir(root.join("versions"))
+/// pyenv's interpreters that have `-X perf` (3.12 and later), as (version, path).
+fn perf_pythons() -> Vec<(String, PathBuf)> {
+    let found: Vec<(String, PathBuf)> = pyenv_pythons(12)
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let version = entry.file_name().to_string_lossy().into_owned();
-            let mut parts = version.split('.');
-            let major: u32 = parts.next()?.parse().ok()?;
-            let minor: u32 = parts.next()?.parse().ok()?;
-            let python = entry.path().join(format!("bin/python{major}.{minor}"));
-            (major == 3 && minor >= 12 && python.exists()).then_some((version, python))
-        })
+        .map(|python| (python.name, python.program))
         .collect();
-    found.sort();
     if found.is_empty() {
-        eprintln!(
-            "SKIPPED: no pyenv CPython 3.12 or later under {}/versions (`-X perf` needs 3.12)",
-            root.display()
-        );
+        eprintln!("SKIPPED: no pyenv CPython 3.12 or later (`-X perf` needs 3.12)");
     }
     found
 }
@@ -84,7 +67,7 @@ fn named_frames_of_leak(report: &Report, path: &Path, runtime: &str) -> (u32, Ve
     (leaked[0].pid(), named)
 }
 
-/// Runs `program args` (which ends up running the fixture with `PATH LEAKED`) under a tracer
+/// Runs `program args` (which ends up running a fixture that leaks LEAKED descriptors of a path) under a tracer
 /// attached once it is ready, lets it leak, and returns the report.
 fn trace(program: &str, args: &[&str]) -> Report {
     let mut fixture = Fixture::spawn(program, args);
@@ -125,8 +108,8 @@ fn assert_named_from_perf_map(report: &Report, path: &Path, script: &Path, pytho
 #[test]
 fn python_perf_trampolines_are_named() {
     require_root();
-    let script = workspace_dir().join("tests/fixtures/py_perf_leak.py");
-    for (version, python) in pyenv_pythons() {
+    let script = workspace_dir().join("tests/fixtures/py_leak.py");
+    for (version, python) in perf_pythons() {
         let path = unique_dir(None, "jit-perf-map").join("cache.bin");
         std::fs::write(&path, "x").unwrap();
         let count = LEAKED.to_string();
@@ -136,6 +119,7 @@ fn python_perf_trampolines_are_named() {
                 "-X",
                 "perf",
                 script.to_str().unwrap(),
+                "wait",
                 path.to_str().unwrap(),
                 &count,
             ],
@@ -150,18 +134,18 @@ fn python_perf_trampolines_are_named() {
 #[test]
 fn perf_map_in_the_process_namespaces() {
     require_root();
-    let script = workspace_dir().join("tests/fixtures/py_perf_leak.py");
-    for (version, python) in pyenv_pythons() {
+    let script = workspace_dir().join("tests/fixtures/py_leak.py");
+    for (version, python) in perf_pythons() {
         // Made inside, after the private /tmp is mounted: the scratch directory may be
         // under /tmp (in the test VM it is), and so may the checkout (a clone under /tmp),
         // so the script is copied in through a descriptor opened before the mount.
         let dir = unique_dir(None, "jit-perf-map-ns");
         let path = dir.join("cache.bin");
-        let script_inside = dir.join("py_perf_leak.py");
+        let script_inside = dir.join("py_leak.py");
         let inside = format!(
             "exec 3<{script} && mount -t tmpfs tracer-perf-map /tmp && mkdir -p {dir} && \
              echo x > {path} && cat <&3 > {copy} && exec 3<&- && \
-             exec {python} -X perf {copy} {path} {LEAKED}",
+             exec {python} -X perf {copy} wait {path} {LEAKED}",
             dir = dir.display(),
             path = path.display(),
             python = python.display(),

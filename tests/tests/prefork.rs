@@ -3,7 +3,6 @@
 use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
-    thread,
     time::Duration,
 };
 
@@ -71,16 +70,36 @@ fn serve_all_connections(server: &mut Fixture, port: u16) {
         let reply = request(port);
         assert_eq!(reply, "ok\n", "reply to connection {i}");
     }
-    // Every child has answered; wait until they have exited and been reaped, then a little
-    // longer so the tracer sees the exits and the clients' FINs.
+    // Every child has answered; wait until they have exited and been reaped, and until the
+    // kernel has every accepted socket in CLOSE_WAIT (the clients' FINs arrived): the events
+    // of both are then in the ring buffer, which the tracer reads to its end before it
+    // reports.
     let spid = server.pid();
     wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(60),
         "the server's children to exit",
         || children_of(spid).is_empty(),
     );
-    thread::sleep(Duration::from_millis(300));
+    wait_until(
+        Duration::from_secs(60),
+        "every accepted socket in CLOSE_WAIT",
+        || close_wait_on(spid, port) == CONNECTIONS,
+    );
     assert!(!server.has_exited(), "the server exited during the test");
+}
+
+/// Sockets of `pid`'s network namespace in CLOSE_WAIT (state 08 of /proc/PID/net/tcp) whose
+/// local port is `port`.
+fn close_wait_on(pid: u32, port: u16) -> usize {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).expect("/proc/PID/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() > 3 && cols[3] == "08" && cols[1].ends_with(&format!(":{port:04X}"))
+        })
+        .count()
 }
 
 /// The server holds every accepted socket, created in `accept_connection`, in CLOSE_WAIT

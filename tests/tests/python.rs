@@ -1,5 +1,5 @@
-//! Python frames in the stacks, for every CPython build present (pyenv's 3.10-3.13 under
-//! `$(pyenv root)/versions`, Debian's /usr/bin/python3.11): the tracer's Python frames must
+//! Python frames in the stacks, for every CPython build present (each pyenv 3.10 or later
+//! under `$(pyenv root)/versions`, Debian's /usr/bin/python3.11): the tracer's Python frames must
 //! be the frames the interpreter itself reports at the open (`tests/fixtures/py_frames.py`
 //! prints them: qualified name, file and line, innermost first), for a function called from
 //! a known caller, in a thread started by `threading.Thread(...).start()` (whose creation
@@ -16,48 +16,30 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    ATTACH_TIMEOUT, Fixture, Report, Tracer, require_root, unique_dir, workspace_dir,
+    ATTACH_TIMEOUT, Fixture, Report, Tracer, pyenv_pythons, require_root, unique_dir, workspace_dir,
 };
 
 const STEP: Duration = Duration::from_secs(60);
 
-/// pyenv's versions the test machines have, and Debian's interpreter.
-const PYENV_VERSIONS: &[&str] = &["3.10.13", "3.11.7", "3.12.1", "3.13.0"];
+/// The oldest CPython the tracer walks the frames of.
+const OLDEST_MINOR: u32 = 10;
 const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
 
-fn pyenv_root() -> PathBuf {
-    if let Some(root) = std::env::var_os("PYENV_ROOT") {
-        return root.into();
-    }
-    std::process::Command::new("pyenv")
-        .arg("root")
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .unwrap_or_else(|| PathBuf::from("/root/.pyenv"))
-}
-
-/// (label, interpreter) for every build present; prints why each absent one is skipped.
+/// (label, interpreter) for every build present: each pyenv CPython 3.10+ (by its
+/// `bin/python3.X`, the name the `--vm` guests have too) and Debian's; prints why Debian's is
+/// skipped when it is absent.
 fn interpreters() -> Vec<(String, PathBuf)> {
-    let root = pyenv_root();
-    let mut found = Vec::new();
-    for version in PYENV_VERSIONS {
-        let python = root.join("versions").join(version).join("bin/python3");
-        if python.exists() {
-            found.push((format!("pyenv {version}"), python));
-        } else {
-            eprintln!(
-                "[python] skipping pyenv {version}: {} does not exist",
-                python.display()
-            );
-        }
-    }
+    let mut found: Vec<(String, PathBuf)> = pyenv_pythons(OLDEST_MINOR)
+        .into_iter()
+        .map(|python| (format!("pyenv {}", python.name), python.program))
+        .collect();
     if Path::new(DEBIAN_PYTHON).exists() {
         found.push(("Debian python3.11".into(), DEBIAN_PYTHON.into()));
     } else {
         eprintln!("[python] skipping Debian's python3.11: {DEBIAN_PYTHON} does not exist");
     }
+    let labels: Vec<&str> = found.iter().map(|(label, _)| label.as_str()).collect();
+    eprintln!("[python] interpreters: {labels:?}");
     found
 }
 

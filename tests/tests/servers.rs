@@ -19,7 +19,8 @@ use std::{
 };
 
 use tracer_tests::{
-    ATTACH_TIMEOUT, Filter, Report, Tracer, pid_exists, require_root, serde_json::Value, wait_until,
+    ATTACH_TIMEOUT, Filter, Report, Tracer, require_root, serde_json::Value, wait_stopped,
+    wait_until,
 };
 
 /// A port nobody listens on now.
@@ -61,18 +62,30 @@ fn server_side_time_wait(port: u16) -> u64 {
         .count() as u64
 }
 
-/// `server_side_time_wait` once two looks 500 ms apart agree (at most 10 s of looking).
-fn settled_time_wait(port: u16) -> u64 {
-    let mut last = server_side_time_wait(port);
-    for _ in 0..20 {
-        std::thread::sleep(Duration::from_millis(500));
-        let now = server_side_time_wait(port);
-        if now == last {
-            break;
+/// Processes stopped with SIGSTOP (each waited for until it is), continued when dropped: their
+/// descriptor tables stay as /proc shows them while they are.
+struct Frozen(Vec<u32>);
+
+impl Frozen {
+    #[track_caller]
+    fn new(pids: Vec<u32>) -> Frozen {
+        for &pid in &pids {
+            tracer_tests::signal(pid as i32, libc::SIGSTOP);
         }
-        last = now;
+        let frozen = Frozen(pids);
+        for &pid in &frozen.0 {
+            wait_stopped(pid, Duration::from_secs(30));
+        }
+        frozen
     }
-    last
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            tracer_tests::signal(pid as i32, libc::SIGCONT);
+        }
+    }
 }
 
 /// The report's TIME_WAIT groups.
@@ -195,12 +208,16 @@ fn postgres_pgbench_time_wait_and_stacks() {
     let mut init = pg.client("pgbench", false);
     run(init.args(["-i", "-s", "1", "postgres"]));
     let postmaster = pg.postmaster();
+    // The postmaster's own children (checkpointer, writers, launchers), and perhaps the
+    // backend of pgbench -i still exiting: those that are not backends of the clients below.
+    let auxiliary: BTreeSet<u32> = tracer_tests::children_of(postmaster).into_iter().collect();
     // The backends' own descriptors and process entries, listed one by one.
     let mut tracer = Tracer::attach(postmaster, &["--at-exit-descriptors"]);
     tracer.wait_attached(ATTACH_TIMEOUT);
 
+    // A number of transactions, not a time: as many backends however fast the machine is.
     let mut bench = pg.client("pgbench", true);
-    run(bench.args(["-C", "-c", "4", "-T", "5", "postgres"]));
+    run(bench.args(["-C", "-c", "4", "-t", "50", "postgres"]));
     const TERMINATED: u64 = 10;
     for _ in 0..TERMINATED {
         // The backend ends its own session: it exits and closes first. psql then fails.
@@ -219,15 +236,30 @@ fn postgres_pgbench_time_wait_and_stacks() {
         );
     }
 
-    // What the kernel says, before the stop, once it has settled: a terminated backend (and
+    // What the kernel says, before the stop, once it is final: a terminated backend (and
     // pgbench's last ones) may still be exiting, and closing its socket, after its client saw
-    // the error, so its TIME_WAIT can appear after a first look.
-    let server_side = settled_time_wait(pg.port);
-    let live: Vec<(u32, BTreeSet<u64>)> = std::iter::once(postmaster)
-        .chain(tracer_tests::children_of(postmaster))
-        .map(|pid| (pid, proc_fds(pid)))
-        .collect();
+    // the error, so every client's backend is waited for until the postmaster reaped it. The
+    // processes left are then frozen, so that their tables are what /proc shows until the
+    // report is built.
+    wait_until(
+        Duration::from_secs(60),
+        "the clients' backends to be reaped",
+        || {
+            tracer_tests::children_of(postmaster)
+                .iter()
+                .all(|pid| auxiliary.contains(pid))
+        },
+    );
+    let server_side = server_side_time_wait(pg.port);
+    let frozen = Frozen::new(
+        std::iter::once(postmaster)
+            .chain(tracer_tests::children_of(postmaster))
+            .collect(),
+    );
+    let live: Vec<(u32, BTreeSet<u64>)> =
+        frozen.0.iter().map(|&pid| (pid, proc_fds(pid))).collect();
     let report = tracer.stop();
+    drop(frozen);
     let ctx = report.context();
     assert!(
         server_side >= TERMINATED,
@@ -299,21 +331,16 @@ fn postgres_pgbench_time_wait_and_stacks() {
         );
     }
 
-    // The live processes' tables are what /proc showed (read before the stop; a background
-    // process that changed its table since may match /proc after it).
-    for (pid, before) in &live {
-        if !pid_exists(*pid) {
-            continue;
-        }
+    // The live processes' tables are what /proc showed while they were frozen for the stop.
+    for (pid, frozen) in &live {
         let reported: BTreeSet<u64> = report
             .descriptors(&Filter::new().pid(*pid).at_exit(false))
             .iter()
             .map(|d| d.fd())
             .collect();
-        let after = proc_fds(*pid);
-        assert!(
-            reported == *before || reported == after,
-            "pid {pid}: report {reported:?}, /proc before the stop {before:?}, after {after:?}\n{ctx}"
+        assert_eq!(
+            reported, *frozen,
+            "pid {pid}: the report, and /proc while it was frozen for the stop\n{ctx}"
         );
     }
 }
@@ -379,6 +406,13 @@ fn redis_time_wait_is_its_own() {
         );
     }
 
+    // Each QUIT connection reaches TIME_WAIT on Redis's side when the client's FIN arrives,
+    // which the client's close sent: waited for, so that the look is final.
+    wait_until(
+        Duration::from_secs(60),
+        "Redis's side of the QUIT connections in TIME_WAIT",
+        || server_side_time_wait(port) >= QUITS,
+    );
     let server_side = server_side_time_wait(port);
     let report = tracer.stop();
     let _ = redis.kill();

@@ -14,8 +14,10 @@ use tracer_tests::{
     run_with_timeout, signal, tracer_command, unique_dir, wait_until,
 };
 
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
-const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a snapshot (or the trigger's check, once a second) may take to come; the test VM's
+/// guests are 5-20 times slower than a host.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+const LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The JSON snapshots in `dir`, oldest first, with their sequence numbers.
 #[track_caller]

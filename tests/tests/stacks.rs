@@ -11,14 +11,15 @@ use std::{
 
 use serde_json::Value;
 use tracer_tests::{
-    Report, Tracer, build_fixture, frames_symbols, require_root, scratch_dir, unique_dir,
-    workspace_dir,
+    ATTACH_TIMEOUT, Report, Tracer, build_fixture, frames_symbols, require_root, scratch_dir,
+    unique_dir, workspace_dir,
 };
 
 /// Descriptors each fixture leaks from one stack.
 const LEAKED: usize = 5;
-/// A fixture leaks, works 300 ms and exits; the tracer then reports and exits.
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// The tracer attaches (up to a minute in the test VM's guests), the fixture leaks, works
+/// 300 ms and exits; the tracer then reports and exits.
+const RUN_TIMEOUT: Duration = ATTACH_TIMEOUT.saturating_add(Duration::from_secs(60));
 
 /// A fresh file for a fixture to open, in its own directory named after `name`.
 #[track_caller]
@@ -351,7 +352,7 @@ fn python_script() {
     let (report, path) = trace_leak(
         "stacks-python",
         &[],
-        &[python.as_str(), script.to_str().unwrap()],
+        &[python.as_str(), script.to_str().unwrap(), "exit"],
     );
     let ctx = report.context();
     let group = leak_group(&report, &path);

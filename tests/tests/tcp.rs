@@ -1,5 +1,6 @@
 //! TCP lifecycles: connections a followed process closes first pile up in TIME_WAIT, and
 //! those the kernel closed without a TIME_WAIT socket (its tcp_max_tw_buckets reached) do not.
+//! Each test runs in a network namespace of its own, whose TIME_WAIT table is its own.
 
 use std::{
     fs,
@@ -19,6 +20,10 @@ const CONNECTIONS: u64 = 30;
 #[test]
 fn connections_closed_first_are_counted_in_time_wait() {
     require_root();
+    // In a network namespace of this test's own: the host's TIME_WAIT table may be full
+    // (net.ipv4.tcp_max_tw_buckets, shared by everything the host runs), and then the kernel
+    // gives these connections no TIME_WAIT socket at all.
+    own_network_namespace();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("local addr").port();
     // The server answers, then waits for the client's close before closing its side, so
@@ -70,6 +75,43 @@ fn connections_closed_first_are_counted_in_time_wait() {
         Some(CONNECTIONS),
         "all of them are still in TIME_WAIT (60 s)\n{ctx}"
     );
+}
+
+/// Moves the calling thread (and so the threads and processes it starts) into a new network
+/// namespace, with its loopback up. The test harness runs each test in a thread of its own,
+/// which ends with the test.
+#[track_caller]
+fn own_network_namespace() {
+    // SAFETY: unshare, socket, ioctl and close on a zeroed ifreq naming "lo"; no memory is
+    // shared with anything else.
+    unsafe {
+        assert_eq!(
+            libc::unshare(libc::CLONE_NEWNET),
+            0,
+            "unshare(CLONE_NEWNET): {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *slot = *byte as libc::c_char;
+        }
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr),
+            0,
+            "SIOCGIFFLAGS lo: {}",
+            std::io::Error::last_os_error()
+        );
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr),
+            0,
+            "SIOCSIFFLAGS lo up: {}",
+            std::io::Error::last_os_error()
+        );
+        libc::close(fd);
+    }
 }
 
 /// Entries of /proc/PID/net/tcp (the network namespace of PID) in TIME_WAIT, or in FIN_WAIT2
