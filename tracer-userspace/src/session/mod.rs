@@ -224,16 +224,20 @@ pub(super) fn process_of(pid: u32) -> Result<u32> {
     if !procfs::process_exists(pid) {
         bail!(SessionError::NoSuchProcess(pid));
     }
-    match procfs::process_info(pid) {
+    let pid = match procfs::process_info(pid) {
         Ok(info) if info.tgid != pid => {
             eprintln!(
                 "tracer: {pid} is a thread of process {}; following the process",
                 info.tgid
             );
-            Ok(info.tgid)
+            info.tgid
         }
-        _ => Ok(pid),
-    }
+        _ => pid,
+    };
+    // A report without what the process holds would pass for one of a process holding
+    // nothing: refused before anything is attached.
+    procfs::check_fds_readable(pid).map_err(anyhow::Error::msg)?;
+    Ok(pid)
 }
 
 /// The report of the tables as they stand now, with what the live system adds to them.
