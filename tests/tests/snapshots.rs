@@ -336,10 +336,8 @@ fn file_max_trigger_fires_once_per_crossing() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes the struct passed and nothing else.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) },
-        0
-    );
+    let status = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) };
+    assert_eq!(status, 0);
     let (used, max) = file_nr();
     // As many as the hard limit lets the fixture hold (without CAP_SYS_RESOURCE).
     let batch = 30_000.min((max - used) / 4).min(nofile.rlim_max - 100);
