@@ -71,6 +71,12 @@ pub fn run(config: &Config) -> Result<()> {
         Target::Command(_) | Target::All { .. } => (Roots::default(), Vec::new()),
     };
     let tracefs_root = capture::preflight()?;
+    // A report without what a target holds would pass for one of a process holding nothing:
+    // refused before anything is attached (after preflight, which tells a user without root
+    // that it needs root).
+    for &pid in &given_pids {
+        procfs::check_fds_readable(pid).map_err(anyhow::Error::msg)?;
+    }
     let mut child = match &config.target {
         Target::Command(argv) => Some(PausedChild::spawn(argv)?),
         _ => None,
@@ -224,20 +230,16 @@ pub(super) fn process_of(pid: u32) -> Result<u32> {
     if !procfs::process_exists(pid) {
         bail!(SessionError::NoSuchProcess(pid));
     }
-    let pid = match procfs::process_info(pid) {
+    match procfs::process_info(pid) {
         Ok(info) if info.tgid != pid => {
             eprintln!(
                 "tracer: {pid} is a thread of process {}; following the process",
                 info.tgid
             );
-            info.tgid
+            Ok(info.tgid)
         }
-        _ => pid,
-    };
-    // A report without what the process holds would pass for one of a process holding
-    // nothing: refused before anything is attached.
-    procfs::check_fds_readable(pid).map_err(anyhow::Error::msg)?;
-    Ok(pid)
+        _ => Ok(pid),
+    }
 }
 
 /// The report of the tables as they stand now, with what the live system adds to them.
