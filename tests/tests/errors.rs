@@ -4,8 +4,8 @@
 use std::{os::unix::fs::PermissionsExt as _, process::Command, time::Duration};
 
 use tracer_tests::{
-    ATTACH_TIMEOUT, Filter, Fixture, STOP_TIMEOUT, Tracer, build_fixture, pid_exists, require_root,
-    run_with_timeout, tracer_bin, tracer_command, unique_dir, unused_pid,
+    ATTACH_TIMEOUT, Filter, Fixture, STOP_TIMEOUT, Tracer, build_fixture, fd_count, pid_exists,
+    require_root, run_with_timeout, tracer_bin, tracer_command, unique_dir, unused_pid, wait_until,
 };
 
 /// How long a failing tracer may take to give up: one may load the probes first (a command
@@ -54,6 +54,86 @@ fn non_root_is_refused() {
         out.context()
     );
     out.assert_clean_failure(&["root"]);
+}
+
+/// `setpriv` keeping only the capabilities `caps` (`+bpf,+perfmon`), then `tracer ARGS`.
+fn tracer_with_caps(caps: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--bounding-set=-all,{caps}"))
+        .arg(format!("--inh-caps=-all,{caps}"))
+        .arg("--")
+        .arg(tracer_bin())
+        .args(args);
+    cmd
+}
+
+/// Runs `tracer --pid` of `target` with only `caps`, which must not do: one line naming
+/// `lacking`, non-zero exit, nothing attached.
+#[track_caller]
+fn refused_with_caps(target: &Fixture, caps: &str, lacking: &str) {
+    let pid = target.pid().to_string();
+    let args = ["--json", "--pid", &pid, "--duration", "1"];
+    let out = run_with_timeout(tracer_with_caps(caps, &args), FAIL_TIMEOUT);
+    assert!(!out.stderr.contains("setpriv:"), "{}", out.context());
+    out.assert_clean_failure(&[
+        &format!("cannot read the descriptors of pid {pid}"),
+        &format!("lacks {lacking}:"),
+    ]);
+    assert!(!out.stderr.contains("attached"), "{}", out.context());
+}
+
+/// Runs `tracer --pid` of `target` with only `caps`, which must do: it reports every
+/// descriptor /proc shows.
+#[track_caller]
+fn sees_all_with_caps(target: &Fixture, caps: &str) {
+    let pid = target.pid().to_string();
+    let args = ["--json", "--pid", &pid, "--duration", "1"];
+    let out = run_with_timeout(tracer_with_caps(caps, &args), ATTACH_TIMEOUT + FAIL_TIMEOUT);
+    assert!(out.status.success(), "{}", out.context());
+    let held = fd_count(target.pid()).unwrap();
+    let report = out.report();
+    let seen = report.descriptors(&Filter::new().pid(target.pid()));
+    assert!(held > 0);
+    assert_eq!(seen.len(), held, "{}", report.context());
+}
+
+/// With CAP_BPF and CAP_PERFMON only, the tracer can load and attach its programs but may not
+/// read the links in /proc/PID/fd of a process with more capabilities than it has, nor list
+/// that directory for another user's process: it refuses in one line naming the capability
+/// it lacks, before attaching, instead of reporting no descriptors. With CAP_SYS_PTRACE (and
+/// CAP_DAC_READ_SEARCH for another user's process) it reports what /proc shows.
+#[test]
+fn unreadable_descriptors_are_refused_before_attaching() {
+    require_root();
+    let root_owned = Fixture::spawn("sleep", &["600"]);
+    refused_with_caps(
+        &root_owned,
+        "+bpf,+perfmon",
+        "CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH",
+    );
+    sees_all_with_caps(&root_owned, "+bpf,+perfmon,+sys_ptrace");
+
+    let other_user = Fixture::spawn(
+        "setpriv",
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "sleep",
+            "600",
+        ],
+    );
+    // Until setpriv has changed its user and run sleep, it is root's.
+    let comm = format!("/proc/{}/comm", other_user.pid());
+    wait_until(FAIL_TIMEOUT, "setpriv to run sleep", || {
+        std::fs::read_to_string(&comm).is_ok_and(|c| c.trim_end() == "sleep")
+    });
+    refused_with_caps(
+        &other_user,
+        "+bpf,+perfmon,+sys_ptrace",
+        "CAP_DAC_READ_SEARCH",
+    );
+    sees_all_with_caps(&other_user, "+bpf,+perfmon,+sys_ptrace,+dac_read_search");
 }
 
 /// Without kernel BTF (TRACER_BTF_PATH pointing nowhere) the tracer fails, naming BTF.

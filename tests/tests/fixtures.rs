@@ -54,6 +54,28 @@ fn prefork_server_leaks_one_socket_per_connection() {
     assert!(!server.has_exited());
 }
 
+/// steady_leak's "leak N" leaves N more descriptors open, as its DONE line and /proc say, and
+/// "close" closes every one of them.
+#[test]
+fn steady_leak_leaks_and_closes() {
+    let bin = build_fixture("steady_leak", &[]);
+    let mut leaker = Fixture::spawn(&bin, &[]);
+    leaker.wait_for_line("READY", Duration::from_secs(10));
+    let pid = leaker.pid();
+    let before = fd_count(pid).unwrap();
+    for (batch, total) in [(5, 5), (7, 12)] {
+        leaker.send_line(&format!("leak {batch}"));
+        let done = leaker.wait_for_line("DONE ", Duration::from_secs(10));
+        let open = before + total;
+        assert_eq!(done.trim(), format!("DONE total={total} open={open}"));
+        assert_eq!(fd_count(pid).unwrap(), open);
+    }
+    leaker.send_line("close");
+    let closed = leaker.wait_for_line("CLOSED ", Duration::from_secs(10));
+    assert_eq!(closed.trim(), format!("CLOSED open={before}"));
+    assert_eq!(fd_count(pid).unwrap(), before);
+}
+
 /// busy_churn waits for "go", opens and closes its descriptors (some across threads), prints
 /// DONE, holds as many descriptors as before, and exits 0 on stdin EOF.
 #[test]

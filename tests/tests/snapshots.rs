@@ -1,6 +1,7 @@
 //! Snapshots while tracing goes on: SIGUSR1 and --interval write the full report with what
-//! grew since the previous snapshot, the RLIMIT_NOFILE trigger fires once per crossing,
-//! --report-dir keeps the newest --keep, and bad snapshot options fail before attaching.
+//! grew since the previous snapshot, the RLIMIT_NOFILE and fs.file-max triggers fire once
+//! per crossing, --report-dir keeps the newest --keep, and bad snapshot options fail before
+//! attaching.
 
 use std::{
     fs,
@@ -294,6 +295,130 @@ fn nofile_trigger_fires_once() {
         "{}",
         triggered[0].context()
     );
+}
+
+/// Allocated file handles and fs.file-max, from /proc/sys/fs/file-nr.
+fn file_nr() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/sys/fs/file-nr").unwrap();
+    let fields: Vec<u64> = text
+        .split_whitespace()
+        .map(|f| f.parse().unwrap())
+        .collect();
+    (fields[0], fields[2])
+}
+
+/// The snapshots the tracer said it wrote for `reason`, from its stderr lines `tracer:
+/// snapshot N (REASON) written to STEM.{txt,json}`: (N, the JSON file).
+fn written(stderr: &str, reason: &str) -> Vec<(u64, PathBuf)> {
+    let tag = format!(" ({reason}) written to ");
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("tracer: snapshot ")?;
+            let (seq, stem) = rest.split_once(&tag)?;
+            let stem = stem.strip_suffix(".{txt,json}")?;
+            Some((seq.parse().ok()?, PathBuf::from(format!("{stem}.json"))))
+        })
+        .collect()
+}
+
+/// The fs.file-max trigger, without touching fs.file-max: the threshold, a fraction of a
+/// percent, is set half a batch of leaks above the handles the system holds now, a batch far
+/// larger than what the host's other processes open and close meanwhile. Crossing it writes
+/// one snapshot and one line; staying above writes nothing more (two --interval snapshots
+/// later, a check ran meanwhile: both are once a second); falling back (the fixture closes
+/// its leaks) re-arms it with a line; crossing again writes the second snapshot. --min-age
+/// keeps the tens of thousands of descriptors out of the snapshot files.
+#[test]
+fn file_max_trigger_fires_once_per_crossing() {
+    require_root();
+    // Under QEMU TCG, opening tens of thousands of descriptors with the tracer attached and
+    // building a snapshot of them each second take 10-20 times longer than on a host.
+    const BATCH_TIMEOUT: Duration = Duration::from_secs(300);
+    let mut nofile = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct passed and nothing else.
+    let status = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut nofile) };
+    assert_eq!(status, 0);
+    let (used, max) = file_nr();
+    // As many as the hard limit lets the fixture hold (without CAP_SYS_RESOURCE).
+    let batch = 30_000.min((max - used) / 4).min(nofile.rlim_max - 100);
+    let threshold = used + batch / 2;
+    let percent = format!("{:e}", 100.0 * threshold as f64 / max as f64);
+    let mut fixture = start_fixture(Some(batch as u32 + 100));
+    let dir = unique_dir(None, "snapshots-file-max");
+    let mut tracer = Tracer::attach(
+        fixture.pid(),
+        &[
+            "--interval",
+            "1",
+            "--min-age",
+            "1000000",
+            "--report-dir",
+            dir.to_str().unwrap(),
+            "--nofile-trigger",
+            "0",
+            "--file-max-trigger",
+            &percent,
+        ],
+    );
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    let crossings = |tracer: &Tracer| tracer.stderr().matches("trigger file-max:").count();
+
+    for round in 1..=2 {
+        fixture.send_line(&format!("leak {batch}"));
+        fixture.wait_for_line("DONE ", BATCH_TIMEOUT);
+        wait_until(BATCH_TIMEOUT, "the file-max trigger", || {
+            written(&tracer.stderr(), "file-max").len() == round
+        });
+        let (seq, _) = written(&tracer.stderr(), "file-max").pop().unwrap();
+        wait_until(BATCH_TIMEOUT, "two interval snapshots", || {
+            written(&tracer.stderr(), "interval")
+                .iter()
+                .filter(|(n, _)| *n > seq)
+                .count()
+                >= 2
+        });
+        assert_eq!(crossings(&tracer), round, "{}", tracer.stderr());
+        if round == 1 {
+            fixture.send_line("close");
+            fixture.wait_for_line("CLOSED ", BATCH_TIMEOUT);
+            wait_until(BATCH_TIMEOUT, "the file-max trigger re-armed", || {
+                tracer
+                    .stderr()
+                    .contains("trigger file-max re-armed: back below")
+            });
+        }
+    }
+    let stderr = tracer.stderr();
+    tracer.stop();
+
+    assert_eq!(stderr.matches("trigger file-max:").count(), 2, "{stderr}");
+    assert_eq!(
+        stderr.matches("trigger file-max re-armed").count(),
+        1,
+        "{stderr}"
+    );
+    let triggered = written(&stderr, "file-max");
+    assert_eq!(triggered.len(), 2, "{stderr}");
+    for (_, path) in &triggered {
+        let json: Value = serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(json["snapshot"]["reason"], "file-max");
+        let trigger = json["snapshot"]["trigger"].as_str().unwrap();
+        let handles: u64 = trigger
+            .strip_prefix("the system has ")
+            .and_then(|t| t.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no handle count in {trigger:?}"));
+        assert!(handles >= threshold, "{trigger} (threshold {threshold})");
+        assert!(
+            trigger.contains(&format!("of fs.file-max {max} (threshold ")),
+            "{trigger}"
+        );
+    }
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 /// --keep 3: however many snapshots were written, the directory holds the newest three, a

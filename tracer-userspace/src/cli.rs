@@ -123,9 +123,10 @@ pub struct Options {
     pub nofile_trigger: u32,
 
     /// Write a snapshot when the system's open file handles reach PERCENT of fs.file-max
-    /// (/proc/sys/fs/file-nr); 0 turns this trigger off.
-    #[arg(long, value_name = "PERCENT", default_value_t = 90, value_parser = clap::value_parser!(u32).range(0..=100))]
-    pub file_max_trigger: u32,
+    /// (/proc/sys/fs/file-nr); decimals allowed (fs.file-max is often in the millions);
+    /// 0 turns this trigger off.
+    #[arg(long, value_name = "PERCENT", default_value_t = 90.0, value_parser = percent)]
+    pub file_max_trigger: f64,
 
     /// Write a snapshot when a group of descriptors (by creating stack) grows faster than
     /// RATE per minute, over the last minute (off by default).
@@ -276,7 +277,7 @@ impl Options {
                 report_dir: self.report_dir,
                 keep: self.keep as usize,
                 nofile_fraction: f64::from(self.nofile_trigger) / 100.0,
-                file_max_fraction: f64::from(self.file_max_trigger) / 100.0,
+                file_max_fraction: self.file_max_trigger / 100.0,
                 growth_per_minute: self.growth_trigger,
                 live: self.live,
             },
@@ -289,6 +290,13 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(secs),
         _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
+}
+
+fn percent(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(percent),
+        _ => Err(format!("`{text}` is not a percentage from 0 to 100")),
     }
 }
 
@@ -374,6 +382,13 @@ mod tests {
             (config.target, config.stack_copy_bytes, config.python_frames),
             (Target::Pid(7), 1024, false)
         );
+        assert_eq!(config.snapshots.file_max_fraction, 0.9);
+        // fs.file-max is often in the millions: a fraction of a percent can be set.
+        let config = Options::try_parse_from(["tracer", "--file-max-trigger", "0.25", "--", "x"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(config.snapshots.file_max_fraction, 0.0025);
     }
 
     /// Nonsense values are refused with an error, not a panic.
@@ -390,6 +405,9 @@ mod tests {
             ["--interval", "0"],
             ["--keep", "0"],
             ["--nofile-trigger", "101"],
+            ["--file-max-trigger", "100.5"],
+            ["--file-max-trigger", "-0.1"],
+            ["--file-max-trigger", "nan"],
             ["--growth-trigger", "-1"],
             ["--serve", "localhost"],
             ["--serve", "127.0.0.1"],

@@ -1,7 +1,13 @@
 //! The HTTP side of `--serve` (hyper, HTTP/1.1, on the session's tokio runtime): routes a
-//! request to its view, asks the event loop for the report it needs and encodes it.
+//! request to its view, asks the event loop for the report it needs and encodes it, or
+//! serves the page as built less than a second ago ([`Cached`]).
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -19,7 +25,9 @@ use tokio::{
 };
 
 use super::{
-    ReportRequest, channel,
+    ReportRequest,
+    cache::Cached,
+    channel,
     metrics::{self, Format, HostFacts},
     pprof, report_now,
 };
@@ -47,8 +55,18 @@ pub(crate) fn start(
     Ok((addr, receiver))
 }
 
+/// Each page's last build, shared by every connection ([`Cached`]).
+#[derive(Default)]
+struct Pages {
+    report: Cached,
+    prometheus: Cached,
+    openmetrics: Cached,
+    pprof: Cached,
+}
+
 async fn accept_loop(listener: TcpListener, requests: mpsc::Sender<ReportRequest>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pages = Arc::new(Pages::default());
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
@@ -63,10 +81,12 @@ async fn accept_loop(listener: TcpListener, requests: mpsc::Sender<ReportRequest
             }
         };
         let requests = requests.clone();
+        let pages = Arc::clone(&pages);
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let requests = requests.clone();
-                async move { Ok::<_, Infallible>(respond(&request, &requests).await) }
+                let pages = Arc::clone(&pages);
+                async move { Ok::<_, Infallible>(respond(&request, &requests, &pages).await) }
             });
             let served = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -87,6 +107,7 @@ const PATHS: &str = "/metrics, /debug/pprof/open_fds, /report";
 async fn respond<B>(
     request: &Request<B>,
     requests: &mpsc::Sender<ReportRequest>,
+    pages: &Pages,
 ) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned());
@@ -95,23 +116,36 @@ async fn respond<B>(
         "/metrics" => {
             let format =
                 Format::from_accept(request.headers().get(ACCEPT).and_then(|v| v.to_str().ok()));
+            let page = match format {
+                Format::Prometheus => &pages.prometheus,
+                Format::OpenMetrics => &pages.openmetrics,
+            };
             // Every descriptor counts, whatever --min-age says: process_open_fds is what
             // /proc/PID/fd lists.
-            let Some(report) = report_now(requests, Some(0.0)).await else {
-                return stopping();
-            };
-            let host = host_facts(&report);
-            let text = metrics::encode(&report, &host, format);
-            body(text.into(), format.content_type())
+            let text = page
+                .get(Instant::now, || async {
+                    let report = report_now(requests, Some(0.0)).await?;
+                    let host = host_facts(&report);
+                    Some(Bytes::from(metrics::encode(&report, &host, format)))
+                })
+                .await;
+            match text {
+                Some(text) => body(text, format.content_type()),
+                None => stopping(),
+            }
         }
         "/debug/pprof/open_fds" => {
-            let Some(report) = report_now(requests, Some(0.0)).await else {
+            let profile = pages
+                .pprof
+                .get(Instant::now, || async {
+                    let report = report_now(requests, Some(0.0)).await?;
+                    Some(Bytes::from(pprof::open_fds_profile(&report)))
+                })
+                .await;
+            let Some(profile) = profile else {
                 return stopping();
             };
-            let mut response = body(
-                pprof::open_fds_profile(&report).into(),
-                "application/octet-stream",
-            );
+            let mut response = body(profile, "application/octet-stream");
             response.headers_mut().insert(
                 CONTENT_DISPOSITION,
                 HeaderValue::from_static("attachment; filename=\"open_fds.pb.gz\""),
@@ -119,19 +153,26 @@ async fn respond<B>(
             response
         }
         "/report" => {
-            let Some(report) = report_now(requests, None).await else {
-                return stopping();
-            };
-            // As --json prints it.
-            match serde_json::to_vec_pretty(&report) {
-                Ok(mut json) => {
-                    json.push(b'\n');
-                    body(json.into(), "application/json")
-                }
-                Err(err) => plain(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("cannot encode the report: {err}\n"),
-                ),
+            let json = pages
+                .report
+                .get(Instant::now, || async {
+                    let report = report_now(requests, None).await?;
+                    // As --json prints it.
+                    match serde_json::to_vec_pretty(&report) {
+                        Ok(mut json) => {
+                            json.push(b'\n');
+                            Some(Bytes::from(json))
+                        }
+                        Err(err) => {
+                            log::warn!("cannot encode the report: {err}");
+                            None
+                        }
+                    }
+                })
+                .await;
+            match json {
+                Some(json) => body(json, "application/json"),
+                None => stopping(),
             }
         }
         path => plain(

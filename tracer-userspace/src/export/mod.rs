@@ -8,6 +8,7 @@
 //! event loop, which owns the tables, builds the report between two reads of the ring buffer
 //! and sends it back. Nothing here touches the tables, so nothing is locked.
 
+mod cache;
 mod http;
 mod metrics;
 mod pprof;

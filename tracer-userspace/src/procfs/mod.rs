@@ -14,6 +14,7 @@
 //! (with the unix peers from `unix_diag`), `fds` a process's descriptors; their items are
 //! re-exported here, so callers write `procfs::describe_fd`.
 
+mod access;
 mod cgroups;
 mod fds;
 mod host;
@@ -25,6 +26,7 @@ mod sockets;
 mod test_support;
 mod unix_diag;
 
+pub(crate) use access::{check_fds_readable, hidden as fds_hidden};
 pub(crate) use cgroups::{
     cgroup_dir, cgroup_procs, cgroup_root, cgroup_tree, container_cgroup, container_id, nspid,
     process_cgroup,

@@ -1,6 +1,11 @@
 //! Following the target tree as it stands when the probes are attached, and reading from
 //! /proc what each process already holds: the tables start from that snapshot.
 
+use std::{
+    io,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
 use anyhow::{Context as _, Result};
 
 use super::pipeline::State;
@@ -88,12 +93,28 @@ pub(super) fn adopt(state: &mut State<'_>, pid: u32, matched_by: String, now_ns:
     state.roots.add(pid, matched_by, Some(now_ns));
 }
 
+/// Whether a process whose descriptors may not be read was told about already.
+static HIDDEN_TOLD: AtomicBool = AtomicBool::new(false);
+
 /// What /proc shows of a process right after it became followed, and the TCP ports it
 /// listens on.
 fn snapshot(pid: u32) -> Option<(ProcessSnapshot, Vec<u16>)> {
     let info = procfs::process_info(pid).ok()?;
     let sockets = SocketTable::load(pid);
-    let fds = procfs::list_fds(pid, &sockets).unwrap_or_default();
+    let fds = match procfs::list_fds(pid, &sockets) {
+        Ok(fds) => fds,
+        Err(err) => {
+            if err.kind() == io::ErrorKind::PermissionDenied
+                && !HIDDEN_TOLD.swap(true, Ordering::Relaxed)
+            {
+                eprintln!(
+                    "tracer: warning: {}; the report lacks what it held before it was followed (said once, for the first such process)",
+                    procfs::fds_hidden(pid)
+                );
+            }
+            Vec::new()
+        }
+    };
     let threads = procfs::threads(pid).len().max(1) as u64;
     let listening = fds
         .iter()

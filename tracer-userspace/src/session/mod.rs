@@ -71,6 +71,12 @@ pub fn run(config: &Config) -> Result<()> {
         Target::Command(_) | Target::All { .. } => (Roots::default(), Vec::new()),
     };
     let tracefs_root = capture::preflight()?;
+    // A report without what a target holds would pass for one of a process holding nothing:
+    // refused before anything is attached (after preflight, which tells a user without root
+    // that it needs root).
+    for &pid in &given_pids {
+        procfs::check_fds_readable(pid).map_err(anyhow::Error::msg)?;
+    }
     let mut child = match &config.target {
         Target::Command(argv) => Some(PausedChild::spawn(argv)?),
         _ => None,

@@ -27,7 +27,7 @@ use crate::{
     aggregator::Aggregator,
     capture::{EventRing, Probes},
     clock::monotonic_ns,
-    events::{EventBody, TaskCreated, TcpState},
+    events::{EventBody, TaskCreated, TaskExited, TcpState},
     export::ReportRequest,
     procfs,
     report::Report,
@@ -113,7 +113,7 @@ impl<'p> State<'p> {
         // Events after the stop are not applied: nothing is read while listing.
         let listings = reconcile::list_tables(&self.agg, self.probes.lost().total(), || {});
         reconcile::apply_listings(&mut self.agg, &listings);
-        reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
+        reconcile::forget_reaped(&mut self.reconciler, &mut self.agg, &mut self.stacks);
         log::debug!(
             "kept: processes {}, stacks: {}, tcp: {}",
             self.agg.processes().count(),
@@ -184,7 +184,7 @@ impl<'p> State<'p> {
             }
         }
         reconcile::apply_listings(&mut self.agg, &listings);
-        reconcile::forget_reaped(&mut self.agg, &mut self.stacks);
+        reconcile::forget_reaped(&mut self.reconciler, &mut self.agg, &mut self.stacks);
         reconcile::drop_unused_stacks(&mut self.reconciler, &self.agg, &mut self.stacks);
         self.reconciler.finished(began, lost);
     }
@@ -286,6 +286,12 @@ impl<'p> State<'p> {
                 if let Some(start_time) = procfs::start_time(*child_tid) {
                     self.agg.set_start_time(*child_tid, start_time);
                 }
+            }
+            EventBody::TaskExited(TaskExited { group_dead })
+                if group_dead.unwrap_or(header.tid == header.tgid)
+                    && self.reconciler.process_exited() =>
+            {
+                reconcile::forget_reaped(&mut self.reconciler, &mut self.agg, &mut self.stacks);
             }
             _ => {}
         }

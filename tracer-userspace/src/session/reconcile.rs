@@ -31,6 +31,10 @@ const MIN_PERIOD_AFTER_LOSS: Duration = Duration::from_secs(1);
 /// kept; see `stacks/sweep.rs`).
 const STACK_SWEEP_EVERY: Duration = Duration::from_secs(600);
 
+/// Exits after which the reaped processes are forgotten without waiting for the next pass,
+/// at least (see [`Reconciler::process_exited`]).
+const FORGET_AFTER_EXITS: u64 = 1024;
+
 /// When the next pass is due.
 pub(super) struct Reconciler {
     /// When unused stacks are next dropped.
@@ -39,6 +43,10 @@ pub(super) struct Reconciler {
     /// Earliest time for a pass called for by lost events.
     next_after_loss_at: Instant,
     lost_seen: u64,
+    /// Processes exited since reaped ones were last forgotten, and how many may exit before
+    /// they are forgotten between passes.
+    exits_since_forget: u64,
+    forget_after_exits: u64,
 }
 
 /// `/proc/PID/fd` of the live followed processes, and when the listing began.
@@ -63,7 +71,19 @@ impl Reconciler {
             next_at: now + MIN_PERIOD,
             next_after_loss_at: now + MIN_PERIOD_AFTER_LOSS,
             lost_seen: 0,
+            exits_since_forget: 0,
+            forget_after_exits: FORGET_AFTER_EXITS,
         }
+    }
+
+    /// Counts the exit of a process; true when so many exited since reaped processes were
+    /// last forgotten that they must be now, between two passes ([`forget_reaped`]): the
+    /// processes that come and go stay bounded by what is live, however fast they fork and
+    /// however long a pass waits (a burst of workers kept 31 000 exited ones between two
+    /// passes, and the snapshots listed them).
+    pub(super) fn process_exited(&mut self) -> bool {
+        self.exits_since_forget += 1;
+        self.exits_since_forget >= self.forget_after_exits
     }
 
     /// Whether a pass is due, given the events lost so far.
@@ -149,7 +169,22 @@ pub(super) fn drop_unused_stacks(
     );
 }
 
-pub(super) fn forget_reaped(agg: &mut Aggregator, stacks: &mut StackStore) {
+pub(super) fn forget_reaped(
+    reconciler: &mut Reconciler,
+    agg: &mut Aggregator,
+    stacks: &mut StackStore,
+) {
+    forget_reaped_processes(agg, stacks);
+    // Forgetting scans every process kept and walks every stack in use: the next forget
+    // between passes waits for as many exits as there are processes and a quarter as many as
+    // descriptors kept, so that it costs O(1) per exit.
+    let descriptors: usize = agg.processes().map(|p| p.fds.len()).sum();
+    let kept = agg.processes().count() + descriptors / 4;
+    reconciler.exits_since_forget = 0;
+    reconciler.forget_after_exits = FORGET_AFTER_EXITS.max(kept as u64);
+}
+
+fn forget_reaped_processes(agg: &mut Aggregator, stacks: &mut StackStore) {
     let forgotten = agg.forget_reaped(|p| match (procfs::start_time(p.pid), p.start_time) {
         (Some(now), Some(then)) => now == then,
         (now, None) => now.is_some(),
@@ -189,6 +224,35 @@ mod tests {
             !r.due(after + MIN_PERIOD_AFTER_LOSS, 0),
             "no loss, no early pass"
         );
+    }
+
+    /// Reaped processes are forgotten between passes after 1024 exits, or after as many as
+    /// the tables keep processes when they keep more: O(1) per exit, bounded by what is live.
+    #[test]
+    fn forgets_after_as_many_exits_as_processes_kept() {
+        let mut r = Reconciler::new();
+        let (mut agg, mut stacks) = (Aggregator::new(), StackStore::new());
+        let exits_until_due = |r: &mut Reconciler| (1..).find(|_| r.process_exited()).unwrap();
+        assert_eq!(exits_until_due(&mut r), FORGET_AFTER_EXITS);
+        forget_reaped(&mut r, &mut agg, &mut stacks);
+        assert_eq!(exits_until_due(&mut r), FORGET_AFTER_EXITS);
+        for pid in 1..=3000 {
+            agg.add_snapshot(
+                crate::aggregator::ProcessSnapshot {
+                    pid,
+                    ppid: 1,
+                    comm: "worker".into(),
+                    threads: 1,
+                    fds: Vec::new(),
+                    zombie: false,
+                    cwd: None,
+                    start_time: None,
+                },
+                0,
+            );
+        }
+        forget_reaped(&mut r, &mut agg, &mut stacks);
+        assert_eq!(exits_until_due(&mut r), 3000);
     }
 
     /// A slow pass spaces the next one out to keep its share of the time, and losses do not

@@ -146,7 +146,16 @@ impl Snapshots {
                 // trigger only says so on stderr.
                 let long_running =
                     self.settings.report_dir.is_some() || self.settings.interval.is_some();
-                for Fired { reason, what } in self.triggers.check(&state.agg, rates, now) {
+                for Fired {
+                    reason,
+                    what,
+                    rearmed,
+                } in self.triggers.check(&state.agg, rates, now)
+                {
+                    if rearmed {
+                        eprintln!("tracer: trigger {reason} re-armed: {what}");
+                        continue;
+                    }
                     eprintln!("tracer: trigger {reason}: {what}");
                     if long_running {
                         self.take(state, ring, reason, Some(what))?;

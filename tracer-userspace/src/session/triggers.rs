@@ -17,11 +17,13 @@ const RATE_WINDOW: Duration = Duration::from_secs(60);
 /// How often the per-group counts are kept for the rate.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
-/// A trigger that fired: the snapshot's reason and a sentence for the log line.
+/// A trigger that fired (or, `rearmed`, fell back below its threshold, which only a log line
+/// tells): the snapshot's reason and a sentence for the log line.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Fired {
     pub reason: &'static str,
     pub what: String,
+    pub rearmed: bool,
 }
 
 struct Limit {
@@ -70,14 +72,18 @@ impl Triggers {
         if self.file_max_fraction > 0.0
             && let Some((used, max)) = procfs::file_handles()
         {
-            let above = used as f64 >= self.file_max_fraction * max as f64;
-            if above && !self.file_max_above {
+            let threshold = self.file_max_fraction * max as f64;
+            let above = used as f64 >= threshold;
+            if above != self.file_max_above {
                 fired.push(Fired {
                     reason: "file-max",
                     what: format!(
-                        "the system has {used} file handles open, {:.0}% of fs.file-max {max}",
-                        100.0 * used as f64 / max as f64
+                        "{}the system has {used} file handles open, {} of fs.file-max {max} (threshold {})",
+                        if above { "" } else { "back below the threshold: " },
+                        percent(used as f64 / max as f64),
+                        threshold.ceil()
                     ),
+                    rearmed: !above,
                 });
             }
             self.file_max_above = above;
@@ -94,6 +100,7 @@ impl Triggers {
                             what: format!(
                                 "the group of {name} grew by {per_minute} in the last minute (to {count}), at least {threshold}/min"
                             ),
+                            rearmed: false,
                         });
                     }
                 }
@@ -119,21 +126,36 @@ impl Triggers {
             let Some(limit) = entry.limit else { continue };
             let open = process.fds.len() as u64;
             let above = open as f64 >= self.nofile_fraction * limit as f64;
-            if above && !entry.above {
+            if above != entry.above {
                 fired.push(Fired {
                     reason: "nofile",
                     what: format!(
-                        "pid {} ({}) holds {open} descriptors, {:.0}% of its limit {limit} (RLIMIT_NOFILE)",
+                        "{}pid {} ({}) holds {open} descriptors, {:.0}% of its limit {limit} (RLIMIT_NOFILE)",
+                        if above { "" } else { "back below the threshold: " },
                         process.pid,
                         process.comm,
                         100.0 * open as f64 / limit as f64
                     ),
+                    rearmed: !above,
                 });
             }
             entry.above = above;
         }
         self.limits.retain(|pid, _| seen.contains(pid));
     }
+}
+
+/// A share as a percentage with the digits that show it (fs.file-max is often in the
+/// millions, so that a host's handles are a fraction of a percent of it).
+fn percent(share: f64) -> String {
+    let percent = 100.0 * share;
+    // Two significant digits below 1%, none above.
+    let decimals = if percent > 0.0 && percent < 1.0 {
+        (1.0 - percent.log10().floor()).clamp(0.0, 9.0) as usize
+    } else {
+        0
+    };
+    format!("{percent:.decimals$}%")
 }
 
 /// Per-group counts kept every few seconds over the last minute, for growth rates that are
@@ -196,6 +218,15 @@ mod tests {
         assert_eq!(count, 240);
         // The oldest kept sample is 60-65 s old: about two a second over a minute.
         assert!((120..=130).contains(&gained), "{gained}");
+    }
+
+    /// Percentages keep two significant digits below 1%.
+    #[test]
+    fn percentages() {
+        assert_eq!(percent(0.9), "90%");
+        assert_eq!(percent(0.012), "1%");
+        assert_eq!(percent(0.000_237), "0.024%");
+        assert_eq!(percent(0.0), "0%");
     }
 
     /// The growth trigger fires once per crossing and re-arms when the rate falls back.

@@ -40,10 +40,15 @@ pub(crate) struct SoakResult {
     pub rss_three_quarters_mib: f64,
     pub rss_end_mib: f64,
     pub rss_idle_mib: f64,
+    /// The tracer's high-water mark once it caught up, before it was stopped (the run and
+    /// its snapshots), and at its exit (the final report too).
+    pub peak_running_mib: f64,
     pub peak_mib: f64,
     pub snapshots: u64,
     pub received: u64,
     pub lost: u64,
+    /// Of those, lost because the ring buffer was full (the event loop did not read).
+    pub lost_ring_full: u64,
 }
 
 pub(crate) fn run(
@@ -106,6 +111,7 @@ pub(crate) fn run(
         let rss_end = rss(tracer_pid)?;
         wait_until_idle(tracer_pid, Duration::from_secs(600))?;
         let rss_idle = rss(tracer_pid)?;
+        let peak_running = status_kib(tracer_pid, "VmHWM")? as f64 / 1024.0;
         let ended = attached.stop()?;
         let report: serde_json::Value =
             serde_json::from_str(&ended.stdout).context("the tracer's JSON report")?;
@@ -124,10 +130,12 @@ pub(crate) fn run(
             rss_three_quarters_mib: at(0.75),
             rss_end_mib: rss_end,
             rss_idle_mib: rss_idle,
+            peak_running_mib: peak_running,
             peak_mib: peak.join().ok().flatten().unwrap_or(0) as f64 / 1024.0,
             snapshots: written,
             received: count(&report["events"]["received"]),
             lost: count(&report["events"]["lost"]),
+            lost_ring_full: count(&report["events"]["lost_ring_buffer_full"]),
         })
     })();
     // SAFETY: as above; the workload exits on SIGTERM.
@@ -143,13 +151,13 @@ pub(crate) fn print(r: &SoakResult) {
         r.children
     );
     println!(
-        "| workers | forked in | RSS attached | 1/4 | 1/2 | 3/4 | end | caught up | peak | snapshots | events | lost |"
+        "| workers | forked in | RSS attached | 1/4 | 1/2 | 3/4 | end | caught up | peak running | peak at exit | snapshots | events | lost (ring full) |"
     );
     println!(
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     println!(
-        "| {} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+        "| {} | {:.1} s | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} | {} ({}) |",
         r.children,
         r.forking_s,
         r.rss_start_mib,
@@ -158,9 +166,11 @@ pub(crate) fn print(r: &SoakResult) {
         r.rss_three_quarters_mib,
         r.rss_end_mib,
         r.rss_idle_mib,
+        r.peak_running_mib,
         r.peak_mib,
         r.snapshots,
         r.received,
-        r.lost
+        r.lost,
+        r.lost_ring_full
     );
 }
