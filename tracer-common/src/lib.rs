@@ -236,7 +236,8 @@ pub struct WithStack<E, const N: usize> {
 }
 
 /// A descriptor created from a path by open, openat, openat2 or creat. Followed in the ring
-/// by `stack.len` bytes of user stack.
+/// by `stack.len` bytes of user stack, then by the `path_len` bytes of the path (no NUL): a
+/// record carries the path it read, not the [`PATH_CAP`] bytes it could have.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileOpenEvent {
@@ -256,10 +257,12 @@ pub struct FileOpenEvent {
     /// 1 when the path is not known (the syscall began before the tracer attached).
     pub path_unknown: u8,
     pub _pad: [u8; 4],
-    pub path: [u8; PATH_CAP],
     pub stack: StackRegs,
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + PATH_CAP + 32);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 32);
+
+/// Bytes after a [`FileOpenEvent`] in its scratch record: the stack copy, then the path.
+pub const FILE_OPEN_TAIL_BYTES: usize = STACK_TOP_BYTES + PATH_CAP;
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
