@@ -93,6 +93,11 @@ pub struct HostCounts {
 }
 const _: () = assert!(size_of::<HostCounts>() == 24);
 
+/// FOLLOWED's value for a process whose main thread's stack base is not known (see
+/// `STACK_BASES`): any value above it is that base, which the kernel reads with the lookup
+/// every event makes anyway instead of looking the thread up in STACK_BASES.
+pub const FOLLOWED_NO_BASE: u64 = 1;
+
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
 

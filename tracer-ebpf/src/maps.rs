@@ -16,9 +16,12 @@ use tracer_common::{
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 /// TGIDs of the processes we follow. Userspace seeds it; the fork probe extends it so a child
-/// is followed from its first instruction; the exit probe removes a process that died.
+/// is followed from its first instruction; the exit probe removes a process that died. The
+/// value is [`tracer_common::FOLLOWED_NO_BASE`], or the learned stack base of the process's main thread
+/// (userspace writes it beside STACK_BASES; exec resets it), so that a main thread's stack
+/// copy is bounded without a second lookup.
 #[map]
-pub(crate) static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+pub(crate) static FOLLOWED: HashMap<u32, u64> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
 
 /// Process names (the kernel's 16-byte `comm`, NUL padded) to follow from their exec
 /// (`--comm`). Only looked at when [`MATCH_TARGETS`] is set.

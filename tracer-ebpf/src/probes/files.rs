@@ -33,8 +33,8 @@ exit_probes!(
 /// the record holds the bytes the path has, not the [`PATH_CAP`] it may have.
 #[inline(always)]
 fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
-    let caller = Caller::current();
-    let Some(args) = args_at_exit(ctx, caller, syscall) else {
+    let mut caller = Caller::current();
+    let Some(args) = args_at_exit(ctx, &mut caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);
@@ -61,7 +61,7 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         let event = &raw mut (*scratch).event;
         let (copied, stack_id) = capture_stack(
             ctx,
-            caller.tid,
+            caller,
             &raw mut (*event).stack,
             (&raw mut (*scratch).bytes).cast::<[u8; STACK_TOP_BYTES]>(),
         );

@@ -36,7 +36,7 @@ fn raw_header(kind: EventKind, stack_id: i32) -> EventHeader {
 /// path's path_len bytes after it, and its truncation flag.
 #[test]
 fn decodes_file_open() {
-    let mut raw = FileOpenEvent {
+    let raw = FileOpenEvent {
         header: raw_header(EventKind::FileOpened, 3),
         fd: 7,
         syscall: Syscall::Openat as u32,
