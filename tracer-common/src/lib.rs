@@ -453,11 +453,18 @@ pub struct KernelOffsets {
     pub fdt_max_fds: u32,
     /// `struct fdtable`: `fd` (`struct file **`).
     pub fdt_fd: u32,
+    /// `struct task_struct`: `mm` (`struct mm_struct *`), and `struct mm_struct`:
+    /// `start_stack`, where the main thread's stack began at exec (the address of `argc`):
+    /// every frame of the main thread lies below it, so until userspace has learned the
+    /// thread's stack base, its copy stops there instead of faulting past the end of the
+    /// stack mapping. Absent as a pair.
+    pub task_mm: u32,
+    pub mm_start_stack: u32,
     /// Where inet_sock_set_state looks for the `TIME_WAIT` socket that took a closing
     /// connection over ([`time_wait`]); absent as a group.
     pub tw: TimeWaitOffsets,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 4 * 4 + size_of::<TimeWaitOffsets>());
+const _: () = assert!(size_of::<KernelOffsets>() == 6 * 4 + size_of::<TimeWaitOffsets>());
 
 impl KernelOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -467,6 +474,8 @@ impl KernelOffsets {
             files_fdt: FIELD_ABSENT,
             fdt_max_fds: FIELD_ABSENT,
             fdt_fd: FIELD_ABSENT,
+            task_mm: FIELD_ABSENT,
+            mm_start_stack: FIELD_ABSENT,
             tw: TimeWaitOffsets::absent(),
         }
     }

@@ -13,7 +13,7 @@ use tracer_common::{
     EventHeader, EventKind, FIELD_ABSENT, FOLLOWED_NO_BASE, NO_STACK, STACK_PAGE_BYTES, StackRegs,
 };
 
-use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS};
+use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset};
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
@@ -207,6 +207,31 @@ impl SyscallRegs {
     }
 }
 
+/// Where the calling process's main thread's stack began at exec (`mm->start_stack`, the
+/// address of `argc`, above every frame), or `None` when this kernel's layout is unknown.
+///
+/// # Safety
+/// `task` must be the current task as `bpf_get_current_task_btf` returns it: the loads are
+/// BTF-typed, checked by the verifier against the struct's layout at the offsets userspace
+/// wrote (constants to it), and a fault reads as zero.
+#[inline(always)]
+unsafe fn main_stack_start(task: *const u8) -> Option<u64> {
+    let task_mm = kernel_offset!(task_mm);
+    let mm_start_stack = kernel_offset!(mm_start_stack);
+    if task_mm == FIELD_ABSENT || mm_start_stack == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: as the function's contract says.
+    unsafe {
+        let mm = core::ptr::read_volatile(task.add(task_mm as usize).cast::<*const u8>());
+        if mm.is_null() {
+            return None;
+        }
+        let start = core::ptr::read_volatile(mm.add(mm_start_stack as usize).cast::<u64>());
+        (start != 0).then_some(start)
+    }
+}
+
 /// Copies the user stack pointer, frame pointer and instruction pointer into `regs` and the
 /// stack just above the stack pointer into `bytes` (sp = 0 when nothing could be read);
 /// returns the bytes copied, and whether they reach the thread's learned stack base. Userspace
@@ -216,10 +241,11 @@ impl SyscallRegs {
 /// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), and it stops
 /// at the thread's stack base once userspace has learned it (STACK_BASES; a main thread's is
 /// also in FOLLOWED, which the caller looked up already): a stack a few frames deep then
-/// costs a few hundred bytes, not the whole budget. Without a base, a read
-/// that crosses the end of the mapping fails as a whole, so a shallow stack (main's frame
-/// sits close to the top of the main thread's stack) is retried with copies that end on page
-/// boundaries, longest first: at most N / 4096 + 1 reads, of which all but one fail at once.
+/// costs a few hundred bytes, not the whole budget. A main thread whose base is not learned
+/// yet copies up to `mm->start_stack` (its `argc`, above every frame). Otherwise, without a
+/// base, a read that crosses the end of the mapping fails as a whole (each such failure is a
+/// page fault, about a microsecond), so a shallow stack is retried with copies that end on
+/// page boundaries, longest first: at most N / 4096 + 1 reads, of which all but one fail.
 ///
 /// # Safety
 /// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
@@ -257,11 +283,15 @@ pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
         if wanted == 0 {
             return (0, false);
         }
-        // A main thread's base came with the FOLLOWED lookup; other threads' are looked up.
-        let base = if tid == caller.tgid && caller.main_stack_base > FOLLOWED_NO_BASE {
+        // A main thread's base came with the FOLLOWED lookup, and until it is learned its
+        // stack ends at `argc` (a longer copy than the learned base's, but one that does not
+        // fault past the mapping's end); other threads' are looked up.
+        let base = if tid != caller.tgid {
+            STACK_BASES.get(&tid).copied()
+        } else if caller.main_stack_base > FOLLOWED_NO_BASE {
             Some(caller.main_stack_base)
         } else {
-            STACK_BASES.get(&tid).copied()
+            main_stack_start(task.cast())
         };
         if let Some(base) = base
             && base > sp
