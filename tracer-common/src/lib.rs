@@ -93,6 +93,11 @@ pub struct HostCounts {
 }
 const _: () = assert!(size_of::<HostCounts>() == 24);
 
+/// FOLLOWED's value for a process whose main thread's stack base is not known (see
+/// `STACK_BASES`): any value above it is that base, which the kernel reads with the lookup
+/// every event makes anyway instead of looking the thread up in STACK_BASES.
+pub const FOLLOWED_NO_BASE: u64 = 1;
+
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).
 pub const NO_STACK: i32 = -1;
 
@@ -236,7 +241,8 @@ pub struct WithStack<E, const N: usize> {
 }
 
 /// A descriptor created from a path by open, openat, openat2 or creat. Followed in the ring
-/// by `stack.len` bytes of user stack.
+/// by `stack.len` bytes of user stack, then by the `path_len` bytes of the path (no NUL): a
+/// record carries the path it read, not the [`PATH_CAP`] bytes it could have.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct FileOpenEvent {
@@ -256,10 +262,12 @@ pub struct FileOpenEvent {
     /// 1 when the path is not known (the syscall began before the tracer attached).
     pub path_unknown: u8,
     pub _pad: [u8; 4],
-    pub path: [u8; PATH_CAP],
     pub stack: StackRegs,
 }
-const _: () = assert!(size_of::<FileOpenEvent>() == 48 + PATH_CAP + 32);
+const _: () = assert!(size_of::<FileOpenEvent>() == 48 + 32);
+
+/// Bytes after a [`FileOpenEvent`] in its scratch record: the stack copy, then the path.
+pub const FILE_OPEN_TAIL_BYTES: usize = STACK_TOP_BYTES + PATH_CAP;
 
 /// `arg*` value for an argument that is not known (the syscall began before the tracer
 /// attached, so its enter probe did not run).
@@ -445,11 +453,18 @@ pub struct KernelOffsets {
     pub fdt_max_fds: u32,
     /// `struct fdtable`: `fd` (`struct file **`).
     pub fdt_fd: u32,
+    /// `struct task_struct`: `mm` (`struct mm_struct *`), and `struct mm_struct`:
+    /// `start_stack`, where the main thread's stack began at exec (the address of `argc`):
+    /// every frame of the main thread lies below it, so until userspace has learned the
+    /// thread's stack base, its copy stops there instead of faulting past the end of the
+    /// stack mapping. Absent as a pair.
+    pub task_mm: u32,
+    pub mm_start_stack: u32,
     /// Where inet_sock_set_state looks for the `TIME_WAIT` socket that took a closing
     /// connection over ([`time_wait`]); absent as a group.
     pub tw: TimeWaitOffsets,
 }
-const _: () = assert!(size_of::<KernelOffsets>() == 4 * 4 + size_of::<TimeWaitOffsets>());
+const _: () = assert!(size_of::<KernelOffsets>() == 6 * 4 + size_of::<TimeWaitOffsets>());
 
 impl KernelOffsets {
     /// All fields absent; what the object holds until userspace fills it in.
@@ -459,6 +474,8 @@ impl KernelOffsets {
             files_fdt: FIELD_ABSENT,
             fdt_max_fds: FIELD_ABSENT,
             fdt_fd: FIELD_ABSENT,
+            task_mm: FIELD_ABSENT,
+            mm_start_stack: FIELD_ABSENT,
             tw: TimeWaitOffsets::absent(),
         }
     }

@@ -9,18 +9,24 @@ use aya_ebpf::{
     programs::{TracePointContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
-use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, StackRegs};
+use tracer_common::{
+    EventHeader, EventKind, FIELD_ABSENT, FOLLOWED_NO_BASE, NO_STACK, STACK_PAGE_BYTES, StackRegs,
+};
 
-use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS};
+use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset};
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
 
-/// The calling task as (tgid, tid).
+/// The calling task as (tgid, tid), and what FOLLOWED says of its process once
+/// [`Caller::lookup_followed`] asked.
 #[derive(Clone, Copy)]
 pub(crate) struct Caller {
     pub tgid: u32,
     pub tid: u32,
+    /// FOLLOWED's value: the main thread's learned stack base, or [`FOLLOWED_NO_BASE`] (also
+    /// when not looked up).
+    pub main_stack_base: u64,
 }
 
 impl Caller {
@@ -30,14 +36,28 @@ impl Caller {
         Self {
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
+            main_stack_base: FOLLOWED_NO_BASE,
         }
     }
 
     /// The caller, if its process is followed.
     #[inline(always)]
     pub(crate) fn followed() -> Option<Self> {
-        let caller = Self::current();
-        caller.is_followed().then_some(caller)
+        let mut caller = Self::current();
+        caller.lookup_followed().then_some(caller)
+    }
+
+    /// Whether the caller's process is followed, keeping what FOLLOWED holds for it.
+    #[inline(always)]
+    pub(crate) fn lookup_followed(&mut self) -> bool {
+        // SAFETY: a map value, read once while this program runs.
+        match unsafe { FOLLOWED.get(&self.tgid) } {
+            Some(&value) => {
+                self.main_stack_base = value;
+                true
+            }
+            None => false,
+        }
     }
 
     #[inline(always)]
@@ -114,12 +134,12 @@ pub(crate) fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
 #[inline(always)]
 pub(crate) unsafe fn capture_stack<C: StackIdContext, const N: usize>(
     ctx: &C,
-    tid: u32,
+    caller: Caller,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
 ) -> (u32, i32) {
     // SAFETY: passed on from the caller.
-    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, tid, regs, bytes) };
+    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, caller, regs, bytes) };
     let stack_id = if whole_stack {
         NO_STACK
     } else {
@@ -187,6 +207,31 @@ impl SyscallRegs {
     }
 }
 
+/// Where the calling process's main thread's stack began at exec (`mm->start_stack`, the
+/// address of `argc`, above every frame), or `None` when this kernel's layout is unknown.
+///
+/// # Safety
+/// `task` must be the current task as `bpf_get_current_task_btf` returns it: the loads are
+/// BTF-typed, checked by the verifier against the struct's layout at the offsets userspace
+/// wrote (constants to it), and a fault reads as zero.
+#[inline(always)]
+unsafe fn main_stack_start(task: *const u8) -> Option<u64> {
+    let task_mm = kernel_offset!(task_mm);
+    let mm_start_stack = kernel_offset!(mm_start_stack);
+    if task_mm == FIELD_ABSENT || mm_start_stack == FIELD_ABSENT {
+        return None;
+    }
+    // SAFETY: as the function's contract says.
+    unsafe {
+        let mm = core::ptr::read_volatile(task.add(task_mm as usize).cast::<*const u8>());
+        if mm.is_null() {
+            return None;
+        }
+        let start = core::ptr::read_volatile(mm.add(mm_start_stack as usize).cast::<u64>());
+        (start != 0).then_some(start)
+    }
+}
+
 /// Copies the user stack pointer, frame pointer and instruction pointer into `regs` and the
 /// stack just above the stack pointer into `bytes` (sp = 0 when nothing could be read);
 /// returns the bytes copied, and whether they reach the thread's learned stack base. Userspace
@@ -194,21 +239,24 @@ impl SyscallRegs {
 /// stack, so the kernel's frame-pointer walk (`user_stack_id`) adds nothing to it.
 ///
 /// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), and it stops
-/// at the thread's stack base once userspace has learned it (STACK_BASES): a stack a few
-/// frames deep then costs a few hundred bytes, not the whole budget. Without a base, a read
-/// that crosses the end of the mapping fails as a whole, so a shallow stack (main's frame
-/// sits close to the top of the main thread's stack) is retried with copies that end on page
-/// boundaries, longest first: at most N / 4096 + 1 reads, of which all but one fail at once.
+/// at the thread's stack base once userspace has learned it (STACK_BASES; a main thread's is
+/// also in FOLLOWED, which the caller looked up already): a stack a few frames deep then
+/// costs a few hundred bytes, not the whole budget. A main thread whose base is not learned
+/// yet copies up to `mm->start_stack` (its `argc`, above every frame). Otherwise, without a
+/// base, a read that crosses the end of the mapping fails as a whole (each such failure is a
+/// page fault, about a microsecond), so a shallow stack is retried with copies that end on
+/// page boundaries, longest first: at most N / 4096 + 1 reads, of which all but one fail.
 ///
 /// # Safety
 /// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
 #[inline(always)]
 pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
     ctx: &C,
-    tid: u32,
+    caller: Caller,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
 ) -> (u32, bool) {
+    let tid = caller.tid;
     unsafe {
         (*regs).sp = 0;
         (*regs).bp = 0;
@@ -235,7 +283,17 @@ pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
         if wanted == 0 {
             return (0, false);
         }
-        if let Some(&base) = STACK_BASES.get(&tid)
+        // A main thread's base came with the FOLLOWED lookup, and until it is learned its
+        // stack ends at `argc` (a longer copy than the learned base's, but one that does not
+        // fault past the mapping's end); other threads' are looked up.
+        let base = if tid != caller.tgid {
+            STACK_BASES.get(&tid).copied()
+        } else if caller.main_stack_base > FOLLOWED_NO_BASE {
+            Some(caller.main_stack_base)
+        } else {
+            main_stack_start(task.cast())
+        };
+        if let Some(base) = base
             && base > sp
             && base - sp <= wanted
         {

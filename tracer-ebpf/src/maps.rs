@@ -5,10 +5,10 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts, KernelOffsets, MAX_EXITING,
-    MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS, MAX_MATCH_COMMS,
-    MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, TASK_STACK_TOP_BYTES,
-    TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts,
+    KernelOffsets, MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS,
+    MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES,
+    STACK_TOP_BYTES, TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -16,9 +16,12 @@ use tracer_common::{
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
 /// TGIDs of the processes we follow. Userspace seeds it; the fork probe extends it so a child
-/// is followed from its first instruction; the exit probe removes a process that died.
+/// is followed from its first instruction; the exit probe removes a process that died. The
+/// value is [`tracer_common::FOLLOWED_NO_BASE`], or the learned stack base of the process's main thread
+/// (userspace writes it beside STACK_BASES; exec resets it), so that a main thread's stack
+/// copy is bounded without a second lookup.
 #[map]
-pub(crate) static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+pub(crate) static FOLLOWED: HashMap<u32, u64> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
 
 /// Process names (the kernel's 16-byte `comm`, NUL padded) to follow from their exec
 /// (`--comm`). Only looked at when [`MATCH_TARGETS`] is set.
@@ -71,7 +74,7 @@ pub(crate) static STACK_BASES: LruHashMap<u32, u64> =
 /// only their used length is copied into the ring. (Programs do not preempt each other on a
 /// CPU, and none of these runs in interrupt context.)
 #[map]
-pub(crate) static FILE_OPEN_SCRATCH: PerCpuArray<WithStack<FileOpenEvent, STACK_TOP_BYTES>> =
+pub(crate) static FILE_OPEN_SCRATCH: PerCpuArray<WithStack<FileOpenEvent, FILE_OPEN_TAIL_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub(crate) static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
@@ -150,22 +153,20 @@ pub(crate) fn submit_flags(size: u64) -> u64 {
     }
 }
 
-/// Puts an event and the first `stack_len` bytes of its stack copy into the ring.
+/// Puts an event and the first `tail_len` bytes after it (its stack copy, and a file open's
+/// path after that) into the ring.
 #[inline(always)]
-pub(crate) fn output_with_stack<E, const N: usize>(
-    scratch: *const WithStack<E, N>,
-    stack_len: u32,
-) {
+pub(crate) fn output_with_stack<E, const N: usize>(scratch: *const WithStack<E, N>, tail_len: u32) {
     // Written so that the verifier sees the bound on the size it is given.
-    let stack_len = if (stack_len as usize) > N {
+    let tail_len = if (tail_len as usize) > N {
         N
     } else {
-        stack_len as usize
+        tail_len as usize
     };
-    let size = core::mem::size_of::<E>() + stack_len;
+    let size = core::mem::size_of::<E>() + tail_len;
     // SAFETY: `scratch` is a per-CPU map value of size_of::<WithStack<E, N>>() bytes, which
-    // `size` does not exceed; every byte of the event and the first `stack_len` of the stack
-    // were written by the caller.
+    // `size` does not exceed; every byte of the event and the first `tail_len` after it were
+    // written by the caller.
     let record = unsafe { core::slice::from_raw_parts(scratch.cast::<u8>(), size) };
     if EVENTS
         .output::<[u8]>(record, submit_flags(size as u64))

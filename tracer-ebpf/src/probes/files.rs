@@ -8,7 +8,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use tracer_common::{ARG_UNKNOWN, EventKind, PATH_CAP, Syscall, python::py_resume_slot};
+use tracer_common::{
+    ARG_UNKNOWN, EventKind, PATH_CAP, STACK_TOP_BYTES, Syscall, python::py_resume_slot,
+};
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
@@ -27,11 +29,12 @@ exit_probes!(
 );
 
 /// Emits a [`FileOpenEvent`] for a successful open; the path is read now, while the caller
-/// still waits for the syscall, straight into the ring buffer.
+/// still waits for the syscall, into the scratch record right after the stack copy, so that
+/// the record holds the bytes the path has, not the [`PATH_CAP`] it may have.
 #[inline(always)]
 fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
-    let caller = Caller::current();
-    let Some(args) = args_at_exit(ctx, caller, syscall) else {
+    let mut caller = Caller::current();
+    let Some(args) = args_at_exit(ctx, &mut caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);
@@ -51,16 +54,23 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         },
     );
     // SAFETY: `scratch` is this CPU's scratch record; every field of the event is written
-    // before it is sent (the path buffer only up to `path_len`, which is all userspace
-    // reads). The string read is bounded by PATH_CAP.
+    // before it is sent, and of the bytes after it the stack copy and the path up to
+    // `path_len`, which is all that is sent. The stack copy is at most STACK_TOP_BYTES and
+    // the string read is bounded by PATH_CAP, which the tail has room for.
     unsafe {
         let event = &raw mut (*scratch).event;
         let (copied, stack_id) = capture_stack(
             ctx,
-            caller.tid,
+            caller,
             &raw mut (*event).stack,
-            &raw mut (*scratch).bytes,
+            (&raw mut (*scratch).bytes).cast::<[u8; STACK_TOP_BYTES]>(),
         );
+        // Written so that the verifier sees the bound on where the path goes.
+        let path_at = if copied as usize > STACK_TOP_BYTES {
+            STACK_TOP_BYTES
+        } else {
+            copied as usize
+        };
         (*event).header = caller.header(EventKind::FileOpened, stack_id);
         (*event).fd = fd as i32;
         (*event).syscall = args.syscall;
@@ -76,7 +86,7 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         }
         (*event).path_unknown = 0;
         let path_copied = bpf_probe_read_user_str(
-            (*event).path.as_mut_ptr().cast(),
+            (*scratch).bytes.as_mut_ptr().add(path_at).cast(),
             PATH_CAP as u32,
             user_path.cast(),
         );
@@ -99,8 +109,9 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         };
         let truncated = path_copied >= PATH_CAP
             && bpf_probe_read_user(user_path.add(PATH_CAP - 1)).unwrap_or(0u8) != 0;
-        (*event).path_len = path_copied.saturating_sub(1) as u16;
+        let path_len = path_copied.saturating_sub(1);
+        (*event).path_len = path_len as u16;
         (*event).path_truncated = truncated as u8;
-        output_with_stack(scratch, copied);
+        output_with_stack(scratch, (path_at + path_len) as u32);
     }
 }

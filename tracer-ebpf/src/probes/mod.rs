@@ -127,10 +127,10 @@ fn read_open_how_flags(ctx: &TracePointContext, address: u64) -> u64 {
 /// caller is not followed. Where the saved registers cannot be read, every argument is
 /// [`ARG_UNKNOWN`], which userspace treats like a call whose start it did not see.
 #[inline(always)]
-fn args_at_exit(ctx: &TracePointContext, caller: Caller, syscall: Syscall) -> Option<Args> {
+fn args_at_exit(ctx: &TracePointContext, caller: &mut Caller, syscall: Syscall) -> Option<Args> {
     // Asked first so that unfollowed processes pay one lookup and nothing else (unless
     // `--all` counts their births).
-    if !caller.is_followed() {
+    if !caller.lookup_followed() {
         crate::host::count_birth(ctx, caller.tgid, syscall);
         return None;
     }
@@ -156,8 +156,8 @@ fn args_at_exit(ctx: &TracePointContext, caller: Caller, syscall: Syscall) -> Op
 /// syscall returned. `None` when the caller is not followed.
 #[inline(always)]
 fn call_at_exit(ctx: &TracePointContext, syscall: Syscall) -> Option<(Caller, Args, i64)> {
-    let caller = Caller::current();
-    let args = args_at_exit(ctx, caller, syscall)?;
+    let mut caller = Caller::current();
+    let args = args_at_exit(ctx, &mut caller, syscall)?;
     Some((caller, args, syscall_result(ctx)))
 }
 

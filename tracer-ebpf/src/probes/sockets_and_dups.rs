@@ -24,8 +24,8 @@ exit_probes!(
 
 #[inline(always)]
 pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
-    let caller = Caller::current();
-    let Some(args) = args_at_exit(ctx, caller, syscall) else {
+    let mut caller = Caller::current();
+    let Some(args) = args_at_exit(ctx, &mut caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);
@@ -136,7 +136,7 @@ fn emit(
         let (copied, stack_id) = match birth {
             Some((ctx, _)) => capture_stack(
                 ctx,
-                caller.tid,
+                caller,
                 &raw mut (*event).stack,
                 &raw mut (*scratch).bytes,
             ),

@@ -12,9 +12,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, GROUP_DEAD_UNKNOWN,
-    NO_STACK, Syscall, python::PY_FORK_SLOT,
+    CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, FOLLOWED_NO_BASE,
+    GROUP_DEAD_UNKNOWN, NO_STACK, Syscall, python::PY_FORK_SLOT,
 };
+
+/// `BPF_EXIST` from linux/bpf.h: update an entry only if it is there.
+const BPF_EXIST: u64 = 2;
 
 use crate::{
     emit::{Caller, SyscallRegs, capture_stack, read_u8, read_u32},
@@ -98,7 +101,7 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // Everything above is safe to run twice, as the walker's return makes it.
     python::capture(&ctx, parent, Frames::Walk { slot: PY_FORK_SLOT });
     if !is_thread {
-        if FOLLOWED.insert(&child_tid, &1, 0).is_err() {
+        if FOLLOWED.insert(&child_tid, &FOLLOWED_NO_BASE, 0).is_err() {
             count_lost(LOST_FOLLOW_FULL);
         }
         python::inherit(parent.tgid, child_tid);
@@ -112,7 +115,7 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
         let event = &raw mut (*scratch).event;
         let (copied, stack_id) = capture_stack(
             &ctx,
-            parent.tid,
+            parent,
             &raw mut (*event).stack,
             &raw mut (*scratch).bytes,
         );
@@ -178,6 +181,7 @@ pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         // The new program has a new stack. (A thread that execs takes the process's tid.)
         let _ = STACK_BASES.remove(&task.tid);
         let _ = STACK_BASES.remove(&task.tgid);
+        let _ = FOLLOWED.insert(&task.tgid, &FOLLOWED_NO_BASE, BPF_EXIST);
         python::forget(task.tgid);
         let event = ExecEvent {
             header: task.header(EventKind::Exec, NO_STACK),
@@ -202,7 +206,7 @@ fn matches_target(caller: Caller) -> bool {
     if !wanted {
         return false;
     }
-    if FOLLOWED.insert(&caller.tgid, &1, 0).is_err() {
+    if FOLLOWED.insert(&caller.tgid, &FOLLOWED_NO_BASE, 0).is_err() {
         count_lost(LOST_FOLLOW_FULL);
         return false;
     }

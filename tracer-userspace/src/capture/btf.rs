@@ -6,7 +6,7 @@
 
 use std::{fs, path::Path};
 
-use tracer_common::{KernelOffsets, TimeWaitOffsets};
+use tracer_common::{FIELD_ABSENT, KernelOffsets, TimeWaitOffsets};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum BtfError {
@@ -228,6 +228,14 @@ pub(crate) fn kernel_layout(path: &Path) -> Result<KernelLayout, BtfError> {
             KernelOffsets::absent()
         }
     };
+    (offsets.task_mm, offsets.mm_start_stack) = start_stack(&btf).unwrap_or_else(|err| {
+        log::debug!(
+            "cannot find where the main thread's stack starts in this kernel's BTF ({err}): \
+             until its stack base is learned, its stack copy is cut to the stack mapping by \
+             retries"
+        );
+        (FIELD_ABSENT, FIELD_ABSENT)
+    });
     offsets.tw = time_wait(&btf).unwrap_or_else(|err| {
         log::warn!(
             "cannot find the TCP connection table's layout in this kernel's BTF ({err}): a \
@@ -254,8 +262,18 @@ fn fd_table(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         files_fdt: btf.offset("files_struct", "fdt")?,
         fdt_max_fds: btf.offset("fdtable", "max_fds")?,
         fdt_fd: btf.offset("fdtable", "fd")?,
+        task_mm: FIELD_ABSENT,
+        mm_start_stack: FIELD_ABSENT,
         tw: TimeWaitOffsets::absent(),
     })
+}
+
+/// `task_struct.mm` and `mm_struct.start_stack` (see [`KernelOffsets`]).
+fn start_stack(btf: &Btf) -> Result<(u32, u32), BtfError> {
+    Ok((
+        btf.offset("task_struct", "mm")?,
+        btf.offset("mm_struct", "start_stack")?,
+    ))
 }
 
 /// See [`TimeWaitOffsets`]: `net->ipv4.tcp_death_row` is embedded since Linux 6.1, which

@@ -12,8 +12,9 @@ use aya::{
     programs::{ProgramError, TracePoint, trace_point::TracePointLink},
 };
 use tracer_common::{
-    FSBASE_GLOBAL, HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL,
-    OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names, python::PyProcConfig,
+    FOLLOWED_NO_BASE, FSBASE_GLOBAL, HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets,
+    MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names,
+    python::PyProcConfig,
 };
 
 use super::{
@@ -25,6 +26,9 @@ use super::{
     tracefs::{self, Formats, TracefsError},
     verifier::program_error,
 };
+
+/// `BPF_EXIST` from linux/bpf.h: a map update that only replaces an existing entry.
+const BPF_EXIST: u64 = 2;
 
 /// The eBPF object built by build.rs (aya-build) from the tracer-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -153,7 +157,8 @@ impl LostCounts {
 pub(crate) struct Probes {
     /// Written while events are applied (processes adopted later), through a shared
     /// reference.
-    followed: RefCell<HashMap<MapData, u32, u8>>,
+    /// Followed processes, and their main threads' stack bases (see `set_stack_base`).
+    followed: RefCell<HashMap<MapData, u32, u64>>,
     /// The names and cgroups followed from their exec (`--comm`, `--cgroup`).
     pub(crate) targets: RefCell<TargetMaps>,
     /// `--all`: what unfollowed processes created and closed.
@@ -403,7 +408,7 @@ impl Probes {
     pub(crate) fn follow(&self, tgid: u32) -> Result<(), LoadError> {
         self.followed
             .borrow_mut()
-            .insert(tgid, 1, 0)
+            .insert(tgid, FOLLOWED_NO_BASE, 0)
             .map_err(map_error(map_names::FOLLOWED))
     }
 
@@ -418,6 +423,11 @@ impl Probes {
 
     /// Sets (Some) or deletes (None) where a thread's stack copy stops. A failure costs only
     /// a fuller copy, so it is logged, not returned.
+    ///
+    /// A process's main thread (the tid that is a followed tgid) has its base in FOLLOWED
+    /// too, where the kernel reads it with the lookup it makes for every event anyway; the
+    /// update is made only if the process is still there (`BPF_EXIST`), so that a process
+    /// that exited meanwhile is not followed again.
     pub(crate) fn set_stack_base(&self, tid: u32, base: Option<u64>) {
         let mut map = self.stack_bases.borrow_mut();
         let result = match base {
@@ -427,6 +437,11 @@ impl Probes {
         if let Err(err) = result {
             log::debug!("cannot update the stack base of thread {tid}: {err}");
         }
+        // ENOENT: the tid is no followed process's main thread (or it exited).
+        let _ = self
+            .followed
+            .borrow_mut()
+            .insert(tid, base.unwrap_or(FOLLOWED_NO_BASE), BPF_EXIST);
     }
 
     /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks

@@ -105,8 +105,8 @@ fn read_at<T: Copy>(record: &[u8], offset: usize) -> Result<T, DecodeError> {
     )
 }
 
-/// [`FileOpenEvent`]: the path is cut at `path_len`. Its fields are read one by one, so
-/// that the unused end of the path buffer is never read.
+/// [`FileOpenEvent`]: the path's `path_len` bytes follow the stack copy. The fields are read
+/// one by one, straight from the ring.
 fn file_opened(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
     use std::mem::offset_of;
     type E = FileOpenEvent;
@@ -118,13 +118,23 @@ fn file_opened(record: &[u8]) -> Result<WithStack<'_>, DecodeError> {
     let path_truncated: u8 = read_at(record, offset_of!(E, path_truncated))?;
     let regs: StackRegs = read_at(record, offset_of!(E, stack))?;
     let stack_top = stack_top(&regs, record, size_of::<E>())?;
-    let path_at = offset_of!(E, path);
+    let path_at = size_of::<E>() + regs.len as usize;
+    let path = if path_unknown == 0 {
+        Some(
+            record
+                .get(path_at..path_at + len)
+                .ok_or(DecodeError::TooShort(record.len()))?
+                .to_vec(),
+        )
+    } else {
+        None
+    };
     let body = EventBody::FileOpened(FileOpened {
         fd: read_at(record, offset_of!(E, fd))?,
         syscall: syscall(read_at(record, offset_of!(E, syscall))?)?,
         dirfd: read_at(record, offset_of!(E, dirfd))?,
         flags: read_at(record, offset_of!(E, flags))?,
-        path: (path_unknown == 0).then(|| record[path_at..path_at + len].to_vec()),
+        path,
         path_truncated: path_truncated != 0,
     });
     Ok((body, stack_top))

@@ -4,7 +4,7 @@ use std::mem::size_of;
 
 use tracer_common::{
     CLONE_FLAGS_UNKNOWN, CloseEvent, EventHeader, EventKind, ExitEvent, FdEvent, FileOpenEvent,
-    ForkEvent, GROUP_DEAD_UNKNOWN, PATH_CAP, StackRegs, Syscall,
+    ForkEvent, GROUP_DEAD_UNKNOWN, StackRegs, Syscall,
 };
 
 use super::{decode::DecodeError, *};
@@ -32,11 +32,11 @@ fn raw_header(kind: EventKind, stack_id: i32) -> EventHeader {
     }
 }
 
-/// A file-open record decodes with its path cut at path_len, its truncation flag, and its
-/// stack copy cut at the length the kernel copied.
+/// A file-open record decodes with its stack copy cut at the length the kernel copied, the
+/// path's path_len bytes after it, and its truncation flag.
 #[test]
 fn decodes_file_open() {
-    let mut raw = FileOpenEvent {
+    let raw = FileOpenEvent {
         header: raw_header(EventKind::FileOpened, 3),
         fd: 7,
         syscall: Syscall::Openat as u32,
@@ -46,7 +46,6 @@ fn decodes_file_open() {
         path_truncated: 1,
         path_unknown: 0,
         _pad: [0; 4],
-        path: [0; PATH_CAP],
         stack: StackRegs {
             sp: 0x7ff0,
             bp: 0x7ff8,
@@ -55,7 +54,8 @@ fn decodes_file_open() {
             _pad: 0,
         },
     };
-    raw.path[..9].copy_from_slice(b"/dev/null");
+    let mut tail = vec![7; 100];
+    tail.extend_from_slice(b"/dev/null");
     let Event {
         header,
         body:
@@ -66,13 +66,13 @@ fn decodes_file_open() {
                 syscall,
                 ..
             }),
-    } = decode(&with_stack(&raw, &[7; 100])).unwrap().event
+    } = decode(&with_stack(&raw, &tail)).unwrap().event
     else {
         panic!("wrong kind");
     };
     assert_eq!(header.stack_id, Some(3));
     assert_eq!(
-        decode(&with_stack(&raw, &[7; 100]))
+        decode(&with_stack(&raw, &tail))
             .unwrap()
             .stack_top
             .map(|t| (t.sp, t.bp, t.ip, t.bytes.len(), t.bytes[99])),
@@ -81,8 +81,11 @@ fn decodes_file_open() {
     assert_eq!((fd, syscall), (7, Syscall::Openat));
     assert_eq!(path.as_deref(), Some(&b"/dev/null"[..]));
     assert!(path_truncated);
-    // A record that ends before the stack bytes it announces is refused, not read past.
+    // A record that ends before the stack bytes or the path it announces is refused, not
+    // read past.
     let short = with_stack(&raw, &[7; 99]);
+    assert_eq!(decode(&short), Err(DecodeError::TooShort(short.len())));
+    let short = with_stack(&raw, &tail[..108]);
     assert_eq!(decode(&short), Err(DecodeError::TooShort(short.len())));
 }
 
