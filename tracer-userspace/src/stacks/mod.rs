@@ -8,6 +8,7 @@ use foldhash::HashMap;
 
 mod bases;
 mod deferred;
+mod memo;
 mod modules;
 mod perf_map;
 mod python;
@@ -22,6 +23,7 @@ pub(crate) use deferred::DeferredStack;
 use deferred::Pending;
 #[cfg(test)]
 pub(crate) use deferred::WINDOW_NS;
+use memo::{Memo, Remembered};
 use modules::{ModuleFiles, ModuleMap};
 use perf_map::PerfMaps;
 pub(crate) use python::Updates as PythonUpdates;
@@ -76,6 +78,10 @@ pub(crate) struct StackStore {
     /// Births' stacks waiting to be unwound (`deferred.rs`), and for how long (0: never).
     pending: Pending,
     defer_window_ns: u64,
+    /// Walks remembered, to reuse for a stack met again (`memo.rs`), and the words the last
+    /// walk read.
+    memo: Memo<ModuleMap>,
+    reads: Vec<(u64, u64)>,
     /// Stacks repaired (unwound or taken from the kernel's walk), for the debug log.
     repaired: u64,
 }
@@ -170,15 +176,26 @@ impl StackStore {
         header.generation = self.generation(header.tgid);
         // The thread's Python walk, if the kernel sent one, came right before this event.
         let python = self.python.take(header.tid);
+        let learn = match (&stack_top, &python) {
+            (Some(top), None) => match self.remembered(&event.header, top) {
+                Remembered::Hit(id) => {
+                    event.header.stack_id = id;
+                    return None;
+                }
+                Remembered::Learn => true,
+                Remembered::Miss => false,
+            },
+            _ => false,
+        };
         let python = match &stack_top {
-            Some(top) => match self.defer(event, top, kernel, python) {
+            Some(top) if !learn => match self.defer(event, top, kernel, python) {
                 Ok(deferred) => {
                     event.header.stack_id = Some(deferred.stack.id);
                     return Some(deferred);
                 }
                 Err(python) => python,
             },
-            None => python,
+            _ => python,
         };
         let header = &mut event.header;
         header.stack_id = self.repair(
@@ -195,7 +212,7 @@ impl StackStore {
     /// How many entries each table holds, for a debug log: what grows with the run.
     pub(crate) fn sizes(&self) -> String {
         format!(
-            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}, perf map entries {}, deferred {} ({} bytes); {} stacks repaired, {} deferred ({} dropped unwound)",
+            "generations {}, modules {} ({} kept for their stacks), map versions {} ({} unwinders), kernel stacks {}, stacks {} ({} ids given), bases {}, symbolized {}, perf map entries {}, deferred {} ({} bytes); {} stacks repaired, {} deferred ({} dropped unwound), {}",
             self.generations.len(),
             self.modules.len(),
             self.pinned.len(),
@@ -215,6 +232,7 @@ impl StackStore {
             self.repaired,
             self.pending.deferred,
             self.pending.dropped,
+            self.memo_sizes(),
         ) + ", "
             + &self.python.sizes()
     }
@@ -287,14 +305,18 @@ impl StackStore {
             return None;
         }
         self.repaired += 1;
-        let ips = match kernel_id {
-            Some(id) => self.kernel_stack(id, kernel).unwrap_or_default(),
-            None => Arc::default(),
+        // A kernel stack not found now may be found later: such a walk is not remembered.
+        let (ips, kernel_known) = match kernel_id.map(|id| self.kernel_stack(id, kernel)) {
+            Some(Some(ips)) => (ips, true),
+            Some(None) => (Arc::default(), false),
+            None => (Arc::default(), true),
         };
         let innermost = top.map(|top| top.ip).filter(|&ip| ip != 0);
         let probe: Vec<u64> = innermost.into_iter().chain(ips.iter().copied()).collect();
         let mut modules = self.modules_covering(pid, generation, kernel_id, &probe);
         self.python.observe(pid, &modules);
+        // Whether the walk may be remembered: one walk, through the map the event's image has.
+        let mut rememberable = false;
         let unwound = match (innermost.or(ips.first().copied()), top) {
             (Some(ip), Some(top)) if modules.find(ip).is_some() => {
                 let stack = CopiedStack {
@@ -304,13 +326,17 @@ impl StackStore {
                     bytes: top.bytes,
                 };
                 let mut unwound = self.unwind(pid, &modules, stack);
+                rememberable = kernel_known && python.is_none() && innermost.is_some();
                 // A walk that stopped at an address in no known mapping may have reached JIT
                 // code mapped since the mappings were read: read them again (once per such
                 // address) and walk again if they changed.
+                // (A map re-read or not for an address is never re-read for it again: a walk
+                // through the same map may be remembered.)
                 if let Some(at) = unwound.rejected.filter(|&at| !modules.is_code(at)) {
                     let before = Arc::as_ptr(&modules);
                     modules = self.modules_refreshed_at(pid, generation, modules, at);
                     if Arc::as_ptr(&modules) != before {
+                        rememberable = false;
                         unwound = self.unwind(pid, &modules, stack);
                     }
                 }
@@ -346,10 +372,7 @@ impl StackStore {
             ips,
             repaired
         );
-        if repaired.is_empty() {
-            return None;
-        }
-        Some(match self.stack_ids.get(&repaired) {
+        let id = (!repaired.is_empty()).then(|| match self.stack_ids.get(&repaired) {
             Some(&id) => id,
             None => {
                 let id = self.stacks.len() as u32;
@@ -357,7 +380,11 @@ impl StackStore {
                 self.stack_ids.insert(repaired, id);
                 id
             }
-        })
+        });
+        if rememberable && let Some(top) = top {
+            self.remember((kernel_id, top), &modules, &probe, &unwound, id);
+        }
+        id
     }
 
     /// Walks `stack` of `pid` through its mappings `modules`, with the map's unwinder.
@@ -370,13 +397,21 @@ impl StackStore {
             .unwinder
             .get_or_insert_with(|| sections.unwinder_for(modules));
         let perf_maps = &mut self.perf_maps;
+        let reads = &mut self.reads;
+        reads.clear();
         let is_trampoline = |lookup: u64| {
             modules.is_anonymous_code(lookup)
                 && perf_maps
                     .name(pid, lookup)
                     .is_some_and(|name| name.starts_with("py::"))
         };
-        unwinder.unwind(stack, |ip| modules.is_code(ip), is_trampoline, MAX_FRAMES)
+        unwinder.unwind(
+            stack,
+            |ip| modules.is_code(ip),
+            is_trampoline,
+            MAX_FRAMES,
+            reads,
+        )
     }
 
     /// The frames of a stack, innermost first.

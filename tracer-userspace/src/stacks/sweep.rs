@@ -21,6 +21,7 @@ impl StackStore {
         if dropped > 0 {
             self.stack_ids.retain(|_, id| in_use.contains(id));
             self.symbolizer.retain(|stack| in_use.contains(&stack.id));
+            self.memo.retain_ids(|id| in_use.contains(&id));
         }
         dropped
     }

@@ -251,13 +251,15 @@ impl ProcessUnwinder {
     /// addresses). Stops where the copy ends (a frame's data lies beyond it), at the root
     /// of the stack, at a return address `is_code` rejects, or after `max_frames`. Frames
     /// `is_trampoline` accepts are CPython's perf trampolines (see [`trampoline_rule`]);
-    /// other code without CFI is unwound by its frame pointer.
+    /// other code without CFI is unwound by its frame pointer. Every word read from the
+    /// copy is appended to `reads` (address, value), in order, for `memo.rs`.
     pub(super) fn unwind(
         &mut self,
         stack: CopiedStack,
         is_code: impl Fn(u64) -> bool,
         mut is_trampoline: impl FnMut(u64) -> bool,
         max_frames: usize,
+        reads: &mut Vec<(u64, u64)>,
     ) -> Unwound {
         let mut stack_used = 0;
         let mut read_stack = |address: u64| -> Result<u64, ()> {
@@ -266,7 +268,9 @@ impl ProcessUnwinder {
             let end = index.checked_add(8).ok_or(())?;
             let bytes = stack.bytes.get(index..end).ok_or(())?;
             stack_used = stack_used.max(end);
-            Ok(u64::from_le_bytes(bytes.try_into().map_err(|_| ())?))
+            let word = u64::from_le_bytes(bytes.try_into().map_err(|_| ())?);
+            reads.push((address, word));
+            Ok(word)
         };
         let mut regs = UnwindRegsX86_64::new(stack.ip, stack.sp, stack.bp);
         let mut frame = FrameAddress::InstructionPointer(stack.ip);

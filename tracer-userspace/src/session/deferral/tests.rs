@@ -77,7 +77,7 @@ impl Pipeline {
     fn new() -> Self {
         let pid = std::process::id();
         let (ip, expected, bytes) = stack_bytes();
-        let mut stacks = StackStore::new();
+        let mut stacks = StackStore::new().without_memo();
         stacks.capture(pid);
         let mut pipeline = Self {
             agg: Aggregator::new(),

@@ -64,8 +64,8 @@ fn opened(tgid: u32, fd: i32, t: u64) -> Event {
 fn first_walk_is_eager_later_births_are_deferred_and_unwind_alike() {
     let me = std::process::id();
     let (ip, caller, bytes) = stack_bytes();
-    let mut eager = StackStore::with_defer_window(0);
-    let mut store = StackStore::new();
+    let mut eager = StackStore::with_defer_window(0).without_memo();
+    let mut store = StackStore::new().without_memo();
     eager.capture(me);
     store.capture(me);
 
@@ -108,7 +108,7 @@ fn first_walk_is_eager_later_births_are_deferred_and_unwind_alike() {
 fn only_births_in_known_code_are_deferred() {
     let me = std::process::id();
     let (ip, _, bytes) = stack_bytes();
-    let mut store = StackStore::new();
+    let mut store = StackStore::new().without_memo();
     store.capture(me);
     store.annotate(
         &mut opened(me, 3, 1),
@@ -136,7 +136,7 @@ fn only_births_in_known_code_are_deferred() {
 fn due_in_order_and_found_by_id() {
     let me = std::process::id();
     let (ip, _, bytes) = stack_bytes();
-    let mut store = StackStore::new();
+    let mut store = StackStore::new().without_memo();
     store.capture(me);
     store.annotate(
         &mut opened(me, 3, 1),
@@ -173,7 +173,7 @@ fn due_in_order_and_found_by_id() {
 fn pending_ids_wrap() {
     let me = std::process::id();
     let (ip, _, bytes) = stack_bytes();
-    let mut store = StackStore::new();
+    let mut store = StackStore::new().without_memo();
     store.capture(me);
     store.annotate(
         &mut opened(me, 3, 1),
@@ -202,7 +202,7 @@ fn a_full_queue_settles_early_and_unwinds_at_once() {
     let me = std::process::id();
     let (ip, _, mut bytes) = stack_bytes();
     bytes.resize(64 << 10, 0);
-    let mut store = StackStore::new();
+    let mut store = StackStore::new().without_memo();
     store.capture(me);
     store.annotate(
         &mut opened(me, 3, 1),
@@ -249,8 +249,8 @@ fn kernel_walk_with_garbage_is_deferred_and_cut_alike() {
     let me = std::process::id();
     let (ip, caller, bytes) = stack_bytes();
     let kernel = Table(vec![ip, 0x696c_7274_6567_006c]);
-    let mut eager = StackStore::with_defer_window(0);
-    let mut store = StackStore::new();
+    let mut eager = StackStore::with_defer_window(0).without_memo();
+    let mut store = StackStore::new().without_memo();
     eager.capture(me);
     store.capture(me);
     let with_walk = |fd, t| {

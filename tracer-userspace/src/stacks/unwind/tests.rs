@@ -58,7 +58,13 @@ fn unwind(maps: &ModuleMap, ip: u64, bp: u64, bytes: &[u8]) -> Vec<u64> {
         bytes,
     };
     unwinder
-        .unwind(stack, |ip| maps.find(ip).is_some(), |_| false, 2)
+        .unwind(
+            stack,
+            |ip| maps.find(ip).is_some(),
+            |_| false,
+            2,
+            &mut Vec::new(),
+        )
         .frames
 }
 
@@ -227,7 +233,7 @@ fn through_a_cpython_perf_trampoline() {
         };
         let in_it = |ip: u64| is_trampoline && (trampoline..trampoline + 11).contains(&ip);
         unwinder
-            .unwind(stack, |ip| maps.is_code(ip), in_it, 4)
+            .unwind(stack, |ip| maps.is_code(ip), in_it, 4, &mut Vec::new())
             .frames
     };
     let expected = vec![accept4, in_trampoline, in_fp, accept4 + 1];
