@@ -245,7 +245,7 @@ fn python_stack(record: &[u8]) -> Result<EventBody, DecodeError> {
 /// [`TcpStateEvent`].
 fn tcp_state(record: &[u8]) -> Result<EventBody, DecodeError> {
     let raw: TcpStateEvent = read(record)?;
-    Ok(EventBody::TcpState(TcpState {
+    Ok(EventBody::TcpState(Box::new(TcpState {
         skaddr: raw.skaddr,
         old: raw.oldstate,
         new: raw.newstate,
@@ -256,7 +256,7 @@ fn tcp_state(record: &[u8]) -> Result<EventBody, DecodeError> {
             time_wait::NONE => Some(false),
             _ => None,
         },
-    }))
+    })))
 }
 
 /// An address from the tracepoint: IPv4 in the first 4 bytes for AF_INET, else IPv6.

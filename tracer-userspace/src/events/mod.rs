@@ -112,7 +112,8 @@ pub(crate) enum EventBody {
     /// The calling task got a private copy of the descriptor table it shared
     /// (unshare(CLONE_FILES)).
     FilesUnshared,
-    TcpState(TcpState),
+    /// Boxed: rare, and the largest kind, which every event would otherwise be as large as.
+    TcpState(Box<TcpState>),
     /// The calling thread's Python frames, for its next event with a stack (the kernel
     /// sends them right before it). Consumed by the stack store; never applied.
     PythonStack(PythonStack),

@@ -245,15 +245,15 @@ impl<'p> State<'p> {
         {
             self.retire_reused_pid(*child_tid, header.timestamp_ns);
         }
-        if let EventBody::TcpState(TcpState {
-            skaddr,
-            old,
-            new,
-            local,
-            remote,
-            time_wait,
-        }) = &event.body
-        {
+        if let EventBody::TcpState(state) = &event.body {
+            let TcpState {
+                skaddr,
+                old,
+                new,
+                local,
+                remote,
+                time_wait,
+            } = &**state;
             self.tcp.apply(&TcpTransition {
                 owner: header.tgid,
                 skaddr: *skaddr,
@@ -295,7 +295,8 @@ impl<'p> State<'p> {
             }
             _ => {}
         }
-        self.settle().after(deferred, event.header.timestamp_ns);
+        self.settle()
+            .after(deferred.map(|d| *d), event.header.timestamp_ns);
         send_stack_bases(&mut self.stacks, self.probes);
     }
 

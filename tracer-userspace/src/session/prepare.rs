@@ -21,7 +21,8 @@ pub(super) struct RecordCounts {
 /// deferred (queued once the event is applied).
 pub(super) struct Prepared {
     pub event: Event,
-    pub deferred: Option<DeferredStack>,
+    /// Boxed: most events have none, and prepared events are moved along the pipeline.
+    pub deferred: Option<Box<DeferredStack>>,
 }
 
 /// Decodes a record and does what needs no descriptor table, so that it can also run while
@@ -39,12 +40,14 @@ pub(super) fn prepare(
     let Decoded {
         mut event,
         stack_top,
-    } = events::decode(record)
-        .map_err(|err| {
+    } = match events::decode(record) {
+        Ok(decoded) => decoded,
+        Err(err) => {
             records.undecodable += 1;
             log::warn!("undecodable event: {err}");
-        })
-        .ok()?;
+            return None;
+        }
+    };
     if let EventBody::TaskCreated(TaskCreated {
         child_tid,
         clone_flags: clone_flags @ None,
@@ -60,7 +63,7 @@ pub(super) fn prepare(
         stacks.python_walked(event.header.tgid, event.header.tid, walk);
         return None;
     }
-    let deferred = stacks.annotate(&mut event, stack_top, probes);
+    let deferred = stacks.annotate(&mut event, stack_top, probes).map(Box::new);
     apply_python_updates(probes, stacks.take_python_updates());
     send_stack_bases(stacks, probes);
     Some(Prepared { event, deferred })
