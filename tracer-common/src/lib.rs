@@ -40,6 +40,9 @@ pub const MAX_MATCH_CGROUPS: u32 = 4_096;
 /// Processes whose descriptor births and deaths `--all` counts in the kernel at once (LRU:
 /// the least recently active is forgotten first; userspace reads them every few seconds).
 pub const MAX_HOST_PROCESSES: u32 = 32_768;
+/// Walks the kernel checks an event's stack copy against (`stack_memo`): a stack that holds
+/// the same deciding words as one of them is sent without its copy.
+pub const MAX_STACK_MEMOS: u32 = 4_096;
 /// Default ring buffer size; must be a power of two multiple of the page size.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -57,6 +60,7 @@ pub mod map_names {
     pub const PY_PROCS: &str = "PY_PROCS";
     pub const PY_TSTATES: &str = "PY_TSTATES";
     pub const PY_PROGRAMS: &str = "PY_PROGRAMS";
+    pub const STACK_MEMOS: &str = "STACK_MEMOS";
 }
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
@@ -225,9 +229,45 @@ pub struct StackRegs {
     pub ip: u64,
     /// Bytes of stack memory that follow the record.
     pub len: u32,
-    pub _pad: u32,
+    /// The handle of the remembered walk ([`StackMemo`]) this stack matched, when the kernel
+    /// sent it without its copy (`len` 0); 0 otherwise.
+    pub memo: u32,
 }
 const _: () = assert!(size_of::<StackRegs>() == 32);
+
+/// Deciding words a [`StackMemo`] holds at most.
+pub const MEMO_WORDS: usize = 32;
+
+/// Where a remembered walk started: the process and the registers of the event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackMemoKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ip: u64,
+    pub sp: u64,
+}
+const _: () = assert!(size_of::<StackMemoKey>() == 24);
+
+/// A walk userspace made and remembered, for the kernel to recognise the same stack again
+/// (tracer-userspace/src/stacks/memo.rs says why that is exact): a copy of `copied` bytes
+/// from the key's `sp` (the whole stack, to the thread's learned base) that holds `values` at
+/// `offsets` (bytes from `sp`), and %rbp == `bp` when `bp_decides`, is that walk's stack, and
+/// is sent as `handle` without its copy.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackMemo {
+    pub copied: u32,
+    /// Never 0; userspace never gives one out twice.
+    pub handle: u32,
+    /// How many of `offsets` and `values` count, at most [`MEMO_WORDS`].
+    pub words: u32,
+    pub bp_decides: u32,
+    pub bp: u64,
+    pub offsets: [u32; MEMO_WORDS],
+    pub values: [u64; MEMO_WORDS],
+}
+const _: () = assert!(size_of::<StackMemo>() == 24 + 12 * MEMO_WORDS);
 
 /// An event whose record ends with a copy of the user stack. The kernel builds it in a
 /// per-CPU scratch buffer and puts only `size_of::<E>() + event's len` bytes into the ring,
@@ -492,4 +532,8 @@ mod pod {
     unsafe impl aya::Pod for EventHeader {}
     // SAFETY: as above.
     unsafe impl aya::Pod for HostCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackMemoKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackMemo {}
 }

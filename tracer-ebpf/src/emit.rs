@@ -13,7 +13,10 @@ use tracer_common::{
     EventHeader, EventKind, FIELD_ABSENT, FOLLOWED_NO_BASE, NO_STACK, STACK_PAGE_BYTES, StackRegs,
 };
 
-use crate::maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset};
+use crate::{
+    maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset},
+    memo,
+};
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
@@ -127,7 +130,9 @@ pub(crate) fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
 
 /// The stack of an event being built in a scratch record: the registers and the copy (see
 /// [`fill_stack_top`]), and the kernel's frame-pointer walk as a stack id unless the copy
-/// holds the whole stack. Returns (bytes copied, stack id).
+/// holds the whole stack. A whole stack that userspace walked before (see `memo.rs`) is
+/// sent as the walk's handle in `regs.memo`, with nothing copied. Returns (bytes copied,
+/// stack id).
 ///
 /// # Safety
 /// As for [`fill_stack_top`].
@@ -140,6 +145,18 @@ pub(crate) unsafe fn capture_stack<C: StackIdContext, const N: usize>(
 ) -> (u32, i32) {
     // SAFETY: passed on from the caller.
     let (copied, whole_stack) = unsafe { fill_stack_top(ctx, caller, regs, bytes) };
+    if whole_stack
+        && copied > 0
+        // SAFETY: `regs` and `bytes` were just filled.
+        && let Some(handle) = unsafe { memo::remembered(caller.tgid, regs, bytes, copied) }
+    {
+        // SAFETY: passed on from the caller.
+        unsafe {
+            (*regs).len = 0;
+            (*regs).memo = handle;
+        }
+        return (0, NO_STACK);
+    }
     let stack_id = if whole_stack {
         NO_STACK
     } else {
@@ -262,7 +279,7 @@ pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
         (*regs).bp = 0;
         (*regs).ip = 0;
         (*regs).len = 0;
-        (*regs)._pad = 0;
+        (*regs).memo = 0;
         let Some((sp_offset, bp_offset, ip_offset)) = PT_REGS_SP_BP_IP else {
             return (0, false);
         };

@@ -7,8 +7,9 @@ use aya_ebpf::{
 use tracer_common::{
     DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts,
     KernelOffsets, MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS,
-    MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES,
-    STACK_TOP_BYTES, TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
+    MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_STACK_MEMOS, MAX_TCP_SOCKETS,
+    STACK_MAP_ENTRIES, STACK_TOP_BYTES, StackMemo, StackMemoKey, TASK_STACK_TOP_BYTES,
+    TracepointOffsets, WithStack,
 };
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
@@ -69,6 +70,13 @@ pub(crate) static STACKS: StackTrace = StackTrace::with_max_entries(STACK_MAP_EN
 #[map]
 pub(crate) static STACK_BASES: LruHashMap<u32, u64> =
     LruHashMap::with_max_entries(MAX_STACK_BASES, 0);
+
+/// Walks userspace remembered, by the process and registers they start from (see
+/// `memo.rs`): a stack copy that matches one is sent as its handle, without the copy.
+/// Userspace adds them as it learns walks and removes a process's at its exec and exit.
+#[map]
+pub(crate) static STACK_MEMOS: HashMap<StackMemoKey, StackMemo> =
+    HashMap::with_max_entries(MAX_STACK_MEMOS, 0);
 
 /// Per-CPU scratch records for the events that carry a stack copy: they are built here and
 /// only their used length is copied into the ring. (Programs do not preempt each other on a

@@ -13,8 +13,8 @@ use aya::{
 };
 use tracer_common::{
     FOLLOWED_NO_BASE, FSBASE_GLOBAL, HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets,
-    MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, WAKEUP_GLOBAL, map_names,
-    python::PyProcConfig,
+    MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, StackMemo, StackMemoKey,
+    WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
@@ -169,6 +169,8 @@ pub(crate) struct Probes {
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
+    /// Walks the kernel recognises stacks by (tracer-ebpf/src/memo.rs).
+    stack_memos: RefCell<HashMap<MapData, StackMemoKey, StackMemo>>,
     /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
     python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
     /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
@@ -337,6 +339,10 @@ pub(crate) fn load(
             HashMap::try_from(take_map(&mut ebpf, map_names::STACK_BASES)?)
                 .map_err(map_error(map_names::STACK_BASES))?,
         ),
+        stack_memos: RefCell::new(
+            HashMap::try_from(take_map(&mut ebpf, map_names::STACK_MEMOS)?)
+                .map_err(map_error(map_names::STACK_MEMOS))?,
+        ),
         _python_programs: python_programs,
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
             .map_err(map_error(map_names::LOST))?,
@@ -442,6 +448,22 @@ impl Probes {
             .followed
             .borrow_mut()
             .insert(tid, base.unwrap_or(FOLLOWED_NO_BASE), BPF_EXIST);
+    }
+
+    /// Gives the kernel a remembered walk to recognise stacks by (`Some`), or takes it back.
+    /// A walk the kernel does not get costs only the copies it would have saved.
+    pub(crate) fn set_stack_memo(&self, key: StackMemoKey, memo: Option<&StackMemo>) {
+        let mut map = self.stack_memos.borrow_mut();
+        let result = match memo {
+            Some(memo) => map.insert(key, *memo, 0),
+            None => map.remove(&key),
+        };
+        if let Err(err) = result {
+            log::debug!(
+                "cannot update the remembered walk of pid {}: {err}",
+                key.tgid
+            );
+        }
     }
 
     /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks

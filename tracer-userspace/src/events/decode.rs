@@ -86,6 +86,7 @@ fn stack_top<'r>(
         bp: regs.bp,
         ip: regs.ip,
         bytes: copied,
+        memo: regs.memo,
     }))
 }
 

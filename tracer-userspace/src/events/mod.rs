@@ -20,6 +20,9 @@ pub(crate) struct StackTop<'r> {
     pub ip: u64,
     /// The stack memory from `sp` up (as much as the kernel could copy).
     pub bytes: &'r [u8],
+    /// The handle of the remembered walk the kernel matched the stack against, when it sent
+    /// no copy (`stacks/given.rs`); 0 otherwise.
+    pub memo: u32,
 }
 
 impl StackTop<'_> {
@@ -52,6 +55,7 @@ impl OwnedStackTop {
             bp: self.bp,
             ip: self.ip,
             bytes: &self.bytes,
+            memo: 0,
         }
     }
 }

@@ -51,7 +51,7 @@ fn decodes_file_open() {
             bp: 0x7ff8,
             ip: 0x1234,
             len: 100,
-            _pad: 0,
+            memo: 0,
         },
     };
     let mut tail = vec![7; 100];
@@ -159,7 +159,7 @@ fn decodes_failed_closes() {
             bp: 0,
             ip: 0x1234,
             len: 16,
-            _pad: 0,
+            memo: 0,
         },
     };
     let record = with_stack(&event(Syscall::Close, u64::MAX), &[1; 16]);

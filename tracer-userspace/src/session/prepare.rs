@@ -84,4 +84,8 @@ pub(super) fn send_stack_bases(stacks: &mut StackStore, probes: &Probes) {
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }
+    // And the walks given to it or taken back (`stacks/given.rs`).
+    for (key, memo) in stacks.take_given_updates() {
+        probes.set_stack_memo(key, memo.as_ref());
+    }
 }

@@ -1,31 +1,46 @@
 //! Walks remembered, so that a stack met again costs a few word comparisons instead of a copy
 //! of its bytes, a walk and an interning. A server's requests and a program's loop open their
 //! descriptors from the same call site at the same depth, over and over: the registers at the
-//! event are the same every time, and so are the return addresses (and saved frame pointers)
-//! the walk reads on its way up.
+//! event are the same every time, and so are the return addresses the walk reads on its way
+//! up.
 //!
 //! The walk through a copied stack (`unwind.rs`) is a function of the module map it walks
 //! through (which never changes: a re-read makes a new one), the registers at the event
 //! (`ip`, `sp`, `bp`), the kernel's frame-pointer walk it is spliced with (an id's entry never
 //! changes), how many bytes were copied (a read past them fails), and the words it read. A
-//! walk whose key ([`Key`]: everything but the words) was seen before, and whose stack holds
-//! the same words at every address that walk read, reads the same words in the same order,
-//! takes the same steps and ends in the same stack: its interned id is reused, exactly, with
-//! no approximation. A word that differs (another caller at the same depth, another saved
-//! frame pointer) is a miss, and the stack is unwound (or deferred) as if there were no memo.
+//! walk whose key ([`Key`]: the map, `ip`, `sp`, the copy's length and the kernel's walk) was
+//! seen before, and whose stack holds the same words at every address that decided that walk
+//! (and the same `bp`, if it decided it), takes the same steps and ends in the same stack: its
+//! interned id is reused, exactly, with no approximation. A word that differs (another caller
+//! at the same depth) is a miss, and the stack is unwound (or deferred) as if there were no
+//! memo.
+//!
+//! Not every word a walk reads decides it: a function that keeps a request's address in
+//! %rbp saves it on the stack, the walk restores it, and the next frame's CFI never looks at
+//! %rbp again. Such a word differs at every request, so when a walk is remembered its words
+//! are tried one by one ([`deciding`]): a word whose change leaves the walk the same (the
+//! same frames, the same addresses read, the same end) does not decide it and is not
+//! compared; nor is %rbp at the event, when changing it changes nothing. Only complete walks
+//! are pruned so: a walk that stopped at a read it could not make might make it with another
+//! value.
 //!
 //! What is remembered is bounded: [`MAX_KEYS`] keys, each with at most [`MAX_VARIANTS`] walks
 //! (the same site reached by a few paths). A key is learned (its stack unwound at once rather
 //! than deferred) only the second time it is seen, and at most [`MAX_LEARNS`] times, so a site
-//! whose words differ at every event (a saved register holding a request's address) costs at
-//! most that many early walks, then is deferred as before. The table is emptied when it is
-//! full, and forgets the ids of interned stacks that are dropped (`sweep.rs`).
+//! whose deciding words differ at every event costs at most that many early walks, then is
+//! deferred as before. The table is emptied when it is full, and forgets the ids of interned
+//! stacks that are dropped (`sweep.rs`).
 
 use std::sync::{Arc, Weak};
 
 use foldhash::HashMap;
 
-use super::{StackStore, modules::ModuleMap, unwind::Unwound};
+use super::{
+    StackStore,
+    given::ToGive,
+    modules::ModuleMap,
+    unwind::{CopiedStack, Unwound},
+};
 use crate::events::{Header, StackTop};
 
 /// Keys remembered before the table is emptied.
@@ -35,24 +50,39 @@ pub(super) const MAX_VARIANTS: usize = 4;
 /// Stacks of one key unwound early to learn a walk.
 pub(super) const MAX_LEARNS: u8 = 8;
 
-/// Everything a walk depends on besides the words it reads.
+/// Everything a walk depends on besides the words it reads and %rbp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) struct Key {
     /// The module map's address (held alive by the entry's `Weak`, so it is not reused).
     pub modules: usize,
     pub ip: u64,
     pub sp: u64,
-    pub bp: u64,
     /// Bytes copied from `sp` up.
     pub copied: usize,
     /// The kernel's frame-pointer walk.
     pub kernel_id: Option<u32>,
 }
 
-/// A remembered walk: the words it read (address, value), in order, and its outcome.
+impl Key {
+    /// The key of a stack copied at an event (`top`) whose kernel walk is `kernel_id`,
+    /// walked through `modules`.
+    fn new<M>(modules: &Arc<M>, top: &StackTop, kernel_id: Option<u32>) -> Self {
+        Self {
+            modules: Arc::as_ptr(modules) as usize,
+            ip: top.ip,
+            sp: top.sp,
+            copied: top.bytes.len(),
+            kernel_id,
+        }
+    }
+}
+
+/// A remembered walk: the words that decided it (address, value), in order, and its outcome.
 #[derive(Debug)]
 pub(super) struct Walk {
     reads: Box<[(u64, u64)]>,
+    /// %rbp at the event, when it decided the walk.
+    bp: Option<u64>,
     /// The walk's outcome without its frames (what `StackBases::observe` looks at).
     pub outcome: Unwound,
     /// The interned stack, None when it repaired to nothing.
@@ -60,20 +90,22 @@ pub(super) struct Walk {
 }
 
 impl Walk {
-    /// Whether `bytes`, copied from `sp` up, hold the same word at every address read.
-    fn matches(&self, sp: u64, bytes: &[u8]) -> bool {
-        self.reads.iter().all(|&(address, value)| {
-            let Some(at) = address
-                .checked_sub(sp)
-                .and_then(|at| usize::try_from(at).ok())
-            else {
-                return false;
-            };
-            bytes
-                .get(at..at.saturating_add(8))
-                .and_then(|word| word.try_into().ok())
-                .is_some_and(|word| u64::from_le_bytes(word) == value)
-        })
+    /// Whether a stack with %rbp `bp` and `bytes` copied from `sp` up holds the same word at
+    /// every address that decided this walk (and the same %rbp, if it did).
+    fn matches(&self, bp: u64, sp: u64, bytes: &[u8]) -> bool {
+        self.bp.is_none_or(|own| own == bp)
+            && self.reads.iter().all(|&(address, value)| {
+                let Some(at) = address
+                    .checked_sub(sp)
+                    .and_then(|at| usize::try_from(at).ok())
+                else {
+                    return false;
+                };
+                bytes
+                    .get(at..at.saturating_add(8))
+                    .and_then(|word| word.try_into().ok())
+                    .is_some_and(|word| u64::from_le_bytes(word) == value)
+            })
     }
 }
 
@@ -116,9 +148,15 @@ impl<M> Default for Memo<M> {
 }
 
 impl<M> Memo<M> {
-    /// The remembered walk for a stack of `key` through `modules` whose copied bytes are
-    /// `bytes`, or whether to learn it.
-    pub(super) fn look(&mut self, key: &Key, modules: &Arc<M>, bytes: &[u8]) -> Lookup<'_> {
+    /// The remembered walk for a stack of `key` with %rbp `bp` through `modules` whose
+    /// copied bytes are `bytes`, or whether to learn it.
+    pub(super) fn look(
+        &mut self,
+        key: &Key,
+        bp: u64,
+        modules: &Arc<M>,
+        bytes: &[u8],
+    ) -> Lookup<'_> {
         if self.off || bytes.len() != key.copied {
             return Lookup::Miss;
         }
@@ -144,7 +182,11 @@ impl<M> Memo<M> {
             // Cannot happen while the entry holds the old map's allocation; kept exact anyway.
             return Lookup::Miss;
         }
-        match entry.walks.iter().position(|w| w.matches(key.sp, bytes)) {
+        match entry
+            .walks
+            .iter()
+            .position(|w| w.matches(bp, key.sp, bytes))
+        {
             Some(at) => {
                 self.hits += 1;
                 Lookup::Hit(&entry.walks[at])
@@ -157,12 +199,26 @@ impl<M> Memo<M> {
         }
     }
 
-    /// Remembers a walk of `key` through `modules`: the words it `read` and what it found.
+    /// Whether a walk of `key` through `modules` with %rbp `bp` and `bytes` would be
+    /// remembered: its key has room for another walk, and no walk remembered is the same.
+    pub(super) fn wants(&self, key: &Key, bp: u64, modules: &Arc<M>, bytes: &[u8]) -> bool {
+        if self.off {
+            return false;
+        }
+        self.entries.get(key).is_none_or(|entry| {
+            std::ptr::eq(entry.modules.as_ptr(), Arc::as_ptr(modules))
+                && entry.walks.len() < MAX_VARIANTS
+                && !entry.walks.iter().any(|w| w.matches(bp, key.sp, bytes))
+        })
+    }
+
+    /// Remembers a walk of `key` through `modules`: the words that decided it (`read`), %rbp
+    /// if it decided it, and what it found.
     pub(super) fn record(
         &mut self,
         key: Key,
         modules: &Arc<M>,
-        read: &[(u64, u64)],
+        (read, bp): (&[(u64, u64)], Option<u64>),
         unwound: &Unwound,
         id: Option<u32>,
     ) {
@@ -179,12 +235,13 @@ impl<M> Memo<M> {
         });
         if !std::ptr::eq(entry.modules.as_ptr(), Arc::as_ptr(modules))
             || entry.walks.len() >= MAX_VARIANTS
-            || entry.walks.iter().any(|w| *w.reads == *read)
+            || entry.walks.iter().any(|w| *w.reads == *read && w.bp == bp)
         {
             return;
         }
         entry.walks.push(Walk {
             reads: read.into(),
+            bp,
             outcome: Unwound {
                 frames: Vec::new(),
                 ..unwound.clone()
@@ -227,15 +284,8 @@ impl StackStore {
         let Some(modules) = self.modules.get(&(header.tgid, header.generation)) else {
             return Remembered::Miss;
         };
-        let key = Key {
-            modules: Arc::as_ptr(modules) as usize,
-            ip: top.ip,
-            sp: top.sp,
-            bp: top.bp,
-            copied: top.bytes.len(),
-            kernel_id: header.stack_id,
-        };
-        match self.memo.look(&key, modules, top.bytes) {
+        let key = Key::new(modules, top, header.stack_id);
+        match self.memo.look(&key, top.bp, modules, top.bytes) {
             Lookup::Hit(walk) => {
                 self.bases
                     .observe(header.tid, top.sp, top.bytes.len(), &walk.outcome);
@@ -252,26 +302,116 @@ impl StackStore {
     /// (`kernel_id`, `top`) through `modules`, which ended in stack `id`: only a walk that
     /// read no perf map (no JIT code) and needed no re-read of the mappings (every address of
     /// `probe`, the innermost and the kernel's walk, is in them) can be reused.
+    ///
+    /// A walk of a whole stack (no kernel walk beside the copy) that found a stack is also
+    /// given to the kernel (`given.rs`).
     pub(super) fn remember(
         &mut self,
-        (kernel_id, top): (Option<u32>, &StackTop),
+        (pid, kernel_id, top): (u32, Option<u32>, &StackTop),
         modules: &Arc<ModuleMap>,
         probe: &[u64],
         unwound: &Unwound,
-        id: Option<u32>,
+        (native_frames, id): (&Arc<[u64]>, Option<u32>),
     ) {
         if modules.has_anonymous_code() || !probe.iter().all(|&ip| modules.is_code(ip)) {
             return;
         }
-        let key = Key {
-            modules: Arc::as_ptr(modules) as usize,
+        let key = Key::new(modules, top, kernel_id);
+        if !self.memo.wants(&key, top.bp, modules, top.bytes) {
+            return;
+        }
+        let stack = CopiedStack {
             ip: top.ip,
             sp: top.sp,
             bp: top.bp,
-            copied: top.bytes.len(),
-            kernel_id,
+            bytes: top.bytes,
         };
-        self.memo.record(key, modules, &self.reads, unwound, id);
+        let read = std::mem::take(&mut self.reads);
+        let (deciding, bp) = self.deciding(modules, stack, &read, unwound);
+        self.memo.record(key, modules, (&deciding, bp), unwound, id);
+        self.reads = read;
+        if let Some(id) = id
+            && kernel_id.is_none()
+            && unwound.complete
+            // The interned allocation, which `given_stack` checks the id still names.
+            && let Some(native) = self.stacks.get(id as usize).cloned()
+            && *native == **native_frames
+        {
+            let walk = ToGive {
+                tgid: pid,
+                ip: top.ip,
+                sp: top.sp,
+                bp,
+                copied: top.bytes.len(),
+                deciding: &deciding,
+            };
+            self.given.give(walk, unwound, &native, id);
+        }
+    }
+
+    /// The words of a walk of `stack` (which read `read` and found `unwound`) that decide
+    /// it, and %rbp if it decides it: each is changed in turn and the walk made again, and
+    /// one whose change leaves the walk the same (the same frames and end, the same
+    /// addresses read, each the same word but the changed one) is left out. A return address
+    /// always decides (it is a frame); an incomplete walk keeps every word and %rbp.
+    fn deciding(
+        &mut self,
+        modules: &Arc<ModuleMap>,
+        stack: CopiedStack,
+        read: &[(u64, u64)],
+        unwound: &Unwound,
+    ) -> (Vec<(u64, u64)>, Option<u64>) {
+        if !unwound.complete {
+            return (read.to_vec(), Some(stack.bp));
+        }
+        let mut reads = Vec::with_capacity(read.len());
+        // The same walk, with the word at `changed` (or %rbp) flipped in every bit.
+        let mut same_walk = |store: &mut Self, stack: CopiedStack, changed: Option<u64>| {
+            reads.clear();
+            let again = store.walk(modules, stack, &mut reads);
+            again == *unwound
+                && reads.len() == read.len()
+                && reads.iter().zip(read).all(|(&(at, word), &(was_at, was))| {
+                    at == was_at && (word == was || (Some(at) == changed && word == !was))
+                })
+        };
+        let bp_decides = !same_walk(
+            self,
+            CopiedStack {
+                bp: !stack.bp,
+                ..stack
+            },
+            None,
+        );
+        let mut bytes = stack.bytes.to_vec();
+        let mut undecided: Vec<u64> = Vec::new();
+        for &(at, word) in read {
+            if unwound.frames.contains(&word) || undecided.contains(&at) {
+                continue;
+            }
+            let Some(index) = at
+                .checked_sub(stack.sp)
+                .and_then(|i| usize::try_from(i).ok())
+                .filter(|&i| i.saturating_add(8) <= bytes.len())
+            else {
+                continue;
+            };
+            bytes[index..index + 8].copy_from_slice(&(!word).to_le_bytes());
+            let changed = CopiedStack {
+                bytes: &bytes,
+                ..stack
+            };
+            if same_walk(self, changed, Some(at)) {
+                undecided.push(at);
+            }
+            bytes[index..index + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        let deciding = read
+            .iter()
+            .filter(|(at, _)| !undecided.contains(at))
+            .copied()
+            .collect();
+        (deciding, bp_decides.then_some(stack.bp))
     }
 
     /// A store that remembers no walk: every stack is unwound or deferred.
@@ -285,8 +425,11 @@ impl StackStore {
     pub(super) fn memo_sizes(&self) -> String {
         let (keys, walks) = self.memo.sizes();
         format!(
-            "walks remembered {walks} ({keys} keys, {} hits)",
-            self.memo.hits
+            "walks remembered {walks} ({keys} keys, {} hits), given to the kernel {} ({} hits, {} unknown)",
+            self.memo.hits,
+            self.given.len(),
+            self.given.hits,
+            self.given.unknown
         )
     }
 }

@@ -8,6 +8,7 @@ use foldhash::HashMap;
 
 mod bases;
 mod deferred;
+mod given;
 mod memo;
 mod modules;
 mod perf_map;
@@ -23,6 +24,7 @@ pub(crate) use deferred::DeferredStack;
 use deferred::Pending;
 #[cfg(test)]
 pub(crate) use deferred::WINDOW_NS;
+use given::GivenWalks;
 use memo::{Memo, Remembered};
 use modules::{ModuleFiles, ModuleMap};
 use perf_map::PerfMaps;
@@ -82,6 +84,8 @@ pub(crate) struct StackStore {
     /// walk read.
     memo: Memo<ModuleMap>,
     reads: Vec<(u64, u64)>,
+    /// Remembered walks the kernel recognises stacks by, sending them without their copy.
+    given: GivenWalks,
     /// Stacks repaired (unwound or taken from the kernel's walk), for the debug log.
     repaired: u64,
 }
@@ -143,6 +147,7 @@ impl StackStore {
         kernel: &impl KernelStacks,
     ) -> Option<DeferredStack> {
         let header = &mut event.header;
+        self.given.saw(header.timestamp_ns);
         match &event.body {
             EventBody::TaskCreated(TaskCreated {
                 child_tid,
@@ -163,6 +168,7 @@ impl StackStore {
                 self.python.thread_exited(header.tid);
             }
             EventBody::Exec => {
+                self.given.take_back(header.tgid, header.timestamp_ns);
                 self.python.forget(header.tgid);
                 self.bases.forget(header.tid);
                 self.bases.forget(header.tgid);
@@ -176,6 +182,12 @@ impl StackStore {
         header.generation = self.generation(header.tgid);
         // The thread's Python walk, if the kernel sent one, came right before this event.
         let python = self.python.take(header.tid);
+        if let Some(top) = &stack_top
+            && top.memo != 0
+        {
+            event.header.stack_id = self.given_stack(&event.header, top, python.as_ref());
+            return None;
+        }
         let learn = match (&stack_top, &python) {
             (Some(top), None) => match self.remembered(&event.header, top) {
                 Remembered::Hit(id) => {
@@ -248,7 +260,9 @@ impl StackStore {
         let mut candidates = std::mem::take(&mut self.pinned);
         // A pid a later process has taken since names that process's maps now.
         candidates.retain(|(pid, _)| !self.generations.contains_key(pid));
+        let now_ns = crate::clock::monotonic_ns();
         for &pid in gone {
+            self.given.take_back(pid, now_ns);
             self.python.forget(pid);
             let last = self.generations.remove(&pid).unwrap_or(0);
             candidates.extend((0..=last).map(|generation| (pid, generation)));
@@ -274,6 +288,16 @@ impl StackStore {
     /// Whether maps of reaped processes are kept for stacks that referred to them.
     pub(crate) fn has_pinned(&self) -> bool {
         !self.pinned.is_empty()
+    }
+
+    /// Walks given to the kernel or taken back since the last call, for its map.
+    pub(crate) fn take_given_updates(
+        &mut self,
+    ) -> Vec<(
+        tracer_common::StackMemoKey,
+        Option<tracer_common::StackMemo>,
+    )> {
+        self.given.take_updates()
     }
 
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
@@ -372,30 +396,39 @@ impl StackStore {
             ips,
             repaired
         );
-        let id = (!repaired.is_empty()).then(|| match self.stack_ids.get(&repaired) {
-            Some(&id) => id,
-            None => {
-                let id = self.stacks.len() as u32;
-                self.stacks.push(repaired.clone());
-                self.stack_ids.insert(repaired, id);
-                id
-            }
-        });
+        let id = self.intern(&repaired);
         if rememberable && let Some(top) = top {
-            self.remember((kernel_id, top), &modules, &probe, &unwound, id);
+            self.remember(
+                (pid, kernel_id, top),
+                &modules,
+                &probe,
+                &unwound,
+                (&repaired, id),
+            );
         }
         id
     }
 
-    /// Walks `stack` of `pid` through its mappings `modules`, with the map's unwinder.
+    /// The id of a stack's frames, interned now if they are new; None for no frames.
+    fn intern(&mut self, frames: &Arc<[u64]>) -> Option<u32> {
+        if frames.is_empty() {
+            return None;
+        }
+        Some(match self.stack_ids.get(frames) {
+            Some(&id) => id,
+            None => {
+                let id = self.stacks.len() as u32;
+                self.stacks.push(frames.clone());
+                self.stack_ids.insert(frames.clone(), id);
+                id
+            }
+        })
+    }
+
+    /// Walks `stack` of `pid` through its mappings `modules`, with the map's unwinder; the
+    /// words it reads are left in `self.reads`.
     fn unwind(&mut self, pid: u32, modules: &Arc<ModuleMap>, stack: CopiedStack) -> Unwound {
-        let sections = &mut self.sections;
-        let unwinder = self
-            .versions
-            .entry(Arc::as_ptr(modules) as usize)
-            .or_insert_with(|| Version::of(modules))
-            .unwinder
-            .get_or_insert_with(|| sections.unwinder_for(modules));
+        let unwinder = unwinder_of(&mut self.versions, &mut self.sections, modules);
         let perf_maps = &mut self.perf_maps;
         let reads = &mut self.reads;
         reads.clear();
@@ -409,6 +442,25 @@ impl StackStore {
             stack,
             |ip| modules.is_code(ip),
             is_trampoline,
+            MAX_FRAMES,
+            reads,
+        )
+    }
+
+    /// Walks `stack` through `modules`, which hold no JIT code (so no frame is a perf
+    /// trampoline), appending the words it reads to `reads`: the walk [`Self::unwind`] makes
+    /// there, with no side effect.
+    fn walk(
+        &mut self,
+        modules: &Arc<ModuleMap>,
+        stack: CopiedStack,
+        reads: &mut Vec<(u64, u64)>,
+    ) -> Unwound {
+        debug_assert!(!modules.has_anonymous_code());
+        unwinder_of(&mut self.versions, &mut self.sections, modules).unwind(
+            stack,
+            |ip| modules.is_code(ip),
+            |_| false,
             MAX_FRAMES,
             reads,
         )
@@ -456,6 +508,19 @@ impl StackStore {
 
 /// The address to look frame `i` of a stack up by: every frame but the innermost holds a
 /// return address, which points after the call; the byte before it is the call itself.
+/// The unwinder of a module map, made the first time it is needed.
+fn unwinder_of<'v>(
+    versions: &'v mut HashMap<usize, Version>,
+    sections: &mut UnwindSections,
+    modules: &Arc<ModuleMap>,
+) -> &'v mut ProcessUnwinder {
+    versions
+        .entry(Arc::as_ptr(modules) as usize)
+        .or_insert_with(|| Version::of(modules))
+        .unwinder
+        .get_or_insert_with(|| sections.unwinder_for(modules))
+}
+
 fn lookup_address(i: usize, ip: u64) -> u64 {
     if i == 0 { ip } else { ip.saturating_sub(1) }
 }

@@ -98,6 +98,7 @@ impl Pipeline {
             bp: 0,
             ip: self.ip,
             bytes: &self.bytes,
+            memo: 0,
         });
         let deferred = self.stacks.annotate(&mut event, top, &NoKernelStacks);
         let mut settle = Settle {

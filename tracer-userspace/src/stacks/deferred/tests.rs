@@ -35,6 +35,7 @@ fn top(ip: u64, bytes: &[u8]) -> StackTop<'_> {
         bp: 0,
         ip,
         bytes,
+        memo: 0,
     }
 }
 

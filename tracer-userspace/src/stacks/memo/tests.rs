@@ -7,7 +7,6 @@ fn key(copied: usize) -> Key {
         modules: 1,
         ip: 0x1000,
         sp: SP,
-        bp: 0,
         copied,
         kernel_id: None,
     }
@@ -28,6 +27,13 @@ fn outcome() -> Unwound {
     }
 }
 
+impl Memo<()> {
+    /// `look` for a stack whose %rbp is 0.
+    fn look_at(&mut self, key: &Key, modules: &Arc<()>, bytes: &[u8]) -> Lookup<'_> {
+        self.look(key, 0, modules, bytes)
+    }
+}
+
 fn hit(lookup: Lookup) -> Option<Option<u32>> {
     match lookup {
         Lookup::Hit(walk) => Some(walk.id),
@@ -43,21 +49,27 @@ fn hits_only_when_every_word_read_is_the_same() {
     let mut memo = Memo::default();
     let bytes = stack(&[0xaaaa, 0x2000, 0xbbbb]);
     // Read the return address at SP + 8 only.
-    memo.record(key(24), &modules, &[(SP + 8, 0x2000)], &outcome(), Some(7));
-    assert_eq!(hit(memo.look(&key(24), &modules, &bytes)), Some(Some(7)));
+    memo.record(
+        key(24),
+        &modules,
+        (&[(SP + 8, 0x2000)], Some(0)),
+        &outcome(),
+        Some(7),
+    );
+    assert_eq!(hit(memo.look_at(&key(24), &modules, &bytes)), Some(Some(7)));
     let other_scratch = stack(&[0x1234, 0x2000, 0x5678]);
     assert_eq!(
-        hit(memo.look(&key(24), &modules, &other_scratch)),
+        hit(memo.look_at(&key(24), &modules, &other_scratch)),
         Some(Some(7))
     );
     let other_caller = stack(&[0xaaaa, 0x3000, 0xbbbb]);
     assert!(matches!(
-        memo.look(&key(24), &modules, &other_caller),
+        memo.look_at(&key(24), &modules, &other_caller),
         Lookup::Learn
     ));
     assert_eq!(memo.hits, 2);
     // The outcome kept is what the stack base learning needs, without the frames.
-    let Lookup::Hit(walk) = memo.look(&key(24), &modules, &bytes) else {
+    let Lookup::Hit(walk) = memo.look_at(&key(24), &modules, &bytes) else {
         panic!("no hit");
     };
     assert_eq!(
@@ -76,15 +88,20 @@ fn keys_tell_apart_what_the_walk_depends_on() {
     let modules = Arc::new(());
     let mut memo = Memo::default();
     let bytes = stack(&[0, 0x2000]);
-    memo.record(key(16), &modules, &[(SP + 8, 0x2000)], &outcome(), Some(1));
-    assert!(hit(memo.look(&key(16), &modules, &bytes)).is_some());
+    memo.record(
+        key(16),
+        &modules,
+        (&[(SP + 8, 0x2000)], Some(0)),
+        &outcome(),
+        Some(1),
+    );
+    assert!(hit(memo.look_at(&key(16), &modules, &bytes)).is_some());
     // The key says 16 bytes; 8 were copied.
     assert!(matches!(
-        memo.look(&key(16), &modules, &bytes[..8]),
+        memo.look_at(&key(16), &modules, &bytes[..8]),
         Lookup::Miss
     ));
     for other in [
-        Key { bp: 1, ..key(16) },
         Key {
             ip: 0x1001,
             ..key(16)
@@ -103,13 +120,15 @@ fn keys_tell_apart_what_the_walk_depends_on() {
         },
     ] {
         assert!(
-            hit(memo.look(&other, &modules, &bytes)).is_none(),
+            hit(memo.look_at(&other, &modules, &bytes)).is_none(),
             "{other:?}"
         );
     }
+    // %rbp decided the walk: another %rbp is not the same walk.
+    assert!(hit(memo.look(&key(16), 1, &modules, &bytes)).is_none());
     // The same address, another map (the entry was made for the first one).
     let other_map = Arc::new(());
-    assert!(hit(memo.look(&key(16), &other_map, &bytes)).is_none());
+    assert!(hit(memo.look_at(&key(16), &other_map, &bytes)).is_none());
 }
 
 /// A key seen for the first time is a miss (deferred as before); seen again without a
@@ -121,15 +140,21 @@ fn learns_a_site_seen_twice_within_bounds() {
     let mut memo = Memo::default();
     let words = |caller: u64| stack(&[0, caller]);
     assert!(matches!(
-        memo.look(&key(16), &modules, &words(0x2000)),
+        memo.look_at(&key(16), &modules, &words(0x2000)),
         Lookup::Miss
     ));
     let mut learned = 0;
     for caller in 0..100u64 {
-        match memo.look(&key(16), &modules, &words(caller)) {
+        match memo.look_at(&key(16), &modules, &words(caller)) {
             Lookup::Learn => {
                 learned += 1;
-                memo.record(key(16), &modules, &[(SP + 8, caller)], &outcome(), None);
+                memo.record(
+                    key(16),
+                    &modules,
+                    (&[(SP + 8, caller)], Some(0)),
+                    &outcome(),
+                    None,
+                );
             }
             Lookup::Hit(_) => panic!("caller {caller} was never seen"),
             Lookup::Miss => {}
@@ -139,16 +164,19 @@ fn learns_a_site_seen_twice_within_bounds() {
     assert_eq!(memo.sizes(), (1, MAX_VARIANTS));
     for caller in 0..MAX_VARIANTS as u64 {
         assert_eq!(
-            hit(memo.look(&key(16), &modules, &words(caller))),
+            hit(memo.look_at(&key(16), &modules, &words(caller))),
             Some(None)
         );
     }
 
     // Walks that cannot be remembered stop being learned after MAX_LEARNS.
-    let other = Key { bp: 9, ..key(16) };
+    let other = Key {
+        ip: 0x9999,
+        ..key(16)
+    };
     let mut learned = 0;
     for _ in 0..100 {
-        if matches!(memo.look(&other, &modules, &words(1)), Lookup::Learn) {
+        if matches!(memo.look_at(&other, &modules, &words(1)), Lookup::Learn) {
             learned += 1;
         }
     }
@@ -162,14 +190,14 @@ fn bounded_and_forgets_dropped_ids() {
     let mut memo = Memo::default();
     for sp in 0..MAX_KEYS as u64 {
         let key = Key { sp, ..key(0) };
-        memo.record(key, &modules, &[], &outcome(), Some(sp as u32));
+        memo.record(key, &modules, (&[], None), &outcome(), Some(sp as u32));
     }
     assert_eq!(memo.sizes(), (MAX_KEYS, MAX_KEYS));
     memo.retain_ids(|id| id % 2 == 0);
     assert_eq!(memo.sizes(), (MAX_KEYS, MAX_KEYS / 2));
-    assert!(hit(memo.look(&Key { sp: 1, ..key(0) }, &modules, &[])).is_none());
+    assert!(hit(memo.look_at(&Key { sp: 1, ..key(0) }, &modules, &[])).is_none());
     assert_eq!(
-        hit(memo.look(&Key { sp: 2, ..key(0) }, &modules, &[])),
+        hit(memo.look_at(&Key { sp: 2, ..key(0) }, &modules, &[])),
         Some(Some(2))
     );
     memo.record(
@@ -178,7 +206,7 @@ fn bounded_and_forgets_dropped_ids() {
             ..key(0)
         },
         &modules,
-        &[],
+        (&[], None),
         &outcome(),
         None,
     );
@@ -252,6 +280,7 @@ mod in_the_store {
             bp: 0,
             ip,
             bytes,
+            memo: 0,
         };
         let deferred = store.annotate(&mut event, Some(top), &NoKernelStacks);
         (event.header.stack_id, deferred.is_some())
@@ -311,6 +340,7 @@ mod in_the_store {
             bp: 0,
             ip,
             bytes: &bytes,
+            memo: 0,
         };
         let deferred = store.annotate(&mut event, Some(top), &NoKernelStacks);
         assert!(deferred.is_some());
@@ -333,5 +363,83 @@ mod in_the_store {
         let again = again.expect("unwound");
         assert!(again > first, "{again} reused {first}");
         assert_eq!(store.interned(again), (Some(vec![ip, caller()]), 2));
+    }
+
+    unsafe extern "C" {
+        /// `push %rbp; mov %rsp,%rbp; nop; pop %rbp; ret`, with CFI (stacks/unwind/tests.rs).
+        fn tracer_unwind_test_fp();
+    }
+
+    /// Annotates a birth at `ip` with %rbp `bp` and the stack `words`; its stack id, and
+    /// whether it was deferred.
+    fn birth_at(
+        store: &mut StackStore,
+        fd: i32,
+        (ip, bp): (u64, u64),
+        words: &[u64],
+    ) -> (Option<u32>, bool) {
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut event = opened(fd, u64::from(fd.unsigned_abs()));
+        let top = StackTop {
+            sp: SP,
+            bp,
+            ip,
+            bytes: &bytes,
+            memo: 0,
+        };
+        let deferred = store.annotate(&mut event, Some(top), &NoKernelStacks);
+        (event.header.stack_id, deferred.is_some())
+    }
+
+    /// Right after `push %rbp` the walk restores %rbp from the stack, and the caller's CFI
+    /// never looks at it: the saved word (a request's address in a server) and %rbp at the
+    /// event do not decide the walk, so a stack where both differ is found at once, as the
+    /// stack the first walk gave.
+    #[test]
+    fn a_saved_register_that_decides_nothing_is_not_compared() {
+        let me = std::process::id();
+        let ip = tracer_unwind_test_fp as *const () as u64 + 1;
+        let mut store = StackStore::new();
+        store.capture(me);
+        let (first, deferred) = birth_at(&mut store, 3, (ip, 0x1111), &[0xaaaa, caller(), 0, 0]);
+        assert!(!deferred);
+        let first = first.expect("unwound at once");
+        assert_eq!(store.interned(first), (Some(vec![ip, caller()]), 1));
+        for (fd, saved) in [(4, 0xbbbb), (5, 0x7fff_0000_1234)] {
+            let (again, deferred) =
+                birth_at(&mut store, fd, (ip, saved + 1), &[saved, caller(), 0, 0]);
+            assert_eq!(
+                (again, deferred),
+                (Some(first), false),
+                "saved %rbp {saved:#x}"
+            );
+        }
+        // Found, not unwound again.
+        assert_eq!(store.interned(first).1, 1);
+        // Another caller is another walk.
+        let (other, _) = birth_at(&mut store, 6, (ip, 0x1111), &[0xaaaa, caller() + 1, 0, 0]);
+        assert_ne!(other, Some(first));
+    }
+
+    /// After `mov %rsp,%rbp` the frame is found through %rbp: %rbp at the event decides the
+    /// walk, and a stack with another %rbp (whose walk reads elsewhere) is not taken for the
+    /// first.
+    #[test]
+    fn a_frame_pointer_that_decides_is_compared() {
+        let me = std::process::id();
+        let ip = tracer_unwind_test_fp as *const () as u64 + 4;
+        let mut store = StackStore::new();
+        store.capture(me);
+        let words = [0xaaaa, caller(), 0, 0];
+        let (first, _) = birth_at(&mut store, 3, (ip, SP), &words);
+        let first = first.expect("unwound at once");
+        assert_eq!(store.interned(first), (Some(vec![ip, caller()]), 1));
+        assert_eq!(
+            birth_at(&mut store, 4, (ip, SP), &words),
+            (Some(first), false)
+        );
+        // %rbp one word up: the return address is read from SP + 16, which holds 0.
+        let (other, _) = birth_at(&mut store, 5, (ip, SP + 8), &words);
+        assert_ne!(other, Some(first));
     }
 }
