@@ -39,6 +39,7 @@ pub const FIXTURES: &[&str] = &[
     "bad_close",
     "slow_leak",
     "serve_leak",
+    "two_callers",
 ];
 
 /// Builds of fixtures with other flags than the default that tests ask for: prebuilt too.
@@ -46,6 +47,7 @@ pub const FIXTURE_VARIANTS: &[(&str, &[&str])] = &[
     ("stack_leak", &["-O0"]),
     ("stack_leak", &["-O2", "-fomit-frame-pointer"]),
     ("stack_base", &["-O2", "-fomit-frame-pointer"]),
+    ("two_callers", &["-O2", "-fomit-frame-pointer"]),
 ];
 
 /// The environment variable naming a directory of fixtures built beforehand (by the

@@ -345,7 +345,13 @@ impl StackStore {
                 copied: top.bytes.len(),
                 deciding: &deciding,
             };
-            self.given.give(walk, unwound, &native, id);
+            let words = deciding.len();
+            if let Some(handle) = self.given.give(walk, unwound, &native, id) {
+                log::debug!(
+                    "pid {pid}: walk {handle} given to the kernel ({words} deciding words of {} bytes)",
+                    top.bytes.len()
+                );
+            }
         }
     }
 
