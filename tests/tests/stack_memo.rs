@@ -87,7 +87,11 @@ fn stacks_that_differ_in_one_return_address_stay_apart() {
     };
     assert!(out.status.success(), "{}", out.stderr);
     let hits = kernel_hits(&out.stderr);
-    assert!(hits > 0, "the kernel sent every stack with its copy:\n{}", out.stderr);
+    assert!(
+        hits > 0,
+        "the kernel sent every stack with its copy:\n{}",
+        out.stderr
+    );
     let report = out.report();
     let ctx = report.context();
     assert_eq!(report.events_lost(), 0, "{ctx}");
@@ -107,7 +111,10 @@ fn stacks_that_differ_in_one_return_address_stay_apart() {
                     && symbols.iter().any(|s| s == "main")
             })
             .count();
-        assert_eq!(through, each as usize, "descriptors opened through {via}\n{ctx}");
+        assert_eq!(
+            through, each as usize,
+            "descriptors opened through {via}\n{ctx}"
+        );
     }
     fixture.close_stdin();
     fixture.wait_exit(Duration::from_secs(10));

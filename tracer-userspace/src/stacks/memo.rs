@@ -345,10 +345,12 @@ impl StackStore {
                 copied: top.bytes.len(),
                 deciding: &deciding,
             };
-            let words = deciding.len();
+            let words = (deciding.len(), self.reads.len());
             if let Some(handle) = self.given.give(walk, unwound, &native, id) {
                 log::debug!(
-                    "pid {pid}: walk {handle} given to the kernel ({words} deciding words of {} bytes)",
+                    "pid {pid}: walk {handle} given to the kernel ({} of the {} words it read decide it, of {} bytes)",
+                    words.0,
+                    words.1,
                     top.bytes.len()
                 );
             }
