@@ -11,7 +11,7 @@ use crate::{
         budgets::{self, Measured, Verdict},
         capacity::{self, MemoryResult, RateStep},
         forks,
-        load::{self, Load},
+        load::{self, CpuTimes, Load},
         micro::{self, MicroResult, Settings},
         nginx::{self, NginxResult},
         print, procstat,
@@ -95,11 +95,17 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
     let mut setup = set_up(&options)?;
     // After the build, which would otherwise count as load.
     let load_at_start = load::now();
+    let cpu_at_start = CpuTimes::now();
     let mut parts = collect(&options, &mut setup)?;
+    let shares = cpu_at_start
+        .zip(CpuTimes::now())
+        .and_then(|(start, end)| load::shares(start, end));
     let load = Load {
         cpus: load::cpus(),
         at_start: load_at_start,
         at_end: load::now(),
+        others_share: shares.map(|s| s.0),
+        steal_share: shares.map(|s| s.1),
     };
     parts.verdicts = budgets::check(&Measured {
         micros: &parts.micros,

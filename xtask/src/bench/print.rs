@@ -203,21 +203,25 @@ pub(crate) fn attach(attach: &Summary) {
     );
 }
 
-/// The load average at the bench's start and end, and whether that was too busy.
+/// The load average at the bench's start and end, the CPU time others took meanwhile, and
+/// whether that was too busy.
 pub(crate) fn load(load: &Load) {
     let show = |l: Option<f64>| l.map_or("unknown".to_owned(), |l| format!("{l:.2}"));
+    let share = |s: Option<f64>| s.map_or("unknown".to_owned(), |s| format!("{:.1}%", s * 100.0));
     println!();
     println!(
-        "load average (1 min): {} at start, {} at end, on {} CPUs{}",
+        "load average (1 min): {} at start, {} at end (mostly the bench's own), on {} CPUs; \
+         other processes used {} of the CPU time while it ran, the hypervisor stole {}",
         show(load.at_start),
         show(load.at_end),
         load.cpus,
-        if load.too_busy().is_some() {
-            ": busier than its CPUs, too noisy to judge the budgets (their notes say so)"
-        } else {
-            ""
-        }
+        share(load.others_share),
+        share(load.steal_share),
     );
+    match load.too_busy() {
+        Some(why) => println!("too noisy to judge the budgets ({why}): their notes say so"),
+        None => println!("quiet enough to judge the budgets"),
+    }
 }
 
 /// Each budget with its measured value and verdict.
