@@ -14,7 +14,11 @@
 //!
 //! A handle is never given out twice, and one taken back still names its stack for
 //! [`RETIRE_AFTER_NS`] of event time: the kernel may have sent it in events still in the
-//! ring.
+//! ring. Between a process's exec and the moment its exec event is applied here, the kernel
+//! may still hold the old image's walks: a stack of the new image matches one only with the
+//! same `ip`, `sp` and copy length and the same return addresses at the same offsets, which
+//! address space randomisation makes differ (and without it, the same program's stack is the
+//! same stack).
 
 use std::{collections::VecDeque, sync::Arc};
 
