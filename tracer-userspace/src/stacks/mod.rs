@@ -16,6 +16,8 @@ mod python;
 mod splice;
 mod sweep;
 mod symbolize;
+#[cfg(test)]
+mod test_support;
 mod unwind;
 mod versions;
 

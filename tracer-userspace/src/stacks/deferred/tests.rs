@@ -2,23 +2,7 @@
 //! one does, the budget, and pending ids.
 
 use super::*;
-use crate::events::{FileOpened, Header};
-
-struct NoKernelStacks;
-
-impl KernelStacks for NoKernelStacks {
-    fn stack(&self, _: u32) -> Option<Vec<u64>> {
-        None
-    }
-}
-
-/// The address of a libc function, as the dynamic linker resolves it.
-fn libc_function(name: &std::ffi::CStr) -> u64 {
-    // SAFETY: dlsym only reads the NUL-terminated name; a null handle searches the global scope.
-    let addr = unsafe { libc::dlsym(std::ptr::null_mut(), name.as_ptr()) };
-    assert!(!addr.is_null(), "dlsym({name:?}) failed");
-    addr as u64
-}
+use crate::stacks::test_support::{NoKernelStacks, libc_function, opened};
 
 /// A stack at the first instruction of libc's accept4 (no frame: the caller is the word at
 /// sp), called from this test binary: it unwinds to [accept4, caller].
@@ -36,26 +20,6 @@ fn top(ip: u64, bytes: &[u8]) -> StackTop<'_> {
         ip,
         bytes,
         memo: 0,
-    }
-}
-
-fn opened(tgid: u32, fd: i32, t: u64) -> Event {
-    Event {
-        header: Header {
-            tgid,
-            tid: tgid,
-            stack_id: None,
-            timestamp_ns: t,
-            generation: 0,
-        },
-        body: EventBody::FileOpened(FileOpened {
-            fd,
-            syscall: tracer_common::Syscall::Openat,
-            dirfd: tracer_common::abi::AT_FDCWD,
-            flags: 0,
-            path: Some(b"/dev/null".to_vec()),
-            path_truncated: false,
-        }),
     }
 }
 

@@ -137,26 +137,17 @@ mod in_the_store {
     //! handle gets the stack the walk found, re-interned if its id was dropped since.
 
     use crate::{
-        events::{Event, EventBody, FileOpened, Header, StackTop},
-        stacks::{KernelStacks, StackStore},
+        events::{Event, StackTop},
+        stacks::{
+            StackStore,
+            test_support::{self, NoKernelStacks},
+        },
     };
-
-    struct NoKernelStacks;
-
-    impl KernelStacks for NoKernelStacks {
-        fn stack(&self, _: u32) -> Option<Vec<u64>> {
-            None
-        }
-    }
 
     const SP: u64 = 0x7000_0000_0000;
 
     fn accept4() -> u64 {
-        // SAFETY: dlsym only reads the NUL-terminated name; a null handle searches the
-        // global scope.
-        let accept4 = unsafe { libc::dlsym(std::ptr::null_mut(), c"accept4".as_ptr()) };
-        assert!(!accept4.is_null());
-        accept4 as u64
+        test_support::libc_function(c"accept4")
     }
 
     fn caller() -> u64 {
@@ -164,24 +155,7 @@ mod in_the_store {
     }
 
     fn opened(fd: i32, t: u64) -> Event {
-        let me = std::process::id();
-        Event {
-            header: Header {
-                tgid: me,
-                tid: me,
-                stack_id: None,
-                timestamp_ns: t,
-                generation: 0,
-            },
-            body: EventBody::FileOpened(FileOpened {
-                fd,
-                syscall: tracer_common::Syscall::Openat,
-                dirfd: tracer_common::abi::AT_FDCWD,
-                flags: 0,
-                path: Some(b"/dev/null".to_vec()),
-                path_truncated: false,
-            }),
-        }
+        test_support::opened(std::process::id(), fd, t)
     }
 
     fn birth(store: &mut StackStore, fd: i32, bytes: &[u8], memo: u32) -> Option<u32> {

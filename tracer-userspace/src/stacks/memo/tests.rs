@@ -218,17 +218,12 @@ mod in_the_store {
     //! store unwinds, without being copied or deferred.
 
     use crate::{
-        events::{Event, EventBody, FileOpened, Header, StackTop},
-        stacks::{KernelStacks, StackStore},
+        events::{Event, StackTop},
+        stacks::{
+            StackStore,
+            test_support::{self, NoKernelStacks},
+        },
     };
-
-    struct NoKernelStacks;
-
-    impl KernelStacks for NoKernelStacks {
-        fn stack(&self, _: u32) -> Option<Vec<u64>> {
-            None
-        }
-    }
 
     const SP: u64 = 0x7000_0000_0000;
     const WORDS: usize = 4;
@@ -236,15 +231,12 @@ mod in_the_store {
     /// A stack at the first instruction of libc's accept4 (no frame: the caller is the word
     /// at sp) called from `caller`, then `rest`.
     fn stack_bytes(caller: u64, rest: [u64; WORDS - 1]) -> (u64, Vec<u8>) {
-        // SAFETY: dlsym only reads the NUL-terminated name; a null handle searches the
-        // global scope.
-        let accept4 = unsafe { libc::dlsym(std::ptr::null_mut(), c"accept4".as_ptr()) };
-        assert!(!accept4.is_null());
+        let accept4 = test_support::libc_function(c"accept4");
         let bytes = std::iter::once(caller)
             .chain(rest)
             .flat_map(|w| w.to_le_bytes())
             .collect();
-        (accept4 as u64, bytes)
+        (accept4, bytes)
     }
 
     fn caller() -> u64 {
@@ -252,24 +244,7 @@ mod in_the_store {
     }
 
     fn opened(fd: i32, t: u64) -> Event {
-        let me = std::process::id();
-        Event {
-            header: Header {
-                tgid: me,
-                tid: me,
-                stack_id: None,
-                timestamp_ns: t,
-                generation: 0,
-            },
-            body: EventBody::FileOpened(FileOpened {
-                fd,
-                syscall: tracer_common::Syscall::Openat,
-                dirfd: tracer_common::abi::AT_FDCWD,
-                flags: 0,
-                path: Some(b"/dev/null".to_vec()),
-                path_truncated: false,
-            }),
-        }
+        test_support::opened(std::process::id(), fd, t)
     }
 
     /// Annotates a birth with the stack `bytes`; its stack id, and whether it was deferred.
