@@ -17,9 +17,47 @@ pub(super) fn program_error(program: &'static str, err: ProgramError) -> LoadErr
             log::debug!("verifier log for {program}:\n{log}");
             verifier_reason(&io_error.to_string(), &log)
         }
-        other => other.to_string(),
+        other => paranoid_hint(with_causes(&other), perf_event_paranoid()),
     };
     LoadError::Program { program, reason }
+}
+
+/// An error and its causes, as one line ("`perf_event_open` failed: Permission denied").
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut line = err.to_string();
+    let mut cause = err.source();
+    while let Some(err) = cause {
+        line.push_str(": ");
+        line.push_str(&err.to_string());
+        cause = err.source();
+    }
+    line
+}
+
+/// `kernel.perf_event_paranoid`, if it can be read.
+fn perf_event_paranoid() -> Option<i32> {
+    std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A refusal to attach, with what to do when it is Debian's: its kernels (and Ubuntu's)
+/// default to `kernel.perf_event_paranoid=3`, under which opening a tracepoint's perf event
+/// needs CAP_SYS_ADMIN whatever CAP_PERFMON says.
+fn paranoid_hint(reason: String, paranoid: Option<i32>) -> String {
+    let denied = ["Permission denied", "Operation not permitted"]
+        .iter()
+        .any(|what| reason.contains(what));
+    match paranoid {
+        Some(level) if denied && level >= 3 => format!(
+            "{reason} (kernel.perf_event_paranoid is {level}: this kernel lets only \
+             CAP_SYS_ADMIN attach tracepoints then; grant tracer CAP_SYS_ADMIN, or set \
+             kernel.perf_event_paranoid to 2)"
+        ),
+        _ => reason,
+    }
 }
 
 /// BPF helpers the programs call that not every kernel has: (helper id, name, the Linux
@@ -117,6 +155,33 @@ fn refused_call(line: &str) -> Option<RefusedCall<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal under perf_event_paranoid 3 names the sysctl and the capability; others
+    /// are left as they are.
+    #[test]
+    fn paranoid_refusals_say_what_to_do() {
+        let denied = "`perf_event_open` failed: Permission denied (os error 13)".to_owned();
+        let hinted = paranoid_hint(denied.clone(), Some(3));
+        assert!(hinted.starts_with(&denied), "{hinted}");
+        assert!(
+            hinted.contains("kernel.perf_event_paranoid is 3") && hinted.contains("CAP_SYS_ADMIN"),
+            "{hinted}"
+        );
+        assert_eq!(paranoid_hint(denied.clone(), Some(2)), denied);
+        assert_eq!(paranoid_hint(denied.clone(), None), denied);
+        let other = "`perf_event_open` failed: No such device".to_owned();
+        assert_eq!(paranoid_hint(other.clone(), Some(4)), other);
+        // aya's error says which call failed; its cause says why.
+        let io_error = std::io::Error::from_raw_os_error(libc::EACCES);
+        let err = ProgramError::SyscallError(aya::sys::SyscallError {
+            call: "perf_event_open",
+            io_error,
+        });
+        assert_eq!(
+            with_causes(&err),
+            "`perf_event_open` failed: Permission denied (os error 13)"
+        );
+    }
 
     /// A helper the kernel has but does not offer to tracepoint programs is named.
     #[test]
