@@ -88,7 +88,7 @@ impl StackSymbolizer {
                 // Every frame but the innermost holds a return address, which points after
                 // the call; the byte before it is the call itself (right function and line
                 // even when the call ends its function).
-                let lookup = super::lookup_address(i, ip);
+                let lookup = super::repair::lookup_address(i, ip);
                 if modules.is_anonymous_code(lookup) {
                     return vec![jit_frame(ip, jit_name(lookup))];
                 }

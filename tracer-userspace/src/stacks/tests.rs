@@ -1,6 +1,6 @@
 use foldhash::HashMap;
 
-use super::*;
+use super::{splice::spliced, unwind::Unwound, *};
 use crate::events::TaskCreated;
 
 fn cut(frames: &[u64]) -> Unwound {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use foldhash::HashSet;
 
-use super::{ModuleMap, ProcessUnwinder, StackStore};
+use super::{ModuleMap, StackStore, unwind::ProcessUnwinder};
 
 /// Reads of /proc/PID/maps per map version for walks that stopped at unmapped addresses.
 const MAX_REREADS_AT: usize = 64;
