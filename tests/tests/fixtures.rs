@@ -239,3 +239,32 @@ fn py_leak_holds_what_it_says_in_both_modes() {
     let status = bad.wait_exit(Duration::from_secs(30)).expect("exits");
     assert_eq!(status.code(), Some(2));
 }
+
+/// two_callers keeps every K-th descriptor of each caller's N opens, and closes the rest.
+#[test]
+fn two_callers_keeps_what_it_says() {
+    let bin = build_fixture("two_callers", &["-O2", "-fomit-frame-pointer"]);
+    let file = unique_dir(None, "two-callers-fixture").join("data");
+    std::fs::write(&file, "x").unwrap();
+    let mut fixture = Fixture::spawn(&bin, &[file.to_str().unwrap()]);
+    fixture.wait_for_line("READY", Duration::from_secs(10));
+    let before = fd_count(fixture.pid()).unwrap();
+    fixture.send_line("round 100 0");
+    assert_eq!(
+        fixture.wait_for_line("ROUND", Duration::from_secs(10)),
+        "ROUND a=0 b=0"
+    );
+    assert_eq!(fd_count(fixture.pid()).unwrap(), before);
+    fixture.send_line("round 100 10");
+    assert_eq!(
+        fixture.wait_for_line("ROUND", Duration::from_secs(10)),
+        "ROUND a=10 b=10"
+    );
+    assert_eq!(fd_count(fixture.pid()).unwrap(), before + 20);
+    fixture.close_stdin();
+    assert!(
+        fixture
+            .wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+}
