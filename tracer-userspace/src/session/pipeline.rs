@@ -18,7 +18,7 @@ use super::{
     child::PausedChild,
     deferral::Settle,
     host::{self, HostSession},
-    prepare::{Prepared, RecordCounts, apply_python_updates, prepare, send_stack_bases},
+    prepare::{Prepared, RecordCounts, apply_python_updates, prepare, send_stack_updates},
     reconcile::{self, Reconciler},
     snapshots::Snapshots,
     targets::Roots,
@@ -139,7 +139,7 @@ impl<'p> State<'p> {
     /// (u64::MAX): the tables then hold only final stacks, as a report needs.
     pub(super) fn settle_stacks(&mut self, now_ns: u64) {
         self.settle().due(now_ns);
-        send_stack_bases(&mut self.stacks, self.probes);
+        send_stack_updates(&mut self.stacks, self.probes);
     }
 
     /// A process gone without its exit event: its table's pending stacks are unwound first.
@@ -297,7 +297,7 @@ impl<'p> State<'p> {
         }
         self.settle()
             .after(deferred.map(|d| *d), event.header.timestamp_ns);
-        send_stack_bases(&mut self.stacks, self.probes);
+        send_stack_updates(&mut self.stacks, self.probes);
     }
 
     /// Follows the processes that moved into a watched cgroup without an exec.

@@ -65,7 +65,7 @@ pub(super) fn prepare(
     }
     let deferred = stacks.annotate(&mut event, stack_top, probes).map(Box::new);
     apply_python_updates(probes, stacks.take_python_updates());
-    send_stack_bases(stacks, probes);
+    send_stack_updates(stacks, probes);
     Some(Prepared { event, deferred })
 }
 
@@ -79,12 +79,12 @@ pub(super) fn apply_python_updates(probes: &Probes, updates: PythonUpdates) {
     }
 }
 
-/// Tells the kernel the stack bases learned or unlearned by the last walks.
-pub(super) fn send_stack_bases(stacks: &mut StackStore, probes: &Probes) {
+/// Tells the kernel the stack bases learned or unlearned by the last walks, and the walks
+/// given to it or taken back (`stacks/given.rs`).
+pub(super) fn send_stack_updates(stacks: &mut StackStore, probes: &Probes) {
     for (tid, base) in stacks.take_stack_base_updates() {
         probes.set_stack_base(tid, base);
     }
-    // And the walks given to it or taken back (`stacks/given.rs`).
     for (key, memo) in stacks.take_given_updates() {
         probes.set_stack_memo(key, memo.as_ref());
     }

@@ -100,14 +100,7 @@ impl GivenWalks {
             ip: walk.ip,
             sp: walk.sp,
         };
-        // One walk per key: a walk whose copy had another length (the thread's stack base
-        // was learned since, so the kernel copies less now) gives way to the new one.
-        let keys = self.by_process.entry(walk.tgid).or_default();
-        let replaced = match keys.iter().position(|given| given.0 == key) {
-            Some(at) if keys[at].2 == walk.copied => return None,
-            Some(at) => Some(keys.swap_remove(at).1),
-            None => None,
-        };
+        // Built first: a walk the kernel cannot take leaves what was given as it was.
         let mut memo = StackMemo {
             copied: u32::try_from(walk.copied).ok()?,
             handle: self.last.checked_add(1)?,
@@ -121,6 +114,14 @@ impl GivenWalks {
             memo.offsets[i] = u32::try_from(address.checked_sub(walk.sp)?).ok()?;
             memo.values[i] = word;
         }
+        // One walk per key: a walk whose copy had another length (the thread's stack base
+        // was learned since, so the kernel copies less now) gives way to the new one.
+        let keys = self.by_process.entry(walk.tgid).or_default();
+        let replaced = match keys.iter().position(|given| given.0 == key) {
+            Some(at) if keys[at].2 == walk.copied => return None,
+            Some(at) => Some(keys.swap_remove(at).1),
+            None => None,
+        };
         self.last = memo.handle;
         keys.push((key, memo.handle, walk.copied));
         if let Some(old) = replaced {
@@ -133,10 +134,7 @@ impl GivenWalks {
                 tgid: walk.tgid,
                 copied: walk.copied,
                 sp: walk.sp,
-                outcome: Unwound {
-                    frames: Vec::new(),
-                    ..outcome.clone()
-                },
+                outcome: outcome.without_frames(),
                 native: native.clone(),
                 id,
             },
@@ -146,13 +144,9 @@ impl GivenWalks {
 
     /// The walk the kernel matched a stack of `tgid` against, sent at `now_ns`; handles
     /// taken back long enough before it are forgotten first.
-    pub(super) fn hit(&mut self, handle: u32, tgid: u32, now_ns: u64) -> Option<&mut Given> {
+    pub(super) fn hit(&mut self, handle: u32, tgid: u32, now_ns: u64) -> Option<&Given> {
         self.purge(now_ns);
-        match self
-            .handles
-            .get_mut(&handle)
-            .filter(|given| given.tgid == tgid)
-        {
+        match self.handles.get(&handle).filter(|given| given.tgid == tgid) {
             Some(given) => {
                 self.hits += 1;
                 Some(given)

@@ -236,10 +236,7 @@ impl<M> Memo<M> {
         entry.walks.push(Walk {
             reads: read.into(),
             bp,
-            outcome: Unwound {
-                frames: Vec::new(),
-                ..unwound.clone()
-            },
+            outcome: unwound.without_frames(),
             id,
         });
     }
@@ -293,7 +290,7 @@ impl StackStore {
     }
 
     /// Remembers the walk just made (its words are in `self.reads`) of a stack of
-    /// (`kernel_id`, `top`) through `modules`, which ended in stack `id`: only a walk that
+    /// (`kernel_id`, `top`) through `modules`, which ended in interned stack `id`: only a walk that
     /// read no perf map (no JIT code) and needed no re-read of the mappings (every address of
     /// `probe`, the innermost and the kernel's walk, is in them) can be reused.
     ///
@@ -305,7 +302,7 @@ impl StackStore {
         modules: &Arc<ModuleMap>,
         probe: &[u64],
         unwound: &Unwound,
-        (native_frames, id): (&Arc<[u64]>, Option<u32>),
+        id: Option<u32>,
     ) {
         if modules.has_anonymous_code() || !probe.iter().all(|&ip| modules.is_code(ip)) {
             return;
@@ -329,7 +326,6 @@ impl StackStore {
             && unwound.complete
             // The interned allocation, which `given_stack` checks the id still names.
             && let Some(native) = self.stacks.get(id as usize).cloned()
-            && *native == **native_frames
         {
             let walk = ToGive {
                 tgid: pid,

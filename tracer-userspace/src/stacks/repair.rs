@@ -110,13 +110,7 @@ impl StackStore {
         );
         let id = self.intern(&repaired);
         if rememberable && let Some(top) = top {
-            self.remember(
-                (pid, kernel_id, top),
-                &modules,
-                &probe,
-                &unwound,
-                (&repaired, id),
-            );
+            self.remember((pid, kernel_id, top), &modules, &probe, &unwound, id);
         }
         id
     }

@@ -237,6 +237,17 @@ pub(super) struct Unwound {
     pub rejected: Option<u64>,
 }
 
+impl Unwound {
+    /// What the walk found besides its frames (what `StackBases::observe` looks at), as a
+    /// remembered walk keeps it.
+    pub(super) fn without_frames(&self) -> Self {
+        Self {
+            frames: Vec::new(),
+            ..*self
+        }
+    }
+}
+
 /// The registers at the event and the stack memory copied from `sp` up.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct CopiedStack<'a> {
