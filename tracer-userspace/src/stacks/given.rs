@@ -111,7 +111,12 @@ impl GivenWalks {
             values: [0; MEMO_WORDS],
         };
         for (i, &(address, word)) in walk.deciding.iter().enumerate() {
-            memo.offsets[i] = u32::try_from(address.checked_sub(walk.sp)?).ok()?;
+            let offset = address.checked_sub(walk.sp)?;
+            // The kernel reads each word as one aligned load (tracer-ebpf/src/memo.rs).
+            if offset % 8 != 0 {
+                return None;
+            }
+            memo.offsets[i] = u32::try_from(offset).ok()?;
             memo.values[i] = word;
         }
         // One walk per key: a walk whose copy had another length (the thread's stack base

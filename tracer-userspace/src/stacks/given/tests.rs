@@ -59,8 +59,8 @@ fn gives_each_key_once_and_names_its_stack() {
     assert_eq!((given.hits, given.unknown), (1, 1));
 }
 
-/// Walks that the kernel could not check (too many deciding words, nothing copied) are not
-/// given.
+/// Walks that the kernel could not check (too many deciding words, nothing copied, a word
+/// off the 8-byte grid) are not given.
 #[test]
 fn gives_only_what_the_kernel_can_check() {
     let mut given = GivenWalks::default();
@@ -72,6 +72,12 @@ fn gives_only_what_the_kernel_can_check() {
             .is_none()
     );
     assert!(given.give(walk(&[], 0), &outcome(), &native, 1).is_none());
+    // The kernel loads each word aligned: a word 4 bytes off is not given.
+    assert!(
+        given
+            .give(walk(&[(SP + 12, 1)], 24), &outcome(), &native, 1)
+            .is_none()
+    );
     assert!(given.take_updates().is_empty());
 }
 
