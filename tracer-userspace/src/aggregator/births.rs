@@ -12,7 +12,7 @@ use tracer_common::{
 };
 
 use super::Descriptor;
-use crate::model::{DescriptorKind, escape_bytes};
+use crate::model::{DescriptorKind, escape_owned};
 
 /// `MFD_CLOEXEC`, `FAN_CLOEXEC`.
 const LOW_BIT_CLOEXEC: u64 = 1;
@@ -49,7 +49,7 @@ fn has(flags: u64, bit: u64) -> bool {
 /// it or against the directory descriptor `dirfd` as it was at open time.
 pub(super) fn from_path(
     syscall: Syscall,
-    path: Option<&[u8]>,
+    path: Option<Vec<u8>>,
     dirfd: i32,
     flags: u32,
     cwd: Option<&str>,
@@ -57,7 +57,7 @@ pub(super) fn from_path(
 ) -> Birth {
     let flags = u64::from(flags);
     if syscall == Syscall::MemfdCreate {
-        let name = path.map(escape_bytes).unwrap_or_default();
+        let name = path.map(escape_owned).unwrap_or_default();
         return Birth::new(
             DescriptorKind::Memfd,
             format!("memfd:{name}"),
@@ -76,13 +76,14 @@ pub(super) fn from_path(
 /// `.` components are dropped; `..` is kept, since only the filesystem knows what it means
 /// after a symlink.
 fn resolve_path(
-    path: &[u8],
+    path: Vec<u8>,
     dirfd: i32,
     cwd: Option<&str>,
     table: &HashMap<i32, Descriptor>,
 ) -> String {
-    let text = escape_bytes(path);
-    if path.first() == Some(&b'/') {
+    // An absolute path is the description as it came (no copy: this runs for every open).
+    let text = escape_owned(path);
+    if text.starts_with('/') {
         return text;
     }
     let base = if dirfd == AT_FDCWD {

@@ -19,7 +19,7 @@ use crate::{
 impl Aggregator {
     /// A descriptor opened from a path (or memfd_create's name), described from the path
     /// as resolved against the working directory or `dirfd` at open time.
-    pub(super) fn on_file_opened(&mut self, header: &Header, opened: &FileOpened) {
+    pub(super) fn on_file_opened(&mut self, header: &Header, opened: &mut FileOpened) {
         // Only a relative path needs the working directory (most opens are absolute).
         let relative = opened
             .path
@@ -33,7 +33,7 @@ impl Aggregator {
         let process = self.table(header.tgid);
         let birth = births::from_path(
             opened.syscall,
-            opened.path.as_deref(),
+            opened.path.take(),
             opened.dirfd,
             opened.flags,
             cwd.as_deref(),

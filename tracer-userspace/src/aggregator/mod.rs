@@ -270,11 +270,12 @@ impl Aggregator {
             .or_insert_with(|| Process::new(tgid, 0, String::new()))
     }
 
-    /// Applies one event, in ring buffer order: each kind has its handler (handlers.rs).
-    pub(crate) fn apply(&mut self, event: &Event) {
+    /// Applies one event, in ring buffer order: each kind has its handler (handlers.rs). A
+    /// file open's path is moved into the table, not copied: the event is left without it.
+    pub(crate) fn apply(&mut self, event: &mut Event) {
         self.events_applied += 1;
         let header = &event.header;
-        match &event.body {
+        match &mut event.body {
             EventBody::FileOpened(opened) => self.on_file_opened(header, opened),
             EventBody::FdCreated(created) => self.on_fd_created(header, created),
             EventBody::FdClosed(closed) => self.on_fd_closed(header, closed),

@@ -108,17 +108,17 @@ mod tests {
     #[test]
     fn held_until_closed_or_replaced() {
         let mut agg = Aggregator::new();
-        agg.apply(&open_pending(3, 1));
+        agg.apply(&mut open_pending(3, 1));
         assert!(agg.holds_stack(PARENT, 3, pending(PENDING)));
         assert!(!agg.holds_stack(PARENT, 3, pending(PENDING + 1)));
         agg.replace_stack(PARENT, 3, pending(PENDING), Some(pending(4)));
         assert!(!agg.holds_stack(PARENT, 3, pending(PENDING)));
         assert_eq!(agg.process(PARENT).unwrap().fds[&3].stack, Some(pending(4)));
 
-        agg.apply(&open_pending(5, 2));
-        agg.apply(&close(PARENT, PARENT, 5));
+        agg.apply(&mut open_pending(5, 2));
+        agg.apply(&mut close(PARENT, PARENT, 5));
         assert!(!agg.holds_stack(PARENT, 5, pending(PENDING)));
-        agg.apply(&open(PARENT, 5, "/etc/hosts", 3));
+        agg.apply(&mut open(PARENT, 5, "/etc/hosts", 3));
         assert!(!agg.holds_stack(PARENT, 5, pending(PENDING)));
         // Replacing a stack the descriptor no longer has changes nothing.
         agg.replace_stack(PARENT, 5, pending(PENDING), Some(pending(9)));
@@ -133,8 +133,8 @@ mod tests {
     #[test]
     fn settles_tables_and_lives() {
         let mut agg = Aggregator::new();
-        agg.apply(&open_pending(3, 1));
-        agg.apply(&open(PARENT, 4, "/etc/hosts", 2));
+        agg.apply(&mut open_pending(3, 1));
+        agg.apply(&mut open(PARENT, 4, "/etc/hosts", 2));
         let mut asked = Vec::new();
         agg.settle_table(PARENT, |s| {
             asked.push(s);
@@ -146,8 +146,8 @@ mod tests {
         assert_eq!(fds[&4].stack, open(PARENT, 4, "", 2).header.stack());
 
         for t in 0..4 {
-            agg.apply(&open_pending(6, 10 + t));
-            agg.apply(&close(PARENT, PARENT, 6));
+            agg.apply(&mut open_pending(6, 10 + t));
+            agg.apply(&mut close(PARENT, PARENT, 6));
         }
         let mut asked = 0;
         agg.settle_lives(PARENT, 6, |_| {

@@ -167,12 +167,12 @@ mod tests {
     fn losses_leave_held_at_exit_unverified_until_checked() {
         use crate::aggregator::tests::exit;
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 10));
-        agg.apply(&open(PARENT + 1, 3, "/b", 10));
+        agg.apply(&mut open(PARENT, 3, "/a", 10));
+        agg.apply(&mut open(PARENT + 1, 3, "/b", 10));
         agg.lost_so_far = 7;
         agg.mark_checked(PARENT + 1, 7);
-        agg.apply(&exit(PARENT, PARENT, Some(true)));
-        agg.apply(&exit(PARENT + 1, PARENT + 1, Some(true)));
+        agg.apply(&mut exit(PARENT, PARENT, Some(true)));
+        agg.apply(&mut exit(PARENT + 1, PARENT + 1, Some(true)));
         assert!(agg.process(PARENT).unwrap().held_at_exit_unverified);
         assert!(!agg.process(PARENT + 1).unwrap().held_at_exit_unverified);
     }
@@ -181,8 +181,8 @@ mod tests {
     #[test]
     fn lost_close_is_dropped() {
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 10));
-        agg.apply(&open(PARENT, 4, "/b", 20));
+        agg.apply(&mut open(PARENT, 3, "/a", 10));
+        agg.apply(&mut open(PARENT, 4, "/b", 20));
         let outcome = agg.reconcile(PARENT, &[file(4, "/b")], 100);
         assert_eq!(outcome.closed, vec![3]);
         assert_eq!(open_fds(&agg, PARENT), vec![4]);
@@ -193,7 +193,7 @@ mod tests {
     #[test]
     fn newer_than_the_listing_is_kept() {
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 150));
+        agg.apply(&mut open(PARENT, 3, "/a", 150));
         assert!(agg.reconcile(PARENT, &[], 100).closed.is_empty());
         assert_eq!(open_fds(&agg, PARENT), vec![3]);
     }
@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn missed_birth_needs_two_sightings() {
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 10));
+        agg.apply(&mut open(PARENT, 3, "/a", 10));
         let sock = listed(5, DescriptorKind::Socket, "socket:[99]");
         let first = agg.reconcile(PARENT, &[file(3, "/a"), sock.clone()], 100);
         assert!(first.opened.is_empty());
@@ -229,7 +229,7 @@ mod tests {
             &[listed(5, DescriptorKind::Socket, "socket:[1]")],
             100,
         );
-        agg.apply(&open(PARENT, 3, "/a", 110));
+        agg.apply(&mut open(PARENT, 3, "/a", 110));
         let changed = agg.reconcile(
             PARENT,
             &[
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn reused_number_of_another_kind_is_replaced() {
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 10));
+        agg.apply(&mut open(PARENT, 3, "/a", 10));
         let pipe = listed(3, DescriptorKind::Pipe, "pipe:[7]");
         agg.reconcile(PARENT, std::slice::from_ref(&pipe), 100);
         assert_eq!(

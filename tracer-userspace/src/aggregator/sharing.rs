@@ -97,15 +97,15 @@ mod tests {
     #[test]
     fn clone_files_shares_until_unshare() {
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 1));
-        agg.apply(&fork(PARENT, CHILD, CLONE_FILES));
-        agg.apply(&open(CHILD, 4, "/b", 2));
-        agg.apply(&close(CHILD, CHILD, 3));
+        agg.apply(&mut open(PARENT, 3, "/a", 1));
+        agg.apply(&mut fork(PARENT, CHILD, CLONE_FILES));
+        agg.apply(&mut open(CHILD, 4, "/b", 2));
+        agg.apply(&mut close(CHILD, CHILD, 3));
         assert_eq!(open_fds(&agg, PARENT), vec![4]);
         assert!(open_fds(&agg, CHILD).is_empty(), "reported under the owner");
-        agg.apply(&unshare(CHILD));
-        agg.apply(&open(PARENT, 5, "/c", 3));
-        agg.apply(&close(CHILD, CHILD, 4));
+        agg.apply(&mut unshare(CHILD));
+        agg.apply(&mut open(PARENT, 5, "/c", 3));
+        agg.apply(&mut close(CHILD, CHILD, 4));
         assert_eq!(open_fds(&agg, PARENT), vec![4, 5]);
         assert!(open_fds(&agg, CHILD).is_empty());
     }
@@ -115,13 +115,13 @@ mod tests {
     #[test]
     fn owner_exit_hands_the_table_over() {
         let mut agg = Aggregator::new();
-        agg.apply(&fork(PARENT, CHILD, CLONE_FILES));
-        agg.apply(&fork(PARENT, OTHER, CLONE_FILES));
-        agg.apply(&open(CHILD, 4, "/b", 2));
-        agg.apply(&exit(PARENT, PARENT, Some(true)));
+        agg.apply(&mut fork(PARENT, CHILD, CLONE_FILES));
+        agg.apply(&mut fork(PARENT, OTHER, CLONE_FILES));
+        agg.apply(&mut open(CHILD, 4, "/b", 2));
+        agg.apply(&mut exit(PARENT, PARENT, Some(true)));
         assert!(agg.process(PARENT).unwrap().held_at_exit.is_empty());
         assert_eq!(open_fds(&agg, CHILD), vec![4]);
-        agg.apply(&close(OTHER, OTHER, 4));
+        agg.apply(&mut close(OTHER, OTHER, 4));
         assert!(
             open_fds(&agg, CHILD).is_empty(),
             "OTHER now shares CHILD's table"
@@ -133,13 +133,13 @@ mod tests {
     #[test]
     fn exec_unshares() {
         let mut agg = Aggregator::new();
-        agg.apply(&open(PARENT, 3, "/a", 1));
-        agg.apply(&fork(PARENT, CHILD, CLONE_FILES));
-        agg.apply(&Event {
+        agg.apply(&mut open(PARENT, 3, "/a", 1));
+        agg.apply(&mut fork(PARENT, CHILD, CLONE_FILES));
+        agg.apply(&mut Event {
             header: crate::aggregator::tests::header(CHILD, CHILD, 2, None),
             body: EventBody::CloexecSet(CloexecSet { fd: 3, on: true }),
         });
-        agg.apply(&Event {
+        agg.apply(&mut Event {
             header: crate::aggregator::tests::header(CHILD, CHILD, 3, None),
             body: EventBody::Exec,
         });

@@ -128,10 +128,10 @@ fn snapshot(pid: u32, fds: &[i32]) -> ProcessSnapshot {
 #[test]
 fn open_close_and_reuse() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/a", 1));
-    agg.apply(&close(PARENT, PARENT, 3));
+    agg.apply(&mut open(PARENT, 3, "/a", 1));
+    agg.apply(&mut close(PARENT, PARENT, 3));
     assert!(open_fds(&agg, PARENT).is_empty());
-    agg.apply(&open(PARENT, 3, "/b", 2));
+    agg.apply(&mut open(PARENT, 3, "/b", 2));
     assert_eq!(agg.process(PARENT).unwrap().fds[&3].detail, "/b");
 }
 
@@ -139,8 +139,8 @@ fn open_close_and_reuse() {
 #[test]
 fn close_on_another_thread() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 5, "/dev/null", 1));
-    agg.apply(&close(PARENT, PARENT + 1, 5));
+    agg.apply(&mut open(PARENT, 5, "/dev/null", 1));
+    agg.apply(&mut close(PARENT, PARENT + 1, 5));
     assert!(open_fds(&agg, PARENT).is_empty());
 }
 
@@ -148,9 +148,9 @@ fn close_on_another_thread() {
 #[test]
 fn close_of_unknown_fd_is_harmless() {
     let mut agg = Aggregator::new();
-    agg.apply(&close(PARENT, PARENT, 42));
-    agg.apply(&open(PARENT, 3, "/a", 1));
-    agg.apply(&close(PARENT, PARENT, 42));
+    agg.apply(&mut close(PARENT, PARENT, 42));
+    agg.apply(&mut open(PARENT, 3, "/a", 1));
+    agg.apply(&mut close(PARENT, PARENT, 42));
     assert_eq!(open_fds(&agg, PARENT), vec![3]);
 }
 
@@ -158,9 +158,9 @@ fn close_of_unknown_fd_is_harmless() {
 #[test]
 fn dup2_over_open_fd_closes_it() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/log", 1));
-    agg.apply(&open(PARENT, 4, "/other", 1));
-    agg.apply(&created(PARENT, 4, Syscall::Dup2, 3, 0));
+    agg.apply(&mut open(PARENT, 3, "/log", 1));
+    agg.apply(&mut open(PARENT, 4, "/other", 1));
+    agg.apply(&mut created(PARENT, 4, Syscall::Dup2, 3, 0));
     let fds = &agg.process(PARENT).unwrap().fds;
     assert_eq!(fds[&4].detail, "/log");
     assert_eq!(fds[&4].opened_by(), "dup2");
@@ -171,8 +171,8 @@ fn dup2_over_open_fd_closes_it() {
 #[test]
 fn dup2_onto_itself_changes_nothing() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/log", 1));
-    agg.apply(&created(PARENT, 3, Syscall::Dup2, 3, 0));
+    agg.apply(&mut open(PARENT, 3, "/log", 1));
+    agg.apply(&mut created(PARENT, 3, Syscall::Dup2, 3, 0));
     assert_eq!(agg.process(PARENT).unwrap().fds[&3].opened_by(), "openat");
 }
 
@@ -180,8 +180,8 @@ fn dup2_onto_itself_changes_nothing() {
 #[test]
 fn dup3_cloexec() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/log", 1));
-    agg.apply(&created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
+    agg.apply(&mut open(PARENT, 3, "/log", 1));
+    agg.apply(&mut created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
     assert!(agg.process(PARENT).unwrap().fds[&9].cloexec);
 }
 
@@ -191,8 +191,8 @@ fn dup3_cloexec() {
 fn prefork_parent_keeps_accepted_socket() {
     let mut agg = Aggregator::new();
     agg.add_snapshot(snapshot(PARENT, &[3]), 0);
-    agg.apply(&created(PARENT, 4, Syscall::Accept4, 3, 0));
-    agg.apply(&fork(PARENT, CHILD, 17));
+    agg.apply(&mut created(PARENT, 4, Syscall::Accept4, 3, 0));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
     let child = agg.process(CHILD).unwrap();
     assert_eq!(child.ppid, PARENT);
     assert_eq!(child.fds[&4].opened_by(), "inherited");
@@ -201,8 +201,8 @@ fn prefork_parent_keeps_accepted_socket() {
         Some((2, PARENT))
     );
     assert_eq!(child.fds[&3].opened_by(), "pre-existing");
-    agg.apply(&close(CHILD, CHILD, 4));
-    agg.apply(&exit(CHILD, CHILD, Some(true)));
+    agg.apply(&mut close(CHILD, CHILD, 4));
+    agg.apply(&mut exit(CHILD, CHILD, Some(true)));
     let child = agg.process(CHILD).unwrap();
     assert!(child.exited());
     assert!(
@@ -220,11 +220,11 @@ fn prefork_parent_keeps_accepted_socket() {
 #[test]
 fn exit_keeps_what_the_process_created() {
     let mut agg = Aggregator::keeping_at_exit_descriptors();
-    agg.apply(&fork(PARENT, CHILD, 17));
-    agg.apply(&open(CHILD, 5, "/tmp/x", 8));
-    agg.apply(&open(CHILD, 6, "/tmp/y", 8));
-    agg.apply(&close(CHILD, CHILD, 6));
-    agg.apply(&exit(CHILD, CHILD, Some(true)));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
+    agg.apply(&mut open(CHILD, 5, "/tmp/x", 8));
+    agg.apply(&mut open(CHILD, 6, "/tmp/y", 8));
+    agg.apply(&mut close(CHILD, CHILD, 6));
+    agg.apply(&mut exit(CHILD, CHILD, Some(true)));
     let child = agg.process(CHILD).unwrap();
     assert_eq!(child.held_at_exit.len(), 1);
     assert_eq!(child.held_at_exit[0].detail, "/tmp/x");
@@ -237,10 +237,10 @@ fn exit_keeps_what_the_process_created() {
 fn threads_are_counted() {
     let mut agg = Aggregator::new();
     agg.add_snapshot(snapshot(PARENT, &[]), 0);
-    agg.apply(&fork(PARENT, PARENT + 1, CLONE_THREAD | 0x100));
-    agg.apply(&fork(PARENT, PARENT + 2, CLONE_THREAD | 0x100));
+    agg.apply(&mut fork(PARENT, PARENT + 1, CLONE_THREAD | 0x100));
+    agg.apply(&mut fork(PARENT, PARENT + 2, CLONE_THREAD | 0x100));
     assert!(agg.process(PARENT + 1).is_none());
-    agg.apply(&exit(PARENT, PARENT + 1, Some(false)));
+    agg.apply(&mut exit(PARENT, PARENT + 1, Some(false)));
     let parent = agg.process(PARENT).unwrap();
     assert!(!parent.exited());
     assert_eq!(
@@ -258,10 +258,10 @@ fn threads_are_counted() {
 #[test]
 fn exit_without_group_dead_uses_leader() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/a", 1));
-    agg.apply(&exit(PARENT, PARENT + 1, None));
+    agg.apply(&mut open(PARENT, 3, "/a", 1));
+    agg.apply(&mut exit(PARENT, PARENT + 1, None));
     assert!(!agg.process(PARENT).unwrap().exited());
-    agg.apply(&exit(PARENT, PARENT, None));
+    agg.apply(&mut exit(PARENT, PARENT, None));
     assert!(agg.process(PARENT).unwrap().exited());
 }
 
@@ -269,7 +269,7 @@ fn exit_without_group_dead_uses_leader() {
 #[test]
 fn snapshot_does_not_override_events() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/a", 1));
+    agg.apply(&mut open(PARENT, 3, "/a", 1));
     agg.add_snapshot(snapshot(PARENT, &[3, 4]), 2);
     let fds = &agg.process(PARENT).unwrap().fds;
     assert_eq!(fds[&3].opened_by(), "openat");
@@ -280,9 +280,9 @@ fn snapshot_does_not_override_events() {
 #[test]
 fn fork_refines_snapshotted_child() {
     let mut agg = Aggregator::new();
-    agg.apply(&created(PARENT, 4, Syscall::Accept, 3, 0));
+    agg.apply(&mut created(PARENT, 4, Syscall::Accept, 3, 0));
     agg.add_snapshot(snapshot(CHILD, &[4]), 2);
-    agg.apply(&fork(PARENT, CHILD, 17));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
     assert_eq!(agg.process(CHILD).unwrap().fds[&4].opened_by(), "inherited");
 }
 
@@ -290,10 +290,10 @@ fn fork_refines_snapshotted_child() {
 #[test]
 fn reused_pid_is_a_new_process() {
     let mut agg = Aggregator::keeping_at_exit_descriptors();
-    agg.apply(&fork(PARENT, CHILD, 17));
-    agg.apply(&open(CHILD, 5, "/old", 8));
-    agg.apply(&exit(CHILD, CHILD, Some(true)));
-    agg.apply(&fork(PARENT, CHILD, 17));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
+    agg.apply(&mut open(CHILD, 5, "/old", 8));
+    agg.apply(&mut exit(CHILD, CHILD, Some(true)));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
     assert!(!agg.process(CHILD).unwrap().exited());
     assert!(agg.process(CHILD).unwrap().fds.is_empty());
     let held: usize = agg.processes().map(|p| p.held_at_exit.len()).sum();
@@ -305,8 +305,8 @@ fn reused_pid_is_a_new_process() {
 fn exec_closes_cloexec_descriptors() {
     let mut agg = Aggregator::new();
     agg.add_snapshot(snapshot(PARENT, &[3, 4]), 0);
-    agg.apply(&created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
-    agg.apply(&Event {
+    agg.apply(&mut created(PARENT, 9, Syscall::Dup3, 3, CLOEXEC));
+    agg.apply(&mut Event {
         header: header(PARENT, PARENT, 30, None),
         body: EventBody::Exec,
     });
@@ -317,9 +317,9 @@ fn exec_closes_cloexec_descriptors() {
 #[test]
 fn second_exit_is_ignored() {
     let mut agg = Aggregator::keeping_at_exit_descriptors();
-    agg.apply(&open(PARENT, 3, "/a", 1));
+    agg.apply(&mut open(PARENT, 3, "/a", 1));
     agg.mark_vanished(PARENT, 10);
-    agg.apply(&exit(PARENT, PARENT, Some(true)));
+    agg.apply(&mut exit(PARENT, PARENT, Some(true)));
     assert_eq!(agg.process(PARENT).unwrap().held_at_exit.len(), 1);
 }
 
@@ -327,9 +327,9 @@ fn second_exit_is_ignored() {
 #[test]
 fn pairs() {
     let mut agg = Aggregator::new();
-    agg.apply(&created(PARENT, 3, Syscall::Pipe2, 4, CLOEXEC));
-    agg.apply(&created(PARENT, 4, Syscall::Pipe2, 3, CLOEXEC));
-    agg.apply(&Event {
+    agg.apply(&mut created(PARENT, 3, Syscall::Pipe2, 4, CLOEXEC));
+    agg.apply(&mut created(PARENT, 4, Syscall::Pipe2, 3, CLOEXEC));
+    agg.apply(&mut Event {
         header: header(PARENT, PARENT, 5, None),
         body: EventBody::FdCreated(FdCreated {
             fd: 5,
@@ -349,7 +349,7 @@ fn pairs() {
 #[test]
 fn accept_with_unknown_listener() {
     let mut agg = Aggregator::new();
-    agg.apply(&created(
+    agg.apply(&mut created(
         PARENT,
         7,
         Syscall::Accept4,
@@ -398,9 +398,9 @@ fn special_descriptors_and_exec() {
         (12, Syscall::Userfaultfd, 0, K::Other, false),
     ];
     for (fd, syscall, flags, _, _) in births {
-        agg.apply(&created(PARENT, fd, syscall, flags, 0));
+        agg.apply(&mut created(PARENT, fd, syscall, flags, 0));
     }
-    agg.apply(&created(
+    agg.apply(&mut created(
         PARENT,
         13,
         Syscall::Signalfd4,
@@ -417,7 +417,7 @@ fn special_descriptors_and_exec() {
         );
     }
     assert_eq!((table[&13].kind, table[&13].cloexec), (K::Signalfd, true));
-    agg.apply(&Event {
+    agg.apply(&mut Event {
         header: header(PARENT, PARENT, 30, None),
         body: EventBody::Exec,
     });
@@ -428,9 +428,9 @@ fn special_descriptors_and_exec() {
 #[test]
 fn signalfd_update_is_not_a_birth() {
     let mut agg = Aggregator::new();
-    agg.apply(&created(PARENT, 5, Syscall::Signalfd, -1i64 as u64, 0));
+    agg.apply(&mut created(PARENT, 5, Syscall::Signalfd, -1i64 as u64, 0));
     let born = agg.process(PARENT).unwrap().fds[&5].opened_at_ns;
-    agg.apply(&Event {
+    agg.apply(&mut Event {
         header: header(PARENT, PARENT, 50, Some(9)),
         body: EventBody::FdCreated(FdCreated {
             fd: 5,
@@ -448,7 +448,7 @@ fn signalfd_update_is_not_a_birth() {
 #[test]
 fn memfd_is_named() {
     let mut agg = Aggregator::new();
-    agg.apply(&open_raw(
+    agg.apply(&mut open_raw(
         PARENT,
         3,
         Syscall::MemfdCreate,
@@ -468,9 +468,9 @@ fn memfd_is_named() {
 #[test]
 fn fcntl_dupfd_and_setfd() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/log", 1));
-    agg.apply(&created(PARENT, 10, Syscall::Fcntl, 3, F_DUPFD));
-    agg.apply(&created(PARENT, 11, Syscall::Fcntl, 3, F_DUPFD_CLOEXEC));
+    agg.apply(&mut open(PARENT, 3, "/log", 1));
+    agg.apply(&mut created(PARENT, 10, Syscall::Fcntl, 3, F_DUPFD));
+    agg.apply(&mut created(PARENT, 11, Syscall::Fcntl, 3, F_DUPFD_CLOEXEC));
     let table = &agg.process(PARENT).unwrap().fds;
     assert_eq!(
         (table[&10].detail.as_str(), table[&10].cloexec),
@@ -484,9 +484,9 @@ fn fcntl_dupfd_and_setfd() {
         header: header(PARENT, PARENT, 5, None),
         body: EventBody::CloexecSet(CloexecSet { fd, on }),
     };
-    agg.apply(&setfd(3, true));
-    agg.apply(&setfd(11, false));
-    agg.apply(&Event {
+    agg.apply(&mut setfd(3, true));
+    agg.apply(&mut setfd(11, false));
+    agg.apply(&mut Event {
         header: header(PARENT, PARENT, 6, None),
         body: EventBody::Exec,
     });
@@ -506,20 +506,20 @@ fn close_range(first: u32, last: u32, flags: u32) -> Event {
 fn close_range_blocks() {
     let mut agg = Aggregator::new();
     for fd in 3..=12 {
-        agg.apply(&open(PARENT, fd, "/f", 1));
+        agg.apply(&mut open(PARENT, fd, "/f", 1));
     }
-    agg.apply(&close_range(5, 7, 0));
+    agg.apply(&mut close_range(5, 7, 0));
     assert_eq!(open_fds(&agg, PARENT), vec![3, 4, 8, 9, 10, 11, 12]);
-    agg.apply(&close_range(9, 3, 0));
-    agg.apply(&close_range(3, 4, 1 << 7));
+    agg.apply(&mut close_range(9, 3, 0));
+    agg.apply(&mut close_range(3, 4, 1 << 7));
     assert_eq!(
         open_fds(&agg, PARENT).len(),
         7,
         "rejected calls change nothing"
     );
-    agg.apply(&close_range(10, u32::MAX, 1 << 2));
+    agg.apply(&mut close_range(10, u32::MAX, 1 << 2));
     assert!(agg.process(PARENT).unwrap().fds[&12].cloexec);
-    agg.apply(&close_range(9, u32::MAX, 1 << 1));
+    agg.apply(&mut close_range(9, u32::MAX, 1 << 1));
     assert_eq!(open_fds(&agg, PARENT), vec![3, 4, 8]);
 }
 
@@ -528,10 +528,10 @@ fn close_range_blocks() {
 #[test]
 fn relative_paths_are_resolved() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "log.txt", 1));
+    agg.apply(&mut open(PARENT, 3, "log.txt", 1));
     agg.set_cwd(PARENT, "/srv/app".into());
-    agg.apply(&open(PARENT, 4, "./logs/a.log", 2));
-    agg.apply(&open_raw(
+    agg.apply(&mut open(PARENT, 4, "./logs/a.log", 2));
+    agg.apply(&mut open_raw(
         PARENT,
         5,
         Syscall::Openat,
@@ -539,11 +539,11 @@ fn relative_paths_are_resolved() {
         0,
         b"/tmp/\xffx",
     ));
-    agg.apply(&open(PARENT, 6, "/var/lib", 4));
-    agg.apply(&open_raw(PARENT, 7, Syscall::Openat, 6, 0, b"db/../x"));
-    agg.apply(&open_raw(PARENT, 8, Syscall::Openat, 42, 0, b"y"));
-    agg.apply(&fork(PARENT, CHILD, 0));
-    agg.apply(&open(CHILD, 9, "z", 7));
+    agg.apply(&mut open(PARENT, 6, "/var/lib", 4));
+    agg.apply(&mut open_raw(PARENT, 7, Syscall::Openat, 6, 0, b"db/../x"));
+    agg.apply(&mut open_raw(PARENT, 8, Syscall::Openat, 42, 0, b"y"));
+    agg.apply(&mut fork(PARENT, CHILD, 0));
+    agg.apply(&mut open(CHILD, 9, "z", 7));
     let detail = |pid, fd| agg.process(pid).unwrap().fds[&fd].detail.clone();
     assert_eq!(
         detail(PARENT, 3),
@@ -564,9 +564,9 @@ fn relative_paths_are_resolved() {
 #[test]
 fn socket_descriptions() {
     let mut agg = Aggregator::new();
-    agg.apply(&created(PARENT, 3, Syscall::Socket, 2, 1 | CLOEXEC));
-    agg.apply(&created(PARENT, 4, Syscall::Socket, 10, 2));
-    agg.apply(&created(PARENT, 5, Syscall::Socket, 1, 1));
+    agg.apply(&mut created(PARENT, 3, Syscall::Socket, 2, 1 | CLOEXEC));
+    agg.apply(&mut created(PARENT, 4, Syscall::Socket, 10, 2));
+    agg.apply(&mut created(PARENT, 5, Syscall::Socket, 1, 1));
     let table = &agg.process(PARENT).unwrap().fds;
     let details: Vec<&str> = (3..=5).map(|fd| table[&fd].detail.as_str()).collect();
     assert_eq!(details, ["tcp", "udp6", "unix"]);
@@ -580,12 +580,12 @@ fn socket_descriptions() {
 #[test]
 fn fd_reuse_across_threads_follows_ring_order() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/old", 10));
-    agg.apply(&close(PARENT, PARENT + 1, 3));
-    agg.apply(&open(PARENT, 3, "/new", 9));
+    agg.apply(&mut open(PARENT, 3, "/old", 10));
+    agg.apply(&mut close(PARENT, PARENT + 1, 3));
+    agg.apply(&mut open(PARENT, 3, "/new", 9));
     assert_eq!(agg.process(PARENT).unwrap().fds[&3].detail, "/new");
-    agg.apply(&close(PARENT, PARENT, 3));
-    agg.apply(&close(PARENT, PARENT, 3));
+    agg.apply(&mut close(PARENT, PARENT, 3));
+    agg.apply(&mut close(PARENT, PARENT, 3));
     assert!(
         open_fds(&agg, PARENT).is_empty(),
         "a second close (EBADF) is harmless"
@@ -605,13 +605,13 @@ fn open_from(tgid: u32, fd: i32, stack_id: u32, t: u64) -> Event {
 #[test]
 fn exits_fold_per_stack_and_reaped_processes_are_forgotten() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/var/leak", 1));
+    agg.apply(&mut open(PARENT, 3, "/var/leak", 1));
     for child in 1000..2000 {
-        agg.apply(&fork(PARENT, child, 17));
+        agg.apply(&mut fork(PARENT, child, 17));
         for fd in 4..7 {
-            agg.apply(&open_from(child, fd, 5, 10));
+            agg.apply(&mut open_from(child, fd, 5, 10));
         }
-        agg.apply(&exit(child, child, Some(true)));
+        agg.apply(&mut exit(child, child, Some(true)));
     }
     let groups: Vec<&AtExitGroup> = agg.at_exit_groups().collect();
     assert_eq!(groups.len(), 1);
@@ -637,9 +637,9 @@ fn exits_fold_per_stack_and_reaped_processes_are_forgotten() {
 fn keeping_at_exit_descriptors_forgets_nothing() {
     let mut agg = Aggregator::keeping_at_exit_descriptors();
     for child in 1000..1010 {
-        agg.apply(&fork(PARENT, child, 17));
-        agg.apply(&open_from(child, 4, 5, 10));
-        agg.apply(&exit(child, child, Some(true)));
+        agg.apply(&mut fork(PARENT, child, 17));
+        agg.apply(&mut open_from(child, 4, 5, 10));
+        agg.apply(&mut exit(child, child, Some(true)));
     }
     assert_eq!(agg.forget_reaped(|_| false), Vec::<u32>::new());
     let held: usize = agg.processes().map(|p| p.held_at_exit.len()).sum();
@@ -651,10 +651,10 @@ fn keeping_at_exit_descriptors_forgets_nothing() {
 #[test]
 fn reused_pid_is_folded_not_kept() {
     let mut agg = Aggregator::new();
-    agg.apply(&fork(PARENT, CHILD, 17));
-    agg.apply(&open(CHILD, 5, "/old", 8));
-    agg.apply(&exit(CHILD, CHILD, Some(true)));
-    agg.apply(&fork(PARENT, CHILD, 17));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
+    agg.apply(&mut open(CHILD, 5, "/old", 8));
+    agg.apply(&mut exit(CHILD, CHILD, Some(true)));
+    agg.apply(&mut fork(PARENT, CHILD, 17));
     assert_eq!(agg.processes().count(), 2);
     assert_eq!(agg.exited_forgotten, 1);
     assert_eq!(agg.at_exit_groups().next().unwrap().descriptors, 1);
@@ -668,15 +668,15 @@ fn stacks_in_use_name_what_is_kept_not_every_child() {
     const MIDDLE: u32 = 900;
     const GRANDCHILD: u32 = 901;
     let mut agg = Aggregator::new();
-    agg.apply(&open(PARENT, 3, "/var/leak", 1));
-    agg.apply(&fork(PARENT, MIDDLE, 17));
-    agg.apply(&open_from(MIDDLE, 4, 6, 2));
-    agg.apply(&fork(MIDDLE, GRANDCHILD, 17));
-    agg.apply(&exit(MIDDLE, MIDDLE, Some(true)));
+    agg.apply(&mut open(PARENT, 3, "/var/leak", 1));
+    agg.apply(&mut fork(PARENT, MIDDLE, 17));
+    agg.apply(&mut open_from(MIDDLE, 4, 6, 2));
+    agg.apply(&mut fork(MIDDLE, GRANDCHILD, 17));
+    agg.apply(&mut exit(MIDDLE, MIDDLE, Some(true)));
     for child in 1000..2000 {
-        agg.apply(&fork(PARENT, child, 17));
-        agg.apply(&open_from(child, 4, 5, 10));
-        agg.apply(&exit(child, child, Some(true)));
+        agg.apply(&mut fork(PARENT, child, 17));
+        agg.apply(&mut open_from(child, 4, 5, 10));
+        agg.apply(&mut exit(child, child, Some(true)));
     }
     agg.forget_reaped(|p| p.pid == GRANDCHILD);
     let pids: std::collections::BTreeSet<u32> = agg.stacks_in_use().map(|s| s.pid).collect();

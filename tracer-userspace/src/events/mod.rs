@@ -68,7 +68,7 @@ pub(crate) struct Decoded<'r> {
 }
 
 /// Who did it and when: the common header, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Header {
     pub tgid: u32,
     pub tid: u32,

@@ -16,6 +16,11 @@ pub(crate) fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// Like [`escape_bytes`], reusing the buffer when the bytes are UTF-8 (most paths).
+pub(crate) fn escape_owned(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|err| escape_bytes(err.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -25,5 +30,13 @@ mod tests {
     fn escapes_only_invalid_bytes() {
         assert_eq!(escape_bytes("/tmp/café".as_bytes()), "/tmp/café");
         assert_eq!(escape_bytes(b"/tmp/caf\xe9\xff"), "/tmp/caf\\xe9\\xff");
+    }
+
+    /// The owned form says the same as the borrowed one.
+    #[test]
+    fn owned_bytes_escape_alike() {
+        for bytes in [&b"/tmp/caf\xc3\xa9"[..], b"/tmp/caf\xe9\xff", b""] {
+            assert_eq!(escape_owned(bytes.to_vec()), escape_bytes(bytes));
+        }
     }
 }

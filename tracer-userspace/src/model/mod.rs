@@ -8,7 +8,7 @@ mod listed_fd;
 mod rate;
 mod stack_ref;
 
-pub(crate) use escape::escape_bytes;
+pub(crate) use escape::{escape_bytes, escape_owned};
 pub(crate) use frame::Frame;
 pub(crate) use kind::DescriptorKind;
 pub(crate) use listed_fd::ListedFd;

@@ -221,7 +221,7 @@ mod tests {
         let mut agg = Aggregator::new();
         let ms = 1_000_000;
         for pid in [10, 20] {
-            agg.apply(&Event {
+            agg.apply(&mut Event {
                 header: header(pid, pid, ms, Some(1)),
                 body: EventBody::FileOpened(FileOpened {
                     fd: 3,
@@ -232,11 +232,11 @@ mod tests {
                     path_truncated: false,
                 }),
             });
-            agg.apply(&Event {
+            agg.apply(&mut Event {
                 header: header(pid, pid, 2 * ms, None),
                 body: EventBody::FdClosed(FdClosed { fd: 3 }),
             });
-            agg.apply(&Event {
+            agg.apply(&mut Event {
                 header: header(pid, pid, 3 * ms, Some(2)),
                 body: EventBody::CloseFailed(CloseFailed {
                     fd: 3,

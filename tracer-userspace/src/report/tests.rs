@@ -95,9 +95,9 @@ fn aggregator() -> Aggregator {
         0,
     );
     for fd in 4..9 {
-        agg.apply(&accept(fd, 7, 1_000_000_000));
+        agg.apply(&mut accept(fd, 7, 1_000_000_000));
     }
-    agg.apply(&Event {
+    agg.apply(&mut Event {
         header: Header {
             tid: 2,
             stack_id: Some(8),
@@ -207,8 +207,8 @@ fn task(parent: u32, child: u32, flags: u64, stack: u32, t: u64) -> Event {
 fn groups_zombies() {
     let mut agg = aggregator();
     for child in [500, 501, 502, 10] {
-        agg.apply(&task(1, child, 17, 9, 1_000_000_000));
-        agg.apply(&Event {
+        agg.apply(&mut task(1, child, 17, 9, 1_000_000_000));
+        agg.apply(&mut Event {
             header: Header {
                 tgid: child,
                 tid: child,
@@ -241,9 +241,9 @@ fn groups_live_threads() {
         (4, 3_000_000_000),
         (5, 3_000_000_000),
     ] {
-        agg.apply(&task(1, tid, tracer_common::CLONE_THREAD, 11, t));
+        agg.apply(&mut task(1, tid, tracer_common::CLONE_THREAD, 11, t));
     }
-    agg.apply(&Event {
+    agg.apply(&mut Event {
         header: Header {
             tid: 5,
             timestamp_ns: 4_000_000_000,
@@ -425,17 +425,17 @@ fn held_at_exit_is_aggregated_apart_from_live() {
             Aggregator::new()
         };
         for fd in 4..9 {
-            agg.apply(&accept(fd, 7, 1_000_000_000));
+            agg.apply(&mut accept(fd, 7, 1_000_000_000));
         }
         for child in children.clone() {
-            agg.apply(&task(1, child, 0, 3, 2_000_000_000));
+            agg.apply(&mut task(1, child, 0, 3, 2_000_000_000));
             for fd in [10, 11] {
                 let mut opened = accept(fd, 9, 2_000_000_000);
                 opened.header.tgid = child;
                 opened.header.tid = child;
-                agg.apply(&opened);
+                agg.apply(&mut opened);
             }
-            agg.apply(&Event {
+            agg.apply(&mut Event {
                 header: Header {
                     tgid: child,
                     tid: child,

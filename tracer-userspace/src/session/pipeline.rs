@@ -223,9 +223,15 @@ impl<'p> State<'p> {
 
     /// Applies a [`prepare`]d event to the tables, and settles the deferred stacks whose
     /// window has passed by its time.
-    fn apply_event(&mut self, Prepared { event, deferred }: Prepared) {
+    fn apply_event(
+        &mut self,
+        Prepared {
+            mut event,
+            deferred,
+        }: Prepared,
+    ) {
         self.settle().before(&event);
-        let header = &event.header;
+        let header = event.header;
         if matches!(event.body, EventBody::Exec)
             && self.roots.watches()
             && self.agg.process(header.tgid).is_none_or(|p| p.exited())
@@ -265,7 +271,7 @@ impl<'p> State<'p> {
                 time_wait: *time_wait,
             });
         }
-        self.agg.apply(&event);
+        self.agg.apply(&mut event);
         match &event.body {
             EventBody::Exec => {
                 if let Ok(info) = procfs::process_info(header.tgid) {

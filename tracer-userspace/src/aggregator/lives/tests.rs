@@ -56,21 +56,21 @@ fn group(agg: &Aggregator, stack: u32) -> &BadCloseGroup {
 #[test]
 fn history_is_bounded() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(T1, 3, 1, 1));
-    agg.apply(&close(T1, 3, 2));
-    agg.apply(&open(T1, 3, 3, 2));
-    agg.apply(&close(T1, 3, 4));
+    agg.apply(&mut open(T1, 3, 1, 1));
+    agg.apply(&mut close(T1, 3, 2));
+    agg.apply(&mut open(T1, 3, 3, 2));
+    agg.apply(&mut close(T1, 3, 4));
     let lives = &agg.process(PARENT).unwrap().lives;
     let opened: Vec<u64> = lives.of(3).map(|l| l.descriptor.opened_at_ns).collect();
     assert_eq!(opened, vec![3, 1]);
     for i in 0..LIVES_KEPT as u64 {
-        agg.apply(&open(T1, 4, 10 + 2 * i, 1));
-        agg.apply(&close(T1, 4, 11 + 2 * i));
+        agg.apply(&mut open(T1, 4, 10 + 2 * i, 1));
+        agg.apply(&mut close(T1, 4, 11 + 2 * i));
     }
     let lives = &agg.process(PARENT).unwrap().lives;
     assert_eq!(lives.len(), LIVES_KEPT);
     assert_eq!(lives.of(3).count(), 0);
-    agg.apply(&failed(T1, 3, Syscall::Close, 10_000, 9));
+    agg.apply(&mut failed(T1, 3, Syscall::Close, 10_000, 9));
     let g = group(&agg, 9);
     assert_eq!(g.count, 1);
     assert!(g.examples[0].lives.is_empty());
@@ -81,11 +81,11 @@ fn history_is_bounded() {
 #[test]
 fn double_close_names_the_previous_life() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(T1, 5, 100, 1));
-    agg.apply(&close(T1, 5, 200));
+    agg.apply(&mut open(T1, 5, 100, 1));
+    agg.apply(&mut close(T1, 5, 200));
     // The failing close's own enter event finds nothing to close.
-    agg.apply(&close(T1, 5, 300));
-    agg.apply(&failed(T1, 5, Syscall::Close, 301, 7));
+    agg.apply(&mut close(T1, 5, 300));
+    agg.apply(&mut failed(T1, 5, Syscall::Close, 301, 7));
     let g = group(&agg, 7);
     assert_eq!((g.count, g.suspected_stale), (1, 0));
     assert_eq!(g.by_syscall.get("close"), Some(&1));
@@ -104,12 +104,12 @@ fn double_close_names_the_previous_life() {
 #[test]
 fn stale_close_of_a_reused_number() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(T1, 6, 1_000, 1));
-    agg.apply(&close(T1, 6, 2_000));
-    agg.apply(&open(T2, 6, 3_000, 2));
-    agg.apply(&close(T1, 6, 4_000));
-    agg.apply(&close(T2, 6, 5_000));
-    agg.apply(&failed(T2, 6, Syscall::Close, 5_001, 8));
+    agg.apply(&mut open(T1, 6, 1_000, 1));
+    agg.apply(&mut close(T1, 6, 2_000));
+    agg.apply(&mut open(T2, 6, 3_000, 2));
+    agg.apply(&mut close(T1, 6, 4_000));
+    agg.apply(&mut close(T2, 6, 5_000));
+    agg.apply(&mut failed(T2, 6, Syscall::Close, 5_001, 8));
     let g = group(&agg, 8);
     assert_eq!((g.count, g.suspected_stale), (1, 1));
     let example = &g.examples[0];
@@ -137,9 +137,9 @@ fn stale_close_of_a_reused_number() {
 #[test]
 fn holes_and_targets_are_not_failed_closes() {
     let mut agg = Aggregator::new();
-    agg.apply(&open(T1, 3, 1, 1));
-    agg.apply(&open(T1, 7, 2, 1));
-    agg.apply(&Event {
+    agg.apply(&mut open(T1, 3, 1, 1));
+    agg.apply(&mut open(T1, 7, 2, 1));
+    agg.apply(&mut Event {
         header: header(PARENT, T1, 3, None),
         body: EventBody::RangeClosed(RangeClosed {
             first: 3,
@@ -149,11 +149,11 @@ fn holes_and_targets_are_not_failed_closes() {
     });
     let lives = &agg.process(PARENT).unwrap().lives;
     assert_eq!(lives.of(7).next().unwrap().closed_by, Syscall::CloseRange);
-    agg.apply(&open(T1, 4, 4, 1));
-    agg.apply(&failed(T1, 4, Syscall::Dup2, 5, 9));
+    agg.apply(&mut open(T1, 4, 4, 1));
+    agg.apply(&mut failed(T1, 4, Syscall::Dup2, 5, 9));
     assert!(agg.bad_closes().is_empty());
     // dup2 onto an open number ends that number's life too.
-    agg.apply(&Event {
+    agg.apply(&mut Event {
         header: header(PARENT, T1, 6, Some(3)),
         body: EventBody::FdCreated(FdCreated {
             fd: 4,
@@ -172,9 +172,9 @@ fn holes_and_targets_are_not_failed_closes() {
 fn examples_are_bounded() {
     let mut agg = Aggregator::new();
     for i in 0..20 {
-        agg.apply(&failed(T1, 50 + i, Syscall::Close, 10 + i as u64, 4));
+        agg.apply(&mut failed(T1, 50 + i, Syscall::Close, 10 + i as u64, 4));
     }
-    agg.apply(&failed(T1, 90, Syscall::Dup3, 100, 4));
+    agg.apply(&mut failed(T1, 90, Syscall::Dup3, 100, 4));
     let g = group(&agg, 4);
     assert_eq!(g.count, 21);
     assert_eq!(g.examples.len(), EXAMPLES_KEPT);

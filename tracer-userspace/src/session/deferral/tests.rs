@@ -107,7 +107,7 @@ impl Pipeline {
             kernel: &NoKernelStacks,
         };
         settle.before(&event);
-        settle.agg.apply(&event);
+        settle.agg.apply(&mut event);
         settle.after(deferred, event.header.timestamp_ns);
     }
 
