@@ -273,8 +273,9 @@ pub(crate) fn load(
     let kernel_offsets = layout.offsets;
     log::debug!("kernel struct offsets: {kernel_offsets:?}");
 
-    // Producers wake the reader once an eighth of the ring is waiting; below that the
-    // session drains on a timer (see `DRAIN_EVERY` in session/pipeline.rs).
+    // Producers wake the reader each time they have written another eighth of the ring (so
+    // before an eighth waits unread); otherwise the session drains on a timer (see
+    // `DRAIN_EVERY` in session/pipeline.rs).
     let wakeup_bytes = u64::from(ring_bytes / 8);
     let match_targets = u64::from(match_targets);
     let host_wide = u64::from(host_wide);

@@ -45,8 +45,9 @@ pub(super) enum StopReason {
 
 /// How often to reap a started command and check that followed processes still exist.
 const HOUSEKEEPING: Duration = Duration::from_millis(250);
-/// How often the ring buffer is read when nobody woke us: producers only wake the reader once
-/// an eighth of the ring is full, which is cheaper for them than a wakeup per event.
+/// How often the ring buffer is read when nobody woke us: producers only wake the reader each
+/// time they have written another eighth of the ring, which is cheaper for them than a wakeup
+/// per event.
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// Events applied per turn of the event loop before it looks at signals and timers again.
 const DRAIN_BUDGET: usize = 65_536;
