@@ -138,7 +138,8 @@ pub(crate) struct FileOpened {
     pub syscall: Syscall,
     pub dirfd: i32,
     pub flags: u32,
-    /// Raw bytes: paths need not be UTF-8. `None` when the open began before attach.
+    /// Raw bytes: paths need not be UTF-8. `None` when the open began before attach, and
+    /// once the event is applied (`Aggregator::apply` moves it into the descriptor).
     pub path: Option<Vec<u8>>,
     pub path_truncated: bool,
 }

@@ -221,18 +221,29 @@ impl StackStore {
         python: Option<&PythonWalk>,
     ) -> Option<u32> {
         let given = self.given.hit(top.memo, header.tgid, header.timestamp_ns)?;
-        let (copied, sp, id, native) = (given.copied, given.sp, given.id, given.native.clone());
-        self.bases.observe(header.tid, sp, copied, &given.outcome);
+        self.bases
+            .observe(header.tid, given.sp, given.copied, &given.outcome);
         if let Some(modules) = self.modules.get(&(header.tgid, header.generation)) {
             self.python.observe(header.tgid, modules);
         }
-        if let Some((pending, interp)) = python {
-            let merged: Arc<[u64]> = super::python::merge(&native, pending, interp).into();
-            return self.intern(&merged);
+        let id = given.id;
+        if python.is_none()
+            && self
+                .stacks
+                .get(id as usize)
+                .is_some_and(|interned| Arc::ptr_eq(interned, &given.native))
+        {
+            // The common case: the walk's stack is still interned under its id.
+            return Some(id);
         }
-        match self.stacks.get(id as usize) {
-            Some(interned) if Arc::ptr_eq(interned, &native) => Some(id),
-            _ => self.intern(&native),
+        // A Python walk to merge in, or the id was dropped since (re-interned).
+        let native = given.native.clone();
+        match python {
+            Some((pending, interp)) => {
+                let merged: Arc<[u64]> = super::python::merge(&native, pending, interp).into();
+                self.intern(&merged)
+            }
+            None => self.intern(&native),
         }
     }
 }
