@@ -252,8 +252,9 @@ const _: () = assert!(size_of::<StackMemoKey>() == 24);
 /// A walk userspace made and remembered, for the kernel to recognise the same stack again
 /// (tracer-userspace/src/stacks/memo.rs says why that is exact): a copy of `copied` bytes
 /// from the key's `sp` (the whole stack, to the thread's learned base) that holds `values` at
-/// `offsets` (bytes from `sp`, multiples of 8: the kernel loads each word aligned), and %rbp == `bp` when `bp_decides`, is that walk's stack, and
-/// is sent as `handle` without its copy.
+/// `offsets` (bytes from `sp`, multiples of 8: the kernel loads each word aligned), and
+/// %rbp == `bp` when `bp_decides`, is that walk's stack, and is sent as `handle` without its
+/// copy.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StackMemo {
