@@ -3,7 +3,7 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        bpf_get_current_pid_tgid,
         generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
     },
     programs::{TracePointContext, tracing::StackIdContext},
@@ -14,6 +14,7 @@ use tracer_common::{
 };
 
 use crate::{
+    clock::event_time_ns,
     maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset},
     memo,
 };
@@ -76,9 +77,7 @@ impl Caller {
             tgid: self.tgid,
             tid: self.tid,
             stack_id,
-            // SAFETY: plain helper call. (The coarse clock would save the TSC read, about
-            // 50 ns in a VM, but tracing programs may not call bpf_ktime_get_coarse_ns.)
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+            timestamp_ns: event_time_ns(),
         }
     }
 }

@@ -12,6 +12,8 @@ use tracer_common::{
     TracepointOffsets, WithStack,
 };
 
+use crate::clock::TickClock;
+
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
@@ -90,6 +92,10 @@ pub(crate) static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
 #[map]
 pub(crate) static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's tick and the time read at its first event in it: see [`crate::clock`].
+#[map]
+pub(crate) static TICK_CLOCK: PerCpuArray<TickClock> = PerCpuArray::with_max_entries(1, 0);
 
 /// Index 0: events dropped because the ring buffer was full, per CPU.
 /// Index 1: events lost in flight: since exit probes read the arguments from the saved

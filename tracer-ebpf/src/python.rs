@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::bpf_get_current_task,
     },
     macros::{map, tracepoint},
@@ -27,6 +27,7 @@ use tracer_common::{
 };
 
 use crate::{
+    clock::event_time_ns,
     emit::Caller,
     maps::{EVENTS, LOST_IN_FLIGHT, LOST_RING_FULL, count_lost, submit_flags},
 };
@@ -261,8 +262,7 @@ fn walk(config: &PyProcConfig) {
             tgid: (pid_tgid >> 32) as u32,
             tid,
             stack_id: NO_STACK,
-            // SAFETY: plain helper call.
-            timestamp_ns: unsafe { bpf_ktime_get_ns() },
+            timestamp_ns: event_time_ns(),
         },
         count: count as u32,
         flags,

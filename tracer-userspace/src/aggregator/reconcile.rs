@@ -14,7 +14,10 @@
 use foldhash::HashMap;
 
 use super::{Aggregator, Descriptor, Origin};
-use crate::model::{DescriptorKind, ListedFd};
+use crate::{
+    clock::EVENT_TIME_SLACK_NS,
+    model::{DescriptorKind, ListedFd},
+};
 
 /// A descriptor /proc showed that the table lacked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +39,9 @@ pub(crate) struct Reconciled {
 impl Aggregator {
     /// Compares `pid`'s table with `listing`, a read of `/proc/PID/fd` that began at
     /// `listed_from_ns` (CLOCK_MONOTONIC). Every event emitted before the listing began must
-    /// have been applied already.
+    /// have been applied already. An event's time may be up to [`EVENT_TIME_SLACK_NS`] before
+    /// the moment it happened, so only a descriptor stamped that much before the listing
+    /// surely existed when it began.
     pub(crate) fn reconcile(
         &mut self,
         pid: u32,
@@ -52,9 +57,10 @@ impl Aggregator {
             return outcome;
         };
         let listed: HashMap<i32, &ListedFd> = listing.iter().map(|l| (l.fd, l)).collect();
+        let surely_before_ns = listed_from_ns.saturating_sub(EVENT_TIME_SLACK_NS);
 
         process.fds.retain(|fd, d| {
-            let lost_close = d.opened_at_ns < listed_from_ns && !listed.contains_key(fd);
+            let lost_close = d.opened_at_ns < surely_before_ns && !listed.contains_key(fd);
             if lost_close {
                 outcome.closed.push(*fd);
             }
@@ -66,7 +72,7 @@ impl Aggregator {
             let known = process
                 .fds
                 .get(&entry.fd)
-                .is_some_and(|d| d.opened_at_ns >= listed_from_ns || same_object(d, entry));
+                .is_some_and(|d| d.opened_at_ns >= surely_before_ns || same_object(d, entry));
             if known {
                 continue;
             }
@@ -148,6 +154,9 @@ mod tests {
     use super::*;
     use crate::aggregator::tests::{PARENT, open, open_fds};
 
+    /// Event times in these tests are in milliseconds, as far apart as a session's are.
+    const MS: u64 = 1_000_000;
+
     fn listed(fd: i32, kind: DescriptorKind, detail: &str) -> ListedFd {
         ListedFd {
             fd,
@@ -167,8 +176,8 @@ mod tests {
     fn losses_leave_held_at_exit_unverified_until_checked() {
         use crate::aggregator::tests::exit;
         let mut agg = Aggregator::new();
-        agg.apply(&mut open(PARENT, 3, "/a", 10));
-        agg.apply(&mut open(PARENT + 1, 3, "/b", 10));
+        agg.apply(&mut open(PARENT, 3, "/a", 10 * MS));
+        agg.apply(&mut open(PARENT + 1, 3, "/b", 10 * MS));
         agg.lost_so_far = 7;
         agg.mark_checked(PARENT + 1, 7);
         agg.apply(&mut exit(PARENT, PARENT, Some(true)));
@@ -181,9 +190,9 @@ mod tests {
     #[test]
     fn lost_close_is_dropped() {
         let mut agg = Aggregator::new();
-        agg.apply(&mut open(PARENT, 3, "/a", 10));
-        agg.apply(&mut open(PARENT, 4, "/b", 20));
-        let outcome = agg.reconcile(PARENT, &[file(4, "/b")], 100);
+        agg.apply(&mut open(PARENT, 3, "/a", 10 * MS));
+        agg.apply(&mut open(PARENT, 4, "/b", 20 * MS));
+        let outcome = agg.reconcile(PARENT, &[file(4, "/b")], 100 * MS);
         assert_eq!(outcome.closed, vec![3]);
         assert_eq!(open_fds(&agg, PARENT), vec![4]);
         assert_eq!(agg.reconciled_closed, 1);
@@ -193,8 +202,31 @@ mod tests {
     #[test]
     fn newer_than_the_listing_is_kept() {
         let mut agg = Aggregator::new();
-        agg.apply(&mut open(PARENT, 3, "/a", 150));
-        assert!(agg.reconcile(PARENT, &[], 100).closed.is_empty());
+        agg.apply(&mut open(PARENT, 3, "/a", 150 * MS));
+        assert!(agg.reconcile(PARENT, &[], 100 * MS).closed.is_empty());
+        assert_eq!(open_fds(&agg, PARENT), vec![3]);
+    }
+
+    /// The kernel stamps an event up to a tick before it happened: a descriptor stamped
+    /// within that slack before the listing began may have been opened after it, so not
+    /// being listed is no lost close; one stamped earlier than that is.
+    #[test]
+    fn stamped_within_a_tick_of_the_listing_is_kept() {
+        let mut agg = Aggregator::new();
+        let listed_from = 100 * MS;
+        agg.apply(&mut open(
+            PARENT,
+            3,
+            "/a",
+            listed_from - EVENT_TIME_SLACK_NS / 2,
+        ));
+        agg.apply(&mut open(
+            PARENT,
+            4,
+            "/b",
+            listed_from - EVENT_TIME_SLACK_NS - 1,
+        ));
+        assert_eq!(agg.reconcile(PARENT, &[], listed_from).closed, vec![4]);
         assert_eq!(open_fds(&agg, PARENT), vec![3]);
     }
 
@@ -203,17 +235,17 @@ mod tests {
     #[test]
     fn missed_birth_needs_two_sightings() {
         let mut agg = Aggregator::new();
-        agg.apply(&mut open(PARENT, 3, "/a", 10));
+        agg.apply(&mut open(PARENT, 3, "/a", 10 * MS));
         let sock = listed(5, DescriptorKind::Socket, "socket:[99]");
-        let first = agg.reconcile(PARENT, &[file(3, "/a"), sock.clone()], 100);
+        let first = agg.reconcile(PARENT, &[file(3, "/a"), sock.clone()], 100 * MS);
         assert!(first.opened.is_empty());
         assert_eq!(open_fds(&agg, PARENT), vec![3]);
-        let second = agg.reconcile(PARENT, &[file(3, "/a"), sock], 200);
+        let second = agg.reconcile(PARENT, &[file(3, "/a"), sock], 200 * MS);
         assert_eq!(second.opened, vec![5]);
         let d = &agg.process(PARENT).unwrap().fds[&5];
         assert_eq!(
             (d.opened_at_ns, d.learned_by(), d.opened_by()),
-            (100, "reconciliation", "unknown")
+            (100 * MS, "reconciliation", "unknown")
         );
         assert!(d.created_here());
         assert_eq!(agg.reconciled_opened, 1);
@@ -227,26 +259,26 @@ mod tests {
         agg.reconcile(
             PARENT,
             &[listed(5, DescriptorKind::Socket, "socket:[1]")],
-            100,
+            100 * MS,
         );
-        agg.apply(&mut open(PARENT, 3, "/a", 110));
+        agg.apply(&mut open(PARENT, 3, "/a", 110 * MS));
         let changed = agg.reconcile(
             PARENT,
             &[
                 file(3, "/a"),
                 listed(5, DescriptorKind::Socket, "socket:[2]"),
             ],
-            200,
+            200 * MS,
         );
         assert!(changed.opened.is_empty());
-        agg.reconcile(PARENT, &[file(3, "/a")], 300);
+        agg.reconcile(PARENT, &[file(3, "/a")], 300 * MS);
         let back = agg.reconcile(
             PARENT,
             &[
                 file(3, "/a"),
                 listed(5, DescriptorKind::Socket, "socket:[2]"),
             ],
-            400,
+            400 * MS,
         );
         assert!(back.opened.is_empty(), "the fd was gone in between");
     }
@@ -256,14 +288,14 @@ mod tests {
     #[test]
     fn reused_number_of_another_kind_is_replaced() {
         let mut agg = Aggregator::new();
-        agg.apply(&mut open(PARENT, 3, "/a", 10));
+        agg.apply(&mut open(PARENT, 3, "/a", 10 * MS));
         let pipe = listed(3, DescriptorKind::Pipe, "pipe:[7]");
-        agg.reconcile(PARENT, std::slice::from_ref(&pipe), 100);
+        agg.reconcile(PARENT, std::slice::from_ref(&pipe), 100 * MS);
         assert_eq!(
             agg.process(PARENT).unwrap().fds[&3].kind,
             DescriptorKind::File
         );
-        let outcome = agg.reconcile(PARENT, &[pipe], 200);
+        let outcome = agg.reconcile(PARENT, &[pipe], 200 * MS);
         assert_eq!(outcome.opened, vec![3]);
         assert_eq!(
             agg.process(PARENT).unwrap().fds[&3].kind,
