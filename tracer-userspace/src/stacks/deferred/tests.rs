@@ -23,6 +23,15 @@ fn top(ip: u64, bytes: &[u8]) -> StackTop<'_> {
     }
 }
 
+/// A deferring store capturing `me`, whose thread made its first (eager) walk already: its
+/// later births are the ones deferred.
+fn past_first_walk(me: u32, ip: u64, bytes: &[u8]) -> StackStore {
+    let mut store = StackStore::new().without_memo();
+    store.capture(me);
+    store.annotate(&mut opened(me, 3, 1), Some(top(ip, bytes)), &NoKernelStacks);
+    store
+}
+
 /// A thread's first birth is unwound at once (its walk teaches the kernel where the stack
 /// ends); later ones are deferred, and unwind to the same stack as an eager store's.
 #[test]
@@ -73,13 +82,7 @@ fn first_walk_is_eager_later_births_are_deferred_and_unwind_alike() {
 fn only_births_in_known_code_are_deferred() {
     let me = std::process::id();
     let (ip, _, bytes) = stack_bytes();
-    let mut store = StackStore::new().without_memo();
-    store.capture(me);
-    store.annotate(
-        &mut opened(me, 3, 1),
-        Some(top(ip, &bytes)),
-        &NoKernelStacks,
-    );
+    let mut store = past_first_walk(me, ip, &bytes);
     let mut unmapped = opened(me, 4, 2);
     assert!(
         store
@@ -101,13 +104,7 @@ fn only_births_in_known_code_are_deferred() {
 fn due_in_order_and_found_by_id() {
     let me = std::process::id();
     let (ip, _, bytes) = stack_bytes();
-    let mut store = StackStore::new().without_memo();
-    store.capture(me);
-    store.annotate(
-        &mut opened(me, 3, 1),
-        Some(top(ip, &bytes)),
-        &NoKernelStacks,
-    );
+    let mut store = past_first_walk(me, ip, &bytes);
     let mut ids = Vec::new();
     for (fd, t) in [(4, 10), (5, 20), (6, 30)] {
         let mut event = opened(me, fd, t);
@@ -138,13 +135,7 @@ fn due_in_order_and_found_by_id() {
 fn pending_ids_wrap() {
     let me = std::process::id();
     let (ip, _, bytes) = stack_bytes();
-    let mut store = StackStore::new().without_memo();
-    store.capture(me);
-    store.annotate(
-        &mut opened(me, 3, 1),
-        Some(top(ip, &bytes)),
-        &NoKernelStacks,
-    );
+    let mut store = past_first_walk(me, ip, &bytes);
     store.pending.next_seq = u64::from(!PENDING_STACK) - 1;
     let mut ids = Vec::new();
     for fd in 4..8 {
@@ -167,13 +158,7 @@ fn a_full_queue_settles_early_and_unwinds_at_once() {
     let me = std::process::id();
     let (ip, _, mut bytes) = stack_bytes();
     bytes.resize(64 << 10, 0);
-    let mut store = StackStore::new().without_memo();
-    store.capture(me);
-    store.annotate(
-        &mut opened(me, 3, 1),
-        Some(top(ip, &bytes)),
-        &NoKernelStacks,
-    );
+    let mut store = past_first_walk(me, ip, &bytes);
     let mut queued = 0;
     let eager = loop {
         let mut event = opened(me, 4, 10);
