@@ -245,12 +245,16 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
         (None, None)
     };
     let bpf_profile = if wants(Part::Profile) {
-        eprintln!("==> BPF program run time (kernel.bpf_stats_enabled)");
+        let rounds = if options.quick { 3 } else { 5 };
+        eprintln!(
+            "==> BPF program run time (kernel.bpf_stats_enabled, {rounds} interleaved rounds)"
+        );
         Some(profile::run(
             tracer,
             options.baseline_tracer.as_deref(),
             workload,
             setup.bpftrace_problem.is_none(),
+            rounds,
         )?)
     } else {
         None

@@ -174,20 +174,20 @@ pub(crate) fn memory(memory: &MemoryResult) {
 pub(crate) fn profile(profile: &ProfileResult) {
     println!();
     println!(
-        "BPF run time per program run during unpaced open+close (bpf_stats; runs count every process, and unfollowed ones return early)"
+        "BPF run time per program run during unpaced open+close, ns: median of the interleaved rounds (± half the range, min) (bpf_stats; runs count every process, and unfollowed ones return early)"
     );
     println!();
     print!("{}", table::profile(profile));
-    if let Some(ns) = profile.tracer_process_ns_per_open {
+    if let Some(ns) = &profile.tracer_process_ns_per_open {
         println!(
-            "the tracer process itself used {:.2} µs of CPU per followed open+close (reading, decoding, stacks, tables)",
-            ns / 1000.0
+            "the tracer process itself used {} µs of CPU per followed open+close (reading, decoding, stacks, tables)",
+            table::median_spread(ns, 1e-3, 2)
         );
     }
-    if let Some(ns) = profile.baseline_process_ns_per_open {
+    if let Some(ns) = &profile.baseline_process_ns_per_open {
         println!(
-            "the baseline tracer process used {:.2} µs of CPU per followed open+close",
-            ns / 1000.0
+            "the baseline tracer process used {} µs of CPU per followed open+close",
+            table::median_spread(ns, 1e-3, 2)
         );
     }
 }

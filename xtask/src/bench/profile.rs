@@ -1,8 +1,10 @@
 //! Where the time goes inside the BPF programs: with `kernel.bpf_stats_enabled` the kernel
 //! counts each program's runs and run time (readable in the fdinfo of its descriptor in
 //! the process that loaded it). Measured over a window in the middle of an unpaced
-//! open+close run, for the tracer following it and for the empty floor programs. Stats
-//! cost a little themselves, so the timed micro runs happen with them off.
+//! open+close run, for the tracer following it, the baseline tracer and the empty floor
+//! programs, in interleaved rounds: one window each is as noisy as the machine, so each
+//! program's cost is the median of the rounds with their spread and minimum. Stats cost a
+//! little themselves, so the timed micro runs happen with them off.
 
 use std::{collections::HashMap, fs, path::Path, process::Command, thread, time::Duration};
 
@@ -13,35 +15,42 @@ use super::{
     bpftrace,
     child::Watched,
     procstat::{cpu_ticks, fdinfo_field},
+    stats::Summary,
     tools::path_of,
     workload::{Micro, Workload},
 };
 
 const STATS_SWITCH: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
+/// One program's cost over the rounds.
 #[derive(Debug, Serialize)]
 pub(crate) struct ProgramCost {
     pub program: String,
+    /// Runs in the median round's window.
     pub runs: u64,
+    /// Median over the rounds.
     pub ns_per_run: f64,
+    /// Every round's ns per run, with their median, minimum and maximum.
+    pub rounds: Summary,
 }
 
 #[derive(Debug, Serialize)]
 pub(crate) struct ProfileResult {
     pub tracer: Vec<ProgramCost>,
-    /// The same window under `--baseline-tracer`, measured right after.
+    /// The same window under `--baseline-tracer`, in the same rounds.
     pub baseline: Option<Vec<ProgramCost>>,
     pub empty_floor: Option<Vec<ProgramCost>>,
     /// CPU the tracer process itself (reading, decoding, stacks, tables) used per run of
-    /// `sys_exit_openat` in the same window: its userspace cost of one followed open+close.
-    pub tracer_process_ns_per_open: Option<f64>,
-    /// The same for `--baseline-tracer`, in its window.
-    pub baseline_process_ns_per_open: Option<f64>,
+    /// `sys_exit_openat` in the same windows: its userspace cost of one followed open+close.
+    pub tracer_process_ns_per_open: Option<Summary>,
+    /// The same for `--baseline-tracer`, in its windows.
+    pub baseline_process_ns_per_open: Option<Summary>,
 }
 
-/// One measurement window: the programs' costs and the CPU the loading process used.
+/// One measurement window: each program's (runs, ns per run) and the CPU the loading
+/// process used.
 struct Window {
-    costs: Vec<ProgramCost>,
+    costs: Vec<(String, u64, f64)>,
     process_cpu_ns: u64,
 }
 
@@ -51,10 +60,51 @@ impl Window {
         let opens = self
             .costs
             .iter()
-            .find(|cost| cost.program == "sys_exit_openat")
-            .map_or(0, |cost| cost.runs);
+            .find(|(program, _, _)| program == "sys_exit_openat")
+            .map_or(0, |&(_, runs, _)| runs);
         (opens > 0).then(|| self.process_cpu_ns as f64 / opens as f64)
     }
+}
+
+/// Each program's cost over `windows` (programs in the order of the first window that has
+/// them): the median round's runs, the median ns per run and the rounds' summary.
+fn over_rounds(windows: &[Window]) -> Vec<ProgramCost> {
+    let mut programs: Vec<&str> = Vec::new();
+    for window in windows {
+        for (program, _, _) in &window.costs {
+            if !programs.contains(&program.as_str()) {
+                programs.push(program);
+            }
+        }
+    }
+    programs
+        .into_iter()
+        .filter_map(|program| {
+            let mut seen: Vec<(u64, f64)> = windows
+                .iter()
+                .filter_map(|w| w.costs.iter().find(|(p, _, _)| p == program))
+                .map(|&(_, runs, ns)| (runs, ns))
+                .collect();
+            let ns: Vec<f64> = seen.iter().map(|&(_, ns)| ns).collect();
+            let rounds = Summary::of(&ns)?;
+            seen.sort_by_key(|&(runs, _)| runs);
+            Some(ProgramCost {
+                program: program.to_owned(),
+                runs: seen[seen.len() / 2].0,
+                ns_per_run: rounds.median,
+                rounds,
+            })
+        })
+        .collect()
+}
+
+/// The loading process's CPU per open over `windows`.
+fn process_over_rounds(windows: &[Window]) -> Option<Summary> {
+    let per_open: Vec<f64> = windows
+        .iter()
+        .filter_map(Window::process_ns_per_open)
+        .collect();
+    Summary::of(&per_open)
 }
 
 /// USER_HZ, the unit of /proc/PID/stat's CPU times.
@@ -67,55 +117,58 @@ pub(crate) struct Counters {
     pub run_cnt: u64,
 }
 
-/// Runs both profiles with the stats switched on, and switches them back.
+/// Runs `rounds` interleaved rounds (tracer, baseline, floor) with the stats switched on,
+/// and switches them back.
 pub(crate) fn run(
     tracer_bin: &Path,
     baseline: Option<&Path>,
     workload: &mut Workload,
     with_bpftrace: bool,
+    rounds: usize,
 ) -> Result<ProfileResult> {
     with_bpf_stats(|| {
-        eprintln!("  BPF run time: tracer following open+close");
-        let result = workload.result_path();
-        let argv = workload.rate_args(0, 5, 1, &result);
-        let mut cmd = Command::new(tracer_bin);
-        cmd.arg("--json").arg("--").args(&argv);
-        let tracer = profile_window(&mut cmd, true)?;
-        let tracer_process_ns_per_open = tracer.process_ns_per_open();
-        let baseline = match baseline {
-            Some(bin) => {
-                eprintln!("  BPF run time: baseline tracer following open+close");
-                let result = workload.result_path();
-                let argv = workload.rate_args(0, 5, 1, &result);
-                let mut cmd = Command::new(bin);
-                cmd.arg("--json").arg("--").args(&argv);
-                Some(profile_window(&mut cmd, true)?)
+        let (mut tracer, mut base, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            eprintln!("  BPF run time: tracer following open+close, round {round}/{rounds}");
+            tracer.push(tracer_window(tracer_bin, workload)?);
+            if let Some(bin) = baseline {
+                eprintln!("  BPF run time: baseline tracer, round {round}/{rounds}");
+                base.push(tracer_window(bin, workload)?);
             }
-            None => None,
-        };
-        let baseline_process_ns_per_open = baseline.as_ref().and_then(Window::process_ns_per_open);
-        let baseline = baseline.map(|window| window.costs);
-        let empty_floor = if with_bpftrace {
-            eprintln!("  BPF run time: empty floor programs");
-            let result = workload.result_path();
-            let argv = workload.rate_args(0, 5, 1, &result);
-            let mut cmd = Command::new(path_of("bpftrace"));
-            cmd.arg("-c")
-                .arg(argv.join(" "))
-                .arg("-e")
-                .arg(bpftrace::empty_floor(Micro::Open));
-            Some(profile_window(&mut cmd, false)?.costs)
-        } else {
-            None
-        };
+            if with_bpftrace {
+                eprintln!("  BPF run time: empty floor programs, round {round}/{rounds}");
+                floor.push(floor_window(workload)?);
+            }
+        }
         Ok(ProfileResult {
-            tracer: tracer.costs,
-            baseline,
-            empty_floor,
-            tracer_process_ns_per_open,
-            baseline_process_ns_per_open,
+            tracer: over_rounds(&tracer),
+            baseline: baseline.map(|_| over_rounds(&base)),
+            empty_floor: with_bpftrace.then(|| over_rounds(&floor)),
+            tracer_process_ns_per_open: process_over_rounds(&tracer),
+            baseline_process_ns_per_open: process_over_rounds(&base),
         })
     })
+}
+
+/// A window of `bin` following the unpaced open+close loop.
+fn tracer_window(bin: &Path, workload: &mut Workload) -> Result<Window> {
+    let result = workload.result_path();
+    let argv = workload.rate_args(0, 5, 1, &result);
+    let mut cmd = Command::new(bin);
+    cmd.arg("--json").arg("--").args(&argv);
+    profile_window(&mut cmd, true)
+}
+
+/// A window of the empty floor programs (bpftrace) on the same loop.
+fn floor_window(workload: &mut Workload) -> Result<Window> {
+    let result = workload.result_path();
+    let argv = workload.rate_args(0, 5, 1, &result);
+    let mut cmd = Command::new(path_of("bpftrace"));
+    cmd.arg("-c")
+        .arg(argv.join(" "))
+        .arg("-e")
+        .arg(bpftrace::empty_floor(Micro::Open));
+    profile_window(&mut cmd, false)
 }
 
 /// Runs `measure` with `kernel.bpf_stats_enabled` on, and puts the switch back after.
@@ -144,21 +197,19 @@ fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Window> {
     let second = snapshot(child.pid())?;
     let ticks = cpu_ticks(child.pid())?.saturating_sub(ticks_before);
     // Names are looked up while the programs are still loaded.
-    let mut costs: Vec<ProgramCost> = second
+    let mut costs: Vec<(String, u64, f64)> = second
         .iter()
         .filter_map(|(id, after)| {
             let before = first.get(id).copied().unwrap_or_default();
             let runs = after.run_cnt.saturating_sub(before.run_cnt);
-            (runs > 0).then(|| ProgramCost {
-                program: program_name(*id),
-                runs,
-                ns_per_run: after.run_time_ns.saturating_sub(before.run_time_ns) as f64
-                    / runs as f64,
+            (runs > 0).then(|| {
+                let ns = after.run_time_ns.saturating_sub(before.run_time_ns) as f64;
+                (program_name(*id), runs, ns / runs as f64)
             })
         })
         .collect();
     child.wait_success(Duration::from_secs(120))?;
-    costs.sort_by(|a, b| b.runs.cmp(&a.runs).then(a.program.cmp(&b.program)));
+    costs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     Ok(Window {
         costs,
         process_cpu_ns: ticks * NS_PER_TICK,
@@ -232,6 +283,52 @@ mod tests {
                     run_cnt: 1000
                 }
             ))
+        );
+    }
+
+    /// Each program's cost is the median over the rounds, with every round kept, and the
+    /// runs of its median round; a program missing from a round counts the rounds it is in.
+    #[test]
+    fn costs_are_medians_over_rounds() {
+        let window = |costs: &[(&str, u64, f64)], cpu_ns: u64| Window {
+            costs: costs
+                .iter()
+                .map(|&(p, r, ns)| (p.to_owned(), r, ns))
+                .collect(),
+            process_cpu_ns: cpu_ns,
+        };
+        let windows = [
+            window(
+                &[
+                    ("sys_exit_openat", 1000, 400.0),
+                    ("sys_enter_close", 1000, 200.0),
+                ],
+                400_000,
+            ),
+            window(&[("sys_exit_openat", 3000, 300.0)], 900_000),
+            window(
+                &[
+                    ("sys_exit_openat", 2000, 500.0),
+                    ("sys_enter_close", 2000, 100.0),
+                ],
+                800_000,
+            ),
+        ];
+        let costs = over_rounds(&windows);
+        assert_eq!(costs.len(), 2);
+        let openat = &costs[0];
+        assert_eq!(
+            (openat.program.as_str(), openat.runs, openat.ns_per_run),
+            ("sys_exit_openat", 2000, 400.0)
+        );
+        assert_eq!((openat.rounds.min, openat.rounds.max), (300.0, 500.0));
+        assert_eq!(openat.rounds.runs, vec![400.0, 300.0, 500.0]);
+        let close = &costs[1];
+        assert_eq!((close.ns_per_run, close.rounds.runs.len()), (150.0, 2));
+        let process = process_over_rounds(&windows).expect("opens were counted");
+        assert_eq!(
+            (process.median, process.min, process.max),
+            (400.0, 300.0, 400.0)
         );
     }
 

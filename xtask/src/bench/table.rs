@@ -168,7 +168,7 @@ pub(crate) fn profile(profile: &ProfileResult) -> String {
     let ns = |costs: Option<&Vec<ProgramCost>>, program: &str| {
         costs
             .and_then(|costs| costs.iter().find(|c| c.program == program))
-            .map_or("-".to_owned(), |c| format!("{:.0}", c.ns_per_run))
+            .map_or("-".to_owned(), |c| median_spread(&c.rounds, 1.0, 0))
     };
     for program in programs {
         let runs = profile
@@ -189,7 +189,7 @@ pub(crate) fn profile(profile: &ProfileResult) -> String {
             runs.to_string(),
             ns(Some(&profile.tracer), program),
             ns(profile.baseline.as_ref(), program),
-            floor.map_or("-".to_owned(), |f| format!("{:.0}", f.ns_per_run)),
+            floor.map_or("-".to_owned(), |f| median_spread(&f.rounds, 1.0, 0)),
         ]);
     }
     if let Some(floor) = &profile.empty_floor {
