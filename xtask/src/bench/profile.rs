@@ -28,8 +28,6 @@ pub(crate) struct ProgramCost {
     pub program: String,
     /// Runs in the median round's window.
     pub runs: u64,
-    /// Median over the rounds.
-    pub ns_per_run: f64,
     /// Every round's ns per run, with their median, minimum and maximum.
     pub rounds: Summary,
 }
@@ -91,7 +89,6 @@ fn over_rounds(windows: &[Window]) -> Vec<ProgramCost> {
             Some(ProgramCost {
                 program: program.to_owned(),
                 runs: seen[seen.len() / 2].0,
-                ns_per_run: rounds.median,
                 rounds,
             })
         })
@@ -318,13 +315,13 @@ mod tests {
         assert_eq!(costs.len(), 2);
         let openat = &costs[0];
         assert_eq!(
-            (openat.program.as_str(), openat.runs, openat.ns_per_run),
+            (openat.program.as_str(), openat.runs, openat.rounds.median),
             ("sys_exit_openat", 2000, 400.0)
         );
         assert_eq!((openat.rounds.min, openat.rounds.max), (300.0, 500.0));
         assert_eq!(openat.rounds.runs, vec![400.0, 300.0, 500.0]);
         let close = &costs[1];
-        assert_eq!((close.ns_per_run, close.rounds.runs.len()), (150.0, 2));
+        assert_eq!((close.rounds.median, close.rounds.runs.len()), (150.0, 2));
         let process = process_over_rounds(&windows).expect("opens were counted");
         assert_eq!(
             (process.median, process.min, process.max),

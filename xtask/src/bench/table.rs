@@ -195,7 +195,7 @@ pub(crate) fn profile(profile: &ProfileResult) -> String {
     if let Some(floor) = &profile.empty_floor {
         let names: Vec<String> = floor
             .iter()
-            .map(|f| format!("{} {:.0} ns", f.program, f.ns_per_run))
+            .map(|f| format!("{} {:.0} ns", f.program, f.rounds.median))
             .collect();
         table.row(vec![
             "(floor programs)".to_owned(),
