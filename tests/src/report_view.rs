@@ -159,6 +159,19 @@ impl Report {
         req_u64(req(&self.json, "events"), "received")
     }
 
+    /// `events.paired_in_kernel`: open+close pairs the kernel settled without sending either.
+    #[track_caller]
+    pub fn events_paired_in_kernel(&self) -> u64 {
+        req_u64(req(&self.json, "events"), "paired_in_kernel")
+    }
+
+    /// Events the kernel side produced: received, lost, and both halves of each pair it
+    /// settled itself.
+    #[track_caller]
+    pub fn events_emitted(&self) -> u64 {
+        self.events_received() + self.events_lost() + 2 * self.events_paired_in_kernel()
+    }
+
     /// `events.lost`.
     #[track_caller]
     pub fn events_lost(&self) -> u64 {

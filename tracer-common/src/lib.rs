@@ -61,7 +61,14 @@ pub mod map_names {
     pub const PY_TSTATES: &str = "PY_TSTATES";
     pub const PY_PROGRAMS: &str = "PY_PROGRAMS";
     pub const STACK_MEMOS: &str = "STACK_MEMOS";
+    pub const HELD_OPENS: &str = "HELD_OPENS";
+    pub const PAIRED: &str = "PAIRED";
 }
+
+/// The program that sends the held-back file opens of the processes it is given (see
+/// tracer-ebpf/src/held.rs), as many per run as a raw tracepoint has arguments.
+pub const HELD_FLUSH_PROGRAM: &str = "flush_held_opens";
+pub const HELD_FLUSH_BATCH: usize = 12;
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

@@ -15,6 +15,7 @@ use tracer_common::{
 
 use crate::{
     clock::event_time_ns,
+    held,
     maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset},
     memo,
 };
@@ -44,16 +45,29 @@ impl Caller {
         }
     }
 
-    /// The caller, if its process is followed.
+    /// The caller, if its process is followed (after sending what its process held back,
+    /// see `held.rs`: the caller's event comes after it).
     #[inline(always)]
     pub(crate) fn followed() -> Option<Self> {
         let mut caller = Self::current();
         caller.lookup_followed().then_some(caller)
     }
 
-    /// Whether the caller's process is followed, keeping what FOLLOWED holds for it.
+    /// Whether the caller's process is followed, keeping what FOLLOWED holds for it; if so,
+    /// what its process held back is sent first.
     #[inline(always)]
     pub(crate) fn lookup_followed(&mut self) -> bool {
+        let followed = self.lookup_followed_leaving_held();
+        if followed {
+            held::flush(self.tgid, true);
+        }
+        followed
+    }
+
+    /// [`Self::lookup_followed`] for the two programs that deal with the held open
+    /// themselves: file opens, which hold the next one, and close, which may pair with it.
+    #[inline(always)]
+    pub(crate) fn lookup_followed_leaving_held(&mut self) -> bool {
         // SAFETY: a map value, read once while this program runs.
         match unsafe { FOLLOWED.get(&self.tgid) } {
             Some(&value) => {
@@ -64,8 +78,19 @@ impl Caller {
         }
     }
 
+    /// Whether the caller's process is followed; if so, what it held back is sent first.
     #[inline(always)]
     pub(crate) fn is_followed(&self) -> bool {
+        let followed = self.is_followed_leaving_held();
+        if followed {
+            held::flush(self.tgid, true);
+        }
+        followed
+    }
+
+    /// [`Self::is_followed`] without sending what the process held back (close).
+    #[inline(always)]
+    pub(crate) fn is_followed_leaving_held(&self) -> bool {
         // SAFETY: the value is only tested for presence.
         unsafe { FOLLOWED.get(&self.tgid) }.is_some()
     }

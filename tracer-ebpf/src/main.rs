@@ -5,11 +5,16 @@
 //! it is not, so unfollowed processes pay one hash lookup per traced syscall.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// Compare-and-swap for the held opens' slots (`held.rs`): the BPF target's atomics lack it.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
 mod clock;
 #[cfg(target_arch = "bpf")]
 mod emit;
+#[cfg(target_arch = "bpf")]
+mod held;
 #[cfg(target_arch = "bpf")]
 mod host;
 #[cfg(target_arch = "bpf")]

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
     DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts,
@@ -12,7 +12,7 @@ use tracer_common::{
     TracepointOffsets, WithStack,
 };
 
-use crate::clock::TickClock;
+use crate::{clock::TickClock, held::HeldOpen};
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
 #[map]
@@ -92,6 +92,24 @@ pub(crate) static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
 #[map]
 pub(crate) static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
+
+/// Each followed process's held-back file open (see `held.rs`), made at its first one and
+/// dropped at its exit. Not preallocated: a value stays readable until an RCU grace period
+/// after its removal, while a program that looked it up may still run.
+#[map]
+pub(crate) static HELD_OPENS: HashMap<u32, HeldOpen> =
+    HashMap::with_max_entries(MAX_FOLLOWED, BPF_F_NO_PREALLOC);
+
+/// An empty slot to make HELD_OPENS entries from (never written).
+#[map]
+pub(crate) static HELD_ZERO: Array<HeldOpen> = Array::with_max_entries(1, 0);
+
+/// Index 0: open+close pairs that were never sent (see `held.rs`), per CPU.
+#[map]
+pub(crate) static PAIRED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `BPF_F_NO_PREALLOC` from linux/bpf.h.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 /// Each CPU's tick and the time read at its first event in it: see [`crate::clock`].
 #[map]

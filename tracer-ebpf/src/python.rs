@@ -29,6 +29,7 @@ use tracer_common::{
 use crate::{
     clock::event_time_ns,
     emit::Caller,
+    held,
     maps::{EVENTS, LOST_IN_FLIGHT, LOST_RING_FULL, count_lost, submit_flags},
 };
 
@@ -93,33 +94,39 @@ pub(crate) enum Frames {
 }
 
 /// Sends the calling thread's Python frames before its event, if its process runs a
-/// configured interpreter (every other process pays one lookup that misses).
+/// configured interpreter (every other process pays one lookup that misses); returns whether
+/// it does (with [`Frames::Walk`]).
 ///
 /// With [`Frames::Walk`] this does not return the first time: it tail-calls the walker,
 /// which sends the frames and tail-calls the program again from its start, and this
 /// returns then. Everything before a capture site must therefore be safe to run twice (no
 /// event sent, no counter bumped): the sites are the first thing a program does once it
-/// knows it will send an event with a stack.
+/// knows it will send an event with a stack. What the process held back (`held.rs`) is
+/// sent before the frames.
 #[inline(always)]
-pub(crate) fn capture(ctx: &TracePointContext, caller: Caller, frames: Frames) {
+pub(crate) fn capture(ctx: &TracePointContext, caller: Caller, frames: Frames) -> bool {
     let slot = match frames {
-        Frames::Resend => return resend(caller.tid),
+        Frames::Resend => {
+            resend(caller.tid);
+            return false;
+        }
         Frames::Walk { slot } => slot,
     };
     // SAFETY: only presence matters here.
     if unsafe { PY_PROCS.get(&caller.tgid) }.is_none() {
-        return;
+        return false;
     }
     let Some(resume) = PY_RESUME.get_ptr_mut(0) else {
-        return;
+        return true;
     };
     // SAFETY: this CPU's record; programs do not preempt each other on a CPU.
     let resume = unsafe { &mut *resume };
     if resume.walked != 0 && resume.tid == caller.tid && resume.slot == slot {
         // Back from the walker: the frames are in the ring, right before this event.
         *resume = PyResume::default();
-        return;
+        return true;
     }
+    held::flush(caller.tgid, true);
     *resume = PyResume {
         tid: caller.tid,
         slot,
@@ -129,6 +136,7 @@ pub(crate) fn capture(ctx: &TracePointContext, caller: Caller, frames: Frames) {
     // SAFETY: a tail call; it returns only when the walker is not installed.
     unsafe { PY_PROGRAMS.tail_call(ctx, PY_WALK_SLOT) };
     *resume = PyResume::default();
+    true
 }
 
 /// Sends the last frames walked on this CPU again, if they are the calling thread's.

@@ -19,6 +19,7 @@ use tracer_common::{
 use super::sockets_and_dups::emit_close_failed;
 use crate::{
     emit::{Caller, read_u64},
+    held,
     maps::{kernel_offset, offset, output},
     python::Frames,
 };
@@ -40,12 +41,18 @@ fn count_close_if_unfollowed(ctx: &TracePointContext, caller: Caller) {
 #[tracepoint]
 pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let caller = Caller::current();
-    if !caller.is_followed() {
+    if !caller.is_followed_leaving_held() {
         count_close_if_unfollowed(&ctx, caller);
         return 0;
     }
     let fd = read_u64(&ctx, offset!(close_fd)) as u32;
-    if is_open(fd) == Some(false) {
+    let open = is_open(fd);
+    // The close of the open its thread just made, held back: neither is ever sent. Or what
+    // the process held goes out now, before this close.
+    if held::pair_with_close(caller.tgid, caller.tid, fd as i32, open != Some(false)) {
+        return 0;
+    }
+    if open == Some(false) {
         // Before the close itself: the Python frames (which make the program run again
         // from its start) go to the thread's next event, which must be this one.
         let frames = Frames::Walk {

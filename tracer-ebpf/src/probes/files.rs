@@ -12,9 +12,10 @@ use tracer_common::{
     ARG_UNKNOWN, EventKind, PATH_CAP, STACK_TOP_BYTES, Syscall, python::py_resume_slot,
 };
 
-use super::{args_at_exit, exit_probes, syscall_result};
+use super::{args_at_exit_with, exit_probes, syscall_result};
 use crate::{
     emit::{Caller, capture_stack},
+    held,
     maps::{FILE_OPEN_SCRATCH, output_with_stack},
     python::{self, Frames},
 };
@@ -34,7 +35,12 @@ exit_probes!(
 #[inline(always)]
 fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
     let mut caller = Caller::current();
-    let Some(args) = args_at_exit(ctx, &mut caller, syscall) else {
+    let Some(args) = args_at_exit_with(
+        ctx,
+        &mut caller,
+        syscall,
+        Caller::lookup_followed_leaving_held,
+    ) else {
         return;
     };
     let fd = syscall_result(ctx);
@@ -45,8 +51,9 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         return;
     };
     let user_path = args.arg1 as *const u8;
-    // The Python frames go first, so that userspace has them when the event arrives.
-    python::capture(
+    // The Python frames go first, so that userspace has them when the event arrives (the
+    // walker sends what the process held back before them).
+    let python = python::capture(
         ctx,
         caller,
         Frames::Walk {
@@ -81,6 +88,7 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
             (*event).path_unknown = 1;
             (*event).path_len = 0;
             (*event).path_truncated = 0;
+            held::flush(caller.tgid, true);
             output_with_stack(scratch, copied);
             return;
         }
@@ -112,6 +120,14 @@ fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
         let path_len = path_copied.saturating_sub(1);
         (*event).path_len = path_len as u16;
         (*event).path_truncated = truncated as u8;
-        output_with_stack(scratch, (path_at + path_len) as u32);
+        let tail_len = (path_at + path_len) as u32;
+        // A stack the kernel recognised (nothing copied) in a process without Python
+        // frames: small enough to hold back, and likely closed again at once.
+        let holdable = !python && copied == 0 && (*event).stack.memo != 0;
+        if holdable && held::hold(caller.tgid, scratch) {
+            return;
+        }
+        held::flush(caller.tgid, true);
+        output_with_stack(scratch, tail_len);
     }
 }

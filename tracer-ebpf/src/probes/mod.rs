@@ -128,9 +128,21 @@ fn read_open_how_flags(ctx: &TracePointContext, address: u64) -> u64 {
 /// [`ARG_UNKNOWN`], which userspace treats like a call whose start it did not see.
 #[inline(always)]
 fn args_at_exit(ctx: &TracePointContext, caller: &mut Caller, syscall: Syscall) -> Option<Args> {
+    args_at_exit_with(ctx, caller, syscall, Caller::lookup_followed)
+}
+
+/// [`args_at_exit`], asking whether the caller is followed with `lookup` (file opens leave
+/// the held open to `held.rs`).
+#[inline(always)]
+fn args_at_exit_with(
+    ctx: &TracePointContext,
+    caller: &mut Caller,
+    syscall: Syscall,
+    lookup: fn(&mut Caller) -> bool,
+) -> Option<Args> {
     // Asked first so that unfollowed processes pay one lookup and nothing else (unless
     // `--all` counts their births).
-    if !caller.lookup_followed() {
+    if !lookup(caller) {
         crate::host::count_birth(ctx, caller.tgid, syscall);
         return None;
     }

@@ -21,6 +21,7 @@ const BPF_EXIST: u64 = 2;
 
 use crate::{
     emit::{Caller, SyscallRegs, capture_stack, read_u8, read_u32},
+    held,
     maps::{
         EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, MATCH_CGROUPS, MATCH_COMMS,
         MATCH_TARGETS, STACK_BASES, count_lost, offset, output, output_with_stack,
@@ -104,6 +105,9 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
         if FOLLOWED.insert(&child_tid, &FOLLOWED_NO_BASE, 0).is_err() {
             count_lost(LOST_FOLLOW_FULL);
         }
+        // A slot left by an earlier process with this pid (one of its threads held an open
+        // after its exit probe ran) is not the child's.
+        held::forget(child_tid);
         python::inherit(parent.tgid, child_tid);
     }
     let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
@@ -157,6 +161,7 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if process_gone {
         let _ = FOLLOWED.remove(&task.tgid);
         python::forget(task.tgid);
+        held::forget(task.tgid);
     } else if task.tid != task.tgid {
         // Drops the key a kernel-created thread may have been given at fork (see above).
         let _ = FOLLOWED.remove(&task.tid);
@@ -210,5 +215,6 @@ fn matches_target(caller: Caller) -> bool {
         count_lost(LOST_FOLLOW_FULL);
         return false;
     }
+    held::forget(caller.tgid);
     true
 }

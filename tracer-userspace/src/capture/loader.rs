@@ -9,12 +9,15 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, StackTraceMap},
-    programs::{ProgramError, TracePoint, trace_point::TracePointLink},
+    programs::{
+        ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint,
+        trace_point::TracePointLink,
+    },
 };
 use tracer_common::{
-    FOLLOWED_NO_BASE, FSBASE_GLOBAL, HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets,
-    MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, StackMemo, StackMemoKey,
-    WAKEUP_GLOBAL, map_names, python::PyProcConfig,
+    FOLLOWED_NO_BASE, FSBASE_GLOBAL, HELD_FLUSH_BATCH, HELD_FLUSH_PROGRAM, HOST_WIDE_GLOBAL,
+    KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL,
+    StackMemo, StackMemoKey, WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
@@ -166,6 +169,8 @@ pub(crate) struct Probes {
     listen_ports: RefCell<HashMap<MapData, u16, u32>>,
     stacks: StackTraceMap<MapData>,
     lost: PerCpuArray<MapData, u64>,
+    /// Open+close pairs the kernel settled without sending them (tracer-ebpf/src/held.rs).
+    paired: PerCpuArray<MapData, u64>,
     /// Learned thread stack bases (see `stacks/bases.rs`); written while events are applied,
     /// through a shared reference.
     stack_bases: RefCell<HashMap<MapData, u32, u64>>,
@@ -184,7 +189,7 @@ pub(crate) struct Probes {
     /// Forwards the programs' log records; dropped after the programs are detached.
     _kernel_log: KernelLog,
     /// Owns the programs.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
 }
 
 impl Drop for Probes {
@@ -312,6 +317,7 @@ pub(crate) fn load(
     }
     // No Python process is configured yet, so no program asks for the walker before this.
     let python_programs = python_walk::install(&mut ebpf, &attached)?;
+    load_held_flush(&mut ebpf)?;
 
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
@@ -347,10 +353,12 @@ pub(crate) fn load(
         _python_programs: python_programs,
         lost: PerCpuArray::try_from(take_map(&mut ebpf, map_names::LOST)?)
             .map_err(map_error(map_names::LOST))?,
+        paired: PerCpuArray::try_from(take_map(&mut ebpf, map_names::PAIRED)?)
+            .map_err(map_error(map_names::PAIRED))?,
         attached,
         links,
         _kernel_log: kernel_log,
-        _ebpf: ebpf,
+        ebpf,
     };
     Ok((probes, events))
 }
@@ -361,6 +369,23 @@ pub(super) fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps:
 
 pub(super) fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> LoadError {
     move |source| LoadError::Map { map, source }
+}
+
+/// Loads the program that sends the file opens the kernel holds back (never attached: run
+/// by [`Probes::flush_held`]), and runs it once: without it they could stay unseen.
+fn load_held_flush(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(HELD_FLUSH_PROGRAM)
+        .ok_or(LoadError::MissingInObject(HELD_FLUSH_PROGRAM))?
+        .try_into()
+        .map_err(|err: ProgramError| program_error(HELD_FLUSH_PROGRAM, err))?;
+    program
+        .load()
+        .map_err(|err| program_error(HELD_FLUSH_PROGRAM, err))?;
+    program
+        .test_run(RawTracePointRunOptions::new())
+        .map_err(|err| program_error(HELD_FLUSH_PROGRAM, err))?;
+    Ok(())
 }
 
 /// Loads and attaches one program; the caller owns the link.
@@ -479,6 +504,42 @@ impl Probes {
     pub(crate) fn set_python_thread(&self, tid: u32, tstate: u64) {
         if let Err(err) = self.python_threads.borrow_mut().insert(tid, tstate, 0) {
             log::debug!("thread {tid}: cannot seed its Python thread state: {err}");
+        }
+    }
+
+    /// Open+close pairs the kernel settled without sending them, summed over CPUs.
+    pub(crate) fn paired(&self) -> u64 {
+        self.paired
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    /// Has the kernel send the file opens it holds back for these processes (see
+    /// tracer-ebpf/src/held.rs) into the ring, behind everything those processes sent
+    /// before: one run of the flush program per [`HELD_FLUSH_BATCH`] processes.
+    pub(crate) fn flush_held(&self, tgids: impl IntoIterator<Item = u32>) {
+        let Some(Ok(program)) = self
+            .ebpf
+            .program(HELD_FLUSH_PROGRAM)
+            .map(<&RawTracePoint>::try_from)
+        else {
+            return;
+        };
+        let mut tgids = tgids.into_iter().filter(|&tgid| tgid != 0).peekable();
+        while tgids.peek().is_some() {
+            let mut run = RawTracePointRunOptions::new();
+            for (arg, tgid) in run
+                .args
+                .iter_mut()
+                .zip(tgids.by_ref().take(HELD_FLUSH_BATCH))
+            {
+                *arg = u64::from(tgid);
+            }
+            if let Err(err) = program.test_run(run) {
+                log::warn!("cannot have the kernel send the opens it holds back: {err}");
+                return;
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub(crate) struct SessionFacts {
     pub lost_ring_full: u64,
     pub lost_in_flight_full: u64,
     pub unfollowed_children: u64,
+    /// Opens closed again by their thread before their process did anything else, which the
+    /// kernel counted and never sent (tracer-ebpf/src/held.rs).
+    pub paired_in_kernel: u64,
     /// Report only descriptors at least this old.
     pub min_age_s: f64,
     /// From the TCP tracker and /proc/net/tcp at report time.
@@ -228,6 +231,7 @@ fn event_counts(
         lost_ring_buffer_full: facts.lost_ring_full,
         lost_in_flight_full: facts.lost_in_flight_full,
         unfollowed_children: facts.unfollowed_children,
+        paired_in_kernel: facts.paired_in_kernel,
         undecodable: facts.undecodable,
         reconciled_closed,
         reconciled_opened,

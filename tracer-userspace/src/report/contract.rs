@@ -112,6 +112,10 @@ pub(crate) struct EventCounts {
     pub lost_ring_buffer_full: u64,
     pub lost_in_flight_full: u64,
     pub unfollowed_children: u64,
+    /// File opens that their own thread closed again before its process did anything else:
+    /// the kernel counted each such pair and sent neither half (not in `received`). They can
+    /// never be a leak; the EBADF of a second close right after one is still explained.
+    pub paired_in_kernel: u64,
     /// Records that could not be decoded (a tracer bug if ever non-zero).
     pub undecodable: u64,
     /// Descriptors in our tables that /proc showed closed while tracing or at report time

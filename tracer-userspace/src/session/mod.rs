@@ -268,6 +268,7 @@ fn build_report(state: &mut State<'_>, probes: &Probes, min_age_s: f64, started_
         lost_ring_full: lost.ring_full,
         lost_in_flight_full: lost.in_flight_full,
         unfollowed_children: lost.follow_full,
+        paired_in_kernel: probes.paired(),
         min_age_s,
         time_wait: state.tcp.time_wait_groups(now_ns),
         time_wait_now: still_in_time_wait(&state.tcp, &state.roots.pids()),

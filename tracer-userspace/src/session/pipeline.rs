@@ -105,6 +105,8 @@ impl<'p> State<'p> {
         child: Option<&mut PausedChild>,
     ) {
         let stopped_ns = monotonic_ns();
+        // Held opens keep the times they happened at, before the stop.
+        self.flush_held();
         self.drain_until(&mut ring, ring_capacity / MIN_EVENT_BYTES, stopped_ns);
         if let Some(child) = child {
             child.try_reap();
@@ -154,6 +156,15 @@ impl<'p> State<'p> {
         apply_python_updates(self.probes, self.stacks.take_python_updates());
     }
 
+    /// Has the kernel send the file opens it holds back (tracer-ebpf/src/held.rs) for every
+    /// live process: before the tables are compared with /proc or reported, and every
+    /// housekeeping tick, so a descriptor that stays open while its process does nothing
+    /// else is seen within [`HOUSEKEEPING`] (plus the drain that reads it).
+    pub(super) fn flush_held(&self) {
+        self.probes
+            .flush_held(self.agg.live_processes().map(|process| process.pid));
+    }
+
     /// Compares the tables with /proc when a pass is due (see `session/reconcile.rs`).
     fn reconcile_if_due(&mut self, ring: &mut EventRing) {
         let lost = self.probes.lost().total();
@@ -161,6 +172,8 @@ impl<'p> State<'p> {
         if !self.reconciler.due(began, lost) {
             return;
         }
+        // Before the listing begins: what the kernel holds was opened before it.
+        self.flush_held();
         // Events are read while listing too, so the ring does not fill up meanwhile, and
         // prepared (stacks unwound, their bytes dropped); the tables they change, which the
         // listing borrows, get them afterwards.
@@ -388,6 +401,7 @@ pub(super) async fn event_loop(
             _ = sleep_until(deadline) => return Ok(StopReason::Duration),
             request = next_request(&mut requests) => {
                 // What is waiting in the ring goes in first, so the answer includes it.
+                state.flush_held();
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
                 if let Some(requests) = &requests {
                     let report = (requests.build)(state, request.min_age_s());
@@ -399,6 +413,7 @@ pub(super) async fn event_loop(
                     child.try_reap();
                 }
                 let vanished = state.vanished();
+                state.flush_held();
                 // Their exit events may still be in the ring: apply those first.
                 state.drain(ring.get_mut(), DRAIN_BUDGET);
                 let now = monotonic_ns();

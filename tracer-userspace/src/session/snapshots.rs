@@ -180,6 +180,7 @@ impl Snapshots {
         reason: &str,
         trigger: Option<String>,
     ) -> Result<()> {
+        state.flush_held();
         state.drain(ring, DRAIN_BEFORE);
         let f = &self.facts;
         let probes = state.probes();

@@ -69,6 +69,13 @@ fn event_lines(report: &Report, out: &mut String) {
         "tracer: pid {} ({target}) traced for {:.1} s: {} events, {} lost",
         report.target.pid, report.duration_s, report.events.received, report.events.lost
     );
+    if report.events.paired_in_kernel > 0 {
+        let _ = writeln!(
+            out,
+            "        and {} opened and closed again at once by the same thread (counted in the kernel, not sent)",
+            count(report.events.paired_in_kernel, "file", "files")
+        );
+    }
     targets_line(report, out);
     if report.events.lost > 0 {
         let _ = writeln!(

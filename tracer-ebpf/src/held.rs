@@ -1,0 +1,293 @@
+//! File opens held back in the kernel, so that one its own thread closes again at once is
+//! never sent: on a busy server most descriptors are opened and closed within a request, and
+//! such a pair can never be a leak. Sending both halves cost more than the rest of the two
+//! probes together (the ring's reservation and copy, then userspace's decode and table
+//! update on the other CPU).
+//!
+//! Each followed process has one slot (HELD_OPENS, made at its first open that qualifies).
+//! A file open whose stack the kernel recognised (a remembered walk, see `memo.rs`: nothing
+//! copied, so the record is small) in a process without Python frames is written there
+//! instead of into the ring. Then, whichever comes first:
+//! - its own thread closes that descriptor, successfully: neither is sent; the pair is
+//!   counted (PAIRED), and the slot keeps the closed open as the number's last life until
+//!   the process's next event, so that a second close of the same number right after (a
+//!   double close, EBADF) is still explained: both halves are sent then, before it;
+//! - any other event of the process, on any thread: the held open is sent first, so
+//!   userspace sees every process's events in their order;
+//! - userspace asks (`flush_held_opens`, run with `BPF_PROG_TEST_RUN` every housekeeping
+//!   tick and before anything compares with /proc or reports): a descriptor that stays open
+//!   while its process does nothing else reaches userspace that late, at most.
+//!
+//! Threads of one process run on several CPUs at once, so the slot changes hands with
+//! compare-and-swap on its state. The CPU that holds it (BUSY) is the only one that reads or
+//! writes the record; a program that finds it BUSY never waits: it sends its own event
+//! directly, which orders it as concurrent events of two threads are ordered anyway.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
+
+use aya_ebpf::{
+    cty::c_void, helpers::generated::bpf_probe_read_kernel, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tracer_common::{
+    CloseEvent, EventHeader, EventKind, FILE_OPEN_TAIL_BYTES, FileOpenEvent, NO_STACK, PATH_CAP,
+    WithStack,
+};
+
+use crate::{
+    clock::event_time_ns,
+    maps::{HELD_OPENS, HELD_ZERO, PAIRED, output, output_with_stack},
+};
+
+/// Nothing held.
+const EMPTY: u64 = 0;
+/// One CPU is reading or writing the record.
+const BUSY: u64 = 1;
+/// An open waits to be sent.
+const HELD: u64 = 2;
+/// The held open was closed by its thread: kept as the number's last life until the
+/// process's next event.
+const CLOSED: u64 = 3;
+
+/// A file open's record without a stack copy: the event, then its path.
+pub(crate) type HeldRecord = WithStack<FileOpenEvent, PATH_CAP>;
+
+/// One process's slot.
+#[repr(C)]
+pub(crate) struct HeldOpen {
+    state: u64,
+    /// When its thread closed it (CLOSED).
+    closed_at_ns: u64,
+    /// Bytes of `record` that were written: the event and its path.
+    len: u64,
+    record: HeldRecord,
+}
+
+/// Moves the slot from state `from` to `to` if no other CPU moved it first; true if so.
+/// (`AtomicU64` has no compare-and-swap on the BPF target: the intrinsic is the same
+/// instruction, BPF_CMPXCHG.)
+///
+/// # Safety
+/// `slot` must be a live HELD_OPENS value (memory that stays valid while the program runs:
+/// the map is not preallocated, so a deleted value is freed only after an RCU grace period).
+#[inline(always)]
+unsafe fn cas(slot: *mut HeldOpen, from: u64, to: u64) -> bool {
+    // SAFETY: as the function's contract says; the word is 8-byte aligned in the value.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
+            &raw mut (*slot).state,
+            from,
+            to,
+        )
+    }
+    .1
+}
+
+/// Takes the slot from state `from`; true when this CPU now holds it (BUSY).
+#[inline(always)]
+unsafe fn take(slot: *mut HeldOpen, from: u64) -> bool {
+    // SAFETY: passed on from the caller.
+    unsafe { cas(slot, from, BUSY) }
+}
+
+/// Hands the slot back in state `to` (an atomic exchange: the record's writes are ordered
+/// before it on every architecture).
+#[inline(always)]
+unsafe fn release(slot: *mut HeldOpen, to: u64) {
+    // SAFETY: passed on from the caller, who holds the slot.
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).state, to) };
+}
+
+/// The state as last written, without synchronising (a hint: acting on it takes the slot).
+#[inline(always)]
+unsafe fn peek(slot: *mut HeldOpen) -> u64 {
+    // SAFETY: passed on from the caller.
+    unsafe { core::ptr::read_volatile(&raw const (*slot).state) }
+}
+
+/// Sends the held record. The caller holds the slot.
+#[inline(always)]
+unsafe fn send(slot: *mut HeldOpen) {
+    // SAFETY: passed on from the caller; `len` was bounded when it was written.
+    unsafe {
+        let len = (*slot).len as u32;
+        let tail = len.saturating_sub(size_of::<FileOpenEvent>() as u32);
+        output_with_stack(&raw const (*slot).record, tail);
+    }
+}
+
+/// Sends what the process's slot holds, before the caller's own event of that process.
+/// A CLOSED life is forgotten (`forget_closed`) when the caller's event may change what the
+/// number means; userspace's flush keeps it.
+#[inline(always)]
+pub(crate) fn flush(tgid: u32, forget_closed: bool) {
+    let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) else {
+        return;
+    };
+    // SAFETY: a live value of the map, for as long as this program runs.
+    unsafe {
+        match peek(slot) {
+            HELD => {
+                if take(slot, HELD) {
+                    send(slot);
+                    release(slot, EMPTY);
+                }
+            }
+            CLOSED if forget_closed => {
+                cas(slot, CLOSED, EMPTY);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Holds back the file open built in `scratch` (the event and its path right after it: no
+/// stack copy), sending what the slot held before it. False when it cannot be held (no
+/// slot, or another CPU holds it): the caller sends it.
+#[inline(always)]
+pub(crate) fn hold(
+    tgid: u32,
+    scratch: *const WithStack<FileOpenEvent, FILE_OPEN_TAIL_BYTES>,
+) -> bool {
+    let Some(slot) = slot(tgid) else {
+        return false;
+    };
+    // The mask is what the verifier sees bound the copy (a path is under PATH_CAP bytes).
+    const _: () = assert!(PATH_CAP.is_power_of_two());
+    // SAFETY: the caller wrote the event.
+    let path_len = unsafe { (*scratch).event.path_len } as usize & (PATH_CAP - 1);
+    let len = size_of::<FileOpenEvent>() + path_len;
+    // SAFETY: a live value of the map; this CPU writes the record only while it holds it.
+    unsafe {
+        let taken = match peek(slot) {
+            HELD => {
+                let taken = take(slot, HELD);
+                if taken {
+                    send(slot);
+                }
+                taken
+            }
+            other @ (EMPTY | CLOSED) => take(slot, other),
+            _ => false,
+        };
+        if !taken {
+            return false;
+        }
+        if bpf_probe_read_kernel(
+            (&raw mut (*slot).record).cast::<c_void>(),
+            len as u32,
+            scratch.cast::<c_void>(),
+        ) != 0
+        {
+            release(slot, EMPTY);
+            return false;
+        }
+        (*slot).len = len as u64;
+        release(slot, HELD);
+    }
+    true
+}
+
+/// For a close of `fd` by thread `tid` (`succeeds`: the number is open): true when it closes
+/// the open the slot holds, which then is never sent, nor is the close. Otherwise what the
+/// slot held goes out first, and for a failing close of the number a CLOSED life names
+/// (a double close) the life goes out as its open and its close, so that userspace can
+/// explain the failure.
+#[inline(always)]
+pub(crate) fn pair_with_close(tgid: u32, tid: u32, fd: i32, succeeds: bool) -> bool {
+    let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) else {
+        return false;
+    };
+    // SAFETY: a live value of the map; the record is read only while this CPU holds it.
+    unsafe {
+        match peek(slot) {
+            HELD => {
+                if !take(slot, HELD) {
+                    return false;
+                }
+                let header = (*slot).record.event.header;
+                if succeeds && (*slot).record.event.fd == fd && header.tid == tid {
+                    (*slot).closed_at_ns = event_time_ns();
+                    release(slot, CLOSED);
+                    count_pair();
+                    return true;
+                }
+                send(slot);
+                release(slot, EMPTY);
+            }
+            CLOSED => {
+                if !take(slot, CLOSED) {
+                    return false;
+                }
+                if !succeeds && (*slot).record.event.fd == fd {
+                    send(slot);
+                    let header = (*slot).record.event.header;
+                    output(&CloseEvent {
+                        header: EventHeader {
+                            kind: EventKind::FdClosed as u32,
+                            tgid: header.tgid,
+                            tid: header.tid,
+                            stack_id: NO_STACK,
+                            timestamp_ns: (*slot).closed_at_ns,
+                        },
+                        fd,
+                        _pad: 0,
+                    });
+                }
+                release(slot, EMPTY);
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Drops the process's slot (it exited).
+#[inline(always)]
+pub(crate) fn forget(tgid: u32) {
+    let _ = HELD_OPENS.remove(&tgid);
+}
+
+/// The process's slot, made empty at its first use.
+#[inline(always)]
+fn slot(tgid: u32) -> Option<*mut HeldOpen> {
+    if let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) {
+        return Some(slot);
+    }
+    let zero = HELD_ZERO.get_ptr(0)?;
+    // BPF_NOEXIST: another thread of the process may have made it meanwhile; either way the
+    // lookup below finds the one slot.
+    // SAFETY: `zero` is a map value of the slot's size, never written.
+    let _ = HELD_OPENS.insert(&tgid, unsafe { &*zero }, BPF_NOEXIST);
+    HELD_OPENS.get_ptr_mut(&tgid)
+}
+
+/// `BPF_NOEXIST` from linux/bpf.h.
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn count_pair() {
+    if let Some(counter) = PAIRED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot; a program that interrupts this one on the same CPU does not
+        // pair (only close pairs, and close does not run in interrupt context).
+        unsafe { *counter += 1 };
+    }
+}
+
+/// Sends the held opens of the processes userspace names: each argument is a tgid, 0 ends
+/// the list. Loaded, never attached: userspace runs it with `BPF_PROG_TEST_RUN`.
+#[raw_tracepoint]
+pub(crate) fn flush_held_opens(ctx: RawTracePointContext) -> i32 {
+    // One constant index each: the verifier refuses context reads at a variable offset.
+    macro_rules! flush_args {
+        ($($i:literal)+) => {$(
+            let tgid: u64 = ctx.arg($i);
+            if tgid == 0 {
+                return 0;
+            }
+            flush(tgid as u32, false);
+        )+};
+    }
+    flush_args!(0 1 2 3 4 5 6 7 8 9 10 11);
+    0
+}
