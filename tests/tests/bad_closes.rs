@@ -80,7 +80,15 @@ fn double_close_from_two_functions() {
         "the dup2 must fail with EBADF"
     );
     let fd = field(&done, "fd");
+    assert_double_close_explained(&report, pid, fd, "/dev/null");
+}
 
+/// The two failures of a double close (close, then dup2 from the number) are two groups,
+/// from shutdown_config and redirect_config, each with the number's previous life: the
+/// file (`path`) that open_config opened and this thread closed.
+#[track_caller]
+fn assert_double_close_explained(report: &Report, pid: u32, fd: i64, path: &str) {
+    let ctx = report.context();
     let groups = groups_of(&report, pid);
     assert_eq!(groups.len(), 2, "the close and the dup2\n{ctx}");
     let dup2 = groups
@@ -104,11 +112,69 @@ fn double_close_from_two_functions() {
     assert_eq!(close["fd"].as_i64(), Some(fd), "{ctx}");
     assert_eq!(close["tid"].as_u64(), Some(u64::from(pid)), "{ctx}");
     let life = &close["previous_lives"][0];
-    assert_eq!(life["detail"].as_str(), Some("/dev/null"), "{ctx}");
+    assert_eq!(life["detail"].as_str(), Some(path), "{ctx}");
     assert_eq!(life["opened_by"].as_str(), Some("openat"), "{ctx}");
     assert_eq!(life["closed_by"].as_str(), Some("close"), "{ctx}");
     assert_eq!(life["closer_tid"].as_u64(), Some(u64::from(pid)), "{ctx}");
     assert!(has_frame(&life["stack"], "open_config"), "{ctx}");
+}
+
+/// The same double close after 300 open+close cycles of /dev/null from one stack, 1 ms
+/// apart, of a /dev/zero opened from that stack: by then the kernel knows the stack, holds
+/// the open back and settles it with its close, sending neither. The close that fails right
+/// after must still be explained by that life.
+#[test]
+fn double_close_after_a_pair_the_kernel_settled_is_explained() {
+    require_root();
+    let (done, fixture, report, _) = run("double_warm");
+    let ctx = report.context();
+    assert_eq!(
+        field(&done, "errno"),
+        9,
+        "the second close must fail with EBADF"
+    );
+    assert_eq!(
+        field(&done, "dup2_errno"),
+        9,
+        "the dup2 must fail with EBADF"
+    );
+    let paired = report.events_paired_in_kernel();
+    assert!(
+        paired >= 100,
+        "only {paired} pairs settled in the kernel\n{ctx}"
+    );
+    // /dev/zero's life, not one of the cycles' /dev/null that userspace saw before the
+    // kernel knew their stack.
+    assert_double_close_explained(&report, fixture.pid(), field(&done, "fd"), "/dev/zero");
+}
+
+/// After the same cycles, one more open from that stack stays open while the process does
+/// nothing the tracer sees: the kernel holds it back, and the report still has it, with its
+/// stack, as the one descriptor the fixture created and kept.
+#[test]
+fn an_open_held_back_in_the_kernel_is_reported_with_its_stack() {
+    require_root();
+    let (done, fixture, report, _) = run("keep_warm");
+    let ctx = report.context();
+    let (pid, fd) = (fixture.pid(), field(&done, "fd"));
+    let paired = report.events_paired_in_kernel();
+    assert!(
+        paired >= 100,
+        "only {paired} pairs settled in the kernel\n{ctx}"
+    );
+    let created: Vec<_> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| d.pid() == pid && d.opened_by() != "pre-existing")
+        .collect();
+    assert_eq!(created.len(), 1, "one descriptor kept\n{ctx}");
+    let kept = &created[0];
+    assert_eq!(kept.fd(), fd as u64, "{ctx}");
+    assert_eq!(kept.detail(), Some("/dev/zero"), "{ctx}");
+    assert_eq!(kept.opened_by(), "openat", "{ctx}");
+    assert!(kept.has_frame("open_config"), "{ctx}");
+    assert!(kept.has_frame("warm_cycle"), "{ctx}");
+    assert!(kept.has_frame("warm_up"), "{ctx}");
 }
 
 /// The culprit thread closes its number twice; in between the victim thread got that number

@@ -253,6 +253,14 @@ fn registry(report: &Report, host: &HostFacts) -> Registry {
         "Events the kernel could not deliver or follow up (ring buffer full, tables full)",
         lost,
     );
+    let paired = Counter::<u64>::default();
+    paired.inc_by(report.events.paired_in_kernel);
+    registry.register(
+        "tracer_opens_closed_at_once",
+        "File opens their own thread closed again before its process did anything else: \
+         settled in the kernel, neither half sent",
+        paired,
+    );
     if let Some(rss) = host.tracer_rss {
         let memory = Gauge::<i64>::default();
         memory.set(i64::try_from(rss).unwrap_or(i64::MAX));
