@@ -67,7 +67,6 @@ fn has_frame(stack: &Value, name: &str) -> bool {
 fn double_close_from_two_functions() {
     require_root();
     let (done, fixture, report, _) = run("double");
-    let ctx = report.context();
     let pid = fixture.pid();
     assert_eq!(
         field(&done, "errno"),
@@ -89,7 +88,7 @@ fn double_close_from_two_functions() {
 #[track_caller]
 fn assert_double_close_explained(report: &Report, pid: u32, fd: i64, path: &str) {
     let ctx = report.context();
-    let groups = groups_of(&report, pid);
+    let groups = groups_of(report, pid);
     assert_eq!(groups.len(), 2, "the close and the dup2\n{ctx}");
     let dup2 = groups
         .iter()
