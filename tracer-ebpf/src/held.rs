@@ -4,7 +4,8 @@
 //! probes together (the ring's reservation and copy, then userspace's decode and table
 //! update on the other CPU).
 //!
-//! Each followed process has one slot (HELD_OPENS, made at its first open that qualifies).
+//! Each followed process has one slot (HELD_OPENS, made at its first open that qualifies;
+//! a process that shares its descriptor table with another process never holds anything).
 //! A file open whose stack the kernel recognised (a remembered walk, see `memo.rs`: nothing
 //! copied, so the record is small) in a process without Python frames is written there
 //! instead of into the ring. Then, whichever comes first:
@@ -48,6 +49,9 @@ const HELD: u64 = 2;
 /// The held open was closed by its thread: kept as the number's last life until the
 /// process's next event.
 const CLOSED: u64 = 3;
+/// Nothing is ever held: the process shares its descriptor table with another process
+/// (clone with CLONE_FILES and without CLONE_THREAD), whose events would not send it first.
+const NEVER: u64 = 4;
 
 /// A file open's record without a stack copy: the event, then its path.
 pub(crate) type HeldRecord = WithStack<FileOpenEvent, PATH_CAP>;
@@ -240,6 +244,36 @@ pub(crate) fn pair_with_close(tgid: u32, tid: u32, fd: i32, succeeds: bool) -> b
         }
     }
     false
+}
+
+/// Stops holding opens of the process for as long as it lives (it shares its descriptor
+/// table with another process: see [`NEVER`]), sending what it holds now. Best effort
+/// against another CPU that holds the slot this very moment: tried twice.
+#[inline(always)]
+pub(crate) fn never(tgid: u32) {
+    let Some(slot) = slot(tgid) else {
+        return;
+    };
+    // SAFETY: a live value of the map; the record is read only while this CPU holds it.
+    unsafe {
+        for _ in 0..2 {
+            match peek(slot) {
+                HELD => {
+                    if take(slot, HELD) {
+                        send(slot);
+                        release(slot, NEVER);
+                        return;
+                    }
+                }
+                NEVER => return,
+                other => {
+                    if other != BUSY && cas(slot, other, NEVER) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Drops the process's slot (it exited).

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent, FOLLOWED_NO_BASE,
-    GROUP_DEAD_UNKNOWN, NO_STACK, Syscall, python::PY_FORK_SLOT,
+    CLONE_FILES, CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent,
+    FOLLOWED_NO_BASE, GROUP_DEAD_UNKNOWN, NO_STACK, Syscall, python::PY_FORK_SLOT,
 };
 
 /// `BPF_EXIST` from linux/bpf.h: update an entry only if it is there.
@@ -108,6 +108,12 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
         // A slot left by an earlier process with this pid (one of its threads held an open
         // after its exit probe ran) is not the child's.
         held::forget(child_tid);
+        if clone_flags != CLONE_FLAGS_UNKNOWN && clone_flags & CLONE_FILES != 0 {
+            // Two processes, one descriptor table: neither one's events would send what
+            // the other holds back, so neither holds anything.
+            held::never(parent.tgid);
+            held::never(child_tid);
+        }
         python::inherit(parent.tgid, child_tid);
     }
     let Some(scratch) = FORK_SCRATCH.get_ptr_mut(0) else {
