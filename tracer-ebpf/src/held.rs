@@ -192,38 +192,49 @@ pub(crate) fn hold(
     true
 }
 
-/// For a close of `fd` by thread `tid` (`succeeds`: the number is open): true when it closes
-/// the open the slot holds, which then is never sent, nor is the close. Otherwise what the
-/// slot held goes out first, and for a failing close of the number a CLOSED life names
-/// (a double close) the life goes out as its open and its close, so that userspace can
-/// explain the failure.
+/// What became of a close, as far as the held open is concerned.
+pub(crate) enum Close {
+    /// It closed the open the slot held: neither is ever sent.
+    Paired,
+    /// Anything else, to be sent as usual; `open` is whether the number was open (`None`
+    /// when that cannot be told), as `is_open` said.
+    Sent { open: Option<bool> },
+}
+
+/// For a close of `fd` by thread `tid`: [`Close::Paired`] when it closes the open the slot
+/// holds. That open's number is certainly open (no event of the process came in between,
+/// and any other close of it would have been one), so `is_open`, which reads the
+/// descriptor table, is asked only otherwise. Then what the slot held goes out first, and
+/// for a failing close of the number a CLOSED life names (a double close) the life goes out
+/// as its open and its close, so that userspace can explain the failure.
 #[inline(always)]
-pub(crate) fn pair_with_close(tgid: u32, tid: u32, fd: i32, succeeds: bool) -> bool {
+pub(crate) fn pair_with_close(
+    tgid: u32,
+    tid: u32,
+    fd: i32,
+    is_open: impl FnOnce() -> Option<bool>,
+) -> Close {
     let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) else {
-        return false;
+        return Close::Sent { open: is_open() };
     };
     // SAFETY: a live value of the map; the record is read only while this CPU holds it.
     unsafe {
         match peek(slot) {
-            HELD => {
-                if !take(slot, HELD) {
-                    return false;
-                }
+            HELD if take(slot, HELD) => {
                 let header = (*slot).record.event.header;
-                if succeeds && (*slot).record.event.fd == fd && header.tid == tid {
+                if (*slot).record.event.fd == fd && header.tid == tid {
                     (*slot).closed_at_ns = event_time_ns();
                     release(slot, CLOSED);
                     count_pair();
-                    return true;
+                    return Close::Paired;
                 }
                 send(slot);
                 release(slot, EMPTY);
+                Close::Sent { open: is_open() }
             }
-            CLOSED => {
-                if !take(slot, CLOSED) {
-                    return false;
-                }
-                if !succeeds && (*slot).record.event.fd == fd {
+            CLOSED if take(slot, CLOSED) => {
+                let open = is_open();
+                if open == Some(false) && (*slot).record.event.fd == fd {
                     send(slot);
                     let header = (*slot).record.event.header;
                     output(&CloseEvent {
@@ -239,11 +250,11 @@ pub(crate) fn pair_with_close(tgid: u32, tid: u32, fd: i32, succeeds: bool) -> b
                     });
                 }
                 release(slot, EMPTY);
+                Close::Sent { open }
             }
-            _ => {}
+            _ => Close::Sent { open: is_open() },
         }
     }
-    false
 }
 
 /// Stops holding opens of the process for as long as it lives (it shares its descriptor

@@ -46,12 +46,12 @@ pub(crate) fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let fd = read_u64(&ctx, offset!(close_fd)) as u32;
-    let open = is_open(fd);
     // The close of the open its thread just made, held back: neither is ever sent. Or what
     // the process held goes out now, before this close.
-    if held::pair_with_close(caller.tgid, caller.tid, fd as i32, open != Some(false)) {
-        return 0;
-    }
+    let open = match held::pair_with_close(caller.tgid, caller.tid, fd as i32, || is_open(fd)) {
+        held::Close::Paired => return 0,
+        held::Close::Sent { open } => open,
+    };
     if open == Some(false) {
         // Before the close itself: the Python frames (which make the program run again
         // from its start) go to the thread's next event, which must be this one.
