@@ -39,6 +39,7 @@ fn metrics_count_what_the_report_holds() {
         "# TYPE tracer_events_received_total counter",
         "tracer_events_received_total 0",
         "tracer_events_lost_total 0",
+        "tracer_opens_closed_at_once_total 0",
         "tracer_resident_memory_bytes 52428800",
     ] {
         assert!(

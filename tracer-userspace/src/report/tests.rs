@@ -479,3 +479,40 @@ fn held_at_exit_is_aggregated_apart_from_live() {
         assert!(!text.contains("still open in 300"), "{text}");
     }
 }
+
+/// Open+close pairs the kernel settled without sending them are counted apart from the events
+/// received: in the JSON, and on a line of their own under the text's first.
+#[test]
+fn pairs_settled_in_the_kernel_are_counted_apart() {
+    let settled = SessionFacts {
+        received: 4_591,
+        paired_in_kernel: 413_056,
+        ..facts()
+    };
+    let report = build(
+        &aggregator(),
+        &settled,
+        &mut FakeResolver { closed: vec![] },
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["events"]["received"], 4_591);
+    assert_eq!(json["events"]["paired_in_kernel"], 413_056);
+    let text = text::render_top(&report, 10);
+    let mut lines = text.lines();
+    assert!(
+        lines.next().unwrap().ends_with(": 4591 events, 0 lost"),
+        "{text}"
+    );
+    assert_eq!(
+        lines.next().unwrap(),
+        "        and 413056 files opened and closed again at once by the same thread (counted in \
+         the kernel, not sent)"
+    );
+
+    let quiet = build(
+        &aggregator(),
+        &facts(),
+        &mut FakeResolver { closed: vec![] },
+    );
+    assert!(!text::render_top(&quiet, 10).contains("at once"));
+}
