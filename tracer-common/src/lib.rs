@@ -58,6 +58,7 @@ pub mod map_names {
     pub const MATCH_CGROUPS: &str = "MATCH_CGROUPS";
     pub const HOST_COUNTS: &str = "HOST_COUNTS";
     pub const PY_PROCS: &str = "PY_PROCS";
+    pub const PYTHON_SEEN: &str = "PYTHON_SEEN";
     pub const PY_TSTATES: &str = "PY_TSTATES";
     pub const PY_PROGRAMS: &str = "PY_PROGRAMS";
     pub const STACK_MEMOS: &str = "STACK_MEMOS";

@@ -1,6 +1,7 @@
 //! Small pieces every probe uses: the follow check, tracepoint field reads, event headers.
 
 use aya_ebpf::{
+    EbpfContext,
     cty::c_void,
     helpers::{
         bpf_get_current_pid_tgid,
@@ -107,10 +108,32 @@ impl Caller {
     }
 }
 
+/// Where the first field of every syscall tracepoint's record is: a `sys_enter_*` record's
+/// first argument, a `sys_exit_*` record's `ret` (after `struct trace_entry` and the syscall
+/// number: kernel/trace/trace_syscalls.c, `struct syscall_trace_enter` / `_exit`).
+const SYSCALL_FIRST_FIELD: u32 = 16;
+
 /// Reads a syscall argument (always 8 bytes wide in `sys_enter_*` records) or `ret`.
 /// A field this kernel does not have reads as 0.
+///
+/// The first field, the one hot programs read (close's descriptor, every exit's result), is
+/// loaded directly from the record when this kernel's format puts it where it always has
+/// been: the offset is a load-time constant, so the verifier keeps only one of the two
+/// branches, and a direct load costs one instruction where the helper costs a call.
 #[inline(always)]
 pub(crate) fn read_u64(ctx: &TracePointContext, offset: u32) -> u64 {
+    if offset == SYSCALL_FIRST_FIELD {
+        // SAFETY: a tracepoint program may load its record's words at constant offsets (the
+        // verifier checks them); the format says an 8-byte field is there.
+        return unsafe {
+            core::ptr::read_volatile(
+                ctx.as_ptr()
+                    .cast::<u8>()
+                    .add(SYSCALL_FIRST_FIELD as usize)
+                    .cast::<u64>(),
+            )
+        };
+    }
     if offset == FIELD_ABSENT {
         return 0;
     }
@@ -165,11 +188,12 @@ pub(crate) fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
 pub(crate) unsafe fn capture_stack<C: StackIdContext, const N: usize>(
     ctx: &C,
     caller: Caller,
+    start: StackStart,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
 ) -> (u32, i32) {
     // SAFETY: passed on from the caller.
-    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, caller, regs, bytes) };
+    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, caller, start, regs, bytes) };
     if whole_stack
         && copied > 0
         // SAFETY: `regs` and `bytes` were just filled.
@@ -219,6 +243,63 @@ const PT_REGS_SYSCALL: Option<(usize, [usize; 6])> = None;
 pub(crate) struct SyscallRegs {
     pub nr: u32,
     pub args: [u64; 6],
+    /// Where the caller's stack is, read from the same registers ([`StackStart::UNKNOWN`]
+    /// on an architecture whose layout is not known here): a probe that copies the stack
+    /// too passes it to [`capture_stack`], which then does not ask for the registers again.
+    pub stack_start: StackStart,
+}
+
+/// The user stack pointer, frame pointer and instruction pointer the calling thread had when
+/// it entered the kernel: where a walk of its stack starts.
+#[derive(Clone, Copy)]
+pub(crate) struct StackStart {
+    pub sp: u64,
+    pub bp: u64,
+    pub ip: u64,
+}
+
+impl StackStart {
+    /// Not read: the stack copy reads the registers itself. (An `Option` here made the
+    /// programs' stack layout trip a verifier bug of Linux 6.18: "stack slot 19, total
+    /// slots 18".)
+    pub(crate) const UNKNOWN: Self = Self {
+        sp: 0,
+        bp: 0,
+        ip: 0,
+    };
+
+    /// Read from the saved user registers.
+    ///
+    /// # Safety
+    /// `pt_regs` must be what `bpf_task_pt_regs` returned for the current task, not null.
+    #[inline(always)]
+    unsafe fn from_pt_regs(pt_regs: *const u8) -> Option<Self> {
+        let (sp_offset, bp_offset, ip_offset) = PT_REGS_SP_BP_IP?;
+        // Direct loads: the helper returns a pointer the verifier knows as `struct pt_regs`,
+        // so these are checked against its layout and cost a load each, not a helper call.
+        // SAFETY: as the function's contract says.
+        unsafe {
+            let load = |offset: usize| core::ptr::read_volatile(pt_regs.add(offset).cast::<u64>());
+            Some(Self {
+                sp: load(sp_offset),
+                bp: load(bp_offset),
+                ip: load(ip_offset),
+            })
+        }
+    }
+
+    /// Read from the current task's saved user registers.
+    #[inline(always)]
+    fn current() -> Option<Self> {
+        // SAFETY: the helper returns the current task's saved user registers.
+        unsafe {
+            let pt_regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
+            if pt_regs.is_null() {
+                return None;
+            }
+            Self::from_pt_regs(pt_regs)
+        }
+    }
 }
 
 impl SyscallRegs {
@@ -244,6 +325,7 @@ impl SyscallRegs {
                     load(arg_offsets[4]),
                     load(arg_offsets[5]),
                 ],
+                stack_start: StackStart::from_pt_regs(regs).unwrap_or(StackStart::UNKNOWN),
             })
         }
     }
@@ -274,8 +356,9 @@ unsafe fn main_stack_start(task: *const u8) -> Option<u64> {
     }
 }
 
-/// Copies the user stack pointer, frame pointer and instruction pointer into `regs` and the
-/// stack just above the stack pointer into `bytes` (sp = 0 when nothing could be read);
+/// Copies the user stack pointer, frame pointer and instruction pointer into `regs` (`start`,
+/// or read from the saved registers when it is [`StackStart::UNKNOWN`]) and the stack just above the stack pointer
+/// into `bytes` (sp = 0 when nothing could be read);
 /// returns the bytes copied, and whether they reach the thread's learned stack base. Userspace
 /// unwinds from it with the binaries' CFI; a copy that reaches the base holds the whole
 /// stack, so the kernel's frame-pointer walk (`user_stack_id`) adds nothing to it.
@@ -295,6 +378,7 @@ unsafe fn main_stack_start(task: *const u8) -> Option<u64> {
 pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
     ctx: &C,
     caller: Caller,
+    start: StackStart,
     regs: *mut StackRegs,
     bytes: *mut [u8; N],
 ) -> (u32, bool) {
@@ -307,21 +391,18 @@ pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
         core::ptr::write_volatile(&raw mut (*regs).ip, 0);
         core::ptr::write_volatile(&raw mut (*regs).len, 0);
         core::ptr::write_volatile(&raw mut (*regs).memo, 0);
-        let Some((sp_offset, bp_offset, ip_offset)) = PT_REGS_SP_BP_IP else {
-            return (0, false);
+        let start = if start.sp != 0 {
+            Some(start)
+        } else {
+            StackStart::current()
         };
-        let task = bpf_get_current_task_btf();
-        let pt_regs = bpf_task_pt_regs(task) as *const u8;
-        if pt_regs.is_null() {
+        let Some(StackStart { sp, bp, ip }) = start else {
             debug!(ctx, "tid {}: cannot read the saved user registers", tid);
             return (0, false);
-        }
-        // Direct loads: the helper returns a pointer the verifier knows as `struct pt_regs`,
-        // so these are checked against its layout and cost a load each, not a helper call.
-        let sp = core::ptr::read_volatile(pt_regs.add(sp_offset).cast::<u64>());
+        };
         (*regs).sp = sp;
-        (*regs).bp = core::ptr::read_volatile(pt_regs.add(bp_offset).cast::<u64>());
-        (*regs).ip = core::ptr::read_volatile(pt_regs.add(ip_offset).cast::<u64>());
+        (*regs).bp = bp;
+        (*regs).ip = ip;
         let dst = (*bytes).as_mut_ptr().cast::<c_void>();
         let mut wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
         if wanted == 0 {
@@ -335,7 +416,7 @@ pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
         } else if caller.main_stack_base > FOLLOWED_NO_BASE {
             Some(caller.main_stack_base)
         } else {
-            main_stack_start(task.cast())
+            main_stack_start(bpf_get_current_task_btf().cast())
         };
         if let Some(base) = base
             && base > sp

@@ -8,7 +8,7 @@
 //! a process that shares its descriptor table with another process never holds anything).
 //! A file open whose stack the kernel recognised (a remembered walk, see `memo.rs`: nothing
 //! copied, so the record is small) in a process without Python frames is written there
-//! instead of into the ring. Then, whichever comes first:
+//! (its path read straight into it) instead of into the ring. Then, whichever comes first:
 //! - its own thread closes that descriptor, successfully: neither is sent; the pair is
 //!   counted (PAIRED), and the slot keeps the closed open as the number's last life until
 //!   the process's next event, so that a second close of the same number right after (a
@@ -26,13 +26,9 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
-use aya_ebpf::{
-    cty::c_void, helpers::generated::bpf_probe_read_kernel, macros::raw_tracepoint,
-    programs::RawTracePointContext,
-};
+use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{
-    CloseEvent, EventHeader, EventKind, FILE_OPEN_TAIL_BYTES, FileOpenEvent, NO_STACK, PATH_CAP,
-    WithStack,
+    CloseEvent, EventHeader, EventKind, FileOpenEvent, NO_STACK, PATH_CAP, WithStack,
 };
 
 use crate::{
@@ -62,8 +58,7 @@ pub(crate) struct HeldOpen {
     state: u64,
     /// When its thread closed it (CLOSED).
     closed_at_ns: u64,
-    /// Bytes of `record` that were written: the event and its path.
-    len: u64,
+    /// The event, then its `path_len` bytes of path.
     record: HeldRecord,
 }
 
@@ -112,12 +107,28 @@ unsafe fn peek(slot: *mut HeldOpen) -> u64 {
 /// Sends the held record. The caller holds the slot.
 #[inline(always)]
 unsafe fn send(slot: *mut HeldOpen) {
-    // SAFETY: passed on from the caller; `len` was bounded when it was written.
+    // The mask is what the verifier sees bound the send (a path is under PATH_CAP bytes).
+    const _: () = assert!(PATH_CAP.is_power_of_two());
+    // SAFETY: passed on from the caller.
     unsafe {
-        let len = (*slot).len as u32;
-        let tail = len.saturating_sub(size_of::<FileOpenEvent>() as u32);
+        let tail = (*slot).record.event.path_len as u32 & (PATH_CAP as u32 - 1);
         output_with_stack(&raw const (*slot).record, tail);
     }
+}
+
+/// Sends the open the slot holds, if it holds one and no other CPU has the slot, leaving it
+/// in state `then`; true if so.
+#[inline(always)]
+unsafe fn send_held(slot: *mut HeldOpen, then: u64) -> bool {
+    // SAFETY: passed on from the caller.
+    unsafe {
+        if peek(slot) != HELD || !take(slot, HELD) {
+            return false;
+        }
+        send(slot);
+        release(slot, then);
+    }
+    true
 }
 
 /// Sends what the process's slot holds, before the caller's own event of that process.
@@ -130,66 +141,58 @@ pub(crate) fn flush(tgid: u32, forget_closed: bool) {
     };
     // SAFETY: a live value of the map, for as long as this program runs.
     unsafe {
-        match peek(slot) {
-            HELD => {
-                if take(slot, HELD) {
-                    send(slot);
-                    release(slot, EMPTY);
-                }
-            }
-            CLOSED if forget_closed => {
-                cas(slot, CLOSED, EMPTY);
-            }
-            _ => {}
+        if !send_held(slot, EMPTY) && forget_closed && peek(slot) == CLOSED {
+            cas(slot, CLOSED, EMPTY);
         }
     }
 }
 
-/// Holds back the file open built in `scratch` (the event and its path right after it: no
-/// stack copy), sending what the slot held before it. False when it cannot be held (no
-/// slot, or another CPU holds it): the caller sends it.
-#[inline(always)]
-pub(crate) fn hold(
-    tgid: u32,
-    scratch: *const WithStack<FileOpenEvent, FILE_OPEN_TAIL_BYTES>,
-) -> bool {
-    let Some(slot) = slot(tgid) else {
-        return false;
-    };
-    // The mask is what the verifier sees bound the copy (a path is under PATH_CAP bytes).
-    const _: () = assert!(PATH_CAP.is_power_of_two());
-    // SAFETY: the caller wrote the event.
-    let path_len = unsafe { (*scratch).event.path_len } as usize & (PATH_CAP - 1);
-    let len = size_of::<FileOpenEvent>() + path_len;
-    // SAFETY: a live value of the map; this CPU writes the record only while it holds it.
-    unsafe {
-        let taken = match peek(slot) {
-            HELD => {
-                let taken = take(slot, HELD);
-                if taken {
+/// The slot of a process, taken by this CPU to hold a file open in (what it held before is
+/// sent): the caller writes the record, then [`Holding::hold`]s it.
+pub(crate) struct Holding {
+    slot: *mut HeldOpen,
+}
+
+impl Holding {
+    /// Takes the process's slot; `None` when it cannot hold (no slot, a process that never
+    /// holds, or another CPU has the slot this moment): the caller sends its event.
+    #[inline(always)]
+    pub(crate) fn take(tgid: u32) -> Option<Self> {
+        let slot = slot(tgid)?;
+        // SAFETY: a live value of the map; this CPU touches the record only while it holds
+        // the slot.
+        unsafe {
+            match peek(slot) {
+                HELD => {
+                    if !take(slot, HELD) {
+                        return None;
+                    }
                     send(slot);
                 }
-                taken
+                other @ (EMPTY | CLOSED) => {
+                    if !take(slot, other) {
+                        return None;
+                    }
+                }
+                _ => return None,
             }
-            other @ (EMPTY | CLOSED) => take(slot, other),
-            _ => false,
-        };
-        if !taken {
-            return false;
         }
-        if bpf_probe_read_kernel(
-            (&raw mut (*slot).record).cast::<c_void>(),
-            len as u32,
-            scratch.cast::<c_void>(),
-        ) != 0
-        {
-            release(slot, EMPTY);
-            return false;
-        }
-        (*slot).len = len as u64;
-        release(slot, HELD);
+        Some(Self { slot })
     }
-    true
+
+    /// Where the caller writes the open: the event, then its `path_len` bytes of path.
+    #[inline(always)]
+    pub(crate) fn record(&self) -> *mut HeldRecord {
+        // SAFETY: a field of the slot this CPU holds.
+        unsafe { &raw mut (*self.slot).record }
+    }
+
+    /// Holds the record written (it waits to be sent, or paired with its close).
+    #[inline(always)]
+    pub(crate) fn hold(self) {
+        // SAFETY: this CPU holds the slot.
+        unsafe { release(self.slot, HELD) };
+    }
 }
 
 /// What became of a close, as far as the held open is concerned.
@@ -270,9 +273,7 @@ pub(crate) fn never(tgid: u32) {
         for _ in 0..2 {
             match peek(slot) {
                 HELD => {
-                    if take(slot, HELD) {
-                        send(slot);
-                        release(slot, NEVER);
+                    if send_held(slot, NEVER) {
                         return;
                     }
                 }

@@ -37,20 +37,19 @@ pub(crate) unsafe fn remembered<const N: usize>(
     if memo.copied != copied || (memo.bp_decides != 0 && memo.bp != bp) {
         return None;
     }
+    // Masked, not compared: `N - 8` keeps the load within the copy's buffer for the
+    // verifier and 8-aligned in one instruction. Userspace gives only words at multiples of
+    // 8 from the stack pointer, within the `copied` bytes (`GivenWalks::give`), so the mask
+    // changes nothing it gave; an unaligned read would be compiled to eight byte loads.
+    const { assert!(N.is_power_of_two() && N >= 8) };
     let mut i = 0;
     while i < MEMO_WORDS {
         if i as u32 >= memo.words {
             return Some(memo.handle);
         }
-        let at = memo.offsets[i] as usize;
-        // Written so that the verifier sees the read within the copy. Userspace gives only
-        // words at multiples of 8 from the stack pointer (`StackMemo::offsets`).
-        if at > N - 8 || at as u32 + 8 > copied || at % 8 != 0 {
-            return None;
-        }
-        // SAFETY: `at + 8` bytes are within the copy (checked above), and aligned: the copy
-        // starts 8-aligned in its record (`WithStack`) and `at` is a multiple of 8. An
-        // unaligned read would be compiled to eight byte loads and shifts per word.
+        let at = memo.offsets[i] as usize & (N - 8);
+        // SAFETY: `at + 8 <= N` and `at` is a multiple of 8 (the mask above); the copy starts
+        // 8-aligned in its record (`WithStack`).
         let word = unsafe { core::ptr::read((*bytes).as_ptr().add(at).cast::<u64>()) };
         if word != memo.values[i] {
             return None;

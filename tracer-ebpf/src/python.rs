@@ -15,7 +15,7 @@ use aya_ebpf::{
         generated::bpf_get_current_task,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
     programs::TracePointContext,
 };
 use tracer_common::{
@@ -37,6 +37,19 @@ use crate::{
 /// gets its parent's; exec and exit remove it).
 #[map]
 pub(crate) static PY_PROCS: HashMap<u32, PyProcConfig> = HashMap::with_max_entries(MAX_PY_PROCS, 0);
+
+/// Non-zero once userspace has put a layout into PY_PROCS (it sets this first, and never
+/// clears it). Until then no process can have one, and a capture site skips the PY_PROCS
+/// lookup: an array's constant-index lookup is inlined by the verifier into a few loads,
+/// where a hash lookup that misses is a call and a hash of the key on every event.
+#[map]
+static PYTHON_SEEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Whether any process may have an interpreter layout (see [`PYTHON_SEEN`]).
+#[inline(always)]
+fn python_seen() -> bool {
+    PYTHON_SEEN.get(0).is_some_and(|seen| *seen != 0)
+}
 
 /// tid -> its `PyThreadState` address, checked against the thread's fsbase at each use.
 /// Userspace seeds it with the threads a process has when its interpreter is found (and
@@ -94,7 +107,8 @@ pub(crate) enum Frames {
 }
 
 /// Sends the calling thread's Python frames before its event, if its process runs a
-/// configured interpreter (every other process pays one lookup that misses); returns whether
+/// configured interpreter (every other process pays one lookup that misses, or none while
+/// no process has one: [`PYTHON_SEEN`]); returns whether
 /// it does (with [`Frames::Walk`]).
 ///
 /// With [`Frames::Walk`] this does not return the first time: it tail-calls the walker,
@@ -113,7 +127,7 @@ pub(crate) fn capture(ctx: &TracePointContext, caller: Caller, frames: Frames) -
         Frames::Walk { slot } => slot,
     };
     // SAFETY: only presence matters here.
-    if unsafe { PY_PROCS.get(&caller.tgid) }.is_none() {
+    if !python_seen() || unsafe { PY_PROCS.get(&caller.tgid) }.is_none() {
         return false;
     }
     let Some(resume) = PY_RESUME.get_ptr_mut(0) else {
@@ -187,6 +201,9 @@ pub(crate) fn python_walk(ctx: TracePointContext) -> u32 {
 /// Copies a parent's interpreter layout to a forked child, which runs the same image.
 #[inline(always)]
 pub(crate) fn inherit(parent: u32, child: u32) {
+    if !python_seen() {
+        return;
+    }
     // SAFETY: copied at once.
     if let Some(config) = unsafe { PY_PROCS.get(&parent) } {
         let config = *config;

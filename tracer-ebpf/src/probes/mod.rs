@@ -22,7 +22,7 @@ use tracer_common::{
 };
 
 use crate::{
-    emit::{Caller, SyscallRegs, read_u64},
+    emit::{Caller, StackStart, SyscallRegs, read_u64},
     maps::offset,
 };
 
@@ -49,6 +49,10 @@ pub(crate) struct Args {
     pub arg0: u64,
     pub arg1: u64,
     pub arg2: u64,
+    /// Where the caller's stack starts, read with the arguments (for [`capture_stack`]).
+    ///
+    /// [`capture_stack`]: crate::emit::capture_stack
+    pub stack_start: StackStart,
 }
 
 /// [`tracer_common::abi::AT_FDCWD`] as a syscall argument (sign-extended, as the kernel
@@ -146,14 +150,14 @@ fn args_at_exit_with(
         crate::host::count_birth(ctx, caller.tgid, syscall);
         return None;
     }
-    let [arg0, arg1, arg2] = match SyscallRegs::current() {
-        Some(regs) => kept_args(ctx, syscall, regs.args),
+    let ([arg0, arg1, arg2], stack_start) = match SyscallRegs::current() {
+        Some(regs) => (kept_args(ctx, syscall, regs.args), regs.stack_start),
         None => {
             debug!(
                 ctx,
                 "tid {}: cannot read the saved user registers", caller.tid
             );
-            [ARG_UNKNOWN; 3]
+            ([ARG_UNKNOWN; 3], StackStart::UNKNOWN)
         }
     };
     Some(Args {
@@ -161,6 +165,7 @@ fn args_at_exit_with(
         arg0,
         arg1,
         arg2,
+        stack_start,
     })
 }
 

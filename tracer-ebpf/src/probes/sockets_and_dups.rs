@@ -7,7 +7,7 @@ use tracer_common::{EventKind, NO_STACK, StackRegs, Syscall, abi::EBADF, python:
 
 use super::{args_at_exit, exit_probes, syscall_result};
 use crate::{
-    emit::{Caller, SyscallRegs, capture_stack},
+    emit::{Caller, StackStart, SyscallRegs, capture_stack},
     maps::{FD_SCRATCH, output_with_stack},
     python::{self, Frames},
 };
@@ -137,6 +137,7 @@ fn emit(
             Some((ctx, _)) => capture_stack(
                 ctx,
                 caller,
+                StackStart::UNKNOWN,
                 &raw mut (*event).stack,
                 &raw mut (*scratch).bytes,
             ),

@@ -20,7 +20,7 @@ use tracer_common::{
 const BPF_EXIST: u64 = 2;
 
 use crate::{
-    emit::{Caller, SyscallRegs, capture_stack, read_u8, read_u32},
+    emit::{Caller, StackStart, SyscallRegs, capture_stack, read_u8, read_u32},
     held,
     maps::{
         EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, MATCH_CGROUPS, MATCH_COMMS,
@@ -126,6 +126,7 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
         let (copied, stack_id) = capture_stack(
             &ctx,
             parent,
+            StackStart::UNKNOWN,
             &raw mut (*event).stack,
             &raw mut (*scratch).bytes,
         );

@@ -2,13 +2,13 @@
 //! program, and the map operations the session needs (follow a pid, read stacks and losses).
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf, StackTraceMap},
     programs::{
         ProgramError, RawTracePoint, RawTracePointRunOptions, TestRun, TracePoint,
         trace_point::TracePointLink,
@@ -178,6 +178,11 @@ pub(crate) struct Probes {
     stack_memos: RefCell<HashMap<MapData, StackMemoKey, StackMemo>>,
     /// Interpreter layouts of the CPython processes (see tracer-ebpf/src/python.rs).
     python: RefCell<HashMap<MapData, u32, PyProcConfig>>,
+    /// Set before the first layout goes into `python`: until then the kernel skips that
+    /// lookup (tracer-ebpf/src/python.rs, PYTHON_SEEN).
+    python_seen: RefCell<Array<MapData, u32>>,
+    /// Whether `python_seen` was set already.
+    python_seen_set: Cell<bool>,
     /// tid -> PyThreadState address, seeded for the threads an interpreter already has.
     python_threads: RefCell<HashMap<MapData, u32, u64>>,
     /// The frame walker and the programs it returns to; held so the kernel keeps them.
@@ -336,6 +341,11 @@ pub(crate) fn load(
             HashMap::try_from(take_map(&mut ebpf, map_names::PY_PROCS)?)
                 .map_err(map_error(map_names::PY_PROCS))?,
         ),
+        python_seen: RefCell::new(
+            Array::try_from(take_map(&mut ebpf, map_names::PYTHON_SEEN)?)
+                .map_err(map_error(map_names::PYTHON_SEEN))?,
+        ),
+        python_seen_set: Cell::new(false),
         python_threads: RefCell::new(
             HashMap::try_from(take_map(&mut ebpf, map_names::PY_TSTATES)?)
                 .map_err(map_error(map_names::PY_TSTATES))?,
@@ -495,6 +505,13 @@ impl Probes {
     /// Tells the kernel where `tgid`'s interpreter keeps its frames: from now on its stacks
     /// carry Python frames. A failure costs only those frames, so it is logged.
     pub(crate) fn set_python(&self, tgid: u32, config: &PyProcConfig) {
+        if !self.python_seen_set.get() {
+            if let Err(err) = self.python_seen.borrow_mut().set(0, 1, 0) {
+                log::warn!("pid {tgid}: cannot configure Python frames: {err}");
+                return;
+            }
+            self.python_seen_set.set(true);
+        }
         if let Err(err) = self.python.borrow_mut().insert(tgid, *config, 0) {
             log::warn!("pid {tgid}: cannot configure Python frames: {err}");
         }

@@ -112,8 +112,9 @@ impl GivenWalks {
         };
         for (i, &(address, word)) in walk.deciding.iter().enumerate() {
             let offset = address.checked_sub(walk.sp)?;
-            // The kernel reads each word as one aligned load (tracer-ebpf/src/memo.rs).
-            if offset % 8 != 0 {
+            // The kernel reads each word as one aligned load within the copy, masking the
+            // offset rather than checking it (tracer-ebpf/src/memo.rs).
+            if offset % 8 != 0 || offset + 8 > walk.copied as u64 {
                 return None;
             }
             memo.offsets[i] = u32::try_from(offset).ok()?;

@@ -60,7 +60,7 @@ fn gives_each_key_once_and_names_its_stack() {
 }
 
 /// Walks that the kernel could not check (too many deciding words, nothing copied, a word
-/// off the 8-byte grid) are not given.
+/// off the 8-byte grid or past the copy) are not given.
 #[test]
 fn gives_only_what_the_kernel_can_check() {
     let mut given = GivenWalks::default();
@@ -76,6 +76,12 @@ fn gives_only_what_the_kernel_can_check() {
     assert!(
         given
             .give(walk(&[(SP + 12, 1)], 24), &outcome(), &native, 1)
+            .is_none()
+    );
+    // Nor a word that ends past the copy (the kernel masks offsets, it does not check them).
+    assert!(
+        given
+            .give(walk(&[(SP + 24, 1)], 24), &outcome(), &native, 1)
             .is_none()
     );
     assert!(given.take_updates().is_empty());
