@@ -172,6 +172,35 @@ fn an_open_held_back_in_the_kernel_is_reported_with_its_stack() {
     assert!(kept.has_frame("warm_up"), "{ctx}");
 }
 
+/// A process that shares its descriptor table with another one (a clone with CLONE_FILES,
+/// not a thread) never holds an open back: the other process's close of that number would
+/// reach the tracer before the open it closes. Here the parent's last open from the warm
+/// stack stays open until its child closes it in the shared table: the report must not
+/// have it open, and the tracer must not have needed /proc to find that out.
+#[test]
+fn an_open_another_process_closes_in_a_shared_table_is_not_held_back() {
+    require_root();
+    let (done, fixture, report, _) = run("share_warm");
+    let ctx = report.context();
+    assert_eq!(
+        field(&done, "close_ret"),
+        0,
+        "the child's close must succeed"
+    );
+    let (pid, fd) = (fixture.pid(), field(&done, "fd"));
+    let still_open: Vec<_> = report
+        .open_descriptors()
+        .into_iter()
+        .filter(|d| d.pid() == pid && d.fd() == fd as u64)
+        .collect();
+    assert!(
+        still_open.is_empty(),
+        "fd {fd} was closed by the child: {still_open:?}\n{ctx}"
+    );
+    assert_eq!(report.json["events"]["reconciled_closed"], 0, "{ctx}");
+    assert_eq!(report.json["events"]["reconciled_opened"], 0, "{ctx}");
+}
+
 /// The culprit thread closes its number twice; in between the victim thread got that number
 /// (the fixture checks it did). The culprit's stale close succeeds, so it is not a failed
 /// close; the victim's own close fails and is reported from victim_close, suspected stale,
