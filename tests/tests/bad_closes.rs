@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use tracer_common::HELD_SLOTS;
 use tracer_tests::{
     ATTACH_TIMEOUT, Fixture, Report, Tracer, build_fixture, fd_count, frames_symbols, require_root,
     symbol_is,
@@ -170,6 +171,84 @@ fn an_open_held_back_in_the_kernel_is_reported_with_its_stack() {
     assert!(kept.has_frame("open_config"), "{ctx}");
     assert!(kept.has_frame("warm_cycle"), "{ctx}");
     assert!(kept.has_frame("warm_up"), "{ctx}");
+}
+
+/// Two followed processes whose tgids name the same held-open slot (they differ by
+/// HELD_SLOTS: the fixture's second run gets its pid through ns_last_pid) run the warm-up
+/// cycles at once and both keep their last open: the slot belongs to one of them, the other
+/// sends its opens as they happen, and each keeps exactly its /dev/zero, with its stack.
+#[test]
+fn two_processes_that_name_one_held_slot_both_report_what_they_keep() {
+    require_root();
+    let bin = build_fixture("bad_close", &[]);
+    let mut first = Fixture::spawn(&bin, &["keep_warm"]);
+    first.wait_for_line("READY", Duration::from_secs(10));
+    let mut second = spawn_with_pid(&bin, &["keep_warm"], colliding_pid(first.pid()));
+    second.wait_for_line("READY", Duration::from_secs(10));
+    let second_pid = second.pid().to_string();
+    let mut tracer = Tracer::attach(first.pid(), &["--pid", &second_pid]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    first.send_line("go");
+    second.send_line("go");
+    let dones = [
+        first.wait_for_line("DONE ", Duration::from_secs(30)),
+        second.wait_for_line("DONE ", Duration::from_secs(30)),
+    ];
+    let report = tracer.stop();
+    let ctx = report.context();
+    for (fixture, done) in [&first, &second].into_iter().zip(dones) {
+        let words: Vec<String> = done.split_whitespace().map(str::to_owned).collect();
+        let (pid, fd) = (fixture.pid(), field(&words, "fd"));
+        let created: Vec<_> = report
+            .open_descriptors()
+            .into_iter()
+            .filter(|d| d.pid() == pid && d.opened_by() != "pre-existing")
+            .collect();
+        assert_eq!(created.len(), 1, "pid {pid} kept one descriptor\n{ctx}");
+        let kept = &created[0];
+        assert_eq!(kept.fd(), fd as u64, "{ctx}");
+        assert_eq!(kept.detail(), Some("/dev/zero"), "{ctx}");
+        assert!(kept.has_frame("warm_up"), "pid {pid}\n{ctx}");
+    }
+    assert_eq!(report.json["events"]["reconciled_opened"], 0, "{ctx}");
+    assert_eq!(report.json["events"]["reconciled_closed"], 0, "{ctx}");
+    assert!(report.events_paired_in_kernel() >= 100, "{ctx}");
+}
+
+/// A free pid that names the same held slot as `pid` (a multiple of HELD_SLOTS away, under
+/// pid_max and above the 300 the kernel keeps when it wraps around).
+#[track_caller]
+fn colliding_pid(pid: u32) -> u32 {
+    let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .expect("/proc/sys/kernel/pid_max")
+        .trim()
+        .parse()
+        .expect("a number");
+    (1..=pid_max / HELD_SLOTS)
+        .flat_map(|k| {
+            [
+                pid.checked_add(k * HELD_SLOTS),
+                pid.checked_sub(k * HELD_SLOTS),
+            ]
+        })
+        .flatten()
+        .find(|&p| p > 300 && p < pid_max && !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap_or_else(|| panic!("no free pid names the held slot of {pid}"))
+}
+
+/// Starts `bin args` as pid `pid`: the kernel gives a new process the number after
+/// ns_last_pid when it is free. Another fork on the machine can take it first: retried.
+#[track_caller]
+fn spawn_with_pid(bin: &std::path::Path, args: &[&str], pid: u32) -> Fixture {
+    for _ in 0..20 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("writing /proc/sys/kernel/ns_last_pid (root)");
+        let fixture = Fixture::spawn(bin, args);
+        if fixture.pid() == pid {
+            return fixture;
+        }
+    }
+    panic!("could not start a process as pid {pid} (in use?)");
 }
 
 /// A process that shares its descriptor table with another one (a clone with CLONE_FILES,

@@ -21,6 +21,9 @@ pub use time_wait::TimeWaitOffsets;
 pub const PATH_CAP: usize = 256;
 /// Processes the kernel side can follow at once.
 pub const MAX_FOLLOWED: u32 = 65_536;
+/// Slots for file opens held back in the kernel (tracer-ebpf/src/held.rs): a followed process
+/// holds in the one its tgid's low bits name, unless another live process claimed it first.
+pub const HELD_SLOTS: u32 = 4_096;
 /// Distinct user stacks kept by the kernel; later ones get no stack id (counted in the report).
 pub const STACK_MAP_ENTRIES: u32 = 16_384;
 /// TCP sockets of followed processes the kernel side tracks (LRU).

@@ -4,8 +4,12 @@
 //! probes together (the ring's reservation and copy, then userspace's decode and table
 //! update on the other CPU).
 //!
-//! Each followed process has one slot (HELD_OPENS, made at its first open that qualifies;
-//! a process that shares its descriptor table with another process never holds anything).
+//! A followed process holds in one slot of HELD_OPENS, an array indexed by the low bits of
+//! its tgid and owned by the process that claimed it (at its first open that qualifies):
+//! an array's lookup is a few instructions the verifier inlines, where a hash lookup is a
+//! call that costs as much as the rest of the close that pairs. A process whose slot another
+//! live process owns does not hold (its events go out as they happen); nor does a process
+//! that shares its descriptor table with another process (NEVER_HOLDS).
 //! A file open whose stack the kernel recognised (a remembered walk, see `memo.rs`: nothing
 //! copied, so the record is small) in a process without Python frames is written there
 //! (its path read straight into it) instead of into the ring. Then, whichever comes first:
@@ -20,61 +24,75 @@
 //!   while its process does nothing else reaches userspace that late, at most.
 //!
 //! Threads of one process run on several CPUs at once, so the slot changes hands with
-//! compare-and-swap on its state. The CPU that holds it (BUSY) is the only one that reads or
-//! writes the record; a program that finds it BUSY never waits: it sends its own event
-//! directly, which orders it as concurrent events of two threads are ordered anyway.
+//! compare-and-swap on one word that holds both its owner and its state. The CPU that holds
+//! it (BUSY) is the only one that reads or writes the record; a program that finds it BUSY
+//! never waits: it sends its own event directly, which orders it as concurrent events of
+//! two threads are ordered anyway.
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg, atomic_xchg};
 
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::{
-    CloseEvent, EventHeader, EventKind, FileOpenEvent, NO_STACK, PATH_CAP, WithStack,
+    CloseEvent, EventHeader, EventKind, FileOpenEvent, HELD_SLOTS, NO_STACK, PATH_CAP, WithStack,
 };
 
 use crate::{
     clock::event_time_ns,
-    maps::{HELD_OPENS, HELD_ZERO, PAIRED, output, output_with_stack},
+    maps::{FOLLOWED, HELD_OPENS, NEVER_HOLDS, PAIRED, output, output_with_stack},
 };
 
-/// Nothing held.
-const EMPTY: u64 = 0;
+/// Nothing held (a slot nobody owns is all zero).
+const EMPTY: u32 = 0;
 /// One CPU is reading or writing the record.
-const BUSY: u64 = 1;
+const BUSY: u32 = 1;
 /// An open waits to be sent.
-const HELD: u64 = 2;
+const HELD: u32 = 2;
 /// The held open was closed by its thread: kept as the number's last life until the
 /// process's next event.
-const CLOSED: u64 = 3;
-/// Nothing is ever held: the process shares its descriptor table with another process
-/// (clone with CLONE_FILES and without CLONE_THREAD), whose events would not send it first.
-const NEVER: u64 = 4;
+const CLOSED: u32 = 3;
+
+/// A slot's word: its owner's tgid (0: nobody) and its state, moved together.
+#[inline(always)]
+const fn word(owner: u32, state: u32) -> u64 {
+    ((owner as u64) << 32) | state as u64
+}
+
+#[inline(always)]
+const fn owner_of(word: u64) -> u32 {
+    (word >> 32) as u32
+}
+
+#[inline(always)]
+const fn state_of(word: u64) -> u32 {
+    word as u32
+}
 
 /// A file open's record without a stack copy: the event, then its path.
 pub(crate) type HeldRecord = WithStack<FileOpenEvent, PATH_CAP>;
 
-/// One process's slot.
+/// One slot.
 #[repr(C)]
 pub(crate) struct HeldOpen {
-    state: u64,
+    /// [`word`]: owner and state.
+    word: u64,
     /// When its thread closed it (CLOSED).
     closed_at_ns: u64,
     /// The event, then its `path_len` bytes of path.
     record: HeldRecord,
 }
 
-/// Moves the slot from state `from` to `to` if no other CPU moved it first; true if so.
+/// Moves the slot's word from `from` to `to` if no other CPU moved it first; true if so.
 /// (`AtomicU64` has no compare-and-swap on the BPF target: the intrinsic is the same
 /// instruction, BPF_CMPXCHG.)
 ///
 /// # Safety
-/// `slot` must be a live HELD_OPENS value (memory that stays valid while the program runs:
-/// the map is not preallocated, so a deleted value is freed only after an RCU grace period).
+/// `slot` must be a HELD_OPENS value (array memory: it stays valid for the map's life).
 #[inline(always)]
 unsafe fn cas(slot: *mut HeldOpen, from: u64, to: u64) -> bool {
     // SAFETY: as the function's contract says; the word is 8-byte aligned in the value.
     unsafe {
         atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(
-            &raw mut (*slot).state,
+            &raw mut (*slot).word,
             from,
             to,
         )
@@ -82,26 +100,26 @@ unsafe fn cas(slot: *mut HeldOpen, from: u64, to: u64) -> bool {
     .1
 }
 
-/// Takes the slot from state `from`; true when this CPU now holds it (BUSY).
-#[inline(always)]
-unsafe fn take(slot: *mut HeldOpen, from: u64) -> bool {
-    // SAFETY: passed on from the caller.
-    unsafe { cas(slot, from, BUSY) }
-}
-
-/// Hands the slot back in state `to` (an atomic exchange: the record's writes are ordered
-/// before it on every architecture).
+/// Hands the slot back as `to` (an atomic exchange: the record's writes are ordered before
+/// it on every architecture).
 #[inline(always)]
 unsafe fn release(slot: *mut HeldOpen, to: u64) {
     // SAFETY: passed on from the caller, who holds the slot.
-    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).state, to) };
+    unsafe { atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(&raw mut (*slot).word, to) };
 }
 
-/// The state as last written, without synchronising (a hint: acting on it takes the slot).
+/// The word as last written, without synchronising (a hint: acting on it takes the slot).
 #[inline(always)]
 unsafe fn peek(slot: *mut HeldOpen) -> u64 {
     // SAFETY: passed on from the caller.
-    unsafe { core::ptr::read_volatile(&raw const (*slot).state) }
+    unsafe { core::ptr::read_volatile(&raw const (*slot).word) }
+}
+
+/// The slot a process may hold in (whoever owns it).
+#[inline(always)]
+fn slot_of(tgid: u32) -> Option<*mut HeldOpen> {
+    const { assert!(HELD_SLOTS.is_power_of_two()) };
+    HELD_OPENS.get_ptr_mut(tgid & (HELD_SLOTS - 1))
 }
 
 /// Sends the held record. The caller holds the slot.
@@ -116,13 +134,14 @@ unsafe fn send(slot: *mut HeldOpen) {
     }
 }
 
-/// Sends the open the slot holds, if it holds one and no other CPU has the slot, leaving it
-/// in state `then`; true if so.
+/// Sends the open `tgid` holds in the slot, if it holds one and no other CPU has the slot
+/// this moment, leaving the slot as `then`; true if so.
 #[inline(always)]
-unsafe fn send_held(slot: *mut HeldOpen, then: u64) -> bool {
+unsafe fn send_held(slot: *mut HeldOpen, tgid: u32, then: u64) -> bool {
+    let held = word(tgid, HELD);
     // SAFETY: passed on from the caller.
     unsafe {
-        if peek(slot) != HELD || !take(slot, HELD) {
+        if peek(slot) != held || !cas(slot, held, word(tgid, BUSY)) {
             return false;
         }
         send(slot);
@@ -131,18 +150,19 @@ unsafe fn send_held(slot: *mut HeldOpen, then: u64) -> bool {
     true
 }
 
-/// Sends what the process's slot holds, before the caller's own event of that process.
-/// A CLOSED life is forgotten (`forget_closed`) when the caller's event may change what the
-/// number means; userspace's flush keeps it.
+/// Sends what the process holds, before the caller's own event of that process. A CLOSED
+/// life is forgotten (`forget_closed`) when the caller's event may change what the number
+/// means; userspace's flush keeps it.
 #[inline(always)]
 pub(crate) fn flush(tgid: u32, forget_closed: bool) {
-    let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) else {
+    let Some(slot) = slot_of(tgid) else {
         return;
     };
-    // SAFETY: a live value of the map, for as long as this program runs.
+    let closed = word(tgid, CLOSED);
+    // SAFETY: a HELD_OPENS value.
     unsafe {
-        if !send_held(slot, EMPTY) && forget_closed && peek(slot) == CLOSED {
-            cas(slot, CLOSED, EMPTY);
+        if !send_held(slot, tgid, word(tgid, EMPTY)) && forget_closed && peek(slot) == closed {
+            cas(slot, closed, word(tgid, EMPTY));
         }
     }
 }
@@ -151,33 +171,41 @@ pub(crate) fn flush(tgid: u32, forget_closed: bool) {
 /// sent): the caller writes the record, then [`Holding::hold`]s it.
 pub(crate) struct Holding {
     slot: *mut HeldOpen,
+    tgid: u32,
 }
 
 impl Holding {
-    /// Takes the process's slot; `None` when it cannot hold (no slot, a process that never
-    /// holds, or another CPU has the slot this moment): the caller sends its event.
+    /// Takes the process's slot, claiming it if nobody owns it; `None` when the process
+    /// cannot hold now (another CPU has the slot, another live process owns it, or the
+    /// process never holds): the caller sends its event.
     #[inline(always)]
     pub(crate) fn take(tgid: u32) -> Option<Self> {
-        let slot = slot(tgid)?;
-        // SAFETY: a live value of the map; this CPU touches the record only while it holds
-        // the slot.
+        let slot = slot_of(tgid)?;
+        let busy = word(tgid, BUSY);
+        // SAFETY: a HELD_OPENS value; this CPU touches the record only while it holds the
+        // slot.
         unsafe {
-            match peek(slot) {
-                HELD => {
-                    if !take(slot, HELD) {
-                        return None;
+            let now = peek(slot);
+            if owner_of(now) == tgid {
+                match state_of(now) {
+                    HELD => {
+                        if !cas(slot, now, busy) {
+                            return None;
+                        }
+                        send(slot);
                     }
-                    send(slot);
-                }
-                other @ (EMPTY | CLOSED) => {
-                    if !take(slot, other) {
-                        return None;
+                    EMPTY | CLOSED => {
+                        if !cas(slot, now, busy) {
+                            return None;
+                        }
                     }
+                    _ => return None,
                 }
-                _ => return None,
+            } else if !claimable(now, tgid) || !cas(slot, now, busy) {
+                return None;
             }
         }
-        Some(Self { slot })
+        Some(Self { slot, tgid })
     }
 
     /// Where the caller writes the open: the event, then its `path_len` bytes of path.
@@ -191,8 +219,21 @@ impl Holding {
     #[inline(always)]
     pub(crate) fn hold(self) {
         // SAFETY: this CPU holds the slot.
-        unsafe { release(self.slot, HELD) };
+        unsafe { release(self.slot, word(self.tgid, HELD)) };
     }
+}
+
+/// Whether `tgid` may claim a slot whose word is `now` and that it does not own: nobody owns
+/// it, or its owner is gone (not followed any more: its exit probe could not free the slot
+/// because a CPU had it that moment), and `tgid` is not a process that never holds. Asked
+/// once in a process's life unless slots collide, so the two lookups here are rare.
+#[inline(always)]
+fn claimable(now: u64, tgid: u32) -> bool {
+    let owner = owner_of(now);
+    // SAFETY: the values are only tested for presence.
+    let owner_gone =
+        owner == 0 || (state_of(now) != BUSY && unsafe { FOLLOWED.get(&owner) }.is_none());
+    owner_gone && unsafe { NEVER_HOLDS.get(&tgid) }.is_none()
 }
 
 /// What became of a close, as far as the held open is concerned.
@@ -204,12 +245,12 @@ pub(crate) enum Close {
     Sent { open: Option<bool> },
 }
 
-/// For a close of `fd` by thread `tid`: [`Close::Paired`] when it closes the open the slot
-/// holds. That open's number is certainly open (no event of the process came in between,
-/// and any other close of it would have been one), so `is_open`, which reads the
-/// descriptor table, is asked only otherwise. Then what the slot held goes out first, and
-/// for a failing close of the number a CLOSED life names (a double close) the life goes out
-/// as its open and its close, so that userspace can explain the failure.
+/// For a close of `fd` by thread `tid`: [`Close::Paired`] when it closes the open the
+/// process holds. That open's number is certainly open (no event of the process came in
+/// between, and any other close of it would have been one), so `is_open`, which reads the
+/// descriptor table, is asked only otherwise. Then what the process held goes out first,
+/// and for a failing close of the number a CLOSED life names (a double close) the life goes
+/// out as its open and its close, so that userspace can explain the failure.
 #[inline(always)]
 pub(crate) fn pair_with_close(
     tgid: u32,
@@ -217,99 +258,105 @@ pub(crate) fn pair_with_close(
     fd: i32,
     is_open: impl FnOnce() -> Option<bool>,
 ) -> Close {
-    let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) else {
+    let Some(slot) = slot_of(tgid) else {
         return Close::Sent { open: is_open() };
     };
-    // SAFETY: a live value of the map; the record is read only while this CPU holds it.
+    let (held, closed, busy, empty) = (
+        word(tgid, HELD),
+        word(tgid, CLOSED),
+        word(tgid, BUSY),
+        word(tgid, EMPTY),
+    );
+    // SAFETY: a HELD_OPENS value; the record is read only while this CPU holds it.
     unsafe {
-        match peek(slot) {
-            HELD if take(slot, HELD) => {
-                let header = (*slot).record.event.header;
-                if (*slot).record.event.fd == fd && header.tid == tid {
-                    (*slot).closed_at_ns = event_time_ns();
-                    release(slot, CLOSED);
-                    count_pair();
-                    return Close::Paired;
-                }
+        let now = peek(slot);
+        if now == held && cas(slot, held, busy) {
+            let header = (*slot).record.event.header;
+            if (*slot).record.event.fd == fd && header.tid == tid {
+                (*slot).closed_at_ns = event_time_ns();
+                release(slot, closed);
+                count_pair();
+                return Close::Paired;
+            }
+            send(slot);
+            release(slot, empty);
+            return Close::Sent { open: is_open() };
+        }
+        if now == closed && cas(slot, closed, busy) {
+            let open = is_open();
+            if open == Some(false) && (*slot).record.event.fd == fd {
                 send(slot);
-                release(slot, EMPTY);
-                Close::Sent { open: is_open() }
+                let header = (*slot).record.event.header;
+                output(&CloseEvent {
+                    header: EventHeader {
+                        kind: EventKind::FdClosed as u32,
+                        tgid: header.tgid,
+                        tid: header.tid,
+                        stack_id: NO_STACK,
+                        timestamp_ns: (*slot).closed_at_ns,
+                    },
+                    fd,
+                    _pad: 0,
+                });
             }
-            CLOSED if take(slot, CLOSED) => {
-                let open = is_open();
-                if open == Some(false) && (*slot).record.event.fd == fd {
-                    send(slot);
-                    let header = (*slot).record.event.header;
-                    output(&CloseEvent {
-                        header: EventHeader {
-                            kind: EventKind::FdClosed as u32,
-                            tgid: header.tgid,
-                            tid: header.tid,
-                            stack_id: NO_STACK,
-                            timestamp_ns: (*slot).closed_at_ns,
-                        },
-                        fd,
-                        _pad: 0,
-                    });
-                }
-                release(slot, EMPTY);
-                Close::Sent { open }
-            }
-            _ => Close::Sent { open: is_open() },
+            release(slot, empty);
+            return Close::Sent { open };
         }
     }
+    Close::Sent { open: is_open() }
 }
 
-/// Stops holding opens of the process for as long as it lives (it shares its descriptor
-/// table with another process: see [`NEVER`]), sending what it holds now. Best effort
-/// against another CPU that holds the slot this very moment: tried twice.
+/// Stops the process from holding opens for as long as it lives: it shares its descriptor
+/// table with another process (clone with CLONE_FILES and without CLONE_THREAD), whose
+/// events would not send what it holds first. What it holds now is sent and its slot given
+/// up. Best effort against another CPU that has the slot this very moment.
 #[inline(always)]
 pub(crate) fn never(tgid: u32) {
-    let Some(slot) = slot(tgid) else {
+    // It fails only with the map full: as many sharers alive as processes followed.
+    let _ = NEVER_HOLDS.insert(&tgid, &1, 0);
+    let Some(slot) = slot_of(tgid) else {
         return;
     };
-    // SAFETY: a live value of the map; the record is read only while this CPU holds it.
+    // SAFETY: a HELD_OPENS value.
     unsafe {
-        for _ in 0..2 {
-            match peek(slot) {
-                HELD => {
-                    if send_held(slot, NEVER) {
-                        return;
-                    }
-                }
-                NEVER => return,
-                other => {
-                    if other != BUSY && cas(slot, other, NEVER) {
-                        return;
-                    }
-                }
-            }
+        if !send_held(slot, tgid, 0) {
+            give_up(slot, tgid);
         }
     }
 }
 
-/// Drops the process's slot (it exited).
+/// Frees the process's slot, if it owns it (it exited, or its pid is a new process's now),
+/// and forgets that it never held.
 #[inline(always)]
 pub(crate) fn forget(tgid: u32) {
-    let _ = HELD_OPENS.remove(&tgid);
+    let _ = NEVER_HOLDS.remove(&tgid);
+    let Some(slot) = slot_of(tgid) else {
+        return;
+    };
+    // SAFETY: a HELD_OPENS value.
+    unsafe { give_up(slot, tgid) };
 }
 
-/// The process's slot, made empty at its first use.
+/// Frees the slot if `tgid` owns it and no CPU has it; tried a few times, since a CPU has it
+/// only for the length of one program. A slot left owned by a process that is gone is
+/// claimed by the next process that needs it (`claimable`).
+///
+/// # Safety
+/// `slot` must be a HELD_OPENS value.
 #[inline(always)]
-fn slot(tgid: u32) -> Option<*mut HeldOpen> {
-    if let Some(slot) = HELD_OPENS.get_ptr_mut(&tgid) {
-        return Some(slot);
+unsafe fn give_up(slot: *mut HeldOpen, tgid: u32) {
+    for _ in 0..4 {
+        // SAFETY: as the function's contract says.
+        let now = unsafe { peek(slot) };
+        if owner_of(now) != tgid {
+            return;
+        }
+        // SAFETY: as above.
+        if state_of(now) != BUSY && unsafe { cas(slot, now, 0) } {
+            return;
+        }
     }
-    let zero = HELD_ZERO.get_ptr(0)?;
-    // BPF_NOEXIST: another thread of the process may have made it meanwhile; either way the
-    // lookup below finds the one slot.
-    // SAFETY: `zero` is a map value of the slot's size, never written.
-    let _ = HELD_OPENS.insert(&tgid, unsafe { &*zero }, BPF_NOEXIST);
-    HELD_OPENS.get_ptr_mut(&tgid)
 }
-
-/// `BPF_NOEXIST` from linux/bpf.h.
-const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn count_pair() {

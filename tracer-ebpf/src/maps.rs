@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FdEvent, FileOpenEvent, ForkEvent, HostCounts,
-    KernelOffsets, MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS,
+    DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FdEvent, FileOpenEvent, ForkEvent, HELD_SLOTS,
+    HostCounts, KernelOffsets, MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS,
     MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_STACK_MEMOS, MAX_TCP_SOCKETS,
     STACK_MAP_ENTRIES, STACK_TOP_BYTES, StackMemo, StackMemoKey, TASK_STACK_TOP_BYTES,
     TracepointOffsets, WithStack,
@@ -93,16 +93,16 @@ pub(crate) static FD_SCRATCH: PerCpuArray<WithStack<FdEvent, STACK_TOP_BYTES>> =
 pub(crate) static FORK_SCRATCH: PerCpuArray<WithStack<ForkEvent, TASK_STACK_TOP_BYTES>> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// Each followed process's held-back file open (see `held.rs`), made at its first one and
-/// dropped at its exit. Not preallocated: a value stays readable until an RCU grace period
-/// after its removal, while a program that looked it up may still run.
+/// The held-back file opens (see `held.rs`): one slot per low bits of a tgid, owned by the
+/// followed process that claimed it.
 #[map]
-pub(crate) static HELD_OPENS: HashMap<u32, HeldOpen> =
-    HashMap::with_max_entries(MAX_FOLLOWED, BPF_F_NO_PREALLOC);
+pub(crate) static HELD_OPENS: Array<HeldOpen> = Array::with_max_entries(HELD_SLOTS, 0);
 
-/// An empty slot to make HELD_OPENS entries from (never written).
+/// Followed processes that share their descriptor table with another process, and so never
+/// hold an open back (see `held.rs`); looked up only when a process claims a slot.
 #[map]
-pub(crate) static HELD_ZERO: Array<HeldOpen> = Array::with_max_entries(1, 0);
+pub(crate) static NEVER_HOLDS: HashMap<u32, u8> =
+    HashMap::with_max_entries(MAX_FOLLOWED, BPF_F_NO_PREALLOC);
 
 /// Index 0: open+close pairs that were never sent (see `held.rs`), per CPU.
 #[map]
