@@ -158,19 +158,27 @@ fn an_open_held_back_in_the_kernel_is_reported_with_its_stack() {
         paired >= 100,
         "only {paired} pairs settled in the kernel\n{ctx}"
     );
+    assert_kept_warm_open(&report, pid, fd);
+}
+
+/// The one descriptor `pid` created and kept is `fd`, the /dev/zero that `keep_warm` opened
+/// last from its warm stack, reported with that stack.
+#[track_caller]
+fn assert_kept_warm_open(report: &Report, pid: u32, fd: i64) {
+    let ctx = report.context();
     let created: Vec<_> = report
         .open_descriptors()
         .into_iter()
         .filter(|d| d.pid() == pid && d.opened_by() != "pre-existing")
         .collect();
-    assert_eq!(created.len(), 1, "one descriptor kept\n{ctx}");
+    assert_eq!(created.len(), 1, "pid {pid} kept one descriptor\n{ctx}");
     let kept = &created[0];
     assert_eq!(kept.fd(), fd as u64, "{ctx}");
     assert_eq!(kept.detail(), Some("/dev/zero"), "{ctx}");
     assert_eq!(kept.opened_by(), "openat", "{ctx}");
-    assert!(kept.has_frame("open_config"), "{ctx}");
-    assert!(kept.has_frame("warm_cycle"), "{ctx}");
-    assert!(kept.has_frame("warm_up"), "{ctx}");
+    assert!(kept.has_frame("open_config"), "pid {pid}\n{ctx}");
+    assert!(kept.has_frame("warm_cycle"), "pid {pid}\n{ctx}");
+    assert!(kept.has_frame("warm_up"), "pid {pid}\n{ctx}");
 }
 
 /// Two followed processes whose tgids name the same held-open slot (they differ by
@@ -198,17 +206,7 @@ fn two_processes_that_name_one_held_slot_both_report_what_they_keep() {
     let ctx = report.context();
     for (fixture, done) in [&first, &second].into_iter().zip(dones) {
         let words: Vec<String> = done.split_whitespace().map(str::to_owned).collect();
-        let (pid, fd) = (fixture.pid(), field(&words, "fd"));
-        let created: Vec<_> = report
-            .open_descriptors()
-            .into_iter()
-            .filter(|d| d.pid() == pid && d.opened_by() != "pre-existing")
-            .collect();
-        assert_eq!(created.len(), 1, "pid {pid} kept one descriptor\n{ctx}");
-        let kept = &created[0];
-        assert_eq!(kept.fd(), fd as u64, "{ctx}");
-        assert_eq!(kept.detail(), Some("/dev/zero"), "{ctx}");
-        assert!(kept.has_frame("warm_up"), "pid {pid}\n{ctx}");
+        assert_kept_warm_open(&report, fixture.pid(), field(&words, "fd"));
     }
     assert_eq!(report.json["events"]["reconciled_opened"], 0, "{ctx}");
     assert_eq!(report.json["events"]["reconciled_closed"], 0, "{ctx}");
