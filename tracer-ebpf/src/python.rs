@@ -3,7 +3,8 @@
 //! userspace reads the event), sent as a [`PyStackEvent`] right before the event itself.
 //!
 //! Only processes userspace found to run CPython have an entry in PY_PROCS: every other
-//! process pays one lookup that misses. The thread's `PyThreadState` is found by its
+//! process pays one lookup that misses, and none while no process has one (PYTHON_SEEN).
+//! The thread's `PyThreadState` is found by its
 //! `thread_id` (pthread_self(), which is the task's fsbase on x86-64), in a per-thread cache
 //! checked on every use (userspace seeds it), else by walking the first [`MAX_PY_THREADS`] of
 //! each interpreter's thread list, where new threads are added: the "current" thread state is
