@@ -291,28 +291,28 @@ impl StackStart {
     /// Read from the current task's saved user registers.
     #[inline(always)]
     fn current() -> Option<Self> {
-        // SAFETY: the helper returns the current task's saved user registers.
-        unsafe {
-            let pt_regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-            if pt_regs.is_null() {
-                return None;
-            }
-            Self::from_pt_regs(pt_regs)
-        }
+        // SAFETY: `current_pt_regs` returns what the contract asks for.
+        unsafe { Self::from_pt_regs(current_pt_regs()?) }
     }
+}
+
+/// The current task's saved user registers: a pointer the verifier types as `struct
+/// pt_regs`, so each load through it is checked against that layout and costs a load, not a
+/// helper call.
+#[inline(always)]
+fn current_pt_regs() -> Option<*const u8> {
+    // SAFETY: plain helper calls on the current task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    (!regs.is_null()).then_some(regs)
 }
 
 impl SyscallRegs {
     #[inline(always)]
     pub(crate) fn current() -> Option<Self> {
         let (nr_offset, arg_offsets) = PT_REGS_SYSCALL?;
-        // SAFETY: the helper returns the current task's saved user registers, a pointer the
-        // verifier types as `struct pt_regs`: each load is checked against that layout.
+        let regs = current_pt_regs()?;
+        // SAFETY: BTF-typed loads through the saved registers (`current_pt_regs`).
         unsafe {
-            let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const u8;
-            if regs.is_null() {
-                return None;
-            }
             let load = |offset: usize| core::ptr::read_volatile(regs.add(offset).cast::<u64>());
             Some(Self {
                 // `orig_ax` is -1 outside a syscall; arm64's `syscallno` is 32 bits wide.
@@ -357,9 +357,9 @@ unsafe fn main_stack_start(task: *const u8) -> Option<u64> {
 }
 
 /// Copies the user stack pointer, frame pointer and instruction pointer into `regs` (`start`,
-/// or read from the saved registers when it is [`StackStart::UNKNOWN`]) and the stack just above the stack pointer
-/// into `bytes` (sp = 0 when nothing could be read);
-/// returns the bytes copied, and whether they reach the thread's learned stack base. Userspace
+/// or read from the saved registers when it is [`StackStart::UNKNOWN`]) and the stack just
+/// above the stack pointer into `bytes` (sp = 0 when nothing could be read); returns the
+/// bytes copied, and whether they reach the thread's learned stack base. Userspace
 /// unwinds from it with the binaries' CFI; a copy that reaches the base holds the whole
 /// stack, so the kernel's frame-pointer walk (`user_stack_id`) adds nothing to it.
 ///

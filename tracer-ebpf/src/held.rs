@@ -38,7 +38,7 @@ use tracer_common::{
 
 use crate::{
     clock::event_time_ns,
-    maps::{FOLLOWED, HELD_OPENS, NEVER_HOLDS, PAIRED, output, output_with_stack},
+    maps::{FOLLOWED, HELD_OPENS, NEVER_HOLDS, PAIRED, bump, output, output_with_stack},
 };
 
 /// Nothing held (a slot nobody owns is all zero).
@@ -275,7 +275,7 @@ pub(crate) fn pair_with_close(
             if (*slot).record.event.fd == fd && header.tid == tid {
                 (*slot).closed_at_ns = event_time_ns();
                 release(slot, closed);
-                count_pair();
+                bump(&PAIRED, 0);
                 return Close::Paired;
             }
             send(slot);
@@ -355,15 +355,6 @@ unsafe fn give_up(slot: *mut HeldOpen, tgid: u32) {
         if state_of(now) != BUSY && unsafe { cas(slot, now, 0) } {
             return;
         }
-    }
-}
-
-#[inline(always)]
-fn count_pair() {
-    if let Some(counter) = PAIRED.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot; a program that interrupts this one on the same CPU does not
-        // pair (only close pairs, and close does not run in interrupt context).
-        unsafe { *counter += 1 };
     }
 }
 

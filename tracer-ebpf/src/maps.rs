@@ -247,7 +247,13 @@ pub(crate) use kernel_offset;
 /// Adds one to a per-CPU loss counter.
 #[inline(always)]
 pub(crate) fn count_lost(which: u32) {
-    if let Some(counter) = LOST.get_ptr_mut(which) {
+    bump(&LOST, which);
+}
+
+/// Adds one to this CPU's slot `index` of a per-CPU counter map.
+#[inline(always)]
+pub(crate) fn bump(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(counter) = counters.get_ptr_mut(index) {
         // SAFETY: per-CPU slot, and programs do not preempt each other on one CPU.
         unsafe { *counter += 1 };
     }

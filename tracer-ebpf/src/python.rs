@@ -4,11 +4,11 @@
 //!
 //! Only processes userspace found to run CPython have an entry in PY_PROCS: every other
 //! process pays one lookup that misses, and none while no process has one (PYTHON_SEEN).
-//! The thread's `PyThreadState` is found by its
-//! `thread_id` (pthread_self(), which is the task's fsbase on x86-64), in a per-thread cache
-//! checked on every use (userspace seeds it), else by walking the first [`MAX_PY_THREADS`] of
-//! each interpreter's thread list, where new threads are added: the "current" thread state is
-//! empty while a thread is blocked in a syscall with the GIL released.
+//! The thread's `PyThreadState` is found by its `thread_id` (pthread_self(), which is the
+//! task's fsbase on x86-64), in a per-thread cache checked on every use (userspace seeds it),
+//! else by walking the first [`MAX_PY_THREADS`] of each interpreter's thread list, where new
+//! threads are added: the "current" thread state is empty while a thread is blocked in a
+//! syscall with the GIL released.
 
 use aya_ebpf::{
     helpers::{
@@ -109,8 +109,7 @@ pub(crate) enum Frames {
 
 /// Sends the calling thread's Python frames before its event, if its process runs a
 /// configured interpreter (every other process pays one lookup that misses, or none while
-/// no process has one: [`PYTHON_SEEN`]); returns whether
-/// it does (with [`Frames::Walk`]).
+/// no process has one: [`PYTHON_SEEN`]); returns whether it does (with [`Frames::Walk`]).
 ///
 /// With [`Frames::Walk`] this does not return the first time: it tail-calls the walker,
 /// which sends the frames and tail-calls the program again from its start, and this
