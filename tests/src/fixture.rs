@@ -67,6 +67,22 @@ impl Fixture {
         }
     }
 
+    /// [`Fixture::spawn`] as pid `pid`: the kernel gives a new process the number after
+    /// ns_last_pid when it is free. Another fork on the machine can take it first: retried.
+    #[track_caller]
+    pub fn spawn_as_pid(program: impl AsRef<OsStr>, args: &[&str], pid: u32) -> Fixture {
+        let program = program.as_ref();
+        for _ in 0..20 {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+                .expect("writing /proc/sys/kernel/ns_last_pid (root)");
+            let fixture = Fixture::spawn(program, args);
+            if fixture.pid() == pid {
+                return fixture;
+            }
+        }
+        panic!("could not start a process as pid {pid} (in use?)");
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

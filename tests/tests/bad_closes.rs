@@ -191,7 +191,7 @@ fn two_processes_that_name_one_held_slot_both_report_what_they_keep() {
     let bin = build_fixture("bad_close", &[]);
     let mut first = Fixture::spawn(&bin, &["keep_warm"]);
     first.wait_for_line("READY", Duration::from_secs(10));
-    let mut second = spawn_with_pid(&bin, &["keep_warm"], colliding_pid(first.pid()));
+    let mut second = Fixture::spawn_as_pid(&bin, &["keep_warm"], colliding_pid(first.pid()));
     second.wait_for_line("READY", Duration::from_secs(10));
     let second_pid = second.pid().to_string();
     let mut tracer = Tracer::attach(first.pid(), &["--pid", &second_pid]);
@@ -232,21 +232,6 @@ fn colliding_pid(pid: u32) -> u32 {
         .flatten()
         .find(|&p| p > 300 && p < pid_max && !std::path::Path::new(&format!("/proc/{p}")).exists())
         .unwrap_or_else(|| panic!("no free pid names the held slot of {pid}"))
-}
-
-/// Starts `bin args` as pid `pid`: the kernel gives a new process the number after
-/// ns_last_pid when it is free. Another fork on the machine can take it first: retried.
-#[track_caller]
-fn spawn_with_pid(bin: &std::path::Path, args: &[&str], pid: u32) -> Fixture {
-    for _ in 0..20 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
-            .expect("writing /proc/sys/kernel/ns_last_pid (root)");
-        let fixture = Fixture::spawn(bin, args);
-        if fixture.pid() == pid {
-            return fixture;
-        }
-    }
-    panic!("could not start a process as pid {pid} (in use?)");
 }
 
 /// A process that shares its descriptor table with another one (a clone with CLONE_FILES,

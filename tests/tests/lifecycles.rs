@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tracer_tests::{
-    ATTACH_TIMEOUT, Fixture, Tracer, build_fixture, frames_symbols, require_root, symbol_is,
+    ATTACH_TIMEOUT, Filter, Fixture, Tracer, build_fixture, frames_symbols, require_root, symbol_is,
 };
 
 /// Starts a fixture that prints READY, attaches the tracer, tells it to go, and waits for
@@ -107,4 +107,50 @@ fn threads_that_never_exit_are_grouped_by_creation_stack() {
     assert_eq!(threads["live"].as_u64(), Some(21), "main + 20\n{ctx}");
     assert_eq!(threads["created"].as_u64(), Some(20), "{ctx}");
     assert_eq!(threads["exited"].as_u64(), Some(0), "{ctx}");
+}
+
+/// A followed child that exited leaves its pid to whoever the kernel gives it next: an
+/// unrelated process started at that pid is not followed. (Each pid is one bit of a word
+/// that 63 other pids share, set at a followed fork and cleared at the exit.)
+#[test]
+fn a_process_that_reuses_a_followed_childs_pid_is_not_followed() {
+    require_root();
+    let mut shell = Fixture::spawn(
+        "/bin/sh",
+        &[
+            "-c",
+            "echo READY; read go; sleep 0 & echo CHILD $!; wait; echo DONE 1; read end",
+        ],
+    );
+    shell.wait_for_line("READY", Duration::from_secs(10));
+    let mut tracer = Tracer::attach(shell.pid(), &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    shell.send_line("go");
+    let child: u32 = shell
+        .wait_for_line("CHILD ", Duration::from_secs(10))
+        .trim_start_matches("CHILD ")
+        .trim()
+        .parse()
+        .expect("the child's pid");
+    shell.wait_for_line("DONE ", Duration::from_secs(10));
+    // Started by the test, not by anything followed, at the pid the child had.
+    let mut stranger = Fixture::spawn_as_pid(
+        "/bin/sh",
+        &["-c", "exec 7</etc/hostname; echo READY; read end"],
+        child,
+    );
+    stranger.wait_for_line("READY", Duration::from_secs(10));
+    let report = tracer.stop();
+    let ctx = report.context();
+    assert!(
+        report.process(child).is_some(),
+        "the child was followed while it lived\n{ctx}"
+    );
+    let kept = report.descriptors(&Filter::new().pid(child));
+    assert!(
+        kept.is_empty(),
+        "pid {child} after the child exited is another process, not followed: {} of its \
+         descriptors are in the report\n{ctx}",
+        kept.len()
+    );
 }

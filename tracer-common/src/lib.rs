@@ -21,6 +21,9 @@ pub use time_wait::TimeWaitOffsets;
 pub const PATH_CAP: usize = 256;
 /// Processes the kernel side can follow at once.
 pub const MAX_FOLLOWED: u32 = 65_536;
+/// Words of FOLLOWED_BITS, one bit per possible pid: Linux's `PID_MAX_LIMIT` on 64-bit
+/// machines (4 194 304, include/linux/threads.h) over 64. 512 KiB.
+pub const FOLLOWED_BIT_WORDS: u32 = 4_194_304 / 64;
 /// Slots for file opens held back in the kernel (tracer-ebpf/src/held.rs): a followed process
 /// holds in the one its tgid's low bits name, unless another live process claimed it first.
 pub const HELD_SLOTS: u32 = 4_096;
@@ -53,6 +56,7 @@ pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const FOLLOWED: &str = "FOLLOWED";
+    pub const FOLLOWED_BITS: &str = "FOLLOWED_BITS";
     pub const STACKS: &str = "STACKS";
     pub const LOST: &str = "LOST";
     pub const LISTEN_PORTS: &str = "LISTEN_PORTS";
@@ -73,6 +77,11 @@ pub mod map_names {
 /// tracer-ebpf/src/held.rs), as many per run as a raw tracepoint has arguments.
 pub const HELD_FLUSH_PROGRAM: &str = "flush_held_opens";
 pub const HELD_FLUSH_BATCH: usize = 12;
+/// The program that makes the processes it is given followed (see tracer-ebpf/src/followed.rs):
+/// userspace cannot set their bits itself without racing the kernel's writers of the same
+/// word. As many per run as a raw tracepoint has arguments.
+pub const FOLLOW_PROGRAM: &str = "follow_processes";
+pub const FOLLOW_BATCH: usize = 12;
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
@@ -109,8 +118,7 @@ pub struct HostCounts {
 const _: () = assert!(size_of::<HostCounts>() == 24);
 
 /// FOLLOWED's value for a process whose main thread's stack base is not known (see
-/// `STACK_BASES`): any value above it is that base, which the kernel reads with the lookup
-/// every event makes anyway instead of looking the thread up in STACK_BASES.
+/// `STACK_BASES`): any value above it is that base.
 pub const FOLLOWED_NO_BASE: u64 = 1;
 
 /// `stack_id` value when no stack was captured (the helper failed or the map was full).

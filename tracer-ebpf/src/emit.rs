@@ -10,29 +10,23 @@ use aya_ebpf::{
     programs::{TracePointContext, tracing::StackIdContext},
 };
 use aya_log_ebpf::debug;
-use tracer_common::{
-    EventHeader, EventKind, FIELD_ABSENT, FOLLOWED_NO_BASE, NO_STACK, STACK_PAGE_BYTES, StackRegs,
-};
+use tracer_common::{EventHeader, EventKind, FIELD_ABSENT, NO_STACK, STACK_PAGE_BYTES, StackRegs};
 
 use crate::{
     clock::event_time_ns,
-    held,
-    maps::{FOLLOWED, STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset},
+    followed, held,
+    maps::{STACK_BASES, STACK_COPY_BYTES, STACKS, kernel_offset},
     memo,
 };
 
 /// `BPF_F_USER_STACK` from linux/bpf.h.
 const BPF_F_USER_STACK: u64 = 1 << 8;
 
-/// The calling task as (tgid, tid), and what FOLLOWED says of its process once
-/// [`Caller::lookup_followed`] asked.
+/// The calling task as (tgid, tid).
 #[derive(Clone, Copy)]
 pub(crate) struct Caller {
     pub tgid: u32,
     pub tid: u32,
-    /// FOLLOWED's value: the main thread's learned stack base, or [`FOLLOWED_NO_BASE`] (also
-    /// when not looked up).
-    pub main_stack_base: u64,
 }
 
 impl Caller {
@@ -42,7 +36,6 @@ impl Caller {
         Self {
             tgid: (pid_tgid >> 32) as u32,
             tid: pid_tgid as u32,
-            main_stack_base: FOLLOWED_NO_BASE,
         }
     }
 
@@ -50,33 +43,8 @@ impl Caller {
     /// see `held.rs`: the caller's event comes after it).
     #[inline(always)]
     pub(crate) fn followed() -> Option<Self> {
-        let mut caller = Self::current();
-        caller.lookup_followed().then_some(caller)
-    }
-
-    /// Whether the caller's process is followed, keeping what FOLLOWED holds for it; if so,
-    /// what its process held back is sent first.
-    #[inline(always)]
-    pub(crate) fn lookup_followed(&mut self) -> bool {
-        let followed = self.lookup_followed_leaving_held();
-        if followed {
-            held::flush(self.tgid, true);
-        }
-        followed
-    }
-
-    /// [`Self::lookup_followed`] for the two programs that deal with the held open
-    /// themselves: file opens, which hold the next one, and close, which may pair with it.
-    #[inline(always)]
-    pub(crate) fn lookup_followed_leaving_held(&mut self) -> bool {
-        // SAFETY: a map value, read once while this program runs.
-        match unsafe { FOLLOWED.get(&self.tgid) } {
-            Some(&value) => {
-                self.main_stack_base = value;
-                true
-            }
-            None => false,
-        }
+        let caller = Self::current();
+        caller.is_followed().then_some(caller)
     }
 
     /// Whether the caller's process is followed; if so, what it held back is sent first.
@@ -89,11 +57,11 @@ impl Caller {
         followed
     }
 
-    /// [`Self::is_followed`] without sending what the process held back (close).
+    /// [`Self::is_followed`] for the two programs that deal with the held open themselves:
+    /// file opens, which hold the next one, and close, which may pair with it.
     #[inline(always)]
     pub(crate) fn is_followed_leaving_held(&self) -> bool {
-        // SAFETY: the value is only tested for presence.
-        unsafe { FOLLOWED.get(&self.tgid) }.is_some()
+        followed::is_followed(self.tgid)
     }
 
     #[inline(always)]
@@ -176,14 +144,13 @@ pub(crate) fn user_stack_id<C: StackIdContext>(ctx: &C) -> i32 {
         .unwrap_or(NO_STACK)
 }
 
-/// The stack of an event being built in a scratch record: the registers and the copy (see
-/// [`fill_stack_top`]), and the kernel's frame-pointer walk as a stack id unless the copy
-/// holds the whole stack. A whole stack that userspace walked before (see `memo.rs`) is
-/// sent as the walk's handle in `regs.memo`, with nothing copied. Returns (bytes copied,
-/// stack id).
+/// The stack of an event being built in a scratch record: the registers, and either the
+/// handle of a walk userspace made before (see `memo.rs`: nothing to send but the handle) or
+/// the copy (see [`copy_stack_top`]) with the kernel's frame-pointer walk as a stack id
+/// unless the copy holds the whole stack. Returns (bytes to send, stack id).
 ///
 /// # Safety
-/// As for [`fill_stack_top`].
+/// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
 #[inline(always)]
 pub(crate) unsafe fn capture_stack<C: StackIdContext, const N: usize>(
     ctx: &C,
@@ -193,19 +160,22 @@ pub(crate) unsafe fn capture_stack<C: StackIdContext, const N: usize>(
     bytes: *mut [u8; N],
 ) -> (u32, i32) {
     // SAFETY: passed on from the caller.
-    let (copied, whole_stack) = unsafe { fill_stack_top(ctx, caller, start, regs, bytes) };
-    if whole_stack
-        && copied > 0
-        // SAFETY: `regs` and `bytes` were just filled.
-        && let Some(handle) = unsafe { memo::remembered(caller.tgid, regs, bytes, copied) }
-    {
+    let Some(start) = (unsafe { stack_registers(ctx, caller, start, regs) }) else {
+        return (0, user_stack_id(ctx));
+    };
+    // SAFETY: a plain read of a load-time constant.
+    let wanted = unsafe { core::ptr::read_volatile(&raw const STACK_COPY_BYTES) }.min(N as u64);
+    if wanted == 0 {
+        return (0, user_stack_id(ctx));
+    }
+    // SAFETY: `bytes` is writable (the caller's contract).
+    if let Some(handle) = unsafe { memo::remembered(caller.tgid, start, bytes, wanted) } {
         // SAFETY: passed on from the caller.
-        unsafe {
-            (*regs).len = 0;
-            (*regs).memo = handle;
-        }
+        unsafe { (*regs).memo = handle };
         return (0, NO_STACK);
     }
+    // SAFETY: passed on from the caller.
+    let (copied, whole_stack) = unsafe { copy_stack_top(ctx, caller, start, regs, bytes, wanted) };
     let stack_id = if whole_stack {
         NO_STACK
     } else {
@@ -356,33 +326,20 @@ unsafe fn main_stack_start(task: *const u8) -> Option<u64> {
     }
 }
 
-/// Copies the user stack pointer, frame pointer and instruction pointer into `regs` (`start`,
-/// or read from the saved registers when it is [`StackStart::UNKNOWN`]) and the stack just
-/// above the stack pointer into `bytes` (sp = 0 when nothing could be read); returns the
-/// bytes copied, and whether they reach the thread's learned stack base. Userspace
-/// unwinds from it with the binaries' CFI; a copy that reaches the base holds the whole
-/// stack, so the kernel's frame-pointer walk (`user_stack_id`) adds nothing to it.
-///
-/// The copy is N bytes, or fewer as `--stack-copy-kib` says (STACK_COPY_BYTES), and it stops
-/// at the thread's stack base once userspace has learned it (STACK_BASES; a main thread's is
-/// also in FOLLOWED, which the caller looked up already): a stack a few frames deep then
-/// costs a few hundred bytes, not the whole budget. A main thread whose base is not learned
-/// yet copies up to `mm->start_stack` (its `argc`, above every frame). Otherwise, without a
-/// base, a read that crosses the end of the mapping fails as a whole (each such failure is a
-/// page fault, about a microsecond), so a shallow stack is retried with copies that end on
-/// page boundaries, longest first: at most N / 4096 + 1 reads, of which all but one fail.
+/// Writes where the walk starts into `regs` (`start`, or read from the saved registers when
+/// it is [`StackStart::UNKNOWN`]), with no copy and no handle yet; `None` (and `regs.sp` 0)
+/// when the registers cannot be read.
 ///
 /// # Safety
-/// `regs` and `bytes` must point at writable memory (a per-CPU scratch record).
+/// `regs` must point at writable memory (a per-CPU scratch record).
 #[inline(always)]
-pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
+unsafe fn stack_registers<C: StackIdContext>(
     ctx: &C,
     caller: Caller,
     start: StackStart,
     regs: *mut StackRegs,
-    bytes: *mut [u8; N],
-) -> (u32, bool) {
-    let tid = caller.tid;
+) -> Option<StackStart> {
+    // SAFETY: as the function's contract says.
     unsafe {
         // Volatile, one field at a time: plain stores are merged into a call to the
         // linker's memset, a byte-at-a-time loop (32 iterations on every event).
@@ -396,27 +353,58 @@ pub(crate) unsafe fn fill_stack_top<C: StackIdContext, const N: usize>(
         } else {
             StackStart::current()
         };
-        let Some(StackStart { sp, bp, ip }) = start else {
-            debug!(ctx, "tid {}: cannot read the saved user registers", tid);
-            return (0, false);
+        let Some(start) = start else {
+            debug!(
+                ctx,
+                "tid {}: cannot read the saved user registers", caller.tid
+            );
+            return None;
         };
-        (*regs).sp = sp;
-        (*regs).bp = bp;
-        (*regs).ip = ip;
+        (*regs).sp = start.sp;
+        (*regs).bp = start.bp;
+        (*regs).ip = start.ip;
+        Some(start)
+    }
+}
+
+/// Copies the stack just above the stack pointer into `bytes`, at most `wanted` bytes (N or
+/// fewer, as `--stack-copy-kib` says); returns the bytes copied, and whether they reach the
+/// thread's learned stack base. Userspace unwinds from it with the binaries' CFI; a copy that
+/// reaches the base holds the whole stack, so the kernel's frame-pointer walk
+/// (`user_stack_id`) adds nothing to it.
+///
+/// The copy stops at the thread's stack base once userspace has learned it (STACK_BASES; a
+/// main thread's is in FOLLOWED): a stack a few frames deep then costs a few hundred bytes,
+/// not the whole budget. A main thread whose base is not learned yet copies up to
+/// `mm->start_stack` (its `argc`, above every frame). Otherwise, without a base, a read that
+/// crosses the end of the mapping fails as a whole (each such failure is a page fault, about
+/// a microsecond), so a shallow stack is retried with copies that end on page boundaries,
+/// longest first: at most N / 4096 + 1 reads, of which all but one fail.
+///
+/// # Safety
+/// `regs` and `bytes` must point at writable memory (a per-CPU scratch record); `wanted` is
+/// at most N.
+#[inline(always)]
+unsafe fn copy_stack_top<C: StackIdContext, const N: usize>(
+    ctx: &C,
+    caller: Caller,
+    start: StackStart,
+    regs: *mut StackRegs,
+    bytes: *mut [u8; N],
+    wanted: u64,
+) -> (u32, bool) {
+    let tid = caller.tid;
+    let sp = start.sp;
+    let mut wanted = wanted;
+    unsafe {
         let dst = (*bytes).as_mut_ptr().cast::<c_void>();
-        let mut wanted = core::ptr::read_volatile(&raw const STACK_COPY_BYTES).min(N as u64);
-        if wanted == 0 {
-            return (0, false);
-        }
-        // A main thread's base came with the FOLLOWED lookup, and until it is learned its
-        // stack ends at `argc` (a longer copy than the learned base's, but one that does not
-        // fault past the mapping's end); other threads' are looked up.
+        // Until a main thread's base is learned its stack ends at `argc` (a longer copy than
+        // the learned base's, but one that does not fault past the mapping's end).
         let base = if tid != caller.tgid {
             STACK_BASES.get(&tid).copied()
-        } else if caller.main_stack_base > FOLLOWED_NO_BASE {
-            Some(caller.main_stack_base)
         } else {
-            main_stack_start(bpf_get_current_task_btf().cast())
+            followed::main_stack_base(caller.tgid)
+                .or_else(|| main_stack_start(bpf_get_current_task_btf().cast()))
         };
         if let Some(base) = base
             && base > sp

@@ -38,7 +38,8 @@ use tracer_common::{
 
 use crate::{
     clock::event_time_ns,
-    maps::{FOLLOWED, HELD_OPENS, NEVER_HOLDS, PAIRED, bump, output, output_with_stack},
+    followed,
+    maps::{HELD_OPENS, NEVER_HOLDS, PAIRED, bump, output, output_with_stack},
 };
 
 /// Nothing held (a slot nobody owns is all zero).
@@ -230,9 +231,8 @@ impl Holding {
 #[inline(always)]
 fn claimable(now: u64, tgid: u32) -> bool {
     let owner = owner_of(now);
-    // SAFETY: the values are only tested for presence.
-    let owner_gone =
-        owner == 0 || (state_of(now) != BUSY && unsafe { FOLLOWED.get(&owner) }.is_none());
+    let owner_gone = owner == 0 || (state_of(now) != BUSY && !followed::is_followed(owner));
+    // SAFETY: the value is only tested for presence.
     owner_gone && unsafe { NEVER_HOLDS.get(&tgid) }.is_none()
 }
 

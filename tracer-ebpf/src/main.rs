@@ -2,10 +2,11 @@
 //! creation and exit for the followed processes, into one ring buffer.
 //!
 //! Every program first asks whether the calling process is followed and returns at once when
-//! it is not, so unfollowed processes pay one hash lookup per traced syscall.
+//! it is not, so unfollowed processes pay one bit test per traced syscall (`followed.rs`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Compare-and-swap for the held opens' slots (`held.rs`): the BPF target's atomics lack it.
+// Compare-and-swap for the held opens' slots (`held.rs`), and or/and for the followed bits
+// (`followed.rs`): the BPF target's atomics lack them.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
@@ -13,6 +14,8 @@
 mod clock;
 #[cfg(target_arch = "bpf")]
 mod emit;
+#[cfg(target_arch = "bpf")]
+mod followed;
 #[cfg(target_arch = "bpf")]
 mod held;
 #[cfg(target_arch = "bpf")]

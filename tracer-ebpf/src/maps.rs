@@ -5,11 +5,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use tracer_common::{
-    DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FdEvent, FileOpenEvent, ForkEvent, HELD_SLOTS,
-    HostCounts, KernelOffsets, MAX_EXITING, MAX_FOLLOWED, MAX_HOST_PROCESSES, MAX_LISTEN_PORTS,
-    MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES, MAX_STACK_MEMOS, MAX_TCP_SOCKETS,
-    STACK_MAP_ENTRIES, STACK_TOP_BYTES, StackMemo, StackMemoKey, TASK_STACK_TOP_BYTES,
-    TracepointOffsets, WithStack,
+    DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FOLLOWED_BIT_WORDS, FdEvent, FileOpenEvent,
+    ForkEvent, HELD_SLOTS, HostCounts, KernelOffsets, MAX_EXITING, MAX_FOLLOWED,
+    MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES,
+    MAX_STACK_MEMOS, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, StackMemo, StackMemoKey,
+    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
 use crate::{clock::TickClock, held::HeldOpen};
@@ -18,13 +18,16 @@ use crate::{clock::TickClock, held::HeldOpen};
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 
-/// TGIDs of the processes we follow. Userspace seeds it; the fork probe extends it so a child
-/// is followed from its first instruction; the exit probe removes a process that died. The
-/// value is [`tracer_common::FOLLOWED_NO_BASE`], or the learned stack base of the process's main thread
-/// (userspace writes it beside STACK_BASES; exec resets it), so that a main thread's stack
-/// copy is bounded without a second lookup.
+/// TGIDs of the processes we follow (see `followed.rs`). Userspace seeds it; the fork probe
+/// extends it so a child is followed from its first instruction; the exit probe removes a
+/// process that died. The value is [`tracer_common::FOLLOWED_NO_BASE`], or the learned stack
+/// base of the process's main thread (userspace writes it beside STACK_BASES; exec resets it).
 #[map]
 pub(crate) static FOLLOWED: HashMap<u32, u64> = HashMap::with_max_entries(MAX_FOLLOWED, 0);
+
+/// One bit per pid, set while FOLLOWED has it: what every probe asks first (`followed.rs`).
+#[map]
+pub(crate) static FOLLOWED_BITS: Array<u64> = Array::with_max_entries(FOLLOWED_BIT_WORDS, 0);
 
 /// Process names (the kernel's 16-byte `comm`, NUL padded) to follow from their exec
 /// (`--comm`). Only looked at when [`MATCH_TARGETS`] is set.

@@ -5,36 +5,56 @@
 //! decided each (its return addresses, not the saved registers and locals around them);
 //! it gives the kernel those words (STACK_MEMOS). A copy that holds the same words where a
 //! walk of the same process from the same registers read them is that walk's stack, exactly:
-//! the event is sent with the walk's handle and without the copy.
+//! the event is sent with the walk's handle and without the copy. The memo is looked up
+//! first, from the registers alone: only the walk's bytes are copied, and the thread's stack
+//! base (a second lookup) is needed only when no walk matches.
 
-use tracer_common::{MEMO_WORDS, StackMemoKey, StackRegs};
+use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
+use tracer_common::{MEMO_WORDS, StackMemoKey};
 
-use crate::maps::STACK_MEMOS;
+use crate::{emit::StackStart, maps::STACK_MEMOS};
 
-/// The handle of the remembered walk that a whole-stack copy of `copied` bytes in `bytes`,
-/// taken with `regs` by a thread of `tgid`, matches.
+/// The handle of the remembered walk of a thread of `tgid` whose stack starts at `start`, if
+/// its stack holds that walk's deciding words: looked up before anything is copied, so that
+/// only the walk's bytes are copied (into `bytes`, at most `wanted` of them) and compared,
+/// and nothing about the thread (its stack base) is looked up. The walk read those words and
+/// only those, from the same registers: a stack that holds them is that walk's stack, however
+/// far above it the thread's stack goes.
 ///
 /// # Safety
-/// `regs` must point at the registers just filled, `bytes` at the `copied` bytes copied
-/// after them (a per-CPU scratch record).
+/// `bytes` must point at writable memory (a per-CPU scratch record); `wanted` is at most N.
 #[inline(always)]
 pub(crate) unsafe fn remembered<const N: usize>(
     tgid: u32,
-    regs: *const StackRegs,
-    bytes: *const [u8; N],
-    copied: u32,
+    start: StackStart,
+    bytes: *mut [u8; N],
+    wanted: u64,
 ) -> Option<u32> {
-    // SAFETY: as the function's contract says.
-    let (ip, sp, bp) = unsafe { ((*regs).ip, (*regs).sp, (*regs).bp) };
     let key = StackMemoKey {
         tgid,
         _pad: 0,
-        ip,
-        sp,
+        ip: start.ip,
+        sp: start.sp,
     };
     // SAFETY: a map value, read while this program runs.
     let memo = unsafe { STACK_MEMOS.get(&key) }?;
-    if memo.copied != copied || (memo.bp_decides != 0 && memo.bp != bp) {
+    if memo.bp_decides != 0 && memo.bp != start.bp {
+        return None;
+    }
+    let copied = memo.copied as u64;
+    // Written so that the verifier sees the bound on the read.
+    if copied == 0 || copied > wanted || copied > N as u64 {
+        return None;
+    }
+    // SAFETY: `copied` bytes fit in `bytes`; the user read may fail, cleanly.
+    let read = unsafe {
+        bpf_probe_read_user(
+            (*bytes).as_mut_ptr().cast::<c_void>(),
+            copied as u32,
+            start.sp as *const c_void,
+        )
+    };
+    if read != 0 {
         return None;
     }
     // Masked, not compared: `N - 8` keeps the load within the copy's buffer for the

@@ -35,13 +35,9 @@ exit_probes!(
 /// the record holds the bytes the path has, not the [`PATH_CAP`] it may have.
 #[inline(always)]
 fn emit_file_open(ctx: &TracePointContext, syscall: Syscall) {
-    let mut caller = Caller::current();
-    let Some(args) = args_at_exit_with(
-        ctx,
-        &mut caller,
-        syscall,
-        Caller::lookup_followed_leaving_held,
-    ) else {
+    let caller = Caller::current();
+    let Some(args) = args_at_exit_with(ctx, &caller, syscall, Caller::is_followed_leaving_held)
+    else {
         return;
     };
     let fd = syscall_result(ctx);

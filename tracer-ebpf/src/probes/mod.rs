@@ -131,8 +131,8 @@ fn read_open_how_flags(ctx: &TracePointContext, address: u64) -> u64 {
 /// caller is not followed. Where the saved registers cannot be read, every argument is
 /// [`ARG_UNKNOWN`], which userspace treats like a call whose start it did not see.
 #[inline(always)]
-fn args_at_exit(ctx: &TracePointContext, caller: &mut Caller, syscall: Syscall) -> Option<Args> {
-    args_at_exit_with(ctx, caller, syscall, Caller::lookup_followed)
+fn args_at_exit(ctx: &TracePointContext, caller: &Caller, syscall: Syscall) -> Option<Args> {
+    args_at_exit_with(ctx, caller, syscall, Caller::is_followed)
 }
 
 /// [`args_at_exit`], asking whether the caller is followed with `lookup` (file opens leave
@@ -140,11 +140,11 @@ fn args_at_exit(ctx: &TracePointContext, caller: &mut Caller, syscall: Syscall) 
 #[inline(always)]
 fn args_at_exit_with(
     ctx: &TracePointContext,
-    caller: &mut Caller,
+    caller: &Caller,
     syscall: Syscall,
-    lookup: fn(&mut Caller) -> bool,
+    lookup: fn(&Caller) -> bool,
 ) -> Option<Args> {
-    // Asked first so that unfollowed processes pay one lookup and nothing else (unless
+    // Asked first so that unfollowed processes pay one bit test and nothing else (unless
     // `--all` counts their births).
     if !lookup(caller) {
         crate::host::count_birth(ctx, caller.tgid, syscall);
@@ -173,8 +173,8 @@ fn args_at_exit_with(
 /// syscall returned. `None` when the caller is not followed.
 #[inline(always)]
 fn call_at_exit(ctx: &TracePointContext, syscall: Syscall) -> Option<(Caller, Args, i64)> {
-    let mut caller = Caller::current();
-    let args = args_at_exit(ctx, &mut caller, syscall)?;
+    let caller = Caller::current();
+    let args = args_at_exit(ctx, &caller, syscall)?;
     Some((caller, args, syscall_result(ctx)))
 }
 

@@ -19,8 +19,8 @@ exit_probes!(
 /// One event per end; each names the other end in arg0.
 #[inline(always)]
 fn emit_pair(ctx: &TracePointContext, syscall: Syscall) {
-    let mut caller = Caller::current();
-    let Some(args) = args_at_exit(ctx, &mut caller, syscall) else {
+    let caller = Caller::current();
+    let Some(args) = args_at_exit(ctx, &caller, syscall) else {
         return;
     };
     // Without the array's address (began before attach) the fds are unknown; /proc

@@ -24,8 +24,8 @@ exit_probes!(
 
 #[inline(always)]
 pub(super) fn emit_fd_created(ctx: &TracePointContext, syscall: Syscall) {
-    let mut caller = Caller::current();
-    let Some(args) = args_at_exit(ctx, &mut caller, syscall) else {
+    let caller = Caller::current();
+    let Some(args) = args_at_exit(ctx, &caller, syscall) else {
         return;
     };
     let fd = syscall_result(ctx);

@@ -1,7 +1,7 @@
 //! Task lifecycle: fork/vfork/clone/clone3 (to follow children and count threads), exit, exec.
 //!
 //! Kernel: kernel/fork.c kernel_clone() fires sched_process_fork after copy_process() and
-//! before wake_up_new_task(), so a child added to FOLLOWED here is followed before it runs.
+//! before wake_up_new_task(), so a child made followed here is followed before it runs.
 //! kernel/exit.c do_exit() fires sched_process_exit with group_dead (6.x) before exit_files(),
 //! so an exiting task is remembered in EXITING for the sockets its exit closes.
 
@@ -13,18 +13,15 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use tracer_common::{
     CLONE_FILES, CLONE_FLAGS_UNKNOWN, CLONE_THREAD, EventKind, ExecEvent, ExitEvent,
-    FOLLOWED_NO_BASE, GROUP_DEAD_UNKNOWN, NO_STACK, Syscall, python::PY_FORK_SLOT,
+    GROUP_DEAD_UNKNOWN, NO_STACK, Syscall, python::PY_FORK_SLOT,
 };
-
-/// `BPF_EXIST` from linux/bpf.h: update an entry only if it is there.
-const BPF_EXIST: u64 = 2;
 
 use crate::{
     emit::{Caller, StackStart, SyscallRegs, capture_stack, read_u8, read_u32},
-    held,
+    followed, held,
     maps::{
-        EXITING, FOLLOWED, FORK_SCRATCH, LOST_FOLLOW_FULL, MATCH_CGROUPS, MATCH_COMMS,
-        MATCH_TARGETS, STACK_BASES, count_lost, offset, output, output_with_stack,
+        EXITING, FORK_SCRATCH, LOST_FOLLOW_FULL, MATCH_CGROUPS, MATCH_COMMS, MATCH_TARGETS,
+        STACK_BASES, count_lost, offset, output, output_with_stack,
     },
     python::{self, Frames},
 };
@@ -102,7 +99,7 @@ pub(crate) fn sched_process_fork(ctx: TracePointContext) -> u32 {
     // Everything above is safe to run twice, as the walker's return makes it.
     python::capture(&ctx, parent, Frames::Walk { slot: PY_FORK_SLOT });
     if !is_thread {
-        if FOLLOWED.insert(&child_tid, &FOLLOWED_NO_BASE, 0).is_err() {
+        if !followed::follow(child_tid) {
             count_lost(LOST_FOLLOW_FULL);
         }
         // A slot left by an earlier process with this pid (one of its threads held an open
@@ -166,12 +163,12 @@ pub(crate) fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let process_gone =
         group_dead == 1 || (group_dead == GROUP_DEAD_UNKNOWN && task.tid == task.tgid);
     if process_gone {
-        let _ = FOLLOWED.remove(&task.tgid);
+        followed::unfollow(task.tgid);
         python::forget(task.tgid);
         held::forget(task.tgid);
     } else if task.tid != task.tgid {
         // Drops the key a kernel-created thread may have been given at fork (see above).
-        let _ = FOLLOWED.remove(&task.tid);
+        followed::unfollow(task.tid);
     }
     let event = ExitEvent {
         header: task.header(EventKind::TaskExited, NO_STACK),
@@ -193,7 +190,7 @@ pub(crate) fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         // The new program has a new stack. (A thread that execs takes the process's tid.)
         let _ = STACK_BASES.remove(&task.tid);
         let _ = STACK_BASES.remove(&task.tgid);
-        let _ = FOLLOWED.insert(&task.tgid, &FOLLOWED_NO_BASE, BPF_EXIST);
+        followed::forget_main_stack_base(task.tgid);
         python::forget(task.tgid);
         let event = ExecEvent {
             header: task.header(EventKind::Exec, NO_STACK),
@@ -218,7 +215,7 @@ fn matches_target(caller: Caller) -> bool {
     if !wanted {
         return false;
     }
-    if FOLLOWED.insert(&caller.tgid, &FOLLOWED_NO_BASE, 0).is_err() {
+    if !followed::follow(caller.tgid) {
         count_lost(LOST_FOLLOW_FULL);
         return false;
     }

@@ -15,9 +15,10 @@ use aya::{
     },
 };
 use tracer_common::{
-    FOLLOWED_NO_BASE, FSBASE_GLOBAL, HELD_FLUSH_BATCH, HELD_FLUSH_PROGRAM, HOST_WIDE_GLOBAL,
-    KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL, OFFSETS_GLOBAL, STACK_COPY_GLOBAL,
-    StackMemo, StackMemoKey, WAKEUP_GLOBAL, map_names, python::PyProcConfig,
+    FOLLOW_PROGRAM, FOLLOWED_NO_BASE, FSBASE_GLOBAL, HELD_FLUSH_BATCH, HELD_FLUSH_PROGRAM,
+    HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL, MAX_FOLLOWED,
+    OFFSETS_GLOBAL, STACK_COPY_GLOBAL, StackMemo, StackMemoKey, WAKEUP_GLOBAL, map_names,
+    python::PyProcConfig,
 };
 
 use super::{
@@ -134,6 +135,8 @@ pub(crate) enum LoadError {
         map: &'static str,
         source: aya::maps::MapError,
     },
+    #[error("the kernel side follows {0} processes already, as many as it can")]
+    FollowedFull(u32),
     #[error("cannot forward the eBPF programs' log: {0}")]
     KernelLog(String),
 }
@@ -323,6 +326,7 @@ pub(crate) fn load(
     // No Python process is configured yet, so no program asks for the walker before this.
     let python_programs = python_walk::install(&mut ebpf, &attached)?;
     load_held_flush(&mut ebpf)?;
+    load_to_run(&mut ebpf, FOLLOW_PROGRAM)?;
 
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
@@ -381,18 +385,25 @@ pub(super) fn map_error(map: &'static str) -> impl FnOnce(aya::maps::MapError) -
     move |source| LoadError::Map { map, source }
 }
 
-/// Loads the program that sends the file opens the kernel holds back (never attached: run
-/// by [`Probes::flush_held`]), and runs it once: without it they could stay unseen.
-fn load_held_flush(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+/// Loads a program that is never attached, only run from here with `BPF_PROG_TEST_RUN`:
+/// the held opens' flush ([`Probes::flush_held`]) and [`Probes::follow`].
+fn load_to_run<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut RawTracePoint, LoadError> {
     let program: &mut RawTracePoint = ebpf
-        .program_mut(HELD_FLUSH_PROGRAM)
-        .ok_or(LoadError::MissingInObject(HELD_FLUSH_PROGRAM))?
+        .program_mut(name)
+        .ok_or(LoadError::MissingInObject(name))?
         .try_into()
-        .map_err(|err: ProgramError| program_error(HELD_FLUSH_PROGRAM, err))?;
-    program
-        .load()
-        .map_err(|err| program_error(HELD_FLUSH_PROGRAM, err))?;
-    program
+        .map_err(|err: ProgramError| program_error(name, err))?;
+    program.load().map_err(|err| program_error(name, err))?;
+    Ok(program)
+}
+
+/// Loads the program that sends the file opens the kernel holds back (run by
+/// [`Probes::flush_held`]), and runs it once: without it they could stay unseen.
+fn load_held_flush(ebpf: &mut Ebpf) -> Result<(), LoadError> {
+    load_to_run(ebpf, HELD_FLUSH_PROGRAM)?
         .test_run(RawTracePointRunOptions::new())
         .map_err(|err| program_error(HELD_FLUSH_PROGRAM, err))?;
     Ok(())
@@ -447,11 +458,25 @@ fn without(name: &str) -> String {
 
 impl Probes {
     /// Follows a process from now on; its children are then followed by the kernel itself.
+    /// The kernel does it (`follow_processes`, tracer-ebpf/src/followed.rs): the process's
+    /// bit shares a word with 63 other pids, whose forks and exits change it meanwhile.
     pub(crate) fn follow(&self, tgid: u32) -> Result<(), LoadError> {
-        self.followed
-            .borrow_mut()
-            .insert(tgid, FOLLOWED_NO_BASE, 0)
-            .map_err(map_error(map_names::FOLLOWED))
+        let program: &RawTracePoint = self
+            .ebpf
+            .program(FOLLOW_PROGRAM)
+            .ok_or(LoadError::MissingInObject(FOLLOW_PROGRAM))?
+            .try_into()
+            .map_err(|err: ProgramError| program_error(FOLLOW_PROGRAM, err))?;
+        let mut run = RawTracePointRunOptions::new();
+        run.args[0] = u64::from(tgid);
+        let refused = program
+            .test_run(run)
+            .map_err(|err| program_error(FOLLOW_PROGRAM, err))?
+            .return_value;
+        if refused != 0 {
+            return Err(LoadError::FollowedFull(MAX_FOLLOWED));
+        }
+        Ok(())
     }
 
     /// Tells the kernel side that `pid` listens on TCP `port`, so the sockets it accepts are
@@ -467,9 +492,9 @@ impl Probes {
     /// a fuller copy, so it is logged, not returned.
     ///
     /// A process's main thread (the tid that is a followed tgid) has its base in FOLLOWED
-    /// too, where the kernel reads it with the lookup it makes for every event anyway; the
-    /// update is made only if the process is still there (`BPF_EXIST`), so that a process
-    /// that exited meanwhile is not followed again.
+    /// too (the kernel reads it there when it copies a stack it has no remembered walk for);
+    /// the update is made only if the process is still there (`BPF_EXIST`), so that a
+    /// process that exited meanwhile leaves no entry behind.
     pub(crate) fn set_stack_base(&self, tid: u32, base: Option<u64>) {
         let mut map = self.stack_bases.borrow_mut();
         let result = match base {

@@ -16,7 +16,7 @@
 //! [`RETIRE_AFTER_NS`] of event time: the kernel may have sent it in events still in the
 //! ring. Between a process's exec and the moment its exec event is applied here, the kernel
 //! may still hold the old image's walks: a stack of the new image matches one only with the
-//! same `ip`, `sp` and copy length and the same return addresses at the same offsets, which
+//! same `ip` and `sp` and the same return addresses at the same offsets, which
 //! address space randomisation makes differ (and without it, the same program's stack is the
 //! same stack).
 
@@ -120,8 +120,10 @@ impl GivenWalks {
             memo.offsets[i] = u32::try_from(offset).ok()?;
             memo.values[i] = word;
         }
-        // One walk per key: a walk whose copy had another length (the thread's stack base
-        // was learned since, so the kernel copies less now) gives way to the new one.
+        // One walk per key. A walk arrives for a key already given only when the stack did
+        // not hold the given walk's words (another path to the same call at the same depth):
+        // it takes the key if its copy has another length (as when the thread's stack base
+        // was learned since, so the kernel copies less), else the first walk keeps it.
         let keys = self.by_process.entry(walk.tgid).or_default();
         let replaced = match keys.iter().position(|given| given.0 == key) {
             Some(at) if keys[at].2 == walk.copied => return None,
