@@ -21,6 +21,7 @@ use super::{
     bpftrace,
     child::Watched,
     procstat::{TICKS_PER_SECOND, cpu_ticks},
+    profile::{self, with_bpf_stats},
     stats::{Summary, ratio},
     tools::path_of,
     tracer::{self, Attached},
@@ -51,7 +52,31 @@ pub(crate) struct NginxResult {
     pub attach_times_s: Vec<f64>,
     /// Why the floor was not measured, if it was not.
     pub floor_unavailable: Option<String>,
+    /// What a request costs, per request: steadier than the rates (see [`RequestCost`]).
+    pub request_cost: Option<RequestCost>,
 }
+
+/// Where a request's time goes, measured after the timed runs in windows of their own with
+/// `kernel.bpf_stats_enabled` on (which costs every program run two clock reads, so the
+/// timed runs go without): the BPF programs' run time per request, against the worker's CPU
+/// per request untraced. Both are per request, so the machine's speed, which moves requests
+/// per second by a fifth between runs here, moves them far less, and the programs' time is
+/// the part of the cost that differs between the tracer and the floor (the rest, the
+/// syscall-tracing hooks' own work, is the same for both).
+#[derive(Debug, Serialize)]
+pub(crate) struct RequestCost {
+    pub window_seconds: u64,
+    /// The worker's CPU per request, untraced (µs).
+    pub untraced_cpu_us: Summary,
+    /// BPF programs' run time per request (µs), summed over the programs.
+    pub tracer_programs_us: Summary,
+    pub floor_programs_us: Option<Summary>,
+    pub baseline_programs_us: Option<Summary>,
+}
+
+/// Windows per case for [`RequestCost`], and their length.
+const COST_ROUNDS: usize = 5;
+const COST_SECONDS: u64 = 3;
 
 const CONNECTIONS: u32 = 32;
 
@@ -123,6 +148,16 @@ pub(crate) fn run(
             rates[index].push(measured?);
         }
     }
+    let request_cost = with_bpf_stats(|| {
+        request_cost(
+            &cases,
+            tracer_bin,
+            baseline,
+            nginx.pid(),
+            &url,
+            floor_unavailable.is_none(),
+        )
+    })?;
     nginx.signal(libc::SIGTERM);
     nginx.wait(Duration::from_secs(10))?;
     let summary = |case: Case| {
@@ -154,7 +189,94 @@ pub(crate) fn run(
         tracer_cores: Summary::of(&traced_runs.cores).context("no nginx runs")?,
         attach_times_s: traced_runs.attach_times_s,
         floor_unavailable,
+        request_cost: Some(request_cost),
     })
+}
+
+/// [`RequestCost`]: [`COST_ROUNDS`] rounds of one window per case, interleaved.
+fn request_cost(
+    cases: &[Case],
+    tracer_bin: &Path,
+    baseline: Option<&Path>,
+    master: u32,
+    url: &str,
+    with_floor: bool,
+) -> Result<RequestCost> {
+    eprintln!(
+        "  nginx: time per request, {COST_ROUNDS} windows of {COST_SECONDS}s per case with bpf_stats on"
+    );
+    let mut per_case: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for _ in 0..COST_ROUNDS {
+        for (index, &case) in cases.iter().enumerate() {
+            let us = match case {
+                Case::Untraced => worker_cpu_per_request(master, url)?,
+                Case::Traced => {
+                    let tracer = Attached::start(tracer_bin, master, &["--json"])?;
+                    let us = programs_per_request(tracer.pid(), url);
+                    tracer.stop()?;
+                    us?
+                }
+                Case::Baseline => {
+                    let tracer = Attached::start(baseline.unwrap_or(tracer_bin), master, &[])?;
+                    let us = programs_per_request(tracer.pid(), url);
+                    tracer.stop()?;
+                    us?
+                }
+                Case::Floor if !with_floor => continue,
+                Case::Floor => {
+                    let mut floor = start_floor(master)?;
+                    let us = programs_per_request(floor.pid(), url);
+                    floor.signal(libc::SIGINT);
+                    floor.wait(Duration::from_secs(60))?;
+                    us?
+                }
+            };
+            per_case[index].push(us);
+        }
+    }
+    let summary = |case: Case| {
+        cases
+            .iter()
+            .position(|&c| c == case)
+            .and_then(|index| Summary::of(&per_case[index]))
+    };
+    Ok(RequestCost {
+        window_seconds: COST_SECONDS,
+        untraced_cpu_us: summary(Case::Untraced).context("no untraced windows")?,
+        tracer_programs_us: summary(Case::Traced).context("no traced windows")?,
+        floor_programs_us: summary(Case::Floor),
+        baseline_programs_us: summary(Case::Baseline),
+    })
+}
+
+/// The CPU nginx's worker used per request over one wrk window, in µs.
+fn worker_cpu_per_request(master: u32, url: &str) -> Result<f64> {
+    let worker = *children(master)
+        .first()
+        .context("nginx has no worker process")?;
+    let ticks_before = cpu_ticks(worker)?;
+    let started = Instant::now();
+    let rps = wrk(url, COST_SECONDS)?;
+    let requests = rps * started.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(worker)?.saturating_sub(ticks_before);
+    Ok(ticks as f64 / TICKS_PER_SECOND * 1e6 / requests)
+}
+
+/// The run time of the BPF programs `holder` loaded, per request, over one wrk window, in µs.
+fn programs_per_request(holder: u32, url: &str) -> Result<f64> {
+    let before = profile::snapshot(holder)?;
+    let started = Instant::now();
+    let rps = wrk(url, COST_SECONDS)?;
+    let requests = rps * started.elapsed().as_secs_f64();
+    let after = profile::snapshot(holder)?;
+    let ns: u64 = after
+        .iter()
+        .map(|(id, counters)| {
+            let earlier = before.get(id).copied().unwrap_or_default();
+            counters.run_time_ns.saturating_sub(earlier.run_time_ns)
+        })
+        .sum();
+    Ok(ns as f64 / 1e3 / requests)
 }
 
 /// One wrk run with `tracer_bin` attached to nginx's master (and so to its worker).
@@ -181,6 +303,16 @@ fn traced(
 /// One wrk run with empty programs on all the tracer's tracepoints, filtered to nginx's
 /// master and its workers.
 fn under_floor(master: u32, url: &str, seconds: u64) -> Result<f64> {
+    let mut floor = start_floor(master)?;
+    let measured = wrk(url, seconds);
+    floor.signal(libc::SIGINT);
+    floor.wait(Duration::from_secs(60))?;
+    measured
+}
+
+/// bpftrace with empty programs on all the tracer's tracepoints, filtered to nginx's master
+/// and its workers, once they are attached.
+fn start_floor(master: u32) -> Result<Watched> {
     let mut pids = vec![master];
     pids.extend(children(master));
     let events = Path::new("/sys/kernel/tracing/events");
@@ -188,11 +320,12 @@ fn under_floor(master: u32, url: &str, seconds: u64) -> Result<f64> {
         events.join(tracepoint.replace(':', "/")).is_dir()
     });
     let mut floor = Watched::spawn(Command::new(path_of("bpftrace")).arg("-e").arg(&script))?;
-    let attached = bpftrace::wait_attached(floor.pid(), probes, Duration::from_secs(60));
-    let measured = attached.and_then(|()| wrk(url, seconds));
-    floor.signal(libc::SIGINT);
-    floor.wait(Duration::from_secs(60))?;
-    measured
+    if let Err(err) = bpftrace::wait_attached(floor.pid(), probes, Duration::from_secs(60)) {
+        floor.signal(libc::SIGINT);
+        let _ = floor.wait(Duration::from_secs(60));
+        return Err(err);
+    }
+    Ok(floor)
 }
 
 /// The children of `pid` (nginx's workers), from /proc.

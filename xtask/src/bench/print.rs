@@ -6,10 +6,10 @@ use super::{
     capacity::{self, MemoryResult, RateStep},
     load::Load,
     micro::MicroResult,
-    nginx::NginxResult,
+    nginx::{NginxResult, RequestCost},
     profile::ProfileResult,
     python::{self, PythonResult},
-    stats::Summary,
+    stats::{Summary, ratio},
     table::{self, Table},
 };
 
@@ -132,6 +132,39 @@ pub(crate) fn nginx(nginx: &NginxResult) {
         "tracer lost {} events over the traced runs; the tracer process itself used {:.2} cores (median) while wrk ran",
         nginx.lost_events, nginx.tracer_cores.median
     );
+    if let Some(cost) = &nginx.request_cost {
+        request_cost(cost);
+    }
+}
+
+/// Per request: the BPF programs' time in each case against the worker's CPU untraced.
+fn request_cost(cost: &RequestCost) {
+    let untraced = cost.untraced_cpu_us.median;
+    let share =
+        |us: f64| ratio(us, untraced).map_or("-".to_owned(), |r| format!("{:.1}%", r * 100.0));
+    println!();
+    println!(
+        "Per request ({} windows of {}s per case, bpf_stats on): nginx's worker used {} µs of CPU untraced",
+        cost.untraced_cpu_us.runs.len(),
+        cost.window_seconds,
+        table::median_spread(&cost.untraced_cpu_us, 1.0, 2),
+    );
+    let mut t = Table::new(&["", "BPF programs µs per request", "share of untraced CPU"]);
+    let mut row = |name: &str, us: &Summary| {
+        t.row(vec![
+            name.to_owned(),
+            table::median_spread(us, 1.0, 3),
+            share(us.median),
+        ]);
+    };
+    row("tracer attached", &cost.tracer_programs_us);
+    if let Some(floor) = &cost.floor_programs_us {
+        row("empty BPF programs (floor)", floor);
+    }
+    if let Some(baseline) = &cost.baseline_programs_us {
+        row("baseline tracer attached", baseline);
+    }
+    print!("{}", t.render());
 }
 
 /// The paced rates and the highest one without a lost event.
