@@ -13,7 +13,7 @@ use crate::{
         forks,
         load::{self, CpuTimes, Load},
         micro::{self, MicroResult, Settings},
-        nginx::{self, NginxResult},
+        nginx::{self, NginxResult, RequestCost},
         print, procstat,
         profile::{self, ProfileResult},
         python::{self, PythonResult},
@@ -113,6 +113,11 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
             .nginx
             .as_ref()
             .and_then(|n| n.ratio.map(|r| (r, n.best_ratio))),
+        nginx_programs_share: parts
+            .nginx
+            .as_ref()
+            .and_then(|n| n.request_cost.as_ref())
+            .and_then(RequestCost::programs_share),
         too_busy: load.too_busy(),
     });
     parts.load = Some(load);

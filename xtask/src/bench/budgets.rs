@@ -107,6 +107,9 @@ pub(crate) struct Measured<'a> {
     pub micros: &'a [MicroResult],
     /// nginx traced/untraced by medians and by each side's best run.
     pub nginx: Option<(f64, Option<f64>)>,
+    /// Per nginx request, the tracer's programs' and the floor's programs' time over the
+    /// worker's CPU untraced (`RequestCost`): what the rates' verdict is read beside.
+    pub nginx_programs_share: Option<(f64, Option<f64>)>,
     /// Why the whole bench was too noisy to judge, if it was.
     pub too_busy: Option<String>,
 }
@@ -146,14 +149,28 @@ pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
             },
         });
     }
-    verdicts.push(judged(
+    let mut nginx = judged(
         "nginx: traced req/s at least 0.95x untraced".to_owned(),
         "not measured",
         measured.nginx.map(|(median, _)| median),
         measured.nginx.and_then(|(_, best)| best),
         |r| r >= 0.95,
         |r| format!("{r:.3}x untraced"),
-    ));
+    );
+    if let Some((tracer, floor)) = measured.nginx_programs_share {
+        let floor = floor.map_or(String::new(), |f| {
+            format!(", the floor's {:.1}%", f * 100.0)
+        });
+        let per_request = format!(
+            "per request the tracer's programs took {:.1}% of the worker's untraced CPU{floor}",
+            tracer * 100.0
+        );
+        nginx.note = Some(match nginx.note.take() {
+            Some(note) => format!("{note}; {per_request}"),
+            None => per_request,
+        });
+    }
+    verdicts.push(nginx);
     if let Some(why) = &measured.too_busy {
         for verdict in &mut verdicts {
             if verdict.met.is_some() {
@@ -236,6 +253,7 @@ mod tests {
         let measured = Measured {
             micros: std::slice::from_ref(&r),
             nginx: Some((0.90, Some(0.97))),
+            nginx_programs_share: Some((0.047, Some(0.012))),
             too_busy: None,
         };
         let verdicts = check(&measured);
@@ -249,7 +267,12 @@ mod tests {
         );
         let nginx = verdicts.last().unwrap();
         assert_eq!(nginx.met, Some(false));
-        assert!(nginx.note.as_deref().unwrap().contains("0.970x"));
+        let note = nginx.note.as_deref().unwrap();
+        assert!(note.contains("0.970x"), "{note}");
+        assert!(
+            note.contains("programs took 4.7% of the worker's untraced CPU, the floor's 1.2%"),
+            "{note}"
+        );
         let busy = check(&Measured {
             too_busy: Some("load 6".to_owned()),
             ..measured

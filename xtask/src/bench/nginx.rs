@@ -74,6 +74,20 @@ pub(crate) struct RequestCost {
     pub baseline_programs_us: Option<Summary>,
 }
 
+impl RequestCost {
+    /// The tracer's and the floor's programs' time per request over the worker's untraced
+    /// CPU per request (medians).
+    pub(crate) fn programs_share(&self) -> Option<(f64, Option<f64>)> {
+        let untraced = self.untraced_cpu_us.median;
+        let tracer = ratio(self.tracer_programs_us.median, untraced)?;
+        let floor = self
+            .floor_programs_us
+            .as_ref()
+            .and_then(|floor| ratio(floor.median, untraced));
+        Some((tracer, floor))
+    }
+}
+
 /// Windows per case for [`RequestCost`], and their length.
 const COST_ROUNDS: usize = 5;
 const COST_SECONDS: u64 = 3;
