@@ -136,7 +136,7 @@ fn a_process_that_reuses_a_followed_childs_pid_is_not_followed() {
     // Started by the test, not by anything followed, at the pid the child had.
     let mut stranger = Fixture::spawn_as_pid(
         "/bin/sh",
-        &["-c", "exec 7</etc/hostname; echo READY; read end"],
+        &["-c", "exec 7</dev/null; echo READY; read end"],
         child,
     );
     stranger.wait_for_line("READY", Duration::from_secs(10));
