@@ -79,9 +79,8 @@ pub const HELD_FLUSH_PROGRAM: &str = "flush_held_opens";
 pub const HELD_FLUSH_BATCH: usize = 12;
 /// The program that makes the processes it is given followed (see tracer-ebpf/src/followed.rs):
 /// userspace cannot set their bits itself without racing the kernel's writers of the same
-/// word. As many per run as a raw tracepoint has arguments.
+/// word. It takes as many per run as a raw tracepoint has arguments; userspace gives one.
 pub const FOLLOW_PROGRAM: &str = "follow_processes";
-pub const FOLLOW_BATCH: usize = 12;
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
