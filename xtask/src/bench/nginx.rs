@@ -224,14 +224,12 @@ fn request_cost(
         for (index, &case) in cases.iter().enumerate() {
             let us = match case {
                 Case::Untraced => worker_cpu_per_request(master, url)?,
-                Case::Traced => {
-                    let tracer = Attached::start(tracer_bin, master, &["--json"])?;
-                    let us = programs_per_request(tracer.pid(), url);
-                    tracer.stop()?;
-                    us?
-                }
-                Case::Baseline => {
-                    let tracer = Attached::start(baseline.unwrap_or(tracer_bin), master, &[])?;
+                Case::Traced | Case::Baseline => {
+                    let bin = match case {
+                        Case::Baseline => baseline.unwrap_or(tracer_bin),
+                        _ => tracer_bin,
+                    };
+                    let tracer = Attached::start(bin, master, &["--json"])?;
                     let us = programs_per_request(tracer.pid(), url);
                     tracer.stop()?;
                     us?
