@@ -49,6 +49,9 @@ pub const MAX_HOST_PROCESSES: u32 = 32_768;
 /// Walks the kernel checks an event's stack copy against (`stack_memo`): a stack that holds
 /// the same deciding words as one of them is sent without its copy.
 pub const MAX_STACK_MEMOS: u32 = 4_096;
+/// Remembered walks each CPU keeps a copy of (a power of two): one per call site a CPU
+/// meets often enough, direct-mapped by the registers.
+pub const MEMO_CACHE_SLOTS: u32 = 16;
 /// Default ring buffer size; must be a power of two multiple of the page size.
 pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
 
@@ -81,6 +84,9 @@ pub const HELD_FLUSH_BATCH: usize = 12;
 /// userspace cannot set their bits itself without racing the kernel's writers of the same
 /// word. It takes as many per run as a raw tracepoint has arguments; userspace gives one.
 pub const FOLLOW_PROGRAM: &str = "follow_processes";
+/// The program that makes every CPU's copies of remembered walks stale (see
+/// tracer-ebpf/src/memo.rs): userspace runs it after it takes walks back from STACK_MEMOS.
+pub const MEMOS_TAKEN_BACK_PROGRAM: &str = "memos_taken_back";
 
 /// Name of the global that carries [`TracepointOffsets`] into the eBPF object.
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";

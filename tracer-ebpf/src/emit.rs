@@ -444,3 +444,22 @@ unsafe fn copy_stack_top<C: StackIdContext, const N: usize>(
         (0, false)
     }
 }
+
+/// Copies a record between map values word by word: a plain struct copy is compiled to a
+/// call of a byte-wise `memmove` (a tenth of a file open's time under nginx).
+///
+/// # Safety
+/// Both must point at map memory this CPU may read (`from`) and write (`to`).
+#[inline(always)]
+pub(crate) unsafe fn copy_words<T>(from: *const T, to: *mut T) {
+    const { assert!(size_of::<T>() % 8 == 0 && align_of::<T>() >= 8) };
+    let words = size_of::<T>() / 8;
+    let (from, to) = (from.cast::<u64>(), to.cast::<u64>());
+    let mut i = 0;
+    while i < words {
+        // SAFETY: as the function's contract says; both are 8-aligned records of `words`
+        // words.
+        unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) };
+        i += 1;
+    }
+}

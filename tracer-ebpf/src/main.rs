@@ -5,8 +5,9 @@
 //! it is not, so unfollowed processes pay one bit test per traced syscall (`followed.rs`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
-// Compare-and-swap for the held opens' slots (`held.rs`), and or/and for the followed bits
-// (`followed.rs`): the BPF target's atomics lack them.
+// Compare-and-swap for the held opens' slots (`held.rs`), or/and for the followed bits
+// (`followed.rs`), fetch-add for the remembered walks' count (`memo.rs`): the BPF target's
+// atomics lack them.
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 

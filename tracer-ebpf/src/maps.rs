@@ -8,11 +8,11 @@ use tracer_common::{
     DEFAULT_RING_BYTES, FILE_OPEN_TAIL_BYTES, FOLLOWED_BIT_WORDS, FdEvent, FileOpenEvent,
     ForkEvent, HELD_SLOTS, HostCounts, KernelOffsets, MAX_EXITING, MAX_FOLLOWED,
     MAX_HOST_PROCESSES, MAX_LISTEN_PORTS, MAX_MATCH_CGROUPS, MAX_MATCH_COMMS, MAX_STACK_BASES,
-    MAX_STACK_MEMOS, MAX_TCP_SOCKETS, STACK_MAP_ENTRIES, STACK_TOP_BYTES, StackMemo, StackMemoKey,
-    TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
+    MAX_STACK_MEMOS, MAX_TCP_SOCKETS, MEMO_CACHE_SLOTS, STACK_MAP_ENTRIES, STACK_TOP_BYTES,
+    StackMemo, StackMemoKey, TASK_STACK_TOP_BYTES, TracepointOffsets, WithStack,
 };
 
-use crate::{clock::TickClock, held::HeldOpen};
+use crate::{clock::TickClock, held::HeldOpen, memo::CachedMemo};
 
 /// Every event, in the order the kernel reserved them. Userspace may resize it at load time.
 #[map]
@@ -82,6 +82,16 @@ pub(crate) static STACK_BASES: LruHashMap<u32, u64> =
 #[map]
 pub(crate) static STACK_MEMOS: HashMap<StackMemoKey, StackMemo> =
     HashMap::with_max_entries(MAX_STACK_MEMOS, 0);
+
+/// Each CPU's copies of the remembered walks it met last, one per slot (see `memo.rs`).
+#[map]
+pub(crate) static MEMO_CACHE: PerCpuArray<CachedMemo> =
+    PerCpuArray::with_max_entries(MEMO_CACHE_SLOTS, 0);
+
+/// Index 0: how many times userspace took walks back from STACK_MEMOS. A CPU's copy made
+/// under another count is stale (`memo.rs`).
+#[map]
+pub(crate) static MEMO_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch records for the events that carry a stack copy: they are built here and
 /// only their used length is copied into the ring. (Programs do not preempt each other on a

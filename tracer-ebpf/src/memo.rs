@@ -8,11 +8,91 @@
 //! the event is sent with the walk's handle and without the copy. The memo is looked up
 //! first, from the registers alone: only the walk's bytes are copied, and the thread's stack
 //! base (a second lookup) is needed only when no walk matches.
+//!
+//! Each CPU keeps copies of the walks it met last (MEMO_CACHE, direct-mapped by the
+//! registers): an array slot of its own is a few instructions the verifier inlines and stays
+//! in that CPU's cache, where the hash lookup is a call into a table every CPU shares (a
+//! tenth of a followed open under nginx). A copy is only as good as the walk it copies:
+//! userspace takes walks back (a process exec'd or is gone, or a walk replaces another), and
+//! a handle taken back names its stack for a second only. So a copy is stamped with
+//! MEMO_GENERATION, which userspace advances (`memos_taken_back`) after every batch that
+//! takes walks back: a copy with another stamp is not used. The miss reads the count with
+//! an atomic operation, a full barrier, before the hash lookup: a copy stamped with the new
+//! count was looked up after the walk was taken back. A copy used in the moment between a
+//! take-back and the count's advance sends a handle that still names its stack.
 
-use aya_ebpf::{cty::c_void, helpers::generated::bpf_probe_read_user};
-use tracer_common::{MEMO_WORDS, StackMemoKey};
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use crate::{emit::StackStart, maps::STACK_MEMOS};
+use aya_ebpf::{
+    cty::c_void, helpers::generated::bpf_probe_read_user, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tracer_common::{MEMO_CACHE_SLOTS, MEMO_WORDS, StackMemo, StackMemoKey};
+
+use crate::{
+    emit::{StackStart, copy_words},
+    maps::{MEMO_CACHE, MEMO_GENERATION, STACK_MEMOS},
+};
+
+/// A CPU's copy of a remembered walk. An entry never filled is all zero: tgid 0 is never
+/// followed, so it matches nothing.
+#[repr(C)]
+pub(crate) struct CachedMemo {
+    /// MEMO_GENERATION when the walk was looked up.
+    generation: u64,
+    key: StackMemoKey,
+    memo: StackMemo,
+}
+
+/// The slot of this CPU's copies that a walk from `key` goes into: a multiplicative hash of
+/// the registers (two call sites of one process differ in `ip` or `sp`).
+#[inline(always)]
+fn cache_slot(key: &StackMemoKey) -> u32 {
+    const { assert!(MEMO_CACHE_SLOTS.is_power_of_two() && MEMO_CACHE_SLOTS > 1) };
+    let mixed =
+        (key.ip ^ key.sp.rotate_left(32) ^ key.tgid as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (mixed >> (64 - MEMO_CACHE_SLOTS.trailing_zeros())) as u32
+}
+
+/// The remembered walk from `key`: this CPU's copy if it is current, else STACK_MEMOS',
+/// copied for next time.
+///
+/// # Safety
+/// The pointer is into this CPU's MEMO_CACHE: valid until the program ends, and no other
+/// program writes it meanwhile (programs do not preempt each other on a CPU).
+#[inline(always)]
+unsafe fn lookup(key: &StackMemoKey) -> Option<*const StackMemo> {
+    let generation = MEMO_GENERATION.get_ptr_mut(0)?;
+    let entry = MEMO_CACHE.get_ptr_mut(cache_slot(key))?;
+    // SAFETY: array memory, valid for the maps' life; this CPU's entry (the contract).
+    unsafe {
+        if (*entry).generation == core::ptr::read_volatile(generation)
+            && (*entry).key.tgid == key.tgid
+            && (*entry).key.ip == key.ip
+            && (*entry).key.sp == key.sp
+        {
+            return Some(&raw const (*entry).memo);
+        }
+        // The count read before the map, by an atomic operation: a full barrier.
+        let now = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 0);
+        let memo = STACK_MEMOS.get(key)?;
+        copy_words(memo, &raw mut (*entry).memo);
+        (*entry).key = *key;
+        (*entry).generation = now;
+        Some(&raw const (*entry).memo)
+    }
+}
+
+/// Makes every CPU's copies stale: userspace runs it (`BPF_PROG_TEST_RUN`) after it takes
+/// walks back from STACK_MEMOS. Loaded, never attached.
+#[raw_tracepoint]
+pub(crate) fn memos_taken_back(_ctx: RawTracePointContext) -> i32 {
+    if let Some(generation) = MEMO_GENERATION.get_ptr_mut(0) {
+        // SAFETY: array memory, valid for the map's life.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 1) };
+    }
+    0
+}
 
 /// The handle of the remembered walk of a thread of `tgid` whose stack starts at `start`, if
 /// its stack holds that walk's deciding words: looked up before anything is copied, so that
@@ -36,8 +116,8 @@ pub(crate) unsafe fn remembered<const N: usize>(
         ip: start.ip,
         sp: start.sp,
     };
-    // SAFETY: a map value, read while this program runs.
-    let memo = unsafe { STACK_MEMOS.get(&key) }?;
+    // SAFETY: this CPU's copy, read while this program runs.
+    let memo = unsafe { &*lookup(&key)? };
     if memo.bp_decides != 0 && memo.bp != start.bp {
         return None;
     }

@@ -17,8 +17,8 @@ use aya::{
 use tracer_common::{
     FOLLOW_PROGRAM, FOLLOWED_NO_BASE, FSBASE_GLOBAL, HELD_FLUSH_BATCH, HELD_FLUSH_PROGRAM,
     HOST_WIDE_GLOBAL, KERNEL_OFFSETS_GLOBAL, KernelOffsets, MATCH_TARGETS_GLOBAL, MAX_FOLLOWED,
-    OFFSETS_GLOBAL, STACK_COPY_GLOBAL, StackMemo, StackMemoKey, WAKEUP_GLOBAL, map_names,
-    python::PyProcConfig,
+    MEMOS_TAKEN_BACK_PROGRAM, OFFSETS_GLOBAL, STACK_COPY_GLOBAL, StackMemo, StackMemoKey,
+    WAKEUP_GLOBAL, map_names, python::PyProcConfig,
 };
 
 use super::{
@@ -327,6 +327,7 @@ pub(crate) fn load(
     let python_programs = python_walk::install(&mut ebpf, &attached)?;
     load_held_flush(&mut ebpf)?;
     load_to_run(&mut ebpf, FOLLOW_PROGRAM)?;
+    load_to_run(&mut ebpf, MEMOS_TAKEN_BACK_PROGRAM)?;
 
     let events = RingBuf::try_from(take_map(&mut ebpf, map_names::EVENTS)?)
         .map_err(map_error(map_names::EVENTS))?;
@@ -524,6 +525,22 @@ impl Probes {
                 "cannot update the remembered walk of pid {}: {err}",
                 key.tgid
             );
+        }
+    }
+
+    /// Makes every CPU's copies of the remembered walks stale (tracer-ebpf/src/memo.rs): run
+    /// after walks were taken back from the kernel's map. If it fails, a copy may go on
+    /// naming a walk taken back, whose stack is then lost after a second: logged.
+    pub(crate) fn memos_taken_back(&self) {
+        let Some(Ok(program)) = self
+            .ebpf
+            .program(MEMOS_TAKEN_BACK_PROGRAM)
+            .map(<&RawTracePoint>::try_from)
+        else {
+            return;
+        };
+        if let Err(err) = program.test_run(RawTracePointRunOptions::new()) {
+            log::warn!("cannot tell the kernel that remembered walks were taken back: {err}");
         }
     }
 

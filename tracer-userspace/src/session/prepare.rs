@@ -88,4 +88,8 @@ pub(super) fn send_stack_updates(stacks: &mut StackStore, probes: &Probes) {
     for (key, memo) in stacks.take_given_updates() {
         probes.set_stack_memo(key, memo.as_ref());
     }
+    // After the map changed: a CPU's copy made before it is stale from now on.
+    if stacks.take_walks_taken_back() {
+        probes.memos_taken_back();
+    }
 }

@@ -72,6 +72,9 @@ pub(super) struct GivenWalks {
     last: u32,
     /// Kernel map changes not yet written: a walk to give, or a key to take back (None).
     updates: Vec<(StackMemoKey, Option<StackMemo>)>,
+    /// Whether those take a walk back (or replace one): the kernel's per-CPU copies of the
+    /// walks are to be made stale once they are written (tracer-ebpf/src/memo.rs).
+    taken_back: bool,
     /// Stacks the kernel sent as a handle, and handles it sent that named nothing here.
     pub(super) hits: u64,
     pub(super) unknown: u64,
@@ -134,6 +137,7 @@ impl GivenWalks {
         keys.push((key, memo.handle, walk.copied));
         if let Some(old) = replaced {
             self.retire(old, self.latest_ns);
+            self.taken_back = true;
         }
         self.updates.push((key, Some(memo)));
         self.handles.insert(
@@ -192,6 +196,7 @@ impl GivenWalks {
         for (key, handle, _) in keys {
             self.updates.push((key, None));
             self.retire(handle, now_ns);
+            self.taken_back = true;
         }
     }
 
@@ -203,6 +208,11 @@ impl GivenWalks {
     /// Kernel map changes since the last call.
     pub(super) fn take_updates(&mut self) -> Vec<(StackMemoKey, Option<StackMemo>)> {
         std::mem::take(&mut self.updates)
+    }
+
+    /// Whether the map changes taken since the last call took a walk back or replaced one.
+    pub(super) fn take_taken_back(&mut self) -> bool {
+        std::mem::take(&mut self.taken_back)
     }
 
     /// Walks given and not yet forgotten, for the debug log.

@@ -303,6 +303,12 @@ impl StackStore {
         self.given.take_updates()
     }
 
+    /// Whether the walks taken since the last call took one back (or replaced one): the
+    /// kernel's per-CPU copies are then to be made stale, after the map is written.
+    pub(crate) fn take_walks_taken_back(&mut self) -> bool {
+        self.given.take_taken_back()
+    }
+
     /// Stack bases learned or unlearned since the last call, for the kernel's map.
     pub(crate) fn take_stack_base_updates(&mut self) -> Vec<(u32, Option<u64>)> {
         self.bases.take_updates()

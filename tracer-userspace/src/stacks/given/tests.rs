@@ -103,12 +103,18 @@ fn taken_back_handles_retire_after_a_second() {
         .give(walk(&[(SP + 8, 0x2000)], 16), &outcome(), &native, 7)
         .expect("replaces the first");
     assert!(second > first);
+    assert!(
+        given.take_taken_back(),
+        "a replaced walk makes the CPUs' copies stale"
+    );
     assert!(given.hit(first, TGID, 10 * SECOND + SECOND / 2).is_some());
     assert!(given.hit(first, TGID, 11 * SECOND + 1).is_none());
     assert!(given.hit(second, TGID, 11 * SECOND + 1).is_some());
     given.take_updates();
 
+    assert!(!given.take_taken_back());
     given.take_back(TGID, 12 * SECOND);
+    assert!(given.take_taken_back(), "so does a walk taken back");
     let updates = given.take_updates();
     assert_eq!(updates.len(), 1);
     assert!(updates[0].1.is_none());
@@ -120,6 +126,7 @@ fn taken_back_handles_retire_after_a_second() {
         .give(walk(&[(SP + 8, 0x2000)], 16), &outcome(), &native, 7)
         .expect("given again");
     assert!(third > second);
+    assert!(!given.take_taken_back(), "a walk given takes nothing back");
 }
 
 /// The table never holds more than the kernel's map: past MAX_STACK_MEMOS live walks,
