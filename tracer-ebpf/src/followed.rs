@@ -17,7 +17,10 @@ use core::intrinsics::{AtomicOrdering, atomic_and, atomic_or};
 use aya_ebpf::{bindings::BPF_EXIST, macros::raw_tracepoint, programs::RawTracePointContext};
 use tracer_common::FOLLOWED_NO_BASE;
 
-use crate::maps::{FOLLOWED, FOLLOWED_BITS};
+use crate::{
+    maps::{FOLLOWED, FOLLOWED_BITS},
+    test_run::each_tgid_argument,
+};
 
 /// The word of FOLLOWED_BITS that holds `tgid`'s bit, and the bit.
 #[inline(always)]
@@ -82,18 +85,10 @@ pub(crate) fn forget_main_stack_base(tgid: u32) {
 #[raw_tracepoint]
 pub(crate) fn follow_processes(ctx: RawTracePointContext) -> i32 {
     let mut refused = 0;
-    // One constant index each: the verifier refuses context reads at a variable offset.
-    macro_rules! follow_args {
-        ($($i:literal)+) => {$(
-            let tgid: u64 = ctx.arg($i);
-            if tgid == 0 {
-                return refused;
-            }
-            if !follow(tgid as u32) {
-                refused += 1;
-            }
-        )+};
-    }
-    follow_args!(0 1 2 3 4 5 6 7 8 9 10 11);
+    each_tgid_argument!(ctx, |tgid| {
+        if !follow(tgid) {
+            refused += 1;
+        }
+    });
     refused
 }

@@ -40,6 +40,7 @@ use crate::{
     clock::event_time_ns,
     followed,
     maps::{HELD_OPENS, NEVER_HOLDS, PAIRED, bump, output, output_with_stack},
+    test_run::each_tgid_argument,
 };
 
 /// Nothing held (a slot nobody owns is all zero).
@@ -362,16 +363,8 @@ unsafe fn give_up(slot: *mut HeldOpen, tgid: u32) {
 /// the list. Loaded, never attached: userspace runs it with `BPF_PROG_TEST_RUN`.
 #[raw_tracepoint]
 pub(crate) fn flush_held_opens(ctx: RawTracePointContext) -> i32 {
-    // One constant index each: the verifier refuses context reads at a variable offset.
-    macro_rules! flush_args {
-        ($($i:literal)+) => {$(
-            let tgid: u64 = ctx.arg($i);
-            if tgid == 0 {
-                return 0;
-            }
-            flush(tgid as u32, false);
-        )+};
-    }
-    flush_args!(0 1 2 3 4 5 6 7 8 9 10 11);
+    each_tgid_argument!(ctx, |tgid| {
+        flush(tgid, false);
+    });
     0
 }

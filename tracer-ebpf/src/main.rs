@@ -29,6 +29,8 @@ mod memo;
 mod probes;
 #[cfg(target_arch = "bpf")]
 mod python;
+#[cfg(target_arch = "bpf")]
+mod test_run;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -9,8 +9,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use tracer_common::{
-    ARG_UNKNOWN, EventKind, FileOpenEvent, PATH_CAP, STACK_TOP_BYTES, Syscall,
-    python::py_resume_slot,
+    ARG_UNKNOWN, EventKind, PATH_CAP, STACK_TOP_BYTES, Syscall, python::py_resume_slot,
 };
 
 use super::{args_at_exit_with, exit_probes, syscall_result};
