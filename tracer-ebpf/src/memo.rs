@@ -16,10 +16,12 @@
 //! userspace takes walks back (a process exec'd or is gone, or a walk replaces another), and
 //! a handle taken back names its stack for a second only. So a copy is stamped with
 //! MEMO_GENERATION, which userspace advances (`memos_taken_back`) after every batch that
-//! takes walks back: a copy with another stamp is not used. The miss reads the count with
-//! an atomic operation, a full barrier, before the hash lookup: a copy stamped with the new
-//! count was looked up after the walk was taken back. A copy used in the moment between a
-//! take-back and the count's advance sends a handle that still names its stack.
+//! takes walks back: a copy with another stamp is not used. The count a copy is stamped with
+//! is read before the hash lookup, in that order (`count_before_lookup`): a copy stamped
+//! with the new count was looked up after the walk was taken back. A copy used in the moment
+//! between a take-back and the count's advance sends a handle that still names its stack.
+//! (A hash element deleted is reused by a later insert; both happen in a batch that ends
+//! with the count's advance, so a copy read while its element was rewritten is stale.)
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
@@ -66,20 +68,41 @@ unsafe fn lookup(key: &StackMemoKey) -> Option<*const StackMemo> {
     let entry = MEMO_CACHE.get_ptr_mut(cache_slot(key))?;
     // SAFETY: array memory, valid for the maps' life; this CPU's entry (the contract).
     unsafe {
-        if (*entry).generation == core::ptr::read_volatile(generation)
+        let now = core::ptr::read_volatile(generation);
+        if (*entry).generation == now
             && (*entry).key.tgid == key.tgid
             && (*entry).key.ip == key.ip
             && (*entry).key.sp == key.sp
         {
             return Some(&raw const (*entry).memo);
         }
-        // The count read before the map, by an atomic operation: a full barrier.
-        let now = atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 0);
+        let now = count_before_lookup(generation, now);
         let memo = STACK_MEMOS.get(key)?;
         copy_words(memo, &raw mut (*entry).memo);
         (*entry).key = *key;
         (*entry).generation = now;
         Some(&raw const (*entry).memo)
+    }
+}
+
+/// The count to stamp a copy with, read before the map is looked up. x86 does not reorder
+/// loads with loads, so the plain read just made serves; elsewhere an atomic operation (a
+/// full barrier) reads it again, at the cost of taking the count's cache line.
+///
+/// # Safety
+/// `generation` must be MEMO_GENERATION's value.
+#[inline(always)]
+unsafe fn count_before_lookup(generation: *mut u64, read: u64) -> u64 {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        let _ = generation;
+        read
+    }
+    #[cfg(not(bpf_target_arch = "x86_64"))]
+    {
+        let _ = read;
+        // SAFETY: as the function's contract says.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(generation, 0) }
     }
 }
 
