@@ -458,16 +458,20 @@ fn without(name: &str) -> String {
 }
 
 impl Probes {
+    /// A program loaded to be run from here with `BPF_PROG_TEST_RUN` (`load_to_run`).
+    fn to_run(&self, name: &'static str) -> Result<&RawTracePoint, LoadError> {
+        self.ebpf
+            .program(name)
+            .ok_or(LoadError::MissingInObject(name))?
+            .try_into()
+            .map_err(|err: ProgramError| program_error(name, err))
+    }
+
     /// Follows a process from now on; its children are then followed by the kernel itself.
     /// The kernel does it (`follow_processes`, tracer-ebpf/src/followed.rs): the process's
     /// bit shares a word with 63 other pids, whose forks and exits change it meanwhile.
     pub(crate) fn follow(&self, tgid: u32) -> Result<(), LoadError> {
-        let program: &RawTracePoint = self
-            .ebpf
-            .program(FOLLOW_PROGRAM)
-            .ok_or(LoadError::MissingInObject(FOLLOW_PROGRAM))?
-            .try_into()
-            .map_err(|err: ProgramError| program_error(FOLLOW_PROGRAM, err))?;
+        let program = self.to_run(FOLLOW_PROGRAM)?;
         let mut run = RawTracePointRunOptions::new();
         run.args[0] = u64::from(tgid);
         let refused = program
@@ -532,11 +536,7 @@ impl Probes {
     /// after walks were taken back from the kernel's map. If it fails, a copy may go on
     /// naming a walk taken back, whose stack is then lost after a second: logged.
     pub(crate) fn memos_taken_back(&self) {
-        let Some(Ok(program)) = self
-            .ebpf
-            .program(MEMOS_TAKEN_BACK_PROGRAM)
-            .map(<&RawTracePoint>::try_from)
-        else {
+        let Ok(program) = self.to_run(MEMOS_TAKEN_BACK_PROGRAM) else {
             return;
         };
         if let Err(err) = program.test_run(RawTracePointRunOptions::new()) {
@@ -578,11 +578,7 @@ impl Probes {
     /// tracer-ebpf/src/held.rs) into the ring, behind everything those processes sent
     /// before: one run of the flush program per [`HELD_FLUSH_BATCH`] processes.
     pub(crate) fn flush_held(&self, tgids: impl IntoIterator<Item = u32>) {
-        let Some(Ok(program)) = self
-            .ebpf
-            .program(HELD_FLUSH_PROGRAM)
-            .map(<&RawTracePoint>::try_from)
-        else {
+        let Ok(program) = self.to_run(HELD_FLUSH_PROGRAM) else {
             return;
         };
         let mut tgids = tgids.into_iter().filter(|&tgid| tgid != 0).peekable();
