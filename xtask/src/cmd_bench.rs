@@ -109,10 +109,7 @@ pub(crate) fn run(options: Options) -> Result<ExitCode> {
     };
     parts.verdicts = budgets::check(&Measured {
         micros: &parts.micros,
-        nginx: parts
-            .nginx
-            .as_ref()
-            .and_then(|n| n.ratio.map(|r| (r, n.best_ratio))),
+        nginx: parts.nginx.as_ref().and_then(NginxResult::ratios),
         nginx_programs_share: parts
             .nginx
             .as_ref()

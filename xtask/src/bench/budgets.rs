@@ -105,13 +105,24 @@ fn judged(
 /// What the bench measured that the budgets speak of.
 pub(crate) struct Measured<'a> {
     pub micros: &'a [MicroResult],
-    /// nginx traced/untraced by medians and by each side's best run.
-    pub nginx: Option<(f64, Option<f64>)>,
+    pub nginx: Option<NginxRatios>,
     /// Per nginx request, the tracer's programs' and the floor's programs' time over the
     /// worker's CPU untraced (`RequestCost`): what the rates' verdict is read beside.
     pub nginx_programs_share: Option<(f64, Option<f64>)>,
     /// Why the whole bench was too noisy to judge, if it was.
     pub too_busy: Option<String>,
+}
+
+/// nginx's rates, as the verdict reads them.
+#[derive(Clone, Copy)]
+pub(crate) struct NginxRatios {
+    /// Traced over untraced: the median of the runs' own ratios.
+    pub traced: f64,
+    /// Traced over untraced by each side's best run.
+    pub best: Option<f64>,
+    /// The floor over untraced, and the tracer over the floor (medians of the runs' own).
+    pub floor: Option<f64>,
+    pub over_floor: Option<f64>,
 }
 
 pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
@@ -152,11 +163,31 @@ pub(crate) fn check(measured: &Measured) -> Vec<Verdict> {
     let mut nginx = judged(
         "nginx: traced req/s at least 0.95x untraced".to_owned(),
         "not measured",
-        measured.nginx.map(|(median, _)| median),
-        measured.nginx.and_then(|(_, best)| best),
+        measured.nginx.map(|n| n.traced),
+        measured.nginx.and_then(|n| n.best),
         |r| r >= 0.95,
         |r| format!("{r:.3}x untraced"),
     );
+    if let Some(NginxRatios {
+        floor: Some(floor),
+        over_floor,
+        ..
+    }) = measured.nginx
+    {
+        let beyond =
+            over_floor.map_or(String::new(), |o| format!(", the tracer {o:.3}x the floor"));
+        let below = if floor < 0.95 {
+            ": the floor alone misses the budget here"
+        } else {
+            ""
+        };
+        let floor =
+            format!("empty programs on the same tracepoints {floor:.3}x untraced{beyond}{below}");
+        nginx.note = Some(match nginx.note.take() {
+            Some(note) => format!("{note}; {floor}"),
+            None => floor,
+        });
+    }
     if let Some((tracer, floor)) = measured.nginx_programs_share {
         let floor = floor.map_or(String::new(), |f| {
             format!(", the floor's {:.1}%", f * 100.0)
@@ -252,7 +283,12 @@ mod tests {
         ]);
         let measured = Measured {
             micros: std::slice::from_ref(&r),
-            nginx: Some((0.90, Some(0.97))),
+            nginx: Some(NginxRatios {
+                traced: 0.90,
+                best: Some(0.97),
+                floor: Some(0.93),
+                over_floor: Some(0.968),
+            }),
             nginx_programs_share: Some((0.047, Some(0.012))),
             too_busy: None,
         };
@@ -271,6 +307,12 @@ mod tests {
         assert!(note.contains("0.970x"), "{note}");
         assert!(
             note.contains("programs took 4.7% of the worker's untraced CPU, the floor's 1.2%"),
+            "{note}"
+        );
+        assert!(
+            note.contains(
+                "same tracepoints 0.930x untraced, the tracer 0.968x the floor: the floor alone misses the budget"
+            ),
             "{note}"
         );
         let busy = check(&Measured {

@@ -19,10 +19,11 @@ use serde::Serialize;
 
 use super::{
     bpftrace,
+    budgets::NginxRatios,
     child::Watched,
     procstat::{TICKS_PER_SECOND, cpu_ticks},
     profile::{self, with_bpf_stats},
-    stats::{Summary, ratio},
+    stats::{Summary, paired_ratios, ratio},
     tools::path_of,
     tracer::{self, Attached},
 };
@@ -54,6 +55,33 @@ pub(crate) struct NginxResult {
     pub floor_unavailable: Option<String>,
     /// What a request costs, per request: steadier than the rates (see [`RequestCost`]).
     pub request_cost: Option<RequestCost>,
+    /// The rates' ratios taken run by run (see [`Paired`]).
+    pub paired: Paired,
+}
+
+impl NginxResult {
+    /// What the budget's verdict reads: the runs' own ratios where there are some.
+    pub(crate) fn ratios(&self) -> Option<NginxRatios> {
+        let median = |s: &Option<Summary>| s.as_ref().map(|s| s.median);
+        Some(NginxRatios {
+            traced: median(&self.paired.traced_over_untraced).or(self.ratio)?,
+            best: self.best_ratio,
+            floor: median(&self.paired.floor_over_untraced).or(self.floor_ratio),
+            over_floor: median(&self.paired.traced_over_floor),
+        })
+    }
+}
+
+/// Each run measures every case back to back, so a case's rate over the same run's untraced
+/// rate shares that moment's machine speed; these ratios, summarised over the runs, move
+/// less than the ratio of two medians of runs minutes apart. The tracer over the floor is
+/// what the tracer costs beyond what any tool on these tracepoints pays.
+#[derive(Debug, Serialize)]
+pub(crate) struct Paired {
+    pub traced_over_untraced: Option<Summary>,
+    pub floor_over_untraced: Option<Summary>,
+    pub baseline_over_untraced: Option<Summary>,
+    pub traced_over_floor: Option<Summary>,
 }
 
 /// Where a request's time goes, measured after the timed runs in windows of their own with
@@ -130,13 +158,16 @@ pub(crate) fn run(
     if baseline.is_some() {
         cases.push(Case::Baseline);
     }
-    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    // Per run, one entry per case (`None` where the case was not measured), so that runs
+    // line up across cases.
+    let mut rates: Vec<Vec<Option<f64>>> = Vec::with_capacity(runs);
     let mut traced_runs = TracedRuns::default();
     let mut floor_unavailable = floor_problem;
     // A short warm-up, so the first measured run does not pay for cold caches.
     wrk(&url, 1)?;
     for run in 0..runs {
         eprintln!("  nginx run {}/{runs}", run + 1);
+        let mut measured_now = vec![None; cases.len()];
         // Rotate which goes first, so a drift in machine load does not favour one.
         for turn in 0..cases.len() {
             let index = (turn + run) % cases.len();
@@ -159,8 +190,9 @@ pub(crate) fn run(
                     ok => ok,
                 },
             };
-            rates[index].push(measured?);
+            measured_now[index] = Some(measured?);
         }
+        rates.push(measured_now);
     }
     let request_cost = with_bpf_stats(|| {
         request_cost(
@@ -174,11 +206,20 @@ pub(crate) fn run(
     })?;
     nginx.signal(libc::SIGTERM);
     nginx.wait(Duration::from_secs(10))?;
-    let summary = |case: Case| {
-        cases
-            .iter()
-            .position(|&c| c == case)
-            .and_then(|index| Summary::of(&rates[index]))
+    let runs_of = |case: Case| -> Vec<Option<f64>> {
+        match cases.iter().position(|&c| c == case) {
+            Some(index) => rates.iter().map(|run| run[index]).collect(),
+            None => Vec::new(),
+        }
+    };
+    let summary =
+        |case: Case| Summary::of(&runs_of(case).iter().flatten().copied().collect::<Vec<_>>());
+    let over = |case: Case, base: Case| paired_ratios(&runs_of(case), &runs_of(base));
+    let paired = Paired {
+        traced_over_untraced: over(Case::Traced, Case::Untraced),
+        floor_over_untraced: over(Case::Floor, Case::Untraced),
+        baseline_over_untraced: over(Case::Baseline, Case::Untraced),
+        traced_over_floor: over(Case::Traced, Case::Floor),
     };
     let untraced_rps = summary(Case::Untraced).context("no nginx runs")?;
     let traced_rps = summary(Case::Traced).context("no nginx runs")?;
@@ -204,6 +245,7 @@ pub(crate) fn run(
         attach_times_s: traced_runs.attach_times_s,
         floor_unavailable,
         request_cost: Some(request_cost),
+        paired,
     })
 }
 

@@ -6,7 +6,7 @@ use super::{
     capacity::{self, MemoryResult, RateStep},
     load::Load,
     micro::MicroResult,
-    nginx::{NginxResult, RequestCost},
+    nginx::{NginxResult, Paired, RequestCost},
     profile::ProfileResult,
     python::{self, PythonResult},
     stats::{Summary, ratio},
@@ -128,12 +128,39 @@ pub(crate) fn nginx(nginx: &NginxResult) {
         "tracer/untraced by each side's best run: {}",
         show(nginx.best_ratio)
     );
+    paired(&nginx.paired);
     println!(
         "tracer lost {} events over the traced runs; the tracer process itself used {:.2} cores (median) while wrk ran",
         nginx.lost_events, nginx.tracer_cores.median
     );
     if let Some(cost) = &nginx.request_cost {
         request_cost(cost);
+    }
+}
+
+/// The rates' ratios run by run: each run's cases ran back to back, so they share its speed.
+fn paired(paired: &Paired) {
+    let rows = [
+        ("tracer/untraced", &paired.traced_over_untraced),
+        ("floor/untraced", &paired.floor_over_untraced),
+        ("baseline/untraced", &paired.baseline_over_untraced),
+        ("tracer/floor", &paired.traced_over_floor),
+    ];
+    let shown: Vec<String> = rows
+        .iter()
+        .filter_map(|(name, summary)| {
+            let s = summary.as_ref()?;
+            Some(format!(
+                "{name} {:.3} (min {:.3}, max {:.3})",
+                s.median, s.min, s.max
+            ))
+        })
+        .collect();
+    if !shown.is_empty() {
+        println!(
+            "run by run (medians of each run's ratio): {}",
+            shown.join("; ")
+        );
     }
 }
 

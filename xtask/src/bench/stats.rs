@@ -49,6 +49,18 @@ pub(crate) fn ratio(value: f64, base: f64) -> Option<f64> {
     (base > 0.0 && base.is_finite() && value.is_finite()).then(|| value / base)
 }
 
+/// Each run's `values[i] / bases[i]`, summarised, over the runs where both were measured:
+/// cases measured back to back in one run share the machine's speed at that moment, so
+/// their ratio moves less than the ratio of two medians taken minutes apart.
+pub(crate) fn paired_ratios(values: &[Option<f64>], bases: &[Option<f64>]) -> Option<Summary> {
+    let ratios: Vec<f64> = values
+        .iter()
+        .zip(bases)
+        .filter_map(|(value, base)| ratio((*value)?, (*base)?))
+        .collect();
+    Summary::of(&ratios)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,5 +99,16 @@ mod tests {
         assert_eq!(ratio(6.0, 3.0), Some(2.0));
         assert_eq!(ratio(6.0, 0.0), None);
         assert_eq!(ratio(f64::NAN, 3.0), None);
+    }
+
+    /// Ratios are taken run by run, skipping runs where either side is missing: a drift that
+    /// slows both sides of one run leaves its ratio alone.
+    #[test]
+    fn paired_ratios_pair_runs() {
+        let values = [Some(90.0), None, Some(45.0), Some(99.0)];
+        let bases = [Some(100.0), Some(80.0), Some(50.0), None];
+        let paired = paired_ratios(&values, &bases).unwrap();
+        assert_eq!(paired.runs, vec![0.9, 0.9]);
+        assert_eq!(paired_ratios(&[None], &[Some(1.0)]), None);
     }
 }
