@@ -230,7 +230,6 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
             &setup.out_dir,
             runs,
             seconds,
-            setup.bpftrace_problem.clone(),
         )?)
     } else {
         None
@@ -255,7 +254,6 @@ fn collect(options: &Options, setup: &mut Setup) -> Result<Parts> {
             tracer,
             options.baseline_tracer.as_deref(),
             workload,
-            setup.bpftrace_problem.is_none(),
             rounds,
         )?)
     } else {

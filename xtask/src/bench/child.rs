@@ -3,8 +3,8 @@
 //! stuck tool cannot hang the bench.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
-    process::{Child, Command, ExitStatus, Stdio},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError},
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -25,6 +25,8 @@ pub(crate) struct Watched {
     /// Every stderr line seen so far, for error messages.
     stderr_seen: Vec<String>,
     stdout: Option<JoinHandle<String>>,
+    /// A gated child's stdin, until [`Watched::release`].
+    gate: Option<ChildStdin>,
 }
 
 /// How a watched child ended.
@@ -56,9 +58,34 @@ impl Ended {
 impl Watched {
     /// Starts `cmd` with stdin closed and stdout and stderr piped to us.
     pub(crate) fn spawn(cmd: &mut Command) -> Result<Watched> {
+        Watched::start(cmd.stdin(Stdio::null()))
+    }
+
+    /// Starts `argv` behind `sh -c 'read _ && exec "$@"'`: the shell waits for a line on
+    /// its stdin, then execs the command, which keeps its pid. So whatever must be in
+    /// place before the command's first syscall (a program filtered to its pid) can be set
+    /// up between this and [`Watched::release`].
+    pub(crate) fn spawn_gated(argv: &[String]) -> Result<Watched> {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "read _ && exec \"$@\"", "sh"])
+            .args(argv)
+            .stdin(Stdio::piped());
+        let mut watched = Watched::start(&mut cmd)?;
+        watched.gate = watched.child.stdin.take();
+        Ok(watched)
+    }
+
+    /// Lets a child started by [`Watched::spawn_gated`] exec its command (its stdin is then
+    /// at its end).
+    pub(crate) fn release(&mut self) -> Result<()> {
+        let mut gate = self.gate.take().context("the child was not gated")?;
+        gate.write_all(b"go\n")
+            .with_context(|| format!("cannot release `{}`", self.name))
+    }
+
+    fn start(cmd: &mut Command) -> Result<Watched> {
         let name = describe(cmd);
         let mut child = cmd
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -92,6 +119,7 @@ impl Watched {
             stderr_lines,
             stderr_seen: Vec::new(),
             stdout: Some(stdout),
+            gate: None,
         })
     }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 use super::{
     bpftrace,
     child::Watched,
+    floor,
     procstat::{TICKS_PER_SECOND, cpu_ticks},
     stats::{Summary, ratio},
     tools::path_of,
@@ -101,10 +102,7 @@ impl Case {
     }
 
     fn uses_bpftrace(self) -> bool {
-        matches!(
-            self,
-            Case::EmptyFloor | Case::BpftraceMap | Case::BpftraceMapUstack
-        )
+        matches!(self, Case::BpftraceMap | Case::BpftraceMapUstack)
     }
 
     /// strace stops the process twice per syscall: a tenth of the iterations keeps its
@@ -323,7 +321,10 @@ fn run_case(settings: &Settings, case: Case, micro: Micro, argv: &[String]) -> R
                 tracer_cores: Some(cores),
             })
         }
-        Case::EmptyFloor => bpftrace_run(&bpftrace::empty_floor(micro), argv),
+        Case::EmptyFloor => {
+            floor::run_under(floor::tracepoints(micro), argv, RUN_TIMEOUT)?;
+            Ok(Observed::default())
+        }
         Case::BpftraceMap => bpftrace_run(&bpftrace::open_map(micro, false), argv),
         Case::BpftraceMapUstack => bpftrace_run(&bpftrace::open_map(micro, true), argv),
         Case::Strace => {

@@ -18,9 +18,9 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::{
-    bpftrace,
     budgets::NginxRatios,
     child::Watched,
+    floor::{ALL_TRACEPOINTS, Floor},
     procstat::{TICKS_PER_SECOND, cpu_ticks},
     profile::{self, with_bpf_stats},
     stats::{Summary, paired_ratios, ratio},
@@ -145,16 +145,12 @@ pub(crate) fn run(
     dir: &Path,
     runs: usize,
     seconds: u64,
-    floor_problem: Option<String>,
 ) -> Result<NginxResult> {
     let root = prepare(dir)?;
     let port = free_port()?;
     let mut nginx = start(&root, port)?;
     let url = format!("http://127.0.0.1:{port}/index.html");
-    let mut cases = vec![Case::Untraced, Case::Traced];
-    if floor_problem.is_none() {
-        cases.push(Case::Floor);
-    }
+    let mut cases = vec![Case::Untraced, Case::Traced, Case::Floor];
     if baseline.is_some() {
         cases.push(Case::Baseline);
     }
@@ -162,7 +158,7 @@ pub(crate) fn run(
     // line up across cases.
     let mut rates: Vec<Vec<Option<f64>>> = Vec::with_capacity(runs);
     let mut traced_runs = TracedRuns::default();
-    let mut floor_unavailable = floor_problem;
+    let mut floor_unavailable = None;
     // A short warm-up, so the first measured run does not pay for cold caches.
     wrk(&url, 1)?;
     for run in 0..runs {
@@ -278,11 +274,8 @@ fn request_cost(
                 }
                 Case::Floor if !with_floor => continue,
                 Case::Floor => {
-                    let mut floor = start_floor(master)?;
-                    let us = programs_per_request(floor.pid(), url);
-                    floor.signal(libc::SIGINT);
-                    floor.wait(Duration::from_secs(60))?;
-                    us?
+                    let _floor = start_floor(master)?;
+                    programs_per_request(std::process::id(), url)?
                 }
             };
             per_case[index].push(us);
@@ -354,32 +347,18 @@ fn traced(
     measured
 }
 
-/// One wrk run with empty programs on all the tracer's tracepoints, filtered to nginx's
-/// master and its workers.
+/// One wrk run with the floor's programs on all the tracer's tracepoints, filtered to
+/// nginx's master and its workers.
 fn under_floor(master: u32, url: &str, seconds: u64) -> Result<f64> {
-    let mut floor = start_floor(master)?;
-    let measured = wrk(url, seconds);
-    floor.signal(libc::SIGINT);
-    floor.wait(Duration::from_secs(60))?;
-    measured
+    let _floor = start_floor(master)?;
+    wrk(url, seconds)
 }
 
-/// bpftrace with empty programs on all the tracer's tracepoints, filtered to nginx's master
-/// and its workers, once they are attached.
-fn start_floor(master: u32) -> Result<Watched> {
+/// The floor on every tracepoint of the tracer's, filtered to nginx's master and workers.
+fn start_floor(master: u32) -> Result<Floor> {
     let mut pids = vec![master];
     pids.extend(children(master));
-    let events = Path::new("/sys/kernel/tracing/events");
-    let (script, probes) = bpftrace::all_floor(&pids, |tracepoint| {
-        events.join(tracepoint.replace(':', "/")).is_dir()
-    });
-    let mut floor = Watched::spawn(Command::new(path_of("bpftrace")).arg("-e").arg(&script))?;
-    if let Err(err) = bpftrace::wait_attached(floor.pid(), probes, Duration::from_secs(60)) {
-        floor.signal(libc::SIGINT);
-        let _ = floor.wait(Duration::from_secs(60));
-        return Err(err);
-    }
-    Ok(floor)
+    Floor::attach(ALL_TRACEPOINTS, &pids)
 }
 
 /// The children of `pid` (nginx's workers), from /proc.

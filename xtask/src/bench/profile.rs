@@ -12,8 +12,8 @@ use anyhow::{Context as _, Result};
 use serde::Serialize;
 
 use super::{
-    bpftrace,
     child::Watched,
+    floor::{self, Floor},
     procstat::{cpu_ticks, fdinfo_field},
     stats::Summary,
     tools::path_of,
@@ -120,7 +120,6 @@ pub(crate) fn run(
     tracer_bin: &Path,
     baseline: Option<&Path>,
     workload: &mut Workload,
-    with_bpftrace: bool,
     rounds: usize,
 ) -> Result<ProfileResult> {
     with_bpf_stats(|| {
@@ -132,15 +131,13 @@ pub(crate) fn run(
                 eprintln!("  BPF run time: baseline tracer, round {round}/{rounds}");
                 base.push(tracer_window(bin, workload)?);
             }
-            if with_bpftrace {
-                eprintln!("  BPF run time: empty floor programs, round {round}/{rounds}");
-                floor.push(floor_window(workload)?);
-            }
+            eprintln!("  BPF run time: empty floor programs, round {round}/{rounds}");
+            floor.push(floor_window(workload)?);
         }
         Ok(ProfileResult {
             tracer: over_rounds(&tracer),
             baseline: baseline.map(|_| over_rounds(&base)),
-            empty_floor: with_bpftrace.then(|| over_rounds(&floor)),
+            empty_floor: Some(over_rounds(&floor)),
             tracer_process_ns_per_open: process_over_rounds(&tracer),
             baseline_process_ns_per_open: process_over_rounds(&base),
         })
@@ -153,19 +150,27 @@ fn tracer_window(bin: &Path, workload: &mut Workload) -> Result<Window> {
     let argv = workload.rate_args(0, 5, 1, &result);
     let mut cmd = Command::new(bin);
     cmd.arg("--json").arg("--").args(&argv);
-    profile_window(&mut cmd, true)
+    profile_window(&mut cmd)
 }
 
-/// A window of the empty floor programs (bpftrace) on the same loop.
+/// A window of the empty floor programs on the same loop (held by this process).
 fn floor_window(workload: &mut Workload) -> Result<Window> {
     let result = workload.result_path();
     let argv = workload.rate_args(0, 5, 1, &result);
-    let mut cmd = Command::new(path_of("bpftrace"));
-    cmd.arg("-c")
-        .arg(argv.join(" "))
-        .arg("-e")
-        .arg(bpftrace::empty_floor(Micro::Open));
-    profile_window(&mut cmd, false)
+    let mut child = Watched::spawn_gated(&argv)?;
+    let floor = match Floor::attach(floor::tracepoints(Micro::Open), &[child.pid()]) {
+        Ok(floor) => floor,
+        Err(err) => {
+            child.signal(libc::SIGKILL);
+            let _ = child.wait(Duration::from_secs(10));
+            return Err(err);
+        }
+    };
+    child.release()?;
+    thread::sleep(Duration::from_millis(1500));
+    let window = measure_window(child, std::process::id());
+    drop(floor);
+    window
 }
 
 /// Runs `measure` with `kernel.bpf_stats_enabled` on, and puts the switch back after.
@@ -177,22 +182,24 @@ pub(crate) fn with_bpf_stats<T>(measure: impl FnOnce() -> Result<T>) -> Result<T
     result
 }
 
-/// Starts `cmd` (which starts a 5-second workload), and measures its programs between 1.5
-/// and 3.5 seconds in.
-fn profile_window(cmd: &mut Command, says_attached: bool) -> Result<Window> {
+/// Starts `cmd` (a tracer that starts a 5-second workload), and measures its programs
+/// between about 1.5 and 3.5 seconds in.
+fn profile_window(cmd: &mut Command) -> Result<Window> {
     let mut child = Watched::spawn(cmd)?;
-    if says_attached {
-        child.wait_for_stderr("attached", Duration::from_secs(60))?;
-        thread::sleep(Duration::from_millis(500));
-    } else {
-        // bpftrace attaches before it starts the command, within about a second here.
-        thread::sleep(Duration::from_millis(1500));
-    }
-    let first = snapshot(child.pid())?;
-    let ticks_before = cpu_ticks(child.pid())?;
+    child.wait_for_stderr("attached", Duration::from_secs(60))?;
+    thread::sleep(Duration::from_millis(500));
+    let holder = child.pid();
+    measure_window(child, holder)
+}
+
+/// The programs `holder` holds, over 2 seconds of `child`'s run, and `holder`'s CPU; then
+/// waits for `child` to end well.
+fn measure_window(mut child: Watched, holder: u32) -> Result<Window> {
+    let first = snapshot(holder)?;
+    let ticks_before = cpu_ticks(holder)?;
     thread::sleep(Duration::from_secs(2));
-    let second = snapshot(child.pid())?;
-    let ticks = cpu_ticks(child.pid())?.saturating_sub(ticks_before);
+    let second = snapshot(holder)?;
+    let ticks = cpu_ticks(holder)?.saturating_sub(ticks_before);
     // Names are looked up while the programs are still loaded.
     let mut costs: Vec<(String, u64, f64)> = second
         .iter()
