@@ -4,6 +4,7 @@ pub(crate) mod bpftrace;
 pub(crate) mod budgets;
 pub(crate) mod capacity;
 pub(crate) mod child;
+pub(crate) mod cpu_share;
 pub(crate) mod floor;
 pub(crate) mod forks;
 pub(crate) mod load;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use super::{
     budgets::NginxRatios,
     child::Watched,
+    cpu_share::{self, Shares},
     floor::{ALL_TRACEPOINTS, Floor},
     procstat::{TICKS_PER_SECOND, cpu_ticks},
     profile::{self, with_bpf_stats},
@@ -57,7 +58,32 @@ pub(crate) struct NginxResult {
     pub request_cost: Option<RequestCost>,
     /// The rates' ratios taken run by run (see [`Paired`]).
     pub paired: Paired,
+    /// Where the worker's CPU went under each case, by perf's samples (see [`CpuShares`]).
+    pub cpu_shares: Option<CpuShares>,
+    /// Why those were not measured, if they were not.
+    pub cpu_shares_unavailable: Option<String>,
 }
+
+/// The worker's CPU split by perf's samples ([`cpu_share`]) in [`SHARE_ROUNDS`] windows per
+/// case while wrk runs, after the timed runs, with `kernel.bpf_stats_enabled` off.
+#[derive(Debug, Serialize)]
+pub(crate) struct CpuShares {
+    pub window_seconds: u64,
+    pub tracer: Vec<Shares>,
+    pub floor: Vec<Shares>,
+    pub baseline: Vec<Shares>,
+}
+
+impl CpuShares {
+    /// The median over windows of programs and hooks together.
+    pub(crate) fn tracing(windows: &[Shares]) -> Option<Summary> {
+        Summary::of(&windows.iter().map(Shares::tracing).collect::<Vec<_>>())
+    }
+}
+
+/// Windows per case for [`CpuShares`], and their length.
+const SHARE_ROUNDS: usize = 3;
+const SHARE_SECONDS: u64 = 4;
 
 impl NginxResult {
     /// What the budget's verdict reads: the runs' own ratios where there are some.
@@ -68,6 +94,16 @@ impl NginxResult {
             best: self.best_ratio,
             floor: median(&self.paired.floor_over_untraced).or(self.floor_ratio),
             over_floor: median(&self.paired.traced_over_floor),
+            tracing_share: self
+                .cpu_shares
+                .as_ref()
+                .and_then(|c| CpuShares::tracing(&c.tracer))
+                .map(|s| s.median),
+            floor_tracing_share: self
+                .cpu_shares
+                .as_ref()
+                .and_then(|c| CpuShares::tracing(&c.floor))
+                .map(|s| s.median),
         })
     }
 }
@@ -200,6 +236,18 @@ pub(crate) fn run(
             floor_unavailable.is_none(),
         )
     })?;
+    let (cpu_shares, cpu_shares_unavailable) = match cpu_shares(
+        &cases,
+        tracer_bin,
+        baseline,
+        nginx.pid(),
+        &url,
+        &root,
+        floor_unavailable.is_none(),
+    ) {
+        Ok(shares) => (Some(shares), None),
+        Err(err) => (None, Some(format!("{err:#}"))),
+    };
     nginx.signal(libc::SIGTERM);
     nginx.wait(Duration::from_secs(10))?;
     let runs_of = |case: Case| -> Vec<Option<f64>> {
@@ -242,6 +290,8 @@ pub(crate) fn run(
         floor_unavailable,
         request_cost: Some(request_cost),
         paired,
+        cpu_shares,
+        cpu_shares_unavailable,
     })
 }
 
@@ -293,6 +343,66 @@ fn request_cost(
         tracer_programs_us: summary(Case::Traced).context("no traced windows")?,
         floor_programs_us: summary(Case::Floor),
         baseline_programs_us: summary(Case::Baseline),
+    })
+}
+
+/// [`CpuShares`]: [`SHARE_ROUNDS`] rounds of one perf window per traced case, interleaved.
+fn cpu_shares(
+    cases: &[Case],
+    tracer_bin: &Path,
+    baseline: Option<&Path>,
+    master: u32,
+    url: &str,
+    dir: &Path,
+    with_floor: bool,
+) -> Result<CpuShares> {
+    eprintln!(
+        "  nginx: where the worker's CPU goes, {SHARE_ROUNDS} perf windows of {SHARE_SECONDS}s per case"
+    );
+    let worker = *children(master)
+        .first()
+        .context("nginx has no worker process")?;
+    let data = dir.join("perf.data");
+    let mut shares = CpuShares {
+        window_seconds: SHARE_SECONDS,
+        tracer: Vec::new(),
+        floor: Vec::new(),
+        baseline: Vec::new(),
+    };
+    for _ in 0..SHARE_ROUNDS {
+        for &case in cases {
+            match case {
+                Case::Untraced => {}
+                Case::Traced | Case::Baseline => {
+                    let (bin, into) = match case {
+                        Case::Baseline => (baseline.unwrap_or(tracer_bin), &mut shares.baseline),
+                        _ => (tracer_bin, &mut shares.tracer),
+                    };
+                    let tracer = Attached::start(bin, master, &["--json"])?;
+                    let measured = under_load(worker, url, &data);
+                    tracer.stop()?;
+                    into.push(measured?);
+                }
+                Case::Floor if !with_floor => {}
+                Case::Floor => {
+                    let _floor = start_floor(master)?;
+                    shares.floor.push(under_load(worker, url, &data)?);
+                }
+            }
+        }
+    }
+    Ok(shares)
+}
+
+/// perf's split of `worker`'s CPU over a window in the middle of a wrk run.
+fn under_load(worker: u32, url: &str, data: &Path) -> Result<Shares> {
+    thread::scope(|scope| {
+        let load = scope.spawn(|| wrk(url, SHARE_SECONDS + 2));
+        thread::sleep(Duration::from_secs(1));
+        let shares = cpu_share::sample(worker, SHARE_SECONDS, data);
+        load.join()
+            .map_err(|_| anyhow::anyhow!("the wrk thread panicked"))??;
+        shares
     })
 }
 

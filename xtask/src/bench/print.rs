@@ -6,7 +6,7 @@ use super::{
     capacity::{self, MemoryResult, RateStep},
     load::Load,
     micro::MicroResult,
-    nginx::{NginxResult, Paired, RequestCost},
+    nginx::{CpuShares, NginxResult, Paired, RequestCost},
     profile::ProfileResult,
     python::{self, PythonResult},
     stats::{Summary, ratio},
@@ -136,6 +136,53 @@ pub(crate) fn nginx(nginx: &NginxResult) {
     if let Some(cost) = &nginx.request_cost {
         request_cost(cost);
     }
+    match (&nginx.cpu_shares, &nginx.cpu_shares_unavailable) {
+        (Some(shares), _) => cpu_shares(shares),
+        (None, Some(why)) => println!("where the worker's CPU goes (perf): unavailable: {why}"),
+        (None, None) => {}
+    }
+}
+
+/// Per case, the worker's CPU in programs and in the hooks, and the bound on its rate.
+fn cpu_shares(shares: &CpuShares) {
+    println!();
+    println!(
+        "Where the worker's CPU goes under wrk (perf cpu-clock samples, {} windows of {}s per case; 1 - share bounds the rate ratio from above, and repeats where the rates do not)",
+        shares.tracer.len(),
+        shares.window_seconds
+    );
+    let mut t = Table::new(&[
+        "",
+        "in BPF programs",
+        "in tracing hooks",
+        "together (median, min, max)",
+        "at most × untraced",
+    ]);
+    let percent = |values: Vec<f64>| {
+        Summary::of(&values).map_or("-".to_owned(), |s| format!("{:.1}%", s.median * 100.0))
+    };
+    for (name, windows) in [
+        ("tracer attached", &shares.tracer),
+        ("empty BPF programs (floor)", &shares.floor),
+        ("baseline tracer attached", &shares.baseline),
+    ] {
+        let Some(together) = CpuShares::tracing(windows) else {
+            continue;
+        };
+        t.row(vec![
+            name.to_owned(),
+            percent(windows.iter().map(|w| w.programs).collect()),
+            percent(windows.iter().map(|w| w.hooks).collect()),
+            format!(
+                "{:.1}% ({:.1}, {:.1})",
+                together.median * 100.0,
+                together.min * 100.0,
+                together.max * 100.0
+            ),
+            format!("{:.3}", 1.0 - together.median),
+        ]);
+    }
+    print!("{}", t.render());
 }
 
 /// The rates' ratios run by run: each run's cases ran back to back, so they share its speed.

@@ -17,12 +17,13 @@ const TOOLS: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("nginx", "nginx"),
     ("wrk", "wrk"),
+    ("linux-perf", "perf"),
 ];
 
 /// Installs whichever of the tools is missing, with one `apt-get install`; says what it
 /// installs. An error (one line) when they cannot be had.
 pub(crate) fn ensure() -> Result<()> {
-    eprint!("checking bench tools (cc, strace, bpftrace, bpftool, nginx, wrk) ... ");
+    eprint!("checking bench tools (cc, strace, bpftrace, bpftool, nginx, wrk, perf) ... ");
     let missing: Vec<&str> = TOOLS
         .iter()
         .filter(|(_, program)| find_on_path(program).is_none() && !in_sbin(program))
