@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
 use super::tools::path_of;
+use crate::process::describe;
 
 /// The kernel functions of the tracing hooks: the traced-syscall path every syscall takes
 /// once a syscall tracepoint is enabled, and perf's dispatch from a tracepoint to its
@@ -60,8 +61,8 @@ impl Shares {
 /// Samples the whole machine for `seconds` with perf (cpu-clock, call chains) into `data`,
 /// and splits `pid`'s samples.
 pub(crate) fn sample(pid: u32, seconds: u64, data: &Path) -> Result<Shares> {
-    let frequency = "4999";
-    let status = Command::new(path_of("perf"))
+    let mut record = Command::new(path_of("perf"));
+    record
         .args([
             "record",
             "-q",
@@ -70,36 +71,36 @@ pub(crate) fn sample(pid: u32, seconds: u64, data: &Path) -> Result<Shares> {
             "-e",
             "cpu-clock",
             "-F",
-            frequency,
+            "4999",
             "-o",
         ])
         .arg(data)
-        .args(["--", "sleep", &seconds.to_string()])
-        .output()
-        .context("cannot run perf record")?;
-    if !status.status.success() {
-        bail!(
-            "perf record failed: {}",
-            String::from_utf8_lossy(&status.stderr).trim()
-        );
-    }
-    let script = Command::new(path_of("perf"))
-        .args(["script", "-F", "pid,ip,sym", "-i"])
-        .arg(data)
-        .output()
-        .context("cannot run perf script")?;
-    if !script.status.success() {
-        bail!(
-            "perf script failed: {}",
-            String::from_utf8_lossy(&script.stderr).trim()
-        );
-    }
+        .args(["--", "sleep", &seconds.to_string()]);
+    perf(&mut record)?;
+    let mut script = Command::new(path_of("perf"));
+    script.args(["script", "-F", "pid,ip,sym", "-i"]).arg(data);
+    let text = perf(&mut script);
     let _ = std::fs::remove_file(data);
-    let shares = split(&String::from_utf8_lossy(&script.stdout), pid);
+    let shares = split(&String::from_utf8_lossy(&text?), pid);
     if shares.samples == 0 {
         bail!("perf recorded no sample of pid {pid}");
     }
     Ok(shares)
+}
+
+/// Runs one perf command; its stdout, or its stderr as a one-line error.
+fn perf(cmd: &mut Command) -> Result<Vec<u8>> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("cannot run `{}`", describe(cmd)))?;
+    if !output.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            describe(cmd),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output.stdout)
 }
 
 /// Splits `perf script -F pid,ip,sym` output (a line with the pid, then one line per frame,
