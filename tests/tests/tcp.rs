@@ -5,7 +5,7 @@
 use std::{
     fs,
     io::{BufRead, BufReader, Read, Write},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     thread,
     time::Duration,
 };
@@ -75,6 +75,59 @@ fn connections_closed_first_are_counted_in_time_wait() {
         Some(CONNECTIONS),
         "all of them are still in TIME_WAIT (60 s)\n{ctx}"
     );
+}
+
+/// A server closes first 30 connections it accepted before the tracer attached: one
+/// TIME_WAIT group at its listening port (the listener, older than the trace, is read from
+/// /proc at attach), not one group per client port as if the server had connected out.
+#[test]
+fn connections_accepted_before_attach_group_at_the_listening_port() {
+    require_root();
+    own_network_namespace();
+    let bin = build_fixture("tw_server", &[]);
+    let mut server = Fixture::spawn(&bin, &[&CONNECTIONS.to_string()]);
+    let port: u16 = server
+        .wait_for_line("PORT ", Duration::from_secs(10))
+        .trim()
+        .trim_start_matches("PORT ")
+        .parse()
+        .expect("the fixture's port");
+    // Clients that close only once the server has: each reads until EOF.
+    let clients: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest);
+            })
+        })
+        .collect();
+    server.wait_for_line("READY", Duration::from_secs(10));
+    let pid = server.pid();
+    let mut tracer = Tracer::attach(pid, &[]);
+    tracer.wait_attached(ATTACH_TIMEOUT);
+    server.send_line("go");
+    server.wait_for_line("DONE ", Duration::from_secs(30));
+    for client in clients {
+        client.join().expect("client thread");
+    }
+    let report = tracer.stop();
+    let ctx = report.context();
+
+    let groups: Vec<&Value> = report.json["time_wait"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no time_wait array\n{ctx}"))
+        .iter()
+        .filter(|g| g["pid"].as_u64() == Some(u64::from(pid)))
+        .collect();
+    assert_eq!(groups.len(), 1, "one group for the server\n{ctx}");
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(groups[0]["local"], local.as_str(), "{ctx}");
+    assert_eq!(groups[0]["remote"], "127.0.0.1", "{ctx}");
+    assert_eq!(groups[0]["count"].as_u64(), Some(CONNECTIONS), "{ctx}");
 }
 
 /// Moves the calling thread (and so the threads and processes it starts) into a new network

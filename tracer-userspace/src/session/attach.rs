@@ -19,6 +19,8 @@ use crate::{
 pub(super) struct Tree {
     pub(super) followed: Vec<u32>,
     snapshots: Vec<ProcessSnapshot>,
+    /// `(pid, port)` of the TCP ports the trees listen on already.
+    listening: Vec<(u32, u16)>,
 }
 
 /// Follows the targets and their current descendants and reads their tables. Sockets
@@ -38,17 +40,20 @@ pub(super) fn follow_tree(probes: &Probes, targets: &[u32]) -> Result<Tree> {
             .with_context(|| format!("cannot follow pid {pid}"))?;
     }
     let mut snapshots = Vec::with_capacity(followed.len());
+    let mut listening_ports = Vec::new();
     for (process, listening) in followed.iter().filter_map(|&pid| snapshot(pid)) {
         for port in listening {
             probes
                 .listening(port, process.pid)
                 .with_context(|| format!("cannot track TCP port {port}"))?;
+            listening_ports.push((process.pid, port));
         }
         snapshots.push(process);
     }
     Ok(Tree {
         followed,
         snapshots,
+        listening: listening_ports,
     })
 }
 
@@ -57,6 +62,9 @@ impl Tree {
     pub(super) fn seed(self, state: &mut State<'_>, started_ns: u64) {
         for process in self.snapshots {
             state.agg.add_snapshot(process, started_ns);
+        }
+        for (pid, port) in self.listening {
+            state.tcp.listening(pid, port);
         }
         for &pid in &self.followed {
             state.stacks.capture(pid);
@@ -83,6 +91,7 @@ pub(super) fn adopt(state: &mut State<'_>, pid: u32, matched_by: String, now_ns:
         if let Err(err) = state.probes.listening(port, pid) {
             log::debug!("cannot track TCP port {port}: {err}");
         }
+        state.tcp.listening(pid, port);
     }
     eprintln!(
         "tracer: following pid {pid} ({}) from now on: {matched_by}",

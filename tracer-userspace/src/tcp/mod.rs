@@ -127,6 +127,13 @@ impl TcpTracker {
         )
     }
 
+    /// `owner` listened on TCP `port` before it was followed (read from /proc when it
+    /// became followed): a connection accepted there before then, first seen closing, is
+    /// grouped as the accepting side's, with the listener's port, not one group per peer port.
+    pub(crate) fn listening(&mut self, owner: u32, port: u16) {
+        self.time_wait.remember_port(owner, port);
+    }
+
     /// Applies one transition (O(1)).
     pub(crate) fn apply(&mut self, t: &TcpTransition) {
         self.time_wait.remember_listener(t);

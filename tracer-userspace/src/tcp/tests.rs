@@ -288,6 +288,24 @@ fn server_time_wait_group() {
     assert_eq!(t.live(), 2); // the two listeners
 }
 
+/// A listener older than the trace (told from /proc at attach, no LISTEN transition seen):
+/// connections accepted on it before attach, first seen closing, make one accepting group.
+#[test]
+fn listener_from_before_attach_groups_its_connections() {
+    let mut t = TcpTracker::new();
+    t.listening(10, 8080);
+    for i in 0..3u64 {
+        let remote = format!("10.0.0.2:{}", 50000 + i);
+        active_close(&mut t, 10, 0x100 + i, "10.0.0.1:8080", &remote, i * SEC);
+    }
+    let groups = t.time_wait_groups(5 * SEC);
+    let view: Vec<_> = groups
+        .iter()
+        .map(|g| (g.pid, g.local.as_str(), g.remote.as_str(), g.count))
+        .collect();
+    assert_eq!(view, vec![(10, "10.0.0.1:8080", "10.0.0.2", 3)]);
+}
+
 /// A known skaddr leaving CLOSE is a new socket: the old tuple is forgotten and the new
 /// socket gets its own state and side.
 #[test]

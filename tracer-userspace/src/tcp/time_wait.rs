@@ -101,8 +101,16 @@ impl TimeWaits {
     /// Remembers the `(owner, port)` of a socket going `LISTEN`, for [`Self::record`] to tell
     /// the side of a socket it knows nothing else of.
     pub(super) fn remember_listener(&mut self, t: &TcpTransition) {
-        if t.new == LISTEN && self.listen_ports.len() < MAX_KNOWN_LISTENERS && t.local.port() != 0 {
-            self.listen_ports.insert((t.owner, t.local.port()));
+        if t.new == LISTEN {
+            self.remember_port(t.owner, t.local.port());
+        }
+    }
+
+    /// Remembers that `owner` listens on `port` (a transition to `LISTEN`, or /proc at
+    /// attach for a listener older than the trace).
+    pub(super) fn remember_port(&mut self, owner: u32, port: u16) {
+        if self.listen_ports.len() < MAX_KNOWN_LISTENERS && port != 0 {
+            self.listen_ports.insert((owner, port));
         }
     }
 
