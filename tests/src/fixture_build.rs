@@ -30,6 +30,7 @@ pub const FIXTURES: &[&str] = &[
     "zombie_parent",
     "thread_pile",
     "tw_client",
+    "tw_server",
     "tw_overflow",
     "fd_families",
     "stack_leak",
