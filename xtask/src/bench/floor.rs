@@ -117,22 +117,28 @@ impl Floor {
     }
 }
 
-/// Runs `argv` with the floor on `tracepoints`, filtered to it (see
-/// [`Watched::spawn_gated`]), and waits for it to end well.
+/// Runs `argv` with the floor on `tracepoints`, filtered to it, and waits for it to end well.
 pub(crate) fn run_under(tracepoints: &[&str], argv: &[String], timeout: Duration) -> Result<()> {
+    let (mut child, floor) = start_under(tracepoints, argv)?;
+    child.wait_success(timeout)?;
+    drop(floor);
+    Ok(())
+}
+
+/// Starts `argv` with the floor on `tracepoints` attached and filtered to it before its first
+/// syscall (see [`Watched::spawn_gated`]); the floor stays while the returned [`Floor`] lives.
+pub(crate) fn start_under(tracepoints: &[&str], argv: &[String]) -> Result<(Watched, Floor)> {
     let mut gated = Watched::spawn_gated(argv)?;
     let floor = match Floor::attach(tracepoints, &[gated.pid()]) {
         Ok(floor) => floor,
         Err(err) => {
             gated.signal(libc::SIGKILL);
-            let _ = gated.wait(timeout);
+            let _ = gated.wait(Duration::from_secs(10));
             return Err(err);
         }
     };
     gated.release()?;
-    gated.wait_success(timeout)?;
-    drop(floor);
-    Ok(())
+    Ok((gated, floor))
 }
 
 /// `call bpf_get_current_pid_tgid; r0 >>= 32; if r0 == pid goto matched (each pid);

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     child::Watched,
-    floor::{self, Floor},
+    floor,
     procstat::{cpu_ticks, fdinfo_field},
     stats::Summary,
     tools::path_of,
@@ -157,16 +157,7 @@ fn tracer_window(bin: &Path, workload: &mut Workload) -> Result<Window> {
 fn floor_window(workload: &mut Workload) -> Result<Window> {
     let result = workload.result_path();
     let argv = workload.rate_args(0, 5, 1, &result);
-    let mut child = Watched::spawn_gated(&argv)?;
-    let floor = match Floor::attach(floor::tracepoints(Micro::Open), &[child.pid()]) {
-        Ok(floor) => floor,
-        Err(err) => {
-            child.signal(libc::SIGKILL);
-            let _ = child.wait(Duration::from_secs(10));
-            return Err(err);
-        }
-    };
-    child.release()?;
+    let (child, floor) = floor::start_under(floor::tracepoints(Micro::Open), &argv)?;
     thread::sleep(Duration::from_millis(1500));
     let window = measure_window(child, std::process::id());
     drop(floor);
